@@ -1,0 +1,1 @@
+"""Analytics owns no tables yet: it reads places through the replica (see selectors)."""

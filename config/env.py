@@ -1,0 +1,24 @@
+"""One place that reads the environment (twelve-factor).
+
+Every setting that varies between deployments comes from an environment variable. A variable
+``NAME_FILE`` (a path, as Kubernetes mounts secrets) wins over ``NAME``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+
+def secret(name: str, default: str | None = None) -> str | None:
+    """Read ``name`` from ``NAME_FILE`` if set, else from ``NAME``, else ``default``."""
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        return Path(path).read_text(encoding="utf-8").strip()
+    return os.environ.get(name, default)

@@ -1,0 +1,15 @@
+"""Test settings: real PostGIS and real Redis, kept apart from development data."""
+
+from config.settings.base import *  # noqa: F403
+from config.settings.base import CACHES, env
+
+DEBUG = False
+SECRET_KEY = "test-only-key"
+ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+WHITENOISE_USE_FINDERS = True
+
+# Separate Redis databases so that a test run never flushes a developer's cache or queue.
+CACHES["default"]["LOCATION"] = env.str("TEST_REDIS_URL", default="redis://127.0.0.1:6379/14")
+CACHES["default"]["KEY_PREFIX"] = "places-test"
+CELERY_BROKER_URL = env.str("TEST_CELERY_BROKER_URL", default="redis://127.0.0.1:6379/15")

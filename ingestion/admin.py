@@ -1,0 +1,38 @@
+"""Import jobs and their rejected rows in the admin (read-only for now)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from ingestion.models import ImportJob, ImportRejection
+from places.admin_base import FastChangeListMixin
+
+
+class ReadOnlyAdmin(FastChangeListMixin, admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ImportJob)
+class ImportJobAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id", "original_name", "dataset", "state", "rows_read", "added", "updated",
+        "unchanged", "rejected", "created_at", "finished_at",
+    )
+    list_filter = ("state", "format", "dataset")
+    search_fields = ("original_name", "=sha256")
+    list_select_related = ("dataset",)
+
+
+@admin.register(ImportRejection)
+class ImportRejectionAdmin(ReadOnlyAdmin):
+    list_display = ("job", "row_number", "layer", "reason", "detail")
+    list_filter = ("reason",)
+    search_fields = ("=job__id",)
+    raw_id_fields = ("job",)

@@ -1,0 +1,95 @@
+"""Import jobs and the rows they rejected."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models.functions import Now
+
+
+class ImportState(models.TextChoices):
+    UPLOADED = "uploaded", "Uploaded"
+    INSPECTED = "inspected", "Inspected"
+    DRY_RUN_READY = "dry_run_ready", "Dry run ready"
+    QUEUED = "queued", "Queued"
+    APPLYING = "applying", "Applying"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class ImportMode(models.TextChoices):
+    UPSERT = "upsert", "Upsert (add and update)"
+    SNAPSHOT = "snapshot", "Snapshot (also retire places missing from the file)"
+    APPEND = "append", "Append (add only)"
+
+
+class ImportJob(models.Model):
+    """One import of one file into one dataset; the unit of progress, report and audit."""
+
+    dataset = models.ForeignKey("places.Dataset", on_delete=models.PROTECT, related_name="imports")
+    file = models.FileField(upload_to="imports/%Y/%m/", max_length=500)
+    original_name = models.CharField(max_length=255)
+    size_bytes = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64, db_index=True)
+    format = models.CharField(max_length=32, help_text="Detected format, e.g. csv, shapefile.")
+    options = models.JSONField(default=dict, blank=True, help_text="Column mapping, layers …")
+    mode = models.CharField(max_length=8, choices=ImportMode.choices, default=ImportMode.UPSERT)
+    dry_run = models.BooleanField(default=False, help_text="Compute counts, change nothing.")
+    state = models.CharField(
+        max_length=16, choices=ImportState.choices, default=ImportState.UPLOADED, db_index=True
+    )
+    rows_total = models.BigIntegerField(null=True, blank=True)
+    rows_read = models.BigIntegerField(default=0)
+    added = models.BigIntegerField(default=0)
+    updated = models.BigIntegerField(default=0)
+    unchanged = models.BigIntegerField(default=0)
+    retired = models.BigIntegerField(default=0)
+    rejected = models.BigIntegerField(default=0)
+    report = models.JSONField(default=dict, blank=True, help_text="Counts per rejection reason …")
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"Import #{self.pk} {self.original_name} → {self.dataset_id} ({self.state})"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+
+class RejectionReason(models.TextChoices):
+    MISSING_KEY = "missing_key", "No source key"
+    MISSING_GEOMETRY = "missing_geometry", "No geometry or coordinates"
+    BAD_COORDINATES = "bad_coordinates", "Coordinates not finite or out of range"
+    INVALID_GEOMETRY = "invalid_geometry", "Geometry invalid and not repairable"
+    DUPLICATE_KEY = "duplicate_key", "Key already used earlier in the file"
+
+
+class ImportRejection(models.Model):
+    """A row the import refused, with its original values and why."""
+
+    job = models.ForeignKey(ImportJob, on_delete=models.CASCADE, related_name="rejections")
+    row_number = models.BigIntegerField(help_text="Line (CSV, header = 1) or feature number.")
+    layer = models.CharField(max_length=100, blank=True)
+    reason = models.CharField(max_length=32, choices=RejectionReason.choices)
+    detail = models.TextField(blank=True)
+    raw = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["job", "row_number"]
+        indexes = [models.Index(fields=["job", "row_number"], name="rejection_job_row")]
+
+    def __str__(self) -> str:
+        return f"row {self.row_number}: {self.reason}"

@@ -1,0 +1,165 @@
+"""Curators' admin: places with history, regions, datasets, attributes, the change log.
+
+Edits go through ``places.services`` so that each one lands in the change log; deleting a
+place is not offered (retire it instead), because the log must keep pointing at it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+
+from places import services
+from places.admin_base import FastChangeListMixin, GeoAdmin
+from places.models import Dataset, Place, PlaceAttribute, PlaceChange, Region, RegionPart
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin):
+    list_display = ("name", "slug", "licence", "snapshot_date", "updated_at")
+    search_fields = ("name", "slug")
+    prepopulated_fields = {"slug": ("name",)}
+    readonly_fields = ("created_at", "updated_at")
+
+
+@admin.register(Region)
+class RegionAdmin(GeoAdmin):
+    list_display = ("name", "level", "code", "code_system", "parent", "population")
+    list_filter = ("level", "code_system")
+    search_fields = ("name", "=code")
+    raw_id_fields = ("parent", "dataset")
+    readonly_fields = ("area_km2", "created_at", "updated_at")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Region]:
+        # Boundaries can be megabytes; the list never shows them.
+        return super().get_queryset(request).select_related("parent")
+
+
+@admin.register(RegionPart)
+class RegionPartAdmin(GeoAdmin):
+    """Derived pieces of regions (rebuilt by the region loader); read-only."""
+
+    list_display = ("id", "region", "level")
+    list_filter = ("level",)
+    raw_id_fields = ("region",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class PlaceAttributeInline(admin.TabularInline):
+    model = PlaceAttribute
+    extra = 0
+    fields = ("key", "value_num", "value_text", "unit", "observed_on", "source")
+
+
+@admin.register(Place)
+class PlaceAdmin(GeoAdmin):
+    list_display = (
+        "__str__", "religion", "dataset", "source_key", "region", "status", "version", "updated_at"
+    )
+    list_filter = ("status", "religion", "dataset")
+    search_fields = ("name", "=source_key")
+    raw_id_fields = ("country", "region", "merged_into")
+    list_select_related = ("dataset", "region")
+    readonly_fields = ("version", "created_at", "updated_at", "history")
+    fieldsets = (
+        (None, {"fields": ("name", "dataset", "source_key", "status", "merged_into")}),
+        ("Religion", {"fields": ("religion", "religion_raw", "denominations", "denomination_raw")}),
+        ("Where", {"fields": ("location", "footprint", "country", "region")}),
+        ("When", {"fields": (("start_date", "start_date_raw"), ("end_date", "end_date_raw"))}),
+        ("Other", {"fields": ("tags", "version", "created_at", "updated_at")}),
+        ("History", {"fields": ("history",)}),
+    )
+    inlines = (PlaceAttributeInline,)
+    actions = ("retire_selected",)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Place | None = None) -> tuple:
+        # The natural key is fixed once the place exists: the change log and imports rely on it.
+        if obj is not None:
+            return (*self.readonly_fields, "dataset", "source_key")
+        return self.readonly_fields
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Latest changes")
+    def history(self, obj: Place) -> str:
+        if not obj.pk:
+            return "-"
+        changes = obj.changes.order_by("-seq")[:20]
+        rows = format_html_join(
+            "",
+            "<tr><td><a href='{}'>#{}</a></td><td>{}</td><td>{}</td><td>v{}</td><td>{}</td></tr>",
+            (
+                (
+                    reverse("admin:places_placechange_change", args=[c.seq]),
+                    c.seq, c.at.strftime("%Y-%m-%d %H:%M"), c.operation, c.place_version,
+                    ", ".join(sorted(c.changes)),
+                )
+                for c in changes
+            ),
+        )
+        return format_html("<table>{}</table>", rows) if rows else "-"
+
+    def save_model(self, request: HttpRequest, obj: Place, form: Any, change: bool) -> None:
+        if not change:
+            data = {f: form.cleaned_data[f] for f in services.EDITABLE_FIELDS if f in form.cleaned_data}
+            created = services.place_create(
+                dataset=form.cleaned_data["dataset"],
+                source_key=form.cleaned_data["source_key"],
+                data=data,
+                user=request.user,
+            )
+            obj.pk = created.pk
+            return
+        data = {f: form.cleaned_data[f] for f in form.changed_data if f in services.EDITABLE_FIELDS}
+        services.place_update(place=obj, data=data, user=request.user)
+
+    @admin.action(description="Retire selected places (keeps them, with an end date)")
+    def retire_selected(self, request: HttpRequest, queryset: QuerySet[Place]) -> None:
+        count = 0
+        for place in queryset.filter(status="active")[:1000]:
+            services.place_retire(place=place, user=request.user)
+            count += 1
+        self.message_user(request, f"Retired {count} place(s).", messages.SUCCESS)
+
+
+@admin.register(PlaceAttribute)
+class PlaceAttributeAdmin(FastChangeListMixin, admin.ModelAdmin):
+    list_display = ("place", "key", "value_num", "value_text", "unit", "observed_on")
+    list_filter = ("key",)
+    search_fields = ("=key",)
+    raw_id_fields = ("place", "dataset")
+    date_hierarchy = "observed_on"
+
+
+@admin.register(PlaceChange)
+class PlaceChangeAdmin(FastChangeListMixin, admin.ModelAdmin):
+    """The audit trail: read-only, as the table itself refuses updates and deletes."""
+
+    list_display = ("seq", "place", "operation", "source", "user", "import_job", "at")
+    list_filter = ("operation", "source")
+    search_fields = ("=place__id",)
+    raw_id_fields = ("place", "user", "import_job")
+    list_select_related = ("place", "user", "import_job")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,285 @@
+"""The gazetteer: datasets, places, regions, dated attributes and the one change log.
+
+Invariants live in database constraints (unique natural keys, checks) because set-based
+imports write these tables with SQL, not through ``save()``.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.gis.db import models
+from django.contrib.gis.db.models.functions import IsValid
+from django.contrib.postgres.fields import ArrayField
+from django.db.models import F, Func, Q
+from django.db.models.functions import Now
+
+SRID = 4326
+
+
+class Religion(models.TextChoices):
+    """Controlled vocabulary, aligned with OpenStreetMap's ``religion=*`` values."""
+
+    BAHAI = "bahai", "Bahá’í"
+    BUDDHIST = "buddhist", "Buddhist"
+    CHRISTIAN = "christian", "Christian"
+    HINDU = "hindu", "Hindu"
+    JAIN = "jain", "Jain"
+    JEWISH = "jewish", "Jewish"
+    MUSLIM = "muslim", "Muslim"
+    SHINTO = "shinto", "Shinto"
+    SIKH = "sikh", "Sikh"
+    TAOIST = "taoist", "Taoist"
+    ZOROASTRIAN = "zoroastrian", "Zoroastrian"
+    MULTIFAITH = "multifaith", "Multifaith"
+    OTHER = "other", "Other"
+    UNKNOWN = "unknown", "Unknown"
+
+
+class Dataset(models.Model):
+    """A source of records: an OSM extract, a national register, a boundary file."""
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    source_url = models.URLField(max_length=500, blank=True)
+    licence = models.CharField(max_length=200, blank=True, help_text="e.g. ODbL 1.0, OGL v3.0")
+    attribution = models.TextField(blank=True, help_text="Text to show wherever the data is shown.")
+    snapshot_date = models.DateField(
+        null=True, blank=True, help_text="Date of the source snapshot the records reflect."
+    )
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    updated_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RegionLevel(models.TextChoices):
+    COUNTRY = "country", "Country"
+    ADMIN1 = "admin1", "First-level subdivision"
+    DISTRICT = "district", "District"
+    OTHER = "other", "Other"
+
+
+class Region(models.Model):
+    """A named boundary. Codes are text so that leading zeros survive (``001``)."""
+
+    name = models.CharField(max_length=200)
+    level = models.CharField(max_length=16, choices=RegionLevel.choices)
+    code = models.CharField(max_length=64, help_text="Code in its code system, kept as text.")
+    code_system = models.CharField(
+        max_length=32,
+        help_text="Which scheme the code belongs to: ne-adm0-a3, iso3166-2, gss (ONS) …",
+    )
+    extra_codes = models.JSONField(
+        default=dict, blank=True, help_text="Other codes for the same area, e.g. ISO alpha-2."
+    )
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    population = models.BigIntegerField(null=True, blank=True)
+    area_km2 = models.FloatField(null=True, blank=True, help_text="Geodesic area in km².")
+    geom = models.MultiPolygonField(srid=SRID)
+    dataset = models.ForeignKey(
+        Dataset, null=True, blank=True, on_delete=models.PROTECT, related_name="regions"
+    )
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    updated_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        ordering = ["level", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["code_system", "code"], name="region_code_unique"),
+            models.CheckConstraint(condition=IsValid("geom"), name="region_geom_valid"),
+        ]
+        indexes = [models.Index(fields=["level", "name"], name="region_level_name")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.code})"
+
+
+class RegionPart(models.Model):
+    """A region cut into small pieces (``ST_Subdivide``) so point-in-polygon stays fast.
+
+    A GiST lookup on a country's full outline tests thousands of vertices per point; on
+    pieces of at most a few hundred vertices it tests only those near the point.
+    """
+
+    region = models.ForeignKey(Region, on_delete=models.CASCADE, related_name="parts")
+    level = models.CharField(max_length=16, choices=RegionLevel.choices)
+    geom = models.GeometryField(srid=SRID)
+
+    class Meta:
+        indexes = [models.Index(fields=["level"], name="regionpart_level")]
+
+
+class PlaceStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    RETIRED = "retired", "Retired"
+    MERGED = "merged", "Merged"
+
+
+class Place(models.Model):
+    """One place from one dataset, known there by ``source_key`` (e.g. ``osm:way/123``)."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="places")
+    source_key = models.CharField(
+        max_length=255, help_text="The record's key in its dataset, e.g. osm:node/42."
+    )
+    name = models.TextField(blank=True, help_text="Empty when the source has no name.")
+    religion = models.CharField(
+        max_length=16, choices=Religion.choices, default=Religion.UNKNOWN, db_index=True
+    )
+    religion_raw = models.TextField(blank=True, help_text="The value as the source wrote it.")
+    denominations = ArrayField(
+        models.CharField(max_length=100), default=list, blank=True,
+        help_text="Normalised denominations (lowercase, underscores); several are allowed.",
+    )
+    denomination_raw = models.TextField(blank=True)
+    location = models.PointField(srid=SRID, help_text="Representative point (WGS84).")
+    footprint = models.MultiPolygonField(srid=SRID, null=True, blank=True)
+    country = models.ForeignKey(
+        Region, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        limit_choices_to={"level": RegionLevel.COUNTRY},
+    )
+    region = models.ForeignKey(
+        Region, null=True, blank=True, on_delete=models.SET_NULL, related_name="places",
+        help_text="The most detailed region that contains the place (e.g. its district).",
+    )
+    tags = models.JSONField(default=dict, blank=True, help_text="Free tags from the source.")
+    start_date = models.DateField(null=True, blank=True)
+    start_date_raw = models.CharField(
+        max_length=100, blank=True, help_text="As written, e.g. “early 1960's”."
+    )
+    end_date = models.DateField(null=True, blank=True)
+    end_date_raw = models.CharField(max_length=100, blank=True)
+    status = models.CharField(
+        max_length=8, choices=PlaceStatus.choices, default=PlaceStatus.ACTIVE, db_index=True
+    )
+    merged_into = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="merged_from"
+    )
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    updated_at = models.DateTimeField(db_default=Now(), editable=False)
+    version = models.PositiveIntegerField(
+        db_default=1, editable=False, help_text="Goes up by one with every recorded change."
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "source_key"], name="place_source_key_unique"),
+            models.CheckConstraint(
+                condition=Q(status__in=PlaceStatus.values), name="place_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(merged_into__isnull=True) | Q(status=PlaceStatus.MERGED),
+                name="place_merged_into_only_when_merged",
+            ),
+            models.CheckConstraint(
+                condition=Q(start_date__isnull=True)
+                | Q(end_date__isnull=True)
+                | Q(end_date__gte=F("start_date")),
+                name="place_dates_ordered",
+            ),
+            models.CheckConstraint(condition=Q(version__gte=1), name="place_version_positive"),
+        ]
+        indexes = [
+            models.Index(fields=["country"], name="place_country"),
+            models.Index(fields=["region"], name="place_region"),
+            models.Index(fields=["updated_at"], name="place_updated_at"),
+            # place_name_trgm (GIN trigram on UPPER(name)) is created in migration 0004.
+        ]
+
+    def __str__(self) -> str:
+        return self.name or f"(unnamed {self.source_key})"
+
+
+class PlaceAttribute(models.Model):
+    """A dated fact about a place (attendance, census figure …).
+
+    The table is declaratively partitioned by ``observed_on`` (see migration 0002); its real
+    primary key is ``(id, observed_on)``, as PostgreSQL requires, and ``id`` alone is unique
+    because it comes from one sequence.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    place = models.ForeignKey(Place, on_delete=models.CASCADE, related_name="attributes")
+    key = models.CharField(max_length=64, help_text="What is measured, e.g. attendance.")
+    value_num = models.FloatField(null=True, blank=True)
+    value_text = models.TextField(blank=True)
+    unit = models.CharField(max_length=32, blank=True)
+    observed_on = models.DateField(help_text="The date the fact refers to.")
+    source = models.CharField(max_length=200, blank=True)
+    dataset = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.PROTECT)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        indexes = [models.Index(fields=["place", "key", "observed_on"], name="attr_place_key")]
+
+    def __str__(self) -> str:
+        value = self.value_num if self.value_num is not None else self.value_text
+        return f"{self.key}={value} on {self.observed_on}"
+
+
+class ChangeOperation(models.TextChoices):
+    CREATE = "create", "Create"
+    UPDATE = "update", "Update"
+    RETIRE = "retire", "Retire"
+    MERGE = "merge", "Merge"
+
+
+class ChangeSource(models.TextChoices):
+    USER = "user", "User"
+    IMPORT = "import", "Import"
+    DEVICE = "device", "Edge device"
+    SYSTEM = "system", "System"
+
+
+class TxidCurrent(Func):
+    function = "txid_current"
+    template = "%(function)s()"
+    output_field = models.BigIntegerField()
+
+
+class PlaceChange(models.Model):
+    """The one append-only change log of places (UPDATE and DELETE are refused by a trigger).
+
+    ``seq`` is a monotonic sequence. Sequence values are taken before commit, so a reader that
+    follows ``seq`` alone could skip a row committed late; change feeds therefore page by
+    ``(xact_id, seq)`` and only hand out rows older than every open transaction
+    (see ``places.selectors.place_change_feed``).
+    """
+
+    seq = models.BigAutoField(primary_key=True)
+    place = models.ForeignKey(Place, on_delete=models.PROTECT, related_name="changes")
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="+")
+    operation = models.CharField(max_length=8, choices=ChangeOperation.choices)
+    changes = models.JSONField(
+        default=dict, help_text='Changed fields: {"field": {"old": …, "new": …}}.'
+    )
+    place_version = models.PositiveIntegerField(help_text="The place's version after this change.")
+    source = models.CharField(max_length=8, choices=ChangeSource.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    import_job = models.ForeignKey(
+        "ingestion.ImportJob", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    device_id = models.CharField(max_length=100, blank=True)
+    comment = models.TextField(blank=True)
+    at = models.DateTimeField(db_default=Now(), db_index=True)
+    xact_id = models.BigIntegerField(db_default=TxidCurrent(), editable=False)
+
+    class Meta:
+        ordering = ["seq"]
+        indexes = [
+            models.Index(fields=["place", "seq"], name="change_place_seq"),
+            models.Index(fields=["dataset", "seq"], name="change_dataset_seq"),
+            models.Index(fields=["xact_id", "seq"], name="change_feed"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.operation} place {self.place_id}"

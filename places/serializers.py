@@ -1,0 +1,69 @@
+"""API representations of places, regions and datasets."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+from rest_framework_gis.serializers import GeoFeatureModelSerializer
+
+from places.models import Dataset, Place, Region
+
+
+class DatasetSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Dataset
+        fields = [
+            "id", "slug", "name", "source_url", "licence", "attribution", "snapshot_date",
+            "notes", "created_at", "updated_at",
+        ]
+
+
+class RegionSummarySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Region
+        fields = ["id", "name", "level", "code", "code_system"]
+
+
+class RegionSerializer(serializers.ModelSerializer):
+    parent = RegionSummarySerializer(read_only=True)
+
+    class Meta:
+        model = Region
+        fields = [
+            "id", "name", "level", "code", "code_system", "extra_codes", "parent",
+            "population", "area_km2",
+        ]
+
+
+class RegionGeoSerializer(GeoFeatureModelSerializer):
+    parent = RegionSummarySerializer(read_only=True)
+
+    class Meta:
+        model = Region
+        geo_field = "geom"
+        fields = [
+            "id", "name", "level", "code", "code_system", "extra_codes", "parent",
+            "population", "area_km2",
+        ]
+
+
+class PlaceSerializer(GeoFeatureModelSerializer):
+    """A place as a GeoJSON Feature; the geometry is its representative point."""
+
+    dataset = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    country = RegionSummarySerializer(read_only=True)
+    region = RegionSummarySerializer(read_only=True)
+
+    class Meta:
+        model = Place
+        geo_field = "location"
+        id_field = "id"
+        fields = [
+            "id", "name", "religion", "religion_raw", "denominations", "denomination_raw",
+            "dataset", "source_key", "country", "region", "status", "start_date",
+            "start_date_raw", "end_date", "end_date_raw", "tags", "version", "updated_at",
+        ]
+
+
+class PlaceDetailSerializer(PlaceSerializer):
+    class Meta(PlaceSerializer.Meta):
+        fields = [*PlaceSerializer.Meta.fields, "footprint", "merged_into", "created_at"]

@@ -1,0 +1,193 @@
+"""Writes to the gazetteer. Every change to a place is recorded in ``PlaceChange``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+from django.contrib.gis.geos import GEOSGeometry
+from django.db import connection, transaction
+from django.db.models import Model
+from django.utils import timezone
+
+from places.models import (
+    ChangeOperation,
+    ChangeSource,
+    Dataset,
+    Place,
+    PlaceAttribute,
+    PlaceChange,
+    PlaceStatus,
+)
+
+logger = logging.getLogger(__name__)
+
+# Fields a curator or device may change; the rest (keys, bookkeeping) are managed here.
+EDITABLE_FIELDS = (
+    "name", "religion", "religion_raw", "denominations", "denomination_raw", "location",
+    "footprint", "country", "region", "tags", "start_date", "start_date_raw", "end_date",
+    "end_date_raw", "status", "merged_into",
+)
+
+
+def _json_value(value: Any) -> Any:
+    """The form a field value takes in the change log (JSON, geometry as GeoJSON)."""
+    if isinstance(value, GEOSGeometry):
+        return json.loads(value.geojson)
+    if isinstance(value, Model):
+        return value.pk
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    return value
+
+
+def _log_key(field: str) -> str:
+    """Foreign keys are logged by column (``country_id``), as the set-based imports do."""
+    return f"{field}_id" if Place._meta.get_field(field).is_relation else field
+
+
+def dataset_get_or_create(*, slug: str, defaults: dict[str, Any] | None = None) -> Dataset:
+    """The dataset with this slug; created with ``defaults`` (name defaults to the slug)."""
+    values = {"name": slug, **(defaults or {})}
+    dataset, _ = Dataset.objects.get_or_create(slug=slug, defaults=values)
+    return dataset
+
+
+@transaction.atomic
+def place_create(
+    *, dataset: Dataset, source_key: str, data: dict[str, Any], user: Any = None
+) -> Place:
+    """Create a place and its ``create`` change (version 1)."""
+    place = Place(dataset=dataset, source_key=source_key, **data)
+    place.full_clean(exclude=["country", "region"])
+    place.save()
+    place.refresh_from_db()
+    changes = {
+        _log_key(f): {"old": None, "new": _json_value(getattr(place, f))}
+        for f in EDITABLE_FIELDS
+        if getattr(place, f) not in (None, "", [], {})
+    }
+    _record(place=place, operation=ChangeOperation.CREATE, changes=changes, user=user)
+    return place
+
+
+@transaction.atomic
+def place_update(
+    *,
+    place: Place,
+    data: dict[str, Any],
+    user: Any = None,
+    device_id: str = "",
+    comment: str = "",
+    operation: str = ChangeOperation.UPDATE,
+) -> Place:
+    """Apply ``data`` to ``place``; record old and new values of the fields that changed.
+
+    The row is locked and re-read first, so two concurrent edits are serialised and each
+    logs the values it actually replaced. Nothing is written when nothing changed.
+    """
+    unknown = set(data) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"not editable: {', '.join(sorted(unknown))}")
+    current = Place.objects.select_for_update().get(pk=place.pk)
+    changes: dict[str, dict[str, Any]] = {}
+    for field, new in data.items():
+        old = getattr(current, field)
+        if _json_value(old) != _json_value(new):
+            changes[_log_key(field)] = {"old": _json_value(old), "new": _json_value(new)}
+            setattr(current, field, new)
+    if not changes:
+        return current
+    current.full_clean(exclude=["country", "region", "merged_into"])
+    current.version += 1
+    current.updated_at = timezone.now()
+    current.save()
+    _record(
+        place=current, operation=operation, changes=changes, user=user,
+        device_id=device_id, comment=comment,
+    )
+    return current
+
+
+def place_retire(
+    *, place: Place, user: Any = None, end_date: dt.date | None = None, comment: str = ""
+) -> Place:
+    """Retire a place (never delete it): status ``retired`` with an end date."""
+    data: dict[str, Any] = {"status": PlaceStatus.RETIRED}
+    if end_date or not place.end_date:
+        data["end_date"] = end_date or timezone.now().date()
+    return place_update(
+        place=place, data=data, user=user, comment=comment, operation=ChangeOperation.RETIRE
+    )
+
+
+def _record(
+    *,
+    place: Place,
+    operation: str,
+    changes: dict[str, Any],
+    user: Any = None,
+    device_id: str = "",
+    comment: str = "",
+) -> PlaceChange:
+    if user is not None and getattr(user, "is_authenticated", False):
+        source = ChangeSource.USER
+    elif device_id:
+        source = ChangeSource.DEVICE
+    else:
+        source = ChangeSource.SYSTEM
+    return PlaceChange.objects.create(
+        place=place,
+        dataset_id=place.dataset_id,
+        operation=operation,
+        changes=changes,
+        place_version=place.version,
+        source=source,
+        user=user if source == ChangeSource.USER else None,
+        device_id=device_id,
+        comment=comment,
+    )
+
+
+ATTRIBUTE_TABLE = PlaceAttribute._meta.db_table
+ATTRIBUTE_DEFAULT_PARTITION = f"{ATTRIBUTE_TABLE}_default"
+PARTITION_LOCK_KEY = 0x504C4131  # advisory lock id: one partition maintainer at a time
+
+
+def place_attribute_partitions_ensure(*, years_ahead: int = 2, today: dt.date | None = None) -> list[str]:
+    """Make sure yearly partitions exist from this year to ``years_ahead`` years ahead.
+
+    Rows that landed in the default partition for a year that now gets its own partition are
+    moved into it in the same transaction, so nothing is lost and the call is idempotent.
+    Returns the names of the partitions it created.
+    """
+    year = (today or timezone.now().date()).year
+    created: list[str] = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [PARTITION_LOCK_KEY])
+        if not cursor.fetchone()[0]:
+            logger.info("partition maintenance already running elsewhere; skipped")
+            return created
+        for y in range(year, year + years_ahead + 1):
+            name = f"{ATTRIBUTE_TABLE}_y{y}"
+            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
+            if cursor.fetchone()[0]:
+                continue
+            start, end = f"{y}-01-01", f"{y + 1}-01-01"
+            cursor.execute(
+                f"CREATE TEMP TABLE _moved ON COMMIT DROP AS WITH d AS ("
+                f" DELETE FROM {ATTRIBUTE_DEFAULT_PARTITION}"
+                f" WHERE observed_on >= %s AND observed_on < %s RETURNING *) SELECT * FROM d",
+                [start, end],
+            )
+            cursor.execute(
+                f"CREATE TABLE {name} PARTITION OF {ATTRIBUTE_TABLE} FOR VALUES FROM (%s) TO (%s)",
+                [start, end],
+            )
+            cursor.execute(f"INSERT INTO {ATTRIBUTE_TABLE} SELECT * FROM _moved")
+            cursor.execute("DROP TABLE _moved")
+            created.append(name)
+            logger.info("created partition %s", name)
+    return created
