@@ -162,6 +162,11 @@ class Place(models.Model):
     merged_into = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="merged_from"
     )
+    source_values = models.JSONField(
+        null=True, blank=True, editable=False,
+        help_text="Field values as the dataset last delivered them. An import changes only "
+        "fields whose source value moved, so a curator's fix survives re-imports.",
+    )
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     updated_at = models.DateTimeField(db_default=Now(), editable=False)
     version = models.PositiveIntegerField(

@@ -1,0 +1,192 @@
+"""Load boundary files into regions, repair them, subdivide them and link parents.
+
+Only regions whose name, geometry or figures changed are rewritten (and re-subdivided),
+so loading the same file twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.db import connection, transaction
+
+from ingestion.readers import GeoReader, UnreadableFile, detect_format, srid_from_crs
+from places.models import Dataset, RegionLevel
+
+logger = logging.getLogger(__name__)
+
+# Pieces of at most this many vertices: small enough for quick point-in-polygon tests.
+SUBDIVIDE_MAX_VERTICES = 256
+
+
+@dataclass(frozen=True)
+class RegionSource:
+    """How a boundary file's attributes map onto regions."""
+
+    level: str
+    code_field: str
+    name_field: str
+    code_system: str
+    population_field: str | None = None
+    extra_code_fields: dict[str, str] = field(default_factory=dict)
+
+
+PRESETS: dict[str, RegionSource] = {
+    # Natural Earth: ISO_A3 is "-99" for France, Norway and others; ADM0_A3 is always set.
+    "ne-countries": RegionSource(
+        level=RegionLevel.COUNTRY, code_field="ADM0_A3", name_field="NAME",
+        code_system="ne-adm0-a3", population_field="POP_EST",
+        extra_code_fields={"iso_a2": "ISO_A2", "iso_a3": "ISO_A3"},
+    ),
+    "ne-admin1": RegionSource(
+        level=RegionLevel.ADMIN1, code_field="adm1_code", name_field="name",
+        code_system="ne-adm1-code", extra_code_fields={"iso_3166_2": "iso_3166_2"},
+    ),
+    "ons-lad": RegionSource(
+        level=RegionLevel.DISTRICT, code_field="LAD24CD", name_field="LAD24NM",
+        code_system="gss",
+    ),
+}
+
+
+@dataclass
+class RegionLoadResult:
+    read: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: list[str] = field(default_factory=list)
+
+
+CREATE_STAGE = """
+CREATE TEMP TABLE region_stage (
+    code text, name text, population bigint, extra_codes jsonb, wkb bytea, srid int,
+    geom geometry(MultiPolygon, 4326)
+) ON COMMIT DROP
+"""
+
+PREPARE = [
+    # Repair invalid rings (Natural Earth 110m Sudan, 50m Goiás), keep only the polygons.
+    """UPDATE region_stage SET geom = ST_Multi(ST_CollectionExtract(ST_MakeValid(
+           CASE WHEN srid = 4326 THEN ST_GeomFromWKB(wkb, 4326)
+                ELSE ST_Transform(ST_GeomFromWKB(wkb, srid), 4326) END), 3))""",
+    "DELETE FROM region_stage WHERE geom IS NULL OR ST_IsEmpty(geom) OR code IS NULL OR code = ''",
+]
+
+UPSERT = """
+WITH up AS (
+    INSERT INTO places_region (name, level, code, code_system, extra_codes, population,
+                               area_km2, geom, dataset_id)
+    SELECT name, %(level)s, code, %(code_system)s, extra_codes, population,
+           ST_Area(geom::geography) / 1e6, geom, %(dataset)s
+    FROM region_stage
+    ON CONFLICT (code_system, code) DO UPDATE SET
+        name = EXCLUDED.name, level = EXCLUDED.level, extra_codes = EXCLUDED.extra_codes,
+        population = EXCLUDED.population, area_km2 = EXCLUDED.area_km2,
+        geom = EXCLUDED.geom, dataset_id = EXCLUDED.dataset_id, updated_at = now()
+    WHERE (places_region.name, places_region.level, places_region.extra_codes,
+           places_region.population, places_region.dataset_id)
+          IS DISTINCT FROM
+          (EXCLUDED.name, EXCLUDED.level, EXCLUDED.extra_codes, EXCLUDED.population,
+           EXCLUDED.dataset_id)
+       OR NOT ST_Equals(places_region.geom, EXCLUDED.geom)
+    RETURNING id, (xmax = 0) AS inserted
+)
+SELECT id, inserted FROM up
+"""
+
+SUBDIVIDE = """
+DELETE FROM places_regionpart WHERE region_id = ANY(%(ids)s);
+INSERT INTO places_regionpart (region_id, level, geom)
+SELECT id, level, ST_Subdivide(geom, %(vertices)s) FROM places_region WHERE id = ANY(%(ids)s);
+"""
+
+# A region's parent is the country that holds a point inside it (regions below country).
+LINK_PARENTS = """
+UPDATE places_region r SET parent_id = (
+    SELECT p.region_id FROM places_regionpart p
+    WHERE p.level = 'country' AND ST_Intersects(p.geom, ST_PointOnSurface(r.geom))
+    ORDER BY p.region_id LIMIT 1)
+WHERE r.level <> 'country' AND r.parent_id IS NULL
+"""
+
+# Offshore pieces can miss Natural Earth's generalised coasts; take the nearest country.
+LINK_NEAREST = """
+UPDATE places_region r SET parent_id = (
+    SELECT c.id FROM places_region c WHERE c.level = 'country'
+    ORDER BY c.geom <-> ST_PointOnSurface(r.geom) LIMIT 1)
+WHERE r.level <> 'country' AND r.parent_id IS NULL
+"""
+
+
+def region_load(*, path: Path, source: RegionSource, dataset: Dataset) -> RegionLoadResult:
+    """Load every feature of a boundary file as regions of one level (idempotent)."""
+    fmt = detect_format(path)
+    if fmt == "csv":
+        raise UnreadableFile("a boundary file needs polygons: GeoJSON, Shapefile or GeoPackage")
+    reader = GeoReader(path, fmt)
+    layers = reader.layers()
+    result = RegionLoadResult()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(CREATE_STAGE)
+        with cursor.cursor.copy(
+            "COPY region_stage (code, name, population, extra_codes, wkb, srid) FROM STDIN"
+        ) as copy:
+            for layer in layers:
+                missing = {source.code_field, source.name_field} - set(layer.columns)
+                if missing:
+                    raise UnreadableFile(f"layer {layer.name!r} lacks {', '.join(sorted(missing))}")
+                srid = srid_from_crs(layer.crs)
+                for batch in reader.batches(layer.name):
+                    for i in range(batch.num_rows):
+                        code = (batch.columns[source.code_field][i] or "").strip()
+                        population = _int_or_none(
+                            batch.columns[source.population_field][i]
+                            if source.population_field else None
+                        )
+                        extra = {
+                            key: batch.columns[column][i]
+                            for key, column in source.extra_code_fields.items()
+                            if column in batch.columns and batch.columns[column][i] not in (None, "", "-99")
+                        }
+                        if not code or batch.wkb is None or batch.wkb[i] is None:
+                            result.rejected.append(f"feature {i + 1}: no code or no geometry")
+                            continue
+                        copy.write_row((
+                            code, (batch.columns[source.name_field][i] or code).strip(),
+                            population, json.dumps(extra), batch.wkb[i], srid,
+                        ))
+                        result.read += 1
+        for statement in PREPARE:
+            cursor.execute(statement)
+        cursor.execute(
+            UPSERT,
+            {"level": source.level, "code_system": source.code_system, "dataset": dataset.pk},
+        )
+        changed = cursor.fetchall()
+        ids = [row[0] for row in changed]
+        result.added = sum(1 for row in changed if row[1])
+        result.updated = len(changed) - result.added
+        result.unchanged = result.read - len(changed)
+        if ids:
+            cursor.execute(SUBDIVIDE, {"ids": ids, "vertices": SUBDIVIDE_MAX_VERTICES})
+            if source.level == RegionLevel.COUNTRY:
+                # New country outlines may change which country holds each lower region.
+                cursor.execute("UPDATE places_region SET parent_id = NULL WHERE level <> 'country'")
+            cursor.execute(LINK_PARENTS)
+            cursor.execute(LINK_NEAREST)
+    logger.info(
+        "regions %s: %s read, %s added, %s updated, %s unchanged",
+        source.code_system, result.read, result.added, result.updated, result.unchanged,
+    )
+    return result
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(float(value)) if value not in (None, "") else None
+    except ValueError:
+        return None
