@@ -35,3 +35,18 @@ def configure() -> str | None:
     for key, value in data.items():
         os.environ.setdefault(key, value)
     return os.environ.get("GDAL_LIBRARY_PATH") or library
+
+
+def geos_library() -> str | None:
+    """Debian's GEOS C library; GeoDjango's own lookup needs the -dev symlink otherwise."""
+    if os.environ.get("GEOS_LIBRARY_PATH"):
+        return os.environ["GEOS_LIBRARY_PATH"]
+    for pattern in (
+        "/usr/lib/*/libgeos_c.so.1",
+        "/usr/lib/libgeos_c.so.1",
+        "/usr/local/lib/libgeos_c.so*",
+    ):
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return None

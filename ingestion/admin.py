@@ -22,8 +22,17 @@ class ReadOnlyAdmin(FastChangeListMixin, admin.ModelAdmin):
 @admin.register(ImportJob)
 class ImportJobAdmin(ReadOnlyAdmin):
     list_display = (
-        "id", "original_name", "dataset", "state", "rows_read", "added", "updated",
-        "unchanged", "rejected", "created_at", "finished_at",
+        "id",
+        "original_name",
+        "dataset",
+        "state",
+        "rows_read",
+        "added",
+        "updated",
+        "unchanged",
+        "rejected",
+        "created_at",
+        "finished_at",
     )
     list_filter = ("state", "format", "dataset")
     search_fields = ("original_name", "=sha256")

@@ -131,7 +131,9 @@ def stage_rows(
             source_key = ""
         name = (raw.get(mapping.name) or "").strip() if mapping.name else ""
         religion_raw = (raw.get(mapping.religion) or "").strip() if mapping.religion else ""
-        denomination_raw = (raw.get(mapping.denomination) or "").strip() if mapping.denomination else ""
+        denomination_raw = (
+            (raw.get(mapping.denomination) or "").strip() if mapping.denomination else ""
+        )
         if mapping.packed_class and not religion_raw:
             religion_raw, packed_denomination = packed_class_split(raw.get(mapping.packed_class))
             denomination_raw = denomination_raw or packed_denomination
@@ -141,8 +143,15 @@ def stage_rows(
             lon, lon_error = _coordinate(raw.get(mapping.lon) if mapping.lon else None)
             lat, lat_error = _coordinate(raw.get(mapping.lat) if mapping.lat else None)
             if lon_error or lat_error:
-                reject, detail = "bad_coordinates", f"lon {lon_error}".strip() if lon_error else f"lat {lat_error}"
-            elif lon is not None and lat is not None and not (math.isfinite(lon) and math.isfinite(lat)):
+                reject, detail = (
+                    "bad_coordinates",
+                    f"lon {lon_error}".strip() if lon_error else f"lat {lat_error}",
+                )
+            elif (
+                lon is not None
+                and lat is not None
+                and not (math.isfinite(lon) and math.isfinite(lat))
+            ):
                 reject, detail = "bad_coordinates", "coordinates must be finite numbers"
         start_raw = (raw.get(mapping.start_date) or "").strip() if mapping.start_date else ""
         end_raw = (raw.get(mapping.end_date) or "").strip() if mapping.end_date else ""

@@ -47,9 +47,7 @@ _DENOMINATION_SYNONYMS: dict[str, str] = {
 def _fold(text: str) -> str:
     """Lowercase, strip accents and surrounding space (``Bahá’í`` → ``baha'i``)."""
     text = text.replace("\u2019", "'").strip().lower()
-    return "".join(
-        c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)
-    )
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
 
 
 def religion_normalise(raw: str | None) -> str:
@@ -129,7 +127,9 @@ def date_parse(raw: str | None) -> dt.date | None:
         if m := re.fullmatch(r"(?:(early|mid|late)[\s-]+)?(\d{3})0'?s", text):
             offset = _PART_OF_DECADE.get(m[1] or "", 0)
             return dt.date(int(m[2]) * 10 + offset, 1, 1)
-        if m := re.fullmatch(r"(?:(early|mid|late)[\s-]+)?(\d{1,2})(?:st|nd|rd|th)\s+century", text):
+        if m := re.fullmatch(
+            r"(?:(early|mid|late)[\s-]+)?(\d{1,2})(?:st|nd|rd|th)\s+century", text
+        ):
             offset = _PART_OF_CENTURY.get(m[1] or "", 1)
             return dt.date((int(m[2]) - 1) * 100 + offset, 1, 1)
     except ValueError:  # impossible day or month, e.g. 31 Feb

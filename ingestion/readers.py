@@ -23,8 +23,8 @@ from charset_normalizer import from_bytes
 
 os.environ.setdefault("GDAL_SKIP", "OGR_VRT")
 
-import pyogrio  # noqa: E402  (GDAL_SKIP must be set before GDAL loads its drivers)
-from pyogrio.raw import open_arrow  # noqa: E402
+import pyogrio
+from pyogrio.raw import open_arrow
 
 BATCH_ROWS = 50_000
 MAX_COLUMNS = 1_000
@@ -167,7 +167,9 @@ class CsvReader:
         reader = pacsv.open_csv(
             stream,
             read_options=pacsv.ReadOptions(
-                encoding=self.encoding, column_names=self.header, skip_rows=1,
+                encoding=self.encoding,
+                column_names=self.header,
+                skip_rows=1,
                 block_size=4 << 20,
             ),
             parse_options=pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True),

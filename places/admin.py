@@ -67,7 +67,14 @@ class PlaceAttributeInline(admin.TabularInline):
 @admin.register(Place)
 class PlaceAdmin(GeoAdmin):
     list_display = (
-        "__str__", "religion", "dataset", "source_key", "region", "status", "version", "updated_at"
+        "__str__",
+        "religion",
+        "dataset",
+        "source_key",
+        "region",
+        "status",
+        "version",
+        "updated_at",
     )
     list_filter = ("status", "religion", "dataset")
     search_fields = ("name", "=source_key")
@@ -105,7 +112,10 @@ class PlaceAdmin(GeoAdmin):
             (
                 (
                     reverse("admin:places_placechange_change", args=[c.seq]),
-                    c.seq, c.at.strftime("%Y-%m-%d %H:%M"), c.operation, c.place_version,
+                    c.seq,
+                    c.at.strftime("%Y-%m-%d %H:%M"),
+                    c.operation,
+                    c.place_version,
                     ", ".join(sorted(c.changes)),
                 )
                 for c in changes
@@ -115,7 +125,9 @@ class PlaceAdmin(GeoAdmin):
 
     def save_model(self, request: HttpRequest, obj: Place, form: Any, change: bool) -> None:
         if not change:
-            data = {f: form.cleaned_data[f] for f in services.EDITABLE_FIELDS if f in form.cleaned_data}
+            data = {
+                f: form.cleaned_data[f] for f in services.EDITABLE_FIELDS if f in form.cleaned_data
+            }
             created = services.place_create(
                 dataset=form.cleaned_data["dataset"],
                 source_key=form.cleaned_data["source_key"],

@@ -41,7 +41,9 @@ def parse_bbox(text: str) -> BBox:
     """
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 4:
-        raise BBoxError(f"expected 4 comma-separated numbers minLon,minLat,maxLon,maxLat; got {len(parts)}")
+        raise BBoxError(
+            f"expected 4 comma-separated numbers minLon,minLat,maxLon,maxLat; got {len(parts)}"
+        )
     values: list[float] = []
     for label, part in zip(("minLon", "minLat", "maxLon", "maxLat"), parts, strict=True):
         try:

@@ -135,18 +135,28 @@ class Place(models.Model):
     )
     religion_raw = models.TextField(blank=True, help_text="The value as the source wrote it.")
     denominations = ArrayField(
-        models.CharField(max_length=100), default=list, blank=True,
+        models.CharField(max_length=100),
+        default=list,
+        blank=True,
         help_text="Normalised denominations (lowercase, underscores); several are allowed.",
     )
     denomination_raw = models.TextField(blank=True)
     location = models.PointField(srid=SRID, help_text="Representative point (WGS84).")
     footprint = models.MultiPolygonField(srid=SRID, null=True, blank=True)
     country = models.ForeignKey(
-        Region, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        Region,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         limit_choices_to={"level": RegionLevel.COUNTRY},
     )
     region = models.ForeignKey(
-        Region, null=True, blank=True, on_delete=models.SET_NULL, related_name="places",
+        Region,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="places",
         help_text="The most detailed region that contains the place (e.g. its district).",
     )
     tags = models.JSONField(default=dict, blank=True, help_text="Free tags from the source.")
@@ -163,7 +173,9 @@ class Place(models.Model):
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="merged_from"
     )
     source_values = models.JSONField(
-        null=True, blank=True, editable=False,
+        null=True,
+        blank=True,
+        editable=False,
         help_text="Field values as the dataset last delivered them. An import changes only "
         "fields whose source value moved, so a curator's fix survives re-imports.",
     )
@@ -175,7 +187,9 @@ class Place(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["dataset", "source_key"], name="place_source_key_unique"),
+            models.UniqueConstraint(
+                fields=["dataset", "source_key"], name="place_source_key_unique"
+            ),
             models.CheckConstraint(
                 condition=Q(status__in=PlaceStatus.values), name="place_status_valid"
             ),

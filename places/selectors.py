@@ -9,7 +9,7 @@ from django.db import connection
 from django.db.models import Q, QuerySet
 
 from places.geo import BBox
-from places.models import SRID, Dataset, Place, PlaceChange, Region
+from places.models import Dataset, Place, PlaceChange, Region
 
 
 def place_list(
@@ -106,6 +106,3 @@ def place_change_feed(
     page = list(qs.order_by("xact_id", "seq")[:limit])
     cursor = FeedCursor(page[-1].xact_id, page[-1].seq) if page else after
     return page, cursor
-
-
-__all__ = ["SRID", "place_list", "region_list", "dataset_list", "place_change_feed"]

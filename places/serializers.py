@@ -12,8 +12,16 @@ class DatasetSerializer(serializers.ModelSerializer):
     class Meta:
         model = Dataset
         fields = [
-            "id", "slug", "name", "source_url", "licence", "attribution", "snapshot_date",
-            "notes", "created_at", "updated_at",
+            "id",
+            "slug",
+            "name",
+            "source_url",
+            "licence",
+            "attribution",
+            "snapshot_date",
+            "notes",
+            "created_at",
+            "updated_at",
         ]
 
 
@@ -29,8 +37,15 @@ class RegionSerializer(serializers.ModelSerializer):
     class Meta:
         model = Region
         fields = [
-            "id", "name", "level", "code", "code_system", "extra_codes", "parent",
-            "population", "area_km2",
+            "id",
+            "name",
+            "level",
+            "code",
+            "code_system",
+            "extra_codes",
+            "parent",
+            "population",
+            "area_km2",
         ]
 
 
@@ -41,8 +56,15 @@ class RegionGeoSerializer(GeoFeatureModelSerializer):
         model = Region
         geo_field = "geom"
         fields = [
-            "id", "name", "level", "code", "code_system", "extra_codes", "parent",
-            "population", "area_km2",
+            "id",
+            "name",
+            "level",
+            "code",
+            "code_system",
+            "extra_codes",
+            "parent",
+            "population",
+            "area_km2",
         ]
 
 
@@ -58,9 +80,24 @@ class PlaceSerializer(GeoFeatureModelSerializer):
         geo_field = "location"
         id_field = "id"
         fields = [
-            "id", "name", "religion", "religion_raw", "denominations", "denomination_raw",
-            "dataset", "source_key", "country", "region", "status", "start_date",
-            "start_date_raw", "end_date", "end_date_raw", "tags", "version", "updated_at",
+            "id",
+            "name",
+            "religion",
+            "religion_raw",
+            "denominations",
+            "denomination_raw",
+            "dataset",
+            "source_key",
+            "country",
+            "region",
+            "status",
+            "start_date",
+            "start_date_raw",
+            "end_date",
+            "end_date_raw",
+            "tags",
+            "version",
+            "updated_at",
         ]
 
 

@@ -26,9 +26,22 @@ logger = logging.getLogger(__name__)
 
 # Fields a curator or device may change; the rest (keys, bookkeeping) are managed here.
 EDITABLE_FIELDS = (
-    "name", "religion", "religion_raw", "denominations", "denomination_raw", "location",
-    "footprint", "country", "region", "tags", "start_date", "start_date_raw", "end_date",
-    "end_date_raw", "status", "merged_into",
+    "name",
+    "religion",
+    "religion_raw",
+    "denominations",
+    "denomination_raw",
+    "location",
+    "footprint",
+    "country",
+    "region",
+    "tags",
+    "start_date",
+    "start_date_raw",
+    "end_date",
+    "end_date_raw",
+    "status",
+    "merged_into",
 )
 
 
@@ -105,8 +118,12 @@ def place_update(
     current.updated_at = timezone.now()
     current.save()
     _record(
-        place=current, operation=operation, changes=changes, user=user,
-        device_id=device_id, comment=comment,
+        place=current,
+        operation=operation,
+        changes=changes,
+        user=user,
+        device_id=device_id,
+        comment=comment,
     )
     return current
 
@@ -156,7 +173,9 @@ ATTRIBUTE_DEFAULT_PARTITION = f"{ATTRIBUTE_TABLE}_default"
 PARTITION_LOCK_KEY = 0x504C4131  # advisory lock id: one partition maintainer at a time
 
 
-def place_attribute_partitions_ensure(*, years_ahead: int = 2, today: dt.date | None = None) -> list[str]:
+def place_attribute_partitions_ensure(
+    *, years_ahead: int = 2, today: dt.date | None = None
+) -> list[str]:
     """Make sure yearly partitions exist from this year to ``years_ahead`` years ahead.
 
     Rows that landed in the default partition for a year that now gets its own partition are

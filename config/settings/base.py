@@ -19,6 +19,7 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 GDAL_LIBRARY_PATH = gdal.configure()
+GEOS_LIBRARY_PATH = gdal.geos_library()
 
 INSTALLED_APPS = [
     "django_prometheus",

@@ -13,3 +13,4 @@ WHITENOISE_USE_FINDERS = True
 CACHES["default"]["LOCATION"] = env.str("TEST_REDIS_URL", default="redis://127.0.0.1:6379/14")
 CACHES["default"]["KEY_PREFIX"] = "places-test"
 CELERY_BROKER_URL = env.str("TEST_CELERY_BROKER_URL", default="redis://127.0.0.1:6379/15")
+MEDIA_ROOT = BASE_DIR / ".run" / "test-media"  # noqa: F405

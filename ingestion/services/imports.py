@@ -33,10 +33,29 @@ ADVISORY_LOCK_CLASS = 0x494D5054  # "IMPT": one import at a time per dataset
 PROGRESS_KEY = "import-progress:{}"
 
 STAGE_COLUMNS = (
-    "row_number", "layer", "source_key", "name", "religion", "religion_raw", "denominations",
-    "denomination_raw", "lon", "lat", "wkb", "srid", "start_date", "start_date_raw",
-    "end_date", "end_date_raw", "tags", "raw", "reject", "reject_detail",
+    "row_number",
+    "layer",
+    "source_key",
+    "name",
+    "religion",
+    "religion_raw",
+    "denominations",
+    "denomination_raw",
+    "lon",
+    "lat",
+    "wkb",
+    "srid",
+    "start_date",
+    "start_date_raw",
+    "end_date",
+    "end_date_raw",
+    "tags",
+    "raw",
+    "reject",
+    "reject_detail",
 )
+
+DROP_TEMP = "DROP TABLE IF EXISTS import_stage, import_diff"
 
 CREATE_STAGE = """
 CREATE TEMP TABLE import_stage (
@@ -182,11 +201,19 @@ FROM j
 """
 
 _UPDATABLE = [
-    ("name", "name"), ("religion", "religion"), ("religion_raw", "religion_raw"),
-    ("denominations", "denominations"), ("denomination_raw", "denomination_raw"),
-    ("location", "geom"), ("footprint", "footprint"), ("country_id", "country_id"),
-    ("region_id", "region_id"), ("tags", "tags"), ("start_date", "start_date"),
-    ("start_date_raw", "start_date_raw"), ("end_date", "end_date"),
+    ("name", "name"),
+    ("religion", "religion"),
+    ("religion_raw", "religion_raw"),
+    ("denominations", "denominations"),
+    ("denomination_raw", "denomination_raw"),
+    ("location", "geom"),
+    ("footprint", "footprint"),
+    ("country_id", "country_id"),
+    ("region_id", "region_id"),
+    ("tags", "tags"),
+    ("start_date", "start_date"),
+    ("start_date_raw", "start_date_raw"),
+    ("end_date", "end_date"),
     ("end_date_raw", "end_date_raw"),
 ]
 
@@ -328,7 +355,9 @@ def import_job_create(
                 {"name": layer.name, "geometry_type": layer.geometry_type, "crs": layer.crs}
                 for layer in layers
             ],
-            **({"encoding": reader.encoding, "delimiter": reader.delimiter} if fmt == "csv" else {}),
+            **(
+                {"encoding": reader.encoding, "delimiter": reader.delimiter} if fmt == "csv" else {}
+            ),
         },
         mode=mode,
         dry_run=dry_run,
@@ -398,7 +427,13 @@ def import_job_execute(*, job_id: int) -> ImportJob | None:
     job = ImportJob.objects.get(pk=job_id)
     logger.info(
         "import job %s %s: %s read, %s added, %s updated, %s unchanged, %s rejected",
-        job.pk, job.state, job.rows_read, job.added, job.updated, job.unchanged, job.rejected,
+        job.pk,
+        job.state,
+        job.rows_read,
+        job.added,
+        job.updated,
+        job.unchanged,
+        job.rejected,
         extra={"import_job": job.pk},
     )
     return job
@@ -443,9 +478,14 @@ def _apply(job: ImportJob) -> ImportCounts:
             )
             return cursor.rowcount
 
-        run("lock", "SELECT pg_advisory_xact_lock(%(lock)s, %(dataset)s)",
-            {"lock": ADVISORY_LOCK_CLASS, **params})
+        run(
+            "lock",
+            "SELECT pg_advisory_xact_lock(%(lock)s, %(dataset)s)",
+            {"lock": ADVISORY_LOCK_CLASS, **params},
+        )
         run("lock", "DELETE FROM ingestion_importrejection WHERE job_id = %(job)s", params)
+        # ON COMMIT DROP is not enough when the caller wraps several imports in one transaction.
+        run("stage", DROP_TEMP)
         run("stage", CREATE_STAGE)
         started = time.perf_counter()
         counts.rows_read = _copy_into_stage(cursor, reader, mapping, job)
@@ -460,11 +500,12 @@ def _apply(job: ImportJob) -> ImportCounts:
         counts.unchanged = by_op.get("unchanged", 0)
         if job.dry_run:
             counts.added, counts.updated = by_op.get("create", 0), by_op.get("update", 0)
-            return counts
-        counts.added = run("insert", INSERT_CREATED, params)
-        counts.updated = run("update", UPDATE_CHANGED, params)
-        counts.conflicts = by_op.get("update", 0) - counts.updated
-        run("update", REFRESH_SOURCE_VALUES)
+        else:
+            counts.added = run("insert", INSERT_CREATED, params)
+            counts.updated = run("update", UPDATE_CHANGED, params)
+            counts.conflicts = by_op.get("update", 0) - counts.updated
+            run("update", REFRESH_SOURCE_VALUES)
+        run("stage", DROP_TEMP)
     return counts
 
 
@@ -472,24 +513,29 @@ def _copy_into_stage(cursor: Any, reader: Any, mapping: ColumnMapping, job: Impo
     """Stream every layer's batches into the staging table with COPY."""
     total = 0
     columns = ", ".join(STAGE_COLUMNS)
-    layers = job.options.get("layers") or [{"name": "", "geometry_type": None, "crs": None}]
+    # Layers are listed again from the stored copy: a GeoJSON layer is named after its file.
+    layers = reader.layers()
     raw_cursor = cursor.cursor  # the psycopg cursor under Django's wrapper
     with raw_cursor.copy(f"COPY import_stage ({columns}) FROM STDIN") as copy:
         for layer in layers:
-            geometry_type = (layer.get("geometry_type") or "").lower()
+            geometry_type = (layer.geometry_type or "").lower()
             kind = "node" if geometry_type in {"point", "multipoint"} else "area"
-            srid = srid_from_crs(layer.get("crs")) if job.format != "csv" else 4326
+            srid = srid_from_crs(layer.crs) if job.format != "csv" else 4326
+            # Layer names are reported only where a file has several.
+            label = layer.name if len(layers) > 1 else ""
             # CSV records are numbered as lines with the header as line 1.
             next_row = 2 if job.format == "csv" else 1
-            for batch in reader.batches(layer["name"]):
+            for batch in reader.batches(layer.name):
                 for row in stage_rows(
-                    batch, mapping, layer=layer["name"], first_row_number=next_row,
-                    geometry_kind=kind, srid=srid,
+                    batch,
+                    mapping,
+                    layer=label,
+                    first_row_number=next_row,
+                    geometry_kind=kind,
+                    srid=srid,
                 ):
                     copy.write_row(row)
                 next_row += batch.num_rows
                 total += batch.num_rows
                 cache.set(PROGRESS_KEY.format(job.pk), total, timeout=3600)
     return total
-
-

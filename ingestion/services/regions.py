@@ -37,16 +37,24 @@ class RegionSource:
 PRESETS: dict[str, RegionSource] = {
     # Natural Earth: ISO_A3 is "-99" for France, Norway and others; ADM0_A3 is always set.
     "ne-countries": RegionSource(
-        level=RegionLevel.COUNTRY, code_field="ADM0_A3", name_field="NAME",
-        code_system="ne-adm0-a3", population_field="POP_EST",
+        level=RegionLevel.COUNTRY,
+        code_field="ADM0_A3",
+        name_field="NAME",
+        code_system="ne-adm0-a3",
+        population_field="POP_EST",
         extra_code_fields={"iso_a2": "ISO_A2", "iso_a3": "ISO_A3"},
     ),
     "ne-admin1": RegionSource(
-        level=RegionLevel.ADMIN1, code_field="adm1_code", name_field="name",
-        code_system="ne-adm1-code", extra_code_fields={"iso_3166_2": "iso_3166_2"},
+        level=RegionLevel.ADMIN1,
+        code_field="adm1_code",
+        name_field="name",
+        code_system="ne-adm1-code",
+        extra_code_fields={"iso_3166_2": "iso_3166_2"},
     ),
     "ons-lad": RegionSource(
-        level=RegionLevel.DISTRICT, code_field="LAD24CD", name_field="LAD24NM",
+        level=RegionLevel.DISTRICT,
+        code_field="LAD24CD",
+        name_field="LAD24NM",
         code_system="gss",
     ),
 }
@@ -131,6 +139,7 @@ def region_load(*, path: Path, source: RegionSource, dataset: Dataset) -> Region
     layers = reader.layers()
     result = RegionLoadResult()
     with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS region_stage")
         cursor.execute(CREATE_STAGE)
         with cursor.cursor.copy(
             "COPY region_stage (code, name, population, extra_codes, wkb, srid) FROM STDIN"
@@ -145,20 +154,28 @@ def region_load(*, path: Path, source: RegionSource, dataset: Dataset) -> Region
                         code = (batch.columns[source.code_field][i] or "").strip()
                         population = _int_or_none(
                             batch.columns[source.population_field][i]
-                            if source.population_field else None
+                            if source.population_field
+                            else None
                         )
                         extra = {
                             key: batch.columns[column][i]
                             for key, column in source.extra_code_fields.items()
-                            if column in batch.columns and batch.columns[column][i] not in (None, "", "-99")
+                            if column in batch.columns
+                            and batch.columns[column][i] not in (None, "", "-99")
                         }
                         if not code or batch.wkb is None or batch.wkb[i] is None:
                             result.rejected.append(f"feature {i + 1}: no code or no geometry")
                             continue
-                        copy.write_row((
-                            code, (batch.columns[source.name_field][i] or code).strip(),
-                            population, json.dumps(extra), batch.wkb[i], srid,
-                        ))
+                        copy.write_row(
+                            (
+                                code,
+                                (batch.columns[source.name_field][i] or code).strip(),
+                                population,
+                                json.dumps(extra),
+                                batch.wkb[i],
+                                srid,
+                            )
+                        )
                         result.read += 1
         for statement in PREPARE:
             cursor.execute(statement)
@@ -180,7 +197,11 @@ def region_load(*, path: Path, source: RegionSource, dataset: Dataset) -> Region
             cursor.execute(LINK_NEAREST)
     logger.info(
         "regions %s: %s read, %s added, %s updated, %s unchanged",
-        source.code_system, result.read, result.added, result.updated, result.unchanged,
+        source.code_system,
+        result.read,
+        result.added,
+        result.updated,
+        result.unchanged,
     )
     return result
 

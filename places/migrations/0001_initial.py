@@ -7,10 +7,11 @@ import django.contrib.postgres.indexes
 import django.db.models.deletion
 import django.db.models.functions.datetime
 import django.db.models.functions.text
-from django.contrib.postgres.operations import CreateExtension, TrigramExtension
-import places.models
 from django.conf import settings
+from django.contrib.postgres.operations import CreateExtension, TrigramExtension
 from django.db import migrations, models
+
+import places.models
 
 
 class Migration(migrations.Migration):

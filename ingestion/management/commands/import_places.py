@@ -20,7 +20,12 @@ from ingestion.readers import UnreadableFile
 from ingestion.services import imports
 from places.services import dataset_get_or_create
 
-FINAL_STATES = {ImportState.DONE, ImportState.DRY_RUN_READY, ImportState.FAILED, ImportState.CANCELLED}
+FINAL_STATES = {
+    ImportState.DONE,
+    ImportState.DRY_RUN_READY,
+    ImportState.FAILED,
+    ImportState.CANCELLED,
+}
 
 
 class Command(BaseCommand):
@@ -36,12 +41,14 @@ class Command(BaseCommand):
         parser.add_argument("--mode", choices=ImportMode.values, default=ImportMode.UPSERT)
         parser.add_argument("--dry-run", action="store_true", help="Report, change nothing.")
         parser.add_argument(
-            "--mapping", default=None,
+            "--mapping",
+            default=None,
             help='JSON column mapping overriding the proposal, e.g. {"key": "{ref}"}.',
         )
         parser.add_argument("--sync", action="store_true", help="Run here, not on a worker.")
         parser.add_argument(
-            "--skip-if-imported", action="store_true",
+            "--skip-if-imported",
+            action="store_true",
             help="Do nothing when this exact file was already imported into the dataset.",
         )
         parser.add_argument("--timeout", type=int, default=1800, help="Seconds to wait.")
@@ -73,8 +80,11 @@ class Command(BaseCommand):
         try:
             with transaction.atomic():
                 job = imports.import_job_create(
-                    path=path, dataset=dataset, dry_run=options["dry_run"],
-                    mode=options["mode"], mapping=mapping,
+                    path=path,
+                    dataset=dataset,
+                    dry_run=options["dry_run"],
+                    mode=options["mode"],
+                    mapping=mapping,
                 )
                 if not options["sync"]:
                     transaction.on_commit(lambda: tasks.import_job_run.delay(job.pk))
@@ -116,4 +126,6 @@ class Command(BaseCommand):
         for reason, count in (job.report or {}).get("rejected_by_reason", {}).items():
             self.stdout.write(f"  rejected {count} × {reason}")
         for rejection in job.rejections.all()[:10]:
-            self.stdout.write(f"    row {rejection.row_number}: {rejection.reason}: {rejection.detail}")
+            self.stdout.write(
+                f"    row {rejection.row_number}: {rejection.reason}: {rejection.detail}"
+            )

@@ -42,8 +42,10 @@ class Command(BaseCommand):
             if missing:
                 raise CommandError(f"give --preset or all of: {', '.join(missing)}")
             source = RegionSource(
-                level=options["level"], code_field=options["code_field"],
-                name_field=options["name_field"], code_system=options["code_system"],
+                level=options["level"],
+                code_field=options["code_field"],
+                name_field=options["name_field"],
+                code_system=options["code_system"],
                 population_field=options["population_field"],
             )
         dataset = dataset_get_or_create(

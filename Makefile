@@ -1,0 +1,53 @@
+# Places: `make run` runs everything, `make test` tests everything; both install what is missing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+
+.PHONY: help run test bench deps system-deps services db lint check clean
+
+help:
+	@echo "make run    install what is missing, load sample data, run web + worker + beat"
+	@echo "make test   install what is missing, then lint, checks and the whole test suite"
+	@echo "make bench  benchmarks; results in tests/benchmarks/results.md"
+
+system-deps:
+	@bin/install-system-deps
+
+$(VENV_STAMP): requirements/base.txt requirements/local.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/local.txt
+	@touch $@
+
+deps: system-deps $(VENV_STAMP)
+
+services:
+	@bin/services-up
+
+db: deps services
+	@$(PY) bin/ensure-database
+
+run: db
+	@bin/run
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint docker/Dockerfile
+	$(VENV)/bin/kubernetes-validate --strict --quiet k8s/*.yaml
+
+check: db
+	$(PY) manage.py check --fail-level WARNING
+	$(PY) manage.py makemigrations --check --dry-run
+
+test: lint check
+	$(PY) -m pytest
+
+bench: db
+	$(PY) tests/benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .ruff_cache

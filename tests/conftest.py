@@ -1,0 +1,61 @@
+"""Shared fixtures. Tests talk to the real PostGIS and Redis services.
+
+The sample regions and the GB import are loaded once per session and committed to the test
+database; tests that change data run inside the ``db`` fixture's transaction and roll back.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.cache import cache
+
+from ingestion.models import ImportJob
+from ingestion.services.imports import import_job_create, import_job_execute
+from ingestion.services.regions import PRESETS, region_load
+from places.models import Dataset
+from places.services import dataset_get_or_create
+
+SAMPLE_DIR = Path(settings.BASE_DIR) / "ingestion" / "sample_data"
+FIXTURES = Path(__file__).parent / "fixtures"
+GB_CSV = SAMPLE_DIR / "osm_pow_gb_excl_wales.csv.gz"
+LONDON_SHP = SAMPLE_DIR / "geofabrik_greater_london_pofw_2019-07-14.shp.zip"
+COUNTRIES = SAMPLE_DIR / "ne_50m_admin_0_countries.geojson.gz"
+DISTRICTS = SAMPLE_DIR / "ons_lad_2024_uk_generalised.geojson.gz"
+
+
+def gzip_lines(path: Path) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return fh.read().splitlines()
+
+
+@pytest.fixture(scope="session")
+def sample_regions(django_db_setup: None, django_db_blocker) -> dict[str, Dataset]:
+    with django_db_blocker.unblock():
+        countries = dataset_get_or_create(slug="natural-earth")
+        districts = dataset_get_or_create(slug="ons-lad-2024")
+        region_load(path=COUNTRIES, source=PRESETS["ne-countries"], dataset=countries)
+        region_load(path=DISTRICTS, source=PRESETS["ons-lad"], dataset=districts)
+    return {"countries": countries, "districts": districts}
+
+
+@pytest.fixture(scope="session")
+def gb_import(sample_regions: dict[str, Dataset], django_db_blocker) -> ImportJob:
+    """The GB places-of-worship CSV, imported once through the real service."""
+    with django_db_blocker.unblock():
+        dataset = dataset_get_or_create(slug="osm-gb")
+        job = import_job_create(path=GB_CSV, dataset=dataset)
+        finished = import_job_execute(job_id=job.pk)
+        assert finished is not None
+        return finished
+
+
+@pytest.fixture
+def clear_cache() -> Iterator[None]:
+    cache.clear()
+    yield
+    cache.clear()
