@@ -42,6 +42,7 @@ class OfflineMapWidget(OpenLayersWidget):
     template_name = "places/widgets/offline_map.html"
 
     class Media:
+        extend = False  # the parent's Media loads OpenLayers from a CDN
         css = {"all": ("vendor/ol/ol.css", "gis/css/ol3.css")}
         js = ("vendor/ol/ol.js", "gis/js/OLMapWidget.js")
 

@@ -239,4 +239,5 @@ if SENTRY_DSN:
         send_default_pii=False,
     )
 
-os.makedirs(BASE_DIR / ".run", exist_ok=True)
+# Runtime state of a checkout (beat schedule, collected static, uploads) lives in .run/.
+os.makedirs(BASE_DIR / ".run" / "staticfiles", exist_ok=True)

@@ -64,9 +64,7 @@ def test_rows_without_a_name_are_kept(gb_import):
 
 
 def test_semicolon_denominations_are_split_and_raw_kept(gb_import):
-    place = Place.objects.filter(
-        dataset=gb_import.dataset, denomination_raw__contains="; "
-    ).first()
+    place = Place.objects.filter(dataset=gb_import.dataset, denomination_raw__contains="; ").first()
     assert place is not None
     assert len(place.denominations) >= 2
     assert all(" " not in d and d == d.lower() for d in place.denominations)
@@ -105,7 +103,9 @@ def test_reimporting_the_same_file_changes_nothing(gb_import):
     # given the state after the first import
     dataset = gb_import.dataset
     log_before = PlaceChange.objects.filter(dataset=dataset).count()
-    versions_before = sorted(Place.objects.filter(dataset=dataset).values_list("version", flat=True))
+    versions_before = sorted(
+        Place.objects.filter(dataset=dataset).values_list("version", flat=True)
+    )
     # when the same file is imported again
     job = import_job_execute(job_id=import_job_create(path=GB_CSV, dataset=dataset).pk)
     # then

@@ -1,0 +1,83 @@
+"""Settings come from the environment; production refuses to start when misconfigured."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SECRET_KEY"))}
+
+
+def _load(module: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); print('started')"],
+        env={**BASE_ENV, "DJANGO_SETTINGS_MODULE": module, **env},
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_production_refuses_to_start_without_secret_key():
+    result = _load("config.settings.production", ALLOWED_HOSTS="places.example.org")
+    assert result.returncode != 0
+    assert "SECRET_KEY" in result.stderr
+
+
+def test_production_refuses_to_start_with_debug_on():
+    result = _load(
+        "config.settings.production",
+        SECRET_KEY="x" * 50,
+        DEBUG="true",
+        ALLOWED_HOSTS="places.example.org",
+    )
+    assert result.returncode != 0
+    assert "DEBUG" in result.stderr
+
+
+def test_production_starts_when_configured(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 50)
+    result = _load(
+        "config.settings.production",
+        SECRET_KEY_FILE=str(secret),
+        ALLOWED_HOSTS="places.example.org",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "started" in result.stdout
+
+
+def test_development_needs_no_variables():
+    result = _load("config.settings.local")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.django_db
+def test_app_connections_run_with_jit_off():
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW jit")
+        assert cursor.fetchone()[0] == "off"
+
+
+@pytest.mark.django_db(databases=["default", "replica"])
+def test_replica_alias_is_read_only():
+    from django.db import connections
+    from django.db.utils import InternalError
+
+    with connections["replica"].cursor() as cursor:
+        cursor.execute("SHOW default_transaction_read_only")
+        assert cursor.fetchone()[0] == "on"
+        with pytest.raises(InternalError, match="read-only"):
+            cursor.execute("CREATE TEMP TABLE should_fail (id int)")
+
+
+def test_geodjango_uses_a_current_gdal():
+    from django.contrib.gis.gdal import GDAL_VERSION
+
+    assert GDAL_VERSION >= (3, 9)

@@ -1,0 +1,90 @@
+"""Admin pages for every model work, stay cheap to count, and edit through services."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib import admin
+from django.urls import reverse
+
+from places.models import Place, PlaceChange
+
+pytestmark = pytest.mark.django_db
+
+
+def test_every_model_is_registered():
+    from django.apps import apps
+
+    ours = [m for m in apps.get_models() if m._meta.app_label in {"places", "ingestion"}]
+    assert ours
+    assert all(admin.site.is_registered(m) for m in ours)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "places.dataset",
+        "places.region",
+        "places.regionpart",
+        "places.place",
+        "places.placeattribute",
+        "places.placechange",
+        "ingestion.importjob",
+        "ingestion.importrejection",
+    ],
+)
+def test_changelists_open(admin_client, gb_import, model):
+    app, name = model.split(".")
+    response = admin_client.get(reverse(f"admin:{app}_{name}_changelist"))
+    assert response.status_code == 200
+
+
+def test_place_search_and_filters(admin_client, gb_import):
+    url = reverse("admin:places_place_changelist")
+    response = admin_client.get(url, {"q": "cathedral", "religion__exact": "christian"})
+    assert response.status_code == 200
+    assert b"Cathedral" in response.content
+
+
+def test_place_change_page_has_an_offline_map(admin_client, gb_import):
+    place = Place.objects.filter(dataset=gb_import.dataset).first()
+    response = admin_client.get(reverse("admin:places_place_change", args=[place.pk]))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "vendor/ol/ol.js" in html
+    assert "ne_110m_countries.geojson" in html
+    assert "cdn.jsdelivr" not in html
+    assert "openstreetmap.org" not in html
+
+
+def test_admin_edit_goes_to_the_change_log(admin_client, admin_user, gb_import):
+    place = Place.objects.filter(dataset=gb_import.dataset).exclude(name="").first()
+    url = reverse("admin:places_place_change", args=[place.pk])
+    form = admin_client.get(url).context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None}
+    data.update(
+        {
+            "name": "Renamed by a curator",
+            "location": place.location.json,
+            "footprint": "",
+            "denominations": ",".join(place.denominations),
+            "tags": '{{"area_code": "{}"}}'.format(place.tags.get("area_code", "")),
+            "attributes-TOTAL_FORMS": "0",
+            "attributes-INITIAL_FORMS": "0",
+        }
+    )
+    data = {k: ("" if v is None else v) for k, v in data.items()}
+    for key in ("country", "region", "merged_into"):
+        data[key] = data.get(key) or ""
+    response = admin_client.post(url, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    place.refresh_from_db()
+    assert place.name == "Renamed by a curator"
+    change = PlaceChange.objects.filter(place=place).latest("seq")
+    assert change.user == admin_user
+    assert "name" in change.changes
+
+
+def test_places_cannot_be_deleted_in_the_admin(admin_client, gb_import):
+    place = Place.objects.filter(dataset=gb_import.dataset).first()
+    response = admin_client.get(reverse("admin:places_place_delete", args=[place.pk]))
+    assert response.status_code == 403
