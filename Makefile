@@ -11,7 +11,7 @@ VENV_STAMP := $(VENV)/.installed
 help:
 	@echo "make run    install what is missing, load sample data, run web + worker + beat"
 	@echo "make test   install what is missing, then lint, checks and the whole test suite"
-	@echo "make bench  benchmarks; results in tests/benchmarks/results.md"
+	@echo "make bench  benchmarks; results in tests/benchmarks/results/results.md"
 
 system-deps:
 	@bin/install-system-deps

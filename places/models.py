@@ -105,15 +105,15 @@ class RegionPart(models.Model):
     """A region cut into small pieces (``ST_Subdivide``) so point-in-polygon stays fast.
 
     A GiST lookup on a country's full outline tests thousands of vertices per point; on
-    pieces of at most a few hundred vertices it tests only those near the point.
+    pieces of at most 64 vertices it tests only those near the point.
     """
 
     region = models.ForeignKey(Region, on_delete=models.CASCADE, related_name="parts")
     level = models.CharField(max_length=16, choices=RegionLevel.choices)
     geom = models.GeometryField(srid=SRID)
 
-    class Meta:
-        indexes = [models.Index(fields=["level"], name="regionpart_level")]
+    # No B-tree on ``level``: the planner would AND it with the GiST index and read every
+    # piece of that level per point (measured 2.9x slower on the GB sample).
 
 
 class PlaceStatus(models.TextChoices):

@@ -18,8 +18,9 @@ from places.models import Dataset, RegionLevel
 
 logger = logging.getLogger(__name__)
 
-# Pieces of at most this many vertices: small enough for quick point-in-polygon tests.
-SUBDIVIDE_MAX_VERTICES = 256
+# Pieces of at most this many vertices: 64 was 2x faster than 256 for the GB sample's
+# district assignment, at 1,100 instead of 688 pieces.
+SUBDIVIDE_MAX_VERTICES = 64
 
 
 @dataclass(frozen=True)
@@ -184,10 +185,16 @@ def region_load(*, path: Path, source: RegionSource, dataset: Dataset) -> Region
             {"level": source.level, "code_system": source.code_system, "dataset": dataset.pk},
         )
         changed = cursor.fetchall()
-        ids = [row[0] for row in changed]
         result.added = sum(1 for row in changed if row[1])
         result.updated = len(changed) - result.added
         result.unchanged = result.read - len(changed)
+        # Changed regions, plus any of this file's regions that lost their pieces.
+        cursor.execute(
+            "SELECT r.id FROM places_region r WHERE r.code_system = %s AND NOT EXISTS "
+            "(SELECT 1 FROM places_regionpart p WHERE p.region_id = r.id)",
+            [source.code_system],
+        )
+        ids = sorted({row[0] for row in changed} | {row[0] for row in cursor.fetchall()})
         if ids:
             cursor.execute(SUBDIVIDE, {"ids": ids, "vertices": SUBDIVIDE_MAX_VERTICES})
             if source.level == RegionLevel.COUNTRY:
