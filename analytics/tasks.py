@@ -1,0 +1,1 @@
+"""Analytics tasks run on the ``analytics`` queue against the replica (none scheduled yet)."""
