@@ -196,7 +196,6 @@ SPECTACULAR_SETTINGS = {
 # --- Domain settings ---------------------------------------------------------------------
 PLACES_API_PAGE_SIZE = env.int("PLACES_API_PAGE_SIZE", default=1000)
 PLACES_API_MAX_PAGE_SIZE = env.int("PLACES_API_MAX_PAGE_SIZE", default=10000)
-IMPORT_BATCH_ROWS = env.int("IMPORT_BATCH_ROWS", default=50_000)
 
 # --- Logging and errors ------------------------------------------------------------------
 LOG_FORMAT = env.str("LOG_FORMAT", default="text")

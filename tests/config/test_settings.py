@@ -81,3 +81,23 @@ def test_geodjango_uses_a_current_gdal():
     from django.contrib.gis.gdal import GDAL_VERSION
 
     assert GDAL_VERSION >= (3, 9)
+
+
+def test_production_static_files_collect_with_the_manifest_storage(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
+        env={
+            **BASE_ENV,
+            "DJANGO_SETTINGS_MODULE": "config.settings.production",
+            "SECRET_KEY": "s" * 50,
+            "ALLOWED_HOSTS": "places.example.org",
+            "STATIC_ROOT": str(tmp_path),
+        },
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "staticfiles.json").exists()
+    assert list(tmp_path.glob("vendor/ol/ol.*.js"))
