@@ -24,13 +24,13 @@ from django.utils import timezone
 from ingestion.mapping import ColumnMapping, mapping_propose, stage_rows
 from ingestion.models import ImportJob, ImportMode, ImportState
 from ingestion.readers import UnreadableFile, detect_format, open_reader, srid_from_crs
+from ingestion.selectors import PROGRESS_KEY
 from places.models import Dataset
 
 logger = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 2 * 1024**3
 ADVISORY_LOCK_CLASS = 0x494D5054  # "IMPT": one import at a time per dataset
-PROGRESS_KEY = "import-progress:{}"
 
 STAGE_COLUMNS = (
     "row_number",
@@ -369,23 +369,6 @@ def import_job_create(
         job.file.save(f"{job.sha256[:16]}-{path.name}", File(fh), save=False)
     job.save()
     return job
-
-
-def import_job_last_applied(*, dataset: Dataset, sha256: str) -> ImportJob | None:
-    """The latest finished, non-dry-run import of this exact file into this dataset."""
-    return (
-        ImportJob.objects.filter(
-            dataset=dataset, sha256=sha256, state=ImportState.DONE, dry_run=False
-        )
-        .order_by("-id")
-        .first()
-    )
-
-
-def import_job_progress(*, job: ImportJob) -> int:
-    """Rows read so far: live from the cache while the job runs, else from the row."""
-    value = cache.get(PROGRESS_KEY.format(job.pk))
-    return int(value) if value is not None else job.rows_read
 
 
 def import_job_execute(*, job_id: int) -> ImportJob | None:

@@ -101,3 +101,35 @@ def test_production_static_files_collect_with_the_manifest_storage(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "staticfiles.json").exists()
     assert list(tmp_path.glob("vendor/ol/ol.*.js"))
+
+
+def test_sentry_is_off_without_dsn_and_sends_no_personal_data_with_one():
+    probe = (
+        "import django, sentry_sdk; django.setup(); c = sentry_sdk.get_client(); "
+        "print(c.is_active(), c.options.get('send_default_pii'), "
+        "sorted(c.integrations) if c.is_active() else [])"
+    )
+    without = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**BASE_ENV, "DJANGO_SETTINGS_MODULE": "config.settings.local", "SENTRY_DSN": ""},
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert without.stdout.startswith("False"), without.stderr
+    with_dsn = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={
+            **BASE_ENV,
+            "DJANGO_SETTINGS_MODULE": "config.settings.local",
+            "SENTRY_DSN": "https://public@sentry.invalid/1",
+        },
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert with_dsn.stdout.startswith("True False"), with_dsn.stderr
+    assert "celery" in with_dsn.stdout
+    assert "django" in with_dsn.stdout

@@ -88,3 +88,20 @@ def test_places_cannot_be_deleted_in_the_admin(admin_client, gb_import):
     place = Place.objects.filter(dataset=gb_import.dataset).first()
     response = admin_client.get(reverse("admin:places_place_delete", args=[place.pk]))
     assert response.status_code == 403
+
+
+def test_large_changelist_is_counted_by_estimate_not_count(admin_client, gb_import):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    # given a table larger than the exact-count threshold, freshly analysed
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE places_place")
+    # when the unfiltered changelist opens
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(reverse("admin:places_place_changelist"))
+    # then no COUNT(*) ran over the places table, and the count shown is the estimate
+    assert response.status_code == 200
+    counts = [q["sql"] for q in queries if "COUNT(" in q["sql"] and "places_place" in q["sql"]]
+    assert counts == []
+    assert response.context["cl"].result_count >= 20_000

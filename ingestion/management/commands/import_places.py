@@ -14,7 +14,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from ingestion import tasks
+from ingestion import selectors, tasks
 from ingestion.models import ImportJob, ImportMode, ImportState
 from ingestion.readers import UnreadableFile
 from ingestion.services import imports
@@ -67,7 +67,7 @@ class Command(BaseCommand):
             },
         )
         if options["skip_if_imported"] and not options["dry_run"]:
-            previous = imports.import_job_last_applied(
+            previous = selectors.import_job_last_applied(
                 dataset=dataset, sha256=imports.file_sha256(path)
             )
             if previous:
@@ -105,7 +105,7 @@ class Command(BaseCommand):
             job.refresh_from_db()
             if job.state in FINAL_STATES:
                 return job
-            progress = imports.import_job_progress(job=job)
+            progress = selectors.import_job_progress(job=job)
             if progress != last:
                 total = f"/{job.rows_total}" if job.rows_total else ""
                 self.stdout.write(f"  {job.state}: {progress}{total} rows read")
