@@ -408,6 +408,11 @@ def import_job_execute(*, job_id: int) -> ImportJob | None:
     finally:
         cache.delete(PROGRESS_KEY.format(job_id))
     job = ImportJob.objects.get(pk=job_id)
+    if job.state == ImportState.DONE and (job.added or job.updated):
+        # Fresh planner statistics after a bulk load: the map queries and the admin's
+        # estimated counts depend on them, and autovacuum may take minutes to get there.
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE places_place")
     logger.info(
         "import job %s %s: %s read, %s added, %s updated, %s unchanged, %s rejected",
         job.pk,

@@ -202,6 +202,9 @@ def region_load(*, path: Path, source: RegionSource, dataset: Dataset) -> Region
                 cursor.execute("UPDATE places_region SET parent_id = NULL WHERE level <> 'country'")
             cursor.execute(LINK_PARENTS)
             cursor.execute(LINK_NEAREST)
+    if result.added or result.updated:
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE places_region, places_regionpart")
     logger.info(
         "regions %s: %s read, %s added, %s updated, %s unchanged",
         source.code_system,

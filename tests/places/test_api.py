@@ -177,3 +177,12 @@ def test_openapi_schema_and_docs_work_offline(api):
     docs = api.get("/api/docs/")
     assert docs.status_code == 200
     assert b"cdn.jsdelivr" not in docs.content
+
+
+def test_home_page_shows_the_number_of_places_after_an_import(client, gb_import):
+    response = client.get("/")
+    assert response.status_code == 200
+    shown = int(response.context["place_estimate"])
+    actual = Place.objects.count()
+    assert actual * 0.9 <= shown <= actual * 1.1
+    assert b"osm-gb" in response.content
