@@ -23,10 +23,19 @@ def pyogrio_gdal() -> tuple[str | None, dict[str, str]]:
     data = {
         "PROJ_DATA": str(package / "proj_data"),
         "GDAL_DATA": str(package / "gdal_data"),
-        # Never let GDAL follow an uploaded file to other files (VRT and friends).
-        "GDAL_SKIP": "OGR_VRT",
     }
     return (libs[0] if libs else None), data
+
+
+def skip_vrt() -> None:
+    """Never let GDAL follow an uploaded file to other files (VRT and friends).
+
+    Added to any ``GDAL_SKIP`` already set rather than replaced by it, and called before
+    GDAL registers its drivers.
+    """
+    skipped = os.environ.get("GDAL_SKIP", "").replace(",", " ").split()
+    if "OGR_VRT" not in skipped:
+        os.environ["GDAL_SKIP"] = " ".join([*skipped, "OGR_VRT"])
 
 
 def configure() -> str | None:
@@ -34,6 +43,7 @@ def configure() -> str | None:
     library, data = pyogrio_gdal()
     for key, value in data.items():
         os.environ.setdefault(key, value)
+    skip_vrt()
     return os.environ.get("GDAL_LIBRARY_PATH") or library
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 
 from django.conf import settings
@@ -29,11 +30,13 @@ def _check_database(alias: str) -> None:
 
 
 def _check_cache() -> None:
-    key = "health:ready"
-    token = str(time.monotonic())
+    # A key per probe: pods probing at once must not read each other's value.
+    token = uuid.uuid4().hex
+    key = f"health:ready:{token}"
     cache.set(key, token, timeout=10)
     if cache.get(key) != token:
         raise RuntimeError("cache did not return the value just written")
+    cache.delete(key)
 
 
 def _check_broker() -> None:

@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 # A client-supplied id is echoed only when it is short and plain, so it cannot inject log lines.
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
 
 
@@ -27,7 +27,7 @@ class RequestIdMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         supplied = request.headers.get("X-Request-ID", "")
-        request_id = supplied if _SAFE_ID.match(supplied) else uuid.uuid4().hex
+        request_id = supplied if _SAFE_ID.fullmatch(supplied) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
         try:
             response = self.get_response(request)

@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from ingestion.models import ImportJob, ImportRejection
-from places.admin_base import FastChangeListMixin
+from places.admin_base import FastChangeListMixin, IdSearchMixin
 
 
 class ReadOnlyAdmin(FastChangeListMixin, admin.ModelAdmin):
@@ -16,6 +16,10 @@ class ReadOnlyAdmin(FastChangeListMixin, admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Jobs are the audit trail of imports; the change log points at them.
         return False
 
 
@@ -40,8 +44,10 @@ class ImportJobAdmin(ReadOnlyAdmin):
 
 
 @admin.register(ImportRejection)
-class ImportRejectionAdmin(ReadOnlyAdmin):
+class ImportRejectionAdmin(IdSearchMixin, ReadOnlyAdmin):
     list_display = ("job", "row_number", "layer", "reason", "detail")
     list_filter = ("reason",)
-    search_fields = ("=job__id",)
+    search_fields = ("detail",)
+    search_help_text = "An import job id lists that job's rejected rows."
+    id_search_field = "job_id"
     raw_id_fields = ("job",)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import string
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
@@ -16,6 +17,8 @@ from ingestion.normalize import (
     religion_normalise,
 )
 from ingestion.readers import Batch
+
+_FIELD = re.compile(r"[^{}!:\[\].]{1,100}")
 
 _SYNONYMS: dict[str, tuple[str, ...]] = {
     "name": ("name", "title", "place_name"),
@@ -56,10 +59,21 @@ class ColumnMapping:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def key_fields(self) -> list[str]:
+        """Column names in the key template; only plain ``{name}`` fields are allowed."""
+        fields_: list[str] = []
+        for _, name, spec, conversion in string.Formatter().parse(self.key):
+            if name is None:
+                continue
+            if spec or conversion or not name or not _FIELD.fullmatch(name):
+                raise ValueError(f"key template field {{{name}}} must be a plain column name")
+            fields_.append(name)
+        return fields_
+
     def used_columns(self) -> set[str]:
         """Columns consumed by fields; the rest become tags (a packed class stays in tags)."""
         used = {v for k, v in self.as_dict().items() if k not in {"key", "packed_class"} and v}
-        used |= {f for _, f, _, _ in string.Formatter().parse(self.key) if f}
+        used |= set(self.key_fields())
         return used
 
 
@@ -120,7 +134,7 @@ def stage_rows(
     names = list(batch.columns)
     used = mapping.used_columns()
     columns = batch.columns
-    key_fields = [f for _, f, _, _ in string.Formatter().parse(mapping.key) if f]
+    key_fields = mapping.key_fields()
     for i in range(batch.num_rows):
         raw = {n: columns[n][i] for n in names}
         values = {**raw, "_kind": geometry_kind}
@@ -178,3 +192,29 @@ def stage_rows(
             reject or None,
             detail or None,
         )
+
+
+def malformed_stage_row(*, line: int | None, text: str, expected: int) -> StageRow:
+    """A staging row for a CSV record that could not be split into its columns."""
+    return (
+        line or 0,
+        "",
+        "",
+        "",
+        "unknown",
+        "",
+        [],
+        "",
+        None,
+        None,
+        None,
+        4326,
+        None,
+        "",
+        None,
+        "",
+        "{}",
+        json.dumps({"_text": text}, ensure_ascii=False),
+        "malformed_row",
+        f"expected {expected} fields" + ("" if line else " (line number unknown)"),
+    )

@@ -71,6 +71,8 @@ class ImportJob(models.Model):
 
 class RejectionReason(models.TextChoices):
     MISSING_KEY = "missing_key", "No source key"
+    KEY_TOO_LONG = "key_too_long", "Source key longer than 255 characters"
+    MALFORMED_ROW = "malformed_row", "Row cannot be parsed (wrong number of fields)"
     MISSING_GEOMETRY = "missing_geometry", "No geometry or coordinates"
     BAD_COORDINATES = "bad_coordinates", "Coordinates not finite or out of range"
     INVALID_GEOMETRY = "invalid_geometry", "Geometry invalid and not repairable"
@@ -82,7 +84,7 @@ class ImportRejection(models.Model):
 
     job = models.ForeignKey(ImportJob, on_delete=models.CASCADE, related_name="rejections")
     row_number = models.BigIntegerField(help_text="Line (CSV, header = 1) or feature number.")
-    layer = models.CharField(max_length=100, blank=True)
+    layer = models.TextField(blank=True)
     reason = models.CharField(max_length=32, choices=RejectionReason.choices)
     detail = models.TextField(blank=True)
     raw = models.JSONField(default=dict)

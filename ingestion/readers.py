@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import os
+import json
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,10 +21,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from charset_normalizer import from_bytes
 
-os.environ.setdefault("GDAL_SKIP", "OGR_VRT")
+from config.gdal import skip_vrt
 
-import pyogrio
-from pyogrio.raw import open_arrow
+# GDAL_SKIP must be in the environment before GDAL registers its drivers.
+skip_vrt()
+
+import pyogrio  # noqa: E402
+from pyogrio.raw import open_arrow  # noqa: E402
 
 BATCH_ROWS = 50_000
 MAX_COLUMNS = 1_000
@@ -137,10 +140,15 @@ def detect_encoding(sample: bytes) -> str:
 
 
 class CsvReader:
-    """Delimited text (any of , ; tab |), plain or gzip, any encoding; all values as text."""
+    """Delimited text (any of , ; tab |), plain or gzip, any encoding; all values as text.
+
+    Rows with the wrong number of fields are skipped and kept in ``invalid_rows`` (their
+    text and, where known, line number) for the rejection report.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.invalid_rows: list[tuple[int | None, str]] = []
         sample = _open_text_head(path)
         self.encoding = detect_encoding(sample)
         text = sample.decode(self.encoding, errors="replace")
@@ -163,23 +171,32 @@ class CsvReader:
 
     def batches(self, layer: str = "") -> Iterator[Batch]:
         compression = "gzip" if _head(self.path, 2) == b"\x1f\x8b" else None
-        stream = pa.input_stream(str(self.path), compression=compression)
-        reader = pacsv.open_csv(
-            stream,
-            read_options=pacsv.ReadOptions(
-                encoding=self.encoding,
-                column_names=self.header,
-                skip_rows=1,
-                block_size=4 << 20,
-            ),
-            parse_options=pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in self.header},
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
-        )
+        self.invalid_rows = []
+
+        def invalid(row: pacsv.InvalidRow) -> str:
+            self.invalid_rows.append((row.number, row.text[:10_000]))
+            return "skip"
+
         try:
+            reader = pacsv.open_csv(
+                pa.input_stream(str(self.path), compression=compression),
+                read_options=pacsv.ReadOptions(
+                    encoding=self.encoding,
+                    column_names=self.header,
+                    skip_rows=1,
+                    block_size=4 << 20,
+                ),
+                parse_options=pacsv.ParseOptions(
+                    delimiter=self.delimiter,
+                    newlines_in_values=True,
+                    invalid_row_handler=invalid,
+                ),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={name: pa.string() for name in self.header},
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
             for record_batch in reader:
                 yield Batch(
                     columns={n: record_batch.column(n).to_pylist() for n in self.header},
@@ -229,15 +246,12 @@ class GeoReader:
             meta,
             reader,
         ):
-            geometry = "wkb_geometry"
+            # pyogrio names the WKB column after the layer's geometry column (GeoPackage:
+            # usually "geom"), or "wkb_geometry" when the format has no name for it.
+            geometry = meta.get("geometry_name") or "wkb_geometry"
             names = [str(f) for f in meta["fields"]]
             for record_batch in reader:
-                columns = {}
-                for n in names:
-                    column = record_batch.column(n)
-                    if not pa.types.is_string(column.type):
-                        column = column.cast(pa.string())
-                    columns[n] = column.to_pylist()
+                columns = {n: _as_text(record_batch.column(n)) for n in names}
                 yield Batch(
                     columns=columns,
                     wkb=record_batch.column(geometry).to_pylist()
@@ -245,6 +259,15 @@ class GeoReader:
                     else None,
                     num_rows=record_batch.num_rows,
                 )
+
+
+def _as_text(column: pa.Array) -> list[str | None]:
+    """Attribute values as text; lists and structs (GeoJSON arrays, objects) as JSON."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return column.to_pylist()
+    if pa.types.is_nested(column.type):
+        return [None if v is None else json.dumps(v, default=str) for v in column.to_pylist()]
+    return column.cast(pa.string()).to_pylist()
 
 
 def open_reader(path: Path, fmt: str | None = None) -> CsvReader | GeoReader:
@@ -262,10 +285,14 @@ def srid_from_crs(crs: str | None) -> int:
         return 4326
     if crs.upper().startswith("EPSG:"):
         return int(crs.split(":", 1)[1])
-    from django.contrib.gis.gdal import SpatialReference
+    from django.contrib.gis.gdal import GDALException, SpatialReference, SRSException
 
-    srs = SpatialReference(crs)
-    srs.identify_epsg()
-    if srs.srid is None:
+    try:
+        srs = SpatialReference(crs)
+        srs.identify_epsg()
+        srid = srs.srid
+    except (GDALException, SRSException, ValueError, TypeError):
+        srid = None
+    if srid is None:
         raise UnreadableFile(f"cannot identify the coordinate system {crs[:80]!r}")
-    return int(srs.srid)
+    return int(srid)

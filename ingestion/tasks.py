@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError
 
 from ingestion.services import imports
 
@@ -17,9 +16,10 @@ logger = logging.getLogger(__name__)
     # Redeliver when the worker dies mid-import; the service restarts the job cleanly.
     acks_late=True,
     reject_on_worker_lost=True,
-    autoretry_for=(OperationalError, InterfaceError),
+    autoretry_for=imports.TRANSIENT_ERRORS,
     retry_backoff=10,
-    retry_kwargs={"max_retries": 5},
+    # One more delivery than the service allows attempts, so the last one marks it failed.
+    retry_kwargs={"max_retries": imports.MAX_ATTEMPTS},
 )
 def import_job_run(job_id: int) -> str | None:
     job = imports.import_job_execute(job_id=job_id)

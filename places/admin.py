@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from places import services
-from places.admin_base import FastChangeListMixin, GeoAdmin
+from places.admin_base import FastChangeListMixin, GeoAdmin, IdSearchMixin
 from places.models import Dataset, Place, PlaceAttribute, PlaceChange, Region, RegionPart
 
 
@@ -36,8 +36,12 @@ class RegionAdmin(GeoAdmin):
     readonly_fields = ("area_km2", "created_at", "updated_at")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Region]:
-        # Boundaries can be megabytes; the list never shows them.
-        return super().get_queryset(request).select_related("parent")
+        # Boundaries can be megabytes; the list never shows them (the form loads its own).
+        return super().get_queryset(request).select_related("parent").defer("geom", "parent__geom")
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Deleting a region would silently unset places' region outside the change log.
+        return False
 
 
 @admin.register(RegionPart)
@@ -47,6 +51,9 @@ class RegionPartAdmin(GeoAdmin):
     list_display = ("id", "region", "level")
     list_filter = ("level",)
     raw_id_fields = ("region",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[RegionPart]:
+        return super().get_queryset(request).select_related("region").defer("region__geom")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -77,7 +84,8 @@ class PlaceAdmin(GeoAdmin):
         "updated_at",
     )
     list_filter = ("status", "religion", "dataset")
-    search_fields = ("name", "=source_key")
+    search_fields = ("name",)
+    search_help_text = "Part of a name, a key such as osm:way/123, or a place id."
     raw_id_fields = ("country", "region", "merged_into")
     list_select_related = ("dataset", "region")
     readonly_fields = ("version", "created_at", "updated_at", "history")
@@ -91,6 +99,19 @@ class PlaceAdmin(GeoAdmin):
     )
     inlines = (PlaceAttributeInline,)
     actions = ("retire_selected",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Place]:
+        return super().get_queryset(request).defer("source_values", "region__geom")
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Place], search_term: str
+    ) -> tuple[QuerySet[Place], bool]:
+        term = search_term.strip()
+        if term.isdigit():
+            return queryset.filter(pk=int(term)), False
+        if ":" in term and " " not in term:  # a source key, answered by its index
+            return queryset.filter(source_key=term), False
+        return super().get_search_results(request, queryset, search_term)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Place | None = None) -> tuple:
         # The natural key is fixed once the place exists: the change log and imports rely on it.
@@ -141,11 +162,14 @@ class PlaceAdmin(GeoAdmin):
 
     @admin.action(description="Retire selected places (keeps them, with an end date)")
     def retire_selected(self, request: HttpRequest, queryset: QuerySet[Place]) -> None:
+        limit = 1000
+        active = queryset.filter(status="active")
         count = 0
-        for place in queryset.filter(status="active")[:1000]:
+        for place in active[:limit]:
             services.place_retire(place=place, user=request.user)
             count += 1
-        self.message_user(request, f"Retired {count} place(s).", messages.SUCCESS)
+        more = " Only the first 1000 were retired; run the action again." if count == limit else ""
+        self.message_user(request, f"Retired {count} place(s).{more}", messages.SUCCESS)
 
 
 @admin.register(PlaceAttribute)
@@ -158,12 +182,14 @@ class PlaceAttributeAdmin(FastChangeListMixin, admin.ModelAdmin):
 
 
 @admin.register(PlaceChange)
-class PlaceChangeAdmin(FastChangeListMixin, admin.ModelAdmin):
+class PlaceChangeAdmin(IdSearchMixin, FastChangeListMixin, admin.ModelAdmin):
     """The audit trail: read-only, as the table itself refuses updates and deletes."""
 
     list_display = ("seq", "place", "operation", "source", "user", "import_job", "at")
     list_filter = ("operation", "source")
-    search_fields = ("=place__id",)
+    search_fields = ("comment",)
+    search_help_text = "A place id lists that place's changes."
+    id_search_field = "place_id"
     raw_id_fields = ("place", "user", "import_job")
     list_select_related = ("place", "user", "import_job")
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import generics
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
 
 from places import selectors
 from places.filters import PlaceFilter, RegionFilter
@@ -18,6 +22,19 @@ from places.serializers import (
     RegionGeoSerializer,
     RegionSerializer,
 )
+
+
+class QueryParamsGuard:
+    """Refuse query parameters holding NUL characters: PostgreSQL cannot store or compare them."""
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        bad = sorted(
+            {k for k, values in request.query_params.lists() for v in values if "\x00" in v}
+        )
+        if bad:
+            raise ValidationError({name: ["must not contain NUL characters"] for name in bad})
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+
 
 LIMIT_PARAMETER = OpenApiParameter(
     "limit", OpenApiTypes.INT, description="Features per page (default 1000, maximum 10000)."
@@ -37,7 +54,7 @@ BBOX_PARAMETER = OpenApiParameter(
     summary="Places as GeoJSON, filtered and paged by cursor",
     parameters=[BBOX_PARAMETER, LIMIT_PARAMETER],
 )
-class PlaceListApi(generics.ListAPIView):
+class PlaceListApi(QueryParamsGuard, generics.ListAPIView):
     serializer_class = PlaceSerializer
     filterset_class = PlaceFilter
     pagination_class = GeoJsonCursorPagination
@@ -48,15 +65,15 @@ class PlaceListApi(generics.ListAPIView):
 
 
 @extend_schema(summary="One place with its footprint")
-class PlaceDetailApi(generics.RetrieveAPIView):
+class PlaceDetailApi(QueryParamsGuard, generics.RetrieveAPIView):
     serializer_class = PlaceDetailSerializer
 
     def get_queryset(self) -> QuerySet[Place]:
-        return selectors.place_list()
+        return selectors.place_detail_queryset()
 
 
 @extend_schema(summary="Regions (without geometry)")
-class RegionListApi(generics.ListAPIView):
+class RegionListApi(QueryParamsGuard, generics.ListAPIView):
     serializer_class = RegionSerializer
     filterset_class = RegionFilter
 
@@ -65,15 +82,15 @@ class RegionListApi(generics.ListAPIView):
 
 
 @extend_schema(summary="One region as a GeoJSON Feature with its boundary")
-class RegionDetailApi(generics.RetrieveAPIView):
+class RegionDetailApi(QueryParamsGuard, generics.RetrieveAPIView):
     serializer_class = RegionGeoSerializer
 
     def get_queryset(self) -> QuerySet[Region]:
-        return Region.objects.select_related("parent")
+        return Region.objects.select_related("parent").defer("parent__geom")
 
 
 @extend_schema(summary="Source datasets with licence and attribution")
-class DatasetListApi(generics.ListAPIView):
+class DatasetListApi(QueryParamsGuard, generics.ListAPIView):
     serializer_class = DatasetSerializer
     filter_backends: list = []
 
@@ -82,7 +99,7 @@ class DatasetListApi(generics.ListAPIView):
 
 
 @extend_schema(summary="One dataset")
-class DatasetDetailApi(generics.RetrieveAPIView):
+class DatasetDetailApi(QueryParamsGuard, generics.RetrieveAPIView):
     serializer_class = DatasetSerializer
     lookup_field = "slug"
     filter_backends: list = []

@@ -135,7 +135,7 @@ class Place(models.Model):
     )
     religion_raw = models.TextField(blank=True, help_text="The value as the source wrote it.")
     denominations = ArrayField(
-        models.CharField(max_length=100),
+        models.TextField(),
         default=list,
         blank=True,
         help_text="Normalised denominations (lowercase, underscores); several are allowed.",
@@ -161,11 +161,9 @@ class Place(models.Model):
     )
     tags = models.JSONField(default=dict, blank=True, help_text="Free tags from the source.")
     start_date = models.DateField(null=True, blank=True)
-    start_date_raw = models.CharField(
-        max_length=100, blank=True, help_text="As written, e.g. “early 1960's”."
-    )
+    start_date_raw = models.TextField(blank=True, help_text="As written, e.g. “early 1960's”.")
     end_date = models.DateField(null=True, blank=True)
-    end_date_raw = models.CharField(max_length=100, blank=True)
+    end_date_raw = models.TextField(blank=True)
     status = models.CharField(
         max_length=8, choices=PlaceStatus.choices, default=PlaceStatus.ACTIVE, db_index=True
     )
@@ -209,6 +207,8 @@ class Place(models.Model):
             models.Index(fields=["country"], name="place_country"),
             models.Index(fields=["region"], name="place_region"),
             models.Index(fields=["updated_at"], name="place_updated_at"),
+            # Curators look places up by their OSM id across datasets.
+            models.Index(fields=["source_key"], name="place_source_key"),
             # place_name_trgm (GIN trigram on UPPER(name)) is created in migration 0004.
         ]
 

@@ -34,6 +34,16 @@ class GeoJsonCursorPagination(CursorPagination):
             raise ValidationError({"limit": [f"must be between 1 and {self.max_page_size}"]})
         return size
 
+    def decode_cursor(self, request: Any) -> Any:
+        """DRF's cursor, refused with HTTP 400 unless its position is an integer id."""
+        cursor = super().decode_cursor(request)
+        if cursor is not None and cursor.position is not None:
+            try:
+                int(cursor.position)
+            except (TypeError, ValueError):
+                raise ValidationError({"cursor": ["is not a cursor this API handed out"]}) from None
+        return cursor
+
     def get_paginated_response(self, data: Any) -> Response:
         return Response(
             {

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from django.contrib.gis.geos import Polygon
 from django.db import connection
 from django.db.models import Q, QuerySet
+from django.db.models.expressions import RawSQL
 
 from places.geo import BBox
 from places.models import Dataset, Place, PlaceChange, Region
@@ -27,7 +28,10 @@ def place_list(
     A box crossing the antimeridian becomes two boxes joined by OR; each is answered from
     the GiST index on ``location``.
     """
-    qs = Place.objects.select_related("dataset", "country", "region")
+    # Lists never show footprints or region boundaries; loading them would multiply the bytes.
+    qs = Place.objects.select_related("dataset", "country", "region").defer(
+        "footprint", "source_values", "country__geom", "region__geom"
+    )
     if bbox is not None:
         condition = Q()
         for part in bbox.parts():
@@ -48,8 +52,39 @@ def place_list(
     return qs.order_by("id")
 
 
+def place_detail_queryset() -> QuerySet[Place]:
+    """Places with everything a detail view shows (footprint included, boundaries not)."""
+    return Place.objects.select_related("dataset", "country", "region").defer(
+        "source_values", "country__geom", "region__geom"
+    )
+
+
+REGIONS_FOR_POINT = """
+WITH pt AS (SELECT ST_SetSRID(ST_MakePoint(%(lon)s, %(lat)s), 4326) AS geom),
+finest AS (
+    SELECT rp.region_id FROM places_regionpart rp, pt
+    WHERE rp.level IN ('district', 'admin1') AND ST_Intersects(rp.geom, pt.geom)
+    ORDER BY rp.level = 'district' DESC, rp.region_id LIMIT 1
+)
+SELECT (SELECT region_id FROM finest),
+       COALESCE(
+           (SELECT r.parent_id FROM places_region r WHERE r.id = (SELECT region_id FROM finest)),
+           (SELECT rp.region_id FROM places_regionpart rp, pt
+            WHERE rp.level = 'country' AND ST_Intersects(rp.geom, pt.geom)
+            ORDER BY rp.region_id LIMIT 1))
+"""
+
+
+def regions_for_point(*, lon: float, lat: float) -> tuple[int | None, int | None]:
+    """(most detailed region id, country id) holding a point; the importer's rule for one point."""
+    with connection.cursor() as cursor:
+        cursor.execute(REGIONS_FOR_POINT, {"lon": lon, "lat": lat})
+        region_id, country_id = cursor.fetchone()
+    return region_id, country_id
+
+
 def region_list(*, level: str | None = None, code: str | None = None) -> QuerySet[Region]:
-    qs = Region.objects.defer("geom").select_related("parent")
+    qs = Region.objects.select_related("parent").defer("geom", "parent__geom")
     if level:
         qs = qs.filter(level=level)
     if code:
@@ -101,8 +136,8 @@ def place_change_feed(
     after any cursor already given out, so a reader that follows the cursor misses nothing
     and sees nothing twice. Returns the page and the cursor to resume from.
     """
-    qs = PlaceChange.objects.extra(
-        where=["xact_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"]
+    qs = PlaceChange.objects.filter(
+        xact_id__lt=RawSQL("pg_snapshot_xmin(pg_current_snapshot())::text::bigint", [])
     )
     if after is not None:
         qs = qs.filter(Q(xact_id__gt=after.xact_id) | Q(xact_id=after.xact_id, seq__gt=after.seq))

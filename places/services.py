@@ -12,6 +12,7 @@ from django.db import connection, transaction
 from django.db.models import Model
 from django.utils import timezone
 
+from places import selectors
 from places.models import (
     ChangeOperation,
     ChangeSource,
@@ -74,6 +75,7 @@ def place_create(
 ) -> Place:
     """Create a place and its ``create`` change (version 1)."""
     place = Place(dataset=dataset, source_key=source_key, **data)
+    _assign_regions(place, explicit=set(data))
     place.full_clean(exclude=["country", "region"])
     place.save()
     place.refresh_from_db()
@@ -111,6 +113,12 @@ def place_update(
         if _json_value(old) != _json_value(new):
             changes[_log_key(field)] = {"old": _json_value(old), "new": _json_value(new)}
             setattr(current, field, new)
+    if "location" in changes:
+        before = (current.region_id, current.country_id)
+        _assign_regions(current, explicit=set(data))
+        for field, old in zip(("region_id", "country_id"), before, strict=True):
+            if getattr(current, field) != old:
+                changes[field] = {"old": old, "new": getattr(current, field)}
     if not changes:
         return current
     current.full_clean(exclude=["country", "region", "merged_into"])
@@ -126,6 +134,17 @@ def place_update(
         comment=comment,
     )
     return current
+
+
+def _assign_regions(place: Place, *, explicit: set[str]) -> None:
+    """Region and country by point-in-polygon, unless the caller set them."""
+    if place.location is None:
+        return
+    region_id, country_id = selectors.regions_for_point(lon=place.location.x, lat=place.location.y)
+    if "region" not in explicit:
+        place.region_id = region_id
+    if "country" not in explicit:
+        place.country_id = country_id
 
 
 def place_retire(
@@ -180,7 +199,8 @@ def place_attribute_partitions_ensure(
 
     Rows that landed in the default partition for a year that now gets its own partition are
     moved into it in the same transaction, so nothing is lost and the call is idempotent.
-    Returns the names of the partitions it created.
+    Years skipped while the task did not run (after the newest yearly partition) are
+    created too. Returns the names of the partitions it created.
     """
     year = (today or timezone.now().date()).year
     created: list[str] = []
@@ -189,7 +209,18 @@ def place_attribute_partitions_ensure(
         if not cursor.fetchone()[0]:
             logger.info("partition maintenance already running elsewhere; skipped")
             return created
-        for y in range(year, year + years_ahead + 1):
+        # Writers wait for the few milliseconds this takes, so no row can slip into the
+        # default partition between moving its rows out and creating the new partition.
+        cursor.execute(f"LOCK TABLE {ATTRIBUTE_TABLE} IN SHARE ROW EXCLUSIVE MODE")
+        cursor.execute(
+            "SELECT max(substring(c.relname FROM '_y([0-9]{4})$')::int) FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
+            [ATTRIBUTE_TABLE],
+        )
+        newest = cursor.fetchone()[0]
+        first = min(year, newest + 1) if newest else year
+        columns = ", ".join(f.column for f in PlaceAttribute._meta.concrete_fields)
+        for y in range(first, year + years_ahead + 1):
             name = f"{ATTRIBUTE_TABLE}_y{y}"
             cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
             if cursor.fetchone()[0]:
@@ -205,7 +236,9 @@ def place_attribute_partitions_ensure(
                 f"CREATE TABLE {name} PARTITION OF {ATTRIBUTE_TABLE} FOR VALUES FROM (%s) TO (%s)",
                 [start, end],
             )
-            cursor.execute(f"INSERT INTO {ATTRIBUTE_TABLE} SELECT * FROM _moved")
+            cursor.execute(
+                f"INSERT INTO {ATTRIBUTE_TABLE} ({columns}) SELECT {columns} FROM _moved"
+            )
             cursor.execute("DROP TABLE _moved")
             created.append(name)
             logger.info("created partition %s", name)

@@ -1,5 +1,7 @@
 """Test settings: real PostGIS and real Redis, kept apart from development data."""
 
+import tempfile
+
 from config.settings.base import *  # noqa: F403
 from config.settings.base import CACHES, env
 
@@ -13,4 +15,7 @@ WHITENOISE_USE_FINDERS = True
 CACHES["default"]["LOCATION"] = env.str("TEST_REDIS_URL", default="redis://127.0.0.1:6379/14")
 CACHES["default"]["KEY_PREFIX"] = "places-test"
 CELERY_BROKER_URL = env.str("TEST_CELERY_BROKER_URL", default="redis://127.0.0.1:6379/15")
-MEDIA_ROOT = BASE_DIR / ".run" / "test-media"  # noqa: F405
+# Stored import copies go to a fresh folder per run (a worker started by a test is given the
+# same folder through MEDIA_ROOT).
+MEDIA_ROOT = env.str("MEDIA_ROOT", default="") or tempfile.mkdtemp(prefix="places-test-media-")
+DATABASES["default"]["TEST"] = {"TEMPLATE": "template0", "CHARSET": "UTF8"}  # noqa: F405

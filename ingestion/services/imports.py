@@ -16,12 +16,12 @@ from typing import Any
 
 from django.core.cache import cache
 from django.core.files import File
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Count, F
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from ingestion.mapping import ColumnMapping, mapping_propose, stage_rows
+from ingestion.mapping import ColumnMapping, malformed_stage_row, mapping_propose, stage_rows
 from ingestion.models import ImportJob, ImportMode, ImportState
 from ingestion.readers import UnreadableFile, detect_format, open_reader, srid_from_crs
 from ingestion.selectors import PROGRESS_KEY
@@ -30,6 +30,9 @@ from places.models import Dataset
 logger = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 2 * 1024**3
+MAX_ATTEMPTS = 5
+# Errors worth another try: the connection dropped, a deadlock, a serialization failure.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 ADVISORY_LOCK_CLASS = 0x494D5054  # "IMPT": one import at a time per dataset
 
 STAGE_COLUMNS = (
@@ -55,7 +58,7 @@ STAGE_COLUMNS = (
     "reject_detail",
 )
 
-DROP_TEMP = "DROP TABLE IF EXISTS import_stage, import_diff"
+DROP_TEMP = "DROP TABLE IF EXISTS pg_temp.import_stage, pg_temp.import_diff"
 
 CREATE_STAGE = """
 CREATE TEMP TABLE import_stage (
@@ -93,6 +96,9 @@ VALIDATE = [
     """UPDATE import_stage SET reject = 'missing_key',
            reject_detail = 'the key columns are empty'
        WHERE reject IS NULL AND source_key = ''""",
+    """UPDATE import_stage SET reject = 'key_too_long',
+           reject_detail = format('key has %s characters; at most 255', length(source_key))
+       WHERE reject IS NULL AND length(source_key) > 255""",
     # Points given as lon/lat columns.
     """UPDATE import_stage SET
            reject = CASE
@@ -107,9 +113,10 @@ VALIDATE = [
                        THEN ST_SetSRID(ST_MakePoint(lon, lat), 4326) END
        WHERE reject IS NULL AND wkb IS NULL""",
     # Geometries from geo files, reprojected to WGS84.
-    """UPDATE import_stage SET geom_any = CASE
+    # Heights (Z) and measures (M) are dropped: places are stored in 2D.
+    """UPDATE import_stage SET geom_any = ST_Force2D(CASE
            WHEN srid = 4326 THEN ST_GeomFromWKB(wkb, 4326)
-           ELSE ST_Transform(ST_GeomFromWKB(wkb, srid), 4326) END
+           ELSE ST_Transform(ST_GeomFromWKB(wkb, srid), 4326) END)
        WHERE reject IS NULL AND wkb IS NOT NULL""",
     """UPDATE import_stage SET reject = 'missing_geometry', reject_detail = 'empty geometry'
        WHERE reject IS NULL AND wkb IS NOT NULL AND ST_IsEmpty(geom_any)""",
@@ -275,11 +282,43 @@ FROM upd JOIN import_diff d ON d.place_id = upd.id
 ORDER BY d.sid
 """
 
-# Source values that moved to what the place already holds: remember them, change nothing.
+# Remember what the source says for places whose values already match it (including places
+# that never had source values, e.g. created by a curator): later curator fixes then survive.
 REFRESH_SOURCE_VALUES = """
 UPDATE places_place p SET source_values = d.new_j
 FROM import_diff d
-WHERE d.op = 'unchanged' AND cardinality(d.moved) > 0 AND p.id = d.place_id
+WHERE d.op = 'unchanged' AND d.source_values IS DISTINCT FROM d.new_j AND p.id = d.place_id
+"""
+
+# Snapshot mode: places of the dataset that came from an import and are missing from the
+# file are retired (never deleted). A key whose row was rejected still counts as present.
+RETIRE_MISSING = """
+WITH targets AS (
+    SELECT p.id, p.end_date AS old_end FROM places_place p
+    WHERE p.dataset_id = %(dataset)s AND p.status = 'active' AND p.source_values IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM import_stage s WHERE s.source_key = p.source_key)
+    FOR UPDATE
+), gone AS (
+    UPDATE places_place p SET status = 'retired', end_date = COALESCE(p.end_date, CURRENT_DATE),
+        version = p.version + 1, updated_at = now()
+    FROM targets t WHERE p.id = t.id
+    RETURNING p.id, p.version, p.end_date, t.old_end
+)
+INSERT INTO places_placechange (place_id, dataset_id, operation, changes, place_version,
+                                source, import_job_id, device_id, comment)
+SELECT id, %(dataset)s, 'retire',
+       jsonb_build_object('status', jsonb_build_object('old', 'active', 'new', 'retired'))
+       || CASE WHEN old_end IS NULL
+               THEN jsonb_build_object('end_date', jsonb_build_object('old', NULL, 'new', end_date))
+               ELSE '{}'::jsonb END,
+       version, 'import', %(job)s, '', 'missing from snapshot import'
+FROM gone ORDER BY id
+"""
+
+COUNT_MISSING = """
+SELECT count(*) FROM places_place p
+WHERE p.dataset_id = %(dataset)s AND p.status = 'active' AND p.source_values IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM import_stage s WHERE s.source_key = p.source_key)
 """
 
 SAVE_REJECTIONS = """
@@ -296,6 +335,7 @@ class ImportCounts:
     updated: int = 0
     unchanged: int = 0
     rejected: int = 0
+    retired: int = 0
     conflicts: int = 0
     step_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -334,6 +374,10 @@ def import_job_create(
         raise UnreadableFile("the file holds no layers")
     proposed = mapping_propose(layers[0].columns, has_geometry=fmt != "csv")
     chosen = ColumnMapping.from_dict({**proposed.as_dict(), **(mapping or {})})
+    try:
+        chosen.key_fields()
+    except ValueError as exc:
+        raise UnreadableFile(str(exc)) from None
     if not chosen.key:
         raise UnreadableFile(
             "no key column found (osm_type+osm_id, osm_id or id); give a key template"
@@ -343,6 +387,8 @@ def import_job_create(
         raise UnreadableFile(f"mapped columns not in the file: {', '.join(sorted(missing))}")
     if fmt == "csv" and not (chosen.lon and chosen.lat):
         raise UnreadableFile("no longitude/latitude columns found (lon/lat, lng, longitude …)")
+    if fmt != "csv":
+        _check_crs(layers)
     job = ImportJob(
         dataset=dataset,
         original_name=original_name or path.name,
@@ -371,17 +417,36 @@ def import_job_create(
     return job
 
 
+def _check_crs(layers: list[Any]) -> None:
+    """Every layer's CRS must be known to GDAL and to PostGIS, before the job is queued."""
+    srids = {srid_from_crs(layer.crs) for layer in layers}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT srid FROM spatial_ref_sys WHERE srid = ANY(%s)", [sorted(srids)])
+        known = {row[0] for row in cursor.fetchall()}
+    if srids - known:
+        raise UnreadableFile(f"coordinate system EPSG:{min(srids - known)} is not supported")
+
+
 def import_job_execute(*, job_id: int) -> ImportJob | None:
     """Run a queued job to the end. Safe to call twice, or again after a crash.
 
     A job already done is left alone. A job found ``applying`` is a redelivery after its
-    worker died; the dead attempt's transaction was rolled back, so it simply starts over.
+    worker died or a retry after a transient database error; the earlier attempt's
+    transaction was rolled back, so it simply starts over. After ``MAX_ATTEMPTS`` deliveries
+    the job fails instead of looping on a file that kills its worker every time.
+    Transient database errors are re-raised with the job left ``applying`` so that the task
+    can retry; any other error fails the job with its message.
     """
     claimed = ImportJob.objects.filter(
-        pk=job_id, state__in=[ImportState.QUEUED, ImportState.APPLYING]
+        pk=job_id,
+        state__in=[ImportState.QUEUED, ImportState.APPLYING],
+        attempts__lt=MAX_ATTEMPTS,
     ).update(state=ImportState.APPLYING, attempts=F("attempts") + 1, started_at=Now())
     if not claimed:
         job = ImportJob.objects.filter(pk=job_id).first()
+        if job is not None and job.state == ImportState.APPLYING:
+            _fail(job_id, f"gave up after {job.attempts} attempts (worker lost or retries used up)")
+            job.refresh_from_db()
         logger.info("import job %s not runnable (%s)", job_id, job.state if job else "missing")
         return job
     started = time.perf_counter()
@@ -394,6 +459,7 @@ def import_job_execute(*, job_id: int) -> ImportJob | None:
             job.rows_read = counts.rows_read
             job.added, job.updated = counts.added, counts.updated
             job.unchanged, job.rejected = counts.unchanged, counts.rejected
+            job.retired = counts.retired
             job.report = _report(job, counts, time.perf_counter() - started)
             job.state = ImportState.DRY_RUN_READY if job.dry_run else ImportState.DONE
             job.finished_at = timezone.now()
@@ -401,6 +467,9 @@ def import_job_execute(*, job_id: int) -> ImportJob | None:
             job.save()
     except UnreadableFile as exc:
         _fail(job_id, str(exc))
+    except TRANSIENT_ERRORS:
+        logger.warning("import job %s hit a transient database error; will retry", job_id)
+        raise
     except Exception as exc:
         logger.exception("import job %s failed", job_id)
         _fail(job_id, f"internal error: {type(exc).__name__}: {exc}"[:2000])
@@ -483,16 +552,25 @@ def _apply(job: ImportJob) -> ImportCounts:
         counts.rejected = run("rejections", SAVE_REJECTIONS, params)
         run("diff", DIFF, params)
         run("classify", CLASSIFY)
+        if job.mode == ImportMode.APPEND:
+            # Append adds new places only; existing ones are left exactly as they are.
+            run("classify", "UPDATE import_diff SET op = 'kept' WHERE op = 'update'")
         cursor.execute("SELECT op, count(*) FROM import_diff GROUP BY op")
         by_op = dict(cursor.fetchall())
-        counts.unchanged = by_op.get("unchanged", 0)
+        counts.unchanged = by_op.get("unchanged", 0) + by_op.get("kept", 0)
         if job.dry_run:
             counts.added, counts.updated = by_op.get("create", 0), by_op.get("update", 0)
+            if job.mode == ImportMode.SNAPSHOT:
+                cursor.execute(COUNT_MISSING, params)
+                counts.retired = cursor.fetchone()[0]
         else:
             counts.added = run("insert", INSERT_CREATED, params)
             counts.updated = run("update", UPDATE_CHANGED, params)
             counts.conflicts = by_op.get("update", 0) - counts.updated
-            run("update", REFRESH_SOURCE_VALUES)
+            if job.mode != ImportMode.APPEND:
+                run("update", REFRESH_SOURCE_VALUES)
+            if job.mode == ImportMode.SNAPSHOT:
+                counts.retired = run("retire", RETIRE_MISSING, params)
         run("stage", DROP_TEMP)
     return counts
 
@@ -526,4 +604,13 @@ def _copy_into_stage(cursor: Any, reader: Any, mapping: ColumnMapping, job: Impo
                 next_row += batch.num_rows
                 total += batch.num_rows
                 cache.set(PROGRESS_KEY.format(job.pk), total, timeout=3600)
+        for line, text in getattr(reader, "invalid_rows", []):
+            copy.write_row(
+                malformed_stage_row(line=line, text=text, expected=len(mapping_columns(reader)))
+            )
+            total += 1
     return total
+
+
+def mapping_columns(reader: Any) -> list[str]:
+    return getattr(reader, "header", [])

@@ -72,18 +72,34 @@ class RegionLoadResult:
 
 CREATE_STAGE = """
 CREATE TEMP TABLE region_stage (
+    sid bigint GENERATED ALWAYS AS IDENTITY,
+    feature bigint,
     code text, name text, population bigint, extra_codes jsonb, wkb bytea, srid int,
     geom geometry(MultiPolygon, 4326)
 ) ON COMMIT DROP
 """
 
 PREPARE = [
-    # Repair invalid rings (Natural Earth 110m Sudan, 50m Goiás), keep only the polygons.
-    """UPDATE region_stage SET geom = ST_Multi(ST_CollectionExtract(ST_MakeValid(
+    # Repair invalid rings (Natural Earth 110m Sudan, 50m Goiás), keep only the polygons, in 2D.
+    """UPDATE region_stage SET geom = ST_Multi(ST_CollectionExtract(ST_MakeValid(ST_Force2D(
            CASE WHEN srid = 4326 THEN ST_GeomFromWKB(wkb, 4326)
-                ELSE ST_Transform(ST_GeomFromWKB(wkb, srid), 4326) END), 3))""",
-    "DELETE FROM region_stage WHERE geom IS NULL OR ST_IsEmpty(geom) OR code IS NULL OR code = ''",
+                ELSE ST_Transform(ST_GeomFromWKB(wkb, srid), 4326) END)), 3))""",
 ]
+
+# Features that cannot become a region: no polygon left after repair, or a code already used
+# by an earlier feature of the same file (the first one wins, as in place imports).
+REJECT = """
+WITH bad AS (
+    SELECT sid, feature, code, CASE
+        WHEN geom IS NULL OR ST_IsEmpty(geom) THEN 'no polygon after repair'
+        WHEN row_number() OVER (PARTITION BY code ORDER BY sid) > 1
+            THEN 'code already used by an earlier feature' END AS reason
+    FROM region_stage
+)
+DELETE FROM region_stage s USING bad
+WHERE s.sid = bad.sid AND bad.reason IS NOT NULL
+RETURNING bad.feature, s.code, bad.reason
+"""
 
 UPSERT = """
 WITH up AS (
@@ -140,16 +156,17 @@ def region_load(*, path: Path, source: RegionSource, dataset: Dataset) -> Region
     layers = reader.layers()
     result = RegionLoadResult()
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("DROP TABLE IF EXISTS region_stage")
+        cursor.execute("DROP TABLE IF EXISTS pg_temp.region_stage")
         cursor.execute(CREATE_STAGE)
         with cursor.cursor.copy(
-            "COPY region_stage (code, name, population, extra_codes, wkb, srid) FROM STDIN"
+            "COPY region_stage (feature, code, name, population, extra_codes, wkb, srid) FROM STDIN"
         ) as copy:
             for layer in layers:
                 missing = {source.code_field, source.name_field} - set(layer.columns)
                 if missing:
                     raise UnreadableFile(f"layer {layer.name!r} lacks {', '.join(sorted(missing))}")
                 srid = srid_from_crs(layer.crs)
+                first_feature = 1
                 for batch in reader.batches(layer.name):
                     for i in range(batch.num_rows):
                         code = (batch.columns[source.code_field][i] or "").strip()
@@ -164,11 +181,15 @@ def region_load(*, path: Path, source: RegionSource, dataset: Dataset) -> Region
                             if column in batch.columns
                             and batch.columns[column][i] not in (None, "", "-99")
                         }
+                        result.read += 1
                         if not code or batch.wkb is None or batch.wkb[i] is None:
-                            result.rejected.append(f"feature {i + 1}: no code or no geometry")
+                            result.rejected.append(
+                                f"feature {first_feature + i}: no code or no geometry"
+                            )
                             continue
                         copy.write_row(
                             (
+                                first_feature + i,
                                 code,
                                 (batch.columns[source.name_field][i] or code).strip(),
                                 population,
@@ -177,9 +198,14 @@ def region_load(*, path: Path, source: RegionSource, dataset: Dataset) -> Region
                                 srid,
                             )
                         )
-                        result.read += 1
+                    first_feature += batch.num_rows
         for statement in PREPARE:
             cursor.execute(statement)
+        cursor.execute(REJECT)
+        refused = cursor.fetchall()
+        for feature, code, reason in refused:
+            result.rejected.append(f"feature {feature} (code {code}): {reason}")
+        staged = result.read - len(result.rejected)
         cursor.execute(
             UPSERT,
             {"level": source.level, "code_system": source.code_system, "dataset": dataset.pk},
@@ -187,7 +213,7 @@ def region_load(*, path: Path, source: RegionSource, dataset: Dataset) -> Region
         changed = cursor.fetchall()
         result.added = sum(1 for row in changed if row[1])
         result.updated = len(changed) - result.added
-        result.unchanged = result.read - len(changed)
+        result.unchanged = staged - len(changed)
         # Changed regions, plus any of this file's regions that lost their pieces.
         cursor.execute(
             "SELECT r.id FROM places_region r WHERE r.code_system = %s AND NOT EXISTS "
@@ -219,5 +245,5 @@ def region_load(*, path: Path, source: RegionSource, dataset: Dataset) -> Region
 def _int_or_none(value: str | None) -> int | None:
     try:
         return int(float(value)) if value not in (None, "") else None
-    except ValueError:
+    except (ValueError, OverflowError):  # text, NaN or infinity
         return None

@@ -21,6 +21,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -32,13 +33,38 @@ os.environ["DATABASE_URL"] = os.environ.get(
     "BENCH_DATABASE_URL", "postgis://postgres@127.0.0.1:5432/places_bench"
 )
 os.environ.setdefault("LOG_LEVEL", "WARNING")
+# Stored copies of the benchmark's files stay out of the development media folder.
+os.environ["MEDIA_ROOT"] = tempfile.mkdtemp(prefix="places-bench-media-")
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 RESULTS = Path(__file__).with_name("results")
 
 
-def main() -> None:
+def _fresh_database() -> None:
+    """Drop and recreate the benchmark database, so every run starts from the same state."""
+    import environ
+    import psycopg
+    from psycopg import sql
+
+    config = environ.Env.db_url_config(os.environ["DATABASE_URL"])
+    with psycopg.connect(
+        host=config.get("HOST") or "127.0.0.1",
+        port=config.get("PORT") or 5432,
+        user=config.get("USER") or "postgres",
+        password=config.get("PASSWORD") or None,
+        dbname="postgres",
+        autocommit=True,
+    ) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(config["NAME"])
+            )
+        )
     subprocess.run([sys.executable, str(ROOT / "bin" / "ensure-database")], check=True)
+
+
+def main() -> None:
+    _fresh_database()
     import django
 
     django.setup()

@@ -180,3 +180,37 @@ def test_running_a_finished_job_again_changes_nothing(sample_regions):
     assert again.state == ImportState.DONE
     assert again.attempts == 1
     assert PlaceChange.objects.filter(dataset=job.dataset).count() == log
+
+
+def test_region_file_with_a_repeated_code_keeps_the_first(tmp_path):
+    from ingestion.services.regions import RegionSource, region_load
+    from places.models import Region
+
+    square = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]}
+    path = tmp_path / "regions.geojson"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {"c": "X1", "n": "First"},
+                        "geometry": square,
+                    },
+                    {
+                        "type": "Feature",
+                        "properties": {"c": "X1", "n": "Second"},
+                        "geometry": square,
+                    },
+                ],
+            }
+        )
+    )
+    source = RegionSource(level="other", code_field="c", name_field="n", code_system="test-dup")
+    result = region_load(
+        path=path, source=source, dataset=dataset_get_or_create(slug="dup-regions")
+    )
+    assert (result.added, len(result.rejected)) == (1, 1)
+    assert "feature 2" in result.rejected[0]
+    assert Region.objects.get(code_system="test-dup").name == "First"

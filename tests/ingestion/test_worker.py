@@ -34,6 +34,7 @@ def worker(django_db_blocker) -> Iterator[subprocess.Popen]:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings.test",
         "DATABASE_URL": f"postgis://postgres@127.0.0.1:5432/{database}",
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
     }
     process = subprocess.Popen(
         [

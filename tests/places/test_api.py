@@ -23,7 +23,7 @@ def pacific() -> list[Place]:
     dataset = dataset_get_or_create(slug="pacific")
     spots = {
         "wellington": (174.78, -41.29),
-        "chatham": (-176.56, -43.95),
+        "chatham": (-176.5, -43.93),  # inside Natural Earth 1:50m Chatham Island
         "fiji-east": (179.9, -17.0),
         "honolulu": (-157.86, 21.31),
     }
@@ -186,3 +186,24 @@ def test_home_page_shows_the_number_of_places_after_an_import(client, gb_import)
     actual = Place.objects.count()
     assert actual * 0.9 <= shown <= actual * 1.1
     assert b"osm-gb" in response.content
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ({"cursor": "cD1hYmM="}, "cursor"),  # base64 of p=abc
+        ({"dataset": "\x00"}, "dataset"),
+        ({"country": "GB\x00R"}, "country"),
+        ({"q": "a\x00b"}, "q"),
+    ],
+)
+def test_tampered_cursor_and_nul_characters_are_a_400(api, params, name):
+    response = api.get("/api/v1/places/", params)
+    assert response.status_code == 400
+    assert name in response.json()
+
+
+def test_country_filter_excludes_other_countries(api, gb_import, pacific):
+    response = api.get("/api/v1/places/", {"country": "NZL", "limit": 100})
+    names = {f["properties"]["name"] for f in response.json()["features"]}
+    assert names == {"wellington", "chatham"}

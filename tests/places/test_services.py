@@ -69,7 +69,7 @@ def test_device_edits_are_attributed_to_the_device(place):
     assert (change.source, change.device_id) == ("device", "edge-42")
 
 
-def test_change_feed_pages_in_order_and_resumes_from_its_cursor(place):
+def test_change_feed_holds_back_changes_of_a_transaction_still_open(place):
     for i in range(4):
         place_update(place=place, data={"name": f"name {i}"})
     # The test's own transaction is still open, so its rows are not yet safe to hand out;
@@ -81,3 +81,24 @@ def test_change_feed_pages_in_order_and_resumes_from_its_cursor(place):
 
 def test_feed_cursor_round_trips():
     assert FeedCursor.parse(str(FeedCursor(123, 456))) == FeedCursor(123, 456)
+
+
+def test_curator_created_place_gets_its_district_and_country(sample_regions):
+    dataset = dataset_get_or_create(slug="curated-new")
+    place = place_create(
+        dataset=dataset,
+        source_key="c1",
+        data={"name": "St Martin", "location": Point(-0.1265, 51.5088)},
+    )
+    assert (place.region.code, place.country.code) == ("E09000033", "GBR")  # Westminster
+
+
+def test_moving_a_place_reassigns_and_logs_its_region(sample_regions):
+    dataset = dataset_get_or_create(slug="curated-move")
+    place = place_create(
+        dataset=dataset, source_key="m1", data={"location": Point(-0.1265, 51.5088)}
+    )
+    moved = place_update(place=place, data={"location": Point(-2.2426, 53.4808)})  # Manchester
+    assert moved.region.code == "E08000003"
+    change = PlaceChange.objects.filter(place=place).latest("seq")
+    assert change.changes["region_id"]["new"] == moved.region_id

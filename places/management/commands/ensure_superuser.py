@@ -21,4 +21,6 @@ class Command(BaseCommand):
             self.stdout.write(f"superuser {username!r} exists (password unchanged)")
             return
         user_model.objects.create_superuser(username=username, email=email, password=password)
-        self.stdout.write(f"created superuser {username!r} with password {password!r}")
+        # Only the development default is echoed; a password given in the environment is not.
+        shown = password if "DJANGO_SUPERUSER_PASSWORD" not in os.environ else "(from environment)"
+        self.stdout.write(f"created superuser {username!r} with password {shown}")
