@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -71,8 +72,36 @@ class PlaceAttributeInline(admin.TabularInline):
     fields = ("key", "value_num", "value_text", "unit", "observed_on", "source")
 
 
+class PlaceAdminForm(forms.ModelForm):
+    """Carries the version the curator opened, so a stale form cannot undo newer changes."""
+
+    opened_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
+
+    class Meta:
+        model = Place
+        fields = ("dataset", "source_key", *services.EDITABLE_FIELDS)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["opened_version"].initial = self.instance.version
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        opened = cleaned.get("opened_version")
+        if self.instance.pk and opened is not None:
+            current = Place.objects.filter(pk=self.instance.pk).values_list("version", flat=True)
+            if current and current[0] != opened:
+                raise forms.ValidationError(
+                    f"This place was changed while you edited it (now version {current[0]}, "
+                    f"you opened version {opened}). Reload the page to see the changes."
+                )
+        return cleaned
+
+
 @admin.register(Place)
 class PlaceAdmin(GeoAdmin):
+    form = PlaceAdminForm
     list_display = (
         "__str__",
         "religion",
@@ -94,7 +123,7 @@ class PlaceAdmin(GeoAdmin):
         ("Religion", {"fields": ("religion", "religion_raw", "denominations", "denomination_raw")}),
         ("Where", {"fields": ("location", "footprint", "country", "region")}),
         ("When", {"fields": (("start_date", "start_date_raw"), ("end_date", "end_date_raw"))}),
-        ("Other", {"fields": ("tags", "version", "created_at", "updated_at")}),
+        ("Other", {"fields": ("tags", "version", "created_at", "updated_at", "opened_version")}),
         ("History", {"fields": ("history",)}),
     )
     inlines = (PlaceAttributeInline,)
@@ -158,7 +187,13 @@ class PlaceAdmin(GeoAdmin):
             obj.pk = created.pk
             return
         data = {f: form.cleaned_data[f] for f in form.changed_data if f in services.EDITABLE_FIELDS}
-        services.place_update(place=obj, data=data, user=request.user)
+        # The form checked the version already; the service checks it again under the row lock.
+        services.place_update(
+            place=obj,
+            data=data,
+            user=request.user,
+            expected_version=form.cleaned_data.get("opened_version"),
+        )
 
     @admin.action(description="Retire selected places (keeps them, with an end date)")
     def retire_selected(self, request: HttpRequest, queryset: QuerySet[Place]) -> None:

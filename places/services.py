@@ -89,6 +89,16 @@ def place_create(
 
 
 @transaction.atomic
+class PlaceVersionConflict(Exception):
+    """The place changed since the caller read it; its edit would overwrite that change."""
+
+    def __init__(self, *, expected: int, current: int) -> None:
+        super().__init__(
+            f"the place is at version {current}, not {expected}: it was changed meanwhile"
+        )
+        self.expected, self.current = expected, current
+
+
 def place_update(
     *,
     place: Place,
@@ -97,16 +107,21 @@ def place_update(
     device_id: str = "",
     comment: str = "",
     operation: str = ChangeOperation.UPDATE,
+    expected_version: int | None = None,
 ) -> Place:
     """Apply ``data`` to ``place``; record old and new values of the fields that changed.
 
     The row is locked and re-read first, so two concurrent edits are serialised and each
-    logs the values it actually replaced. Nothing is written when nothing changed.
+    logs the values it actually replaced. With ``expected_version`` the edit is refused
+    (``PlaceVersionConflict``) when someone else changed the place since it was read.
+    Nothing is written when nothing changed.
     """
     unknown = set(data) - set(EDITABLE_FIELDS)
     if unknown:
         raise ValueError(f"not editable: {', '.join(sorted(unknown))}")
     current = Place.objects.select_for_update().get(pk=place.pk)
+    if expected_version is not None and current.version != expected_version:
+        raise PlaceVersionConflict(expected=expected_version, current=current.version)
     changes: dict[str, dict[str, Any]] = {}
     for field, new in data.items():
         old = getattr(current, field)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.contrib import admin
 from django.urls import reverse
@@ -105,3 +107,33 @@ def test_large_changelist_is_counted_by_estimate_not_count(admin_client, gb_impo
     counts = [q["sql"] for q in queries if "COUNT(" in q["sql"] and "places_place" in q["sql"]]
     assert counts == []
     assert response.context["cl"].result_count >= 20_000
+
+
+def test_stale_admin_form_is_refused_instead_of_overwriting(admin_client, gb_import):
+    from places.services import place_update
+
+    # given a curator who opened a place
+    place = Place.objects.filter(dataset=gb_import.dataset).exclude(name="").last()
+    url = reverse("admin:places_place_change", args=[place.pk])
+    form = admin_client.get(url).context["adminform"].form
+    data = {k: ("" if v is None else v) for k, v in form.initial.items()}
+    data.update(
+        {
+            "name": "Stale edit",
+            "opened_version": form["opened_version"].value(),
+            "location": place.location.json,
+            "footprint": "",
+            "denominations": ",".join(place.denominations),
+            "tags": json.dumps(place.tags),
+            "attributes-TOTAL_FORMS": "0",
+            "attributes-INITIAL_FORMS": "0",
+        }
+    )
+    # when someone else changes it before the form is saved
+    place_update(place=place, data={"name": "Newer edit"})
+    response = admin_client.post(url, data)
+    # then the form comes back with an error and the newer edit stays
+    assert response.status_code == 200
+    assert "changed while you edited it" in response.content.decode()
+    place.refresh_from_db()
+    assert place.name == "Newer edit"

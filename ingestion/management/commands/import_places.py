@@ -120,9 +120,18 @@ class Command(BaseCommand):
         verb = "would be" if job.dry_run else "were"
         self.stdout.write(
             f"job #{job.pk} {job.state}: {job.rows_read} rows read; {job.added} added, "
-            f"{job.updated} updated, {job.unchanged} unchanged, {job.rejected} rejected "
+            f"{job.updated} updated, {job.unchanged} unchanged, {job.retired} retired, "
+            f"{job.rejected} rejected "
             f"({verb} applied)"
         )
+        if job.retired:
+            self.stdout.write(f"  {job.retired} place(s) missing from the snapshot retired")
+        conflicts = (job.report or {}).get("conflicts", 0)
+        if conflicts:
+            self.stdout.write(
+                f"  {conflicts} place(s) changed by someone else during the import were left "
+                "as they are; import again to apply the file's values"
+            )
         for reason, count in (job.report or {}).get("rejected_by_reason", {}).items():
             self.stdout.write(f"  rejected {count} × {reason}")
         for rejection in job.rejections.all()[:10]:
