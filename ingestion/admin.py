@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
 from ingestion.models import ImportJob, ImportRejection
-from places.admin_base import FastChangeListMixin, IdSearchMixin
+from places.admin_base import FastChangeListMixin, IdSearchMixin, ReadOnlyAdminMixin
 
 
-class ReadOnlyAdmin(FastChangeListMixin, admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Jobs are the audit trail of imports; the change log points at them.
-        return False
+class ReadOnlyAdmin(ReadOnlyAdminMixin, FastChangeListMixin, admin.ModelAdmin):
+    """Jobs and rejections are written by the import service only, and kept as its audit."""
 
 
 @admin.register(ImportJob)

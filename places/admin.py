@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from places import services
-from places.admin_base import FastChangeListMixin, GeoAdmin, IdSearchMixin
+from places.admin_base import FastChangeListMixin, GeoAdmin, IdSearchMixin, ReadOnlyAdminMixin
 from places.models import Dataset, Place, PlaceAttribute, PlaceChange, Region, RegionPart
 
 
@@ -46,7 +46,7 @@ class RegionAdmin(GeoAdmin):
 
 
 @admin.register(RegionPart)
-class RegionPartAdmin(GeoAdmin):
+class RegionPartAdmin(ReadOnlyAdminMixin, GeoAdmin):
     """Derived pieces of regions (rebuilt by the region loader); read-only."""
 
     list_display = ("id", "region", "level")
@@ -55,15 +55,6 @@ class RegionPartAdmin(GeoAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[RegionPart]:
         return super().get_queryset(request).select_related("region").defer("region__geom")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class PlaceAttributeInline(admin.TabularInline):
@@ -217,7 +208,7 @@ class PlaceAttributeAdmin(FastChangeListMixin, admin.ModelAdmin):
 
 
 @admin.register(PlaceChange)
-class PlaceChangeAdmin(IdSearchMixin, FastChangeListMixin, admin.ModelAdmin):
+class PlaceChangeAdmin(ReadOnlyAdminMixin, IdSearchMixin, FastChangeListMixin, admin.ModelAdmin):
     """The audit trail: read-only, as the table itself refuses updates and deletes."""
 
     list_display = ("seq", "place", "operation", "source", "user", "import_job", "at")
@@ -227,12 +218,3 @@ class PlaceChangeAdmin(IdSearchMixin, FastChangeListMixin, admin.ModelAdmin):
     id_search_field = "place_id"
     raw_id_fields = ("place", "user", "import_job")
     list_select_related = ("place", "user", "import_job")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -60,6 +60,19 @@ class FastChangeListMixin:
     list_per_page = 50
 
 
+class ReadOnlyAdminMixin:
+    """Rows that only the system writes (logs, derived data): view them, never edit them."""
+
+    def has_add_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+
 class IdSearchMixin:
     """A search term made only of digits finds rows by an indexed id column.
 

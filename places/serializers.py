@@ -31,22 +31,25 @@ class RegionSummarySerializer(serializers.ModelSerializer):
         fields = ["id", "name", "level", "code", "code_system"]
 
 
+REGION_FIELDS = [
+    "id",
+    "name",
+    "level",
+    "code",
+    "code_system",
+    "extra_codes",
+    "parent",
+    "population",
+    "area_km2",
+]
+
+
 class RegionSerializer(serializers.ModelSerializer):
     parent = RegionSummarySerializer(read_only=True)
 
     class Meta:
         model = Region
-        fields = [
-            "id",
-            "name",
-            "level",
-            "code",
-            "code_system",
-            "extra_codes",
-            "parent",
-            "population",
-            "area_km2",
-        ]
+        fields = REGION_FIELDS
 
 
 class RegionGeoSerializer(GeoFeatureModelSerializer):
@@ -55,17 +58,7 @@ class RegionGeoSerializer(GeoFeatureModelSerializer):
     class Meta:
         model = Region
         geo_field = "geom"
-        fields = [
-            "id",
-            "name",
-            "level",
-            "code",
-            "code_system",
-            "extra_codes",
-            "parent",
-            "population",
-            "area_km2",
-        ]
+        fields = REGION_FIELDS
 
 
 class PlaceSerializer(GeoFeatureModelSerializer):

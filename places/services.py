@@ -88,7 +88,6 @@ def place_create(
     return place
 
 
-@transaction.atomic
 class PlaceVersionConflict(Exception):
     """The place changed since the caller read it; its edit would overwrite that change."""
 
@@ -99,6 +98,7 @@ class PlaceVersionConflict(Exception):
         self.expected, self.current = expected, current
 
 
+@transaction.atomic
 def place_update(
     *,
     place: Place,

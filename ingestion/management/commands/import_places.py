@@ -15,10 +15,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from ingestion import selectors, tasks
+from ingestion.management.commands._dataset_options import (
+    add_dataset_arguments,
+    dataset_from_options,
+)
 from ingestion.models import ImportJob, ImportMode, ImportState
 from ingestion.readers import UnreadableFile
 from ingestion.services import imports
-from places.services import dataset_get_or_create
 
 FINAL_STATES = {
     ImportState.DONE,
@@ -33,11 +36,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("file", type=Path)
-        parser.add_argument("--dataset", required=True, help="Dataset slug (created if new).")
-        parser.add_argument("--dataset-name", default=None)
-        parser.add_argument("--licence", default="")
-        parser.add_argument("--attribution", default="")
-        parser.add_argument("--source-url", default="")
+        add_dataset_arguments(parser)
         parser.add_argument("--mode", choices=ImportMode.values, default=ImportMode.UPSERT)
         parser.add_argument("--dry-run", action="store_true", help="Report, change nothing.")
         parser.add_argument(
@@ -57,15 +56,7 @@ class Command(BaseCommand):
         path: Path = options["file"]
         if not path.is_file():
             raise CommandError(f"no such file: {path}")
-        dataset = dataset_get_or_create(
-            slug=options["dataset"],
-            defaults={
-                "name": options["dataset_name"] or options["dataset"],
-                "licence": options["licence"],
-                "attribution": options["attribution"],
-                "source_url": options["source_url"],
-            },
-        )
+        dataset = dataset_from_options(options)
         if options["skip_if_imported"] and not options["dry_run"]:
             previous = selectors.import_job_last_applied(
                 dataset=dataset, sha256=imports.file_sha256(path)

@@ -7,10 +7,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ingestion.management.commands._dataset_options import (
+    add_dataset_arguments,
+    dataset_from_options,
+)
 from ingestion.readers import UnreadableFile
 from ingestion.services.regions import PRESETS, RegionSource, region_load
 from places.models import RegionLevel
-from places.services import dataset_get_or_create
 
 
 class Command(BaseCommand):
@@ -18,11 +21,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("file", type=Path)
-        parser.add_argument("--dataset", required=True, help="Dataset slug (created if new).")
-        parser.add_argument("--dataset-name", default=None)
-        parser.add_argument("--licence", default="")
-        parser.add_argument("--attribution", default="")
-        parser.add_argument("--source-url", default="")
+        add_dataset_arguments(parser)
         parser.add_argument("--preset", choices=sorted(PRESETS), help="Known file layout.")
         parser.add_argument("--level", choices=RegionLevel.values)
         parser.add_argument("--code-field")
@@ -48,15 +47,7 @@ class Command(BaseCommand):
                 code_system=options["code_system"],
                 population_field=options["population_field"],
             )
-        dataset = dataset_get_or_create(
-            slug=options["dataset"],
-            defaults={
-                "name": options["dataset_name"] or options["dataset"],
-                "licence": options["licence"],
-                "attribution": options["attribution"],
-                "source_url": options["source_url"],
-            },
-        )
+        dataset = dataset_from_options(options)
         try:
             result = region_load(path=path, source=source, dataset=dataset)
         except UnreadableFile as exc:
