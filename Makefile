@@ -42,6 +42,7 @@ lint: deps
 check: db
 	$(PY) manage.py check --fail-level WARNING
 	$(PY) manage.py makemigrations --check --dry-run
+	$(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
 
 test: lint check
 	$(PY) -m pytest

@@ -1,17 +1,24 @@
 """URL routes: site, admin, API (v1), OpenAPI schema, health and metrics."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import health
+from places import tile_apis
 from places.views import home
+
+TILE = r"(?P<z>-?\w+)/(?P<x>-?\w+)/(?P<y>-?\w+)\.pbf"
 
 urlpatterns = [
     path("", home, name="home"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("places.urls")),
     path("api/v1/", include("analytics.urls")),
+    re_path(rf"^tiles/places/{TILE}$", tile_apis.PlaceTileApi.as_view(), name="place-tile"),
+    re_path(rf"^tiles/regions/{TILE}$", tile_apis.RegionTileApi.as_view(), name="region-tile"),
+    path("tiles/places.json", tile_apis.PlaceTileJsonApi.as_view(), name="place-tilejson"),
+    path("tiles/regions.json", tile_apis.RegionTileJsonApi.as_view(), name="region-tilejson"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("health/live/", health.live, name="health-live"),

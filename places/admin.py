@@ -17,7 +17,15 @@ from django.utils.html import format_html, format_html_join
 
 from places import services
 from places.admin_base import FastChangeListMixin, GeoAdmin, IdSearchMixin, ReadOnlyAdminMixin
-from places.models import Dataset, Place, PlaceAttribute, PlaceChange, Region, RegionPart
+from places.models import (
+    Dataset,
+    DataVersion,
+    Place,
+    PlaceAttribute,
+    PlaceChange,
+    Region,
+    RegionPart,
+)
 
 
 @admin.register(Dataset)
@@ -218,3 +226,11 @@ class PlaceChangeAdmin(ReadOnlyAdminMixin, IdSearchMixin, FastChangeListMixin, a
     id_search_field = "place_id"
     raw_id_fields = ("place", "user", "import_job")
     list_select_related = ("place", "user", "import_job")
+
+
+@admin.register(DataVersion)
+class DataVersionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Per-dataset data versions (moved by the change-log trigger); keys of caches and ETags."""
+
+    list_display = ("dataset", "version", "changed_at")
+    list_select_related = ("dataset",)

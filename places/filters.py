@@ -11,6 +11,8 @@ from typing import Any
 import django_filters
 from django import forms
 from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 
 from places import selectors
 from places.geo import BBox, BBoxError, parse_bbox
@@ -28,6 +30,7 @@ class BBoxField(forms.CharField):
             raise forms.ValidationError(f"Invalid bbox: {exc}.", code="invalid") from exc
 
 
+@extend_schema_field(OpenApiTypes.STR)
 class BBoxFilter(django_filters.Filter):
     field_class = BBoxField
 

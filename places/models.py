@@ -302,3 +302,22 @@ class PlaceChange(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.operation} place {self.place_id}"
+
+
+class DataVersion(models.Model):
+    """A per-dataset counter that moves with every committed write to the change log.
+
+    Maintained by a statement-level trigger on ``PlaceChange`` (migration 0008), so no write
+    path can forget it. The trigger takes the dataset's row lock, so concurrent writers of one
+    dataset bump it one after the other and every commit yields a new value: caches and ETags
+    keyed on it never serve data older than the last commit.
+    """
+
+    dataset = models.OneToOneField(
+        Dataset, primary_key=True, on_delete=models.CASCADE, related_name="data_version"
+    )
+    version = models.BigIntegerField()
+    changed_at = models.DateTimeField(db_default=Now())
+
+    def __str__(self) -> str:
+        return f"{self.dataset_id}@{self.version}"

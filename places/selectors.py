@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from django.contrib.gis.geos import Polygon
 from django.db import connection
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from places.geo import BBox
@@ -146,3 +147,26 @@ def place_change_feed(
     page = list(qs.order_by("xact_id", "seq")[:limit])
     cursor = FeedCursor(page[-1].xact_id, page[-1].seq) if page else after
     return page, cursor
+
+
+def data_version(*, dataset_ids: list[int] | None = None) -> str:
+    """A short token that changes with every commit that changed the datasets' places.
+
+    For several datasets it hashes every (dataset, version) pair rather than taking the
+    largest: a slower commit can hold a lower number than one already visible.
+    """
+    from places.models import DataVersion
+
+    rows = DataVersion.objects.order_by("dataset_id")
+    if dataset_ids is not None:
+        rows = rows.filter(dataset_id__in=dataset_ids)
+    pairs = ",".join(f"{d}:{v}" for d, v in rows.values_list("dataset_id", "version"))
+    return hashlib.sha1(pairs.encode(), usedforsecurity=False).hexdigest()[:16]
+
+
+def region_version() -> str:
+    """Changes whenever a region is added or its boundary or name is rewritten."""
+    stamp = Region.objects.aggregate(n=Count("id"), last=Max("updated_at"))
+    return hashlib.sha1(
+        f"{stamp['n']}:{stamp['last']}".encode(), usedforsecurity=False
+    ).hexdigest()[:16]

@@ -30,6 +30,7 @@ def test_every_model_is_registered():
         "places.place",
         "places.placeattribute",
         "places.placechange",
+        "places.dataversion",
         "ingestion.importjob",
         "ingestion.importrejection",
     ],

@@ -1,0 +1,203 @@
+"""Vector tile endpoints and their TileJSON, cached as compressed bytes in Redis.
+
+A tile's cache key and ETag contain the data version of what it shows, which every commit
+that changes those places moves: a cached tile is never older than the last write, and a
+client revalidating with ``If-None-Match`` gets 304 until something really changed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from django.core.cache import cache
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from places import selectors, tiles
+from places.apis import QueryParamsGuard
+from places.models import Dataset, RegionLevel, Religion
+
+MVT_TYPE = "application/vnd.mapbox-vector-tile"
+
+
+def tile_ttl(z: int) -> int:
+    """Seconds a tile may be cached: low zooms change little per edit and cost most to build."""
+    return 24 * 3600 if z < 6 else 3600 if z < 10 else 600
+
+
+def parse_tile(z: str, x: str, y: str) -> tuple[int, int, int]:
+    """Tile coordinates as integers inside the zoom's grid, else HTTP 400 naming the part."""
+    values: dict[str, int] = {}
+    for name, text in (("z", z), ("x", x), ("y", y)):
+        try:
+            values[name] = int(text)
+        except ValueError:
+            raise ValidationError({name: [f"must be an integer, got {text[:20]!r}"]}) from None
+    if not 0 <= values["z"] <= tiles.MAX_ZOOM:
+        raise ValidationError({"z": [f"must be between 0 and {tiles.MAX_ZOOM}"]})
+    size = 2 ** values["z"]
+    for name in ("x", "y"):
+        if not 0 <= values[name] < size:
+            raise ValidationError(
+                {name: [f"must be between 0 and {size - 1} at zoom {values['z']}"]}
+            )
+    return values["z"], values["x"], values["y"]
+
+
+class PlaceTileQuery(serializers.Serializer):
+    religion = serializers.ChoiceField(choices=Religion.choices, required=False)
+    dataset = serializers.SlugRelatedField(
+        slug_field="slug", queryset=Dataset.objects.all(), required=False
+    )
+
+
+class RegionTileQuery(serializers.Serializer):
+    level = serializers.ChoiceField(choices=RegionLevel.choices, default=RegionLevel.DISTRICT)
+
+
+def tile_response(
+    request: Request, *, key: str, ttl: int, build: Callable[[], bytes]
+) -> HttpResponse:
+    """Answer from the ETag, the Redis cache or ``build``, compressing once per version."""
+    etag = f'"{hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:24]}"'
+    headers = {
+        "ETag": etag,
+        "Cache-Control": f"public, max-age={ttl}",
+        "Vary": "Accept-Encoding",
+    }
+    if etag in request.headers.get("If-None-Match", ""):
+        return HttpResponse(status=304, headers=headers)
+    cache_key = f"tile:{etag.strip(chr(34))}"
+    compressed = cache.get(cache_key)
+    if compressed is None:
+        raw = build()
+        compressed = gzip.compress(raw, compresslevel=6) if raw else b""
+        cache.set(cache_key, compressed, timeout=ttl)
+    if compressed and "gzip" in request.headers.get("Accept-Encoding", ""):
+        headers["Content-Encoding"] = "gzip"
+        body = compressed
+    else:
+        body = gzip.decompress(compressed) if compressed else b""
+    return HttpResponse(body, content_type=MVT_TYPE, headers=headers)
+
+
+TILE_PARAMETERS = [
+    OpenApiParameter("z", OpenApiTypes.INT, OpenApiParameter.PATH, description="Zoom, 0–22."),
+    OpenApiParameter("x", OpenApiTypes.INT, OpenApiParameter.PATH, description="0 … 2^z − 1."),
+    OpenApiParameter("y", OpenApiTypes.INT, OpenApiParameter.PATH, description="0 … 2^z − 1."),
+]
+
+
+@extend_schema(
+    summary="Places as a Mapbox Vector Tile",
+    description=(
+        f"Below zoom {tiles.CLUSTER_BELOW_ZOOM}: layer `clusters` (count, religion = most "
+        f"common). From there: layer `places` (id, name, religion, dataset_id), at most "
+        f"{tiles.MAX_FEATURES} per tile, thinned by a stable priority. Gzip-encoded when "
+        "the client accepts it; ETag and If-None-Match supported."
+    ),
+    parameters=[*TILE_PARAMETERS, PlaceTileQuery],
+    responses={(200, MVT_TYPE): OpenApiTypes.BINARY, 304: None},
+)
+class PlaceTileApi(QueryParamsGuard, APIView):
+    def get(self, request: Request, z: str, x: str, y: str) -> HttpResponse:
+        tz, tx, ty = parse_tile(z, x, y)
+        query = PlaceTileQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        dataset = query.validated_data.get("dataset")
+        filters = tiles.TileFilters(
+            religion=query.validated_data.get("religion"),
+            dataset_id=dataset.pk if dataset else None,
+        )
+        version = selectors.data_version(dataset_ids=[dataset.pk] if dataset else None)
+        key = f"places:{version}:{filters}:{tz}/{tx}/{ty}"
+        return tile_response(
+            request,
+            key=key,
+            ttl=tile_ttl(tz),
+            build=lambda: tiles.place_tile(z=tz, x=tx, y=ty, filters=filters),
+        )
+
+
+@extend_schema(
+    summary="Region boundaries as a Mapbox Vector Tile (layer `regions`)",
+    parameters=[*TILE_PARAMETERS, RegionTileQuery],
+    responses={(200, MVT_TYPE): OpenApiTypes.BINARY, 304: None},
+)
+class RegionTileApi(QueryParamsGuard, APIView):
+    def get(self, request: Request, z: str, x: str, y: str) -> HttpResponse:
+        tz, tx, ty = parse_tile(z, x, y)
+        query = RegionTileQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        level = query.validated_data["level"]
+        key = f"regions:{selectors.region_version()}:{level}:{tz}/{tx}/{ty}"
+        return tile_response(
+            request,
+            key=key,
+            ttl=tile_ttl(tz),
+            build=lambda: tiles.region_tile(z=tz, x=tx, y=ty, level=level),
+        )
+
+
+def _tilejson(request: Request, path: str, layers: list[dict[str, Any]]) -> dict[str, Any]:
+    query = request.GET.urlencode()
+    # Joined by hand: build_absolute_uri would percent-encode the {z}/{x}/{y} placeholders.
+    template = request.build_absolute_uri("/").rstrip("/") + path + (f"?{query}" if query else "")
+    attribution = "; ".join(
+        sorted({a for a in Dataset.objects.values_list("attribution", flat=True) if a})
+    )
+    return {
+        "tilejson": "3.0.0",
+        "tiles": [template],
+        "minzoom": 0,
+        "maxzoom": tiles.MAX_ZOOM,
+        "bounds": [-180, -85.0511, 180, 85.0511],
+        "attribution": attribution,
+        "vector_layers": layers,
+    }
+
+
+@extend_schema(
+    summary="TileJSON for the places tiles (MapLibre `source.url`)",
+    parameters=[PlaceTileQuery],
+    responses=OpenApiTypes.OBJECT,
+)
+class PlaceTileJsonApi(QueryParamsGuard, APIView):
+    def get(self, request: Request) -> Response:
+        PlaceTileQuery(data=request.query_params).is_valid(raise_exception=True)
+        layers = [
+            {
+                "id": "places",
+                "minzoom": tiles.CLUSTER_BELOW_ZOOM,
+                "fields": {"name": "String", "religion": "String", "dataset_id": "Number"},
+            },
+            {
+                "id": "clusters",
+                "maxzoom": tiles.CLUSTER_BELOW_ZOOM - 1,
+                "fields": {"count": "Number", "religion": "String (most common)"},
+            },
+        ]
+        return Response(_tilejson(request, "/tiles/places/{z}/{x}/{y}.pbf", layers))
+
+
+@extend_schema(
+    summary="TileJSON for the region boundary tiles",
+    parameters=[RegionTileQuery],
+    responses=OpenApiTypes.OBJECT,
+)
+class RegionTileJsonApi(QueryParamsGuard, APIView):
+    def get(self, request: Request) -> Response:
+        RegionTileQuery(data=request.query_params).is_valid(raise_exception=True)
+        layers = [
+            {"id": "regions", "fields": {"name": "String", "code": "String", "level": "String"}}
+        ]
+        return Response(_tilejson(request, "/tiles/regions/{z}/{x}/{y}.pbf", layers))

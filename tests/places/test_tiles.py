@@ -1,0 +1,165 @@
+"""Vector tiles: content checked against PostGIS, freshness by data version, bad input 400."""
+
+from __future__ import annotations
+
+import gzip
+import math
+
+import mapbox_vector_tile
+import pytest
+from django.contrib.gis.geos import Polygon
+from django.db import connection
+
+from places import tiles
+from places.models import Place
+from places.selectors import data_version
+from places.services import dataset_get_or_create, place_create, place_update
+
+pytestmark = pytest.mark.django_db
+
+
+def _tile_for(lon: float, lat: float, z: int) -> tuple[int, int, int]:
+    n = 2**z
+    y = (1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * n
+    return z, int((lon + 180) / 360 * n), int(y)
+
+
+CITY_Z13 = _tile_for(-0.0984, 51.5138, 13)  # the City, around St Paul's (zoom 13)
+WESTMINSTER_Z6 = _tile_for(-0.1357, 51.4973, 6)
+
+
+def _tile_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]:
+    n = 2**z
+
+    def lat(row: int) -> float:
+        return math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * row / n))))
+
+    return (x / n * 360 - 180, lat(y + 1), (x + 1) / n * 360 - 180, lat(y))
+
+
+def _get(client, url: str, **headers):
+    return client.get(url, **{f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items()})
+
+
+def _decode(response) -> dict:
+    body = response.content
+    if response.get("Content-Encoding") == "gzip":
+        body = gzip.decompress(body)
+    return mapbox_vector_tile.decode(body) if body else {}
+
+
+def test_city_tile_holds_every_active_place_in_it(client, gb_import, clear_cache):
+    z, x, y = CITY_Z13
+    layer = _decode(client.get(f"/tiles/places/{z}/{x}/{y}.pbf"))["places"]
+    inside = Place.objects.filter(
+        status="active", location__intersects=Polygon.from_bbox(_tile_bounds(z, x, y))
+    )
+    ids = {f["id"] for f in layer["features"]}
+    assert ids >= set(inside.values_list("id", flat=True))
+    assert len(inside) > 50
+    names = {f["properties"]["name"] for f in layer["features"]}
+    assert "St Paul's Cathedral" in names or any("Cathedral" in n for n in names)
+
+
+def test_low_zoom_clusters_add_up_to_all_places(client, gb_import, clear_cache):
+    layer = _decode(client.get("/tiles/places/0/0/0.pbf"))["clusters"]
+    total = sum(f["properties"]["count"] for f in layer["features"])
+    assert total == Place.objects.filter(status="active").count()
+    assert all(f["properties"]["religion"] for f in layer["features"])
+
+
+def test_feature_cap_thins_by_a_stable_priority(client, gb_import, clear_cache, monkeypatch):
+    monkeypatch.setattr(tiles, "MAX_FEATURES", 25)
+    z, x, y = CITY_Z13
+    first = tiles.place_tile(z=z, x=x, y=y, filters=tiles.TileFilters())
+    again = tiles.place_tile(z=z, x=x, y=y, filters=tiles.TileFilters())
+    features = mapbox_vector_tile.decode(first)["places"]["features"]
+    assert len(features) == 25
+    assert first == again
+
+
+def test_tile_uses_the_spatial_index(gb_import):
+    where, params = tiles.TileFilters().sql()
+    sql = tiles.PLACES_SQL.format(extent=4096, grid=64, limit=1000, where=where)
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = on")
+        cursor.execute("EXPLAIN " + sql, {"z": 14, "x": 8186, "y": 5448, **params})
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Index Scan" in plan or "Bitmap Index Scan" in plan
+    assert "location" in plan
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("/tiles/places/23/0/0.pbf", "z"),
+        ("/tiles/places/-1/0/0.pbf", "z"),
+        ("/tiles/places/2/4/0.pbf", "x"),
+        ("/tiles/places/2/0/-1.pbf", "y"),
+        ("/tiles/places/a/0/0.pbf", "z"),
+        ("/tiles/places/3/1/1.pbf?religion=jedi", "religion"),
+        ("/tiles/places/3/1/1.pbf?dataset=nope", "dataset"),
+        ("/tiles/regions/3/1/1.pbf?level=planet", "level"),
+    ],
+)
+def test_bad_tile_requests_are_a_400_naming_the_part(client, url, name):
+    response = client.get(url)
+    assert response.status_code == 400
+    assert name in response.json()
+
+
+def test_etag_revalidates_and_moves_with_an_edit(client, gb_import, clear_cache):
+    z, x, y = CITY_Z13
+    url = f"/tiles/places/{z}/{x}/{y}.pbf"
+    first = client.get(url)
+    etag = first["ETag"]
+    assert first["Cache-Control"].startswith("public, max-age=")
+    assert _get(client, url, **{"If-None-Match": etag}).status_code == 304
+    # when a curator renames a place in that tile
+    feature = _decode(first)["places"]["features"][0]
+    place_update(place=Place.objects.get(pk=feature["id"]), data={"name": "Renamed just now"})
+    # then the tile is new, not the cached one
+    second = _get(client, url, **{"If-None-Match": etag})
+    assert second.status_code == 200
+    assert second["ETag"] != etag
+    renamed = [f for f in _decode(second)["places"]["features"] if f["id"] == feature["id"]]
+    assert renamed[0]["properties"]["name"] == "Renamed just now"
+
+
+def test_data_version_moves_only_for_the_dataset_written(gb_import, sample_regions):
+    other = dataset_get_or_create(slug="versions-other")
+    place = place_create(
+        dataset=other,
+        source_key="v1",
+        data={"location": Polygon.from_bbox((0, 51, 0.1, 51.1)).centroid},
+    )
+    gb_before = data_version(dataset_ids=[gb_import.dataset_id])
+    all_before = data_version()
+    other_before = data_version(dataset_ids=[other.pk])
+    place_update(place=place, data={"name": "moved the version"})
+    assert data_version(dataset_ids=[gb_import.dataset_id]) == gb_before
+    assert data_version(dataset_ids=[other.pk]) != other_before
+    assert data_version() != all_before
+
+
+def test_tiles_are_gzipped_only_for_clients_that_accept_it(client, gb_import, clear_cache):
+    z, x, y = CITY_Z13
+    url = f"/tiles/places/{z}/{x}/{y}.pbf"
+    zipped = _get(client, url, **{"Accept-Encoding": "gzip, br"})
+    plain = client.get(url)
+    assert zipped["Content-Encoding"] == "gzip"
+    assert "Content-Encoding" not in plain
+    assert gzip.decompress(zipped.content) == plain.content
+    assert plain["Content-Type"] == "application/vnd.mapbox-vector-tile"
+
+
+def test_region_tiles_and_tilejson(client, sample_regions, clear_cache):
+    z, x, y = WESTMINSTER_Z6
+    layer = _decode(client.get(f"/tiles/regions/{z}/{x}/{y}.pbf?level=district"))["regions"]
+    assert {f["properties"]["level"] for f in layer["features"]} == {"district"}
+    assert any(f["properties"]["code"] == "E09000033" for f in layer["features"])
+    tilejson = client.get("/tiles/places.json?religion=sikh").json()
+    assert tilejson["tilejson"] == "3.0.0"
+    assert tilejson["tiles"][0].endswith("/tiles/places/{z}/{x}/{y}.pbf?religion=sikh")
+    assert {layer["id"] for layer in tilejson["vector_layers"]} == {"places", "clusters"}
+    assert client.get("/tiles/regions.json").json()["vector_layers"][0]["id"] == "regions"
