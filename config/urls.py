@@ -6,12 +6,13 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import health
 from places import tile_apis
-from places.views import home
+from places.views import home, map_view
 
 TILE = r"(?P<z>-?\w+)/(?P<x>-?\w+)/(?P<y>-?\w+)\.pbf"
 
 urlpatterns = [
     path("", home, name="home"),
+    path("map/", map_view, name="map"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("places.urls")),
     path("api/v1/", include("analytics.urls")),

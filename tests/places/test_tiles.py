@@ -163,3 +163,12 @@ def test_region_tiles_and_tilejson(client, sample_regions, clear_cache):
     assert tilejson["tiles"][0].endswith("/tiles/places/{z}/{x}/{y}.pbf?religion=sikh")
     assert {layer["id"] for layer in tilejson["vector_layers"]} == {"places", "clusters"}
     assert client.get("/tiles/regions.json").json()["vector_layers"][0]["id"] == "regions"
+
+
+def test_map_page_loads_only_our_own_assets(client):
+    response = client.get("/map/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "vendor/maplibre/maplibre-gl.js" in html
+    assert "places/map.js" in html
+    assert "https://" not in html

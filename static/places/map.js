@@ -1,0 +1,90 @@
+// The Places map: our own vector tiles (clusters below zoom 10, every place above), drawn
+// with WebGL by MapLibre. Everything comes from this server; no external tiles or fonts.
+(function () {
+  "use strict";
+
+  const COLOURS = {
+    christian: "#3a6fb0", muslim: "#2e8b57", jewish: "#c9a227", hindu: "#e4572e",
+    sikh: "#f28e2b", buddhist: "#9c6ade", bahai: "#17becf", jain: "#bcbd22",
+    shinto: "#d62728", taoist: "#8c564b", zoroastrian: "#7f7f7f", multifaith: "#e377c2",
+  };
+  const colour = ["match", ["get", "religion"]];
+  Object.entries(COLOURS).forEach(([religion, hex]) => colour.push(religion, hex));
+  colour.push("#999999");
+
+  const container = document.getElementById("map");
+  const status = document.getElementById("status");
+  const select = document.getElementById("religion");
+  const tileJson = (religion) => "/tiles/places.json" + (religion ? "?religion=" + encodeURIComponent(religion) : "");
+
+  const map = new maplibregl.Map({
+    container: "map",
+    center: [-1.6, 53.2],
+    zoom: 5,
+    maxZoom: 18,
+    style: {
+      version: 8,
+      sources: {
+        countries: { type: "geojson", data: container.dataset.basemap, attribution: "Made with Natural Earth" },
+        regions: { type: "vector", url: "/tiles/regions.json?level=district" },
+        places: { type: "vector", url: tileJson("") },
+      },
+      layers: [
+        { id: "sea", type: "background", paint: { "background-color": "#dbe7ef" } },
+        { id: "land", type: "fill", source: "countries", paint: { "fill-color": "#f3f1ea", "fill-outline-color": "#a0a0a0" } },
+        { id: "districts", type: "line", source: "regions", "source-layer": "regions", minzoom: 6,
+          paint: { "line-color": "#9a8f80", "line-width": 0.6 } },
+        { id: "clusters", type: "circle", source: "places", "source-layer": "clusters",
+          paint: {
+            "circle-color": colour, "circle-opacity": 0.75,
+            "circle-radius": ["interpolate", ["linear"], ["sqrt", ["get", "count"]], 1, 2.5, 30, 18],
+          } },
+        { id: "places", type: "circle", source: "places", "source-layer": "places",
+          paint: {
+            "circle-color": colour,
+            "circle-radius": ["interpolate", ["linear"], ["zoom"], 10, 2.5, 16, 7],
+            "circle-stroke-color": "#ffffff", "circle-stroke-width": 0.6,
+          } },
+      ],
+    },
+  });
+  map.addControl(new maplibregl.NavigationControl(), "top-right");
+  window.placesMap = map;  // for browser tests and the curious
+
+  // What is drawn, for the status line and for tests (never frame rates).
+  map.on("idle", () => {
+    const drawn = map.queryRenderedFeatures({ layers: ["places", "clusters"] });
+    const places = drawn.reduce((n, f) => n + (f.layer.id === "clusters" ? f.properties.count : 1), 0);
+    status.textContent = drawn.length + " symbols for " + places.toLocaleString() + " places in view (zoom " + map.getZoom().toFixed(1) + ")";
+    container.dataset.drawnFeatures = String(drawn.length);
+    container.dataset.drawnPlaces = String(places);
+  });
+
+  select.addEventListener("change", () => {
+    map.getSource("places").setUrl(tileJson(select.value));
+  });
+
+  map.on("click", "clusters", (event) => {
+    map.easeTo({ center: event.lngLat, zoom: Math.min(map.getZoom() + 2, 12) });
+  });
+  map.on("click", "places", (event) => {
+    const feature = event.features[0];
+    const name = feature.properties.name || "(no name yet)";
+    const box = document.createElement("div");
+    const title = document.createElement("strong");
+    title.textContent = name;
+    box.append(title, document.createElement("br"), feature.properties.religion, document.createElement("br"));
+    const api = document.createElement("a");
+    api.href = "/api/v1/places/" + feature.id + "/";
+    api.textContent = "API";
+    const admin = document.createElement("a");
+    admin.href = "/admin/places/place/" + feature.id + "/change/";
+    admin.textContent = "edit";
+    box.append(api, " · ", admin);
+    new maplibregl.Popup().setLngLat(event.lngLat).setDOMContent(box).addTo(map);
+  });
+  ["clusters", "places"].forEach((layer) => {
+    map.on("mouseenter", layer, () => { map.getCanvas().style.cursor = "pointer"; });
+    map.on("mouseleave", layer, () => { map.getCanvas().style.cursor = ""; });
+  });
+})();
