@@ -16,6 +16,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("places.urls")),
     path("api/v1/", include("analytics.urls")),
+    path("api/v1/viewport/", tile_apis.ViewportApi.as_view(), name="viewport"),
     re_path(rf"^tiles/places/{TILE}$", tile_apis.PlaceTileApi.as_view(), name="place-tile"),
     re_path(rf"^tiles/regions/{TILE}$", tile_apis.RegionTileApi.as_view(), name="region-tile"),
     path("tiles/places.json", tile_apis.PlaceTileJsonApi.as_view(), name="place-tilejson"),

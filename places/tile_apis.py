@@ -15,15 +15,16 @@ from typing import Any
 from django.core.cache import cache
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from places import selectors, tiles
+from places import selectors, tiles, viewport
 from places.apis import QueryParamsGuard
+from places.geo import BBox, BBoxError, parse_bbox
 from places.models import Dataset, RegionLevel, Religion
 
 MVT_TYPE = "application/vnd.mapbox-vector-tile"
@@ -64,10 +65,18 @@ class RegionTileQuery(serializers.Serializer):
     level = serializers.ChoiceField(choices=RegionLevel.choices, default=RegionLevel.DISTRICT)
 
 
-def tile_response(
-    request: Request, *, key: str, ttl: int, build: Callable[[], bytes]
+def cached_bytes_response(
+    request: Request,
+    *,
+    key: str,
+    ttl: int,
+    build: Callable[[], bytes],
+    content_type: str = MVT_TYPE,
 ) -> HttpResponse:
-    """Answer from the ETag, the Redis cache or ``build``, compressing once per version."""
+    """Answer from the ETag, the Redis cache or ``build``, compressing once per version.
+
+    ``key`` must contain the data version of everything the body shows.
+    """
     etag = f'"{hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:24]}"'
     headers = {
         "ETag": etag,
@@ -76,7 +85,7 @@ def tile_response(
     }
     if etag in request.headers.get("If-None-Match", ""):
         return HttpResponse(status=304, headers=headers)
-    cache_key = f"tile:{etag.strip(chr(34))}"
+    cache_key = f"bytes:{etag.strip(chr(34))}"
     compressed = cache.get(cache_key)
     if compressed is None:
         raw = build()
@@ -87,7 +96,16 @@ def tile_response(
         body = compressed
     else:
         body = gzip.decompress(compressed) if compressed else b""
-    return HttpResponse(body, content_type=MVT_TYPE, headers=headers)
+    return HttpResponse(body, content_type=content_type, headers=headers)
+
+
+class BytesNegotiation:
+    """These views choose their own bytes (by path, `format` or Accept), so DRF's content
+    negotiation must not answer a vendor Accept type with 406 or `?format=` with 404; errors
+    are still rendered as JSON."""
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        return super().perform_content_negotiation(request, force=True)  # type: ignore[misc]
 
 
 TILE_PARAMETERS = [
@@ -108,7 +126,7 @@ TILE_PARAMETERS = [
     parameters=[*TILE_PARAMETERS, PlaceTileQuery],
     responses={(200, MVT_TYPE): OpenApiTypes.BINARY, 304: None},
 )
-class PlaceTileApi(QueryParamsGuard, APIView):
+class PlaceTileApi(BytesNegotiation, QueryParamsGuard, APIView):
     def get(self, request: Request, z: str, x: str, y: str) -> HttpResponse:
         tz, tx, ty = parse_tile(z, x, y)
         query = PlaceTileQuery(data=request.query_params)
@@ -120,7 +138,7 @@ class PlaceTileApi(QueryParamsGuard, APIView):
         )
         version = selectors.data_version(dataset_ids=[dataset.pk] if dataset else None)
         key = f"places:{version}:{filters}:{tz}/{tx}/{ty}"
-        return tile_response(
+        return cached_bytes_response(
             request,
             key=key,
             ttl=tile_ttl(tz),
@@ -133,14 +151,14 @@ class PlaceTileApi(QueryParamsGuard, APIView):
     parameters=[*TILE_PARAMETERS, RegionTileQuery],
     responses={(200, MVT_TYPE): OpenApiTypes.BINARY, 304: None},
 )
-class RegionTileApi(QueryParamsGuard, APIView):
+class RegionTileApi(BytesNegotiation, QueryParamsGuard, APIView):
     def get(self, request: Request, z: str, x: str, y: str) -> HttpResponse:
         tz, tx, ty = parse_tile(z, x, y)
         query = RegionTileQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         level = query.validated_data["level"]
         key = f"regions:{selectors.region_version()}:{level}:{tz}/{tx}/{ty}"
-        return tile_response(
+        return cached_bytes_response(
             request,
             key=key,
             ttl=tile_ttl(tz),
@@ -201,3 +219,73 @@ class RegionTileJsonApi(QueryParamsGuard, APIView):
             {"id": "regions", "fields": {"name": "String", "code": "String", "level": "String"}}
         ]
         return Response(_tilejson(request, "/tiles/regions/{z}/{x}/{y}.pbf", layers))
+
+
+BIN_TYPE = "application/vnd.places.viewport"
+
+
+class ViewportQuery(serializers.Serializer):
+    bbox = serializers.CharField(
+        help_text="minLon,minLat,maxLon,maxLat; may cross the antimeridian."
+    )
+    zoom = serializers.IntegerField(min_value=0, max_value=tiles.MAX_ZOOM)
+    religion = serializers.ChoiceField(choices=Religion.choices, required=False)
+    dataset = serializers.SlugRelatedField(
+        slug_field="slug", queryset=Dataset.objects.all(), required=False
+    )
+    format = serializers.ChoiceField(choices=["json", "bin"], required=False)
+
+    def validate_bbox(self, value: str) -> BBox:
+        try:
+            return parse_bbox(value)
+        except BBoxError as exc:
+            raise serializers.ValidationError(f"Invalid bbox: {exc}.") from exc
+
+
+@extend_schema(
+    summary="One map view: clusters or every point, as columnar JSON or binary",
+    description=(
+        "Below zoom 10, or when the box holds more than 250,000 places: clusters whose "
+        "counts add up to the places in the box (position, count, count per religion, "
+        "bounds). Otherwise every place (ids, lon, lat, religion codes into `legend`). "
+        "`format=bin` (or `Accept: application/vnd.places.viewport`) gives the "
+        "little-endian layout documented in README. Cached per data version; ETag/304."
+    ),
+    parameters=[ViewportQuery],
+    responses={
+        (200, "application/json"): OpenApiTypes.OBJECT,
+        (200, BIN_TYPE): OpenApiTypes.BINARY,
+    },
+    examples=[
+        OpenApiExample("Central London", value="bbox=-0.2,51.45,0.0,51.55&zoom=12"),
+    ],
+)
+class ViewportApi(BytesNegotiation, QueryParamsGuard, APIView):
+    def get(self, request: Request) -> HttpResponse:
+        query = ViewportQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        fmt = data.get("format") or (
+            "bin" if BIN_TYPE in request.headers.get("Accept", "") else "json"
+        )
+        dataset = data.get("dataset")
+        version = selectors.data_version(dataset_ids=[dataset.pk] if dataset else None)
+        bbox, zoom, religion = data["bbox"], data["zoom"], data.get("religion")
+        key = f"viewport:{version}:{bbox}:{zoom}:{religion}:{dataset and dataset.pk}:{fmt}"
+
+        def build() -> bytes:
+            view = viewport.viewport_query(
+                bbox=bbox,
+                zoom=zoom,
+                religion=religion,
+                dataset_id=dataset.pk if dataset else None,
+            )
+            return viewport.viewport_binary(view) if fmt == "bin" else viewport.viewport_json(view)
+
+        return cached_bytes_response(
+            request,
+            key=key,
+            ttl=tile_ttl(zoom),
+            build=build,
+            content_type=BIN_TYPE if fmt == "bin" else "application/json",
+        )

@@ -172,3 +172,12 @@ def test_map_page_loads_only_our_own_assets(client):
     assert "vendor/maplibre/maplibre-gl.js" in html
     assert "places/map.js" in html
     assert "https://" not in html
+
+
+def test_tile_request_with_the_mvt_accept_type_is_served(client, gb_import, clear_cache):
+    z, x, y = CITY_Z13
+    response = client.get(
+        f"/tiles/places/{z}/{x}/{y}.pbf", HTTP_ACCEPT="application/vnd.mapbox-vector-tile"
+    )
+    assert response.status_code == 200
+    assert _decode(response)["places"]["features"]

@@ -1,0 +1,137 @@
+"""The viewport endpoint: clusters that add up, every point, both encodings, freshness."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from django.contrib.gis.geos import Point, Polygon
+
+from places.models import Place
+from places.services import dataset_get_or_create, place_create, place_update
+
+pytestmark = pytest.mark.django_db
+
+LONDON = "-0.2,51.45,0.0,51.55"
+
+
+def _in_box(bbox: str) -> set[int]:
+    box = Polygon.from_bbox(tuple(float(v) for v in bbox.split(",")))
+    return set(
+        Place.objects.filter(status="active", location__intersects=box).values_list("id", flat=True)
+    )
+
+
+def _decode_binary(body: bytes) -> dict:
+    assert body[:4] == b"PLV1"
+    kind, n, legend_length = struct.unpack_from("<B3xII", body, 4)
+    legend = json.loads(body[16 : 16 + legend_length])
+    offset = 16 + legend_length + (-legend_length % 8)
+    first = np.frombuffer(body, dtype="<i8" if kind == 0 else "<u4", count=n, offset=offset)
+    offset += first.nbytes
+    lon = np.frombuffer(body, dtype="<f4", count=n, offset=offset)
+    offset += lon.nbytes
+    lat = np.frombuffer(body, dtype="<f4", count=n, offset=offset)
+    offset += lat.nbytes
+    religion = np.frombuffer(body, dtype="u1", count=n, offset=offset)
+    assert offset + n == len(body)
+    return {
+        "kind": kind,
+        "first": first,
+        "lon": lon,
+        "lat": lat,
+        "religion": religion,
+        "legend": legend,
+    }
+
+
+def test_high_zoom_returns_every_point_in_the_box(client, gb_import, clear_cache):
+    body = client.get("/api/v1/viewport/", {"bbox": LONDON, "zoom": 12}).json()
+    assert body["kind"] == "points"
+    assert set(body["ids"]) == _in_box(LONDON)
+    assert len(body["lon"]) == len(body["lat"]) == len(body["religion"]) == body["total"]
+    assert {body["legend"][code] for code in body["religion"]} <= set(body["legend"])
+
+
+def test_low_zoom_clusters_add_up_to_the_places_in_the_box(client, gb_import, clear_cache):
+    bbox = "-6,49.8,2,56"
+    body = client.get("/api/v1/viewport/", {"bbox": bbox, "zoom": 6}).json()
+    assert body["kind"] == "clusters"
+    assert sum(body["count"]) == body["total"] == len(_in_box(bbox))
+    for count, by_religion, (x0, y0, x1, y1), lon, lat in zip(
+        body["count"], body["by_religion"], body["bounds"], body["lon"], body["lat"], strict=True
+    ):
+        assert sum(by_religion.values()) == count
+        assert x0 <= lon <= x1
+        assert y0 <= lat <= y1
+
+
+def test_binary_layout_matches_the_json(client, gb_import, clear_cache):
+    as_json = client.get("/api/v1/viewport/", {"bbox": LONDON, "zoom": 12}).json()
+    response = client.get(
+        "/api/v1/viewport/",
+        {"bbox": LONDON, "zoom": 12},
+        HTTP_ACCEPT="application/vnd.places.viewport",
+    )
+    assert response["Content-Type"] == "application/vnd.places.viewport"
+    decoded = _decode_binary(response.content)
+    assert decoded["kind"] == 0
+    assert decoded["first"].tolist() == as_json["ids"]
+    assert np.allclose(decoded["lon"], as_json["lon"], atol=1e-5)
+    assert np.allclose(decoded["lat"], as_json["lat"], atol=1e-5)
+    assert decoded["religion"].tolist() == as_json["religion"]
+    clusters = _decode_binary(
+        client.get(
+            "/api/v1/viewport/", {"bbox": "-6,49.8,2,56", "zoom": 6, "format": "bin"}
+        ).content
+    )
+    assert clusters["kind"] == 1
+    assert int(clusters["first"].sum()) == len(_in_box("-6,49.8,2,56"))
+
+
+def test_box_across_the_antimeridian_returns_both_sides(client, sample_regions, clear_cache):
+    dataset = dataset_get_or_create(slug="viewport-pacific")
+    for key, xy in {
+        "nz": (174.78, -41.29),
+        "chatham": (-176.5, -43.93),
+        "hawaii": (-157.86, 21.31),
+    }.items():
+        place_create(dataset=dataset, source_key=key, data={"name": key, "location": Point(*xy)})
+    body = client.get(
+        "/api/v1/viewport/", {"bbox": "170,-48,-175,-34", "zoom": 12, "dataset": "viewport-pacific"}
+    ).json()
+    names = set(Place.objects.filter(pk__in=body["ids"]).values_list("name", flat=True))
+    assert names == {"nz", "chatham"}
+
+
+def test_an_edit_is_visible_in_the_next_response(client, gb_import, clear_cache):
+    params = {"bbox": LONDON, "zoom": 12}
+    first = client.get("/api/v1/viewport/", params)
+    assert (
+        client.get("/api/v1/viewport/", params, HTTP_IF_NONE_MATCH=first["ETag"]).status_code == 304
+    )
+    place = Place.objects.get(pk=first.json()["ids"][0])
+    place_update(place=place, data={"location": Point(-10.5, 40.0)})  # moved out of the box
+    second = client.get("/api/v1/viewport/", params, HTTP_IF_NONE_MATCH=first["ETag"])
+    assert second.status_code == 200
+    assert place.pk not in second.json()["ids"]
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ({"bbox": "1,2,3", "zoom": 5}, "bbox"),
+        ({"bbox": "0,95,1,96", "zoom": 5}, "bbox"),
+        ({"bbox": LONDON}, "zoom"),
+        ({"bbox": LONDON, "zoom": 23}, "zoom"),
+        ({"bbox": LONDON, "zoom": "x"}, "zoom"),
+        ({"bbox": LONDON, "zoom": 5, "format": "xml"}, "format"),
+        ({"bbox": LONDON, "zoom": 5, "religion": "jedi"}, "religion"),
+    ],
+)
+def test_bad_viewport_requests_are_a_400_naming_the_parameter(client, params, name):
+    response = client.get("/api/v1/viewport/", params)
+    assert response.status_code == 400
+    assert name in response.json()
