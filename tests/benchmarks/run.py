@@ -33,6 +33,8 @@ os.environ["DATABASE_URL"] = os.environ.get(
     "BENCH_DATABASE_URL", "postgis://postgres@127.0.0.1:5432/places_bench"
 )
 os.environ.setdefault("LOG_LEVEL", "WARNING")
+# As in production: no query log, no debug pages.
+os.environ["DEBUG"] = "false"
 # Stored copies of the benchmark's files stay out of the development media folder.
 os.environ["MEDIA_ROOT"] = tempfile.mkdtemp(prefix="places-bench-media-")
 
@@ -63,6 +65,73 @@ def _fresh_database() -> None:
     subprocess.run([sys.executable, str(ROOT / "bin" / "ensure-database")], check=True)
 
 
+SERVING_BOX = "-0.5,51.3,0.3,51.7"  # Greater London
+SERVING_RUNS = 15
+
+
+def _serving_benchmark(*, plain_dataset: object) -> dict[str, object]:
+    """Viewport and tiles, uncached and cached, beside a naive drf-gis endpoint (baseline)."""
+    from django.core.cache import cache
+    from django.test import Client
+    from django.urls import path
+    from rest_framework import generics
+    from rest_framework_gis.filters import InBBoxFilter
+    from rest_framework_gis.serializers import GeoFeatureModelSerializer
+
+    from places.models import Place
+
+    class NaiveSerializer(GeoFeatureModelSerializer):
+        class Meta:
+            model = Place
+            geo_field = "location"
+            fields = ["id", "name", "religion", "dataset"]
+
+    class NaiveList(generics.ListAPIView):
+        """The obvious way, built only here: drf-gis serializer + InBBoxFilter, unpaginated."""
+
+        queryset = Place.objects.all()
+        serializer_class = NaiveSerializer
+        filter_backends = [InBBoxFilter]
+        bbox_filter_field = "location"
+        bbox_filter_include_overlapping = True
+
+    from config import urls as root_urls
+
+    root_urls.urlpatterns.append(path("bench/naive/", NaiveList.as_view()))
+    client = Client(HTTP_HOST="localhost")
+    z, x, y = 11, 1023, 681  # a dense London tile
+
+    def timed(url: str, *, cached: bool, **headers: str) -> dict[str, float]:
+        samples, size = [], 0
+        for _ in range(SERVING_RUNS):
+            if not cached:
+                cache.clear()
+            started = time.perf_counter()
+            response = client.get(url, **headers)
+            samples.append((time.perf_counter() - started) * 1000)
+            size = len(response.content)
+            assert response.status_code == 200, (url, response.status_code)
+        return {"median_ms": round(statistics.median(samples), 1), "bytes": size}
+
+    gz = {"HTTP_ACCEPT_ENCODING": "gzip"}
+    viewport = f"/api/v1/viewport/?bbox={SERVING_BOX}&zoom=12"
+    requests = {
+        "baseline: naive drf-gis GeoJSON (no pagination)": timed(
+            f"/bench/naive/?in_bbox={SERVING_BOX}", cached=True
+        ),
+        "viewport JSON, uncached": timed(viewport, cached=False, **gz),
+        "viewport binary, uncached": timed(viewport + "&format=bin", cached=False, **gz),
+        "viewport binary, cached": timed(viewport + "&format=bin", cached=True, **gz),
+        "places API GeoJSON page (limit 10000)": timed(
+            f"/api/v1/places/?bbox={SERVING_BOX}&limit=10000", cached=True
+        ),
+        f"tile {z}/{x}/{y}, uncached": timed(f"/tiles/places/{z}/{x}/{y}.pbf", cached=False, **gz),
+        f"tile {z}/{x}/{y}, cached": timed(f"/tiles/places/{z}/{x}/{y}.pbf", cached=True, **gz),
+        "tile 5/15/10 (clusters), uncached": timed("/tiles/places/5/15/10.pbf", cached=False, **gz),
+    }
+    return {"places": Place.objects.count(), "requests": requests}
+
+
 def main() -> None:
     _fresh_database()
     import django
@@ -91,6 +160,7 @@ def main() -> None:
     csv_path = sample / "osm_pow_gb_excl_wales.csv.gz"
 
     first, again, baseline = [], [], []
+    plain = None
     rows = 0
     for _ in range(RUNS):
         dataset = dataset_get_or_create(slug=f"bench-{uuid.uuid4().hex[:8]}")
@@ -154,6 +224,8 @@ def main() -> None:
         / s["baseline_orm_bulk_create"]["rows_per_second"],
         2,
     )
+    results["serving"] = _serving_benchmark(plain_dataset=plain)
+
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [
@@ -173,6 +245,19 @@ def main() -> None:
         ),
         "",
         f"Pipeline / baseline (first import): {s['ratio_first_vs_baseline']}×",
+        "",
+    ]
+    lines += [
+        f"Serving, in-process (Django test client, no gunicorn), sample data: "
+        f"{results['serving']['places']} places; box {SERVING_BOX}; median of "
+        f"{SERVING_RUNS} requests.",
+        "",
+        "| request | median ms | bytes |",
+        "|---|---:|---:|",
+        *(
+            f"| {name} | {row['median_ms']} | {row['bytes']} |"
+            for name, row in results["serving"]["requests"].items()
+        ),
         "",
     ]
     (RESULTS / "results.md").write_text("\n".join(lines))
