@@ -241,6 +241,18 @@ class ViewportQuery(serializers.Serializer):
         except BBoxError as exc:
             raise serializers.ValidationError(f"Invalid bbox: {exc}.") from exc
 
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not viewport.box_fits_zoom(attrs["bbox"], attrs["zoom"]):
+            raise serializers.ValidationError(
+                {
+                    "bbox": [
+                        f"too large for zoom {attrs['zoom']}: a view spans at most "
+                        f"{viewport.MAX_TILES_ACROSS} tiles; lower the zoom or the box"
+                    ]
+                }
+            )
+        return attrs
+
 
 @extend_schema(
     summary="One map view: clusters or every point, as columnar JSON or binary",

@@ -37,6 +37,18 @@ CLUSTER_BELOW_ZOOM = 10
 MAX_POINTS = 250_000
 LEGEND = list(Religion.values)
 MAGIC = b"PLV1"
+UNKNOWN_CODE = LEGEND.index(Religion.UNKNOWN)
+# A view spans at most this many 256-px tiles per side at its zoom; wider boxes would ask
+# for millions of clusters (a 4K screen is about 15 tiles wide).
+MAX_TILES_ACROSS = 16
+
+
+def box_fits_zoom(bbox: BBox, zoom: int) -> bool:
+    """Whether a screen could show this box at this zoom (see ``MAX_TILES_ACROSS``)."""
+    width = (bbox.max_lon - bbox.min_lon) % 360 or (360 if bbox.min_lon != bbox.max_lon else 0)
+    height = bbox.max_lat - bbox.min_lat
+    tiles_per_degree = 2**zoom / 360
+    return max(width, height) * tiles_per_degree <= MAX_TILES_ACROSS
 
 
 @dataclass
@@ -54,7 +66,11 @@ class Viewport:
 
 def _box_condition(bbox: BBox) -> tuple[str, list[float]]:
     parts = bbox.parts()
-    sql = " OR ".join("p.location && ST_MakeEnvelope(%s, %s, %s, %s, 4326)" for _ in parts)
+    # ST_Intersects is exact (the && operator alone compares rounded float4 boxes) and
+    # still answers from the GiST index.
+    sql = " OR ".join(
+        "ST_Intersects(p.location, ST_MakeEnvelope(%s, %s, %s, %s, 4326))" for _ in parts
+    )
     return f"({sql})", [v for part in parts for v in part]
 
 
@@ -94,9 +110,10 @@ def _points(cursor: object, condition: str, args: list[object]) -> Viewport:
         "SELECT coalesce(array_agg(p.id ORDER BY p.id), '{}'), "
         "coalesce(array_agg(ST_X(p.location) ORDER BY p.id), '{}'), "
         "coalesce(array_agg(ST_Y(p.location) ORDER BY p.id), '{}'), "
-        "coalesce(array_agg(array_position(%s::text[], p.religion::text) - 1 ORDER BY p.id), '{}') "
+        "coalesce(array_agg(coalesce(array_position(%s::text[], p.religion::text), %s) - 1 "
+        "ORDER BY p.id), '{}') "
         f"FROM places_place p WHERE {condition}",
-        [LEGEND, *args],
+        [LEGEND, UNKNOWN_CODE + 1, *args],
     )
     ids, lon, lat, codes = cursor.fetchone()
     return Viewport(kind="points", total=len(ids), ids=ids, lon=lon, lat=lat, religion=codes)
@@ -113,17 +130,19 @@ def _clusters(cursor: object, condition: str, args: list[object], *, cell: float
         per_religion AS (
             SELECT cx, cy, religion, count(*) AS n FROM cells GROUP BY cx, cy, religion
         ),
+        religions AS (
+            SELECT cx, cy, jsonb_object_agg(religion, n) AS by_religion,
+                   (array_agg(religion ORDER BY n DESC, religion))[1] AS top
+            FROM per_religion GROUP BY cx, cy
+        ),
         clusters AS (
             SELECT cx, cy, count(*) AS n, avg(x) AS x, avg(y) AS y,
                    min(x) AS x0, min(y) AS y0, max(x) AS x1, max(y) AS y1
             FROM cells GROUP BY cx, cy
         )
-        SELECT c.n, c.x, c.y, c.x0, c.y0, c.x1, c.y1,
-               (SELECT jsonb_object_agg(r.religion, r.n) FROM per_religion r
-                WHERE r.cx = c.cx AND r.cy = c.cy),
-               (SELECT r.religion FROM per_religion r WHERE r.cx = c.cx AND r.cy = c.cy
-                ORDER BY r.n DESC, r.religion LIMIT 1)
-        FROM clusters c ORDER BY c.cy, c.cx
+        SELECT c.n, c.x, c.y, c.x0, c.y0, c.x1, c.y1, r.by_religion, r.top
+        FROM clusters c JOIN religions r USING (cx, cy)
+        ORDER BY c.cy, c.cx
         """,
         [cell, cell, *args],
     )
@@ -137,7 +156,7 @@ def _clusters(cursor: object, condition: str, args: list[object], *, cell: float
         view.by_religion.append(
             json.loads(by_religion) if isinstance(by_religion, str) else by_religion
         )
-        view.religion.append(LEGEND.index(top))
+        view.religion.append(LEGEND.index(top) if top in LEGEND else UNKNOWN_CODE)
         view.total += n
     return view
 

@@ -99,11 +99,13 @@ def test_box_across_the_antimeridian_returns_both_sides(client, sample_regions, 
         "hawaii": (-157.86, 21.31),
     }.items():
         place_create(dataset=dataset, source_key=key, data={"name": key, "location": Point(*xy)})
+    # the New Zealand + Chatham Islands box, at a zoom that shows it on one screen
     body = client.get(
-        "/api/v1/viewport/", {"bbox": "170,-48,-175,-34", "zoom": 12, "dataset": "viewport-pacific"}
+        "/api/v1/viewport/", {"bbox": "170,-48,-175,-34", "zoom": 6, "dataset": "viewport-pacific"}
     ).json()
-    names = set(Place.objects.filter(pk__in=body["ids"]).values_list("name", flat=True))
-    assert names == {"nz", "chatham"}
+    assert body["kind"] == "clusters"
+    assert sum(body["count"]) == 2
+    assert sorted(lon > 0 for lon in body["lon"]) == [False, True]
 
 
 def test_an_edit_is_visible_in_the_next_response(client, gb_import, clear_cache):
@@ -135,3 +137,19 @@ def test_bad_viewport_requests_are_a_400_naming_the_parameter(client, params, na
     response = client.get("/api/v1/viewport/", params)
     assert response.status_code == 400
     assert name in response.json()
+
+
+def test_box_too_large_for_its_zoom_is_a_400(client):
+    response = client.get("/api/v1/viewport/", {"bbox": "10,0,-10,1", "zoom": 12})
+    assert response.status_code == 400
+    assert "too large" in response.json()["bbox"][0]
+
+
+def test_box_edge_is_exact_not_rounded(client, sample_regions, clear_cache):
+    # given a place a hair east of the box's eastern edge (float4 boxes would round it in)
+    dataset = dataset_get_or_create(slug="viewport-edge")
+    place_create(dataset=dataset, source_key="e1", data={"location": Point(10.0000001, 45.0)})
+    body = client.get(
+        "/api/v1/viewport/", {"bbox": "9.99,44.99,10,45.01", "zoom": 14, "dataset": "viewport-edge"}
+    ).json()
+    assert body["ids"] == []
