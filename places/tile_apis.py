@@ -14,10 +14,13 @@ from typing import Any
 
 from django.core.cache import cache
 from django.http import HttpResponse
+from django.utils.html import escape
+from django.utils.http import parse_etags
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -33,6 +36,27 @@ MVT_TYPE = "application/vnd.mapbox-vector-tile"
 def tile_ttl(z: int) -> int:
     """Seconds a tile may be cached: low zooms change little per edit and cost most to build."""
     return 24 * 3600 if z < 6 else 3600 if z < 10 else 600
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether Accept-Encoding allows gzip (``gzip;q=0`` forbids it)."""
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip().lower() in {"gzip", "*"}:
+            q = params.strip().removeprefix("q=")
+            try:
+                return float(q) > 0 if params.strip().startswith("q=") else True
+            except ValueError:
+                return False
+    return False
+
+
+class PublicBytesView(APIView):
+    """Public, cacheable byte responses: no session or user lookup, which would add
+    ``Vary: Cookie`` and keep CDNs from caching them."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
 
 
 def parse_tile(z: str, x: str, y: str) -> tuple[int, int, int]:
@@ -72,26 +96,35 @@ def cached_bytes_response(
     ttl: int,
     build: Callable[[], bytes],
     content_type: str = MVT_TYPE,
+    vary: str = "Accept-Encoding",
 ) -> HttpResponse:
     """Answer from the ETag, the Redis cache or ``build``, compressing once per version.
 
     ``key`` must contain the data version of everything the body shows.
     """
-    etag = f'"{hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:24]}"'
+    digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:24]
+    # Weak: the gzip and identity bodies are the same content under one validator.
+    etag = f'W/"{digest}"'
+    # A URL that names the data version (from TileJSON) can never change: cache it for a
+    # year. Anything else must be revalidated (ETag), so a CDN never serves it stale.
+    versioned = request.query_params.get("v") not in (None, "")
     headers = {
         "ETag": etag,
-        "Cache-Control": f"public, max-age={ttl}",
-        "Vary": "Accept-Encoding",
+        "Cache-Control": "public, max-age=31536000, immutable" if versioned else "no-cache",
+        "Vary": vary,
     }
-    if etag in request.headers.get("If-None-Match", ""):
+    if_none_match = request.headers.get("If-None-Match", "")
+    if if_none_match.strip() == "*" or digest in {
+        tag.removeprefix("W/").strip('"') for tag in parse_etags(if_none_match)
+    }:
         return HttpResponse(status=304, headers=headers)
-    cache_key = f"bytes:{etag.strip(chr(34))}"
+    cache_key = f"bytes:{digest}"
     compressed = cache.get(cache_key)
     if compressed is None:
         raw = build()
         compressed = gzip.compress(raw, compresslevel=6) if raw else b""
         cache.set(cache_key, compressed, timeout=ttl)
-    if compressed and "gzip" in request.headers.get("Accept-Encoding", ""):
+    if compressed and accepts_gzip(request.headers.get("Accept-Encoding", "")):
         headers["Content-Encoding"] = "gzip"
         body = compressed
     else:
@@ -126,7 +159,7 @@ TILE_PARAMETERS = [
     parameters=[*TILE_PARAMETERS, PlaceTileQuery],
     responses={(200, MVT_TYPE): OpenApiTypes.BINARY, 304: None},
 )
-class PlaceTileApi(BytesNegotiation, QueryParamsGuard, APIView):
+class PlaceTileApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
     def get(self, request: Request, z: str, x: str, y: str) -> HttpResponse:
         tz, tx, ty = parse_tile(z, x, y)
         query = PlaceTileQuery(data=request.query_params)
@@ -151,7 +184,7 @@ class PlaceTileApi(BytesNegotiation, QueryParamsGuard, APIView):
     parameters=[*TILE_PARAMETERS, RegionTileQuery],
     responses={(200, MVT_TYPE): OpenApiTypes.BINARY, 304: None},
 )
-class RegionTileApi(BytesNegotiation, QueryParamsGuard, APIView):
+class RegionTileApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
     def get(self, request: Request, z: str, x: str, y: str) -> HttpResponse:
         tz, tx, ty = parse_tile(z, x, y)
         query = RegionTileQuery(data=request.query_params)
@@ -166,12 +199,18 @@ class RegionTileApi(BytesNegotiation, QueryParamsGuard, APIView):
         )
 
 
-def _tilejson(request: Request, path: str, layers: list[dict[str, Any]]) -> dict[str, Any]:
-    query = request.GET.urlencode()
+def _tilejson(
+    request: Request, path: str, layers: list[dict[str, Any]], version: str
+) -> dict[str, Any]:
+    # The tile URLs carry the data version, so clients and CDNs may cache tiles for good;
+    # the TileJSON itself is revalidated on every use.
+    query = request.GET.copy()
+    query["v"] = version
     # Joined by hand: build_absolute_uri would percent-encode the {z}/{x}/{y} placeholders.
-    template = request.build_absolute_uri("/").rstrip("/") + path + (f"?{query}" if query else "")
+    template = request.build_absolute_uri("/").rstrip("/") + path + "?" + query.urlencode()
+    # MapLibre renders attribution as HTML: dataset text must not be able to inject markup.
     attribution = "; ".join(
-        sorted({a for a in Dataset.objects.values_list("attribution", flat=True) if a})
+        sorted({escape(a) for a in Dataset.objects.values_list("attribution", flat=True) if a})
     )
     return {
         "tilejson": "3.0.0",
@@ -204,7 +243,14 @@ class PlaceTileJsonApi(QueryParamsGuard, APIView):
                 "fields": {"count": "Number", "religion": "String (most common)"},
             },
         ]
-        return Response(_tilejson(request, "/tiles/places/{z}/{x}/{y}.pbf", layers))
+        query = PlaceTileQuery(data=request.query_params)
+        query.is_valid()
+        dataset = query.validated_data.get("dataset")
+        version = selectors.data_version(dataset_ids=[dataset.pk] if dataset else None)
+        return Response(
+            _tilejson(request, "/tiles/places/{z}/{x}/{y}.pbf", layers, version),
+            headers={"Cache-Control": "no-cache"},
+        )
 
 
 @extend_schema(
@@ -218,7 +264,12 @@ class RegionTileJsonApi(QueryParamsGuard, APIView):
         layers = [
             {"id": "regions", "fields": {"name": "String", "code": "String", "level": "String"}}
         ]
-        return Response(_tilejson(request, "/tiles/regions/{z}/{x}/{y}.pbf", layers))
+        return Response(
+            _tilejson(
+                request, "/tiles/regions/{z}/{x}/{y}.pbf", layers, selectors.region_version()
+            ),
+            headers={"Cache-Control": "no-cache"},
+        )
 
 
 BIN_TYPE = "application/vnd.places.viewport"
@@ -272,7 +323,7 @@ class ViewportQuery(serializers.Serializer):
         OpenApiExample("Central London", value="bbox=-0.2,51.45,0.0,51.55&zoom=12"),
     ],
 )
-class ViewportApi(BytesNegotiation, QueryParamsGuard, APIView):
+class ViewportApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
     def get(self, request: Request) -> HttpResponse:
         query = ViewportQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -300,4 +351,5 @@ class ViewportApi(BytesNegotiation, QueryParamsGuard, APIView):
             ttl=tile_ttl(zoom),
             build=build,
             content_type=BIN_TYPE if fmt == "bin" else "application/json",
+            vary="Accept-Encoding, Accept",
         )

@@ -113,7 +113,7 @@ def test_etag_revalidates_and_moves_with_an_edit(client, gb_import, clear_cache)
     url = f"/tiles/places/{z}/{x}/{y}.pbf"
     first = client.get(url)
     etag = first["ETag"]
-    assert first["Cache-Control"].startswith("public, max-age=")
+    assert first["Cache-Control"] == "no-cache"  # unversioned URL: always revalidate
     assert _get(client, url, **{"If-None-Match": etag}).status_code == 304
     # when a curator renames a place in that tile
     feature = _decode(first)["places"]["features"][0]
@@ -160,7 +160,7 @@ def test_region_tiles_and_tilejson(client, sample_regions, clear_cache):
     assert any(f["properties"]["code"] == "E09000033" for f in layer["features"])
     tilejson = client.get("/tiles/places.json?religion=sikh").json()
     assert tilejson["tilejson"] == "3.0.0"
-    assert tilejson["tiles"][0].endswith("/tiles/places/{z}/{x}/{y}.pbf?religion=sikh")
+    assert "/tiles/places/{z}/{x}/{y}.pbf?religion=sikh&v=" in tilejson["tiles"][0]
     assert {layer["id"] for layer in tilejson["vector_layers"]} == {"places", "clusters"}
     assert client.get("/tiles/regions.json").json()["vector_layers"][0]["id"] == "regions"
 
@@ -181,3 +181,39 @@ def test_tile_request_with_the_mvt_accept_type_is_served(client, gb_import, clea
     )
     assert response.status_code == 200
     assert _decode(response)["places"]["features"]
+
+
+def test_tilejson_urls_name_the_data_version_and_are_cached_for_good(
+    client, gb_import, clear_cache
+):
+    before = client.get("/tiles/places.json")
+    assert before["Cache-Control"] == "no-cache"
+    url = before.json()["tiles"][0].replace("http://testserver", "")
+    z, x, y = CITY_Z13
+    tile = client.get(url.replace("{z}", str(z)).replace("{x}", str(x)).replace("{y}", str(y)))
+    assert tile["Cache-Control"] == "public, max-age=31536000, immutable"
+    # an edit gives the TileJSON a new version, so clients fetch new tile URLs
+    place = Place.objects.filter(dataset=gb_import.dataset).first()
+    place_update(place=place, data={"name": "New version please"})
+    assert client.get("/tiles/places.json").json()["tiles"][0] != before.json()["tiles"][0]
+
+
+def test_byte_responses_do_not_vary_on_cookies_and_honour_q0_and_star(
+    client, gb_import, clear_cache
+):
+    z, x, y = CITY_Z13
+    url = f"/tiles/places/{z}/{x}/{y}.pbf"
+    response = _get(client, url, **{"Accept-Encoding": "gzip;q=0, identity"})
+    assert "Content-Encoding" not in response
+    assert "Cookie" not in response.get("Vary", "")
+    assert _get(client, url, **{"If-None-Match": "*"}).status_code == 304
+    assert _get(client, url, **{"If-None-Match": f'"other", {response["ETag"]}'}).status_code == 304
+    viewport = client.get("/api/v1/viewport/", {"bbox": "-0.2,51.45,0.0,51.55", "zoom": 12})
+    assert viewport["Vary"] == "Accept-Encoding, Accept"
+
+
+def test_tilejson_attribution_is_escaped(client, gb_import):
+    dataset_get_or_create(slug="xss", defaults={"attribution": "<img src=x onerror=alert(1)>"})
+    attribution = client.get("/tiles/places.json").json()["attribution"]
+    assert "<img" not in attribution
+    assert "&lt;img" in attribution
