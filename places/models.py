@@ -307,9 +307,9 @@ class PlaceChange(models.Model):
 class DataVersion(models.Model):
     """A per-dataset counter that moves with every committed write to the change log.
 
-    Maintained by a statement-level trigger on ``PlaceChange`` (migration 0008), so no write
-    path can forget it. The trigger takes the dataset's row lock, so concurrent writers of one
-    dataset bump it one after the other and every commit yields a new value: caches and ETags
+    Maintained by triggers on ``PlaceChange`` (migrations 0009, 0010), so no write
+    path that logs can forget it. It moves at commit (a deferred trigger), holding the row only
+    for an instant, and every commit yields a new value from one sequence: caches and ETags
     keyed on it never serve data older than the last commit.
     """
 

@@ -153,14 +153,22 @@ def data_version(*, dataset_ids: list[int] | None = None) -> str:
     """A short token that changes with every commit that changed the datasets' places.
 
     For several datasets it hashes every (dataset, version) pair rather than taking the
-    largest: a slower commit can hold a lower number than one already visible.
+    largest: a slower commit can hold a lower number than one already visible. Versions move
+    at commit; the pending marks of the caller's own open transaction count too, so a
+    transaction that wrote sees its own change.
     """
-    from places.models import DataVersion
-
-    rows = DataVersion.objects.order_by("dataset_id")
-    if dataset_ids is not None:
-        rows = rows.filter(dataset_id__in=dataset_ids)
-    pairs = ",".join(f"{d}:{v}" for d, v in rows.values_list("dataset_id", "version"))
+    sql = (
+        "SELECT dataset_id, version::text FROM places_dataversion {where} "
+        "UNION ALL SELECT dataset_id, 'pending:' || xact || ':' || marks "
+        "FROM places_dataversion_pending {where} "
+        "ORDER BY 1, 2"
+    )
+    where, params = (
+        ("", []) if dataset_ids is None else ("WHERE dataset_id = ANY(%s)", [dataset_ids])
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql.format(where=where), params * 2)
+        pairs = ",".join(f"{d}:{v}" for d, v in cursor.fetchall())
     return hashlib.sha1(pairs.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
