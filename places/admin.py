@@ -13,6 +13,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from places import services
@@ -51,6 +52,11 @@ class RegionAdmin(GeoAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Deleting a region would silently unset places' region outside the change log.
         return False
+
+    def save_model(self, request: HttpRequest, obj: Region, form: Any, change: bool) -> None:
+        # updated_at keys the region tiles' cache (selectors.region_version).
+        obj.updated_at = timezone.now()
+        super().save_model(request, obj, form, change)
 
 
 @admin.register(RegionPart)

@@ -46,29 +46,40 @@ rows AS (
            ST_AsMVTGeom(ST_Transform(p.location, 3857), bounds.tile, {extent}, 64, true) AS geom
     FROM places_place p, bounds
     WHERE p.location && bounds.search AND {where}
-    ORDER BY hashint8(p.id)
+    ORDER BY hashint8(p.id), p.id
     LIMIT {limit}
 )
 SELECT ST_AsMVT(rows, 'places', {extent}, 'geom', 'id') FROM rows
 """
 
+# Each place counts in exactly one tile: candidates come from the index (a box a little
+# larger than the tile), then a half-open test on the tile's own Web Mercator bounds decides.
+# Cells are counted from the tile's corner, so no cell straddles two tiles.
 CLUSTERS_SQL = """
 WITH bounds AS (
     SELECT ST_TileEnvelope(%(z)s, %(x)s, %(y)s) AS tile,
-           ST_Transform(ST_TileEnvelope(%(z)s, %(x)s, %(y)s), 4326) AS search
+           ST_Transform(ST_TileEnvelope(%(z)s, %(x)s, %(y)s, margin => 0.001), 4326) AS search
 ),
-cells AS (
-    SELECT ST_SnapToGrid(ST_Transform(p.location, 3857),
-                         (ST_XMax(bounds.tile) - ST_XMin(bounds.tile)) / {grid}) AS cell,
-           p.location, p.religion
+candidates AS (
+    SELECT ST_Transform(p.location, 3857) AS m, p.location, p.religion
     FROM places_place p, bounds
     WHERE p.location && bounds.search AND {where}
+),
+cells AS (
+    SELECT floor((ST_X(c.m) - ST_XMin(b.tile)) * {grid} / (ST_XMax(b.tile) - ST_XMin(b.tile)))
+               AS cx,
+           floor((ST_Y(c.m) - ST_YMin(b.tile)) * {grid} / (ST_YMax(b.tile) - ST_YMin(b.tile)))
+               AS cy,
+           c.location, c.religion
+    FROM candidates c, bounds b
+    WHERE ST_X(c.m) >= ST_XMin(b.tile) AND ST_X(c.m) < ST_XMax(b.tile)
+      AND ST_Y(c.m) >= ST_YMin(b.tile) AND ST_Y(c.m) < ST_YMax(b.tile)
 ),
 clusters AS (
     SELECT count(*) AS count,
            mode() WITHIN GROUP (ORDER BY religion) AS religion,
            ST_Centroid(ST_Collect(location)) AS centre
-    FROM cells GROUP BY cell
+    FROM cells GROUP BY cx, cy
 ),
 rows AS (
     SELECT count, religion,

@@ -111,7 +111,9 @@ WITH up AS (
     ON CONFLICT (code_system, code) DO UPDATE SET
         name = EXCLUDED.name, level = EXCLUDED.level, extra_codes = EXCLUDED.extra_codes,
         population = EXCLUDED.population, area_km2 = EXCLUDED.area_km2,
-        geom = EXCLUDED.geom, dataset_id = EXCLUDED.dataset_id, updated_at = now()
+        geom = EXCLUDED.geom, dataset_id = EXCLUDED.dataset_id,
+        -- clock time, not transaction start: it keys the region tiles' cache
+        updated_at = clock_timestamp()
     WHERE (places_region.name, places_region.level, places_region.extra_codes,
            places_region.population, places_region.dataset_id)
           IS DISTINCT FROM

@@ -217,3 +217,39 @@ def test_tilejson_attribution_is_escaped(client, gb_import):
     attribution = client.get("/tiles/places.json").json()["attribution"]
     assert "<img" not in attribution
     assert "&lt;img" in attribution
+
+
+def test_region_edit_in_the_admin_moves_the_region_tiles(admin_client, sample_regions, clear_cache):
+    from django.urls import reverse
+
+    from places.models import Region
+
+    before = admin_client.get("/tiles/regions.json").json()["tiles"][0]
+    region = Region.objects.get(code_system="gss", code="E09000033")
+    url = reverse("admin:places_region_change", args=[region.pk])
+    form = admin_client.get(url).context["adminform"].form
+    data = {k: ("" if v is None else v) for k, v in form.initial.items()}
+    data.update({"name": "Westminster (renamed)", "geom": region.geom.json, "extra_codes": "{}"})
+    assert admin_client.post(url, data).status_code == 302
+    after = admin_client.get("/tiles/regions.json").json()["tiles"][0]
+    assert after != before
+
+
+def test_cluster_counts_over_every_tile_of_a_zoom_add_up(gb_import):
+    # given every zoom-9 tile over Great Britain, each counted on its own
+    xs, ys = range(243, 259), range(145, 174)
+    total = 0
+    for x in xs:
+        for y in ys:
+            body = tiles.place_tile(z=9, x=x, y=y, filters=tiles.TileFilters())
+            if body:
+                layer = mapbox_vector_tile.decode(body)["clusters"]
+                total += sum(f["properties"]["count"] for f in layer["features"])
+    # then each active place inside those tiles was counted exactly once
+    west, _, _, north = _tile_bounds(9, xs[0], ys[0])
+    _, south, east, _ = _tile_bounds(9, xs[-1], ys[-1])
+    inside = Place.objects.filter(
+        status="active", location__within=Polygon.from_bbox((west, south, east, north))
+    )
+    assert inside.count() > 30_000
+    assert total == inside.count()
