@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -63,10 +64,11 @@ def parse_tile(z: str, x: str, y: str) -> tuple[int, int, int]:
     """Tile coordinates as integers inside the zoom's grid, else HTTP 400 naming the part."""
     values: dict[str, int] = {}
     for name, text in (("z", z), ("x", x), ("y", y)):
-        try:
-            values[name] = int(text)
-        except ValueError:
-            raise ValidationError({name: [f"must be an integer, got {text[:20]!r}"]}) from None
+        # Plain ASCII digits only: int() would also take "1_0" or other scripts' digits and
+        # make alias URLs for one tile.
+        if not re.fullmatch(r"-?[0-9]{1,9}", text):
+            raise ValidationError({name: [f"must be an integer, got {text[:20]!r}"]})
+        values[name] = int(text)
     if not 0 <= values["z"] <= tiles.MAX_ZOOM:
         raise ValidationError({"z": [f"must be between 0 and {tiles.MAX_ZOOM}"]})
     size = 2 ** values["z"]

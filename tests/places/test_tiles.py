@@ -97,6 +97,8 @@ def test_tile_uses_the_spatial_index(gb_import):
         ("/tiles/places/2/4/0.pbf", "x"),
         ("/tiles/places/2/0/-1.pbf", "y"),
         ("/tiles/places/a/0/0.pbf", "z"),
+        ("/tiles/places/1_0/0/0.pbf", "z"),
+        ("/tiles/places/3/\u0661/0.pbf", "x"),
         ("/tiles/places/3/1/1.pbf?religion=jedi", "religion"),
         ("/tiles/places/3/1/1.pbf?dataset=nope", "dataset"),
         ("/tiles/regions/3/1/1.pbf?level=planet", "level"),
