@@ -87,6 +87,11 @@ class PlaceTileQuery(serializers.Serializer):
     )
 
 
+def places_version(dataset: Dataset | None) -> str:
+    """Data version of what a places request shows: one dataset, or all of them."""
+    return selectors.data_version(dataset_ids=[dataset.pk] if dataset else None)
+
+
 class RegionTileQuery(serializers.Serializer):
     level = serializers.ChoiceField(choices=RegionLevel.choices, default=RegionLevel.DISTRICT)
 
@@ -171,8 +176,7 @@ class PlaceTileApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
             religion=query.validated_data.get("religion"),
             dataset_id=dataset.pk if dataset else None,
         )
-        version = selectors.data_version(dataset_ids=[dataset.pk] if dataset else None)
-        key = f"places:{version}:{filters}:{tz}/{tx}/{ty}"
+        key = f"places:{places_version(dataset)}:{filters}:{tz}/{tx}/{ty}"
         return cached_bytes_response(
             request,
             key=key,
@@ -232,7 +236,8 @@ def _tilejson(
 )
 class PlaceTileJsonApi(QueryParamsGuard, APIView):
     def get(self, request: Request) -> Response:
-        PlaceTileQuery(data=request.query_params).is_valid(raise_exception=True)
+        query = PlaceTileQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
         layers = [
             {
                 "id": "places",
@@ -245,10 +250,7 @@ class PlaceTileJsonApi(QueryParamsGuard, APIView):
                 "fields": {"count": "Number", "religion": "String (most common)"},
             },
         ]
-        query = PlaceTileQuery(data=request.query_params)
-        query.is_valid()
-        dataset = query.validated_data.get("dataset")
-        version = selectors.data_version(dataset_ids=[dataset.pk] if dataset else None)
+        version = places_version(query.validated_data.get("dataset"))
         return Response(
             _tilejson(request, "/tiles/places/{z}/{x}/{y}.pbf", layers, version),
             headers={"Cache-Control": "no-cache"},
@@ -277,15 +279,13 @@ class RegionTileJsonApi(QueryParamsGuard, APIView):
 BIN_TYPE = "application/vnd.places.viewport"
 
 
-class ViewportQuery(serializers.Serializer):
+class ViewportQuery(PlaceTileQuery):
+    """The places filters (religion, dataset) plus the view."""
+
     bbox = serializers.CharField(
         help_text="minLon,minLat,maxLon,maxLat; may cross the antimeridian."
     )
     zoom = serializers.IntegerField(min_value=0, max_value=tiles.MAX_ZOOM)
-    religion = serializers.ChoiceField(choices=Religion.choices, required=False)
-    dataset = serializers.SlugRelatedField(
-        slug_field="slug", queryset=Dataset.objects.all(), required=False
-    )
     format = serializers.ChoiceField(choices=["json", "bin"], required=False)
 
     def validate_bbox(self, value: str) -> BBox:
@@ -334,7 +334,7 @@ class ViewportApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
             "bin" if BIN_TYPE in request.headers.get("Accept", "") else "json"
         )
         dataset = data.get("dataset")
-        version = selectors.data_version(dataset_ids=[dataset.pk] if dataset else None)
+        version = places_version(dataset)
         bbox, zoom, religion = data["bbox"], data["zoom"], data.get("religion")
         key = f"viewport:{version}:{bbox}:{zoom}:{religion}:{dataset and dataset.pk}:{fmt}"
 
