@@ -2,66 +2,161 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
 
+from django.conf import settings
 from django.db.models import QuerySet
+from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import generics
-from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 
-from places import selectors
-from places.filters import PlaceFilter, RegionFilter
+from places import features, selectors
+from places.filters import RegionFilter
 from places.models import Dataset, Place, Region
-from places.pagination import GeoJsonCursorPagination
+from places.responses import (
+    BytesNegotiation,
+    PublicBytesView,
+    QueryParamsGuard,
+    cached_bytes_response,
+    places_version,
+)
 from places.serializers import (
     DatasetSerializer,
     PlaceDetailSerializer,
-    PlaceSerializer,
+    PlaceListQuery,
     RegionGeoSerializer,
     RegionSerializer,
 )
 
+ACCEPT_FORMATS = [
+    ("application/geo+json-seq", "geojsonseq"),
+    ("application/x-ndjson", "ndjson"),
+    ("application/ndjson", "ndjson"),
+    ("text/csv", "csv"),
+]
+LIST_TTL = 3600
 
-class QueryParamsGuard:
-    """Refuse query parameters holding NUL characters: PostgreSQL cannot store or compare them."""
+FEATURE_EXAMPLE = {
+    "type": "FeatureCollection",
+    "numberMatched": 1,
+    "numberMatchedExact": True,
+    "numberReturned": 1,
+    "truncated": False,
+    "next": None,
+    "features": [
+        {
+            "type": "Feature",
+            "id": 1,
+            "geometry": {"type": "Point", "coordinates": [-0.0984, 51.5138]},
+            "properties": {
+                "name": "St Paul's Cathedral",
+                "religion": "christian",
+                "denominations": ["anglican"],
+                "dataset": "osm-gb",
+                "status": "active",
+            },
+        }
+    ],
+}
 
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        bad = sorted(
-            {k for k, values in request.query_params.lists() for v in values if "\x00" in v}
-        )
-        if bad:
-            raise ValidationError({name: ["must not contain NUL characters"] for name in bad})
-        super().initial(request, *args, **kwargs)  # type: ignore[misc]
 
-
-LIMIT_PARAMETER = OpenApiParameter(
-    "limit", OpenApiTypes.INT, description="Features per page (default 1000, maximum 10000)."
-)
-BBOX_PARAMETER = OpenApiParameter(
-    "bbox",
-    OpenApiTypes.STR,
-    description=(
-        "minLon,minLat,maxLon,maxLat (WGS84). minLon > maxLon crosses the antimeridian. "
-        "A malformed box is answered with HTTP 400 naming `bbox`."
-    ),
-    examples=[OpenApiExample("Central London", value="-0.15,51.49,-0.07,51.53")],
-)
+def _format(request: Request, requested: str | None) -> str:
+    if requested:
+        return requested
+    accept = request.headers.get("Accept", "")
+    return next((fmt for media, fmt in ACCEPT_FORMATS if media in accept), "geojson")
 
 
 @extend_schema(
-    summary="Places as GeoJSON, filtered and paged by cursor",
-    parameters=[BBOX_PARAMETER, LIMIT_PARAMETER],
+    summary="Places as GeoJSON (or GeoJSONSeq, NDJSON, CSV), filtered, paged by cursor",
+    description=(
+        "Pages follow `id` order; follow `next` (also sent as a `Link: rel=next` header) "
+        "until it is null. `truncated` says whether more pages follow. `numberMatched` is "
+        f"exact up to {features.EXACT_COUNT_LIMIT:,} places and the query planner's estimate "
+        "above that (`numberMatchedExact: false`): a full count would cost more than the "
+        "page. The other formats carry these figures in `X-Number-Matched`, "
+        "`X-Number-Matched-Exact` and `X-Truncated` headers. Responses are cached per data "
+        "version and carry an ETag (send `If-None-Match` for a 304)."
+    ),
+    parameters=[PlaceListQuery],
+    responses={
+        (200, "application/geo+json"): OpenApiResponse(
+            OpenApiTypes.OBJECT,
+            examples=[OpenApiExample("One page", value=FEATURE_EXAMPLE)],
+        ),
+        (200, "application/geo+json-seq"): OpenApiTypes.STR,
+        (200, "application/x-ndjson"): OpenApiTypes.STR,
+        (200, "text/csv"): OpenApiTypes.STR,
+        304: None,
+    },
+    examples=[
+        OpenApiExample("Central London", value="bbox=-0.15,51.49,-0.07,51.53&limit=100"),
+    ],
 )
-class PlaceListApi(QueryParamsGuard, generics.ListAPIView):
-    serializer_class = PlaceSerializer
-    filterset_class = PlaceFilter
-    pagination_class = GeoJsonCursorPagination
+class PlaceListApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
+    @extend_schema(operation_id="places_list")
+    def get(self, request: Request) -> HttpResponse:
+        query = PlaceListQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        filters = query.place_query(bbox=data.get("bbox"))
+        properties = data.get("fields") or list(features.PROPERTIES)
+        fmt = _format(request, data.get("format"))
+        limit = data.get("limit") or settings.PLACES_API_PAGE_SIZE
+        after = data.get("cursor", 0)
+        # The next link is absolute, so the host is part of what the body shows.
+        key = (
+            f"list:{places_version(filters.dataset_id)}:{filters.key()}:{','.join(properties)}"
+            f":{fmt}:{after}:{limit}:{request.build_absolute_uri('/')}"
+        )
 
-    def get_queryset(self) -> QuerySet[Place]:
-        # The filterset replaces this with the selector's filtered queryset.
-        return selectors.place_list()
+        def build() -> tuple[bytes, dict[str, str]]:
+            page = features.feature_page(
+                query=filters, properties=properties, fmt=fmt, after=after, limit=limit
+            )
+            matched, exact = features.number_matched(query=filters)
+            next_url = None
+            if page.more:
+                params = request.GET.copy()
+                params["cursor"] = features.cursor_encode(page.last_id)
+                next_url = request.build_absolute_uri(request.path) + "?" + params.urlencode()
+            headers = {
+                "X-Number-Matched": str(matched),
+                "X-Number-Matched-Exact": "true" if exact else "false",
+                "X-Truncated": "true" if page.more else "false",
+            }
+            if next_url:
+                headers["Link"] = f'<{next_url}>; rel="next"'
+            if fmt == "csv":
+                headers["Content-Disposition"] = 'attachment; filename="places.csv"'
+                body = features.csv_header(properties) + page.body
+            elif fmt == "geojson":
+                head = json.dumps(
+                    {
+                        "type": "FeatureCollection",
+                        "numberMatched": matched,
+                        "numberMatchedExact": exact,
+                        "numberReturned": page.returned,
+                        "truncated": page.more,
+                        "next": next_url,
+                    },
+                    separators=(",", ":"),
+                )
+                body = head[:-1] + ',"features":[' + page.body + "]}"
+            else:
+                body = page.body
+            return body.encode(), headers
+
+        return cached_bytes_response(
+            request,
+            key=key,
+            ttl=LIST_TTL,
+            build=build,
+            content_type=features.MEDIA_TYPES[fmt],
+            vary="Accept-Encoding, Accept",
+        )
 
 
 @extend_schema(summary="One place with its footprint")

@@ -1,35 +1,34 @@
-"""Vector tile endpoints and their TileJSON, cached as compressed bytes in Redis.
+"""Vector tiles, their TileJSON and the viewport: cached as compressed bytes in Redis.
 
-A tile's cache key and ETag contain the data version of what it shows, which every commit
-that changes those places moves: a cached tile is never older than the last write, and a
-client revalidating with ``If-None-Match`` gets 304 until something really changed.
+See ``places.responses`` for how data versions key the cache and the ETags.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import re
-from collections.abc import Callable
 from typing import Any
 
-from django.core.cache import cache
 from django.http import HttpResponse
 from django.utils.html import escape
-from django.utils.http import parse_etags
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
-from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from places import selectors, tiles, viewport
-from places.apis import QueryParamsGuard
 from places.geo import BBox, BBoxError, parse_bbox
-from places.models import Dataset, RegionLevel, Religion
+from places.models import Dataset, PlaceStatus, RegionLevel
+from places.responses import (
+    BytesNegotiation,
+    PublicBytesView,
+    QueryParamsGuard,
+    cached_bytes_response,
+    places_version,
+)
+from places.serializers import PlaceFiltersQuery
 
 MVT_TYPE = "application/vnd.mapbox-vector-tile"
 
@@ -37,27 +36,6 @@ MVT_TYPE = "application/vnd.mapbox-vector-tile"
 def tile_ttl(z: int) -> int:
     """Seconds a tile may be cached: low zooms change little per edit and cost most to build."""
     return 24 * 3600 if z < 6 else 3600 if z < 10 else 600
-
-
-def accepts_gzip(header: str) -> bool:
-    """Whether Accept-Encoding allows gzip (``gzip;q=0`` forbids it)."""
-    for part in header.split(","):
-        name, _, params = part.strip().partition(";")
-        if name.strip().lower() in {"gzip", "*"}:
-            q = params.strip().removeprefix("q=")
-            try:
-                return float(q) > 0 if params.strip().startswith("q=") else True
-            except ValueError:
-                return False
-    return False
-
-
-class PublicBytesView(APIView):
-    """Public, cacheable byte responses: no session or user lookup, which would add
-    ``Vary: Cookie`` and keep CDNs from caching them."""
-
-    authentication_classes: list = []
-    permission_classes = [AllowAny]
 
 
 def parse_tile(z: str, x: str, y: str) -> tuple[int, int, int]:
@@ -80,72 +58,14 @@ def parse_tile(z: str, x: str, y: str) -> tuple[int, int, int]:
     return values["z"], values["x"], values["y"]
 
 
-class PlaceTileQuery(serializers.Serializer):
-    religion = serializers.ChoiceField(choices=Religion.choices, required=False)
-    dataset = serializers.SlugRelatedField(
-        slug_field="slug", queryset=Dataset.objects.all(), required=False
-    )
+class PlaceTileQuery(PlaceFiltersQuery):
+    """The places filters; maps show active places unless asked otherwise."""
 
-
-def places_version(dataset: Dataset | None) -> str:
-    """Data version of what a places request shows: one dataset, or all of them."""
-    return selectors.data_version(dataset_ids=[dataset.pk] if dataset else None)
+    status = serializers.ChoiceField(choices=PlaceStatus.choices, default=PlaceStatus.ACTIVE)
 
 
 class RegionTileQuery(serializers.Serializer):
     level = serializers.ChoiceField(choices=RegionLevel.choices, default=RegionLevel.DISTRICT)
-
-
-def cached_bytes_response(
-    request: Request,
-    *,
-    key: str,
-    ttl: int,
-    build: Callable[[], bytes],
-    content_type: str = MVT_TYPE,
-    vary: str = "Accept-Encoding",
-) -> HttpResponse:
-    """Answer from the ETag, the Redis cache or ``build``, compressing once per version.
-
-    ``key`` must contain the data version of everything the body shows.
-    """
-    digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:24]
-    # Weak: the gzip and identity bodies are the same content under one validator.
-    etag = f'W/"{digest}"'
-    # A URL that names the data version (from TileJSON) can never change: cache it for a
-    # year. Anything else must be revalidated (ETag), so a CDN never serves it stale.
-    versioned = request.query_params.get("v") not in (None, "")
-    headers = {
-        "ETag": etag,
-        "Cache-Control": "public, max-age=31536000, immutable" if versioned else "no-cache",
-        "Vary": vary,
-    }
-    if_none_match = request.headers.get("If-None-Match", "")
-    if if_none_match.strip() == "*" or digest in {
-        tag.removeprefix("W/").strip('"') for tag in parse_etags(if_none_match)
-    }:
-        return HttpResponse(status=304, headers=headers)
-    cache_key = f"bytes:{digest}"
-    compressed = cache.get(cache_key)
-    if compressed is None:
-        raw = build()
-        compressed = gzip.compress(raw, compresslevel=6) if raw else b""
-        cache.set(cache_key, compressed, timeout=ttl)
-    if compressed and accepts_gzip(request.headers.get("Accept-Encoding", "")):
-        headers["Content-Encoding"] = "gzip"
-        body = compressed
-    else:
-        body = gzip.decompress(compressed) if compressed else b""
-    return HttpResponse(body, content_type=content_type, headers=headers)
-
-
-class BytesNegotiation:
-    """These views choose their own bytes (by path, `format` or Accept), so DRF's content
-    negotiation must not answer a vendor Accept type with 406 or `?format=` with 404; errors
-    are still rendered as JSON."""
-
-    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
-        return super().perform_content_negotiation(request, force=True)  # type: ignore[misc]
 
 
 TILE_PARAMETERS = [
@@ -171,17 +91,14 @@ class PlaceTileApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
         tz, tx, ty = parse_tile(z, x, y)
         query = PlaceTileQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
-        dataset = query.validated_data.get("dataset")
-        filters = tiles.TileFilters(
-            religion=query.validated_data.get("religion"),
-            dataset_id=dataset.pk if dataset else None,
-        )
-        key = f"places:{places_version(dataset)}:{filters}:{tz}/{tx}/{ty}"
+        filters = query.place_query()
+        key = f"places:{places_version(filters.dataset_id)}:{filters.key()}:{tz}/{tx}/{ty}"
         return cached_bytes_response(
             request,
             key=key,
             ttl=tile_ttl(tz),
             build=lambda: tiles.place_tile(z=tz, x=tx, y=ty, filters=filters),
+            content_type=MVT_TYPE,
         )
 
 
@@ -202,6 +119,7 @@ class RegionTileApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
             key=key,
             ttl=tile_ttl(tz),
             build=lambda: tiles.region_tile(z=tz, x=tx, y=ty, level=level),
+            content_type=MVT_TYPE,
         )
 
 
@@ -250,7 +168,7 @@ class PlaceTileJsonApi(QueryParamsGuard, APIView):
                 "fields": {"count": "Number", "religion": "String (most common)"},
             },
         ]
-        version = places_version(query.validated_data.get("dataset"))
+        version = places_version(query.place_query().dataset_id)
         return Response(
             _tilejson(request, "/tiles/places/{z}/{x}/{y}.pbf", layers, version),
             headers={"Cache-Control": "no-cache"},
@@ -280,7 +198,7 @@ BIN_TYPE = "application/vnd.places.viewport"
 
 
 class ViewportQuery(PlaceTileQuery):
-    """The places filters (religion, dataset) plus the view."""
+    """The places filters plus the view."""
 
     bbox = serializers.CharField(
         help_text="minLon,minLat,maxLon,maxLat; may cross the antimeridian."
@@ -333,18 +251,13 @@ class ViewportApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
         fmt = data.get("format") or (
             "bin" if BIN_TYPE in request.headers.get("Accept", "") else "json"
         )
-        dataset = data.get("dataset")
-        version = places_version(dataset)
-        bbox, zoom, religion = data["bbox"], data["zoom"], data.get("religion")
-        key = f"viewport:{version}:{bbox}:{zoom}:{religion}:{dataset and dataset.pk}:{fmt}"
+        zoom = data["zoom"]
+        filters = query.place_query(bbox=data["bbox"])
+        version = places_version(filters.dataset_id)
+        key = f"viewport:{version}:{filters.key()}:{zoom}:{fmt}"
 
         def build() -> bytes:
-            view = viewport.viewport_query(
-                bbox=bbox,
-                zoom=zoom,
-                religion=religion,
-                dataset_id=dataset.pk if dataset else None,
-            )
+            view = viewport.viewport_query(query=filters, zoom=zoom)
             return viewport.viewport_binary(view) if fmt == "bin" else viewport.viewport_json(view)
 
         return cached_bytes_response(

@@ -9,31 +9,15 @@ next. Every query finds its rows through the GiST index on ``location``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from django.db import connection
+
+from places.query import PlaceQuery
 
 CLUSTER_BELOW_ZOOM = 10
 MAX_FEATURES = 20_000
 MAX_ZOOM = 22
 EXTENT = 4096
 CLUSTER_GRID = 64
-
-
-@dataclass(frozen=True)
-class TileFilters:
-    religion: str | None = None
-    dataset_id: int | None = None
-
-    def sql(self) -> tuple[str, dict[str, object]]:
-        clauses, params = ["p.status = 'active'"], {}
-        if self.religion:
-            clauses.append("p.religion = %(religion)s")
-            params["religion"] = self.religion
-        if self.dataset_id is not None:
-            clauses.append("p.dataset_id = %(dataset_id)s")
-            params["dataset_id"] = self.dataset_id
-        return " AND ".join(clauses), params
 
 
 PLACES_SQL = """
@@ -107,9 +91,10 @@ SELECT ST_AsMVT(rows, 'regions', {extent}, 'geom', 'id') FROM rows WHERE geom IS
 """
 
 
-def place_tile(*, z: int, x: int, y: int, filters: TileFilters) -> bytes:
+def place_tile(*, z: int, x: int, y: int, filters: PlaceQuery) -> bytes:
     """The places tile z/x/y: clusters below ``CLUSTER_BELOW_ZOOM``, places from there on."""
-    where, params = filters.sql()
+    # The tile's own envelope is the box; a bbox in the filters is not used here.
+    where, params = filters.where(box=False)
     template = CLUSTERS_SQL if z < CLUSTER_BELOW_ZOOM else PLACES_SQL
     sql = template.format(extent=EXTENT, grid=CLUSTER_GRID, limit=MAX_FEATURES, where=where)
     with connection.cursor() as cursor:

@@ -26,12 +26,14 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from django.db import connection
 
 from places.geo import BBox
 from places.models import Religion
+from places.query import PlaceQuery
 
 CLUSTER_BELOW_ZOOM = 10
 MAX_POINTS = 250_000
@@ -64,34 +66,9 @@ class Viewport:
     bounds: list[list[float]] = field(default_factory=list)
 
 
-def _box_condition(bbox: BBox) -> tuple[str, list[float]]:
-    parts = bbox.parts()
-    # ST_Intersects is exact (the && operator alone compares rounded float4 boxes) and
-    # still answers from the GiST index.
-    sql = " OR ".join(
-        "ST_Intersects(p.location, ST_MakeEnvelope(%s, %s, %s, %s, 4326))" for _ in parts
-    )
-    return f"({sql})", [v for part in parts for v in part]
-
-
-def _filters(religion: str | None, dataset_id: int | None) -> tuple[str, list[object]]:
-    clauses, params = ["p.status = 'active'"], []
-    if religion:
-        clauses.append("p.religion = %s")
-        params.append(religion)
-    if dataset_id is not None:
-        clauses.append("p.dataset_id = %s")
-        params.append(dataset_id)
-    return " AND ".join(clauses), params
-
-
-def viewport_query(
-    *, bbox: BBox, zoom: int, religion: str | None = None, dataset_id: int | None = None
-) -> Viewport:
-    """Clusters or points for one map view (see the module docstring)."""
-    box, box_params = _box_condition(bbox)
-    where, params = _filters(religion, dataset_id)
-    condition, args = f"{box} AND {where}", [*box_params, *params]
+def viewport_query(*, query: PlaceQuery, zoom: int) -> Viewport:
+    """Clusters or points for one map view (see the module docstring); ``query`` has a box."""
+    condition, args = query.where()
     with connection.cursor() as cursor:
         if zoom >= CLUSTER_BELOW_ZOOM:
             # Bounded count: stop reading once the box is known to be too full for points.
@@ -105,25 +82,26 @@ def viewport_query(
         return _clusters(cursor, condition, args, cell=360 / (2**zoom * 8))
 
 
-def _points(cursor: object, condition: str, args: list[object]) -> Viewport:
+def _points(cursor: Any, condition: str, args: dict[str, object]) -> Viewport:
     cursor.execute(
         "SELECT coalesce(array_agg(p.id ORDER BY p.id), '{}'), "
         "coalesce(array_agg(ST_X(p.location) ORDER BY p.id), '{}'), "
         "coalesce(array_agg(ST_Y(p.location) ORDER BY p.id), '{}'), "
-        "coalesce(array_agg(coalesce(array_position(%s::text[], p.religion::text), %s) - 1 "
-        "ORDER BY p.id), '{}') "
+        "coalesce(array_agg(coalesce(array_position(%(legend)s::text[], p.religion::text), "
+        "%(unknown)s) - 1 ORDER BY p.id), '{}') "
         f"FROM places_place p WHERE {condition}",
-        [LEGEND, UNKNOWN_CODE + 1, *args],
+        {**args, "legend": LEGEND, "unknown": UNKNOWN_CODE + 1},
     )
     ids, lon, lat, codes = cursor.fetchone()
     return Viewport(kind="points", total=len(ids), ids=ids, lon=lon, lat=lat, religion=codes)
 
 
-def _clusters(cursor: object, condition: str, args: list[object], *, cell: float) -> Viewport:
+def _clusters(cursor: Any, condition: str, args: dict[str, object], *, cell: float) -> Viewport:
     cursor.execute(
         f"""
         WITH cells AS (
-            SELECT floor(ST_X(p.location) / %s) AS cx, floor(ST_Y(p.location) / %s) AS cy,
+            SELECT floor(ST_X(p.location) / %(cell)s) AS cx,
+                   floor(ST_Y(p.location) / %(cell)s) AS cy,
                    ST_X(p.location) AS x, ST_Y(p.location) AS y, p.religion
             FROM places_place p WHERE {condition}
         ),
@@ -144,7 +122,7 @@ def _clusters(cursor: object, condition: str, args: list[object], *, cell: float
         FROM clusters c JOIN religions r USING (cx, cy)
         ORDER BY c.cy, c.cx
         """,
-        [cell, cell, *args],
+        {**args, "cell": cell},
     )
     view = Viewport(kind="clusters", total=0)
     for n, x, y, x0, y0, x1, y1, by_religion, top in cursor.fetchall():

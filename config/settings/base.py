@@ -200,7 +200,7 @@ SPECTACULAR_SETTINGS = {
 
 # --- Domain settings ---------------------------------------------------------------------
 PLACES_API_PAGE_SIZE = env.int("PLACES_API_PAGE_SIZE", default=1000)
-PLACES_API_MAX_PAGE_SIZE = env.int("PLACES_API_MAX_PAGE_SIZE", default=10000)
+PLACES_API_MAX_PAGE_SIZE = env.int("PLACES_API_MAX_PAGE_SIZE", default=100_000)
 
 # --- Logging and errors ------------------------------------------------------------------
 LOG_FORMAT = env.str("LOG_FORMAT", default="text")

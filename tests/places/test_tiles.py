@@ -12,6 +12,7 @@ from django.db import connection
 
 from places import tiles
 from places.models import Place
+from places.query import PlaceQuery
 from places.selectors import data_version
 from places.services import dataset_get_or_create, place_create, place_update
 
@@ -71,15 +72,15 @@ def test_low_zoom_clusters_add_up_to_all_places(client, gb_import, clear_cache):
 def test_feature_cap_thins_by_a_stable_priority(client, gb_import, clear_cache, monkeypatch):
     monkeypatch.setattr(tiles, "MAX_FEATURES", 25)
     z, x, y = CITY_Z13
-    first = tiles.place_tile(z=z, x=x, y=y, filters=tiles.TileFilters())
-    again = tiles.place_tile(z=z, x=x, y=y, filters=tiles.TileFilters())
+    first = tiles.place_tile(z=z, x=x, y=y, filters=PlaceQuery(status="active"))
+    again = tiles.place_tile(z=z, x=x, y=y, filters=PlaceQuery(status="active"))
     features = mapbox_vector_tile.decode(first)["places"]["features"]
     assert len(features) == 25
     assert first == again
 
 
 def test_tile_uses_the_spatial_index(gb_import):
-    where, params = tiles.TileFilters().sql()
+    where, params = PlaceQuery(status="active").where(box=False)
     sql = tiles.PLACES_SQL.format(extent=4096, grid=64, limit=1000, where=where)
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = on")
@@ -243,7 +244,7 @@ def test_cluster_counts_over_every_tile_of_a_zoom_add_up(gb_import):
     total = 0
     for x in xs:
         for y in ys:
-            body = tiles.place_tile(z=9, x=x, y=y, filters=tiles.TileFilters())
+            body = tiles.place_tile(z=9, x=x, y=y, filters=PlaceQuery(status="active"))
             if body:
                 layer = mapbox_vector_tile.decode(body)["clusters"]
                 total += sum(f["properties"]["count"] for f in layer["features"])

@@ -1,0 +1,212 @@
+"""Pages of places as GeoJSON, GeoJSONSeq, NDJSON or CSV, built as text inside PostgreSQL.
+
+Serialising feature by feature in Python costs about 0.4 ms per place; PostgreSQL writes the
+same text in a few microseconds, and one query returns a whole page as one string. Pages
+are keyset pages in id order: the cursor is the last id of the previous page, so page
+10,000 costs what page 1 costs.
+
+``numberMatched`` is exact up to ``EXACT_COUNT_LIMIT`` (a count that stops there) and the
+planner's estimate above it, flagged as such: a full ``COUNT(*)`` over a continent would cost
+more than the page itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+
+from django.db import connection
+
+from places.query import PlaceQuery
+
+EXACT_COUNT_LIMIT = 10_000
+FORMATS = ("geojson", "geojsonseq", "ndjson", "csv")
+MEDIA_TYPES = {
+    "geojson": "application/geo+json",
+    "geojsonseq": "application/geo+json-seq",
+    "ndjson": "application/x-ndjson",
+    "csv": "text/csv; charset=utf-8",
+}
+# Coordinates to 7 decimals: about 1 cm, finer than any source we load.
+DECIMALS = 7
+
+
+def _summary(alias: str) -> str:
+    return (
+        f"CASE WHEN {alias}.id IS NULL THEN NULL ELSE json_build_object("
+        f"'id', {alias}.id, 'name', {alias}.name, 'level', {alias}.level, "
+        f"'code', {alias}.code, 'code_system', {alias}.code_system) END"
+    )
+
+
+# Property name -> its JSON value expression. The order is the order in every output.
+PROPERTIES: dict[str, str] = {
+    "name": "p.name",
+    "religion": "p.religion",
+    "religion_raw": "p.religion_raw",
+    "denominations": "p.denominations",
+    "denomination_raw": "p.denomination_raw",
+    "dataset": "d.slug",
+    "source_key": "p.source_key",
+    "country": _summary("c"),
+    "region": _summary("r"),
+    "status": "p.status",
+    "start_date": "p.start_date",
+    "start_date_raw": "p.start_date_raw",
+    "end_date": "p.end_date",
+    "end_date_raw": "p.end_date_raw",
+    "tags": "p.tags",
+    "version": "p.version",
+    "updated_at": "p.updated_at",
+}
+JOINS = {
+    "d": "JOIN places_dataset d ON d.id = p.dataset_id",
+    "c": "LEFT JOIN places_region c ON c.id = p.country_id",
+    "r": "LEFT JOIN places_region r ON r.id = p.region_id",
+}
+_NEEDS_JOIN = {"dataset": "d", "country": "c", "region": "r"}
+
+
+def _csv_text(expression: str) -> str:
+    """A quoted CSV cell; a leading = + - @ tab or CR gets a ' so spreadsheets show, not run,
+    it (OSM names and tags are free text)."""
+    value = f"coalesce(({expression})::text, '')"
+    safe = f"CASE WHEN {value} ~ '^[=+@\\t\\r-]' THEN '''' || {value} ELSE {value} END"
+    return f"""'"' || replace({safe}, '"', '""') || '"'"""
+
+
+# Property name -> CSV columns (header, cell expression). Nested values are flattened.
+CSV_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    name: [(name, _csv_text(expr))]
+    for name, expr in PROPERTIES.items()
+    if name not in {"denominations", "country", "region", "tags", "version"}
+}
+CSV_COLUMNS |= {
+    "denominations": [("denominations", _csv_text("array_to_string(p.denominations, ';')"))],
+    "country": [("country_code", _csv_text("c.code")), ("country_name", _csv_text("c.name"))],
+    "region": [
+        ("region_id", "coalesce(r.id::text, '')"),
+        ("region_code", _csv_text("r.code")),
+        ("region_name", _csv_text("r.name")),
+    ],
+    "tags": [("tags", _csv_text("p.tags"))],
+    "version": [("version", "p.version::text")],
+}
+
+
+class CursorError(ValueError):
+    """A cursor this API did not hand out."""
+
+
+def cursor_encode(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"after:{last_id}".encode()).decode().rstrip("=")
+
+
+def cursor_decode(token: str) -> int:
+    """The id a page starts after; ``CursorError`` when the token was not made here."""
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise CursorError("is not a cursor this API handed out") from None
+    match = re.fullmatch(r"after:(0|[1-9][0-9]{0,18})", text)
+    if not match:
+        raise CursorError("is not a cursor this API handed out")
+    return int(match.group(1))
+
+
+@dataclass(frozen=True)
+class Page:
+    body: str  # the features, already joined for the format
+    returned: int
+    last_id: int | None
+    more: bool  # another page follows: the result was truncated at ``limit``
+
+
+def _feature_sql(properties: list[str]) -> str:
+    pairs = ", ".join(f"'{name}', {PROPERTIES[name]}" for name in properties)
+    props = f"json_build_object({pairs})::text" if properties else "'{}'"
+    # Text concatenation: the geometry is written once as text and never re-parsed.
+    return (
+        """'{"type":"Feature","id":' || p.id || ',"geometry":' || """
+        f"ST_AsGeoJSON(p.location, {DECIMALS}) || "
+        f"""',"properties":' || {props} || '}}'"""
+    )
+
+
+def _csv_sql(properties: list[str]) -> tuple[str, str]:
+    columns = [
+        ("id", "p.id::text"),
+        ("lon", f"round(ST_X(p.location)::numeric, {DECIMALS})::text"),
+        ("lat", f"round(ST_Y(p.location)::numeric, {DECIMALS})::text"),
+    ]
+    for name in properties:
+        columns += CSV_COLUMNS[name]
+    header = ",".join(name for name, _ in columns)
+    return header, " || ',' || ".join(expression for _, expression in columns)
+
+
+def feature_page(
+    *, query: PlaceQuery, properties: list[str], fmt: str, after: int, limit: int
+) -> Page:
+    """One keyset page of places matching ``query``, with ids greater than ``after``."""
+    where, params = query.where()
+    if fmt == "csv":
+        _, row = _csv_sql(properties)
+        separator, suffix = "E'\\n'", "E'\\n'"
+    else:
+        row = _feature_sql(properties)
+        separator, suffix = {
+            "geojson": ("','", "''"),
+            "geojsonseq": ("E'\\n\\x1e'", "E'\\n'"),
+            "ndjson": ("E'\\n'", "E'\\n'"),
+        }[fmt]
+    aliases = {_NEEDS_JOIN[name] for name in properties if name in _NEEDS_JOIN}
+    joins = " ".join(JOINS[a] for a in sorted(aliases))
+    sql = f"""
+        WITH rows AS MATERIALIZED (
+            SELECT p.id, {row} AS line
+            FROM places_place p {joins}
+            WHERE {where} AND p.id > %(after)s
+            ORDER BY p.id
+            LIMIT %(limit_plus_one)s
+        ), page AS (
+            SELECT id, line FROM rows ORDER BY id LIMIT %(limit)s
+        )
+        SELECT (SELECT count(*) FROM rows), count(*), max(id),
+               coalesce(string_agg(line, {separator} ORDER BY id) || {suffix}, '')
+        FROM page
+    """
+    args = {**params, "after": after, "limit": limit, "limit_plus_one": limit + 1}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, args)
+        found, returned, last_id, body = cursor.fetchone()
+    if fmt == "geojsonseq" and body:
+        body = "\x1e" + body  # RFC 8142: every record starts with RS (the separator adds the rest)
+    return Page(body=body, returned=returned, last_id=last_id, more=found > limit)
+
+
+def csv_header(properties: list[str]) -> str:
+    return _csv_sql(properties)[0] + "\n"
+
+
+def number_matched(*, query: PlaceQuery) -> tuple[int, bool]:
+    """How many places match, and whether that is exact (see the module docstring)."""
+    where, params = query.where()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM places_place p WHERE {where} "
+            f"LIMIT {EXACT_COUNT_LIMIT + 1}) AS capped",
+            params,
+        )
+        counted = cursor.fetchone()[0]
+        if counted <= EXACT_COUNT_LIMIT:
+            return counted, True
+        cursor.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM places_place p WHERE {where}", params)
+        plan = cursor.fetchone()[0]
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    estimate = int(plan[0]["Plan"]["Plan Rows"])
+    # The count already proved more than the limit; never report fewer.
+    return max(estimate, EXACT_COUNT_LIMIT + 1), False

@@ -1,0 +1,75 @@
+"""One set of place filters for every read path: the list API, the viewport and the tiles.
+
+``PlaceQuery`` holds validated filter values and turns them into one SQL condition on the
+alias ``p`` (``places_place``) with named parameters, so that the three endpoints can never
+disagree about which places a filter means. The box test is exact (``ST_Intersects``) and
+answered from the GiST index on ``location``; a box that crosses the antimeridian becomes two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, fields
+from datetime import datetime
+
+from places.geo import BBox
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, with LIKE's own wildcards taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+@dataclass(frozen=True)
+class PlaceQuery:
+    bbox: BBox | None = None
+    religion: str | None = None
+    denomination: str | None = None
+    dataset_id: int | None = None
+    country_id: int | None = None
+    region_id: int | None = None
+    status: str | None = None
+    updated_since: datetime | None = None
+    q: str | None = None
+
+    def where(self, *, box: bool = True) -> tuple[str, dict[str, object]]:
+        """The condition on ``p`` and its parameters; ``box=False`` leaves the bbox to the
+        caller (tiles test their own envelope)."""
+        clauses: list[str] = []
+        params: dict[str, object] = {}
+        if box and self.bbox is not None:
+            parts = []
+            for i, (x0, y0, x1, y1) in enumerate(self.bbox.parts()):
+                parts.append(
+                    f"ST_Intersects(p.location, ST_MakeEnvelope("
+                    f"%(bx0_{i})s, %(by0_{i})s, %(bx1_{i})s, %(by1_{i})s, 4326))"
+                )
+                params.update({f"bx0_{i}": x0, f"by0_{i}": y0, f"bx1_{i}": x1, f"by1_{i}": y1})
+            clauses.append("(" + " OR ".join(parts) + ")")
+        simple = {
+            "religion": "p.religion = %(religion)s",
+            "dataset_id": "p.dataset_id = %(dataset_id)s",
+            "country_id": "p.country_id = %(country_id)s",
+            "region_id": "p.region_id = %(region_id)s",
+            "status": "p.status = %(status)s",
+            "updated_since": "p.updated_at >= %(updated_since)s",
+        }
+        for name, clause in simple.items():
+            value = getattr(self, name)
+            if value is not None:
+                clauses.append(clause)
+                params[name] = value
+        if self.denomination is not None:
+            clauses.append("p.denominations @> ARRAY[%(denomination)s]::text[]")
+            params["denomination"] = self.denomination
+        if self.q:
+            # Same expression as the trigram index place_name_trgm, so the index is used.
+            clauses.append("UPPER(p.name) LIKE UPPER(%(q)s)")
+            params["q"] = like_pattern(self.q)
+        return " AND ".join(clauses) or "true", params
+
+    def key(self) -> str:
+        """A short, stable text naming these filters, for cache keys."""
+        text = "|".join(f"{f.name}={getattr(self, f.name)!s}" for f in fields(self))
+        return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:20]

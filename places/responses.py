@@ -1,0 +1,155 @@
+"""Public, cacheable byte responses shared by the places list, the viewport and the tiles.
+
+A response's cache key and ETag contain the data version of what it shows, which every
+commit that changes those places moves: a cached body is never older than the last write,
+and a client revalidating with ``If-None-Match`` gets 304 until something really changed.
+Bodies are gzipped once, when built, and kept compressed in Redis.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.core.cache import cache
+from django.http import HttpResponse
+from django.utils.http import parse_etags
+from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from places import selectors
+
+# While one request builds a body, others asking for the same key wait for it rather than
+# run the same heavy query (a cache stampede after each import). The lock expires on its own
+# if its holder dies; a waiter that gives up builds the body itself.
+BUILD_LOCK_SECONDS = 30
+BUILD_WAIT_SECONDS = 10.0
+BUILD_POLL_SECONDS = 0.02
+
+Built = bytes | tuple[bytes, dict[str, str]]
+
+
+class QueryParamsGuard:
+    """Refuse query parameters holding NUL characters: PostgreSQL cannot store or compare them."""
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        bad = sorted(
+            {k for k, values in request.query_params.lists() for v in values if "\x00" in v}
+        )
+        if bad:
+            raise ValidationError({name: ["must not contain NUL characters"] for name in bad})
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+
+
+class PublicBytesView(APIView):
+    """Public, cacheable byte responses: no session or user lookup, which would add
+    ``Vary: Cookie`` and keep CDNs from caching them."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+
+class BytesNegotiation:
+    """These views choose their own bytes (by path, `format` or Accept), so DRF's content
+    negotiation must not answer a vendor Accept type with 406 or `?format=` with 404; errors
+    are still rendered as JSON."""
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        return super().perform_content_negotiation(request, force=True)  # type: ignore[misc]
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether Accept-Encoding allows gzip (``gzip;q=0`` forbids it)."""
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip().lower() in {"gzip", "*"}:
+            q = params.strip().removeprefix("q=")
+            try:
+                return float(q) > 0 if params.strip().startswith("q=") else True
+            except ValueError:
+                return False
+    return False
+
+
+def places_version(dataset_id: int | None) -> str:
+    """Data version of what a places request shows: one dataset, or all of them."""
+    return selectors.data_version(dataset_ids=[dataset_id] if dataset_id is not None else None)
+
+
+def _stored(value: Any) -> tuple[bytes, dict[str, str]] | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value, {}
+    compressed, headers = value
+    return compressed, dict(headers)
+
+
+def cached_build(*, cache_key: str, ttl: int, build: Callable[[], Built]) -> tuple[bytes, dict]:
+    """The gzipped body (and headers) under ``cache_key``, built at most once at a time."""
+    found = _stored(cache.get(cache_key))
+    if found is not None:
+        return found
+    lock_key = f"{cache_key}:building"
+    if not cache.add(lock_key, 1, timeout=BUILD_LOCK_SECONDS):
+        deadline = time.monotonic() + BUILD_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            time.sleep(BUILD_POLL_SECONDS)
+            found = _stored(cache.get(cache_key))
+            if found is not None:
+                return found
+            if cache.add(lock_key, 1, timeout=BUILD_LOCK_SECONDS):
+                break  # the builder gave up or died: this request builds
+    try:
+        built = build()
+        raw, headers = built if isinstance(built, tuple) else (built, {})
+        compressed = gzip.compress(raw, compresslevel=6) if raw else b""
+        cache.set(cache_key, (compressed, headers), timeout=ttl)
+    finally:
+        cache.delete(lock_key)
+    return compressed, headers
+
+
+def cached_bytes_response(
+    request: Request,
+    *,
+    key: str,
+    ttl: int,
+    build: Callable[[], Built],
+    content_type: str,
+    vary: str = "Accept-Encoding",
+) -> HttpResponse:
+    """Answer from the ETag, the Redis cache or ``build``, compressing once per version.
+
+    ``key`` must contain the data version of everything the body shows. ``build`` returns
+    the body, or the body and headers that belong to it (a Link to the next page).
+    """
+    digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:24]
+    # Weak: the gzip and identity bodies are the same content under one validator.
+    etag = f'W/"{digest}"'
+    # A URL that names the data version (from TileJSON) can never change: cache it for a
+    # year. Anything else must be revalidated (ETag), so a CDN never serves it stale.
+    versioned = request.query_params.get("v") not in (None, "")
+    headers = {
+        "ETag": etag,
+        "Cache-Control": "public, max-age=31536000, immutable" if versioned else "no-cache",
+        "Vary": vary,
+    }
+    if_none_match = request.headers.get("If-None-Match", "")
+    if if_none_match.strip() == "*" or digest in {
+        tag.removeprefix("W/").strip('"') for tag in parse_etags(if_none_match)
+    }:
+        return HttpResponse(status=304, headers=headers)
+    compressed, extra = cached_build(cache_key=f"bytes:{digest}", ttl=ttl, build=build)
+    headers |= extra
+    if compressed and accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        headers["Content-Encoding"] = "gzip"
+        body = compressed
+    else:
+        body = gzip.decompress(compressed) if compressed else b""
+    return HttpResponse(body, content_type=content_type, headers=headers)
