@@ -19,6 +19,7 @@ from django.utils.html import format_html, format_html_join
 from places import services
 from places.admin_base import FastChangeListMixin, GeoAdmin, IdSearchMixin, ReadOnlyAdminMixin
 from places.models import (
+    AreaVersion,
     Dataset,
     DataVersion,
     Place,
@@ -240,3 +241,13 @@ class DataVersionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     list_display = ("dataset", "version", "changed_at")
     list_select_related = ("dataset",)
+
+
+@admin.register(AreaVersion)
+class AreaVersionAdmin(ReadOnlyAdminMixin, FastChangeListMixin, admin.ModelAdmin):
+    """Per-area data versions (moved by the change-log trigger); keys of map caches."""
+
+    list_display = ("dataset", "cell", "version")
+    list_filter = ("dataset",)
+    list_select_related = ("dataset",)
+    search_help_text = "Cell = row × 256 + column of a 1.40625° world grid."

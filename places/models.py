@@ -321,3 +321,27 @@ class DataVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.dataset_id}@{self.version}"
+
+
+AREA_CELL_DEGREES = 1.40625  # 360 / 256; SQL function places_area_cell (migration 0011)
+
+
+class AreaVersion(models.Model):
+    """The data version of one dataset's places inside one cell of a 256 × 128 world grid.
+
+    Moved at commit by the change-log triggers (migration 0011) for the cells a transaction
+    touched, from the same sequence as ``DataVersion``: a map view or tile keyed on the
+    versions of its cells stays cached through edits elsewhere.
+    """
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="+")
+    cell = models.IntegerField(help_text="row × 256 + column of a 1.40625° cell")
+    version = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "cell"], name="areaversion_dataset_cell")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.dataset_id}/{self.cell}@{self.version}"

@@ -23,6 +23,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from places import selectors
+from places.geo import BBox
 
 # While one request builds a body, others asking for the same key wait for it rather than
 # run the same heavy query (a cache stampede after each import). The lock expires on its own
@@ -76,9 +77,12 @@ def accepts_gzip(header: str) -> bool:
     return False
 
 
-def places_version(dataset_id: int | None) -> str:
-    """Data version of what a places request shows: one dataset, or all of them."""
-    return selectors.data_version(dataset_ids=[dataset_id] if dataset_id is not None else None)
+def places_version(dataset_id: int | None, *, bbox: BBox | None = None) -> str:
+    """Data version of what a places request shows: one dataset or all of them, in the
+    request's box when it has one (so edits elsewhere leave its cache alone)."""
+    return selectors.data_version(
+        dataset_ids=[dataset_id] if dataset_id is not None else None, bbox=bbox
+    )
 
 
 def _stored(value: Any) -> tuple[bytes, dict[str, str]] | None:

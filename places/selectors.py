@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 from django.contrib.gis.geos import Polygon
@@ -11,7 +12,7 @@ from django.db.models import Count, Max, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from places.geo import BBox
-from places.models import Dataset, Place, PlaceChange, Region
+from places.models import AREA_CELL_DEGREES, Dataset, Place, PlaceChange, Region
 
 
 def place_list(
@@ -149,27 +150,63 @@ def place_change_feed(
     return page, cursor
 
 
-def data_version(*, dataset_ids: list[int] | None = None) -> str:
-    """A short token that changes with every commit that changed the datasets' places.
+MAX_AREA_CELLS = 64
+
+
+def area_cells(bbox: BBox) -> list[int] | None:
+    """The version cells a box touches (``AreaVersion``); None when there are more than
+    ``MAX_AREA_CELLS`` and the dataset-wide version is the cheaper key."""
+    cells: list[int] = []
+    for x0, y0, x1, y1 in bbox.parts():
+        columns = range(_cell_index(x0 + 180, 255), _cell_index(x1 + 180, 255) + 1)
+        rows = range(_cell_index(y0 + 90, 127), _cell_index(y1 + 90, 127) + 1)
+        if len(cells) + len(columns) * len(rows) > MAX_AREA_CELLS:
+            return None
+        cells += [row * 256 + column for row in rows for column in columns]
+    return sorted(set(cells))
+
+
+def _cell_index(offset: float, last: int) -> int:
+    # Same arithmetic as the SQL function places_area_cell (migration 0011).
+    return min(last, max(0, math.floor(offset / AREA_CELL_DEGREES)))
+
+
+def data_version(*, dataset_ids: list[int] | None = None, bbox: BBox | None = None) -> str:
+    """A short token that changes with every commit that changed the datasets' places
+    (inside ``bbox``, when given and small enough: see ``area_cells``).
 
     For several datasets it hashes every (dataset, version) pair rather than taking the
     largest: a slower commit can hold a lower number than one already visible. Versions move
     at commit; the pending marks of the caller's own open transaction count too, so a
     transaction that wrote sees its own change.
     """
-    sql = (
-        "SELECT dataset_id, version::text FROM places_dataversion {where} "
-        "UNION ALL SELECT dataset_id, 'pending:' || xact || ':' || marks "
-        "FROM places_dataversion_pending {where} "
-        "ORDER BY 1, 2"
-    )
-    where, params = (
-        ("", []) if dataset_ids is None else ("WHERE dataset_id = ANY(%s)", [dataset_ids])
-    )
+    cells = area_cells(bbox) if bbox is not None else None
+    clauses, params = [], []
+    if dataset_ids is not None:
+        clauses.append("dataset_id = ANY(%s)")
+        params.append(dataset_ids)
+    if cells is None:
+        sql = (
+            "SELECT dataset_id, version::text FROM places_dataversion {where} "
+            "UNION ALL SELECT dataset_id, 'pending:' || xact || ':' || marks "
+            "FROM places_dataversion_pending {where} "
+            "ORDER BY 1, 2"
+        )
+    else:
+        clauses.append("cell = ANY(%s)")
+        params.append(cells)
+        sql = (
+            "SELECT dataset_id, cell || ':' || version FROM places_areaversion {where} "
+            "UNION ALL SELECT dataset_id, cell || ':pending:' || xact || ':' || marks "
+            "FROM places_areaversion_pending {where} "
+            "ORDER BY 1, 2"
+        )
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
     with connection.cursor() as cursor:
         cursor.execute(sql.format(where=where), params * 2)
         pairs = ",".join(f"{d}:{v}" for d, v in cursor.fetchall())
-    return hashlib.sha1(pairs.encode(), usedforsecurity=False).hexdigest()[:16]
+    scope = "area" if cells is not None else "all"
+    return hashlib.sha1(f"{scope}|{pairs}".encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 def region_version() -> str:

@@ -92,7 +92,8 @@ class PlaceTileApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
         query = PlaceTileQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         filters = query.place_query()
-        key = f"places:{places_version(filters.dataset_id)}:{filters.key()}:{tz}/{tx}/{ty}"
+        version = places_version(filters.dataset_id, bbox=tiles.tile_bbox(z=tz, x=tx, y=ty))
+        key = f"places:{version}:{filters.key()}:{tz}/{tx}/{ty}"
         return cached_bytes_response(
             request,
             key=key,
@@ -253,7 +254,7 @@ class ViewportApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
         )
         zoom = data["zoom"]
         filters = query.place_query(bbox=data["bbox"])
-        version = places_version(filters.dataset_id)
+        version = places_version(filters.dataset_id, bbox=filters.bbox)
         key = f"viewport:{version}:{filters.key()}:{zoom}:{fmt}"
 
         def build() -> bytes:

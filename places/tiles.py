@@ -9,8 +9,11 @@ next. Every query finds its rows through the GiST index on ``location``.
 
 from __future__ import annotations
 
+import math
+
 from django.db import connection
 
+from places.geo import BBox
 from places.query import PlaceQuery
 
 CLUSTER_BELOW_ZOOM = 10
@@ -89,6 +92,21 @@ rows AS (
 )
 SELECT ST_AsMVT(rows, 'regions', {extent}, 'geom', 'id') FROM rows WHERE geom IS NOT NULL
 """
+
+
+def tile_bbox(*, z: int, x: int, y: int) -> BBox:
+    """The tile's WGS84 bounds, widened by the margin the places query reads around it."""
+    n = 2**z
+    margin = 1 / 64
+
+    def lon(tx: float) -> float:
+        return max(-180.0, min(180.0, tx / n * 360 - 180))
+
+    def lat(ty: float) -> float:
+        ty = max(0.0, min(float(n), ty))
+        return math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * ty / n))))
+
+    return BBox(lon(x - margin), lat(y + 1 + margin), lon(x + 1 + margin), lat(y - margin))
 
 
 def place_tile(*, z: int, x: int, y: int, filters: PlaceQuery) -> bytes:
