@@ -7,10 +7,12 @@ import json
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpResponse
+from django.utils.http import parse_etags
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import generics
 from rest_framework.request import Request
+from rest_framework.response import Response
 
 from places import features, selectors
 from places.filters import RegionFilter
@@ -166,6 +168,17 @@ class PlaceDetailApi(QueryParamsGuard, generics.RetrieveAPIView):
 
     def get_queryset(self) -> QuerySet[Place]:
         return selectors.place_detail_queryset()
+
+    def retrieve(self, request: Request, *args: object, **kwargs: object) -> Response:
+        place = self.get_object()
+        # Every write to a place moves its version, so (id, version) names this content.
+        etag = f'W/"place-{place.pk}-{place.version}"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if etag.removeprefix("W/") in {
+            tag.removeprefix("W/") for tag in parse_etags(request.headers.get("If-None-Match", ""))
+        }:
+            return Response(status=304, headers=headers)
+        return Response(self.get_serializer(place).data, headers=headers)
 
 
 @extend_schema(summary="Regions (without geometry)")

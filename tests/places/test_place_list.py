@@ -236,3 +236,14 @@ def test_list_and_viewport_agree_on_every_filter(api, gb_import, filters):
     assert view["kind"] == "points"
     assert [f["id"] for f in listed["features"]] == view["ids"]
     assert view["ids"], "the filter should match something in the box"
+
+
+def test_place_detail_revalidates_by_version(api, gb_import):
+    place = Place.objects.order_by("id").first()
+    first = api.get(f"/api/v1/places/{place.pk}/")
+    etag = first["ETag"]
+    assert api.get(f"/api/v1/places/{place.pk}/", HTTP_IF_NONE_MATCH=etag).status_code == 304
+    place_update(place=place, data={"name": "New name"})
+    again = api.get(f"/api/v1/places/{place.pk}/", HTTP_IF_NONE_MATCH=etag)
+    assert again.status_code == 200
+    assert again.json()["properties"]["name"] == "New name"
