@@ -6,6 +6,7 @@ buttons into those calls and show the job. Rejected rows stay read-only, as the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django import forms
@@ -109,7 +110,12 @@ class MappingForm(forms.Form):
     """The mode and, for each place field, the column that feeds it."""
 
     mode = forms.ChoiceField(choices=ImportMode.choices, help_text=MODE_HELP)
-    key = forms.CharField(max_length=500, required=False, help_text=MAPPING_HELP["key"])
+    key = forms.CharField(
+        max_length=500,
+        required=False,
+        widget=forms.TextInput(attrs={"class": "vTextField"}),
+        help_text=MAPPING_HELP["key"],
+    )
 
     def __init__(self, *args: Any, columns: list[str], geo: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -269,7 +275,11 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
             "status": selectors.import_job_status(job=job),
             "inspection": job.inspection,
             "delimiter_label": DELIMITERS.get(job.inspection.get("delimiter", ""), ""),
-            "mapping": job.options.get("mapping", {}),
+            "mapping_rows": [
+                (name, job.options["mapping"].get(name))
+                for name in ColumnMapping(key="").as_dict()
+                if name in job.options.get("mapping", {})
+            ],
             "mapping_form": mapping_form,
             "mapping_problems": selectors.import_job_mapping_problems(job=job),
             "report": report,
@@ -326,7 +336,13 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
         )
         return response
 
-    def _step(self, request: HttpRequest, job_id: int, done: str, step: Any) -> HttpResponse:
+    def _step(
+        self,
+        request: HttpRequest,
+        job_id: int,
+        done: str,
+        step: Callable[[ImportJob], ImportJob],
+    ) -> HttpResponse:
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         job = self._job_or_404(request, job_id)

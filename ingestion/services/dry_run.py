@@ -108,13 +108,18 @@ def dry_run_samples(*, cursor: Any, job: ImportJob, limit: int = SAMPLE_SIZE) ->
             {"place_id": pk, "key": key, "name": _short(name)}
             for pk, key, name in cursor.fetchall()
         ]
+    # Original values as pairs in the file's column order: jsonb objects keep their own order.
+    position = {name: i for i, name in enumerate(job.inspection.get("columns", []))}
     rejected = [
         {
             "row": rejection.row_number,
             "layer": rejection.layer,
             "reason": rejection.reason,
             "detail": _short(rejection.detail),
-            "values": {k: _display(v) for k, v in rejection.raw.items()},
+            "values": [
+                [k, _display(rejection.raw[k])]
+                for k in sorted(rejection.raw, key=lambda k: (position.get(k, len(position)), k))
+            ],
         }
         for rejection in job.rejections.order_by("row_number", "id")[:limit]
     ]

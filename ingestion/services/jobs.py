@@ -57,7 +57,15 @@ CANCELLABLE = (
     ImportState.DRY_RUN_READY,
     ImportState.QUEUED,
 )
-_READ_ERRORS = (UnreadableFile, DataLayerError, DataSourceError, pa.ArrowException, OSError)
+_READ_ERRORS = (
+    UnreadableFile,
+    DataLayerError,
+    DataSourceError,
+    pa.ArrowException,
+    OSError,
+    EOFError,
+    zlib.error,
+)
 
 
 class ImportJobStateError(ValueError):
@@ -94,14 +102,18 @@ def import_job_upload(*, upload: UploadedFile, dataset: Dataset, mode: str, user
             with open(path, "wb") as fh:
                 for chunk in upload.chunks():
                     fh.write(chunk)
-        job = imports.import_job_create(
-            path=path,
-            dataset=dataset,
-            user=user,
-            mode=mode,
-            original_name=(upload.name or path.name)[:255],
-            staged=True,
-        )
+        try:
+            job = imports.import_job_create(
+                path=path,
+                dataset=dataset,
+                user=user,
+                mode=mode,
+                original_name=(upload.name or path.name)[:255],
+                staged=True,
+            )
+        except (EOFError, OSError, zlib.error) as exc:
+            # A corrupt or truncated gzip breaks the format check itself.
+            raise UnreadableFile(f"the file cannot be read: {exc}") from None
     return import_job_inspect(job=job)
 
 
@@ -141,9 +153,9 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
     except _READ_ERRORS as exc:
         message = f"the file cannot be read: {exc}"
         logger.info("import job %s: inspection failed: %s", job.pk, message)
-        ImportJob.objects.filter(pk=job.pk).update(
-            state=ImportState.FAILED, error=message[:2000], finished_at=Now()
-        )
+        ImportJob.objects.filter(
+            pk=job.pk, state__in=(ImportState.UPLOADED, ImportState.INSPECTED)
+        ).update(state=ImportState.FAILED, error=message[:2000], finished_at=Now())
         job.refresh_from_db()
         return job
     columns = list(layers[0].columns)

@@ -29,8 +29,11 @@
     } else {
       bar.value = status.percent;
     }
-    const label = status.state_label + (status.dry_run && status.running ? " (dry run)" : "");
-    text.textContent = label + " — " + status.phase + rows(status);
+    let label = status.state_label;
+    if (status.running) {
+      label += (status.dry_run ? " (dry run)" : "") + " — " + status.phase;
+    }
+    text.textContent = label + rows(status);
   }
 
   async function poll() {

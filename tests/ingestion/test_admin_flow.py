@@ -7,6 +7,7 @@ commits); each test runs the Celery task function itself, as a worker would.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 from pathlib import Path
 
@@ -149,6 +150,7 @@ def test_file_over_the_size_limit_is_refused_with_the_limit(admin_client, datase
         ("binary.csv", b"\x00\x01\x02\x03binary", "not a supported format"),
         ("fake.zip", b"PK\x03\x04 not really a zip", "not a readable zip file"),
         ("blank.csv", b"   \n\n", "empty"),
+        ("cut.csv.gz", gzip.compress(NASTY.read_bytes())[:-30], "cannot be read"),
     ],
 )
 def test_unreadable_file_is_refused_on_the_form_with_the_reason(
@@ -320,7 +322,15 @@ def test_dry_run_reports_samples_then_apply_changes_the_places(
         (9, "duplicate_key"),
         (10, "missing_key"),
     ]
-    assert samples["rejected"][5]["values"]["name"] == "Duplicate of p1"
+    assert samples["rejected"][5]["values"] == [
+        ["id", "p1"],
+        ["name", "Duplicate of p1"],
+        ["religion", "jewish"],
+        ["denomination", ""],
+        ["lon", "-0.12"],
+        ["lat", "51.52"],
+        ["start_date", ""],
+    ]
     assert "row 2" in samples["rejected"][5]["detail"]
     assert samples["updated"] == samples["unchanged"] == samples["retired"] == []
     assert not Place.objects.filter(dataset=dataset).exists()
@@ -552,6 +562,9 @@ def test_mapping_is_frozen_once_applied(admin_client, dataset, django_capture_on
     job.refresh_from_db()
     assert job.options["mapping"]["key"] == "{id}"
     assert response.context["mapping_form"] is None
+    html = response.content.decode()
+    assert "<code>{id}</code>" in html  # shown read-only
+    assert "import-actions" not in html
 
 
 def test_mapping_change_after_a_dry_run_discards_it(
@@ -578,9 +591,8 @@ def test_progress_endpoint_reports_state_phase_and_rows(
     job = _uploaded(admin_client, dataset, "nasty_places.csv", NASTY.read_bytes())
     url = _url("progress", job)
     page = admin_client.get(_url("change", job)).content.decode()
-    assert 'data-url="' + url + '"' in page
     assert "ingestion/import_progress.js" in page
-    assert 'data-running="false"' in page
+    assert 'id="import-progress"' not in page  # nothing has run yet
     # queued: waiting for a worker
     with django_capture_on_commit_callbacks(execute=False):
         admin_client.post(_url("dry_run", job))
@@ -591,7 +603,9 @@ def test_progress_endpoint_reports_state_phase_and_rows(
         0,
         True,
     )
-    assert 'data-running="true"' in admin_client.get(_url("change", job)).content.decode()
+    page = admin_client.get(_url("change", job)).content.decode()
+    assert 'data-url="' + url + '"' in page
+    assert 'data-running="true"' in page
     # a worker has read 5 of 11 rows (what the import service publishes as it reads)
     ImportJob.objects.filter(pk=job.pk).update(state=ImportState.APPLYING)
     cache.set(PROGRESS_KEY.format(job.pk), 5)
@@ -614,6 +628,9 @@ def test_progress_endpoint_reports_state_phase_and_rows(
         100,
         11,
     )
+    page = admin_client.get(_url("change", job)).content.decode()
+    assert 'data-running="false"' in page
+    assert 'value="100"' in page
 
 
 def test_progress_script_is_served_locally(client):
@@ -676,3 +693,22 @@ def test_staff_who_may_only_view_see_the_job_but_cannot_run_it(client, admin_cli
     assert client.get(reverse("admin:ingestion_importjob_add")).status_code == 403
     job.refresh_from_db()
     assert job.state == ImportState.INSPECTED
+
+
+def test_file_that_breaks_after_its_first_megabyte_fails_the_job_with_the_reason(
+    admin_client, dataset
+):
+    # given a gzip CSV cut short: its start reads fine, its end does not
+    rows = "".join(
+        f"r{n},Place number {n} with a longer name,-1.{n % 97},52.{n % 89}\n" for n in range(60_000)
+    )
+    whole = gzip.compress(("id,name,lon,lat\n" + rows).encode(), mtime=0)
+    # when it is uploaded
+    job = _uploaded(admin_client, dataset, "cut.csv.gz", whole[: len(whole) - 2000])
+    # then the job is kept, failed, and says why; the page shows the reason
+    assert job.state == ImportState.FAILED
+    assert job.error.startswith("the file cannot be read:")
+    page = admin_client.get(_url("change", job), follow=True)
+    assert job.error in page.content.decode()
+    response = admin_client.post(_url("dry_run", job), follow=True)
+    assert any("it is failed" in m for m in _messages(response))
