@@ -1,35 +1,374 @@
-"""Import jobs and their rejected rows in the admin (read-only for now)."""
+"""Imports in the admin: upload a file, inspect it, fix the mapping, dry run, apply or cancel.
+
+Every step is a service call (``ingestion.services.jobs``); these views only turn forms and
+buttons into those calls and show the job. Rejected rows stay read-only, as the audit.
+"""
 
 from __future__ import annotations
 
-from django.contrib import admin
+from collections.abc import Callable
+from typing import Any
 
-from ingestion.models import ImportJob, ImportRejection
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+    JsonResponse,
+    StreamingHttpResponse,
+)
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+
+from ingestion import selectors
+from ingestion.mapping import ColumnMapping
+from ingestion.models import ImportJob, ImportMode, ImportRejection, ImportState
+from ingestion.readers import UnreadableFile
+from ingestion.services import imports, jobs
 from places.admin_base import FastChangeListMixin, IdSearchMixin, ReadOnlyAdminMixin
+from places.models import Dataset
+
+MODE_HELP = (
+    "Upsert adds new places and updates changed ones. Snapshot does the same and also "
+    "retires (never deletes) this dataset's imported places that are missing from the file. "
+    "Append only adds places whose key is new."
+)
+
+STATE_HELP = {
+    ImportState.UPLOADED: "The file is stored. Inspect it to see its columns and rows.",
+    ImportState.INSPECTED: (
+        "Check the columns and sample rows, correct the mapping if needed, then run a dry run: "
+        "it shows what the import would do and changes nothing."
+    ),
+    ImportState.QUEUED: (
+        "Waiting for a worker on the ingestion queue. If it stays here, check that a worker "
+        "is running (celery -A config worker -Q ingestion). A queued job can be cancelled."
+    ),
+    ImportState.APPLYING: (
+        "A worker is running the job. An apply is one transaction: it ends done, or failed "
+        "with nothing changed, so it cannot be cancelled half-way."
+    ),
+    ImportState.DRY_RUN_READY: (
+        "The dry run is ready below. Apply to make these changes (they are computed again, "
+        "so edits made since then are taken into account), change the mapping and run "
+        "another dry run, or cancel."
+    ),
+    ImportState.DONE: "The import is applied. Its changes are in each place's history.",
+    ImportState.FAILED: "The job failed and changed nothing. Fix the file and upload it again.",
+    ImportState.CANCELLED: "The job was cancelled; the stored file is kept for the record.",
+}
+
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "vertical bar"}
+
+MAPPING_HELP = {
+    "key": (
+        "Template over column names in braces that gives each row its key in the dataset, "
+        "e.g. osm:{osm_type}/{osm_id} or {id}. {_kind} stands for node on point layers and "
+        "area on polygon layers. A later row with an already used key is rejected."
+    ),
+    "name": "Column with the place's name (may be empty; curators fill names in).",
+    "religion": "Column with the religion, normalised to the vocabulary; raw text is kept.",
+    "denomination": "Column with denominations; several may be separated by ';'.",
+    "packed_class": (
+        "A packed class column such as Geofabrik's fclass (christian_anglican), used when "
+        "there is no religion column."
+    ),
+    "lon": "Longitude column (WGS84 degrees). Geo files use their geometry instead.",
+    "lat": "Latitude column (WGS84 degrees).",
+    "start_date": "Founding date, free text accepted (1885, 12 May 1885, mid-1990s).",
+    "end_date": "Closing or demolition date, free text accepted.",
+}
+
+
+class UploadForm(forms.Form):
+    file = forms.FileField(
+        help_text=(
+            "CSV or TSV (any delimiter and encoding, plain or .gz), GeoJSON (plain or .gz), "
+            "a zipped Shapefile or a GeoPackage. The format is read from the content, not "
+            f"the name; at most {imports.MAX_FILE_BYTES // 1024**3} GB. The file is "
+            "inspected first: nothing is imported until you apply it."
+        )
+    )
+    dataset = forms.ModelChoiceField(
+        queryset=Dataset.objects.order_by("name"),
+        help_text=(
+            "The dataset the places belong to; keys are unique within it. New datasets are "
+            "added under Places › Datasets."
+        ),
+    )
+    mode = forms.ChoiceField(
+        choices=ImportMode.choices, initial=ImportMode.UPSERT, help_text=MODE_HELP
+    )
+
+
+class MappingForm(forms.Form):
+    """The mode and, for each place field, the column that feeds it."""
+
+    mode = forms.ChoiceField(choices=ImportMode.choices, help_text=MODE_HELP)
+    key = forms.CharField(
+        max_length=500,
+        required=False,
+        widget=forms.TextInput(attrs={"class": "vTextField"}),
+        help_text=MAPPING_HELP["key"],
+    )
+
+    def __init__(self, *args: Any, columns: list[str], geo: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = [("", "— not in the file —"), *((c, c) for c in columns)]
+        for name in ColumnMapping(key="").as_dict():
+            if name == "key" or (geo and name in {"lon", "lat"}):
+                continue
+            self.fields[name] = forms.ChoiceField(
+                choices=choices,
+                required=False,
+                label=name.replace("_", " ").capitalize(),
+                help_text=MAPPING_HELP[name],
+            )
 
 
 class ReadOnlyAdmin(ReadOnlyAdminMixin, FastChangeListMixin, admin.ModelAdmin):
-    """Jobs and rejections are written by the import service only, and kept as its audit."""
+    """Rows written by the import service only, and kept as its audit."""
 
 
 @admin.register(ImportJob)
-class ImportJobAdmin(ReadOnlyAdmin):
+class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "original_name",
         "dataset",
+        "mode",
         "state",
         "rows_read",
         "added",
         "updated",
         "unchanged",
+        "retired",
         "rejected",
         "created_at",
         "finished_at",
     )
-    list_filter = ("state", "format", "dataset")
+    list_filter = ("state", "format", "mode", "dataset")
     search_fields = ("original_name", "=sha256")
     list_select_related = ("dataset",)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a job is the audit of what an import did
+
+    def get_urls(self) -> list[Any]:
+        wrap = self.admin_site.admin_view
+        return [
+            path(
+                "<int:job_id>/progress/",
+                wrap(self.progress_view),
+                name="ingestion_importjob_progress",
+            ),
+            path(
+                "<int:job_id>/inspect/", wrap(self.inspect_view), name="ingestion_importjob_inspect"
+            ),
+            path(
+                "<int:job_id>/dry-run/", wrap(self.dry_run_view), name="ingestion_importjob_dry_run"
+            ),
+            path("<int:job_id>/apply/", wrap(self.apply_view), name="ingestion_importjob_apply"),
+            path("<int:job_id>/cancel/", wrap(self.cancel_view), name="ingestion_importjob_cancel"),
+            path(
+                "<int:job_id>/rejected-rows.csv",
+                wrap(self.rejections_csv_view),
+                name="ingestion_importjob_rejections_csv",
+            ),
+            *super().get_urls(),
+        ]
+
+    # --- upload ----------------------------------------------------------------------------
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = UploadForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                job = jobs.import_job_upload(
+                    upload=form.cleaned_data["file"],
+                    dataset=form.cleaned_data["dataset"],
+                    mode=form.cleaned_data["mode"],
+                    user=request.user,
+                )
+            except UnreadableFile as exc:
+                form.add_error("file", str(exc))
+            else:
+                if job.state == ImportState.FAILED:
+                    messages.error(request, f"The file was stored but cannot be read: {job.error}")
+                else:
+                    messages.success(request, f"{job.original_name} is inspected; check it below.")
+                return HttpResponseRedirect(self._job_url(job))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Import a file",
+            "form": form,
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/ingestion/importjob/upload.html", context)
+
+    # --- the job's page --------------------------------------------------------------------
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        job = self.get_object(request, unquote(object_id))
+        if job is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_view_or_change_permission(request, job):
+            raise PermissionDenied
+        can_change = self.has_change_permission(request, job)
+        mapping_form = None
+        if job.inspection and job.state in jobs.MAPPING_EDITABLE:
+            columns = job.inspection.get("columns", [])
+            geo = job.format != "csv"
+            if request.method == "POST":
+                if not can_change:
+                    raise PermissionDenied
+                mapping_form = MappingForm(request.POST, columns=columns, geo=geo)
+                if mapping_form.is_valid():
+                    data = dict(mapping_form.cleaned_data)
+                    mode = data.pop("mode")
+                    try:
+                        jobs.import_job_mapping_set(job=job, mapping=data, mode=mode)
+                    except jobs.MappingInvalid as exc:
+                        for name, message in exc.problems.items():
+                            mapping_form.add_error(
+                                name if name in mapping_form.fields else None, message
+                            )
+                    except jobs.ImportJobStateError as exc:
+                        messages.error(request, str(exc))
+                        return HttpResponseRedirect(self._job_url(job))
+                    else:
+                        messages.success(request, "Mapping saved. Run a dry run to see its effect.")
+                        return HttpResponseRedirect(self._job_url(job))
+            else:
+                mapping_form = MappingForm(
+                    initial={"mode": job.mode, **job.options.get("mapping", {})},
+                    columns=columns,
+                    geo=geo,
+                )
+        elif request.method == "POST":
+            messages.error(request, "The mapping can only be changed before the job is applied.")
+            return HttpResponseRedirect(self._job_url(job))
+        report = job.report or {}
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Import #{job.pk}: {job.original_name}",
+            "job": job,
+            "original": job,
+            "state_help": STATE_HELP.get(ImportState(job.state), ""),
+            "status": selectors.import_job_status(job=job),
+            "inspection": job.inspection,
+            "delimiter_label": DELIMITERS.get(job.inspection.get("delimiter", ""), ""),
+            "mapping_rows": [
+                (name, job.options["mapping"].get(name))
+                for name in ColumnMapping(key="").as_dict()
+                if name in job.options.get("mapping", {})
+            ],
+            "mapping_form": mapping_form,
+            "mapping_problems": selectors.import_job_mapping_problems(job=job),
+            "report": report,
+            "samples": report.get("samples"),
+            "preview": job.preview,
+            "has_report": job.state in (ImportState.DRY_RUN_READY, ImportState.DONE),
+            "can_change": can_change,
+            "can_inspect": can_change and job.state == ImportState.UPLOADED,
+            "can_dry_run": can_change and job.state in jobs.MAPPING_EDITABLE,
+            "can_apply": can_change and job.state == ImportState.DRY_RUN_READY,
+            "can_cancel": can_change and job.state in jobs.CANCELLABLE,
+            "urls": {
+                name: reverse(f"admin:ingestion_importjob_{name}", args=[job.pk])
+                for name in ("progress", "inspect", "dry_run", "apply", "cancel", "rejections_csv")
+            },
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/ingestion/importjob/job.html", context)
+
+    # --- buttons and data ------------------------------------------------------------------
+
+    def inspect_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        return self._step(
+            request, job_id, "inspected", lambda job: jobs.import_job_inspect(job=job)
+        )
+
+    def dry_run_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        return self._step(
+            request,
+            job_id,
+            "queued for a dry run",
+            lambda job: jobs.import_job_dry_run_queue(job=job),
+        )
+
+    def apply_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        return self._step(
+            request, job_id, "queued to apply", lambda job: jobs.import_job_apply_queue(job=job)
+        )
+
+    def cancel_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        return self._step(request, job_id, "cancelled", lambda job: jobs.import_job_cancel(job=job))
+
+    def progress_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        job = self._job_or_404(request, job_id)
+        return JsonResponse(selectors.import_job_status(job=job).as_dict())
+
+    def rejections_csv_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        job = self._job_or_404(request, job_id)
+        response = StreamingHttpResponse(
+            selectors.import_rejections_csv(job=job), content_type="text/csv; charset=utf-8"
+        )
+        response["Content-Disposition"] = (
+            f'attachment; filename="import-{job.pk}-rejected-rows.csv"'
+        )
+        return response
+
+    def _step(
+        self,
+        request: HttpRequest,
+        job_id: int,
+        done: str,
+        step: Callable[[ImportJob], ImportJob],
+    ) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        job = self._job_or_404(request, job_id)
+        if not self.has_change_permission(request, job):
+            raise PermissionDenied
+        try:
+            job = step(job)
+        except (jobs.ImportJobStateError, jobs.MappingInvalid) as exc:
+            messages.error(request, str(exc))
+        else:
+            if job.state == ImportState.FAILED:
+                messages.error(request, f"Job #{job.pk} failed: {job.error}")
+            else:
+                messages.success(request, f"Job #{job.pk} {done}.")
+        return HttpResponseRedirect(self._job_url(job))
+
+    def _job_or_404(self, request: HttpRequest, job_id: int) -> ImportJob:
+        job = ImportJob.objects.filter(pk=job_id).first()
+        if job is None:
+            raise Http404("no such import job")
+        if not self.has_view_or_change_permission(request, job):
+            raise PermissionDenied
+        return job
+
+    def _job_url(self, job: ImportJob) -> str:
+        return reverse("admin:ingestion_importjob_change", args=[job.pk])
 
 
 @admin.register(ImportRejection)

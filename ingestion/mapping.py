@@ -218,3 +218,30 @@ def malformed_stage_row(*, line: int | None, text: str, expected: int) -> StageR
         "malformed_row",
         f"expected {expected} fields" + ("" if line else " (line number unknown)"),
     )
+
+
+def mapping_problems(mapping: ColumnMapping, *, columns: list[str], fmt: str) -> dict[str, str]:
+    """What stops a mapping from working on a file with these columns, by field.
+
+    Empty when the mapping is usable. The upload check and the admin's mapping form share
+    these rules, so a mapping the form accepts is one the import can run.
+    """
+    try:
+        key_columns = mapping.key_fields()
+    except ValueError as exc:
+        return {"key": str(exc)}
+    known = set(columns) | {"_kind"}
+    problems: dict[str, str] = {}
+    if not mapping.key:
+        problems["key"] = "no key column found (osm_type+osm_id, osm_id or id); give a key template"
+    elif unknown := sorted(set(key_columns) - known):
+        problems["key"] = f"the key template names columns not in the file: {', '.join(unknown)}"
+    for name, column in mapping.as_dict().items():
+        if name != "key" and column and column not in known:
+            problems[name] = f"column {column!r} is not in the file"
+    if fmt == "csv" and not (mapping.lon and mapping.lat):
+        problems.setdefault(
+            "lon" if not mapping.lon else "lat",
+            "no longitude/latitude columns found (lon/lat, lng, longitude …)",
+        )
+    return problems

@@ -47,6 +47,16 @@ class ImportJob(models.Model):
     retired = models.BigIntegerField(default=0)
     rejected = models.BigIntegerField(default=0)
     report = models.JSONField(default=dict, blank=True, help_text="Counts per rejection reason …")
+    inspection = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What inspecting the file found: layers, columns, row count, sample rows.",
+    )
+    preview = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The dry run's counts and samples, kept when the job is then applied.",
+    )
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
     created_by = models.ForeignKey(

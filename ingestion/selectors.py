@@ -1,13 +1,31 @@
-"""Reads of import jobs."""
+"""Reads of import jobs: progress, and the rejected rows as a spreadsheet-safe CSV."""
 
 from __future__ import annotations
 
-from django.core.cache import cache
+import csv
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from ingestion.models import ImportJob, ImportState
+from django.core.cache import cache
+from django.db import connection
+from django.db.models import Q
+
+from ingestion.mapping import ColumnMapping, mapping_problems
+from ingestion.models import ImportJob, ImportRejection, ImportState
 from places.models import Dataset
 
 PROGRESS_KEY = "import-progress:{}"
+
+RUNNING_STATES = frozenset({ImportState.QUEUED, ImportState.APPLYING})
+
+REJECTION_COLUMNS = ("row", "layer", "reason", "detail")
+# A spreadsheet reads a cell starting with one of these as a formula (tab and CR too: some
+# strip them first). Plain numbers such as a negative longitude are safe and left as they are.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def import_job_last_applied(*, dataset: Dataset, sha256: str) -> ImportJob | None:
@@ -21,7 +39,159 @@ def import_job_last_applied(*, dataset: Dataset, sha256: str) -> ImportJob | Non
     )
 
 
+def _live_progress(job_id: int) -> dict[str, Any] | None:
+    """What the running task last published: a row count, or ``{"rows": n, "phase": …}``."""
+    value = cache.get(PROGRESS_KEY.format(job_id))
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return value
+    return {"rows": int(value)}
+
+
 def import_job_progress(*, job: ImportJob) -> int:
     """Rows read so far: live from the cache while the job runs, else from the row."""
-    value = cache.get(PROGRESS_KEY.format(job.pk))
-    return int(value) if value is not None else job.rows_read
+    live = _live_progress(job.pk)
+    return int(live.get("rows", job.rows_read)) if live is not None else job.rows_read
+
+
+@dataclass(frozen=True)
+class ImportStatus:
+    """Where a job stands, for the admin's progress bar."""
+
+    state: str
+    state_label: str
+    dry_run: bool
+    phase: str
+    rows_read: int
+    rows_total: int | None
+    rows_total_estimated: bool
+    percent: int | None
+    running: bool
+    error: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def import_job_status(*, job: ImportJob) -> ImportStatus:
+    """State, phase and rows read of ``job``, live from the cache while a task runs.
+
+    Rows are counted as they are read, so the bar reaches its end when reading is over and
+    the checks and writes (one transaction) follow; the phase says which part is running.
+    Row totals of large CSV files are estimates, so the bar stops at 99 % until the end.
+    """
+    live = _live_progress(job.pk) if job.state == ImportState.APPLYING else None
+    rows_read = int(live.get("rows", 0)) if live else job.rows_read
+    total = job.rows_total
+    percent: int | None = None
+    if job.state == ImportState.QUEUED:
+        phase, percent = "waiting for a worker", 0
+    elif job.state != ImportState.APPLYING:
+        phase = job.get_state_display()
+        if job.state in (ImportState.DONE, ImportState.DRY_RUN_READY):
+            percent = 100
+    else:
+        if live and live.get("phase"):
+            phase = str(live["phase"])
+        elif live is None:
+            phase = "starting"
+        elif total and rows_read >= total:
+            phase = "checking rows" if job.dry_run else "checking and writing"
+        else:
+            phase = "reading rows"
+        if total:
+            percent = min(99, int(100 * rows_read / total))
+    return ImportStatus(
+        state=job.state,
+        state_label=job.get_state_display(),
+        dry_run=job.dry_run,
+        phase=phase,
+        rows_read=rows_read,
+        rows_total=total,
+        rows_total_estimated=bool(job.inspection.get("row_count_estimated")),
+        percent=percent,
+        running=job.state in RUNNING_STATES,
+        error=job.error,
+    )
+
+
+def spreadsheet_safe(value: Any) -> str:
+    """``value`` as CSV cell text that a spreadsheet shows rather than evaluates."""
+    if value is None:
+        text = ""
+    elif isinstance(value, dict | list):
+        text = json.dumps(value, ensure_ascii=False)
+    else:
+        text = str(value)
+    if text.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def import_rejection_value_keys(*, job: ImportJob) -> list[str]:
+    """Every original-value key of the job's rejected rows: the file's columns in their order
+    first, then keys no column has (such as the text of an unparsable CSV record)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT DISTINCT k FROM ingestion_importrejection r, jsonb_object_keys(r.raw) k
+               WHERE r.job_id = %s""",
+            [job.pk],
+        )
+        keys = {row[0] for row in cursor.fetchall()}
+    ordered = [c for c in job.inspection.get("columns", []) if c in keys]
+    return ordered + sorted(keys - set(ordered))
+
+
+def import_rejections_iter(*, job: ImportJob, batch_size: int = 2000) -> Iterator[ImportRejection]:
+    """The job's rejected rows in row order, fetched in keyset pages (memory stays flat)."""
+    last: tuple[int, int] | None = None
+    while True:
+        page = ImportRejection.objects.filter(job=job)
+        if last is not None:
+            # The redundant lower bound lets the (job, row_number) index start at the page.
+            page = page.filter(row_number__gte=last[0]).filter(
+                Q(row_number__gt=last[0]) | Q(row_number=last[0], id__gt=last[1])
+            )
+        rows = list(page.order_by("row_number", "id")[:batch_size])
+        yield from rows
+        if len(rows) < batch_size:
+            return
+        last = (rows[-1].row_number, rows[-1].pk)
+
+
+class _Line:
+    """A file-like object whose ``write`` hands the line back, for ``csv.writer``."""
+
+    def write(self, text: str) -> str:
+        return text
+
+
+def import_rejections_csv(*, job: ImportJob) -> Iterator[str]:
+    """The rejected rows as CSV lines: row (line or feature number), layer, reason, detail,
+    then the original values. Every cell, headers included, is spreadsheet-safe.
+
+    A byte-order mark comes first so that spreadsheets read the file as UTF-8.
+    """
+    keys = import_rejection_value_keys(job=job)
+    writer = csv.writer(_Line())
+    # A file column named like one of ours is told apart rather than shadowing it.
+    value_headers = [f"{k} (original)" if k in REJECTION_COLUMNS else k for k in keys]
+    header = [*REJECTION_COLUMNS, *value_headers]
+    yield "\ufeff" + writer.writerow([spreadsheet_safe(h) for h in header])
+    for rejection in import_rejections_iter(job=job):
+        raw = rejection.raw
+        cells = [rejection.row_number, rejection.layer, rejection.reason, rejection.detail]
+        cells += [raw.get(k) for k in keys]
+        yield writer.writerow([spreadsheet_safe(c) for c in cells])
+
+
+def import_job_mapping_problems(*, job: ImportJob) -> dict[str, str]:
+    """What stops the job's current mapping from working on its file, by field."""
+    if not job.inspection:
+        return {}
+    return mapping_problems(
+        ColumnMapping.from_dict({"key": "", **job.options.get("mapping", {})}),
+        columns=job.inspection.get("columns", []),
+        fmt=job.format,
+    )

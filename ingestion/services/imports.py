@@ -21,10 +21,17 @@ from django.db.models import Count, F
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from ingestion.mapping import ColumnMapping, malformed_stage_row, mapping_propose, stage_rows
+from ingestion.mapping import (
+    ColumnMapping,
+    malformed_stage_row,
+    mapping_problems,
+    mapping_propose,
+    stage_rows,
+)
 from ingestion.models import ImportJob, ImportMode, ImportState
 from ingestion.readers import UnreadableFile, detect_format, open_reader, srid_from_crs
 from ingestion.selectors import PROGRESS_KEY
+from ingestion.services.dry_run import dry_run_samples
 from places.models import Dataset
 
 logger = logging.getLogger(__name__)
@@ -338,6 +345,7 @@ class ImportCounts:
     retired: int = 0
     conflicts: int = 0
     step_seconds: dict[str, float] = field(default_factory=dict)
+    samples: dict[str, Any] = field(default_factory=dict)
 
 
 def file_sha256(path: Path) -> str:
@@ -357,10 +365,14 @@ def import_job_create(
     mode: str = ImportMode.UPSERT,
     mapping: dict[str, Any] | None = None,
     original_name: str | None = None,
+    staged: bool = False,
 ) -> ImportJob:
     """Check the file, store a copy, propose a column mapping and queue the job.
 
     Raises ``UnreadableFile`` (nothing stored) when the file cannot be imported.
+    ``staged`` (the admin's upload → inspect → dry run → apply steps) stores the job as
+    ``uploaded`` instead, with the proposed mapping even when it is not usable yet: the user
+    corrects it on the job's page, and it is checked again before anything runs.
     """
     size = path.stat().st_size
     if size == 0:
@@ -374,19 +386,9 @@ def import_job_create(
         raise UnreadableFile("the file holds no layers")
     proposed = mapping_propose(layers[0].columns, has_geometry=fmt != "csv")
     chosen = ColumnMapping.from_dict({**proposed.as_dict(), **(mapping or {})})
-    try:
-        chosen.key_fields()
-    except ValueError as exc:
-        raise UnreadableFile(str(exc)) from None
-    if not chosen.key:
-        raise UnreadableFile(
-            "no key column found (osm_type+osm_id, osm_id or id); give a key template"
-        )
-    missing = chosen.used_columns() - set(layers[0].columns) - {"_kind"}
-    if missing:
-        raise UnreadableFile(f"mapped columns not in the file: {', '.join(sorted(missing))}")
-    if fmt == "csv" and not (chosen.lon and chosen.lat):
-        raise UnreadableFile("no longitude/latitude columns found (lon/lat, lng, longitude …)")
+    problems = mapping_problems(chosen, columns=layers[0].columns, fmt=fmt)
+    if problems and not staged:
+        raise UnreadableFile("; ".join(f"{name}: {message}" for name, message in problems.items()))
     if fmt != "csv":
         _check_crs(layers)
     job = ImportJob(
@@ -407,7 +409,7 @@ def import_job_create(
         },
         mode=mode,
         dry_run=dry_run,
-        state=ImportState.QUEUED,
+        state=ImportState.UPLOADED if staged else ImportState.QUEUED,
         rows_total=sum(layer.features or 0 for layer in layers) or None,
         created_by=user if getattr(user, "is_authenticated", False) else None,
     )
@@ -509,6 +511,7 @@ def _report(job: ImportJob, counts: ImportCounts, seconds: float) -> dict[str, A
         "rejected_by_reason": _rejection_counts(job),
         "conflicts": counts.conflicts,
         "step_seconds": counts.step_seconds,
+        **({"samples": counts.samples} if counts.samples else {}),
     }
 
 
@@ -563,6 +566,7 @@ def _apply(job: ImportJob) -> ImportCounts:
             if job.mode == ImportMode.SNAPSHOT:
                 cursor.execute(COUNT_MISSING, params)
                 counts.retired = cursor.fetchone()[0]
+            counts.samples = dry_run_samples(cursor=cursor, job=job)
         else:
             counts.added = run("insert", INSERT_CREATED, params)
             counts.updated = run("update", UPDATE_CHANGED, params)

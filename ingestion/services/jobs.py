@@ -1,0 +1,414 @@
+"""The admin's import steps: upload, inspect, choose the mapping, dry run, apply or cancel.
+
+States move ``uploaded → inspected → (queued → applying →) dry_run_ready → (queued →
+applying →) done``, or end ``failed`` / ``cancelled``. Every step checks the state it starts
+from under a row lock, so two clicks, or a click racing the worker, cannot both win.
+
+A job that is ``applying`` cannot be cancelled: the apply is one transaction that either
+commits whole or fails with nothing changed, and the worker has no safe point to stop in
+between. It is refused with that reason; a ``queued`` job can be cancelled, and the task,
+when it arrives, finds nothing to run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import tempfile
+import zlib
+from collections.abc import Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django.db.models.functions import Now
+from django.utils.text import get_valid_filename
+from kombu.exceptions import OperationalError as BrokerError
+from pyogrio.errors import DataLayerError, DataSourceError
+from pyogrio.raw import open_arrow
+
+from ingestion import tasks
+from ingestion.mapping import ColumnMapping, mapping_problems, mapping_propose
+from ingestion.models import ImportJob, ImportMode, ImportState
+from ingestion.readers import CsvReader, GeoReader, UnreadableFile, open_reader
+from ingestion.selectors import import_job_mapping_problems
+from ingestion.services import imports
+from places.models import Dataset
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_ROWS = 10
+SAMPLE_TEXT = 200
+# CSV files up to this size (as stored, so gzip counts compressed) are counted row by row;
+# larger ones are estimated from their first megabyte, and the job page says so.
+EXACT_COUNT_MAX_BYTES = 8 * 1024**2
+ESTIMATE_SAMPLE_BYTES = 1 << 20
+
+MAPPING_EDITABLE = (ImportState.INSPECTED, ImportState.DRY_RUN_READY)
+CANCELLABLE = (
+    ImportState.UPLOADED,
+    ImportState.INSPECTED,
+    ImportState.DRY_RUN_READY,
+    ImportState.QUEUED,
+)
+_READ_ERRORS = (
+    UnreadableFile,
+    DataLayerError,
+    DataSourceError,
+    pa.ArrowException,
+    OSError,
+    EOFError,
+    zlib.error,
+)
+
+
+class ImportJobStateError(ValueError):
+    """The step is not allowed in the job's current state; the message says why."""
+
+
+class MappingInvalid(ValueError):
+    """The column mapping cannot work on the file; ``problems`` maps field → message."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in problems.items()))
+        self.problems = problems
+
+
+def import_job_upload(*, upload: UploadedFile, dataset: Dataset, mode: str, user: Any) -> ImportJob:
+    """Store an uploaded file as a job for the admin's steps, then inspect it.
+
+    Raises ``UnreadableFile`` (nothing stored) for an empty, over-size or unreadable file.
+    The job comes back ``inspected``, or ``failed`` with the reason when the file passed the
+    first checks but its rows cannot be read.
+    """
+    if not upload.size:
+        raise UnreadableFile("the file is empty")
+    if upload.size > imports.MAX_FILE_BYTES:
+        raise UnreadableFile(
+            f"the file is {upload.size} bytes; the limit is {imports.MAX_FILE_BYTES}"
+        )
+    with tempfile.TemporaryDirectory(prefix="places-upload-") as folder:
+        path = Path(folder) / _safe_name(upload.name or "")
+        if hasattr(upload, "temporary_file_path"):
+            # Django already spooled a large upload to disk: no second copy.
+            os.symlink(upload.temporary_file_path(), path)
+        else:
+            with open(path, "wb") as fh:
+                for chunk in upload.chunks():
+                    fh.write(chunk)
+        try:
+            job = imports.import_job_create(
+                path=path,
+                dataset=dataset,
+                user=user,
+                mode=mode,
+                original_name=(upload.name or path.name)[:255],
+                staged=True,
+            )
+        except (EOFError, OSError, zlib.error) as exc:
+            # A corrupt or truncated gzip breaks the format check itself.
+            raise UnreadableFile(f"the file cannot be read: {exc}") from None
+    return import_job_inspect(job=job)
+
+
+def _safe_name(name: str) -> str:
+    try:
+        return get_valid_filename(Path(name).name)[:100]
+    except SuspiciousFileOperation:
+        return "upload"
+
+
+def import_job_inspect(*, job: ImportJob) -> ImportJob:
+    """Record what the file holds: format, layers, columns, encoding, row count, sample rows
+    and the proposed mapping; ``uploaded`` → ``inspected`` (inspecting again is harmless).
+
+    A file whose rows cannot be read fails the job with the reason.
+    """
+    if job.state not in (ImportState.UPLOADED, ImportState.INSPECTED):
+        raise ImportJobStateError(
+            f"job #{job.pk} is {job.get_state_display().lower()}; only a job that has not run "
+            "yet can be inspected"
+        )
+    path = Path(job.file.path)
+    try:
+        reader = open_reader(path, job.format)
+        layers = reader.layers()
+        if not layers:
+            raise UnreadableFile("the file holds no layers")
+        if isinstance(reader, CsvReader):
+            row_count, estimated = _csv_row_count(reader, path)
+            layer_rows: list[int | None] = [row_count]
+            sample_columns, sample_rows = _csv_sample(reader)
+        else:
+            layer_rows = [layer.features for layer in layers]
+            row_count = None if None in layer_rows else sum(r or 0 for r in layer_rows)
+            estimated = False
+            sample_columns, sample_rows = _geo_sample(reader, layers[0].name)
+    except _READ_ERRORS as exc:
+        message = f"the file cannot be read: {exc}"
+        logger.info("import job %s: inspection failed: %s", job.pk, message)
+        ImportJob.objects.filter(
+            pk=job.pk, state__in=(ImportState.UPLOADED, ImportState.INSPECTED)
+        ).update(state=ImportState.FAILED, error=message[:2000], finished_at=Now())
+        job.refresh_from_db()
+        return job
+    columns = list(layers[0].columns)
+    inspection: dict[str, Any] = {
+        "format": job.format,
+        "layers": [
+            {
+                "name": layer.name,
+                "geometry_type": layer.geometry_type,
+                "features": rows,
+                "crs": layer.crs,
+            }
+            for layer, rows in zip(layers, layer_rows, strict=True)
+        ],
+        "columns": columns,
+        "row_count": row_count,
+        "row_count_estimated": estimated,
+        "sample_columns": sample_columns,
+        "sample_rows": sample_rows,
+        "proposed_mapping": mapping_propose(columns, has_geometry=job.format != "csv").as_dict(),
+    }
+    if isinstance(reader, CsvReader):
+        inspection["encoding"] = reader.encoding
+        inspection["delimiter"] = reader.delimiter
+    with transaction.atomic():
+        locked = _locked(job)
+        if locked.state not in (ImportState.UPLOADED, ImportState.INSPECTED):
+            raise ImportJobStateError(f"job #{job.pk} changed state while being inspected")
+        locked.inspection = inspection
+        locked.rows_total = row_count
+        locked.state = ImportState.INSPECTED
+        locked.save(update_fields=["inspection", "rows_total", "state"])
+    return locked
+
+
+def _csv_row_count(reader: CsvReader, path: Path) -> tuple[int, bool]:
+    """Data rows of a CSV (malformed records included), and whether it is an estimate."""
+    if path.stat().st_size <= EXACT_COUNT_MAX_BYTES:
+        rows = sum(batch.num_rows for batch in reader.batches())
+        return rows + len(reader.invalid_rows), False
+    return _csv_row_estimate(reader, path), True
+
+
+def _csv_row_estimate(reader: CsvReader, path: Path) -> int:
+    """Records in the first megabyte, scaled by how much of the (compressed) file it took."""
+    decompress = zlib.decompressobj(16 + zlib.MAX_WBITS) if _is_gzip(path) else None
+    text = bytearray()
+    consumed = 0
+    with open(path, "rb") as fh:
+        while len(text) < ESTIMATE_SAMPLE_BYTES:
+            chunk = fh.read(1 << 16)
+            if not chunk:
+                break
+            consumed += len(chunk)
+            if decompress is None:
+                text += chunk
+            else:
+                text += decompress.decompress(chunk)
+                consumed -= len(decompress.unused_data)
+    lines = bytes(text).decode(reader.encoding, errors="replace")
+    records = 0
+    try:
+        for _ in csv.reader(io.StringIO(lines), delimiter=reader.delimiter):
+            records += 1
+    except csv.Error:  # the sample ends inside a quoted value
+        pass
+    # The header is one record and the last one is probably cut.
+    records = max(records - 2, 1)
+    return max(1, round(records * path.stat().st_size / max(consumed, 1)))
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _cell(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= SAMPLE_TEXT else text[: SAMPLE_TEXT - 1] + "…"
+
+
+def _csv_sample(reader: CsvReader) -> tuple[list[str], list[list[str | None]]]:
+    batches = reader.batches()
+    try:
+        batch = next(batches, None)
+    finally:
+        batches.close()
+    if batch is None:
+        return reader.header, []
+    count = min(SAMPLE_ROWS, batch.num_rows)
+    rows = [[_cell(batch.columns[c][i]) for c in reader.header] for i in range(count)]
+    return reader.header, rows
+
+
+def _geo_sample(reader: GeoReader, layer: str) -> tuple[list[str], list[list[str | None]]]:
+    """The first features of a layer; geometries as (shortened) WKT in the file's CRS."""
+    from django.contrib.gis.geos import GEOSException, GEOSGeometry
+
+    # Batches of the sample's size, of which only the first is read.
+    with open_arrow(reader.source, layer=layer, batch_size=SAMPLE_ROWS, use_pyarrow=True) as (
+        meta,
+        arrow,
+    ):
+        geometry = meta.get("geometry_name") or "wkb_geometry"
+        names = [str(f) for f in meta["fields"]]
+        first = next(iter(arrow), None)
+    records = first.to_pylist()[:SAMPLE_ROWS] if first is not None else []
+    rows: list[list[str | None]] = []
+    for record in records:
+        values = [_cell(record.get(n)) for n in names]
+        wkb = record.get(geometry)
+        try:
+            values.append(_cell(GEOSGeometry(memoryview(wkb)).wkt) if wkb else None)
+        except (GEOSException, ValueError):
+            values.append("(unreadable geometry)")
+        rows.append(values)
+    return [*names, "geometry"], rows
+
+
+def import_job_mapping_set(*, job: ImportJob, mapping: dict[str, Any], mode: str) -> ImportJob:
+    """Replace the job's column mapping and mode after checking them against the file.
+
+    Raises ``MappingInvalid`` naming each field's problem (unknown columns by name). A
+    change after a dry run makes that dry run stale: the job goes back to ``inspected``.
+    """
+    fields = ColumnMapping(key="").as_dict()
+    chosen = ColumnMapping(
+        **{name: (mapping.get(name) or None) for name in fields if name != "key"},
+        key=str(mapping.get("key") or "").strip(),
+    )
+    problems = mapping_problems(chosen, columns=job.inspection.get("columns", []), fmt=job.format)
+    if mode not in ImportMode.values:
+        problems["mode"] = f"unknown mode {mode!r}"
+    if problems:
+        raise MappingInvalid(problems)
+    with transaction.atomic():
+        locked = _locked(job)
+        if locked.state not in MAPPING_EDITABLE:
+            raise ImportJobStateError(
+                f"job #{job.pk} is {locked.get_state_display().lower()}; the mapping can be "
+                "changed after inspection and before the job is applied"
+            )
+        if locked.options.get("mapping") == chosen.as_dict() and locked.mode == mode:
+            return locked
+        locked.options = {**locked.options, "mapping": chosen.as_dict()}
+        locked.mode = mode
+        if locked.state == ImportState.DRY_RUN_READY:
+            locked.state = ImportState.INSPECTED
+            _reset_counts(locked)
+            locked.report = {}
+        locked.save()
+    return locked
+
+
+def import_job_dry_run_queue(*, job: ImportJob) -> ImportJob:
+    """Queue a dry run (counts and samples, nothing changed) of an inspected job."""
+    if job.state not in MAPPING_EDITABLE:  # checked again under the lock
+        raise ImportJobStateError(_refusal(job, "dry-run"))
+    problems = import_job_mapping_problems(job=job)
+    if problems:
+        raise MappingInvalid(problems)
+    return _queue(job=job, dry_run=True, allowed=MAPPING_EDITABLE)
+
+
+def import_job_apply_queue(*, job: ImportJob) -> ImportJob:
+    """Queue the apply of a job whose dry run is ready; the dry run's report is kept.
+
+    The apply computes everything again in its own transaction: places may have changed
+    since the dry run, and the final counts are the ones that count.
+    """
+    return _queue(job=job, dry_run=False, allowed=(ImportState.DRY_RUN_READY,))
+
+
+def import_job_cancel(*, job: ImportJob) -> ImportJob:
+    """Cancel a job that is not running; the stored file and any report are kept for audit."""
+    with transaction.atomic():
+        locked = _locked(job)
+        if locked.state not in CANCELLABLE:
+            raise ImportJobStateError(_refusal(locked, "cancel"))
+        locked.state = ImportState.CANCELLED
+        locked.finished_at = Now()
+        locked.save(update_fields=["state", "finished_at"])
+    locked.refresh_from_db()
+    return locked
+
+
+def _queue(*, job: ImportJob, dry_run: bool, allowed: Iterable[str]) -> ImportJob:
+    with transaction.atomic():
+        locked = _locked(job)
+        if locked.state not in allowed:
+            raise ImportJobStateError(_refusal(locked, "dry-run" if dry_run else "apply"))
+        if not dry_run:
+            locked.preview = {
+                "counts": {
+                    "rows_read": locked.rows_read,
+                    "added": locked.added,
+                    "updated": locked.updated,
+                    "unchanged": locked.unchanged,
+                    "retired": locked.retired,
+                    "rejected": locked.rejected,
+                },
+                "report": locked.report,
+            }
+        _reset_counts(locked)
+        locked.report = {}
+        locked.dry_run = dry_run
+        locked.state = ImportState.QUEUED
+        # A fresh run gets the service's full number of attempts.
+        locked.attempts = 0
+        locked.error = ""
+        locked.started_at = locked.finished_at = None
+        locked.save()
+        transaction.on_commit(partial(_enqueue, locked.pk))
+    return locked
+
+
+def _enqueue(job_id: int) -> None:
+    """Send the task; a broker that cannot be reached fails the job rather than leaving it
+    queued forever with nobody to run it."""
+    try:
+        tasks.import_job_run.delay(job_id)
+    except BrokerError as exc:
+        logger.error("import job %s could not be queued: %s", job_id, exc)
+        ImportJob.objects.filter(pk=job_id, state=ImportState.QUEUED).update(
+            state=ImportState.FAILED,
+            error=f"the task queue could not be reached ({exc}); try again later",
+            finished_at=Now(),
+        )
+
+
+def _locked(job: ImportJob) -> ImportJob:
+    return ImportJob.objects.select_for_update().get(pk=job.pk)
+
+
+def _reset_counts(job: ImportJob) -> None:
+    job.rows_read = job.added = job.updated = job.unchanged = job.retired = job.rejected = 0
+
+
+def _refusal(job: ImportJob, action: str) -> str:
+    state = job.get_state_display().lower()
+    why = {
+        ImportState.UPLOADED: "inspect it first",
+        ImportState.INSPECTED: "run a dry run first; apply follows a dry run",
+        ImportState.QUEUED: "it is already queued",
+        ImportState.APPLYING: (
+            "it is running; an apply is one transaction that ends done, or failed with "
+            "nothing changed, and cannot be stopped half-way"
+        ),
+        ImportState.DONE: "it has been applied; import the file again for another run",
+        ImportState.FAILED: "upload the file again once the error is fixed",
+        ImportState.CANCELLED: "upload the file again to import it",
+        ImportState.DRY_RUN_READY: "its dry run is ready",
+    }[ImportState(job.state)]
+    return f"cannot {action} job #{job.pk}: it is {state}; {why}"
