@@ -167,6 +167,8 @@ def stage_rows(
                 and not (math.isfinite(lon) and math.isfinite(lat))
             ):
                 reject, detail = "bad_coordinates", "coordinates must be finite numbers"
+        if i in batch.rejects:  # the reader already knows (over-long value, bad WKB …)
+            reject, detail = batch.rejects[i]
         start_raw = (raw.get(mapping.start_date) or "").strip() if mapping.start_date else ""
         end_raw = (raw.get(mapping.end_date) or "").strip() if mapping.end_date else ""
         tags = {k: v for k, v in raw.items() if k not in used and v not in (None, "")}
