@@ -23,6 +23,9 @@ CELL_PREVIEW_CHARS = 200
 MAX_EXPANDED_BYTES = 2 * 1024**3
 MAX_EXPANSION_RATIO = 100
 EXPANSION_RATIO_FLOOR = 16 * 1024**2
+# Text formats cannot hold more rows than bytes; Parquet's run-length encoding can (a few
+# kilobytes may declare a billion rows), so Parquet files state their rows and are held to this.
+MAX_PARQUET_ROWS = 50_000_000
 
 
 class UnreadableFile(ValueError):

@@ -111,6 +111,10 @@ class CsvReader:
             )
         if len(sample) == SAMPLE_BYTES:
             lines = lines[:-1]  # the last line of a cut sample is incomplete
+        elif not any(line.strip() for line in lines[1:]):
+            # Refused rather than read as nothing: a snapshot import of it would retire
+            # every place of the dataset.
+            raise UnreadableFile("the CSV has a header row but no data rows")
         self.delimiter = detect_delimiter(lines[: _SNIFF_RECORDS + 1])
         try:
             header = next(csv.reader(io.StringIO(text), delimiter=self.delimiter), [])
@@ -165,8 +169,9 @@ class CsvReader:
         except pa.ArrowInvalid as exc:
             if "straddl" in str(exc):
                 raise UnreadableFile(
-                    f"a CSV record is longer than {BLOCK_BYTES:,} bytes; "
-                    f"the limit is {BLOCK_BYTES:,} bytes per record"
+                    f"a CSV record is too long to read: records may not reach far past "
+                    f"{BLOCK_BYTES:,} bytes (and values over {MAX_CELL_BYTES:,} bytes are "
+                    "rejected anyway)"
                 ) from None
             raise UnreadableFile(f"the CSV is malformed: {first_line(exc)}") from None
         except (pa.ArrowException, OSError, EOFError, UnicodeError) as exc:

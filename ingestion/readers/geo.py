@@ -85,6 +85,8 @@ class GeoReader:
                 )
         except GDAL_ERRORS as exc:
             raise UnreadableFile(f"GDAL cannot read the file: {first_line(exc)}") from None
+        if layers and all(layer.features == 0 for layer in layers):
+            raise UnreadableFile("the file holds no features")
         return layers
 
     def batches(self, layer: str) -> Iterator[Batch]:

@@ -20,6 +20,7 @@ from ingestion.readers.base import (
     EXPANSION_RATIO_FLOOR,
     MAX_EXPANDED_BYTES,
     MAX_EXPANSION_RATIO,
+    MAX_PARQUET_ROWS,
     Batch,
     Layer,
     UnreadableFile,
@@ -50,6 +51,12 @@ class ParquetReader:
         names = list(schema.names)
         check_columns(names, what="Parquet file")
         self.num_rows = int(metadata.num_rows)
+        if self.num_rows == 0:
+            raise UnreadableFile("the Parquet file holds no rows")
+        if self.num_rows > MAX_PARQUET_ROWS:
+            raise UnreadableFile(
+                f"the Parquet file has {self.num_rows:,} rows; the limit is {MAX_PARQUET_ROWS:,}"
+            )
         _check_expanded_size(metadata, path.stat().st_size)
         geo = _geo_metadata(schema.metadata or {})
         self.geometry: str | None = None
