@@ -21,7 +21,7 @@ from ingestion.readers.base import (
     check_columns,
     first_line,
 )
-from ingestion.readers.safety import check_gzip, is_gzip
+from ingestion.readers.safety import check_gzip, is_gzip, reject_bad_wkb
 
 # GDAL_SKIP must be in the environment before GDAL registers its drivers.
 skip_vrt()
@@ -83,6 +83,8 @@ class GeoReader:
                         columns=columns,
                     )
                 )
+        except UnicodeError:
+            raise UnreadableFile("the file's field names are not valid UTF-8") from None
         except GDAL_ERRORS as exc:
             raise UnreadableFile(f"GDAL cannot read the file: {first_line(exc)}") from None
         if layers and all(layer.features == 0 for layer in layers):
@@ -103,14 +105,16 @@ class GeoReader:
                     rejects: dict[int, tuple[str, str]] = {}
                     capped = cap_arrow_cells(record_batch, names, rejects)
                     columns = {n: as_text(capped[n], name=n, rejects=rejects) for n in names}
+                    wkb = None
+                    if geometry in record_batch.schema.names:
+                        # GDAL passes on what the file says: unclosed rings, one-point lines.
+                        wkb = record_batch.column(geometry).to_pylist()
+                        reject_bad_wkb(wkb, rejects)
                     yield Batch(
-                        columns=columns,
-                        wkb=record_batch.column(geometry).to_pylist()
-                        if geometry in record_batch.schema.names
-                        else None,
-                        num_rows=record_batch.num_rows,
-                        rejects=rejects,
+                        columns=columns, wkb=wkb, num_rows=record_batch.num_rows, rejects=rejects
                     )
+        except UnicodeError:
+            raise UnreadableFile("the file's field names or values are not valid UTF-8") from None
         except GDAL_ERRORS as exc:
             raise UnreadableFile(f"GDAL cannot read the file: {first_line(exc)}") from None
 

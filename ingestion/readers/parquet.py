@@ -29,7 +29,7 @@ from ingestion.readers.base import (
     check_columns,
     first_line,
 )
-from ingestion.readers.safety import wkb_problem
+from ingestion.readers.safety import reject_bad_wkb
 
 MAGIC = b"PAR1"
 # Bounded reads: pyarrow streams each column chunk through a buffer of this size instead of
@@ -91,10 +91,7 @@ class ParquetReader:
                 wkb = None
                 if self.geometry:
                     wkb = _storage(record_batch.column(self.geometry)).to_pylist()
-                    for i, value in enumerate(wkb):
-                        if value is not None and (problem := wkb_problem(value)):
-                            rejects.setdefault(i, ("invalid_geometry", f"not valid WKB: {problem}"))
-                            wkb[i] = None
+                    reject_bad_wkb(wkb, rejects)
                 yield Batch(
                     columns=columns, wkb=wkb, num_rows=record_batch.num_rows, rejects=rejects
                 )

@@ -122,6 +122,15 @@ def _check_expansion(expanded: int, consumed: int) -> None:
 _WKB_POINT, _WKB_LINE, _WKB_POLYGON = 1, 2, 3
 _WKB_COLLECTIONS = {4, 5, 6, 7}
 _MAX_WKB_DEPTH = 32
+_POINT_2D = {b"\x01\x01\x00\x00\x00", b"\x00\x00\x00\x00\x01"}
+
+
+def reject_bad_wkb(wkb: list[bytes | None], rejects: dict[int, tuple[str, str]]) -> None:
+    """Drop geometries PostGIS would refuse with an error, noting their rows as invalid."""
+    for i, value in enumerate(wkb):
+        if value is not None and (problem := wkb_problem(value)):
+            rejects.setdefault(i, ("invalid_geometry", f"geometry is not usable WKB: {problem}"))
+            wkb[i] = None
 
 
 def wkb_problem(data: bytes) -> str | None:
@@ -131,6 +140,8 @@ def wkb_problem(data: bytes) -> str | None:
     points or more, lines of two points or more), which is what PostGIS refuses with an error
     that would otherwise abort the whole import; geometry validity is checked later in SQL.
     """
+    if len(data) == 21 and data[:5] in _POINT_2D:  # the common case, in a fraction of the time
+        return None
     try:
         end = _wkb_walk(memoryview(data), 0, 0)
     except (ValueError, struct.error) as exc:

@@ -277,3 +277,32 @@ def test_deeply_nested_json_value_is_refused_not_crashed(tmp_path):
     reader = open_reader(path)
     with pytest.raises(UnreadableFile, match="nested too deeply"):
         list(reader.batches())
+
+
+def test_geometries_postgis_would_choke_on_reject_their_rows_only(sample_regions, tmp_path):
+    # given GeoJSON that GDAL reads as it is: an unclosed ring, a two-point ring, a one-point
+    # line (PostGIS refuses all three with an error that used to abort the whole import)
+    geometries = [
+        {"type": "Point", "coordinates": [-0.1, 51.5]},
+        {"type": "Polygon", "coordinates": [[[0, 51], [1, 51], [1, 52], [0, 52]]]},
+        {"type": "Polygon", "coordinates": [[[0, 51], [1, 51]]]},
+        {"type": "LineString", "coordinates": [[0, 51]]},
+    ]
+    features = [
+        {"type": "Feature", "properties": {"id": str(i)}, "geometry": geometry}
+        for i, geometry in enumerate(geometries)
+    ]
+    path = tmp_path / "shapes.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    # when it is imported
+    with pytest.warns(RuntimeWarning, match="Non closed ring"):
+        job = _run(path, "bad-shapes")
+    # then the point is a place and each broken shape is reported with what is wrong
+    assert job.state == ImportState.DONE, job.error
+    assert job.added == 1
+    details = dict(job.rejections.values_list("row_number", "detail"))
+    assert details == {
+        2: "geometry is not usable WKB: a polygon ring is not closed",
+        3: "geometry is not usable WKB: a polygon ring needs at least 4 points",
+        4: "geometry is not usable WKB: a line needs at least 2 points",
+    }
