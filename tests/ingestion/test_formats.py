@@ -118,6 +118,20 @@ def test_geoparquet_in_british_national_grid_is_reprojected(sample_regions, tmp_
     assert place.location.y == pytest.approx(51.5087, abs=1e-3)
 
 
+def test_geoparquet_with_a_null_crs_is_read_as_longitude_latitude(sample_regions, tmp_path):
+    # GeoParquet's null means "unknown"; like GeoJSON without a crs, WGS84 is assumed and
+    # coordinates that are not longitude/latitude are rejected row by row
+    path = _geoparquet(
+        tmp_path / "null-crs.parquet",
+        {"id": ["in", "out"]},
+        [_wkb(Point(-0.1, 51.5)), _wkb(Point(530048, 180492))],
+        crs=None,
+    )
+    job = _run(path, "null-crs")
+    assert job.added == 1
+    assert list(job.rejections.values_list("row_number", "reason")) == [(2, "bad_coordinates")]
+
+
 def test_geoparquet_with_geoarrow_encoding_is_refused_with_the_reason(tmp_path):
     path = _geoparquet(tmp_path / "native.parquet", {"id": ["a"]}, [b"x"], encoding="point")
     with pytest.raises(UnreadableFile, match=r"encoding 'point'; only WKB is supported"):
