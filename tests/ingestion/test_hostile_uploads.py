@@ -306,3 +306,20 @@ def test_geometries_postgis_would_choke_on_reject_their_rows_only(sample_regions
         3: "geometry is not usable WKB: a polygon ring needs at least 4 points",
         4: "geometry is not usable WKB: a line needs at least 2 points",
     }
+
+
+def test_stray_byte_after_the_sampled_mebibyte_costs_one_character_not_the_file(
+    sample_regions, tmp_path
+):
+    # given a UTF-8 CSV whose last row, after the first MiB the encoding is detected on,
+    # holds a Windows-1252 pound sign (0xA3), as files pasted together from two sources do
+    filler = "".join(f"f{i},Filler {'x' * 80},-0.1,51.5\n" for i in range(12_000))
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(f"id,name,lon,lat\n{filler}".encode() + b"last,Price \xa3 5,-0.2,51.6\n")
+    assert path.stat().st_size > MIB
+    # when it is imported
+    job = _run(path, "mixed-encoding")
+    # then every row is a place and the undecodable byte became U+FFFD
+    assert job.state == ImportState.DONE, job.error
+    assert job.added == 12_001
+    assert Place.objects.get(dataset=job.dataset, source_key="last").name == "Price \ufffd 5"
