@@ -57,13 +57,15 @@ class Batch:
 
 
 def check_columns(names: list[str], *, what: str) -> None:
-    """Refuse too many columns and repeated names, naming the limit."""
+    """Refuse too many columns, repeated names and names PostgreSQL cannot store."""
     if len(names) > MAX_COLUMNS:
         raise UnreadableFile(
             f"the {what} has {len(names):,} columns; the limit is {MAX_COLUMNS:,} columns"
         )
     seen: set[str] = set()
     for name in names:
+        if "\x00" in name:
+            raise UnreadableFile(f"a column name in the {what} holds a NUL character")
         if name in seen:
             raise UnreadableFile(f"the {what} repeats the column name {name[:80]!r}")
         seen.add(name)
@@ -85,13 +87,18 @@ def too_large_detail(column: str, size: int) -> str:
     return f"value of {column[:80]!r} is {size:,} bytes; the limit is {MAX_CELL_BYTES:,} bytes"
 
 
+def without_nul(text: str) -> str:
+    """PostgreSQL text and JSON cannot hold NUL; it becomes U+FFFD like any undecodable byte."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def cap_arrow_cells(
     record_batch: pa.RecordBatch, names: list[str], rejects: dict[int, tuple[str, str]]
 ) -> dict[str, pa.Array]:
     """Text columns of the batch, with values over ``MAX_CELL_BYTES`` cut and their rows noted.
 
     The length check is one vectorised pass per column; rows are only visited in Python for
-    a column that holds an over-long value.
+    a column that holds an over-long value. NUL characters are replaced (``without_nul``).
     """
     columns: dict[str, pa.Array] = {}
     for name in names:
@@ -99,6 +106,8 @@ def cap_arrow_cells(
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            if pc.any(pc.match_substring(column, "\x00")).as_py():
+                column = pc.replace_substring(column, "\x00", "\ufffd")
             longest = pc.max(pc.binary_length(column)).as_py()
             if longest is not None and longest > MAX_CELL_BYTES:
                 values = column.to_pylist()
@@ -137,7 +146,7 @@ def as_text(
         try:
             text = column.cast(pa.string())
         except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
-            values = [None if v is None else str(v) for v in column.to_pylist()]
+            values = [None if v is None else without_nul(str(v)) for v in column.to_pylist()]
         else:
             longest = pc.max(pc.binary_length(text)).as_py()
             if longest is None or longest <= MAX_CELL_BYTES:  # numbers, dates: the usual case
@@ -155,6 +164,6 @@ def as_text(
 def nested_text(value: object) -> str:
     """JSON text of a nested value (lists, objects), as the source wrote it."""
     try:
-        return json.dumps(value, ensure_ascii=False, default=str)
+        return without_nul(json.dumps(value, ensure_ascii=False, default=str))
     except RecursionError:
         raise UnreadableFile("a value is nested too deeply to keep (hundreds of levels)") from None

@@ -24,6 +24,7 @@ from ingestion.readers.base import (
     cap_arrow_cells,
     check_columns,
     first_line,
+    without_nul,
 )
 from ingestion.readers.safety import check_gzip, is_gzip
 
@@ -90,7 +91,7 @@ def detect_delimiter(lines: list[str]) -> str:
 
 
 class _Utf8Stream(io.RawIOBase):
-    """The file's bytes (gunzipped) as UTF-8, bytes the encoding cannot decode as U+FFFD.
+    """The file's bytes (gunzipped) as UTF-8; undecodable bytes and NUL become U+FFFD.
 
     pyarrow would refuse the whole file for one stray byte past the sample the encoding was
     detected on, and cannot report a malformed row whose bytes are not UTF-8. Decoding here
@@ -110,9 +111,8 @@ class _Utf8Stream(io.RawIOBase):
         while not self._pending and not self._done:
             chunk = self._raw.read(BLOCK_BYTES)
             self._done = not chunk
-            self._pending = memoryview(
-                self._decoder.decode(chunk, final=self._done).encode("utf-8", "replace")
-            )
+            text = without_nul(self._decoder.decode(chunk, final=self._done))
+            self._pending = memoryview(text.encode("utf-8", "replace"))
         n = min(len(buffer), len(self._pending))
         buffer[:n] = self._pending[:n]
         self._pending = self._pending[n:]

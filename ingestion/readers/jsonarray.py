@@ -29,6 +29,7 @@ from ingestion.readers.base import (
     first_line,
     nested_text,
     too_large_detail,
+    without_nul,
 )
 from ingestion.readers.safety import check_gzip, is_gzip
 
@@ -54,7 +55,7 @@ class JsonArrayReader:
         with self._open() as fh:
             for item in self._items(fh):
                 if isinstance(item, dict):
-                    keys.update((k, None) for k in item if len(k) <= _MAX_KEY_CHARS)
+                    keys.update((without_nul(k), None) for k in item if len(k) <= _MAX_KEY_CHARS)
                     objects += 1
                     if len(keys) > MAX_COLUMNS:
                         break
@@ -93,7 +94,7 @@ class JsonArrayReader:
             for item in self._items(fh):
                 pending.append(item)
                 if isinstance(item, dict):
-                    for key in item:
+                    for key in map(without_nul, item):
                         if key not in seen and len(key) <= _MAX_KEY_CHARS:
                             seen[key] = None
                             if len(seen) > MAX_COLUMNS:
@@ -126,7 +127,7 @@ def _batch(items: list[Any], names: list[str]) -> Batch:
                 if size > MAX_CELL_BYTES:
                     rejects.setdefault(i, ("cell_too_large", too_large_detail(key, size)))
                     text = cell_preview(text)
-            columns[key][i] = text
+            columns[without_nul(key)][i] = text
     return Batch(columns=columns, wkb=None, num_rows=len(items), rejects=rejects)
 
 
@@ -136,7 +137,7 @@ def _text(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return value
+        return without_nul(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

@@ -159,10 +159,14 @@ def _assert_well_formed(batch: Batch) -> None:
     assert batch.num_rows >= 0
     for name, values in batch.columns.items():
         assert isinstance(name, str)
+        assert "\x00" not in name
         assert len(values) == batch.num_rows
         for value in values:
-            assert value is None or isinstance(value, str)
-            assert value is None or len(value.encode("utf-8", "surrogatepass")) <= MAX_CELL_BYTES
+            if value is not None:
+                # what COPY into PostgreSQL text and JSON needs: UTF-8, no NUL, within limits
+                assert isinstance(value, str)
+                assert "\x00" not in value
+                assert len(value.encode("utf-8")) <= MAX_CELL_BYTES
     if batch.wkb is not None:
         assert len(batch.wkb) == batch.num_rows
         for geometry in batch.wkb:
@@ -183,7 +187,7 @@ def _read_everything(data: bytes) -> None:
         try:
             reader = open_reader(path, detect_format(path))
             for layer in reader.layers():
-                assert all(isinstance(c, str) for c in layer.columns)
+                assert all(isinstance(c, str) and "\x00" not in c for c in layer.columns)
                 for batch in reader.batches(layer.name):
                     _assert_well_formed(batch)
             if isinstance(reader, CsvReader):

@@ -323,3 +323,22 @@ def test_stray_byte_after_the_sampled_mebibyte_costs_one_character_not_the_file(
     assert job.state == ImportState.DONE, job.error
     assert job.added == 12_001
     assert Place.objects.get(dataset=job.dataset, source_key="last").name == "Price \ufffd 5"
+
+
+@pytest.mark.parametrize("kind", ["csv", "json"])
+def test_nul_characters_become_replacement_characters(sample_regions, tmp_path, kind):
+    # PostgreSQL text and JSON cannot hold NUL; one in a value used to abort the import
+    if kind == "csv":
+        path = tmp_path / "nul.csv"
+        rows = "".join(f"r{i},Name {i},-0.1,51.5\n" for i in range(300))  # past the sniffed head
+        path.write_bytes(f"id,name,lon,lat\n{rows}".encode() + b"nul,Bad\x00Name,-0.1,51.5\n")
+    else:
+        path = tmp_path / "nul.json"
+        path.write_text(
+            '[{"id": "nul", "name": "Bad\\u0000Name", "lat": 51.5, "lng": -0.1, '
+            '"note\\u0000": "x"}]'
+        )
+    job = _run(path, f"nul-{kind}")
+    assert job.state == ImportState.DONE, job.error
+    place = Place.objects.get(dataset=job.dataset, source_key="nul")
+    assert place.name == "Bad\ufffdName"
