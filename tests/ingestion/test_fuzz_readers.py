@@ -1,6 +1,6 @@
-"""Fuzzing the CSV and GeoJSON readers with Hypothesis.
+"""Fuzzing the CSV, GeoJSON and JSON-array readers with Hypothesis.
 
-Inputs are seed files from ``tests/fixtures/fuzz/{csv,geojson}/`` mutated byte-wise (flips,
+Inputs are seed files from ``tests/fixtures/fuzz/{csv,geojson,json}/`` mutated byte-wise (flips,
 insertions of tokens that matter to the parsers, deletions, repeats, truncation), or plain
 random bytes. The property: detecting the format and reading every batch either yields
 well-formed batches or raises ``UnreadableFile``; nothing else, and never a hang.
@@ -211,10 +211,16 @@ def test_geojson_reader_yields_batches_or_refuses(data):
     _read_everything(data)
 
 
+@FUZZ
+@given(_inputs("json"))
+def test_json_array_reader_yields_batches_or_refuses(data):
+    _read_everything(data)
+
+
 def test_every_seed_is_read_without_refusal():
     # the corpus itself is valid input: a seed that is refused would make the fuzzer's
     # starting points dead ends
-    for kind in ("csv", "geojson"):
+    for kind in ("csv", "geojson", "json"):
         for seed in sorted((CORPUS / kind).iterdir()):
             path = seed
             reader = open_reader(path, detect_format(path))
