@@ -167,6 +167,8 @@ def stage_rows(
                 and not (math.isfinite(lon) and math.isfinite(lat))
             ):
                 reject, detail = "bad_coordinates", "coordinates must be finite numbers"
+        if i in batch.rejects:  # the reader already knows (over-long value, bad WKB …)
+            reject, detail = batch.rejects[i]
         start_raw = (raw.get(mapping.start_date) or "").strip() if mapping.start_date else ""
         end_raw = (raw.get(mapping.end_date) or "").strip() if mapping.end_date else ""
         tags = {k: v for k, v in raw.items() if k not in used and v not in (None, "")}
@@ -220,7 +222,9 @@ def malformed_stage_row(*, line: int | None, text: str, expected: int) -> StageR
     )
 
 
-def mapping_problems(mapping: ColumnMapping, *, columns: list[str], fmt: str) -> dict[str, str]:
+def mapping_problems(
+    mapping: ColumnMapping, *, columns: list[str], has_geometry: bool
+) -> dict[str, str]:
     """What stops a mapping from working on a file with these columns, by field.
 
     Empty when the mapping is usable. The upload check and the admin's mapping form share
@@ -239,7 +243,7 @@ def mapping_problems(mapping: ColumnMapping, *, columns: list[str], fmt: str) ->
     for name, column in mapping.as_dict().items():
         if name != "key" and column and column not in known:
             problems[name] = f"column {column!r} is not in the file"
-    if fmt == "csv" and not (mapping.lon and mapping.lat):
+    if not has_geometry and not (mapping.lon and mapping.lat):
         problems.setdefault(
             "lon" if not mapping.lon else "lat",
             "no longitude/latitude columns found (lon/lat, lng, longitude …)",

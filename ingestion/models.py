@@ -87,6 +87,8 @@ class RejectionReason(models.TextChoices):
     BAD_COORDINATES = "bad_coordinates", "Coordinates not finite or out of range"
     INVALID_GEOMETRY = "invalid_geometry", "Geometry invalid and not repairable"
     DUPLICATE_KEY = "duplicate_key", "Key already used earlier in the file"
+    CELL_TOO_LARGE = "cell_too_large", "A value is larger than the per-value limit"
+    NOT_PLACE_OF_WORSHIP = "not_place_of_worship", "Not a place of worship (school, cemetery …)"
 
 
 class ImportRejection(models.Model):

@@ -86,6 +86,86 @@ def packed_class_split(fclass: str | None) -> tuple[str, str]:
     return head, tail
 
 
+# Geofabrik puts every OSM object that carries a religion tag in its pofw layers, and names
+# the class after the religion (``christian_anglican``, ``muslim``, ``shintoist``): schools,
+# colleges and cemeteries of a faith get the same classes as its churches. Two rules report
+# them. A class whose first part is no religion (``school``, as other Geofabrik layers use)
+# is not a place of worship. Within a religion class, a name whose last school or burial word
+# is not followed by a word for a building of worship is not one either: "St Mary's Church of
+# England Primary School" and "Nunhead Cemetery" are reported, "Brompton Cemetery Chapel" and
+# "St Dominic's College Chapel" are kept. The words are English, as the Geofabrik names are.
+NOT_WORSHIP_WORDS = (
+    "school",
+    "schools",
+    "college",
+    "academy",
+    "nursery",
+    "sixth form",
+    "cemetery",
+    "graveyard",
+    "burial ground",
+    "crematorium",
+)
+WORSHIP_WORDS = (
+    "church",
+    "chapel",
+    "cathedral",
+    "mosque",
+    "masjid",
+    "synagogue",
+    "shul",
+    "temple",
+    "gurdwara",
+    "mandir",
+    "abbey",
+    "priory",
+    "minster",
+    "basilica",
+    "oratory",
+    "tabernacle",
+    "shrine",
+    "kingdom hall",
+    "meeting house",
+)
+
+
+def _not_worship_pattern(boundary: str) -> str:
+    """Word-bounded pattern, ``\\b`` for Python and ``\\y`` for PostgreSQL; the same rule."""
+
+    def words(items: tuple[str, ...]) -> str:
+        return "|".join(re.escape(w).replace("\\ ", " ") for w in items)
+
+    b = boundary
+    return f"(?i){b}({words(NOT_WORSHIP_WORDS)}){b}(?!.*{b}(?:{words(WORSHIP_WORDS)}){b})"
+
+
+NOT_WORSHIP_NAME_SQL = _not_worship_pattern(r"\y")
+_NOT_WORSHIP_NAME = re.compile(_not_worship_pattern(r"\b"), re.DOTALL)
+
+
+def worship_class_heads() -> list[str]:
+    """First parts of a packed class that name a religion (so may be a place of worship)."""
+    heads = {v for v in _VOCABULARY if v not in {Religion.OTHER, Religion.UNKNOWN}}
+    heads |= {k for k, v in _RELIGION_SYNONYMS.items() if v in heads}
+    return sorted(heads)
+
+
+def packed_class_not_worship(fclass: str | None, name: str | None) -> str | None:
+    """Why a row with a packed class is not a place of worship, or None when it may be one.
+
+    The import applies the same rule in SQL (``NOT_WORSHIP_NAME_SQL``, ``worship_class_heads``)
+    over every staged row at once; this is its Python statement, for tests and tools.
+    """
+    fclass = (fclass or "").strip()
+    if not fclass:
+        return None
+    if fclass.partition("_")[0].lower() not in worship_class_heads():
+        return f"class {fclass} is not a place of worship"
+    if name and (m := _NOT_WORSHIP_NAME.search(name)):
+        return f"{name} looks like a {m[1].lower()}, not a place of worship (class {fclass})"
+    return None
+
+
 _MONTHS = {
     m.lower(): i
     for i, m in enumerate(

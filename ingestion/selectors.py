@@ -193,5 +193,5 @@ def import_job_mapping_problems(*, job: ImportJob) -> dict[str, str]:
     return mapping_problems(
         ColumnMapping.from_dict({"key": "", **job.options.get("mapping", {})}),
         columns=job.inspection.get("columns", []),
-        fmt=job.format,
+        has_geometry=job.inspection.get("has_geometry", job.format != "csv"),
     )

@@ -29,6 +29,7 @@ from ingestion.mapping import (
     stage_rows,
 )
 from ingestion.models import ImportJob, ImportMode, ImportState
+from ingestion.normalize import NOT_WORSHIP_NAME_SQL, worship_class_heads
 from ingestion.readers import UnreadableFile, detect_format, open_reader, srid_from_crs
 from ingestion.selectors import PROGRESS_KEY
 from ingestion.services.dry_run import dry_run_samples
@@ -177,6 +178,19 @@ VALIDATE = [
             ORDER BY rp.region_id LIMIT 1))
        WHERE reject IS NULL""",
 ]
+
+# Geofabrik's packed classes: rows that are no place of worship (the rule and its words are in
+# ingestion.normalize, where packed_class_not_worship states it in Python).
+NOT_PLACE_OF_WORSHIP = """
+UPDATE import_stage SET reject = 'not_place_of_worship', reject_detail = CASE
+    WHEN NOT (lower(split_part(btrim(raw ->> %(column)s), '_', 1)) = ANY(%(heads)s))
+        THEN format('class %%s is not a place of worship', btrim(raw ->> %(column)s))
+    ELSE format('%%s looks like a %%s, not a place of worship (class %%s)',
+                name, lower(substring(name from %(pattern)s)), btrim(raw ->> %(column)s)) END
+WHERE reject IS NULL AND btrim(raw ->> %(column)s) <> ''
+  AND (NOT (lower(split_part(btrim(raw ->> %(column)s), '_', 1)) = ANY(%(heads)s))
+       OR name ~ %(pattern)s)
+"""
 
 
 def _fields_json(alias: str, geom: str, footprint: str) -> str:
@@ -384,12 +398,12 @@ def import_job_create(
     layers = reader.layers()
     if not layers:
         raise UnreadableFile("the file holds no layers")
-    proposed = mapping_propose(layers[0].columns, has_geometry=fmt != "csv")
+    proposed = mapping_propose(layers[0].columns, has_geometry=reader.has_geometry)
     chosen = ColumnMapping.from_dict({**proposed.as_dict(), **(mapping or {})})
-    problems = mapping_problems(chosen, columns=layers[0].columns, fmt=fmt)
+    problems = mapping_problems(chosen, columns=layers[0].columns, has_geometry=reader.has_geometry)
     if problems and not staged:
         raise UnreadableFile("; ".join(f"{name}: {message}" for name, message in problems.items()))
-    if fmt != "csv":
+    if reader.has_geometry:
         _check_crs(layers)
     job = ImportJob(
         dataset=dataset,
@@ -550,6 +564,16 @@ def _apply(job: ImportJob) -> ImportCounts:
         started = time.perf_counter()
         counts.rows_read = _copy_into_stage(cursor, reader, mapping, job)
         counts.step_seconds["read_and_copy"] = round(time.perf_counter() - started, 3)
+        if mapping.packed_class:
+            run(
+                "validate_class",
+                NOT_PLACE_OF_WORSHIP,
+                {
+                    "column": mapping.packed_class,
+                    "heads": worship_class_heads(),
+                    "pattern": NOT_WORSHIP_NAME_SQL,
+                },
+            )
         for number, statement in enumerate(VALIDATE):
             run(f"validate_{number}", statement)
         counts.rejected = run("rejections", SAVE_REJECTIONS, params)

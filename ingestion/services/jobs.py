@@ -149,7 +149,11 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
             layer_rows = [layer.features for layer in layers]
             row_count = None if None in layer_rows else sum(r or 0 for r in layer_rows)
             estimated = False
-            sample_columns, sample_rows = _geo_sample(reader, layers[0].name)
+            sample_columns, sample_rows = (
+                _geo_sample(reader, layers[0].name)
+                if isinstance(reader, GeoReader)
+                else _batch_sample(reader, layers[0].name)
+            )
     except _READ_ERRORS as exc:
         message = f"the file cannot be read: {exc}"
         logger.info("import job %s: inspection failed: %s", job.pk, message)
@@ -175,7 +179,8 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
         "row_count_estimated": estimated,
         "sample_columns": sample_columns,
         "sample_rows": sample_rows,
-        "proposed_mapping": mapping_propose(columns, has_geometry=job.format != "csv").as_dict(),
+        "has_geometry": reader.has_geometry,
+        "proposed_mapping": mapping_propose(columns, has_geometry=reader.has_geometry).as_dict(),
     }
     if isinstance(reader, CsvReader):
         inspection["encoding"] = reader.encoding
@@ -252,6 +257,31 @@ def _csv_sample(reader: CsvReader) -> tuple[list[str], list[list[str | None]]]:
     return reader.header, rows
 
 
+def _batch_sample(reader: Any, layer: str) -> tuple[list[str], list[list[str | None]]]:
+    """The first rows of a streamed reader (Parquet, JSON array): its first batch only."""
+    from django.contrib.gis.geos import GEOSException, GEOSGeometry
+
+    batches = reader.batches(layer)
+    try:
+        batch = next(batches, None)
+    finally:
+        batches.close()
+    if batch is None:
+        return [], []
+    names = list(batch.columns)
+    rows: list[list[str | None]] = []
+    for i in range(min(SAMPLE_ROWS, batch.num_rows)):
+        values = [_cell(batch.columns[n][i]) for n in names]
+        if batch.wkb is not None:
+            wkb = batch.wkb[i]
+            try:
+                values.append(_cell(GEOSGeometry(memoryview(wkb)).wkt) if wkb else None)
+            except (GEOSException, ValueError):
+                values.append("(unreadable geometry)")
+        rows.append(values)
+    return ([*names, "geometry"] if batch.wkb is not None else names), rows
+
+
 def _geo_sample(reader: GeoReader, layer: str) -> tuple[list[str], list[list[str | None]]]:
     """The first features of a layer; geometries as (shortened) WKT in the file's CRS."""
     from django.contrib.gis.geos import GEOSException, GEOSGeometry
@@ -288,7 +318,11 @@ def import_job_mapping_set(*, job: ImportJob, mapping: dict[str, Any], mode: str
         **{name: (mapping.get(name) or None) for name in fields if name != "key"},
         key=str(mapping.get("key") or "").strip(),
     )
-    problems = mapping_problems(chosen, columns=job.inspection.get("columns", []), fmt=job.format)
+    problems = mapping_problems(
+        chosen,
+        columns=job.inspection.get("columns", []),
+        has_geometry=job.inspection.get("has_geometry", job.format != "csv"),
+    )
     if mode not in ImportMode.values:
         problems["mode"] = f"unknown mode {mode!r}"
     if problems:

@@ -1,0 +1,180 @@
+"""Geo files through pyogrio (GDAL 3.12 from its wheel): Shapefile, GeoJSON, GeoJSONSeq, GPKG."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from ctypes import POINTER, byref, c_char_p, c_int, c_void_p
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from config.gdal import skip_vrt
+from ingestion.readers.base import (
+    BATCH_ROWS,
+    Batch,
+    Layer,
+    UnreadableFile,
+    as_text,
+    cap_arrow_cells,
+    check_columns,
+    first_line,
+)
+from ingestion.readers.safety import check_gzip, is_gzip, reject_bad_wkb
+
+# GDAL_SKIP must be in the environment before GDAL registers its drivers.
+skip_vrt()
+
+import pyogrio  # noqa: E402
+import pyogrio.errors  # noqa: E402
+from pyogrio.raw import open_arrow  # noqa: E402
+
+ALLOWED_DRIVERS = {"ESRI Shapefile", "GeoJSON", "GeoJSONSeq", "GPKG"}
+GDAL_FORMATS = {"geojson", "geojsonseq", "shapefile", "gpkg"}
+# What GDAL raises for input it cannot read; anything else is a bug worth a traceback.
+GDAL_ERRORS = (
+    pyogrio.errors.DataSourceError,
+    pyogrio.errors.DataLayerError,
+    pyogrio.errors.FieldError,
+    pyogrio.errors.GeometryError,
+    pyogrio.errors.FeatureError,
+    pyogrio.errors.CRSError,
+    pa.ArrowException,
+    OSError,
+)
+
+
+class GeoReader:
+    """Shapefile (zipped), GeoJSON and GeoJSONSeq (plain or gzip) and GeoPackage."""
+
+    has_geometry = True
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        if fmt not in GDAL_FORMATS:
+            raise UnreadableFile(f"format {fmt} is not a GDAL vector format")
+        self.path = path
+        self.format = fmt
+        source = str(path)
+        if fmt in {"geojson", "geojsonseq"} and is_gzip(path):
+            check_gzip(path)
+            source = f"/vsigzip/{path}"
+        elif fmt == "shapefile":
+            source = f"/vsizip/{path}"
+        # The prefix makes GDAL use this driver and no other, whatever the file's name says.
+        self.source = f"GeoJSONSeq:{source}" if fmt == "geojsonseq" else source
+
+    def layers(self) -> list[Layer]:
+        try:
+            listed = pyogrio.list_layers(self.source)
+            layers = []
+            for name, geometry_type in listed:
+                info = pyogrio.read_info(self.source, layer=name)
+                if info["driver"] not in ALLOWED_DRIVERS:
+                    raise UnreadableFile(f"format {info['driver']} is not accepted")
+                columns = [str(c) for c in info["fields"]]
+                check_columns(columns, what=f"layer {str(name)[:80]!r}")
+                layers.append(
+                    Layer(
+                        name=str(name),
+                        geometry_type=geometry_type,
+                        features=int(info["features"]) if info["features"] >= 0 else None,
+                        crs=info["crs"],
+                        columns=columns,
+                    )
+                )
+        except UnicodeError:
+            raise UnreadableFile("the file's field names are not valid UTF-8") from None
+        except GDAL_ERRORS as exc:
+            raise UnreadableFile(f"GDAL cannot read the file: {first_line(exc)}") from None
+        if layers and all(layer.features == 0 for layer in layers):
+            raise UnreadableFile("the file holds no features")
+        return layers
+
+    def batches(self, layer: str) -> Iterator[Batch]:
+        try:
+            with open_arrow(self.source, layer=layer, batch_size=BATCH_ROWS, use_pyarrow=True) as (
+                meta,
+                reader,
+            ):
+                # pyogrio names the WKB column after the layer's geometry column (GeoPackage:
+                # usually "geom"), or "wkb_geometry" when the format has no name for it.
+                geometry = meta.get("geometry_name") or "wkb_geometry"
+                names = [str(f) for f in meta["fields"]]
+                for record_batch in reader:
+                    rejects: dict[int, tuple[str, str]] = {}
+                    capped = cap_arrow_cells(record_batch, names, rejects)
+                    columns = {n: as_text(capped[n], name=n, rejects=rejects) for n in names}
+                    wkb = None
+                    if geometry in record_batch.schema.names:
+                        # GDAL passes on what the file says: unclosed rings, one-point lines.
+                        wkb = record_batch.column(geometry).to_pylist()
+                        reject_bad_wkb(wkb, rejects)
+                    yield Batch(
+                        columns=columns, wkb=wkb, num_rows=record_batch.num_rows, rejects=rejects
+                    )
+        except UnicodeError:
+            raise UnreadableFile("the file's field names or values are not valid UTF-8") from None
+        except GDAL_ERRORS as exc:
+            raise UnreadableFile(f"GDAL cannot read the file: {first_line(exc)}") from None
+
+
+def srid_from_crs(crs: str | None) -> int:
+    """EPSG code of a layer's CRS; WGS84 when the file states none (GeoJSON's rule)."""
+    if not crs:
+        return 4326
+    if m := re.fullmatch(r"EPSG:(\d{1,9})", crs.strip(), re.IGNORECASE | re.ASCII):
+        return int(m[1])
+    from django.contrib.gis.gdal import GDALException, SpatialReference, SRSException
+
+    try:
+        srs = SpatialReference(crs)
+    except (GDALException, SRSException, ValueError, TypeError):
+        srs = None
+    srid = None
+    if srs is not None:
+        try:
+            srs.identify_epsg()
+            srid = srs.srid
+        except (GDALException, SRSException):
+            srid = None
+        if srid is None:
+            srid = _closest_epsg(srs)
+    if srid is None:
+        raise UnreadableFile(f"cannot identify the coordinate system {crs[:80]!r}")
+    return int(srid)
+
+
+def _closest_epsg(srs: Any) -> int | None:
+    """The EPSG code GDAL's matcher is sure of (confidence ≥ 90), for a definition without id.
+
+    ``identify_epsg`` only recognises a few families; a PROJJSON or WKT of British National
+    Grid that lost its ``id`` needs GDAL's full matcher (``OSRFindMatches``), which Django
+    does not wrap. The functions are looked up afresh (``lgdal[name]``) so that Django's own
+    prototypes of the same symbols keep their types.
+    """
+    from django.contrib.gis.gdal.libgdal import lgdal
+    from django.contrib.gis.gdal.prototypes import srs as capi
+
+    find = lgdal["OSRFindMatches"]
+    find.argtypes = [c_void_p, POINTER(c_char_p), POINTER(c_int), POINTER(POINTER(c_int))]
+    find.restype = POINTER(c_void_p)
+    free_matches = lgdal["OSRFreeSRSArray"]
+    free_matches.argtypes, free_matches.restype = [POINTER(c_void_p)], None
+    free = lgdal["VSIFree"]  # what the CPLFree macro calls
+    free.argtypes, free.restype = [c_void_p], None
+    count = c_int(0)
+    confidence = POINTER(c_int)()
+    matches = find(srs.ptr, None, byref(count), byref(confidence))
+    try:
+        for i in range(count.value):
+            if confidence[i] >= 90 and capi.get_auth_name(matches[i], None) == "EPSG":
+                code = capi.get_auth_code(matches[i], None)
+                if code and code.isascii() and code.isdigit():
+                    return int(code)
+        return None
+    finally:
+        if matches:
+            free_matches(matches)
+        if confidence:
+            free(confidence)
