@@ -144,3 +144,46 @@ def wrk(
         "non_2xx": raw["errors_status"],
         "distinct_paths": len(set(paths)),
     }
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: bytes) -> list[tuple[int, bytes | int]]:
+    """Top-level protobuf fields of a message: (field number, bytes or integer)."""
+    found, pos = [], 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            found.append((number, value))
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            found.append((number, data[pos : pos + length]))
+            pos += length
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+    return found
+
+
+def mvt_features(tile: bytes) -> dict[str, int]:
+    """Features per layer of a Mapbox Vector Tile (layers are field 3, a layer's name field 1,
+    its features field 2), so that two servers' tiles can be checked to carry the same."""
+    counts = {}
+    for number, layer in _fields(tile):
+        if number == 3 and isinstance(layer, bytes):
+            fields = _fields(layer)
+            name = next(v for n, v in fields if n == 1)
+            counts[bytes(name).decode()] = sum(1 for n, _ in fields if n == 2)
+    return counts

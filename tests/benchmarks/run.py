@@ -286,11 +286,11 @@ def markdown(results: dict[str, Any]) -> str:
         f"places) and its z7 parent {picked['cluster_tile']['tile']} "
         f"({picked['cluster_tile']['places']:,})",
         "",
-        "| request | n | p50 ms | p95 ms | bytes | covers |",
+        "| request | n | p50 ms | p95 ms | bytes | places or features |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for row in serving["requests"].values():
-        covers = row.get("places") or row.get("features") or ""
+        covers = row.get("features") or row.get("places") or ""
         lines.append(
             f"| {row['label']} | {row.get('n', '')} | {row['p50_ms']} | "
             f"{row.get('p95_ms', '')} | {_fmt_bytes(row.get('bytes'))} | "
@@ -344,7 +344,6 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     bench_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_BENCH_DB)
     redis_url = os.environ.get("BENCH_REDIS_URL", DEFAULT_BENCH_REDIS)
     # This process (loader, box picker, import hook) uses the bench database and cache only.
@@ -362,6 +361,12 @@ def main(argv: list[str] | None = None) -> None:
     import django
 
     django.setup()
+    # After Django's logging config, which would otherwise silence the progress lines.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s bench: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     from tests.benchmarks import serving
     from tests.benchmarks.dataset import Parameters
     from tests.benchmarks.load import bench_data_ensure

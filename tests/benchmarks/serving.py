@@ -58,6 +58,10 @@ def _features(answer: measure.Answer) -> int:
     return len(data["features"]) if isinstance(data, dict) else len(data)
 
 
+def _mvt_features(answer: measure.Answer) -> int:
+    return sum(measure.mvt_features(_body(answer)).values())
+
+
 def _next_link(data: dict[str, Any]) -> str | None:
     if data.get("next"):
         return data["next"]
@@ -161,6 +165,7 @@ def run(
         extra_env=extra_env,
     ) as web:
         host, port = web.host, web.port
+        out["rss_kib"] = {"at_start": worker_peak_rss_kib(web.pid)}
 
         def ours(path: str, *, cached: bool, n: int = samples, **kw: Any) -> dict[str, Any]:
             return measure.timed(
@@ -223,7 +228,7 @@ def run(
             ("tile_clusters_cached", f"tile {parent.path} (clusters), cached", parent, True),
         ]:
             result = ours(f"/tiles/places/{t.path}.pbf", cached=cached)
-            rows[key] = _row(result, label, places=t.places)
+            rows[key] = _row(result, label, places=t.places, features=_mvt_features(result["last"]))
         rows["tilejson"] = _row(ours("/tiles/places.json", cached=True), "TileJSON")
         # The floor under every figure: gunicorn, Django's middleware, no database or cache.
         rows["floor_health"] = _row(ours("/health/live/", cached=True), "floor: /health/live/")
@@ -252,7 +257,7 @@ def run(
             host, port, small_paths, connections=4, threads=2, seconds=wrk_seconds
         )
         out["concurrency"] = concurrency
-        out["rss_kib"] = {"ours": worker_peak_rss_kib(web.pid)}
+        out["rss_kib"]["ours"] = worker_peak_rss_kib(web.pid)
 
         if baselines:
             naive = f"/bench/naive/?in_bbox={big.text}"
@@ -297,7 +302,14 @@ def run(
             )
             tiles = f"/collections/{TIPG_COLLECTION}/tiles/WebMercatorQuad/{tile.path}"
             result = measure.timed(tipg.host, tipg.port, f"{tiles}?{TIPG_PARAMS}", samples=samples)
-            rows["tipg_tile_dense"] = _row(result, f"baseline: tipg tile {tile.path}")
+            rows["tipg_tile_dense"] = _row(
+                result,
+                f"baseline: tipg tile {tile.path}",
+                places=tile.places,
+                features=_mvt_features(result["last"]),
+                # tipg leaves out the places in the tile's margin, which ours carries.
+                expected=tile.places,
+            )
     _check_coverage(rows)
     return out
 
