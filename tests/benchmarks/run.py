@@ -114,6 +114,10 @@ def machine_facts(*, bench_url: str, redis_url: str) -> dict[str, Any]:
         pg = cursor.fetchone()[0]
         cursor.execute("SELECT postgis_lib_version()")
         postgis = cursor.fetchone()[0]
+        settings = {}
+        for name in ("shared_buffers", "work_mem", "max_parallel_workers_per_gather"):
+            cursor.execute(f"SHOW {name}")
+            settings[name] = cursor.fetchone()[0]
     import redis
 
     cpu_model = next(
@@ -145,6 +149,7 @@ def machine_facts(*, bench_url: str, redis_url: str) -> dict[str, Any]:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "postgresql": pg,
         "postgis": postgis,
+        "postgresql_settings": settings,
         "redis": redis.Redis.from_url(redis_url).info("server")["redis_version"],
         "python": platform.python_version(),
         "gunicorn": version([str(ROOT / ".venv" / "bin" / "gunicorn"), "--version"]),
@@ -234,11 +239,13 @@ def _fmt_bytes(n: int | None) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
+    pg_settings = ", ".join(f"{k} {v}" for k, v in m.get("postgresql_settings", {}).items())
     lines = [
         f"# Benchmark results ({m['date']})",
         "",
         f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_mib']} MiB; PostgreSQL "
-        f"{m['postgresql']}, PostGIS {m['postgis']}, Redis {m['redis']}, Python {m['python']}, "
+        f"{m['postgresql']} ({pg_settings}), "
+        f"PostGIS {m['postgis']}, Redis {m['redis']}, Python {m['python']}, "
         f"{m['gunicorn']}, tipg {m['tipg']}. Load average at start: "
         f"{', '.join(map(str, m['load_average_at_start']))}.",
         "",
