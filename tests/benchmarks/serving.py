@@ -228,7 +228,11 @@ def run(
             ("tile_clusters_cached", f"tile {parent.path} (clusters), cached", parent, True),
         ]:
             result = ours(f"/tiles/places/{t.path}.pbf", cached=cached)
-            rows[key] = _row(result, label, places=t.places, features=_mvt_features(result["last"]))
+            # A cluster tile's features are clusters: it covers the places, not them.
+            counted = "clusters" if t.z < 10 else "features"
+            rows[key] = _row(
+                result, label, places=t.places, **{counted: _mvt_features(result["last"])}
+            )
         rows["tilejson"] = _row(ours("/tiles/places.json", cached=True), "TileJSON")
         # The floor under every figure: gunicorn, Django's middleware, no database or cache.
         rows["floor_health"] = _row(ours("/health/live/", cached=True), "floor: /health/live/")
