@@ -19,11 +19,13 @@ Sections, in order:
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -361,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["DEBUG"] = "false"  # no query log while importing a million rows
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ["MEDIA_ROOT"] = tempfile.mkdtemp(prefix="places-bench-media-")
+    # The importer keeps a copy of every file it reads (69 MB for 1M places): not for long.
+    atexit.register(shutil.rmtree, os.environ["MEDIA_ROOT"], ignore_errors=True)
 
     from tests.benchmarks.load import ensure_database_exists
 

@@ -13,10 +13,12 @@ reads the JSON it prints on its last line.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import gzip
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -30,6 +32,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 os.environ["DEBUG"] = "false"
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 os.environ["MEDIA_ROOT"] = tempfile.mkdtemp(prefix="places-bench-media-")
+# The importer keeps a copy of every file it reads (69 MB for 1M places): not for long.
+atexit.register(shutil.rmtree, os.environ["MEDIA_ROOT"], ignore_errors=True)
 
 
 def main(runs: int) -> dict[str, object]:
