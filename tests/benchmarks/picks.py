@@ -94,7 +94,8 @@ def densest_square(lon: np.ndarray, lat: np.ndarray, *, cells: int) -> Box:
 
 
 def box_holding(lon: np.ndarray, lat: np.ndarray, *, places: int) -> Box:
-    """The smallest grid square holding at least ``places`` places, where they are densest."""
+    """A square holding ``places`` places where they are densest: centred on the smallest
+    grid square that holds as many, then sized to the number exactly."""
     low, high = 1, round(180 / CELL)
     while low < high:
         middle = (low + high) // 2
@@ -102,7 +103,33 @@ def box_holding(lon: np.ndarray, lat: np.ndarray, *, places: int) -> Box:
             high = middle
         else:
             low = middle + 1
-    return densest_square(lon, lat, cells=low)
+    coarse = densest_square(lon, lat, cells=low)
+    return _square_around(
+        lon,
+        lat,
+        cx=(coarse.min_lon + coarse.max_lon) / 2,
+        cy=(coarse.min_lat + coarse.max_lat) / 2,
+        places=places,
+        zoom=POINTS_ZOOM,
+    )
+
+
+def _square_around(
+    lon: np.ndarray, lat: np.ndarray, *, cx: float, cy: float, places: int, zoom: int | None
+) -> Box:
+    """The square centred on (cx, cy) just wide enough to hold ``places`` places, its edges
+    rounded outwards to 6 decimals; ``zoom=None`` picks the zoom of a screen about eight
+    tiles wide."""
+    half = float(np.partition(np.maximum(abs(lon - cx), abs(lat - cy)), places - 1)[places - 1])
+    if zoom is None:
+        zoom = min(22, max(POINTS_ZOOM, math.floor(math.log2(8 * 360 / max(2 * half, 1e-9)))))
+    edges = (
+        math.floor((cx - half) * 1e6) / 1e6,
+        math.floor((cy - half) * 1e6) / 1e6,
+        math.ceil((cx + half) * 1e6) / 1e6,
+        math.ceil((cy + half) * 1e6) / 1e6,
+    )
+    return Box(*edges, places=_count(lon, lat, edges), zoom=zoom)
 
 
 def boxes_of_about(
@@ -114,38 +141,34 @@ def boxes_of_about(
     rng = np.random.default_rng(seed)
     boxes: list[Box] = []
     for centre in rng.permutation(len(lon)):
-        cx, cy = lon[centre], lat[centre]
-        half = float(np.partition(np.maximum(abs(lon - cx), abs(lat - cy)), places - 1)[places - 1])
-        side = 2 * half
-        if side == 0 or side > LEGAL_SIDE or abs(cx) + half > 179.9 or abs(cy) + half > 85:
-            continue
-        zoom = min(22, max(POINTS_ZOOM, math.floor(math.log2(8 * 360 / side))))
-        edges = (
-            math.floor((cx - half) * 1e6) / 1e6,
-            math.floor((cy - half) * 1e6) / 1e6,
-            math.ceil((cx + half) * 1e6) / 1e6,
-            math.ceil((cy + half) * 1e6) / 1e6,
-        )
-        boxes.append(Box(*edges, places=_count(lon, lat, edges), zoom=zoom))
+        box = _square_around(lon, lat, cx=lon[centre], cy=lat[centre], places=places, zoom=None)
+        side = box.max_lon - box.min_lon
+        inside = -180 < box.min_lon < box.max_lon < 180 and -85 < box.min_lat < box.max_lat < 85
+        if 0 < side <= LEGAL_SIDE and inside:
+            boxes.append(box)
         if len(boxes) == count:
             break
     return boxes
 
 
+def _tile_xy(lon: np.ndarray, lat: np.ndarray, z: int) -> tuple[np.ndarray, np.ndarray]:
+    n = 2**z
+    clipped = np.radians(np.clip(lat, -85.0511, 85.0511))
+    x = np.clip(((lon + 180) / 360 * n).astype(np.int64), 0, n - 1)
+    y = np.clip(((1 - np.arcsinh(np.tan(clipped)) / math.pi) / 2 * n).astype(np.int64), 0, n - 1)
+    return x, y
+
+
 def densest_tile(lon: np.ndarray, lat: np.ndarray, *, z: int) -> Tile:
     """The Web Mercator tile at zoom ``z`` holding the most places."""
     n = 2**z
-    clipped = np.radians(np.clip(lat, -85.0511, 85.0511))
-    x = np.clip(((lon + 180) / 360 * n).astype(int), 0, n - 1)
-    y = np.clip(((1 - np.arcsinh(np.tan(clipped)) / math.pi) / 2 * n).astype(int), 0, n - 1)
-    keys, counts = np.unique(x.astype(np.int64) * n + y, return_counts=True)
+    x, y = _tile_xy(lon, lat, z)
+    keys, counts = np.unique(x * n + y, return_counts=True)
     best = int(counts.argmax())
     return Tile(z=z, x=int(keys[best] // n), y=int(keys[best] % n), places=int(counts[best]))
 
 
-def tile_count(lon: np.ndarray, lat: np.ndarray, tile: Tile) -> int:
-    n = 2**tile.z
-    clipped = np.radians(np.clip(lat, -85.0511, 85.0511))
-    x = ((lon + 180) / 360 * n).astype(int)
-    y = ((1 - np.arcsinh(np.tan(clipped)) / math.pi) / 2 * n).astype(int)
-    return int(np.count_nonzero((x == tile.x) & (y == tile.y)))
+def tile_at(lon: np.ndarray, lat: np.ndarray, *, z: int, x: int, y: int) -> Tile:
+    """The tile z/x/y with the number of places inside it."""
+    tx, ty = _tile_xy(lon, lat, z)
+    return Tile(z=z, x=x, y=y, places=int(np.count_nonzero((tx == x) & (ty == y))))

@@ -134,8 +134,7 @@ def run(
     legal = picks.densest_square(lon, lat, cells=round(picks.LEGAL_SIDE / picks.CELL))
     small = picks.boxes_of_about(lon, lat, places=small_box_places, count=200, seed=seed)
     tile = picks.densest_tile(lon, lat, z=10)
-    parent = picks.Tile(z=7, x=tile.x >> 3, y=tile.y >> 3, places=0)
-    parent = picks.Tile(z=7, x=parent.x, y=parent.y, places=picks.tile_count(lon, lat, parent))
+    parent = picks.tile_at(lon, lat, z=7, x=tile.x >> 3, y=tile.y >> 3)
     del lon, lat
     chosen = {
         "box_100k": {**big.as_dict(), "tiles_across_at_zoom_10": big.tiles_across},
