@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help run test bench deps system-deps services db lint check clean
+.PHONY: help run test bench bench-deps deps system-deps services db lint check clean
 
 help:
 	@echo "make run    install what is missing, load sample data, run web + worker + beat"
@@ -47,8 +47,12 @@ check: db
 test: lint check
 	$(PY) -m pytest
 
-bench: db
-	$(PY) tests/benchmarks/run.py
+bench-deps:
+	@bin/bench-deps
+
+# BENCH_ARGS passes options to the runner, e.g. make bench BENCH_ARGS="--places 100000".
+bench: db bench-deps
+	$(PY) tests/benchmarks/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-bench .run .pytest_cache .ruff_cache

@@ -1,267 +1,424 @@
 #!/usr/bin/env python
-"""Benchmarks (``make bench``): results go to tests/benchmarks/results.{json,md}.
+"""Benchmarks (``make bench``): results go to tests/benchmarks/results/results.{json,md}.
 
-Runs against its own database (``places_bench``), never the development one. Each figure is
-the median of several runs, beside a baseline measured in the same run on the same rows.
+Sections, in order:
 
-1. Sample import: the GB places-of-worship CSV (34,613 rows) through the real pipeline
-   (read + COPY + validate + point-in-polygon + diff + upsert + change log), into a new
-   dataset, then again unchanged. Baseline: a plain Django ``bulk_create`` of the same rows
-   (parsing only; no validation, regions or change log), so the ratio shows what the whole
-   pipeline costs against the ORM's fastest insert path.
+1. **Sample import** (``sample_import.py``, a database of its own): the GB CSV through the
+   real pipeline beside a plain ``bulk_create``.
+2. **Serving** (``serving.py``): a generated set of places of realistic density
+   (``dataset.py``; 1M by default) loaded through the project's importer into the benchmark
+   database (``load.py``; reused while its parameters are unchanged), served by gunicorn
+   with production settings and measured over HTTP, beside two baselines measured in the
+   same run: a naive drf-gis endpoint and tipg.
+3. **Imports** (``imports.py`` when present): ``import_benchmark(rows=…)``, the large CSV
+   import benchmark, called last with Django set up on the benchmark database.
+
+``--skip-imports`` skips 1 and 3; ``--skip-baselines`` skips the naive and tipg runs.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
+import argparse
+import atexit
+import importlib.util
 import json
+import logging
 import os
 import platform
-import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
-os.environ["DATABASE_URL"] = os.environ.get(
-    "BENCH_DATABASE_URL", "postgis://postgres@127.0.0.1:5432/places_bench"
-)
-os.environ.setdefault("LOG_LEVEL", "WARNING")
-# As in production: no query log, no debug pages.
-os.environ["DEBUG"] = "false"
-# Stored copies of the benchmark's files stay out of the development media folder.
-os.environ["MEDIA_ROOT"] = tempfile.mkdtemp(prefix="places-bench-media-")
 
-RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 RESULTS = Path(__file__).with_name("results")
+DEFAULT_BENCH_DB = "postgis://postgres@127.0.0.1:5432/places_bench"
+DEFAULT_BENCH_REDIS = "redis://127.0.0.1:6379/10"
+logger = logging.getLogger("bench")
+
+# The serving issue's targets on a 2-core machine: (result key, what, limit, figure).
+TARGETS = [
+    ("viewport_bin_uncached", "100K-place view, binary, uncached: p50 ≤ 150 ms", 150, "p50_ms"),
+    ("places_all_pages_uncached", "100K places as GeoJSON, uncached: ≤ 400 ms", 400, "p50_ms"),
+    ("tile_dense_uncached", "dense tile (z ≤ 10 over a city), uncached: ≤ 250 ms", 250, "p50_ms"),
+]
 
 
-def _fresh_database() -> None:
-    """Drop and recreate the benchmark database, so every run starts from the same state."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--places", type=int, default=1_000_000, help="generated places")
+    parser.add_argument("--seed", type=int, default=20_240_601, help="generator seed")
+    parser.add_argument("--reload", action="store_true", help="reload even if the set matches")
+    parser.add_argument(
+        "--box-places",
+        type=int,
+        default=None,
+        help="places in the big box (default: a tenth of --places, so 100K for 1M)",
+    )
+    parser.add_argument("--small-box-places", type=int, default=1_000)
+    parser.add_argument("--samples", type=int, default=15, help="requests per fast figure")
+    parser.add_argument("--slow-samples", type=int, default=3, help="requests per slow one")
+    parser.add_argument("--wrk-seconds", type=int, default=15)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("WEB_CONCURRENCY", "2")),
+        help="gunicorn workers (as deployed: 2)",
+    )
+    parser.add_argument("--import-rows", type=int, default=1_000_000)
+    parser.add_argument("--skip-imports", action="store_true")
+    parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument(
+        "--output", type=Path, default=RESULTS, help="folder for results.json and results.md"
+    )
+    return parser.parse_args(argv)
+
+
+def import_benchmark_hook() -> Callable[..., dict[str, Any]] | None:
+    """``tests/benchmarks/imports.py``'s ``import_benchmark(rows: int) -> dict``, if present."""
+    if importlib.util.find_spec("tests.benchmarks.imports") is None:
+        return None
+    from tests.benchmarks.imports import import_benchmark
+
+    return import_benchmark
+
+
+def run_sample_import(*, bench_url: str, redis_url: str, runs: int) -> dict[str, Any]:
+    """The GB sample import, in its own database (``<bench database>_sample``)."""
     import environ
-    import psycopg
-    from psycopg import sql
 
-    config = environ.Env.db_url_config(os.environ["DATABASE_URL"])
-    with psycopg.connect(
-        host=config.get("HOST") or "127.0.0.1",
-        port=config.get("PORT") or 5432,
-        user=config.get("USER") or "postgres",
-        password=config.get("PASSWORD") or None,
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(config["NAME"])
-            )
-        )
-    subprocess.run([sys.executable, str(ROOT / "bin" / "ensure-database")], check=True)
+    from tests.benchmarks.load import recreate_database
+
+    config = environ.Env.db_url_config(bench_url)
+    url = bench_url.rsplit("/", 1)[0] + f"/{config['NAME']}_sample"
+    recreate_database(url)
+    output = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("sample_import.py")), str(runs)],
+        env={**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
 
 
-SERVING_BOX = "-0.5,51.3,0.3,51.7"  # Greater London
-SERVING_RUNS = 15
+def machine_facts(*, bench_url: str, redis_url: str) -> dict[str, Any]:
+    from django.db import connection
 
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        pg = cursor.fetchone()[0]
+        cursor.execute("SELECT postgis_lib_version()")
+        postgis = cursor.fetchone()[0]
+        settings = {}
+        for name in ("shared_buffers", "work_mem", "max_parallel_workers_per_gather"):
+            cursor.execute(f"SHOW {name}")
+            settings[name] = cursor.fetchone()[0]
+    import redis
 
-def _serving_benchmark(*, plain_dataset: object) -> dict[str, object]:
-    """Viewport and tiles, uncached and cached, beside a naive drf-gis endpoint (baseline)."""
-    from django.core.cache import cache
-    from django.test import Client
-    from django.urls import path
-    from rest_framework import generics
-    from rest_framework_gis.filters import InBBoxFilter
-    from rest_framework_gis.serializers import GeoFeatureModelSerializer
-
-    from places.models import Place
-
-    class NaiveSerializer(GeoFeatureModelSerializer):
-        class Meta:
-            model = Place
-            geo_field = "location"
-            fields = ["id", "name", "religion", "dataset"]
-
-    class NaiveList(generics.ListAPIView):
-        """The obvious way, built only here: drf-gis serializer + InBBoxFilter, unpaginated."""
-
-        queryset = Place.objects.all()
-        serializer_class = NaiveSerializer
-        filter_backends = [InBBoxFilter]
-        bbox_filter_field = "location"
-        bbox_filter_include_overlapping = True
-
-    from config import urls as root_urls
-
-    root_urls.urlpatterns.append(path("bench/naive/", NaiveList.as_view()))
-    client = Client(HTTP_HOST="localhost")
-    z, x, y = 11, 1023, 681  # a dense London tile
-
-    def timed(url: str, *, cached: bool, **headers: str) -> dict[str, float]:
-        samples, size = [], 0
-        for _ in range(SERVING_RUNS):
-            if not cached:
-                cache.clear()
-            started = time.perf_counter()
-            response = client.get(url, **headers)
-            samples.append((time.perf_counter() - started) * 1000)
-            size = len(response.content)
-            assert response.status_code == 200, (url, response.status_code)
-        return {"median_ms": round(statistics.median(samples), 1), "bytes": size}
-
-    gz = {"HTTP_ACCEPT_ENCODING": "gzip"}
-    viewport = f"/api/v1/viewport/?bbox={SERVING_BOX}&zoom=12"
-    requests = {
-        "baseline: naive drf-gis GeoJSON (no pagination)": timed(
-            f"/bench/naive/?in_bbox={SERVING_BOX}", cached=True
+    cpu_model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
         ),
-        "viewport JSON, uncached": timed(viewport, cached=False, **gz),
-        "viewport binary, uncached": timed(viewport + "&format=bin", cached=False, **gz),
-        "viewport binary, cached": timed(viewport + "&format=bin", cached=True, **gz),
-        "places API GeoJSON page (limit 10000)": timed(
-            f"/api/v1/places/?bbox={SERVING_BOX}&limit=10000", cached=True
-        ),
-        f"tile {z}/{x}/{y}, uncached": timed(f"/tiles/places/{z}/{x}/{y}.pbf", cached=False, **gz),
-        f"tile {z}/{x}/{y}, cached": timed(f"/tiles/places/{z}/{x}/{y}.pbf", cached=True, **gz),
-        "tile 5/15/10 (clusters), uncached": timed("/tiles/places/5/15/10.pbf", cached=False, **gz),
+        platform.processor(),
+    )
+    memory = next(
+        int(line.split()[1]) // 1024
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+
+    def version(command: list[str]) -> str:
+        try:
+            out = subprocess.run(command, capture_output=True, text=True, check=False)
+            return (out.stdout or out.stderr).splitlines()[0].strip()
+        except (OSError, IndexError):
+            return "missing"
+
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cores": os.cpu_count(),
+        "cpu": cpu_model,
+        "memory_mib": memory,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "postgresql": pg,
+        "postgis": postgis,
+        "postgresql_settings": settings,
+        "redis": redis.Redis.from_url(redis_url).info("server")["redis_version"],
+        "python": platform.python_version(),
+        "gunicorn": version([str(ROOT / ".venv" / "bin" / "gunicorn"), "--version"]),
+        "tipg": _tipg_version(),
+        "wrk": version(["wrk", "--version"]),
     }
-    return {"places": Place.objects.count(), "requests": requests}
 
 
-def main() -> None:
-    _fresh_database()
+def _tipg_version() -> str:
+    from importlib.metadata import PathDistribution
+
+    found = sorted((ROOT / ".venv-bench").glob("lib/python*/site-packages/tipg-*.dist-info"))
+    return PathDistribution(found[-1]).version if found else "missing"
+
+
+def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """How many times faster ours is than each baseline (> 1: ours is faster)."""
+
+    def ratio(baseline: str, ours: str) -> tuple[str, float] | None:
+        if baseline in rows and ours in rows and rows[ours]["p50_ms"]:
+            return f"{baseline}/{ours}", round(rows[baseline]["p50_ms"] / rows[ours]["p50_ms"], 1)
+        return None
+
+    pairs = [
+        ratio("naive_100k", "viewport_bin_uncached"),
+        ratio("naive_100k", "viewport_json_uncached"),
+        ratio("naive_100k", "places_all_pages_uncached"),
+        ratio("tipg_items_page", "places_first_page_uncached"),
+        ratio("tipg_items_all", "places_all_pages_uncached"),
+        ratio("tipg_items_all", "viewport_bin_uncached"),
+        ratio("tipg_tile_dense", "tile_dense_uncached"),
+    ]
+    return dict(p for p in pairs if p)
+
+
+def targets(serving: dict[str, Any]) -> list[dict[str, Any]]:
+    rows, found = serving["requests"], []
+    for key, what, limit, figure in TARGETS:
+        if key in rows:
+            value = rows[key][figure]
+            found.append({"target": what, "measured_ms": value, "met": value <= limit})
+    cached = {k: v["p95_ms"] for k, v in rows.items() if k.endswith("_cached")}
+    if cached:
+        worst = max(cached, key=cached.get)
+        found.append(
+            {
+                "target": "any cached answer: p95 ≤ 20 ms",
+                "measured_ms": cached[worst],
+                "worst": worst,
+                "met": cached[worst] <= 20,
+            }
+        )
+    for kind in ("uncached", "cached"):
+        run = serving.get("concurrency", {}).get(kind)
+        if run:
+            found.append(
+                {
+                    "target": f"1K-place views, {kind}, 4 clients: p95 ≤ 10 ms and ≥ 400 req/s",
+                    "measured_ms": run["p95_ms"],
+                    "requests_per_second": run["requests_per_second"],
+                    "met": run["p95_ms"] <= 10 and run["requests_per_second"] >= 400,
+                }
+            )
+    r = serving.get("ratios", {})
+    if "naive_100k/viewport_bin_uncached" in r:
+        found.append(
+            {
+                "target": "≥ 10× the naive drf-gis endpoint on 100K places (binary view)",
+                "measured_ratio": r["naive_100k/viewport_bin_uncached"],
+                "met": r["naive_100k/viewport_bin_uncached"] >= 10,
+            }
+        )
+    for key, what in [
+        ("tipg_items_page/places_first_page_uncached", "faster than tipg: items, same page size"),
+        ("tipg_tile_dense/tile_dense_uncached", "faster than tipg: the same tile"),
+    ]:
+        if key in r:
+            found.append({"target": what, "measured_ratio": r[key], "met": r[key] > 1})
+    return found
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return ""
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB" if n >= 1e3 else f"{n} B"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    pg_settings = ", ".join(f"{k} {v}" for k, v in m.get("postgresql_settings", {}).items())
+    lines = [
+        f"# Benchmark results ({m['date']})",
+        "",
+        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_mib']} MiB; PostgreSQL "
+        f"{m['postgresql']} ({pg_settings}), "
+        f"PostGIS {m['postgis']}, Redis {m['redis']}, Python {m['python']}, "
+        f"{m['gunicorn']}, tipg {m['tipg']}. Load average at start: "
+        f"{', '.join(map(str, m['load_average_at_start']))}.",
+        "",
+    ]
+    sample = results.get("sample_import")
+    if sample:
+        lines += [
+            f"## Sample import ({sample['rows']} rows of the GB CSV, median of "
+            f"{len(sample['pipeline_first_import']['runs'])} runs)",
+            "",
+            "| path | median s | rows/s |",
+            "|---|---:|---:|",
+            *(
+                f"| {name} | {sample[key]['median_seconds']} | {sample[key]['rows_per_second']} |"
+                for name, key in [
+                    ("pipeline, first import", "pipeline_first_import"),
+                    ("pipeline, re-import unchanged", "pipeline_reimport_unchanged"),
+                    ("baseline: ORM bulk_create (no checks)", "baseline_orm_bulk_create"),
+                ]
+            ),
+            "",
+            f"Pipeline / baseline (first import): {sample['ratio_first_vs_baseline']}×",
+            "",
+        ]
+    data, serving = results["data"], results["serving"]
+    picked = serving["picked"]
+    big = picked["box_100k"]
+    lines += [
+        "## Serving",
+        "",
+        f"{data['places']:,} generated places (seed {data['parameters']['seed']}, fingerprint "
+        f"`{data['fingerprint']}`, {'reused' if data['reused'] else 'loaded'}; load through "
+        f"the importer {data['load_seconds']} s). gunicorn, {results['parameters']['workers']} "
+        "sync workers, production settings, DEBUG off; requests over HTTP from one client "
+        "unless said, gzip accepted; p50/p95 over the requests shown in n; bytes as sent.",
+        "",
+        f"- big box `{big['bbox']}`: {big['places']:,} places ({big['tiles_across_at_zoom_10']} "
+        "tiles across at zoom 10)",
+        f"- densest zoom-10 view (16 tiles across) `{picked['densest_legal_view']['bbox']}`: "
+        f"{picked['densest_legal_view']['places']:,} places",
+        f"- {picked['small_boxes']['count']} small views of about "
+        f"{picked['small_boxes']['places_median']:,} places (zooms "
+        f"{', '.join(map(str, picked['small_boxes']['zooms']))})",
+        f"- densest z10 tile {picked['dense_tile']['tile']} ({picked['dense_tile']['places']:,} "
+        f"places) and its z7 parent {picked['cluster_tile']['tile']} "
+        f"({picked['cluster_tile']['places']:,})",
+        "",
+        "| request | n | p50 ms | p95 ms | bytes | places or features |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in serving["requests"].values():
+        covers = row.get("features") or row.get("places") or ""
+        lines.append(
+            f"| {row['label']} | {row.get('n', '')} | {row['p50_ms']} | "
+            f"{row.get('p95_ms', '')} | {_fmt_bytes(row.get('bytes'))} | "
+            f"{f'{covers:,}' if covers else ''} |"
+        )
+    lines += ["", "Four concurrent clients (wrk, 2 threads), rotating through the small views:", ""]
+    lines += [
+        "| run | requests | req/s | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, run in serving.get("concurrency", {}).items():
+        lines.append(
+            f"| {kind} | {run['requests']} | {run['requests_per_second']} | {run['p50_ms']} | "
+            f"{run['p95_ms']} | {run['p99_ms']} | {run['errors']} |"
+        )
+    uncached = serving.get("concurrency", {}).get("uncached")
+    if uncached:
+        lines += [
+            "",
+            f"Uncached run: {uncached['distinct_paths']:,} distinct boxes available, "
+            f"{uncached['cache_entries_written']:,} cache entries written for "
+            f"{uncached['requests']:,} requests (every request a miss when they match).",
+        ]
+    rss = serving.get("rss_kib", {})
+    lines += [
+        "",
+        "Peak RSS (VmHWM) of the gunicorn workers: "
+        + "; ".join(f"{k}: {', '.join(f'{v // 1024} MiB' for v in vs)}" for k, vs in rss.items()),
+        "",
+        "Ratios (baseline p50 / ours p50; > 1 means ours is faster):",
+        "",
+        *(f"- {k}: {v}×" for k, v in serving.get("ratios", {}).items()),
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---:|:---:|",
+    ]
+    for t in serving.get("targets", []):
+        measured = (
+            f"{t['measured_ratio']}×"
+            if "measured_ratio" in t
+            else f"{t['measured_ms']} ms"
+            + (f", {t['requests_per_second']} req/s" if "requests_per_second" in t else "")
+        )
+        lines.append(f"| {t['target']} | {measured} | {'yes' if t['met'] else '**no**'} |")
+    if results.get("imports"):
+        lines += ["", "## Imports", "", "```json", json.dumps(results["imports"], indent=2), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    bench_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_BENCH_DB)
+    redis_url = os.environ.get("BENCH_REDIS_URL", DEFAULT_BENCH_REDIS)
+    # This process (loader, box picker, import hook) uses the bench database and cache only.
+    os.environ["DATABASE_URL"] = bench_url
+    os.environ["REDIS_URL"] = redis_url
+    os.environ["CELERY_BROKER_URL"] = redis_url
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.local"
+    os.environ["DEBUG"] = "false"  # no query log while importing a million rows
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ["MEDIA_ROOT"] = tempfile.mkdtemp(prefix="places-bench-media-")
+    # The importer keeps a copy of every file it reads (69 MB for 1M places): not for long.
+    atexit.register(shutil.rmtree, os.environ["MEDIA_ROOT"], ignore_errors=True)
+
+    from tests.benchmarks.load import ensure_database_exists
+
+    ensure_database_exists(bench_url)
     import django
 
     django.setup()
-    from django.contrib.gis.geos import Point
-    from django.core.management import call_command
+    # After Django's logging config, which would otherwise silence the progress lines.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s bench: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    from tests.benchmarks import serving
+    from tests.benchmarks.dataset import Parameters
+    from tests.benchmarks.load import bench_data_ensure
 
-    from ingestion.services.imports import import_job_create, import_job_execute
-    from ingestion.services.regions import PRESETS, region_load
-    from places.models import Place
-    from places.services import dataset_get_or_create
-
-    call_command("migrate", verbosity=0)
-    sample = ROOT / "ingestion" / "sample_data"
-    region_load(
-        path=sample / "ne_50m_admin_0_countries.geojson.gz",
-        source=PRESETS["ne-countries"],
-        dataset=dataset_get_or_create(slug="natural-earth"),
-    )
-    region_load(
-        path=sample / "ons_lad_2024_uk_generalised.geojson.gz",
-        source=PRESETS["ons-lad"],
-        dataset=dataset_get_or_create(slug="ons-lad-2024"),
-    )
-    csv_path = sample / "osm_pow_gb_excl_wales.csv.gz"
-
-    first, again, baseline = [], [], []
-    plain = None
-    rows = 0
-    for _ in range(RUNS):
-        dataset = dataset_get_or_create(slug=f"bench-{uuid.uuid4().hex[:8]}")
-        started = time.perf_counter()
-        job = import_job_execute(job_id=import_job_create(path=csv_path, dataset=dataset).pk)
-        first.append(time.perf_counter() - started)
-        rows = job.rows_read
-        started = time.perf_counter()
-        import_job_execute(job_id=import_job_create(path=csv_path, dataset=dataset).pk)
-        again.append(time.perf_counter() - started)
-
-        # Baseline: the ORM's bulk_create of the same rows, parsed with the csv module.
-        plain = dataset_get_or_create(slug=f"bench-orm-{uuid.uuid4().hex[:8]}")
-        started = time.perf_counter()
-        seen: set[str] = set()
-        objects = []
-        with gzip.open(csv_path, "rt", encoding="utf-8") as fh:
-            for record in csv.DictReader(fh):
-                key = f"osm:{record['osm_type']}/{record['osm_id']}"
-                if key in seen:
-                    continue
-                seen.add(key)
-                objects.append(
-                    Place(
-                        dataset=plain,
-                        source_key=key,
-                        name=record["name"],
-                        religion=record["faith"].lower(),
-                        religion_raw=record["faith"],
-                        denomination_raw=record["denomination"],
-                        location=Point(float(record["lon"]), float(record["lat"]), srid=4326),
-                    )
-                )
-        Place.objects.bulk_create(objects, batch_size=5000)
-        baseline.append(time.perf_counter() - started)
-
-    def summary(seconds: list[float]) -> dict[str, float]:
-        median = statistics.median(seconds)
-        return {
-            "median_seconds": round(median, 3),
-            "rows_per_second": round(rows / median),
-            "runs": [round(s, 3) for s in seconds],
-        }
-
-    results = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d"),
-        },
-        "sample_import": {
-            "rows": rows,
-            "pipeline_first_import": summary(first),
-            "pipeline_reimport_unchanged": summary(again),
-            "baseline_orm_bulk_create": summary(baseline),
-        },
+    results: dict[str, Any] = {
+        "machine": machine_facts(bench_url=bench_url, redis_url=redis_url),
+        "parameters": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
-    s = results["sample_import"]
-    s["ratio_first_vs_baseline"] = round(
-        s["pipeline_first_import"]["rows_per_second"]
-        / s["baseline_orm_bulk_create"]["rows_per_second"],
-        2,
+    if not args.skip_imports:
+        logger.info("sample import")
+        results["sample_import"] = run_sample_import(
+            bench_url=bench_url, redis_url=redis_url, runs=int(os.environ.get("BENCH_RUNS", "3"))
+        )
+    params = Parameters(places=args.places, seed=args.seed)
+    results["data"] = bench_data_ensure(url=bench_url, params=params, reload=args.reload)
+    logger.info("serving")
+    results["serving"] = serving.run(
+        database_url=bench_url,
+        redis_url=redis_url,
+        workers=args.workers,
+        samples=args.samples,
+        slow_samples=args.slow_samples,
+        wrk_seconds=args.wrk_seconds,
+        box_places=args.box_places or args.places // 10,
+        small_box_places=args.small_box_places,
+        seed=args.seed,
+        baselines=not args.skip_baselines,
     )
-    results["serving"] = _serving_benchmark(plain_dataset=plain)
+    results["serving"]["ratios"] = ratios(results["serving"]["requests"])
+    results["serving"]["targets"] = targets(results["serving"])
+    hook = None if args.skip_imports else import_benchmark_hook()
+    if hook:
+        logger.info("imports (tests/benchmarks/imports.py)")
+        results["imports"] = hook(rows=args.import_rows)
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [
-        f"# Benchmark results ({results['machine']['date']}, {os.cpu_count()} cores)",
-        "",
-        f"Sample import: {rows} rows of the GB CSV, median of {RUNS} runs.",
-        "",
-        "| path | median s | rows/s |",
-        "|---|---:|---:|",
-        *(
-            f"| {name} | {s[key]['median_seconds']} | {s[key]['rows_per_second']} |"
-            for name, key in [
-                ("pipeline, first import", "pipeline_first_import"),
-                ("pipeline, re-import unchanged", "pipeline_reimport_unchanged"),
-                ("baseline: ORM bulk_create (no checks)", "baseline_orm_bulk_create"),
-            ]
-        ),
-        "",
-        f"Pipeline / baseline (first import): {s['ratio_first_vs_baseline']}×",
-        "",
-    ]
-    lines += [
-        f"Serving, in-process (Django test client, no gunicorn), sample data: "
-        f"{results['serving']['places']} places; box {SERVING_BOX}; median of "
-        f"{SERVING_RUNS} requests.",
-        "",
-        "| request | median ms | bytes |",
-        "|---|---:|---:|",
-        *(
-            f"| {name} | {row['median_ms']} | {row['bytes']} |"
-            for name, row in results["serving"]["requests"].items()
-        ),
-        "",
-    ]
-    (RESULTS / "results.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    text = markdown(results)
+    (args.output / "results.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,327 @@
+"""The serving benchmark: our endpoints over HTTP through gunicorn, then the two baselines.
+
+"Uncached" means the bench's Redis database (the app's cache, nothing else) is emptied
+before each timed request, so every answer is built again from PostgreSQL; the SQL is the
+same as for a first visitor. PostgreSQL's own buffers stay warm (one untimed request first).
+Under wrk, where nothing can run between requests, each request asks for a box moved by a
+fraction of a metre instead (another cache key, the same rows), and the cache's size
+afterwards shows that every request was a miss.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import math
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import redis
+
+from tests.benchmarks import measure, picks
+from tests.benchmarks.servers import gunicorn_server, tipg_server, worker_peak_rss_kib
+
+logger = logging.getLogger("bench")
+TIPG_COLLECTION = "public.places_place"
+# The places' point (tipg would otherwise pick the first geometry column, the footprint) and
+# the properties ours return, so that both answers carry the same.
+TIPG_PARAMS = "geom-column=location&properties=name,religion,dataset_id"
+LIMIT_CANDIDATES = (1_000_000, 200_000, 100_000, 50_000, 20_000, 10_000, 5_000, 1_000)
+
+
+def _body(answer: measure.Answer) -> bytes:
+    if answer.headers.get("content-encoding") == "gzip":
+        return gzip.decompress(answer.body)
+    return answer.body
+
+
+def _viewport_points(answer: measure.Answer) -> int:
+    body = _body(answer)
+    if body[:4] == b"PLV1":
+        kind, n = struct.unpack_from("<B3xI", body, 4)
+        if kind != 0:
+            raise RuntimeError("the viewport answered clusters where points were expected")
+        return n
+    data = json.loads(body)
+    if data.get("kind") != "points":
+        raise RuntimeError("the viewport answered clusters where points were expected")
+    return len(data["ids"])
+
+
+def _features(answer: measure.Answer) -> int:
+    data = json.loads(_body(answer))
+    return len(data["features"]) if isinstance(data, dict) else len(data)
+
+
+def _mvt_features(answer: measure.Answer) -> int:
+    return sum(measure.mvt_features(_body(answer)).values())
+
+
+def _next_link(data: dict[str, Any]) -> str | None:
+    if data.get("next"):
+        return data["next"]
+    for link in data.get("links", []):
+        if link.get("rel") == "next":
+            return link["href"]
+    return None
+
+
+def _largest_limit(host: str, port: int) -> int:
+    """The largest ``limit`` places/ accepts (asked on a tiny box, so it costs nothing)."""
+    for limit in LIMIT_CANDIDATES:
+        answer = measure.fetch(host, port, f"/api/v1/places/?bbox=0,0,0.0001,0.0001&limit={limit}")
+        if answer.status == 200:
+            return limit
+    raise RuntimeError("places/ accepts none of the usual limits")
+
+
+def _walk_pages(host: str, port: int, first: str, flush: Any) -> dict[str, Any]:
+    """Follow ``next`` from the first page to the last; total time, bytes and features."""
+    flush()
+    path, pages, features, total_ms, total_bytes = first, 0, 0, 0.0, 0
+    while path:
+        answer = measure.fetch(host, port, path)
+        if answer.status != 200:
+            raise RuntimeError(f"{path}: HTTP {answer.status}")
+        data = json.loads(_body(answer))
+        pages += 1
+        features += len(data["features"])
+        total_ms += answer.ms
+        total_bytes += len(answer.body)
+        link = _next_link(data)
+        path = None
+        if link:
+            parts = urlsplit(link)
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+    return {
+        "pages": pages,
+        "features": features,
+        "total_ms": round(total_ms, 1),
+        "bytes": total_bytes,
+    }
+
+
+def _row(result: dict[str, Any], label: str, **extra: Any) -> dict[str, Any]:
+    result = {k: v for k, v in result.items() if k != "last"}
+    return {"label": label, **result, **extra}
+
+
+def run(
+    *,
+    database_url: str,
+    redis_url: str,
+    workers: int,
+    samples: int,
+    slow_samples: int,
+    wrk_seconds: int,
+    box_places: int,
+    small_box_places: int,
+    seed: int,
+    baselines: bool,
+) -> dict[str, Any]:
+    cache = redis.Redis.from_url(redis_url)
+
+    def flush() -> None:
+        cache.flushdb()
+
+    lon, lat = picks.positions()
+    big = picks.box_holding(lon, lat, places=box_places)
+    legal = picks.densest_square(lon, lat, cells=round(picks.LEGAL_SIDE / picks.CELL))
+    small = picks.boxes_of_about(lon, lat, places=small_box_places, count=200, seed=seed)
+    tile = picks.densest_tile(lon, lat, z=10)
+    parent = picks.tile_at(lon, lat, z=7, x=tile.x >> 3, y=tile.y >> 3)
+    del lon, lat
+    chosen = {
+        "box_100k": {**big.as_dict(), "tiles_across_at_zoom_10": big.tiles_across},
+        "densest_legal_view": legal.as_dict(),
+        "small_boxes": {
+            "count": len(small),
+            "places_median": int(np.median([b.places for b in small])),
+            "zooms": sorted({b.zoom for b in small}),
+        },
+        "dense_tile": {"tile": tile.path, "places": tile.places},
+        "cluster_tile": {"tile": parent.path, "places": parent.places},
+    }
+    logger.info("picked: %s", json.dumps(chosen))
+    log_dir = Path(tempfile.mkdtemp(prefix="places-bench-logs-"))
+    rows: dict[str, dict[str, Any]] = {}
+    out: dict[str, Any] = {"picked": chosen, "requests": rows, "log_dir": str(log_dir)}
+
+    extra_env = {}
+    if big.tiles_across > picks.MAX_TILES_ACROSS:
+        extra_env["BENCH_VIEWPORT_MAX_TILES"] = str(big.tiles_across)
+    flush()
+    with gunicorn_server(
+        database_url=database_url,
+        redis_url=redis_url,
+        workers=workers,
+        log_dir=log_dir,
+        extra_env=extra_env,
+    ) as web:
+        host, port = web.host, web.port
+        out["rss_kib"] = {"at_start": worker_peak_rss_kib(web.pid)}
+
+        def ours(path: str, *, cached: bool, n: int = samples, **kw: Any) -> dict[str, Any]:
+            return measure.timed(
+                host, port, path, samples=n, before=None if cached else flush, **kw
+            )
+
+        vp = f"/api/v1/viewport/?bbox={big.text}&zoom={big.zoom}"
+        for key, label, path, cached in [
+            ("viewport_bin_uncached", "viewport, binary, uncached", vp + "&format=bin", False),
+            ("viewport_json_uncached", "viewport, JSON, uncached", vp + "&format=json", False),
+            ("viewport_bin_cached", "viewport, binary, cached", vp + "&format=bin", True),
+        ]:
+            result = ours(path, cached=cached)
+            rows[key] = _row(
+                result,
+                label,
+                box="box_100k",
+                places=_viewport_points(result["last"]),
+                expected=big.places,
+            )
+        legal_vp = f"/api/v1/viewport/?bbox={legal.text}&zoom={legal.zoom}&format=bin"
+        for key, label, cached in [
+            ("legal_view_bin_uncached", "densest zoom-10 view, binary, uncached", False),
+            ("legal_view_bin_cached", "densest zoom-10 view, binary, cached", True),
+        ]:
+            result = ours(legal_vp, cached=cached)
+            rows[key] = _row(
+                result,
+                label,
+                box="densest_legal_view",
+                places=_viewport_points(result["last"]),
+                expected=legal.places,
+            )
+
+        limit = _largest_limit(host, port)
+        first_page = f"/api/v1/places/?bbox={big.text}&limit={limit}"
+        result = ours(first_page, cached=False, n=max(slow_samples, min(samples, 5)))
+        rows["places_first_page_uncached"] = _row(
+            result,
+            f"places/ GeoJSON, first page (limit {limit}), uncached",
+            box="box_100k",
+            features=_features(result["last"]),
+            limit=limit,
+            expected=min(limit, big.places),
+        )
+        walk = _walk_pages(host, port, first_page, flush)
+        rows["places_all_pages_uncached"] = {
+            "label": f"places/ GeoJSON, all {walk['pages']} pages of {limit}, uncached",
+            "box": "box_100k",
+            "p50_ms": walk["total_ms"],
+            "n": 1,
+            **walk,
+            "expected": big.places,
+        }
+
+        for key, label, t, cached in [
+            ("tile_dense_uncached", f"tile {tile.path} (places), uncached", tile, False),
+            ("tile_dense_cached", f"tile {tile.path} (places), cached", tile, True),
+            ("tile_clusters_uncached", f"tile {parent.path} (clusters), uncached", parent, False),
+            ("tile_clusters_cached", f"tile {parent.path} (clusters), cached", parent, True),
+        ]:
+            result = ours(f"/tiles/places/{t.path}.pbf", cached=cached)
+            # A cluster tile's features are clusters: it covers the places, not them.
+            counted = "clusters" if t.z < 10 else "features"
+            rows[key] = _row(
+                result, label, places=t.places, **{counted: _mvt_features(result["last"])}
+            )
+        rows["tilejson"] = _row(ours("/tiles/places.json", cached=True), "TileJSON")
+        # The floor under every figure: gunicorn, Django's middleware, no database or cache.
+        rows["floor_health"] = _row(ours("/health/live/", cached=True), "floor: /health/live/")
+
+        small_paths = [f"/api/v1/viewport/?bbox={b.text}&zoom={b.zoom}&format=bin" for b in small]
+        result = ours(small_paths, cached=False, n=max(samples, 50))
+        rows["small_bin_uncached"] = _row(result, "1K-place views, binary, uncached, 1 client")
+        result = ours(small_paths, cached=True, n=max(samples, 50), warmup=len(small_paths))
+        rows["small_bin_cached"] = _row(result, "1K-place views, binary, cached, 1 client")
+
+        # Four clients at once. Uncached: every request a box no one asked for before.
+        shifts = math.ceil(30_000 / len(small))
+        jittered = [
+            f"/api/v1/viewport/?bbox={b.shifted(j * 1e-7)}&zoom={b.zoom}&format=bin"
+            for j in range(1, shifts + 1)
+            for b in small
+        ]
+        flush()
+        concurrency = {}
+        concurrency["uncached"] = measure.wrk(
+            host, port, jittered, connections=4, threads=2, seconds=wrk_seconds
+        )
+        concurrency["uncached"]["cache_entries_written"] = cache.dbsize()
+        measure.timed(host, port, small_paths, samples=len(small_paths), warmup=0)
+        concurrency["cached"] = measure.wrk(
+            host, port, small_paths, connections=4, threads=2, seconds=wrk_seconds
+        )
+        out["concurrency"] = concurrency
+        out["rss_kib"]["ours"] = worker_peak_rss_kib(web.pid)
+
+        if baselines:
+            naive = f"/bench/naive/?in_bbox={big.text}"
+            result = measure.timed(host, port, naive, samples=slow_samples, warmup=0)
+            rows["naive_100k"] = _row(
+                result,
+                "baseline: naive drf-gis GeoJSON, unpaginated",
+                box="box_100k",
+                features=_features(result["last"]),
+                expected=big.places,
+            )
+            out["rss_kib"]["after_naive"] = worker_peak_rss_kib(web.pid)
+
+    if baselines:
+        with tipg_server(
+            database_url=database_url,
+            workers=workers,
+            max_features_per_query=max(big.places * 2, 10_000),
+            max_features_per_tile=20_000,
+            log_dir=log_dir,
+        ) as tipg:
+            items = f"/collections/{TIPG_COLLECTION}/items?bbox={big.text}&{TIPG_PARAMS}"
+            result = measure.timed(
+                tipg.host, tipg.port, f"{items}&limit={limit}", samples=slow_samples
+            )
+            rows["tipg_items_page"] = _row(
+                result,
+                f"baseline: tipg items (limit {limit})",
+                box="box_100k",
+                features=_features(result["last"]),
+                expected=min(limit, big.places),
+            )
+            result = measure.timed(
+                tipg.host, tipg.port, f"{items}&limit={big.places * 2}", samples=slow_samples
+            )
+            rows["tipg_items_all"] = _row(
+                result,
+                "baseline: tipg items, all in one answer",
+                box="box_100k",
+                features=_features(result["last"]),
+                expected=big.places,
+            )
+            tiles = f"/collections/{TIPG_COLLECTION}/tiles/WebMercatorQuad/{tile.path}"
+            result = measure.timed(tipg.host, tipg.port, f"{tiles}?{TIPG_PARAMS}", samples=samples)
+            rows["tipg_tile_dense"] = _row(
+                result,
+                f"baseline: tipg tile {tile.path}",
+                places=tile.places,
+                features=_mvt_features(result["last"]),
+                # tipg leaves out the places in the tile's margin, which ours carries.
+                expected=tile.places,
+            )
+    _check_coverage(rows)
+    return out
+
+
+def _check_coverage(rows: dict[str, dict[str, Any]]) -> None:
+    """Flag any answer that did not cover the places it should: the comparisons would lie."""
+    for key, row in rows.items():
+        expected = row.pop("expected", None)
+        covers = row.get("features", row.get("places"))
+        if expected is not None and covers != expected:
+            row["mismatch"] = f"covers {covers}, expected {expected}"
+            logger.warning("%s: %s", key, row["mismatch"])

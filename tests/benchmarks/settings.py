@@ -1,0 +1,6 @@
+"""Settings of the benchmark's gunicorn: production as deployed, plus a URLconf that adds the
+naive drf-gis baseline (``tests.benchmarks.urls``). Used only by ``make bench``."""
+
+from config.settings.production import *  # noqa: F403
+
+ROOT_URLCONF = "tests.benchmarks.urls"
