@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,11 +58,12 @@ def box_fits_zoom(bbox: BBox, zoom: int) -> bool:
 class Viewport:
     kind: str  # "points" or "clusters"
     total: int
-    ids: list[int] = field(default_factory=list)
+    # Points come as numpy arrays straight from the database's bytes; clusters as lists.
+    ids: Sequence[int] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
-    lon: list[float] = field(default_factory=list)
-    lat: list[float] = field(default_factory=list)
-    religion: list[int] = field(default_factory=list)
+    lon: Sequence[float] = field(default_factory=list)
+    lat: Sequence[float] = field(default_factory=list)
+    religion: Sequence[int] = field(default_factory=list)
     by_religion: list[dict[str, int]] = field(default_factory=list)
     bounds: list[list[float]] = field(default_factory=list)
 
@@ -71,29 +73,50 @@ def viewport_query(*, query: PlaceQuery, zoom: int) -> Viewport:
     condition, args = query.where()
     with connection.cursor() as cursor:
         if zoom >= CLUSTER_BELOW_ZOOM:
-            # Bounded count: stop reading once the box is known to be too full for points.
-            cursor.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM places_place p WHERE {condition} "
-                f"LIMIT {MAX_POINTS + 1}) AS capped",
-                args,
-            )
-            if cursor.fetchone()[0] <= MAX_POINTS:
-                return _points(cursor, condition, args)
+            view = _points(cursor, condition, args)
+            if view is not None:
+                return view
         return _clusters(cursor, condition, args, cell=360 / (2**zoom * 8))
 
 
-def _points(cursor: Any, condition: str, args: dict[str, object]) -> Viewport:
+# Each column comes back as one bytea of fixed-width big-endian values (the *send
+# functions), read by numpy without parsing 100,000 numbers as text. The rows are sorted
+# once, in the subquery; aggregates over a sorted subquery keep its order.
+POINTS_SQL = """
+SELECT count(*),
+       coalesce(string_agg(int8send(id), ''::bytea), ''::bytea),
+       coalesce(string_agg(float8send(x), ''::bytea), ''::bytea),
+       coalesce(string_agg(float8send(y), ''::bytea), ''::bytea),
+       coalesce(string_agg(set_byte('\\x00'::bytea, 0, code), ''::bytea), ''::bytea)
+FROM (
+    SELECT p.id, ST_X(p.location) AS x, ST_Y(p.location) AS y,
+           coalesce(array_position(%(legend)s::text[], p.religion::text), %(unknown)s) - 1
+               AS code
+    FROM places_place p
+    WHERE {condition}
+    ORDER BY p.id
+    LIMIT {limit}
+) AS rows
+"""
+
+
+def _points(cursor: Any, condition: str, args: dict[str, object]) -> Viewport | None:
+    """Every place in the box, or None when there are more than ``MAX_POINTS``."""
     cursor.execute(
-        "SELECT coalesce(array_agg(p.id ORDER BY p.id), '{}'), "
-        "coalesce(array_agg(ST_X(p.location) ORDER BY p.id), '{}'), "
-        "coalesce(array_agg(ST_Y(p.location) ORDER BY p.id), '{}'), "
-        "coalesce(array_agg(coalesce(array_position(%(legend)s::text[], p.religion::text), "
-        "%(unknown)s) - 1 ORDER BY p.id), '{}') "
-        f"FROM places_place p WHERE {condition}",
+        POINTS_SQL.format(condition=condition, limit=MAX_POINTS + 1),
         {**args, "legend": LEGEND, "unknown": UNKNOWN_CODE + 1},
     )
-    ids, lon, lat, codes = cursor.fetchone()
-    return Viewport(kind="points", total=len(ids), ids=ids, lon=lon, lat=lat, religion=codes)
+    n, ids, lon, lat, codes = cursor.fetchone()
+    if n > MAX_POINTS:
+        return None
+    return Viewport(
+        kind="points",
+        total=n,
+        ids=np.frombuffer(bytes(ids), dtype=">i8"),
+        lon=np.frombuffer(bytes(lon), dtype=">f8"),
+        lat=np.frombuffer(bytes(lat), dtype=">f8"),
+        religion=np.frombuffer(bytes(codes), dtype="u1"),
+    )
 
 
 def _clusters(cursor: Any, condition: str, args: dict[str, object], *, cell: float) -> Viewport:
@@ -144,10 +167,10 @@ def viewport_json(view: Viewport) -> bytes:
     body: dict[str, object] = {"kind": view.kind, "total": view.total, "legend": LEGEND}
     if view.kind == "points":
         body.update(
-            ids=view.ids,
-            lon=[round(v, 6) for v in view.lon],
-            lat=[round(v, 6) for v in view.lat],
-            religion=view.religion,
+            ids=np.asarray(view.ids, dtype=np.int64).tolist(),
+            lon=np.round(np.asarray(view.lon, dtype=np.float64), 6).tolist(),
+            lat=np.round(np.asarray(view.lat, dtype=np.float64), 6).tolist(),
+            religion=np.asarray(view.religion, dtype=np.uint8).tolist(),
         )
     else:
         body.update(
