@@ -183,6 +183,18 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
+    # Per client IP (anonymous) or per user, counted in Redis. A map page fetches a few dozen
+    # tiles per view, so the anonymous default leaves people room and stops scrapers; an empty
+    # value switches a limit off (the benchmark does, to measure the server, not the limit).
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env.str("API_ANON_RATE", default="6000/min") or None,
+        "user": env.str("API_USER_RATE", default="20000/min") or None,
+    },
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Places API",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.gis.geos import Point, Polygon
+from django.core.cache import cache
 from rest_framework.test import APIClient
+from rest_framework.throttling import AnonRateThrottle
 
 from places.models import Place
 from places.services import dataset_get_or_create, place_create
@@ -207,3 +209,14 @@ def test_country_filter_excludes_other_countries(api, gb_import, pacific):
     response = api.get("/api/v1/places/", {"country": "NZL", "limit": 100})
     names = {f["properties"]["name"] for f in response.json()["features"]}
     assert names == {"wellington", "chatham"}
+
+
+def test_clients_over_the_rate_limit_get_429(api, monkeypatch):
+    monkeypatch.setattr(AnonRateThrottle, "THROTTLE_RATES", {"anon": "2/min"})
+    cache.clear()
+    codes = [api.get("/api/v1/datasets/").status_code for _ in range(3)]
+    tile = api.get("/tiles/places/0/0/0.pbf")
+    cache.clear()
+    assert codes == [200, 200, 429]
+    assert tile.status_code == 429
+    assert "Retry-After" in tile
