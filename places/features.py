@@ -94,6 +94,8 @@ CSV_COLUMNS |= {
     ],
     "tags": [("tags", _csv_text("p.tags"))],
     "version": [("version", "p.version::text")],
+    # ISO 8601 like the JSON formats, not PostgreSQL's own text form.
+    "updated_at": [("updated_at", _csv_text("to_json(p.updated_at) #>> '{}'"))],
 }
 
 

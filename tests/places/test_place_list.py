@@ -157,6 +157,7 @@ def test_csv_quotes_text_and_neutralises_formulas(api, nasty):
     ]
     assert float(rows[0]["lon"]) == pytest.approx(10.0)
     assert rows[0]["dataset"] == "nasty"
+    assert "T" in rows[0]["updated_at"]
 
 
 def test_pages_are_cached_with_etag_and_fresh_after_an_edit(api, gb_import):
