@@ -104,7 +104,12 @@ def import_job_status(*, job: ImportJob) -> ImportStatus:
             percent = min(99, int(100 * rows_read / total))
     return ImportStatus(
         state=job.state,
-        state_label=job.get_state_display(),
+        # "Applying" would scare a curator during a dry run, which changes nothing.
+        state_label=(
+            "Running the dry run"
+            if job.dry_run and job.state == ImportState.APPLYING
+            else job.get_state_display()
+        ),
         dry_run=job.dry_run,
         phase=phase,
         rows_read=rows_read,

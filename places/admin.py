@@ -148,6 +148,18 @@ class PlaceAdmin(GeoAdmin):
             return queryset.filter(source_key=term), False
         return super().get_search_results(request, queryset, search_term)
 
+    def get_fieldsets(self, request: HttpRequest, obj: Place | None = None) -> Any:
+        if obj is not None:
+            return self.fieldsets
+        # A place being added has no version, timestamps or history yet (and the database
+        # defaults behind them cannot be shown before the row exists).
+        hidden = {"version", "created_at", "updated_at", "history"}
+        return [
+            (title, {**options, "fields": [f for f in options["fields"] if f not in hidden]})
+            for title, options in self.fieldsets
+            if any(f not in hidden for f in options["fields"])
+        ]
+
     def get_readonly_fields(self, request: HttpRequest, obj: Place | None = None) -> tuple:
         # The natural key is fixed once the place exists: the change log and imports rely on it.
         if obj is not None:
@@ -184,6 +196,10 @@ class PlaceAdmin(GeoAdmin):
             data = {
                 f: form.cleaned_data[f] for f in services.EDITABLE_FIELDS if f in form.cleaned_data
             }
+            # Left empty, region and country come from the location (point in polygon).
+            for key in ("country", "region"):
+                if data.get(key) is None:
+                    data.pop(key, None)
             created = services.place_create(
                 dataset=form.cleaned_data["dataset"],
                 source_key=form.cleaned_data["source_key"],

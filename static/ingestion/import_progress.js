@@ -31,7 +31,7 @@
     }
     let label = status.state_label;
     if (status.running) {
-      label += (status.dry_run ? " (dry run)" : "") + " — " + status.phase;
+      label += " — " + status.phase;
     }
     text.textContent = label + rows(status);
   }

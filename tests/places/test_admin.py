@@ -6,6 +6,7 @@ import json
 
 import pytest
 from django.contrib import admin
+from django.contrib.gis.geos import Point
 from django.urls import reverse
 
 from places.models import Place, PlaceChange
@@ -138,3 +139,32 @@ def test_stale_admin_form_is_refused_instead_of_overwriting(admin_client, gb_imp
     assert "changed while you edited it" in response.content.decode()
     place.refresh_from_db()
     assert place.name == "Newer edit"
+
+
+def test_curator_adds_a_place_in_the_admin(admin_client, admin_user, gb_import):
+    url = reverse("admin:places_place_add")
+    assert admin_client.get(url).status_code == 200
+    data = {
+        "name": "New chapel",
+        "dataset": gb_import.dataset.pk,
+        "source_key": "curator:new-chapel",
+        "status": "active",
+        "religion": "christian",
+        "religion_raw": "",
+        "denominations": "methodist",
+        "denomination_raw": "",
+        # The map widget posts Web Mercator, as the browser would.
+        "location": Point(-0.1, 51.5, srid=4326).transform(3857, clone=True).json,
+        "footprint": "",
+        "tags": "{}",
+        "start_date_raw": "",
+        "end_date_raw": "",
+        "attributes-TOTAL_FORMS": "0",
+        "attributes-INITIAL_FORMS": "0",
+    }
+    response = admin_client.post(url, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    place = Place.objects.get(dataset=gb_import.dataset, source_key="curator:new-chapel")
+    assert place.country.code == "GBR"
+    change = PlaceChange.objects.get(place=place)
+    assert (change.operation, change.user) == ("create", admin_user)
