@@ -32,6 +32,8 @@ BUILD_LOCK_SECONDS = 30
 BUILD_WAIT_SECONDS = 10.0
 BUILD_POLL_SECONDS = 0.02
 
+BIG_BODY_BYTES = 4 * 1024 * 1024
+
 Built = bytes | tuple[bytes, dict[str, str]]
 
 
@@ -112,7 +114,10 @@ def cached_build(*, cache_key: str, ttl: int, build: Callable[[], Built]) -> tup
     try:
         built = build()
         raw, headers = built if isinstance(built, tuple) else (built, {})
-        compressed = gzip.compress(raw, compresslevel=6) if raw else b""
+        # Level 6 costs ~9 ms per MB here, level 1 ~3 ms for a third more bytes: big bodies
+        # (100,000 features) take the fast level so the first request does not wait on gzip.
+        level = 6 if len(raw) < BIG_BODY_BYTES else 1
+        compressed = gzip.compress(raw, compresslevel=level) if raw else b""
         cache.set(cache_key, (compressed, headers), timeout=ttl)
     finally:
         cache.delete(lock_key)
