@@ -15,6 +15,7 @@ import json
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pyarrow as pa
@@ -53,11 +54,22 @@ class Layer:
 
 @dataclass(frozen=True)
 class Batch:
-    """Columns of text values, plus WKB geometries for geo formats."""
+    """Columns of text values (Arrow arrays), plus WKB geometries for geo formats.
 
-    columns: dict[str, list[str | None]]
-    wkb: list[bytes | None] | None
+    ``columns`` and ``wkb`` give the same values as Python lists, for row-by-row readers.
+    """
+
+    arrays: dict[str, pa.Array]
+    wkb_array: pa.Array | None
     num_rows: int
+
+    @cached_property
+    def columns(self) -> dict[str, list[str | None]]:
+        return {name: values.to_pylist() for name, values in self.arrays.items()}
+
+    @cached_property
+    def wkb(self) -> list[bytes | None] | None:
+        return None if self.wkb_array is None else self.wkb_array.to_pylist()
 
 
 def _head(path: Path, size: int = 1 << 16) -> bytes:
@@ -199,8 +211,8 @@ class CsvReader:
             )
             for record_batch in reader:
                 yield Batch(
-                    columns={n: record_batch.column(n).to_pylist() for n in self.header},
-                    wkb=None,
+                    arrays={n: record_batch.column(n) for n in self.header},
+                    wkb_array=None,
                     num_rows=record_batch.num_rows,
                 )
         except pa.ArrowInvalid as exc:
@@ -251,23 +263,25 @@ class GeoReader:
             geometry = meta.get("geometry_name") or "wkb_geometry"
             names = [str(f) for f in meta["fields"]]
             for record_batch in reader:
-                columns = {n: _as_text(record_batch.column(n)) for n in names}
                 yield Batch(
-                    columns=columns,
-                    wkb=record_batch.column(geometry).to_pylist()
+                    arrays={n: _as_text(record_batch.column(n)) for n in names},
+                    wkb_array=record_batch.column(geometry)
                     if geometry in record_batch.schema.names
                     else None,
                     num_rows=record_batch.num_rows,
                 )
 
 
-def _as_text(column: pa.Array) -> list[str | None]:
+def _as_text(column: pa.Array) -> pa.Array:
     """Attribute values as text; lists and structs (GeoJSON arrays, objects) as JSON."""
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        return column.to_pylist()
+    if pa.types.is_string(column.type):
+        return column
     if pa.types.is_nested(column.type):
-        return [None if v is None else json.dumps(v, default=str) for v in column.to_pylist()]
-    return column.cast(pa.string()).to_pylist()
+        return pa.array(
+            [None if v is None else json.dumps(v, default=str) for v in column.to_pylist()],
+            pa.string(),
+        )
+    return column.cast(pa.string())
 
 
 def open_reader(path: Path, fmt: str | None = None) -> CsvReader | GeoReader:
