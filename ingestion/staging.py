@@ -11,11 +11,13 @@ ones that need PostGIS (reprojection, polygon repair) and duplicate keys are dec
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import string
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,27 +34,22 @@ from ingestion.normalize import (
 )
 from ingestion.readers import Batch
 
-# Column order of the CSV written for COPY into ingestion_importstage.
+# Column order of the CSV written for COPY into ingestion_importstage. ``fields`` holds the
+# source-fed values known from the row itself, in the JSON form compared with a place's
+# source_values (SQL adds location, footprint, region and country).
 STAGE_COLUMNS = (
     "job_id",
     "sid",
     "row_number",
     "layer",
     "source_key",
-    "name",
-    "religion",
-    "religion_raw",
     "denominations",
-    "denomination_raw",
     "lon",
     "lat",
     "wkb",
     "srid",
-    "start_date",
-    "start_date_raw",
-    "end_date",
-    "end_date_raw",
-    "tags",
+    "fields",
+    "fingerprint",
     "raw",
     "reject",
     "reject_detail",
@@ -101,35 +98,78 @@ def _map_distinct(values: pa.Array, fn: Callable[[Any], Any], type_: pa.DataType
     return mapped.take(encoded.indices)
 
 
-def _json_string(values: pa.Array) -> pa.Array:
-    """Each value as a JSON string literal (null stays null)."""
+def _data_bytes(values: pa.Array) -> np.ndarray:
+    """The UTF-8 bytes of a string array's values, without copying."""
+    _, offsets, data = values.buffers()
+    if data is None or len(values) == 0:
+        return np.empty(0, dtype=np.uint8)
+    bounds = np.frombuffer(offsets, dtype=np.int32)[values.offset : values.offset + len(values) + 1]
+    return np.frombuffer(data, dtype=np.uint8)[bounds[0] : bounds[-1]]
+
+
+def _json_escaped(values: pa.Array) -> pa.Array:
+    """Each value escaped for the inside of a JSON string (null stays null).
+
+    A byte scan of the whole column decides which (rare) replacements are needed at all.
+    """
+    data = _data_bytes(values)
     out = values
-    if pc.any(pc.match_substring(values, "\\")).as_py():
+    if (data == ord("\\")).any():
         out = pc.replace_substring(out, "\\", "\\\\")
-    if pc.any(pc.match_substring(values, '"')).as_py():
+    if (data == ord('"')).any():
         out = pc.replace_substring(out, '"', '\\"')
-    if pc.any(pc.match_substring_regex(values, _CONTROL)).as_py():
+    if (data < 0x20).any():
         for code in range(32):
             out = pc.replace_substring(out, chr(code), f"\\u{code:04x}")
-    return pc.binary_join_element_wise('"', out, '"', "")
+    return out
 
 
-def _json_object(pairs: list[tuple[str, pa.Array]], *, drop_empty: bool, size: int) -> pa.Array:
-    """One JSON object per row; null members are ``null``, or left out with ``drop_empty``
-    (as are empty strings)."""
-    pieces = []
-    for key, values in pairs:
-        prefix = json.dumps(key, ensure_ascii=False) + ":"
-        member = pc.binary_join_element_wise(prefix, _json_string(values), "")
-        if drop_empty:
-            member = pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), member)
+def _key(name: str) -> str:
+    return json.dumps(name, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class _Text:
+    """A member value given as escaped string content (never null): its quotes are written
+    by the join that builds the object, saving a pass per column."""
+
+    escaped: pa.Array
+
+
+def _json_object(members: list[tuple[str, pa.Array | _Text]], *, size: int) -> pa.Array:
+    """One JSON object per row from (key, JSON literal or _Text per row).
+
+    Members whose literal is null are left out. Members that are never null are joined in
+    a single pass; only the others need one of their own. (Arrow's null_handling="skip"
+    is avoided: it drops rows in which every argument is null.)
+    """
+    pieces: list[pa.Array | str] = []
+    optional: list[pa.Array] = []
+    pending = "{"  # text still to be written before the next piece
+    for name, value in members:
+        prefix = ("," if pieces else "") + _key(name) + ":"
+        if isinstance(value, _Text):
+            pieces += [pending + prefix + '"', value.escaped]
+            pending = '"'
+        elif value.null_count == 0:
+            pieces += [pending + prefix, value]
+            pending = ""
         else:
-            member = pc.if_else(pc.is_null(values), prefix + "null", member)
-        pieces.append(member)
-    if not pieces:
+            member = pc.binary_join_element_wise("," + _key(name) + ":", value, "")
+            optional.append(pc.fill_null(member, ""))
+    if pieces:
+        return pc.binary_join_element_wise(*pieces, pending, *optional, "}", "")
+    if not optional:
         return _constant("{}", size)
-    body = pc.binary_join_element_wise(*pieces, ",", null_handling="skip")
-    return pc.binary_join_element_wise("{", pc.fill_null(body, ""), "}", "")
+    # Only optional members: each starts with a comma, and the first one must not.
+    body = pc.binary_join_element_wise(*optional, "") if len(optional) > 1 else optional[0]
+    return pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(body, 1), "}", "")
+
+
+def _json_literal(values: pa.Array) -> pa.Array:
+    """Each value as a JSON string literal, or ``null``."""
+    quoted = pc.binary_join_element_wise('"', _json_escaped(values), '"', "")
+    return pc.fill_null(quoted, "null") if values.null_count else quoted
 
 
 def _pg_array(values: list[str]) -> str:
@@ -172,7 +212,7 @@ def _source_keys(
 
 def _coordinates(
     values: pa.Array,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None], list[str | None]]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array, list[str | None]]:
     """Parse one coordinate column as Python's ``float()`` would.
 
     Returns (value, present, finite, text for COPY, error) per row; ``present`` is False for
@@ -180,24 +220,57 @@ def _coordinates(
     """
     size = len(values)
     stripped = _strip(values)
-    plain = pc.match_substring_regex(stripped, _PLAIN_NUMBER)
-    numbers = pc.cast(pc.if_else(plain, stripped, pa.scalar(None, pa.string())), pa.float64())
-    value = numbers.to_numpy(zero_copy_only=False)
+    empty = pc.equal(stripped, "")
+    nothing = pa.scalar(None, pa.string())
+    try:
+        numbers = pc.cast(pc.if_else(empty, nothing, stripped), pa.float64())
+        plain = pc.invert(empty)
+    except pa.ArrowInvalid:
+        plain = pc.match_substring_regex(stripped, _PLAIN_NUMBER)
+        numbers = pc.cast(pc.if_else(plain, stripped, nothing), pa.float64())
+    value = numbers.to_numpy(zero_copy_only=False).copy()
     present = plain.to_numpy(zero_copy_only=False).astype(bool)
-    finite = present.copy()
-    text: list[str | None] = pc.if_else(plain, stripped, pa.scalar(None, pa.string())).to_pylist()
+    with np.errstate(invalid="ignore"):
+        # Arrow reads inf and nan too, but float() has the last word on anything unusual.
+        plain_finite = present & np.isfinite(value)
+    finite = plain_finite.copy()
+    text = pc.if_else(pa.array(plain_finite), stripped, nothing)
     errors: list[str | None] = [None] * size
-    odd = pc.and_(pc.invert(plain), pc.not_equal(stripped, ""))
-    for i in np.flatnonzero(odd.to_numpy(zero_copy_only=False)):
-        original = values[int(i)].as_py()
-        try:
-            number = float(original)
-        except ValueError:
-            errors[i] = f"not a number: {original[:40]!r}"
-            continue
-        value[i], present[i], finite[i] = number, True, math.isfinite(number)
-        text[i] = repr(number) if finite[i] else None
+    odd = np.flatnonzero(~plain_finite & ~empty.to_numpy(zero_copy_only=False))
+    if odd.size:
+        texts = text.to_pylist()
+        for i in odd:
+            original = values[int(i)].as_py()
+            try:
+                number = float(original)
+            except ValueError:
+                present[i] = False
+                errors[i] = f"not a number: {original[:40]!r}"
+                continue
+            value[i], present[i], finite[i] = number, True, math.isfinite(number)
+            texts[i] = repr(number) if finite[i] else None
+        text = pa.array(texts, pa.string())
     return value, present, finite, text, errors
+
+
+def _fingerprints(
+    fields: pa.Array, lon: pa.Array, lat: pa.Array, wkb: pa.Array, srid: int
+) -> pa.Array:
+    """A digest per row of everything the row gives a place (its fields and its geometry as
+    written), so that a re-import can tell an unchanged row without recomputing it."""
+    separator = "\x1e"
+    text = pc.binary_join_element_wise(
+        fields,
+        pc.fill_null(lon, ""),
+        pc.fill_null(lat, ""),
+        pc.fill_null(wkb, ""),
+        str(srid),
+        separator,
+    )
+    return pa.array(
+        [hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in text.to_pylist()],
+        _STRING,
+    )
 
 
 def stage_batch(
@@ -273,8 +346,8 @@ def stage_batch(
             "coordinates must be finite numbers",
         )
         usable_lon, usable_lat = lon_ok & lon_finite, lat_ok & lat_finite
-        lon_column = pc.if_else(pa.array(usable_lon), pa.array(lon_text, pa.string()), null_text)
-        lat_column = pc.if_else(pa.array(usable_lat), pa.array(lat_text, pa.string()), null_text)
+        lon_column = pc.if_else(pa.array(usable_lon), lon_text, null_text)
+        lat_column = pc.if_else(pa.array(usable_lat), lat_text, null_text)
         wkb_column = pa.nulls(size, pa.string())
     else:
         usable_lon = usable_lat = np.zeros(size, dtype=bool)
@@ -305,12 +378,55 @@ def stage_batch(
             ),
         )
 
-    names = list(arrays)
+    # Each source column escaped once, for both the tags and the raw values.
+    escaped = {n: _json_escaped(values) for n, values in arrays.items()}
     used = mapping.used_columns()
+    nothing = pa.scalar(None, pa.string())
     tags = _json_object(
-        [(n, arrays[n]) for n in names if n not in used], drop_empty=True, size=size
+        [
+            (
+                n,
+                pc.binary_join_element_wise(
+                    '"', pc.if_else(pc.equal(arrays[n], ""), nothing, escaped[n]), '"', ""
+                ),
+            )
+            for n in arrays
+            if n not in used
+        ],
+        size=size,
     )
-    raw = _json_object([(n, arrays[n]) for n in names], drop_empty=False, size=size)
+    raw = _json_object(
+        [
+            (
+                n,
+                pc.fill_null(pc.binary_join_element_wise('"', escaped[n], '"', ""), "null")
+                if arrays[n].null_count
+                else _Text(escaped[n]),
+            )
+            for n in arrays
+        ],
+        size=size,
+    )
+    denominations = _map_distinct(
+        denomination_raw,
+        lambda v: json.dumps(denominations_normalise(v), ensure_ascii=False),
+        pa.string(),
+    )
+    fields = _json_object(
+        [
+            ("name", _Text(_json_escaped(name))),
+            ("religion", _Text(_map_distinct(religion_raw, religion_normalise, _STRING))),
+            ("religion_raw", _Text(_json_escaped(religion_raw))),
+            ("denominations", denominations),
+            ("denomination_raw", _Text(_json_escaped(denomination_raw))),
+            ("tags", tags),
+            ("start_date", _json_literal(pc.cast(start_date, pa.string()))),
+            ("start_date_raw", _Text(_json_escaped(start_raw))),
+            ("end_date", _json_literal(pc.cast(end_date, pa.string()))),
+            ("end_date_raw", _Text(_json_escaped(end_raw))),
+        ],
+        size=size,
+    )
     return pa.table(
         {
             "job_id": _constant(job_id, size, pa.int64()),
@@ -320,22 +436,15 @@ def stage_batch(
             ),
             "layer": _constant(layer, size),
             "source_key": source_key,
-            "name": name,
-            "religion": _map_distinct(religion_raw, religion_normalise, pa.string()),
-            "religion_raw": religion_raw,
             "denominations": _map_distinct(
-                denomination_raw, lambda v: _pg_array(denominations_normalise(v)), pa.string()
+                denomination_raw, lambda v: _pg_array(denominations_normalise(v)), _STRING
             ),
-            "denomination_raw": denomination_raw,
             "lon": lon_column,
             "lat": lat_column,
             "wkb": wkb_column,
             "srid": _constant(srid, size, pa.int64()),
-            "start_date": start_date,
-            "start_date_raw": start_raw,
-            "end_date": end_date,
-            "end_date_raw": end_raw,
-            "tags": tags,
+            "fields": fields,
+            "fingerprint": _fingerprints(fields, lon_column, lat_column, wkb_column, srid),
             "raw": raw,
             "reject": pc.coalesce(*reject),
             "reject_detail": pc.coalesce(*detail),
@@ -356,20 +465,13 @@ def malformed_rows(
             "row_number": pa.array([line or 0 for line, _ in rows], pa.int64()),
             "layer": _constant("", size),
             "source_key": _constant("", size),
-            "name": _constant("", size),
-            "religion": _constant("unknown", size),
-            "religion_raw": _constant("", size),
             "denominations": _constant("{}", size),
-            "denomination_raw": _constant("", size),
             "lon": pa.nulls(size, pa.string()),
             "lat": pa.nulls(size, pa.string()),
             "wkb": pa.nulls(size, pa.string()),
             "srid": _constant(4326, size, pa.int64()),
-            "start_date": pa.nulls(size, pa.date32()),
-            "start_date_raw": _constant("", size),
-            "end_date": pa.nulls(size, pa.date32()),
-            "end_date_raw": _constant("", size),
-            "tags": _constant("{}", size),
+            "fields": _constant("{}", size),
+            "fingerprint": _constant("", size),
             "raw": pa.array(
                 [json.dumps({"_text": text}, ensure_ascii=False) for _, text in rows], pa.string()
             ),

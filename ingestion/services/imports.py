@@ -299,6 +299,9 @@ def _run(job: ImportJob, counts: ImportCounts, started: float) -> None:
         checkpoint.setdefault("resumed_after", []).append(checkpoint["last_sid"])
     if not _still_staged(job, checkpoint):
         _stage(job, counts, checkpoint)
+    with connection.cursor() as cursor:
+        cursor.execute(q.REGION_STAMP)
+        checkpoint["region_stamp"] = cursor.fetchone()[0]
     if job.dry_run:
         _dry_run(job, counts, checkpoint, started)
         return
@@ -406,23 +409,55 @@ def _copy_rows(job_id: int, rows: Any) -> None:
 
 
 def _diff(
-    cursor: Any, job: ImportJob, counts: ImportCounts, *, after: int, upto: int
+    cursor: Any,
+    job: ImportJob,
+    counts: ImportCounts,
+    checkpoint: dict[str, Any],
+    *,
+    after: int,
+    upto: int,
+    keep_all: bool = False,
 ) -> dict[str, int]:
-    """Build ``import_diff`` for staged rows ``(after, upto]``; counts per op."""
+    """Build ``import_diff`` for staged rows ``(after, upto]``; counts per op.
+
+    Rows whose fingerprint shows them unchanged are counted and left out, unless
+    ``keep_all`` (a dry run, which reports samples of every kind).
+    """
     params = {
         "job": job.pk,
         "dataset": job.dataset_id,
         "after": after,
         "upto": upto,
         "append": job.mode == ImportMode.APPEND,
+        "stamp": checkpoint["region_stamp"],
+        "keep_all": keep_all,
     }
     cursor.execute(f"SET LOCAL work_mem = '{IMPORT_WORK_MEM}'")
+    # Memoize would cache the per-row JSON under keys as large as the rows: all cost, no hits.
+    cursor.execute("SET LOCAL enable_memoize = off")
     # ON COMMIT DROP is not enough when the caller wraps several imports in one transaction.
     cursor.execute("DROP TABLE IF EXISTS pg_temp.import_diff")
+    cursor.execute(q.DROP_BATCH)
+    with counts.timed("batch"):
+        cursor.execute(q.BATCH[0])
+        cursor.execute(q.BATCH[1], params)
+        other = cursor.rowcount
+        cursor.execute(q.BATCH[2], params)
+        same = cursor.fetchone()[0] - other
+        cursor.execute(q.BATCH[3])
+    by_op = {"unchanged": same}
+    # With nothing left (other == 0) these statements cost milliseconds, and import_diff
+    # exists with its columns all the same.
+    with counts.timed("locate"):
+        for statement in q.LOCATE:
+            cursor.execute(statement, params)
     with counts.timed("diff"):
         cursor.execute(q.DIFF, params)
     cursor.execute(q.DIFF_COUNTS)
-    return dict(cursor.fetchall())
+    for op, n in cursor.fetchall():
+        by_op[op] = by_op.get(op, 0) + n
+    cursor.execute(q.DROP_BATCH)
+    return by_op
 
 
 def _apply_batch(
@@ -431,7 +466,7 @@ def _apply_batch(
     """Apply staged rows ``(after, upto]`` and record the checkpoint, in one transaction."""
     params = {"job": job.pk, "dataset": job.dataset_id}
     with transaction.atomic(), connection.cursor() as cursor:
-        by_op = _diff(cursor, job, counts, after=after, upto=upto)
+        by_op = _diff(cursor, job, counts, checkpoint, after=after, upto=upto)
         with counts.timed("insert"):
             cursor.execute(q.INSERT_CREATED, params)
             added = cursor.rowcount
@@ -477,7 +512,9 @@ def _dry_run(
     """Every count of a real run, from one diff of the whole file; no place is written."""
     params = {"job": job.pk, "dataset": job.dataset_id}
     with transaction.atomic(), connection.cursor() as cursor:
-        by_op = _diff(cursor, job, counts, after=0, upto=checkpoint["max_sid"])
+        by_op = _diff(
+            cursor, job, counts, checkpoint, after=0, upto=checkpoint["max_sid"], keep_all=True
+        )
         job = ImportJob.objects.select_for_update().get(pk=job.pk)
         job.added, job.updated = by_op.get("create", 0), by_op.get("update", 0)
         job.unchanged = by_op.get("unchanged", 0) + by_op.get("kept", 0)
