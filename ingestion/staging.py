@@ -273,6 +273,30 @@ def _fingerprints(
     )
 
 
+def batch_texts(batch: Batch) -> dict[str, pa.Array]:
+    """The batch's columns as string arrays."""
+    return {name: _text(values, batch.num_rows) for name, values in batch.arrays.items()}
+
+
+def raw_values(arrays: dict[str, pa.Array]) -> pa.Array:
+    """Each row's original values as a JSON object (for the rejected-row report)."""
+    size = len(next(iter(arrays.values()))) if arrays else 0
+    return _json_object(
+        [
+            (
+                n,
+                pc.fill_null(
+                    pc.binary_join_element_wise('"', _json_escaped(values), '"', ""), "null"
+                )
+                if values.null_count
+                else _Text(_json_escaped(values)),
+            )
+            for n, values in arrays.items()
+        ],
+        size=size,
+    )
+
+
 def stage_batch(
     batch: Batch,
     mapping: ColumnMapping,
@@ -287,7 +311,7 @@ def stage_batch(
     """One batch as staging rows (see STAGE_COLUMNS): normalised values, raw values kept,
     and the rejections a row's own values decide."""
     size = batch.num_rows
-    arrays = {name: _text(values, size) for name, values in batch.arrays.items()}
+    arrays = batch_texts(batch)
 
     def column(name: str | None) -> pa.Array:
         return _strip(_text(arrays.get(name) if name else None, size))
@@ -378,8 +402,6 @@ def stage_batch(
             ),
         )
 
-    # Each source column escaped once, for both the tags and the raw values.
-    escaped = {n: _json_escaped(values) for n, values in arrays.items()}
     used = mapping.used_columns()
     nothing = pa.scalar(None, pa.string())
     tags = _json_object(
@@ -387,26 +409,24 @@ def stage_batch(
             (
                 n,
                 pc.binary_join_element_wise(
-                    '"', pc.if_else(pc.equal(arrays[n], ""), nothing, escaped[n]), '"', ""
+                    '"', pc.if_else(pc.equal(values, ""), nothing, _json_escaped(values)), '"', ""
                 ),
             )
-            for n in arrays
+            for n, values in arrays.items()
             if n not in used
         ],
         size=size,
     )
-    raw = _json_object(
-        [
-            (
-                n,
-                pc.fill_null(pc.binary_join_element_wise('"', escaped[n], '"', ""), "null")
-                if arrays[n].null_count
-                else _Text(escaped[n]),
-            )
-            for n in arrays
-        ],
-        size=size,
-    )
+    # Original values are kept only for rows rejected here; rows that SQL rejects later get
+    # theirs from a second read of the file (see imports), so valid rows never carry them.
+    reject_reason = pc.coalesce(*reject)
+    rejected = pc.is_valid(reject_reason)
+    raw = pa.nulls(size, _STRING)
+    if reject_reason.null_count < size:
+        picked = pa.array(np.flatnonzero(rejected.to_numpy(zero_copy_only=False)))
+        raw = pc.replace_with_mask(
+            raw, rejected, raw_values({n: values.take(picked) for n, values in arrays.items()})
+        )
     denominations = _map_distinct(
         denomination_raw,
         lambda v: json.dumps(denominations_normalise(v), ensure_ascii=False),
@@ -446,7 +466,7 @@ def stage_batch(
             "fields": fields,
             "fingerprint": _fingerprints(fields, lon_column, lat_column, wkb_column, srid),
             "raw": raw,
-            "reject": pc.coalesce(*reject),
+            "reject": reject_reason,
             "reject_detail": pc.coalesce(*detail),
         }
     )

@@ -23,7 +23,7 @@ CREATE UNLOGGED TABLE ingestion_importstage (
     footprint geometry(MultiPolygon, 4326),
     fields text NOT NULL,
     fingerprint text NOT NULL,
-    raw text NOT NULL,
+    raw text,
     reject text,
     reject_detail text,
     PRIMARY KEY (job_id, sid)

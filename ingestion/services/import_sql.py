@@ -81,6 +81,16 @@ FROM ranked d
 WHERE s.job_id = %(job)s AND s.sid = d.sid AND d.n > 1
 """
 
+MISSING_RAW = """
+SELECT sid FROM ingestion_importstage
+WHERE job_id = %(job)s AND reject IS NOT NULL AND raw IS NULL ORDER BY sid
+"""
+
+FILL_RAW = """
+UPDATE ingestion_importstage s SET raw = r.raw
+FROM import_raw r WHERE s.job_id = %(job)s AND s.sid = r.sid
+"""
+
 SAVE_REJECTIONS = """
 INSERT INTO ingestion_importrejection (job_id, row_number, layer, reason, detail, raw)
 SELECT job_id, row_number, layer, reject, COALESCE(reject_detail, ''), raw::jsonb
