@@ -573,7 +573,7 @@ def _diff(
         cursor.execute(q.BATCH[2], params)
         same = cursor.fetchone()[0] - other
         cursor.execute(q.BATCH[3])
-    by_op = {"unchanged": same}
+    by_op = {"unchanged": same, "fingerprint": same}
     # With nothing left (other == 0) these statements cost milliseconds, and import_diff
     # exists with its columns all the same.
     with counts.timed("locate"):
@@ -604,18 +604,22 @@ def _apply_batch(
             if job.mode != ImportMode.APPEND:
                 cursor.execute(q.REFRESH_SOURCE_VALUES)
         cursor.execute("DROP TABLE pg_temp.import_diff")
-        checkpoint.update(
-            last_sid=upto,
-            batches=checkpoint.get("batches", 0) + 1,
-            conflicts=checkpoint.get("conflicts", 0) + by_op.get("update", 0) - updated,
-        )
+        done = {
+            **checkpoint,
+            "last_sid": upto,
+            "batches": checkpoint.get("batches", 0) + 1,
+            "conflicts": checkpoint.get("conflicts", 0) + by_op.get("update", 0) - updated,
+            "by_fingerprint": checkpoint.get("by_fingerprint", 0) + by_op["fingerprint"],
+        }
+        # The batch's writes and the checkpoint that records them commit together.
         ImportJob.objects.filter(pk=job.pk).update(
             added=F("added") + added,
             updated=F("updated") + updated,
             unchanged=F("unchanged") + by_op.get("unchanged", 0) + by_op.get("kept", 0),
-            checkpoint=checkpoint,
+            checkpoint=done,
             heartbeat_at=Now(),
         )
+    checkpoint.update(done)
 
 
 def _finish(
@@ -666,6 +670,7 @@ def _close(
         "rejected_by_reason": _rejection_counts(job),
         "conflicts": checkpoint.get("conflicts", 0),
         "batches": checkpoint.get("batches", 0),
+        "unchanged_by_fingerprint": checkpoint.get("by_fingerprint", 0),
         "resumed_after": checkpoint.get("resumed_after", []),
         "step_seconds": counts.step_seconds,
     }
