@@ -1,22 +1,11 @@
-"""Which source column feeds which field, and turning a batch into staging rows."""
+"""Which source column feeds which field (staging itself is in ingestion.staging)."""
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import string
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
-
-from ingestion.normalize import (
-    date_parse,
-    denominations_normalise,
-    packed_class_split,
-    religion_normalise,
-)
-from ingestion.readers import Batch
 
 _FIELD = re.compile(r"[^{}!:\[\].]{1,100}")
 
@@ -105,121 +94,6 @@ def mapping_propose(columns: list[str], *, has_geometry: bool) -> ColumnMapping:
     if not has_geometry:
         mapping.lon, mapping.lat = pick("lon"), pick("lat")
     return mapping
-
-
-# Column order of the staging table (see ingestion.services.imports.STAGE_COLUMNS).
-StageRow = tuple[Any, ...]
-
-
-def _coordinate(text: str | None) -> tuple[float | None, str]:
-    if text is None or not text.strip():
-        return None, ""
-    try:
-        value = float(text)
-    except ValueError:
-        return None, f"not a number: {text[:40]!r}"
-    return value, ""
-
-
-def stage_rows(
-    batch: Batch,
-    mapping: ColumnMapping,
-    *,
-    layer: str,
-    first_row_number: int,
-    geometry_kind: str,
-    srid: int,
-) -> Iterator[StageRow]:
-    """Turn one batch into staging rows: normalised values, raw values, early rejections."""
-    names = list(batch.columns)
-    used = mapping.used_columns()
-    columns = batch.columns
-    key_fields = mapping.key_fields()
-    for i in range(batch.num_rows):
-        raw = {n: columns[n][i] for n in names}
-        values = {**raw, "_kind": geometry_kind}
-        reject, detail = "", ""
-        if mapping.key and all((values.get(f) or "").strip() for f in key_fields):
-            source_key = mapping.key.format(**{f: values[f].strip() for f in key_fields})
-        else:
-            source_key = ""
-        name = (raw.get(mapping.name) or "").strip() if mapping.name else ""
-        religion_raw = (raw.get(mapping.religion) or "").strip() if mapping.religion else ""
-        denomination_raw = (
-            (raw.get(mapping.denomination) or "").strip() if mapping.denomination else ""
-        )
-        if mapping.packed_class and not religion_raw:
-            religion_raw, packed_denomination = packed_class_split(raw.get(mapping.packed_class))
-            denomination_raw = denomination_raw or packed_denomination
-        lon = lat = None
-        wkb = batch.wkb[i] if batch.wkb is not None else None
-        if batch.wkb is None:
-            lon, lon_error = _coordinate(raw.get(mapping.lon) if mapping.lon else None)
-            lat, lat_error = _coordinate(raw.get(mapping.lat) if mapping.lat else None)
-            if lon_error or lat_error:
-                reject, detail = (
-                    "bad_coordinates",
-                    f"lon {lon_error}".strip() if lon_error else f"lat {lat_error}",
-                )
-            elif (
-                lon is not None
-                and lat is not None
-                and not (math.isfinite(lon) and math.isfinite(lat))
-            ):
-                reject, detail = "bad_coordinates", "coordinates must be finite numbers"
-        if i in batch.rejects:  # the reader already knows (over-long value, bad WKB …)
-            reject, detail = batch.rejects[i]
-        start_raw = (raw.get(mapping.start_date) or "").strip() if mapping.start_date else ""
-        end_raw = (raw.get(mapping.end_date) or "").strip() if mapping.end_date else ""
-        tags = {k: v for k, v in raw.items() if k not in used and v not in (None, "")}
-        yield (
-            first_row_number + i,
-            layer,
-            source_key,
-            name,
-            religion_normalise(religion_raw),
-            religion_raw,
-            denominations_normalise(denomination_raw),
-            denomination_raw,
-            lon if lon is None or math.isfinite(lon) else None,
-            lat if lat is None or math.isfinite(lat) else None,
-            wkb,
-            srid,
-            date_parse(start_raw),
-            start_raw,
-            date_parse(end_raw),
-            end_raw,
-            json.dumps(tags, ensure_ascii=False),
-            json.dumps(raw, ensure_ascii=False, default=str),
-            reject or None,
-            detail or None,
-        )
-
-
-def malformed_stage_row(*, line: int | None, text: str, expected: int) -> StageRow:
-    """A staging row for a CSV record that could not be split into its columns."""
-    return (
-        line or 0,
-        "",
-        "",
-        "",
-        "unknown",
-        "",
-        [],
-        "",
-        None,
-        None,
-        None,
-        4326,
-        None,
-        "",
-        None,
-        "",
-        "{}",
-        json.dumps({"_text": text}, ensure_ascii=False),
-        "malformed_row",
-        f"expected {expected} fields" + ("" if line else " (line number unknown)"),
-    )
 
 
 def mapping_problems(

@@ -59,6 +59,16 @@ class ImportJob(models.Model):
     )
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Last sign of life of the run (every batch); a stale one gets the job re-queued.",
+    )
+    checkpoint = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Where a redelivered run resumes: rows staged, last staged row applied, batches.",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

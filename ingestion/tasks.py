@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 
 @shared_task(
     name="ingestion.tasks.import_job_run",
-    # Redeliver when the worker dies mid-import; the service restarts the job cleanly.
+    # Redeliver when the worker dies mid-import; the service resumes after the last batch.
     acks_late=True,
     reject_on_worker_lost=True,
     autoretry_for=imports.TRANSIENT_ERRORS,
@@ -24,3 +24,17 @@ logger = logging.getLogger(__name__)
 def import_job_run(job_id: int) -> str | None:
     job = imports.import_job_execute(job_id=job_id)
     return job.state if job else None
+
+
+@shared_task(name="ingestion.tasks.import_jobs_recover")
+def import_jobs_recover() -> list[int]:
+    """Re-queue imports whose message or worker was lost; clear staging rows left behind.
+
+    Run by beat every minute. Safe to run twice at once: each stale job is claimed by one.
+    """
+    job_ids = imports.import_jobs_stale_claim()
+    for job_id in job_ids:
+        logger.warning("import job %s went silent; queued again", job_id)
+        import_job_run.delay(job_id)
+    imports.import_stage_sweep()
+    return job_ids

@@ -147,7 +147,17 @@ CELERY_BEAT_SCHEDULE = {
         "task": "places.tasks.place_attribute_partitions_ensure",
         "schedule": crontab(minute=17, hour=3),
     },
+    # Redis keeps no messages on disk here: a restart loses queued imports, which this
+    # re-queues once their heartbeat is stale (and it clears staging rows left behind).
+    "recover-import-jobs": {
+        "task": "ingestion.tasks.import_jobs_recover",
+        "schedule": 60.0,
+    },
 }
+# Imports apply this many staged rows per transaction (each commit is a resumable checkpoint)
+# and are re-queued when their heartbeat (moved by every batch) is older than the stale limit.
+IMPORT_BATCH_ROWS = env.int("IMPORT_BATCH_ROWS", default=50_000)
+IMPORT_STALE_SECONDS = env.int("IMPORT_STALE_SECONDS", default=600)
 CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / ".run" / "celerybeat-schedule")
 
 # --- Static and uploaded files ----------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -43,17 +44,43 @@ class Layer:
 
 @dataclass(frozen=True)
 class Batch:
-    """Columns of text values, plus WKB geometries for geo formats.
+    """Columns of text values (Arrow arrays), plus WKB geometries for geo formats.
 
     ``rejects`` maps a row's index in the batch to ``(reason, detail)`` for rows the reader
     already knows are unusable (a value over ``MAX_CELL_BYTES``, geometry bytes that are not
     WKB, a JSON item that is not an object); their values are kept, cut short, for the report.
+    ``columns`` and ``wkb`` give the same values as Python lists, for row-by-row callers.
     """
 
-    columns: dict[str, list[str | None]]
-    wkb: list[bytes | None] | None
+    arrays: dict[str, pa.Array]
+    wkb_array: pa.Array | None
     num_rows: int
     rejects: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        columns: dict[str, pa.Array | list[str | None]],
+        wkb: pa.Array | list[bytes | None] | None,
+        num_rows: int,
+        rejects: dict[int, tuple[str, str]] | None = None,
+    ) -> Batch:
+        """A batch from Arrow arrays or Python lists (readers that build rows by hand)."""
+        arrays = {
+            name: values if isinstance(values, pa.Array) else pa.array(values, pa.string())
+            for name, values in columns.items()
+        }
+        wkb_array = wkb if wkb is None or isinstance(wkb, pa.Array) else pa.array(wkb, pa.binary())
+        return cls(arrays=arrays, wkb_array=wkb_array, num_rows=num_rows, rejects=rejects or {})
+
+    @cached_property
+    def columns(self) -> dict[str, list[str | None]]:
+        return {name: values.to_pylist() for name, values in self.arrays.items()}
+
+    @cached_property
+    def wkb(self) -> list[bytes | None] | None:
+        return None if self.wkb_array is None else self.wkb_array.to_pylist()
 
 
 def check_columns(names: list[str], *, what: str) -> None:

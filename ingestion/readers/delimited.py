@@ -200,8 +200,8 @@ class CsvReader:
             for record_batch in reader:
                 rejects: dict[int, tuple[str, str]] = {}
                 columns = cap_arrow_cells(record_batch, self.header, rejects)
-                yield Batch(
-                    columns={n: columns[n].to_pylist() for n in self.header},
+                yield Batch.of(
+                    columns={n: columns[n] for n in self.header},
                     wkb=None,
                     num_rows=record_batch.num_rows,
                     rejects=rejects,

@@ -110,7 +110,7 @@ class GeoReader:
                         # GDAL passes on what the file says: unclosed rings, one-point lines.
                         wkb = record_batch.column(geometry).to_pylist()
                         reject_bad_wkb(wkb, rejects)
-                    yield Batch(
+                    yield Batch.of(
                         columns=columns, wkb=wkb, num_rows=record_batch.num_rows, rejects=rejects
                     )
         except UnicodeError:

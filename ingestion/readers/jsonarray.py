@@ -128,7 +128,7 @@ def _batch(items: list[Any], names: list[str]) -> Batch:
                     rejects.setdefault(i, ("cell_too_large", too_large_detail(key, size)))
                     text = cell_preview(text)
             columns[without_nul(key)][i] = text
-    return Batch(columns=columns, wkb=None, num_rows=len(items), rejects=rejects)
+    return Batch.of(columns=columns, wkb=None, num_rows=len(items), rejects=rejects)
 
 
 def _text(value: Any) -> str | None:

@@ -92,7 +92,7 @@ class ParquetReader:
                 if self.geometry:
                     wkb = _storage(record_batch.column(self.geometry)).to_pylist()
                     reject_bad_wkb(wkb, rejects)
-                yield Batch(
+                yield Batch.of(
                     columns=columns, wkb=wkb, num_rows=record_batch.num_rows, rejects=rejects
                 )
         except UnreadableFile:

@@ -1,6 +1,6 @@
 """Samples of what a dry run would do, read from the import's temporary tables.
 
-Called by the import service while ``import_stage`` and ``import_diff`` still exist (they go
+Called by the import service while the job's staging rows and ``import_diff`` still exist (they go
 when the dry run's transaction ends), so the job's report can show real rows next to the
 counts: places that would be added, updated (field by field, old and new), left unchanged
 or retired, and rows rejected with their reason.
@@ -17,31 +17,35 @@ SAMPLE_SIZE = 20
 MAX_TEXT = 300
 
 ADDED = """
-SELECT d.row_number, d.layer, d.source_key, d.name, d.religion,
+SELECT d.row_number, st.layer, d.source_key, d.name, d.new_j ->> 'religion',
        array_to_string(d.denominations, '; '),
-       ST_X(d.geom), ST_Y(d.geom), d.footprint IS NOT NULL, d.start_date_raw,
+       ST_X(d.geom), ST_Y(d.geom), d.footprint IS NOT NULL, d.new_j ->> 'start_date_raw',
        r.name, c.name
 FROM import_diff d
+JOIN ingestion_importstage st ON st.job_id = %(job)s AND st.sid = d.sid
 LEFT JOIN places_region r ON r.id = d.region_id
 LEFT JOIN places_region c ON c.id = d.country_id
 WHERE d.op = 'create' ORDER BY d.sid LIMIT %(limit)s
 """
 
 UPDATED = """
-SELECT row_number, layer, source_key, place_id, changes FROM import_diff
-WHERE op = 'update' ORDER BY sid LIMIT %(limit)s
+SELECT d.row_number, st.layer, d.source_key, d.place_id, d.changes FROM import_diff d
+JOIN ingestion_importstage st ON st.job_id = %(job)s AND st.sid = d.sid
+WHERE d.op = 'update' ORDER BY d.sid LIMIT %(limit)s
 """
 
 UNCHANGED = """
-SELECT row_number, layer, source_key, place_id FROM import_diff
-WHERE op IN ('unchanged', 'kept') ORDER BY sid LIMIT %(limit)s
+SELECT d.row_number, st.layer, d.source_key, d.place_id FROM import_diff d
+JOIN ingestion_importstage st ON st.job_id = %(job)s AND st.sid = d.sid
+WHERE d.op IN ('unchanged', 'kept') ORDER BY d.sid LIMIT %(limit)s
 """
 
 # The same rule as the snapshot retirement in ingestion.services.imports.
 WOULD_RETIRE = """
 SELECT p.id, p.source_key, p.name FROM places_place p
 WHERE p.dataset_id = %(dataset)s AND p.status = 'active' AND p.source_values IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM import_stage s WHERE s.source_key = p.source_key)
+  AND NOT EXISTS (SELECT 1 FROM ingestion_importstage s
+                  WHERE s.job_id = %(job)s AND s.source_key = p.source_key)
 ORDER BY p.id LIMIT %(limit)s
 """
 
@@ -51,7 +55,7 @@ def dry_run_samples(*, cursor: Any, job: ImportJob, limit: int = SAMPLE_SIZE) ->
 
     Long texts are cut and footprints summarised: the report is JSON on the job's row.
     """
-    params = {"limit": limit, "dataset": job.dataset_id}
+    params = {"limit": limit, "dataset": job.dataset_id, "job": job.pk}
     cursor.execute(ADDED, params)
     added = [
         {

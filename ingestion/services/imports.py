@@ -1,38 +1,51 @@
 """Import a file of places into a dataset: stream, COPY, validate, diff and upsert in SQL.
 
-The whole apply runs in one transaction: places, their change-log entries, the rejected
-rows and the job's final state commit together or not at all. A crashed worker therefore
-leaves nothing half-applied, and the redelivered task simply runs again.
+A run has three phases, each crash-safe:
+
+1. **Stage**: the file is streamed into ``ingestion_importstage`` (UNLOGGED, keyed by job), a
+   reader batch per transaction, then validated and de-duplicated over the whole file and its
+   rejected rows saved; the job's checkpoint records that staging is complete.
+2. **Apply** in batches of ``IMPORT_BATCH_ROWS`` staged rows: regions, diff, places and their
+   change-log entries, and the job's checkpoint (last row applied, cumulative counts) commit
+   together. A redelivered task resumes after the last committed batch, so nothing is lost
+   or applied twice.
+3. **Finish**: snapshot retirements, the final state and the removal of the staging rows
+   commit together.
+
+A dry run stages the file, diffs it in one statement and writes no place.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty, Full, Queue
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+from django.conf import settings
 from django.core.cache import cache
 from django.core.files import File
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Count, F
-from django.db.models.functions import Now
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
-from ingestion.mapping import (
-    ColumnMapping,
-    malformed_stage_row,
-    mapping_problems,
-    mapping_propose,
-    stage_rows,
-)
+from ingestion.mapping import ColumnMapping, mapping_problems, mapping_propose
 from ingestion.models import ImportJob, ImportMode, ImportState
 from ingestion.normalize import NOT_WORSHIP_NAME_SQL, worship_class_heads
-from ingestion.readers import UnreadableFile, detect_format, open_reader, srid_from_crs
+from ingestion.readers import Batch, UnreadableFile, detect_format, open_reader, srid_from_crs
 from ingestion.selectors import PROGRESS_KEY
+from ingestion.services import import_sql as q
 from ingestion.services.dry_run import dry_run_samples
+from ingestion.staging import batch_texts, malformed_rows, raw_values, stage_batch, stage_csv
 from places.models import Dataset
 
 logger = logging.getLogger(__name__)
@@ -42,327 +55,39 @@ MAX_ATTEMPTS = 5
 # Errors worth another try: the connection dropped, a deadlock, a serialization failure.
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 ADVISORY_LOCK_CLASS = 0x494D5054  # "IMPT": one import at a time per dataset
-
-STAGE_COLUMNS = (
-    "row_number",
-    "layer",
-    "source_key",
-    "name",
-    "religion",
-    "religion_raw",
-    "denominations",
-    "denomination_raw",
-    "lon",
-    "lat",
-    "wkb",
-    "srid",
-    "start_date",
-    "start_date_raw",
-    "end_date",
-    "end_date_raw",
-    "tags",
-    "raw",
-    "reject",
-    "reject_detail",
-)
-
-DROP_TEMP = "DROP TABLE IF EXISTS pg_temp.import_stage, pg_temp.import_diff"
-
-CREATE_STAGE = """
-CREATE TEMP TABLE import_stage (
-    sid bigint GENERATED ALWAYS AS IDENTITY,
-    row_number bigint NOT NULL,
-    layer text NOT NULL,
-    source_key text NOT NULL,
-    name text NOT NULL,
-    religion text NOT NULL,
-    religion_raw text NOT NULL,
-    denominations text[] NOT NULL,
-    denomination_raw text NOT NULL,
-    lon float8,
-    lat float8,
-    wkb bytea,
-    srid integer NOT NULL,
-    start_date date,
-    start_date_raw text NOT NULL,
-    end_date date,
-    end_date_raw text NOT NULL,
-    tags jsonb NOT NULL,
-    raw jsonb NOT NULL,
-    reject text,
-    reject_detail text,
-    geom_any geometry,
-    geom geometry(Point, 4326),
-    footprint geometry(MultiPolygon, 4326),
-    region_id bigint,
-    country_id bigint
-) ON COMMIT DROP
-"""
-
-# Validation, repair and region assignment: each statement handles every row at once.
-VALIDATE = [
-    """UPDATE import_stage SET reject = 'missing_key',
-           reject_detail = 'the key columns are empty'
-       WHERE reject IS NULL AND source_key = ''""",
-    """UPDATE import_stage SET reject = 'key_too_long',
-           reject_detail = format('key has %s characters; at most 255', length(source_key))
-       WHERE reject IS NULL AND length(source_key) > 255""",
-    # Points given as lon/lat columns.
-    """UPDATE import_stage SET
-           reject = CASE
-               WHEN lon IS NULL OR lat IS NULL THEN 'missing_geometry'
-               WHEN lon NOT BETWEEN -180 AND 180 OR lat NOT BETWEEN -90 AND 90
-                   THEN 'bad_coordinates' END,
-           reject_detail = CASE
-               WHEN lon IS NULL OR lat IS NULL THEN 'no longitude/latitude values'
-               WHEN lon NOT BETWEEN -180 AND 180 OR lat NOT BETWEEN -90 AND 90
-                   THEN format('lon %s, lat %s is outside WGS84 range', lon, lat) END,
-           geom = CASE WHEN lon BETWEEN -180 AND 180 AND lat BETWEEN -90 AND 90
-                       THEN ST_SetSRID(ST_MakePoint(lon, lat), 4326) END
-       WHERE reject IS NULL AND wkb IS NULL""",
-    # Geometries from geo files, reprojected to WGS84.
-    # Heights (Z) and measures (M) are dropped: places are stored in 2D.
-    """UPDATE import_stage SET geom_any = ST_Force2D(CASE
-           WHEN srid = 4326 THEN ST_GeomFromWKB(wkb, 4326)
-           ELSE ST_Transform(ST_GeomFromWKB(wkb, srid), 4326) END)
-       WHERE reject IS NULL AND wkb IS NOT NULL""",
-    """UPDATE import_stage SET reject = 'missing_geometry', reject_detail = 'empty geometry'
-       WHERE reject IS NULL AND wkb IS NOT NULL AND ST_IsEmpty(geom_any)""",
-    """UPDATE import_stage SET reject = 'bad_coordinates',
-           reject_detail = 'coordinates outside WGS84 range (wrong CRS, NaN or infinite?)'
-       WHERE reject IS NULL AND geom_any IS NOT NULL
-         AND NOT (ST_XMin(geom_any) >= -180 AND ST_XMax(geom_any) <= 180
-                  AND ST_YMin(geom_any) >= -90 AND ST_YMax(geom_any) <= 90)""",
-    # Polygons keep their (repaired) footprint and get a point guaranteed inside them.
-    """UPDATE import_stage SET footprint = ST_Multi(ST_CollectionExtract(
-           CASE WHEN ST_IsValid(geom_any) THEN geom_any ELSE ST_MakeValid(geom_any) END, 3))
-       WHERE reject IS NULL AND geom_any IS NOT NULL AND ST_Dimension(geom_any) = 2""",
-    """UPDATE import_stage SET reject = 'invalid_geometry',
-           reject_detail = 'polygon is degenerate and cannot be repaired'
-       WHERE reject IS NULL AND ST_Dimension(geom_any) = 2 AND ST_IsEmpty(footprint)""",
-    """UPDATE import_stage SET geom = CASE
-           WHEN footprint IS NOT NULL THEN ST_PointOnSurface(footprint)
-           WHEN GeometryType(geom_any) = 'POINT' THEN geom_any
-           ELSE ST_PointOnSurface(geom_any) END
-       WHERE reject IS NULL AND geom_any IS NOT NULL""",
-    # The first row with a key wins; later rows with the same key are reported.
-    """UPDATE import_stage s SET reject = 'duplicate_key',
-           reject_detail = format('key %s was already used by %s', s.source_key,
-               CASE WHEN d.first_layer = '' THEN 'row ' || d.first_row
-                    ELSE format('feature %s of layer %s', d.first_row, d.first_layer) END)
-       FROM (SELECT sid, row_number() OVER w AS n,
-                    first_value(row_number) OVER w AS first_row,
-                    first_value(layer) OVER w AS first_layer
-             FROM import_stage WHERE reject IS NULL
-             WINDOW w AS (PARTITION BY source_key ORDER BY sid)) d
-       WHERE s.sid = d.sid AND d.n > 1""",
-    # An end before the start cannot both be right; keep the raw text, drop the parsed end.
-    """UPDATE import_stage SET end_date = NULL
-       WHERE reject IS NULL AND end_date < start_date""",
-    # Point in polygon against subdivided regions: most detailed level first.
-    """UPDATE import_stage s SET region_id = (
-           SELECT rp.region_id FROM places_regionpart rp
-           WHERE rp.level = 'district' AND ST_Intersects(rp.geom, s.geom)
-           ORDER BY rp.region_id LIMIT 1)
-       WHERE reject IS NULL""",
-    """UPDATE import_stage s SET region_id = (
-           SELECT rp.region_id FROM places_regionpart rp
-           WHERE rp.level = 'admin1' AND ST_Intersects(rp.geom, s.geom)
-           ORDER BY rp.region_id LIMIT 1)
-       WHERE reject IS NULL AND region_id IS NULL""",
-    # The region's country when it has one; else the country polygon (coasts can differ).
-    """UPDATE import_stage s SET country_id = COALESCE(
-           (SELECT r.parent_id FROM places_region r WHERE r.id = s.region_id),
-           (SELECT rp.region_id FROM places_regionpart rp
-            WHERE rp.level = 'country' AND ST_Intersects(rp.geom, s.geom)
-            ORDER BY rp.region_id LIMIT 1))
-       WHERE reject IS NULL""",
+JOB_LOCK_CLASS = 0x494D504A  # "IMPJ": one run at a time per job
+FINAL_STATES = [
+    ImportState.DONE,
+    ImportState.DRY_RUN_READY,
+    ImportState.FAILED,
+    ImportState.CANCELLED,
 ]
-
-# Geofabrik's packed classes: rows that are no place of worship (the rule and its words are in
-# ingestion.normalize, where packed_class_not_worship states it in Python).
-NOT_PLACE_OF_WORSHIP = """
-UPDATE import_stage SET reject = 'not_place_of_worship', reject_detail = CASE
-    WHEN NOT (lower(split_part(btrim(raw ->> %(column)s), '_', 1)) = ANY(%(heads)s))
-        THEN format('class %%s is not a place of worship', btrim(raw ->> %(column)s))
-    ELSE format('%%s looks like a %%s, not a place of worship (class %%s)',
-                name, lower(substring(name from %(pattern)s)), btrim(raw ->> %(column)s)) END
-WHERE reject IS NULL AND btrim(raw ->> %(column)s) <> ''
-  AND (NOT (lower(split_part(btrim(raw ->> %(column)s), '_', 1)) = ANY(%(heads)s))
-       OR name ~ %(pattern)s)
-"""
-
-
-def _fields_json(alias: str, geom: str, footprint: str) -> str:
-    """The logged/compared form of a place's source-fed fields (same for stage and place)."""
-    a = alias
-    return f"""jsonb_build_object(
-        'name', {a}.name, 'religion', {a}.religion, 'religion_raw', {a}.religion_raw,
-        'denominations', to_jsonb({a}.denominations), 'denomination_raw', {a}.denomination_raw,
-        'location', ST_AsGeoJSON({geom})::jsonb, 'footprint', ST_AsGeoJSON({footprint})::jsonb,
-        'country_id', {a}.country_id, 'region_id', {a}.region_id, 'tags', {a}.tags,
-        'start_date', {a}.start_date, 'start_date_raw', {a}.start_date_raw,
-        'end_date', {a}.end_date, 'end_date_raw', {a}.end_date_raw)"""
-
-
-# Compare what the file says now with what the dataset said last time (source_values);
-# only fields whose source value moved are written, so curators' fixes survive.
-DIFF = f"""
-CREATE TEMP TABLE import_diff ON COMMIT DROP AS
-WITH j AS MATERIALIZED (
-    SELECT s.*, p.id AS place_id, p.version AS old_version,
-           {_fields_json("s", "s.geom", "s.footprint")} AS new_j,
-           CASE WHEN p.id IS NULL THEN NULL
-                ELSE {_fields_json("p", "p.location", "p.footprint")} END AS cur_j,
-           p.source_values
-    FROM import_stage s
-    LEFT JOIN places_place p ON p.dataset_id = %(dataset)s AND p.source_key = s.source_key
-    WHERE s.reject IS NULL
-)
-SELECT j.*,
-       CASE WHEN j.source_values = j.new_j THEN '{{}}'::text[]  -- the common re-import case
-            ELSE COALESCE((SELECT array_agg(k) FROM jsonb_object_keys(j.new_j) k
-                           WHERE j.new_j -> k
-                                 IS DISTINCT FROM COALESCE(j.source_values, j.cur_j) -> k),
-                          '{{}}') END AS moved
-FROM j
-"""
-
-_UPDATABLE = [
-    ("name", "name"),
-    ("religion", "religion"),
-    ("religion_raw", "religion_raw"),
-    ("denominations", "denominations"),
-    ("denomination_raw", "denomination_raw"),
-    ("location", "geom"),
-    ("footprint", "footprint"),
-    ("country_id", "country_id"),
-    ("region_id", "region_id"),
-    ("tags", "tags"),
-    ("start_date", "start_date"),
-    ("start_date_raw", "start_date_raw"),
-    ("end_date", "end_date"),
-    ("end_date_raw", "end_date_raw"),
-]
-
-CLASSIFY = """
-ALTER TABLE import_diff ADD COLUMN op text, ADD COLUMN changes jsonb;
-UPDATE import_diff SET op = 'create', changes = (
-    SELECT jsonb_object_agg(k, jsonb_build_object('old', NULL, 'new', new_j -> k))
-    FROM jsonb_object_keys(new_j) k WHERE jsonb_typeof(new_j -> k) <> 'null')
-WHERE place_id IS NULL;
-UPDATE import_diff SET changes = (
-    SELECT jsonb_object_agg(k, jsonb_build_object('old', cur_j -> k, 'new', new_j -> k))
-    FROM unnest(moved) k WHERE cur_j -> k IS DISTINCT FROM new_j -> k)
-WHERE place_id IS NOT NULL AND cardinality(moved) > 0;
-UPDATE import_diff SET op = CASE WHEN changes IS NULL THEN 'unchanged' ELSE 'update' END
-WHERE place_id IS NOT NULL;
-"""
-
-INSERT_CREATED = """
-WITH ins AS (
-    INSERT INTO places_place (
-        dataset_id, source_key, name, religion, religion_raw, denominations, denomination_raw,
-        location, footprint, country_id, region_id, tags, start_date, start_date_raw,
-        end_date, end_date_raw, status, source_values)
-    SELECT %(dataset)s, source_key, name, religion, religion_raw, denominations,
-           denomination_raw, geom, footprint, country_id, region_id, tags, start_date,
-           start_date_raw, end_date, end_date_raw, 'active', new_j
-    FROM import_diff WHERE op = 'create'
-    -- Neighbours on the map become neighbours on disk: a map view then reads a few
-    -- pages instead of one page per place (geohash order is a Z-order curve).
-    ORDER BY ST_GeoHash(geom, 8), sid
-    RETURNING id, source_key, version
-)
-INSERT INTO places_placechange (place_id, dataset_id, operation, changes, place_version,
-                                source, import_job_id, device_id, comment)
-SELECT ins.id, %(dataset)s, 'create', d.changes, ins.version, 'import', %(job)s, '', ''
-FROM ins JOIN import_diff d ON d.source_key = ins.source_key
-ORDER BY d.sid
-"""
-
-_SET_MOVED = ",\n        ".join(
-    f"{key} = CASE WHEN '{key}' = ANY(d.moved) THEN d.{stage} ELSE p.{key} END"
-    for key, stage in _UPDATABLE
-)
-
-# The version guard skips a row a curator changed after the diff was taken; it is reported
-# as a conflict rather than overwritten with stale old values in the log.
-UPDATE_CHANGED = f"""
-WITH upd AS (
-    UPDATE places_place p SET
-        {_SET_MOVED},
-        source_values = d.new_j,
-        version = p.version + 1,
-        updated_at = now()
-    FROM import_diff d
-    WHERE d.op = 'update' AND p.id = d.place_id AND p.version = d.old_version
-    RETURNING p.id, p.version
-)
-INSERT INTO places_placechange (place_id, dataset_id, operation, changes, place_version,
-                                source, import_job_id, device_id, comment)
-SELECT upd.id, %(dataset)s, 'update', d.changes, upd.version, 'import', %(job)s, '', ''
-FROM upd JOIN import_diff d ON d.place_id = upd.id
-ORDER BY d.sid
-"""
-
-# Remember what the source says for places whose values already match it (including places
-# that never had source values, e.g. created by a curator): later curator fixes then survive.
-REFRESH_SOURCE_VALUES = """
-UPDATE places_place p SET source_values = d.new_j
-FROM import_diff d
-WHERE d.op = 'unchanged' AND d.source_values IS DISTINCT FROM d.new_j AND p.id = d.place_id
-"""
-
-# Snapshot mode: places of the dataset that came from an import and are missing from the
-# file are retired (never deleted). A key whose row was rejected still counts as present.
-RETIRE_MISSING = """
-WITH targets AS (
-    SELECT p.id, p.end_date AS old_end FROM places_place p
-    WHERE p.dataset_id = %(dataset)s AND p.status = 'active' AND p.source_values IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM import_stage s WHERE s.source_key = p.source_key)
-    FOR UPDATE
-), gone AS (
-    UPDATE places_place p SET status = 'retired', end_date = COALESCE(p.end_date, CURRENT_DATE),
-        version = p.version + 1, updated_at = now()
-    FROM targets t WHERE p.id = t.id
-    RETURNING p.id, p.version, p.end_date, t.old_end
-)
-INSERT INTO places_placechange (place_id, dataset_id, operation, changes, place_version,
-                                source, import_job_id, device_id, comment)
-SELECT id, %(dataset)s, 'retire',
-       jsonb_build_object('status', jsonb_build_object('old', 'active', 'new', 'retired'))
-       || CASE WHEN old_end IS NULL
-               THEN jsonb_build_object('end_date', jsonb_build_object('old', NULL, 'new', end_date))
-               ELSE '{}'::jsonb END,
-       version, 'import', %(job)s, '', 'missing from snapshot import'
-FROM gone ORDER BY id
-"""
-
-COUNT_MISSING = """
-SELECT count(*) FROM places_place p
-WHERE p.dataset_id = %(dataset)s AND p.status = 'active' AND p.source_values IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM import_stage s WHERE s.source_key = p.source_key)
-"""
-
-SAVE_REJECTIONS = """
-INSERT INTO ingestion_importrejection (job_id, row_number, layer, reason, detail, raw)
-SELECT %(job)s, row_number, layer, reject, COALESCE(reject_detail, ''), raw
-FROM import_stage WHERE reject IS NOT NULL ORDER BY sid
-"""
+# Sorting and hashing a million keys in memory rather than in temporary files.
+IMPORT_WORK_MEM = "256MB"
+# How long a redelivered run waits for the job lock that a dead worker's session may still
+# hold (its server process notices the lost client within client_connection_check_interval).
+JOB_LOCK_WAIT_SECONDS = 15
 
 
 @dataclass
 class ImportCounts:
+    """What one run did (the job row holds the totals across runs)."""
+
     rows_read: int = 0
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
     rejected: int = 0
     retired: int = 0
-    conflicts: int = 0
     step_seconds: dict[str, float] = field(default_factory=dict)
     samples: dict[str, Any] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.step_seconds[step] = round(
+                self.step_seconds.get(step, 0.0) + time.perf_counter() - started, 3
+            )
 
 
 def file_sha256(path: Path) -> str:
@@ -447,20 +172,34 @@ def _check_crs(layers: list[Any]) -> None:
 
 
 def import_job_execute(*, job_id: int) -> ImportJob | None:
-    """Run a queued job to the end. Safe to call twice, or again after a crash.
+    """Run a queued job to the end. Safe to call twice, concurrently, or again after a crash.
 
     A job already done is left alone. A job found ``applying`` is a redelivery after its
-    worker died or a retry after a transient database error; the earlier attempt's
-    transaction was rolled back, so it simply starts over. After ``MAX_ATTEMPTS`` deliveries
-    the job fails instead of looping on a file that kills its worker every time.
-    Transient database errors are re-raised with the job left ``applying`` so that the task
-    can retry; any other error fails the job with its message.
+    worker died, a re-queue by ``import_jobs_stale_claim`` or a retry after a transient
+    database error: it resumes after its last committed batch. A second delivery while a
+    run is alive returns at once (the run holds a per-job advisory lock). After
+    ``MAX_ATTEMPTS`` deliveries the job fails instead of looping on a file that kills its
+    worker every time. Transient database errors are re-raised with the job left
+    ``applying`` so that the task can retry; any other error fails the job with its message.
     """
+    with _session_lock(JOB_LOCK_CLASS, job_id, wait_seconds=JOB_LOCK_WAIT_SECONDS) as locked:
+        if not locked:
+            logger.info("import job %s is being run by another worker", job_id)
+            return ImportJob.objects.filter(pk=job_id).first()
+        return _execute_locked(job_id)
+
+
+def _execute_locked(job_id: int) -> ImportJob | None:
     claimed = ImportJob.objects.filter(
         pk=job_id,
         state__in=[ImportState.QUEUED, ImportState.APPLYING],
         attempts__lt=MAX_ATTEMPTS,
-    ).update(state=ImportState.APPLYING, attempts=F("attempts") + 1, started_at=Now())
+    ).update(
+        state=ImportState.APPLYING,
+        attempts=F("attempts") + 1,
+        started_at=Coalesce("started_at", Now()),
+        heartbeat_at=Now(),
+    )
     if not claimed:
         job = ImportJob.objects.filter(pk=job_id).first()
         if job is not None and job.state == ImportState.APPLYING:
@@ -468,26 +207,16 @@ def import_job_execute(*, job_id: int) -> ImportJob | None:
             job.refresh_from_db()
         logger.info("import job %s not runnable (%s)", job_id, job.state if job else "missing")
         return job
+    job = ImportJob.objects.select_related("dataset").get(pk=job_id)
     started = time.perf_counter()
+    counts = ImportCounts()
     try:
-        with transaction.atomic():
-            job = ImportJob.objects.select_for_update().get(pk=job_id)
-            if job.state != ImportState.APPLYING:  # a duplicate delivery finished it first
-                return job
-            counts = _apply(job)
-            job.rows_read = counts.rows_read
-            job.added, job.updated = counts.added, counts.updated
-            job.unchanged, job.rejected = counts.unchanged, counts.rejected
-            job.retired = counts.retired
-            job.report = _report(job, counts, time.perf_counter() - started)
-            job.state = ImportState.DRY_RUN_READY if job.dry_run else ImportState.DONE
-            job.finished_at = timezone.now()
-            job.error = ""
-            job.save()
+        with _session_lock(ADVISORY_LOCK_CLASS, job.dataset_id, job_id=job.pk):
+            _run(job, counts, started)
     except UnreadableFile as exc:
         _fail(job_id, str(exc))
     except TRANSIENT_ERRORS:
-        logger.warning("import job %s hit a transient database error; will retry", job_id)
+        logger.warning("import job %s hit a transient database error; will resume", job_id)
         raise
     except Exception as exc:
         logger.exception("import job %s failed", job_id)
@@ -515,21 +244,451 @@ def import_job_execute(*, job_id: int) -> ImportJob | None:
     return job
 
 
+@contextmanager
+def _session_lock(
+    lock_class: int, key: int, *, wait_seconds: float | None = None, job_id: int | None = None
+) -> Iterator[bool]:
+    """A session-level advisory lock held across the run's many transactions.
+
+    With ``wait_seconds`` it gives up after that long (yielding False); without, it waits as
+    long as it takes, keeping ``job_id``'s heartbeat fresh meanwhile so that the waiting job
+    is not taken for a lost one. The lock dies with the session if the worker does.
+    """
+    deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
+    with connection.cursor() as cursor:
+        # A killed worker's server process then notices within a second and lets go of locks.
+        cursor.execute("SET client_connection_check_interval = '1s'")
+        while True:
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [lock_class, key])
+            if cursor.fetchone()[0]:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                yield False
+                return
+            if job_id is not None:
+                _heartbeat(job_id)
+            time.sleep(0.5)
+    try:
+        yield True
+    finally:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [lock_class, key])
+        except TRANSIENT_ERRORS:
+            pass  # the session is gone, and its locks with it
+
+
+def _heartbeat(job_id: int) -> None:
+    ImportJob.objects.filter(pk=job_id).update(heartbeat_at=Now())
+
+
 def _fail(job_id: int, message: str) -> None:
     ImportJob.objects.filter(pk=job_id).update(
         state=ImportState.FAILED, error=message, finished_at=Now()
     )
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(q.CLEAR_STAGE, {"job": job_id})
+    except TRANSIENT_ERRORS:
+        logger.warning("import job %s: staging rows left for the sweep", job_id)
 
 
-def _report(job: ImportJob, counts: ImportCounts, seconds: float) -> dict[str, Any]:
-    return {
+def _run(job: ImportJob, counts: ImportCounts, started: float) -> None:
+    checkpoint = dict(job.checkpoint or {})
+    if checkpoint.get("last_sid"):
+        logger.info("import job %s resumes after row %s", job.pk, checkpoint["last_sid"])
+        checkpoint.setdefault("resumed_after", []).append(checkpoint["last_sid"])
+    if not _still_staged(job, checkpoint):
+        _stage(job, counts, checkpoint)
+    with connection.cursor() as cursor:
+        cursor.execute(q.REGION_STAMP)
+        checkpoint["region_stamp"] = cursor.fetchone()[0]
+    if job.dry_run:
+        _dry_run(job, counts, checkpoint, started)
+        return
+    size = settings.IMPORT_BATCH_ROWS
+    after = checkpoint.get("last_sid", 0)
+    while after < checkpoint["max_sid"]:
+        upto = min(after + size, checkpoint["max_sid"])
+        _apply_batch(job, counts, checkpoint, after=after, upto=upto)
+        after = upto
+    _finish(job, counts, checkpoint, started)
+
+
+def _still_staged(job: ImportJob, checkpoint: dict[str, Any]) -> bool:
+    """Staging finished in an earlier run and its rows are still there (a database server
+    crash empties unlogged tables; the file is then staged again, identically)."""
+    if not checkpoint.get("staged"):
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM ingestion_importstage WHERE job_id = %s AND sid = %s)",
+            [job.pk, checkpoint["max_sid"]],
+        )
+        return bool(cursor.fetchone()[0])
+
+
+def _stage(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any]) -> None:
+    """Stream the file into the staging table, then validate it as a whole."""
+    params = {"job": job.pk}
+    with connection.cursor() as cursor:
+        cursor.execute(q.CLEAR_STAGE, params)  # what an interrupted staging left behind
+    with counts.timed("read_and_copy"):
+        counts.rows_read = _copy_into_stage(job)
+    with counts.timed("analyze_stage"), connection.cursor() as cursor:
+        # Validation and the batches' range scans and joins are planned from these.
+        cursor.execute("ANALYZE ingestion_importstage")
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"SET LOCAL work_mem = '{IMPORT_WORK_MEM}'")
+        if job.format != "csv":
+            with counts.timed("geometries"):
+                cursor.execute(q.STAGE_GEOMETRIES, params)
+        mapping = ColumnMapping.from_dict(job.options["mapping"])
+        if mapping.packed_class:
+            with counts.timed("validate_class"):
+                cursor.execute(
+                    q.NOT_PLACE_OF_WORSHIP,
+                    {
+                        **params,
+                        "column": mapping.packed_class,
+                        "heads": worship_class_heads(),
+                        "pattern": NOT_WORSHIP_NAME_SQL,
+                    },
+                )
+        with counts.timed("duplicates"):
+            cursor.execute(q.STAGE_DUPLICATES, params)
+        with counts.timed("raw_values"):
+            _fill_raw_values(cursor, job)
+        with counts.timed("rejections"):
+            cursor.execute("DELETE FROM ingestion_importrejection WHERE job_id = %(job)s", params)
+            cursor.execute(q.SAVE_REJECTIONS, params)
+            counts.rejected = cursor.rowcount
+        cursor.execute(q.STAGE_SUMMARY, params)
+        staged, max_sid = cursor.fetchone()
+        checkpoint.update(staged=staged, max_sid=max_sid)
+        checkpoint.setdefault("last_sid", 0)
+        ImportJob.objects.filter(pk=job.pk).update(
+            rows_read=counts.rows_read,
+            rejected=counts.rejected,
+            checkpoint=checkpoint,
+            heartbeat_at=Now(),
+        )
+
+
+def _fill_raw_values(cursor: Any, job: ImportJob) -> None:
+    """Original values for the rows SQL rejected (duplicates, geometries), read again from
+    the file: staging keeps them only for rows it rejected itself."""
+    cursor.execute(q.MISSING_RAW, {"job": job.pk})
+    wanted = np.array([row[0] for row in cursor.fetchall()], dtype=np.int64)
+    if not wanted.size:
+        return
+    cursor.execute("DROP TABLE IF EXISTS pg_temp.import_raw")
+    cursor.execute("CREATE TEMP TABLE import_raw (sid bigint, raw text) ON COMMIT DROP")
+    with cursor.cursor.copy("COPY import_raw (sid, raw) FROM STDIN (FORMAT csv)") as copy:
+        for chunk in _raw_chunks(job, wanted):
+            copy.write(chunk)
+    cursor.execute(q.FILL_RAW, {"job": job.pk})
+    cursor.execute("DROP TABLE pg_temp.import_raw")
+
+
+def _copy_into_stage(job: ImportJob) -> int:
+    """Stream the file into the staging table with COPY, a reader batch per commit.
+
+    The next batch is read and turned into CSV in a second thread while PostgreSQL takes
+    in the current one: on two cores, staging then costs about what the server's part does.
+    """
+    total = 0
+    for chunk, rows in _prefetch(_stage_chunks(job), depth=2):
+        with transaction.atomic(), connection.cursor() as cursor:
+            with cursor.cursor.copy(q.COPY_STAGE) as copy:  # the psycopg cursor under Django's
+                copy.write(chunk)
+            _heartbeat(job.pk)
+        total += rows
+        cache.set(PROGRESS_KEY.format(job.pk), total, timeout=3600)
+    return total
+
+
+@dataclass
+class _FileBatch:
+    batch: Batch
+    layer: str
+    kind: str
+    srid: int
+    first_sid: int
+    first_row: int
+    # Set on the last item of a CSV with records that could not be split: their line and
+    # text, and how many fields a record should have.
+    malformed: list[tuple[int | None, str]] | None = None
+    expected_fields: int = 0
+
+
+def _file_batches(job: ImportJob) -> Iterator[_FileBatch]:
+    """The file's batches in staging order, each with the sid of its first row (a second
+    read of the file sees the same rows under the same sids)."""
+    reader = open_reader(Path(job.file.path), job.format)
+    total = 0
+    # Layers are listed again from the stored copy: a GeoJSON layer is named after its file.
+    layers = reader.layers()
+    for layer in layers:
+        geometry_type = (layer.geometry_type or "").lower()
+        # CSV records are numbered as lines with the header as line 1.
+        next_row = 2 if job.format == "csv" else 1
+        for batch in reader.batches(layer.name):
+            yield _FileBatch(
+                batch=batch,
+                # Layer names are reported only where a file has several.
+                layer=layer.name if len(layers) > 1 else "",
+                kind="node" if geometry_type in {"point", "multipoint"} else "area",
+                srid=srid_from_crs(layer.crs) if job.format != "csv" else 4326,
+                first_sid=total + 1,
+                first_row=next_row,
+            )
+            next_row += batch.num_rows
+            total += batch.num_rows
+    invalid = getattr(reader, "invalid_rows", [])
+    if invalid:
+        # Records that could not be split come last, as one batch without columns.
+        yield _FileBatch(
+            batch=Batch(arrays={}, wkb_array=None, num_rows=len(invalid)),
+            layer="",
+            kind="",
+            srid=4326,
+            first_sid=total + 1,
+            first_row=0,
+            malformed=invalid,
+            expected_fields=len(getattr(reader, "header", [])),
+        )
+
+
+def _stage_chunks(job: ImportJob) -> Iterator[tuple[bytes, int]]:
+    """Every batch as CSV for COPY, with its row count (no database access: this runs in
+    the prefetch thread)."""
+    mapping = ColumnMapping.from_dict(job.options["mapping"])
+    for item in _file_batches(job):
+        if item.malformed is not None:
+            rows = malformed_rows(
+                item.malformed,
+                job_id=job.pk,
+                first_sid=item.first_sid,
+                expected=item.expected_fields,
+            )
+        else:
+            rows = stage_batch(
+                item.batch,
+                mapping,
+                job_id=job.pk,
+                first_sid=item.first_sid,
+                layer=item.layer,
+                first_row_number=item.first_row,
+                geometry_kind=item.kind,
+                srid=item.srid,
+            )
+        yield stage_csv(rows), item.batch.num_rows
+
+
+def _raw_chunks(job: ImportJob, wanted: np.ndarray) -> Iterator[bytes]:
+    """The original values of the rows with sids ``wanted`` (sorted), as CSV (sid, raw)."""
+    for item in _file_batches(job):
+        if item.malformed is not None:
+            continue  # staged with their text
+        end = item.first_sid + item.batch.num_rows
+        sids = wanted[np.searchsorted(wanted, item.first_sid) : np.searchsorted(wanted, end)]
+        if not sids.size:
+            continue
+        picked = pa.array(sids - item.first_sid)
+        texts = {n: values.take(picked) for n, values in batch_texts(item.batch).items()}
+        yield stage_csv(pa.table({"sid": pa.array(sids), "raw": raw_values(texts)}))
+
+
+_DONE = object()
+
+
+def _prefetch(items: Iterator[Any], *, depth: int) -> Iterator[Any]:
+    """Yield ``items``, computed up to ``depth`` ahead in a second thread.
+
+    An error in the thread is raised here; if the consumer stops early, the thread stops
+    at its next item.
+    """
+    queue: Queue[Any] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        queue.put(item, timeout=0.5)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(_DONE)
+        except BaseException as exc:  # handed over to the consumer, who raises it
+            queue.put(exc)
+
+    thread = threading.Thread(target=produce, name="import-staging", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # let a producer blocked on a full queue finish
+            with suppress(Empty):
+                queue.get(timeout=0.1)
+        thread.join()
+
+
+def _diff(
+    cursor: Any,
+    job: ImportJob,
+    counts: ImportCounts,
+    checkpoint: dict[str, Any],
+    *,
+    after: int,
+    upto: int,
+    keep_all: bool = False,
+) -> dict[str, int]:
+    """Build ``import_diff`` for staged rows ``(after, upto]``; counts per op.
+
+    Rows whose fingerprint shows them unchanged are counted and left out, unless
+    ``keep_all`` (a dry run, which reports samples of every kind).
+    """
+    params = {
+        "job": job.pk,
+        "dataset": job.dataset_id,
+        "after": after,
+        "upto": upto,
+        "append": job.mode == ImportMode.APPEND,
+        "stamp": checkpoint["region_stamp"],
+        "keep_all": keep_all,
+    }
+    cursor.execute(f"SET LOCAL work_mem = '{IMPORT_WORK_MEM}'")
+    # Memoize would cache the per-row JSON under keys as large as the rows: all cost, no hits.
+    cursor.execute("SET LOCAL enable_memoize = off")
+    # ON COMMIT DROP is not enough when the caller wraps several imports in one transaction.
+    cursor.execute("DROP TABLE IF EXISTS pg_temp.import_diff")
+    cursor.execute(q.DROP_BATCH)
+    with counts.timed("batch"):
+        cursor.execute(q.BATCH[0])
+        cursor.execute(q.BATCH[1], params)
+        other = cursor.rowcount
+        cursor.execute(q.BATCH[2], params)
+        same = cursor.fetchone()[0] - other
+        cursor.execute(q.BATCH[3])
+    by_op = {"unchanged": same, "fingerprint": same}
+    # With nothing left (other == 0) these statements cost milliseconds, and import_diff
+    # exists with its columns all the same.
+    with counts.timed("locate"):
+        for statement in q.LOCATE:
+            cursor.execute(statement, params)
+    with counts.timed("diff"):
+        cursor.execute(q.DIFF, params)
+    cursor.execute(q.DIFF_COUNTS)
+    for op, n in cursor.fetchall():
+        by_op[op] = by_op.get(op, 0) + n
+    cursor.execute(q.DROP_BATCH)
+    return by_op
+
+
+def _apply_batch(
+    job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any], *, after: int, upto: int
+) -> None:
+    """Apply staged rows ``(after, upto]`` and record the checkpoint, in one transaction."""
+    params = {"job": job.pk, "dataset": job.dataset_id}
+    with transaction.atomic(), connection.cursor() as cursor:
+        by_op = _diff(cursor, job, counts, checkpoint, after=after, upto=upto)
+        with counts.timed("insert"):
+            cursor.execute(q.INSERT_CREATED, params)
+            added = cursor.rowcount
+        with counts.timed("update"):
+            cursor.execute(q.UPDATE_CHANGED, params)
+            updated = cursor.rowcount
+            if job.mode != ImportMode.APPEND:
+                cursor.execute(q.REFRESH_SOURCE_VALUES)
+        cursor.execute("DROP TABLE pg_temp.import_diff")
+        done = {
+            **checkpoint,
+            "last_sid": upto,
+            "batches": checkpoint.get("batches", 0) + 1,
+            "conflicts": checkpoint.get("conflicts", 0) + by_op.get("update", 0) - updated,
+            "by_fingerprint": checkpoint.get("by_fingerprint", 0) + by_op["fingerprint"],
+        }
+        # The batch's writes and the checkpoint that records them commit together.
+        ImportJob.objects.filter(pk=job.pk).update(
+            added=F("added") + added,
+            updated=F("updated") + updated,
+            unchanged=F("unchanged") + by_op.get("unchanged", 0) + by_op.get("kept", 0),
+            checkpoint=done,
+            heartbeat_at=Now(),
+        )
+    checkpoint.update(done)
+
+
+def _finish(
+    job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any], started: float
+) -> None:
+    params = {"job": job.pk, "dataset": job.dataset_id}
+    with transaction.atomic(), connection.cursor() as cursor:
+        job = ImportJob.objects.select_for_update().get(pk=job.pk)
+        if job.mode == ImportMode.SNAPSHOT:
+            with counts.timed("retire"):
+                cursor.execute(q.RETIRE_MISSING, params)
+                job.retired = cursor.rowcount
+        with counts.timed("clear_stage"):
+            cursor.execute(q.CLEAR_STAGE, params)
+        job.state = ImportState.DONE
+        _close(job, counts, checkpoint, started)
+
+
+def _dry_run(
+    job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any], started: float
+) -> None:
+    """Every count of a real run, from one diff of the whole file; no place is written."""
+    params = {"job": job.pk, "dataset": job.dataset_id}
+    with transaction.atomic(), connection.cursor() as cursor:
+        by_op = _diff(
+            cursor, job, counts, checkpoint, after=0, upto=checkpoint["max_sid"], keep_all=True
+        )
+        job = ImportJob.objects.select_for_update().get(pk=job.pk)
+        job.added, job.updated = by_op.get("create", 0), by_op.get("update", 0)
+        job.unchanged = by_op.get("unchanged", 0) + by_op.get("kept", 0)
+        if job.mode == ImportMode.SNAPSHOT:
+            cursor.execute(q.COUNT_MISSING, params)
+            job.retired = cursor.fetchone()[0]
+        counts.samples = dry_run_samples(cursor=cursor, job=job)
+        cursor.execute("DROP TABLE pg_temp.import_diff")
+        cursor.execute(q.CLEAR_STAGE, params)
+        job.state = ImportState.DRY_RUN_READY
+        _close(job, counts, checkpoint, started)
+
+
+def _close(
+    job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any], started: float
+) -> None:
+    seconds = time.perf_counter() - started
+    job.checkpoint = checkpoint
+    job.report = {
         "seconds": round(seconds, 3),
-        "rows_per_second": round(counts.rows_read / seconds) if seconds else None,
+        "rows_per_second": round(job.rows_read / seconds) if seconds else None,
         "rejected_by_reason": _rejection_counts(job),
-        "conflicts": counts.conflicts,
+        "conflicts": checkpoint.get("conflicts", 0),
+        "batches": checkpoint.get("batches", 0),
+        "unchanged_by_fingerprint": checkpoint.get("by_fingerprint", 0),
+        "resumed_after": checkpoint.get("resumed_after", []),
         "step_seconds": counts.step_seconds,
         **({"samples": counts.samples} if counts.samples else {}),
     }
+    job.finished_at = timezone.now()
+    job.heartbeat_at = job.finished_at
+    job.error = ""
+    job.save()
 
 
 def _rejection_counts(job: ImportJob) -> dict[str, int]:
@@ -539,109 +698,21 @@ def _rejection_counts(job: ImportJob) -> dict[str, int]:
     }
 
 
-def _apply(job: ImportJob) -> ImportCounts:
-    path = Path(job.file.path)
-    mapping = ColumnMapping.from_dict(job.options["mapping"])
-    reader = open_reader(path, job.format)
-    counts = ImportCounts()
-    params = {"dataset": job.dataset_id, "job": job.pk}
+def import_jobs_stale_claim(*, stale_seconds: int | None = None) -> list[int]:
+    """Jobs queued or applying whose heartbeat is older than ``stale_seconds``, claimed for
+    re-queueing (their message was lost, e.g. in a Redis restart, or their worker died).
+
+    The claim moves the heartbeat, so each job is handed out once per stale period however
+    many callers run at once; re-running a live job is harmless (see import_job_execute).
+    """
+    seconds = settings.IMPORT_STALE_SECONDS if stale_seconds is None else stale_seconds
     with connection.cursor() as cursor:
-
-        def run(step: str, sql: str, args: dict[str, Any] | None = None) -> int:
-            started = time.perf_counter()
-            cursor.execute(sql, args)
-            counts.step_seconds[step] = round(
-                counts.step_seconds.get(step, 0.0) + time.perf_counter() - started, 3
-            )
-            return cursor.rowcount
-
-        run(
-            "lock",
-            "SELECT pg_advisory_xact_lock(%(lock)s, %(dataset)s)",
-            {"lock": ADVISORY_LOCK_CLASS, **params},
-        )
-        run("lock", "DELETE FROM ingestion_importrejection WHERE job_id = %(job)s", params)
-        # ON COMMIT DROP is not enough when the caller wraps several imports in one transaction.
-        run("stage", DROP_TEMP)
-        run("stage", CREATE_STAGE)
-        started = time.perf_counter()
-        counts.rows_read = _copy_into_stage(cursor, reader, mapping, job)
-        counts.step_seconds["read_and_copy"] = round(time.perf_counter() - started, 3)
-        if mapping.packed_class:
-            run(
-                "validate_class",
-                NOT_PLACE_OF_WORSHIP,
-                {
-                    "column": mapping.packed_class,
-                    "heads": worship_class_heads(),
-                    "pattern": NOT_WORSHIP_NAME_SQL,
-                },
-            )
-        for number, statement in enumerate(VALIDATE):
-            run(f"validate_{number}", statement)
-        counts.rejected = run("rejections", SAVE_REJECTIONS, params)
-        run("diff", DIFF, params)
-        run("classify", CLASSIFY)
-        if job.mode == ImportMode.APPEND:
-            # Append adds new places only; existing ones are left exactly as they are.
-            run("classify", "UPDATE import_diff SET op = 'kept' WHERE op = 'update'")
-        cursor.execute("SELECT op, count(*) FROM import_diff GROUP BY op")
-        by_op = dict(cursor.fetchall())
-        counts.unchanged = by_op.get("unchanged", 0) + by_op.get("kept", 0)
-        if job.dry_run:
-            counts.added, counts.updated = by_op.get("create", 0), by_op.get("update", 0)
-            if job.mode == ImportMode.SNAPSHOT:
-                cursor.execute(COUNT_MISSING, params)
-                counts.retired = cursor.fetchone()[0]
-            counts.samples = dry_run_samples(cursor=cursor, job=job)
-        else:
-            counts.added = run("insert", INSERT_CREATED, params)
-            counts.updated = run("update", UPDATE_CHANGED, params)
-            counts.conflicts = by_op.get("update", 0) - counts.updated
-            if job.mode != ImportMode.APPEND:
-                run("update", REFRESH_SOURCE_VALUES)
-            if job.mode == ImportMode.SNAPSHOT:
-                counts.retired = run("retire", RETIRE_MISSING, params)
-        run("stage", DROP_TEMP)
-    return counts
+        cursor.execute(q.CLAIM_STALE, {"seconds": seconds})
+        return sorted(row[0] for row in cursor.fetchall())
 
 
-def _copy_into_stage(cursor: Any, reader: Any, mapping: ColumnMapping, job: ImportJob) -> int:
-    """Stream every layer's batches into the staging table with COPY."""
-    total = 0
-    columns = ", ".join(STAGE_COLUMNS)
-    # Layers are listed again from the stored copy: a GeoJSON layer is named after its file.
-    layers = reader.layers()
-    raw_cursor = cursor.cursor  # the psycopg cursor under Django's wrapper
-    with raw_cursor.copy(f"COPY import_stage ({columns}) FROM STDIN") as copy:
-        for layer in layers:
-            geometry_type = (layer.geometry_type or "").lower()
-            kind = "node" if geometry_type in {"point", "multipoint"} else "area"
-            srid = srid_from_crs(layer.crs) if job.format != "csv" else 4326
-            # Layer names are reported only where a file has several.
-            label = layer.name if len(layers) > 1 else ""
-            # CSV records are numbered as lines with the header as line 1.
-            next_row = 2 if job.format == "csv" else 1
-            for batch in reader.batches(layer.name):
-                for row in stage_rows(
-                    batch,
-                    mapping,
-                    layer=label,
-                    first_row_number=next_row,
-                    geometry_kind=kind,
-                    srid=srid,
-                ):
-                    copy.write_row(row)
-                next_row += batch.num_rows
-                total += batch.num_rows
-                cache.set(PROGRESS_KEY.format(job.pk), total, timeout=3600)
-        for line, text in getattr(reader, "invalid_rows", []):
-            copy.write_row(
-                malformed_stage_row(line=line, text=text, expected=len(mapping_columns(reader)))
-            )
-            total += 1
-    return total
-
-
-def mapping_columns(reader: Any) -> list[str]:
-    return getattr(reader, "header", [])
+def import_stage_sweep() -> int:
+    """Remove staging rows of jobs that ended without cleaning up after themselves."""
+    with connection.cursor() as cursor:
+        cursor.execute(q.SWEEP_STAGE, {"final": FINAL_STATES})
+        return cursor.rowcount
