@@ -671,6 +671,7 @@ def _dry_run(
         if job.mode == ImportMode.SNAPSHOT:
             cursor.execute(q.COUNT_MISSING, params)
             job.retired = cursor.fetchone()[0]
+        # Until here import_diff holds every row of the file (op, changes, new_j …).
         cursor.execute("DROP TABLE pg_temp.import_diff")
         job.state = ImportState.DRY_RUN_READY
         _close(job, counts, checkpoint, started)
