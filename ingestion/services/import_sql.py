@@ -58,12 +58,13 @@ FROM final f
 WHERE s.job_id = %(job)s AND s.sid = f.sid
 """
 
-# The first valid row with a key wins; later rows with the same key are reported. Only keys
-# that repeat are sorted, so the common case (no repeats) is one hashed pass.
+# The first valid row with a key wins; later rows with the same key are reported. Staging
+# found the keys that more than one row carries (%(keys)s), so only their rows are ranked;
+# among them, rows that SQL rejected since (geometries) no longer count.
 STAGE_DUPLICATES = """
 WITH repeated AS MATERIALIZED (
     SELECT source_key FROM ingestion_importstage
-    WHERE job_id = %(job)s AND reject IS NULL
+    WHERE job_id = %(job)s AND reject IS NULL AND source_key = ANY(%(keys)s)
     GROUP BY source_key HAVING count(*) > 1
 ), ranked AS MATERIALIZED (
     SELECT s.sid, row_number() OVER w AS n,
@@ -95,6 +96,12 @@ SAVE_REJECTIONS = """
 INSERT INTO ingestion_importrejection (job_id, row_number, layer, reason, detail, raw)
 SELECT job_id, row_number, layer, reject, COALESCE(reject_detail, ''), raw::jsonb
 FROM ingestion_importstage WHERE job_id = %(job)s AND reject IS NOT NULL ORDER BY sid
+"""
+
+# Two probes of the primary key rather than a scan for job_id <> %(job)s.
+OTHER_JOBS_STAGED = """
+SELECT EXISTS (SELECT 1 FROM ingestion_importstage WHERE job_id < %(job)s)
+    OR EXISTS (SELECT 1 FROM ingestion_importstage WHERE job_id > %(job)s)
 """
 
 STAGE_SUMMARY = """

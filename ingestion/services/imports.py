@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from django.conf import settings
 from django.core.cache import cache
 from django.core.files import File
@@ -85,9 +86,10 @@ class ImportCounts:
         try:
             yield
         finally:
-            self.step_seconds[step] = round(
-                self.step_seconds.get(step, 0.0) + time.perf_counter() - started, 3
-            )
+            self.add(step, time.perf_counter() - started)
+
+    def add(self, step: str, seconds: float) -> None:
+        self.step_seconds[step] = round(self.step_seconds.get(step, 0.0) + seconds, 3)
 
 
 def file_sha256(path: Path) -> str:
@@ -334,7 +336,7 @@ def _stage(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any]) -> 
     with connection.cursor() as cursor:
         cursor.execute(q.CLEAR_STAGE, params)  # what an interrupted staging left behind
     with counts.timed("read_and_copy"):
-        counts.rows_read = _copy_into_stage(job)
+        counts.rows_read, repeated = _copy_into_stage(job)
     with counts.timed("analyze_stage"), connection.cursor() as cursor:
         # Validation and the batches' range scans and joins are planned from these.
         cursor.execute("ANALYZE ingestion_importstage")
@@ -355,8 +357,9 @@ def _stage(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any]) -> 
                         "pattern": NOT_WORSHIP_NAME_SQL,
                     },
                 )
-        with counts.timed("duplicates"):
-            cursor.execute(q.STAGE_DUPLICATES, params)
+        if repeated:
+            with counts.timed("duplicates"):
+                cursor.execute(q.STAGE_DUPLICATES, {**params, "keys": repeated})
         with counts.timed("raw_values"):
             _fill_raw_values(cursor, job)
         with counts.timed("rejections"):
@@ -391,21 +394,33 @@ def _fill_raw_values(cursor: Any, job: ImportJob) -> None:
     cursor.execute("DROP TABLE pg_temp.import_raw")
 
 
-def _copy_into_stage(job: ImportJob) -> int:
+def _copy_into_stage(job: ImportJob) -> tuple[int, list[str]]:
     """Stream the file into the staging table with COPY, a reader batch per commit.
 
     The next batch is read and turned into CSV in a second thread while PostgreSQL takes
     in the current one: on two cores, staging then costs about what the server's part does.
+    Returns the rows read and the keys that more than one valid row carries (only those
+    need the duplicate rule in SQL).
     """
     total = 0
-    for chunk, rows in _prefetch(_stage_chunks(job), depth=2):
+    keys: list[pa.Array] = []
+    for chunk, rows, valid_keys in _prefetch(_stage_chunks(job), depth=2):
         with transaction.atomic(), connection.cursor() as cursor:
             with cursor.cursor.copy(q.COPY_STAGE) as copy:  # the psycopg cursor under Django's
                 copy.write(chunk)
             _heartbeat(job.pk)
         total += rows
+        keys.append(valid_keys)
         cache.set(PROGRESS_KEY.format(job.pk), total, timeout=3600)
-    return total
+    return total, _repeated(keys)
+
+
+def _repeated(keys: list[pa.Array]) -> list[str]:
+    """Values found more than once (hashed in Arrow: a million keys take milliseconds)."""
+    if not keys:
+        return []
+    tally = pc.value_counts(pa.chunked_array(keys, pa.string()))
+    return tally.field("values").filter(pc.greater(tally.field("counts"), 1)).to_pylist()
 
 
 @dataclass
@@ -460,9 +475,9 @@ def _file_batches(job: ImportJob) -> Iterator[_FileBatch]:
         )
 
 
-def _stage_chunks(job: ImportJob) -> Iterator[tuple[bytes, int]]:
-    """Every batch as CSV for COPY, with its row count (no database access: this runs in
-    the prefetch thread)."""
+def _stage_chunks(job: ImportJob) -> Iterator[tuple[bytes, int, pa.Array]]:
+    """Every batch as CSV for COPY, with its row count and the keys of its rows that staging
+    did not reject (no database access: this runs in the prefetch thread)."""
     mapping = ColumnMapping.from_dict(job.options["mapping"])
     for item in _file_batches(job):
         if item.malformed is not None:
@@ -483,7 +498,8 @@ def _stage_chunks(job: ImportJob) -> Iterator[tuple[bytes, int]]:
                 geometry_kind=item.kind,
                 srid=item.srid,
             )
-        yield stage_csv(rows), item.batch.num_rows
+        valid = rows.column("source_key").filter(pc.is_null(rows.column("reject")))
+        yield stage_csv(rows), item.batch.num_rows, valid.combine_chunks()
 
 
 def _raw_chunks(job: ImportJob, wanted: np.ndarray) -> Iterator[bytes]:
@@ -628,6 +644,9 @@ def _apply_batch(
             checkpoint=done,
             heartbeat_at=Now(),
         )
+        committing = time.perf_counter()
+    # The commit runs the deferred foreign-key checks of every row written.
+    counts.add("commit", time.perf_counter() - committing)
     checkpoint.update(done)
 
 
@@ -641,10 +660,9 @@ def _finish(
             with counts.timed("retire"):
                 cursor.execute(q.RETIRE_MISSING, params)
                 job.retired = cursor.rowcount
-        with counts.timed("clear_stage"):
-            cursor.execute(q.CLEAR_STAGE, params)
         job.state = ImportState.DONE
         _close(job, counts, checkpoint, started)
+        _clear_stage(cursor, job.pk)
 
 
 def _dry_run(
@@ -662,11 +680,32 @@ def _dry_run(
         if job.mode == ImportMode.SNAPSHOT:
             cursor.execute(q.COUNT_MISSING, params)
             job.retired = cursor.fetchone()[0]
+        # Until here import_diff holds every row of the file (op, changes, new_j …).
         counts.samples = dry_run_samples(cursor=cursor, job=job)
         cursor.execute("DROP TABLE pg_temp.import_diff")
-        cursor.execute(q.CLEAR_STAGE, params)
         job.state = ImportState.DRY_RUN_READY
         _close(job, counts, checkpoint, started)
+        _clear_stage(cursor, job.pk)
+
+
+def _clear_stage(cursor: Any, job_id: int) -> None:
+    """Remove the job's staging rows, last thing before the job's final commit.
+
+    When no other job has rows there and the table can be had at once, TRUNCATE empties it
+    in an instant (deleting a million rows takes about a second); the exclusive lock then
+    lasts only until the commit. Otherwise the rows are deleted.
+    """
+    try:
+        with transaction.atomic():
+            cursor.execute("LOCK TABLE ingestion_importstage IN ACCESS EXCLUSIVE MODE NOWAIT")
+    except OperationalError:  # another job is staging or applying right now
+        cursor.execute(q.CLEAR_STAGE, {"job": job_id})
+        return
+    cursor.execute(q.OTHER_JOBS_STAGED, {"job": job_id})
+    if cursor.fetchone()[0]:
+        cursor.execute(q.CLEAR_STAGE, {"job": job_id})
+    else:
+        cursor.execute("TRUNCATE ingestion_importstage")
 
 
 def _close(

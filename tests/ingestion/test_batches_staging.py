@@ -9,7 +9,7 @@ from shapely.geometry import Point
 
 from ingestion.mapping import ColumnMapping
 from ingestion.readers import Batch
-from ingestion.staging import raw_values, stage_batch
+from ingestion.staging import PY_WHITESPACE, raw_values, stage_batch
 
 
 def _stage(columns: dict[str, list[str | None]], mapping: ColumnMapping, **kwargs) -> list[dict]:
@@ -135,3 +135,8 @@ def test_fingerprints_follow_the_values_a_row_gives_its_place():
 def test_raw_values_keep_nulls_apart_from_empty_strings():
     raw = raw_values({"a": pa.array([None, ""], pa.string()), "b": pa.array(["1", "2"])})
     assert [json.loads(r) for r in raw.to_pylist()] == [{"a": None, "b": "1"}, {"a": "", "b": "2"}]
+
+
+def test_the_whitespace_trimmed_is_exactly_what_str_strip_removes():
+    python = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+    assert set(PY_WHITESPACE) == set(python)
