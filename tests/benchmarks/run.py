@@ -10,7 +10,7 @@ Sections, in order:
    database (``load.py``; reused while its parameters are unchanged), served by gunicorn
    with production settings and measured over HTTP, beside two baselines measured in the
    same run: a naive drf-gis endpoint and tipg.
-3. **Imports** (``imports.py`` when present): ``import_benchmark(rows=…)``, the large CSV
+3. **Imports** (``imports.py``, a child process on ``<bench db>_imports``): the large CSV
    import benchmark, called last with Django set up on the benchmark database.
 
 ``--skip-imports`` skips 1 and 3; ``--skip-baselines`` skips the naive and tipg runs.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import importlib.util
 import json
 import logging
 import os
@@ -30,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +78,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def import_benchmark_hook() -> Callable[..., dict[str, Any]] | None:
-    """``tests/benchmarks/imports.py``'s ``import_benchmark(rows: int) -> dict``, if present."""
-    if importlib.util.find_spec("tests.benchmarks.imports") is None:
-        return None
-    from tests.benchmarks.imports import import_benchmark
-
-    return import_benchmark
+def run_import_benchmark(*, bench_url: str, rows: int) -> dict[str, Any]:
+    """``imports.py`` in a child process, on a database of its own (``<bench db>_imports``):
+    it drops and recreates its database, which must never be the serving set's."""
+    env = {**os.environ, "BENCH_DATABASE_URL": f"{bench_url}_imports"}
+    subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("imports.py")), "--rows", str(rows)],
+        env=env,
+        check=True,
+        cwd=ROOT,
+    )
+    return json.loads((RESULTS / "imports.json").read_text())
 
 
 def run_sample_import(*, bench_url: str, redis_url: str, runs: int) -> dict[str, Any]:
@@ -347,7 +349,7 @@ def markdown(results: dict[str, Any]) -> str:
         )
         lines.append(f"| {t['target']} | {measured} | {'yes' if t['met'] else '**no**'} |")
     if results.get("imports"):
-        lines += ["", "## Imports", "", "```json", json.dumps(results["imports"], indent=2), "```"]
+        lines += ["", "## Imports", "", (RESULTS / "imports.md").read_text()]
     return "\n".join(lines) + "\n"
 
 
@@ -408,10 +410,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     results["serving"]["ratios"] = ratios(results["serving"]["requests"])
     results["serving"]["targets"] = targets(results["serving"])
-    hook = None if args.skip_imports else import_benchmark_hook()
-    if hook:
-        logger.info("imports (tests/benchmarks/imports.py)")
-        results["imports"] = hook(rows=args.import_rows)
+    if not args.skip_imports:
+        logger.info("imports (tests/benchmarks/imports.py, %s rows)", args.import_rows)
+        results["imports"] = run_import_benchmark(bench_url=bench_url, rows=args.import_rows)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
     args.output.mkdir(parents=True, exist_ok=True)
