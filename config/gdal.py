@@ -7,18 +7,24 @@ own PROJ database, and the importers already load that library, so one GDAL serv
 
 from __future__ import annotations
 
+import ctypes
 import glob
+import importlib.util
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 
 def pyogrio_gdal() -> tuple[str | None, dict[str, str]]:
-    """Return the bundled libgdal path and the data-directory variables it needs."""
-    try:
-        import pyogrio
-    except ImportError:  # pragma: no cover - pyogrio is a pinned requirement
+    """Return the bundled libgdal path and the data-directory variables it needs.
+
+    The package is located, not imported: importing pyogrio registers GDAL's drivers, and
+    ``GDAL_SKIP`` only counts if it is set before that.
+    """
+    spec = importlib.util.find_spec("pyogrio")
+    if spec is None or spec.origin is None:  # pragma: no cover - pyogrio is pinned
         return None, {}
-    package = Path(pyogrio.__file__).resolve().parent
+    package = Path(spec.origin).resolve().parent
     libs = sorted(glob.glob(str(package.parent / "pyogrio.libs" / "libgdal-*.so*")))
     data = {
         "PROJ_DATA": str(package / "proj_data"),
@@ -45,6 +51,45 @@ def configure() -> str | None:
         os.environ.setdefault(key, value)
     skip_vrt()
     return os.environ.get("GDAL_LIBRARY_PATH") or library
+
+
+def allow_only_drivers(allowed: Iterable[str]) -> list[str]:
+    """Deregister every GDAL driver (vector and raster) whose name is not in ``allowed``.
+
+    ``GDAL_SKIP`` can only name drivers to drop, and GDAL has dozens that read other files
+    or URLs (VRT, WFS, HTTP, MEM's data pointers, ...), more with each release. pyogrio does
+    not pass GDAL an allowed-driver list when it opens a file, so the list is enforced here,
+    on the driver manager the whole process shares: pyogrio (which registers the drivers
+    once, when it is imported) and GeoDjango load the same library. Idempotent; returns the
+    drivers that remain.
+    """
+    import pyogrio  # noqa: F401 - registers the drivers, so that there is something to drop
+
+    library, _ = pyogrio_gdal()
+    if library is None:  # pragma: no cover - the wheel always ships its GDAL
+        raise RuntimeError("the GDAL library inside the pyogrio wheel was not found")
+    # The same file as pyogrio's extension links to, so the same loaded library.
+    lib = ctypes.CDLL(library)
+    lib.GDALGetDriverCount.restype = ctypes.c_int
+    lib.GDALGetDriver.argtypes = [ctypes.c_int]
+    lib.GDALGetDriver.restype = ctypes.c_void_p
+    lib.GDALGetDescription.argtypes = [ctypes.c_void_p]
+    lib.GDALGetDescription.restype = ctypes.c_char_p
+    lib.GDALDeregisterDriver.argtypes = [ctypes.c_void_p]
+    lib.GDALDeregisterDriver.restype = None
+    keep = set(allowed)
+    remaining = []
+    # Backwards: deregistering shifts the indices of the drivers after it.
+    for index in reversed(range(lib.GDALGetDriverCount())):
+        driver = lib.GDALGetDriver(index)
+        name = (lib.GDALGetDescription(driver) or b"").decode()
+        if name in keep:
+            remaining.append(name)
+        else:
+            # Deregistered, not destroyed: nothing can open a file with it any more, and a
+            # handle some library still holds stays valid.
+            lib.GDALDeregisterDriver(driver)
+    return sorted(remaining)
 
 
 def geos_library() -> str | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from config.gdal import skip_vrt
+from config.gdal import allow_only_drivers, skip_vrt
 from ingestion.readers.base import (
     BATCH_ROWS,
     Batch,
@@ -31,6 +31,9 @@ import pyogrio.errors  # noqa: E402
 from pyogrio.raw import open_arrow  # noqa: E402
 
 ALLOWED_DRIVERS = {"ESRI Shapefile", "GeoJSON", "GeoJSONSeq", "GPKG"}
+# Only these drivers stay registered in this process: GDAL cannot open anything else, whatever
+# an upload's bytes or name claim (IngestionConfig.ready does the same in every process).
+allow_only_drivers(ALLOWED_DRIVERS)
 GDAL_FORMATS = {"geojson", "geojsonseq", "shapefile", "gpkg"}
 # What GDAL raises for input it cannot read; anything else is a bug worth a traceback.
 GDAL_ERRORS = (

@@ -1,0 +1,85 @@
+"""GDAL can open uploads with the allow-listed drivers only: every other driver is gone from
+the process, so a file that names or points at other files has nothing to open it with."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyogrio
+import pyogrio.errors
+import pytest
+from django.contrib.gis.gdal import Driver
+
+from ingestion.readers import ALLOWED_DRIVERS, GeoReader, UnreadableFile
+
+FEATURE = {
+    "type": "Feature",
+    "properties": {"name": "St Mary"},
+    "geometry": {"type": "Point", "coordinates": [-0.1, 51.5]},
+}
+
+
+def _geojson(path: Path) -> Path:
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [FEATURE]}))
+    return path
+
+
+def test_only_the_allowed_drivers_are_registered() -> None:
+    assert set(pyogrio.list_drivers()) == ALLOWED_DRIVERS
+    # GeoDjango loads the same library, so it sees the same (short) list.
+    assert Driver.driver_count() == len(ALLOWED_DRIVERS)
+
+
+def test_a_vrt_pointing_at_another_file_cannot_be_opened(tmp_path: Path) -> None:
+    secret = _geojson(tmp_path / "elsewhere.geojson")
+    assert pyogrio.read_info(secret)["features"] == 1  # the allowed driver still reads it
+    vrt = tmp_path / "upload.vrt"
+    vrt.write_text(
+        f'<OGRVRTDataSource><OGRVRTLayer name="elsewhere">'
+        f"<SrcDataSource>{secret}</SrcDataSource></OGRVRTLayer></OGRVRTDataSource>"
+    )
+    with pytest.raises(pyogrio.errors.DataSourceError, match="not recognized"):
+        pyogrio.read_info(vrt)
+    with pytest.raises(UnreadableFile, match="GDAL cannot read the file"):
+        GeoReader(vrt, "geojson").layers()
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        # Formats GDAL reads out of the box, none of them wanted for uploads.
+        ("points.csv", 'WKT,name\n"POINT (1 2)",a\n'),
+        (
+            "doc.kml",
+            '<?xml version="1.0"?><kml xmlns="http://www.opengis.net/kml/2.2"><Placemark>'
+            "<Point><coordinates>1,2</coordinates></Point></Placemark></kml>",
+        ),
+        (
+            "gml.gml",
+            '<?xml version="1.0"?><gml:FeatureCollection xmlns:gml="http://www.opengis.net/gml"/>',
+        ),
+    ],
+)
+def test_formats_outside_the_list_are_unknown_to_gdal(
+    tmp_path: Path, name: str, content: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(pyogrio.errors.DataSourceError):
+        pyogrio.read_info(path)
+
+
+def test_a_new_process_starts_with_the_short_list(tmp_path: Path) -> None:
+    """Django's app loading locks GDAL down in every process (web, worker, shell), before
+    any code of ours imports the readers."""
+    code = (
+        "import django; django.setup(); import pyogrio; "
+        "print(','.join(sorted(pyogrio.list_drivers())))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.strip()
+    assert out.split(",") == sorted(ALLOWED_DRIVERS)
