@@ -3,7 +3,8 @@
 The format is decided from the file's first bytes, not its name. Compressed input is checked
 for bombs before any parser sees it. Geo formats are opened by pyogrio (GDAL 3.12 from its
 wheel) only after the file passed those checks, with every GDAL driver but the four allowed
-ones deregistered, so nothing can follow a file to other files (VRT and friends); Parquet and JSON arrays are read by pyarrow and ijson.
+ones deregistered, so nothing can follow a file to other files (VRT and friends); Parquet
+and JSON arrays are read by pyarrow and ijson.
 Records come out in batches, so memory stays flat however large the file is.
 
 | format | detected by | reader |

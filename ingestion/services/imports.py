@@ -475,7 +475,7 @@ def _file_batches(job: ImportJob) -> Iterator[_FileBatch]:
         )
 
 
-def _stage_chunks(job: ImportJob) -> Iterator[tuple[bytes, int, pa.Array]]:
+def _stage_chunks(job: ImportJob) -> Iterator[tuple[memoryview, int, pa.Array]]:
     """Every batch as CSV for COPY, with its row count and the keys of its rows that staging
     did not reject (no database access: this runs in the prefetch thread)."""
     mapping = ColumnMapping.from_dict(job.options["mapping"])
@@ -502,7 +502,7 @@ def _stage_chunks(job: ImportJob) -> Iterator[tuple[bytes, int, pa.Array]]:
         yield stage_csv(rows), item.batch.num_rows, valid.combine_chunks()
 
 
-def _raw_chunks(job: ImportJob, wanted: np.ndarray) -> Iterator[bytes]:
+def _raw_chunks(job: ImportJob, wanted: np.ndarray) -> Iterator[memoryview]:
     """The original values of the rows with sids ``wanted`` (sorted), as CSV (sid, raw)."""
     for item in _file_batches(job):
         if item.malformed is not None:

@@ -328,7 +328,8 @@ def _empty_places() -> None:
 
     with connection.cursor() as cursor:
         cursor.execute(
-            "TRUNCATE places_placechange, places_place, ingestion_importrejection, "
+            "TRUNCATE places_placechange, places_placeattribute, places_place, "
+            "ingestion_importrejection, "
             "ingestion_importjob, ingestion_importstage, places_dataversion"
         )
         cursor.execute("VACUUM ANALYZE places_place")

@@ -235,7 +235,7 @@ def test_csv_record_too_long_for_the_reader_is_refused_with_the_limit(tmp_path):
     path = tmp_path / "huge-cell.csv"
     path.write_text(f'id,name,lon,lat\na,"{"y" * (20 * MIB)}",0,0\n')
     reader = CsvReader(path)
-    with pytest.raises(UnreadableFile, match=r"record is too long to read.*4,194,304 bytes"):
+    with pytest.raises(UnreadableFile, match=r"record is too long to read.*2,097,152 bytes"):
         list(reader.batches())
 
 
