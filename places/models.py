@@ -134,9 +134,7 @@ class Place(models.Model):
         max_length=255, help_text="The record's key in its dataset, e.g. osm:node/42."
     )
     name = models.TextField(blank=True, help_text="Empty when the source has no name.")
-    religion = models.CharField(
-        max_length=16, choices=Religion.choices, default=Religion.UNKNOWN
-    )
+    religion = models.CharField(max_length=16, choices=Religion.choices, default=Religion.UNKNOWN)
     religion_raw = models.TextField(blank=True, help_text="The value as the source wrote it.")
     denominations = ArrayField(
         models.TextField(),
@@ -169,9 +167,7 @@ class Place(models.Model):
     start_date_raw = models.TextField(blank=True, help_text="As written, e.g. “early 1960's”.")
     end_date = models.DateField(null=True, blank=True)
     end_date_raw = models.TextField(blank=True)
-    status = models.CharField(
-        max_length=8, choices=PlaceStatus.choices, default=PlaceStatus.ACTIVE
-    )
+    status = models.CharField(max_length=8, choices=PlaceStatus.choices, default=PlaceStatus.ACTIVE)
     merged_into = models.ForeignKey(
         "self",
         null=True,
