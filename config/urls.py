@@ -1,12 +1,23 @@
 """URL routes: site, admin, API (v1), OpenAPI schema, health and metrics."""
 
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import health
 from places import tile_apis
 from places.views import home, map_view
+
+
+class _FaviconRedirect(RedirectView):
+    permanent = True
+
+    def get_redirect_url(self, *args: object, **kwargs: object) -> str:
+        # At request time: the hashed name is known once collectstatic has run.
+        return static("places/favicon.svg")
+
 
 TILE = r"(?P<z>-?\w+)/(?P<x>-?\w+)/(?P<y>-?\w+)\.pbf"
 
@@ -23,6 +34,12 @@ urlpatterns = [
     path("tiles/regions.json", tile_apis.RegionTileJsonApi.as_view(), name="region-tilejson"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # Browsers ask for /favicon.ico on pages that name no icon (the admin's, for one).
+    path(
+        "favicon.ico",
+        _FaviconRedirect.as_view(),
+        name="favicon",
+    ),
     path("health/live/", health.live, name="health-live"),
     path("health/ready/", health.ready, name="health-ready"),
     path("", include("django_prometheus.urls")),

@@ -283,6 +283,7 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
             "mapping_form": mapping_form,
             "mapping_problems": selectors.import_job_mapping_problems(job=job),
             "report": report,
+            "rejected_by_reason": selectors.import_job_rejections_by_reason(job=job),
             "samples": report.get("samples"),
             "preview": job.preview,
             "has_report": job.state in (ImportState.DRY_RUN_READY, ImportState.DONE),

@@ -14,7 +14,7 @@ from django.db import connection
 from django.db.models import Q
 
 from ingestion.mapping import ColumnMapping, mapping_problems
-from ingestion.models import ImportJob, ImportRejection, ImportState
+from ingestion.models import ImportJob, ImportRejection, ImportState, RejectionReason
 from places.models import Dataset
 
 PROGRESS_KEY = "import-progress:{}"
@@ -199,4 +199,15 @@ def import_job_mapping_problems(*, job: ImportJob) -> dict[str, str]:
         ColumnMapping.from_dict({"key": "", **job.options.get("mapping", {})}),
         columns=job.inspection.get("columns", []),
         has_geometry=job.inspection.get("has_geometry", job.format != "csv"),
+    )
+
+
+def import_job_rejections_by_reason(*, job: ImportJob) -> list[tuple[str, str, int]]:
+    """(label, code, count) of the job's rejected rows, most frequent first, for people:
+    the report stores codes."""
+    counts = (job.report or {}).get("rejected_by_reason", {})
+    labels = dict(RejectionReason.choices)
+    return sorted(
+        ((labels.get(code, code), code, int(n)) for code, n in counts.items()),
+        key=lambda item: (-item[2], item[1]),
     )

@@ -208,6 +208,8 @@ class CsvReader:
                     num_rows=record_batch.num_rows,
                     rejects=rejects,
                 )
+            if any(line is None for line, _ in self.invalid_rows):
+                self.invalid_rows = self._numbered(self.invalid_rows)
         except pa.ArrowInvalid as exc:
             if "straddl" in str(exc):
                 raise UnreadableFile(
@@ -220,3 +222,32 @@ class CsvReader:
             raise UnreadableFile(f"the CSV cannot be read: {first_line(exc)}") from None
         finally:
             stream.close()
+
+    def _numbered(self, rows: list[tuple[int | None, str]]) -> list[tuple[int | None, str]]:
+        """The rows with the file line each starts on (the header is line 1).
+
+        pyarrow cannot count lines when values may hold newlines, so records it could not
+        split come without one. They are rare: one more pass over the (decoded) file finds
+        them in order, each at the first line after the previous one that matches its own
+        first line.
+        """
+        numbered: list[tuple[int | None, str]] = []
+        pending = iter(rows)
+        current = next(pending, None)
+        with io.TextIOWrapper(
+            io.BufferedReader(_Utf8Stream(self.path, self.encoding), BLOCK_BYTES),
+            encoding="utf-8",
+            newline="",
+        ) as text:
+            for number, line in enumerate(text, start=1):
+                if current is None:
+                    break
+                if number > 1 and line.rstrip("\r\n") == current[1].split("\n", 1)[0].rstrip(
+                    "\r"
+                ):
+                    numbered.append((number, current[1]))
+                    current = next(pending, None)
+        while current is not None:  # not found (cut text): reported without a line
+            numbered.append(current)
+            current = next(pending, None)
+        return numbered

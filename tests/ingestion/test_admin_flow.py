@@ -426,6 +426,9 @@ def test_rejected_rows_download_as_csv_with_formulas_neutralised(
     job = _uploaded(admin_client, dataset, "formulas.csv", buffer.getvalue().encode())
     job = _dry_run(admin_client, job, django_capture_on_commit_callbacks)
     assert job.rejected == len(NASTY_CELLS)
+    # the job page names the reason in words, with its code
+    page = admin_client.get(_url("change", job)).content.decode()
+    assert f"No source key (<code>missing_key</code>): {len(NASTY_CELLS)}" in page
     # when the rejected rows are downloaded
     response = admin_client.get(_url("rejections_csv", job))
     # then they stream as CSV, one row per rejection in row order, with every formula defused

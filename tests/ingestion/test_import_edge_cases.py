@@ -112,6 +112,26 @@ def test_ragged_csv_rows_are_rejected_and_the_rest_kept(sample_regions, tmp_path
     rejection = job.rejections.get()
     assert rejection.reason == "malformed_row"
     assert rejection.raw == {"_text": "r2,Two"}
+    assert rejection.row_number == 3  # the header is line 1
+    assert "line number unknown" not in rejection.detail
+
+
+def test_malformed_rows_are_numbered_by_the_line_they_start_on(sample_regions, tmp_path):
+    """A quoted value may span lines, so lines and records differ; repeated text too."""
+    path = _csv(
+        tmp_path,
+        "lines.csv",
+        'id,name,lon,lat\nm1,"Two\nlines",-0.1,51.5\nbad\nm2,Ok,-0.1,51.5\nbad\n'
+        "m3,Three,-0.2,51.6,extra\n",
+    )
+    job = _run(path, "lines")
+    assert job.added == 2
+    rows = list(job.rejections.order_by("row_number").values_list("row_number", "raw"))
+    assert rows == [
+        (4, {"_text": "bad"}),
+        (6, {"_text": "bad"}),
+        (7, {"_text": "m3,Three,-0.2,51.6,extra"}),
+    ]
 
 
 def test_key_template_with_format_spec_is_refused(tmp_path):
