@@ -12,7 +12,8 @@ from places.views import home, map_view
 
 
 class _FaviconRedirect(RedirectView):
-    permanent = True
+    # Temporary: the target's hashed name changes with the icon.
+    permanent = False
 
     def get_redirect_url(self, *args: object, **kwargs: object) -> str:
         # At request time: the hashed name is known once collectstatic has run.

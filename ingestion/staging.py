@@ -12,6 +12,7 @@ ones that need PostGIS (reprojection, polygon repair) and duplicate keys are dec
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import string
@@ -277,6 +278,17 @@ def batch_texts(batch: Batch) -> dict[str, pa.Array]:
     return {name: _text(values, batch.num_rows) for name, values in batch.arrays.items()}
 
 
+def embedded_newlines(batch: Batch) -> np.ndarray:
+    """Per row, the line breaks inside its values: a quoted CSV value may span lines, and
+    the rows after it start that many lines further down the file."""
+    extra = np.zeros(batch.num_rows, dtype=np.int64)
+    for values in batch.arrays.values():
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            counts = pc.fill_null(pc.count_substring(values, "\n"), 0)
+            extra += counts.to_numpy(zero_copy_only=False).astype(np.int64)
+    return extra
+
+
 def raw_values(arrays: dict[str, pa.Array]) -> pa.Array:
     """Each row's original values as a JSON object (for the rejected-row report)."""
     size = len(next(iter(arrays.values()))) if arrays else 0
@@ -306,9 +318,11 @@ def stage_batch(
     first_row_number: int,
     geometry_kind: str,
     srid: int,
+    row_numbers: np.ndarray | None = None,
 ) -> pa.Table:
     """One batch as staging rows (see STAGE_COLUMNS): normalised values, raw values kept,
-    and the rejections a row's own values decide."""
+    and the rejections a row's own values decide. Rows are numbered from
+    ``first_row_number`` on, unless ``row_numbers`` gives each one (CSV lines)."""
     size = batch.num_rows
     arrays = batch_texts(batch)
 
@@ -457,7 +471,9 @@ def stage_batch(
             "job_id": _constant(job_id, size, pa.int64()),
             "sid": pa.array(np.arange(first_sid, first_sid + size, dtype=np.int64)),
             "row_number": pa.array(
-                np.arange(first_row_number, first_row_number + size, dtype=np.int64)
+                row_numbers
+                if row_numbers is not None
+                else np.arange(first_row_number, first_row_number + size, dtype=np.int64)
             ),
             "layer": _constant(layer, size),
             "source_key": source_key,
@@ -509,14 +525,9 @@ def malformed_rows(
     )
 
 
-def stage_csv(table: pa.Table) -> memoryview:
+def stage_csv(table: pa.Table) -> bytes:
     """The rows as CSV for ``COPY … (FORMAT csv)``: values quoted, so NULL stays apart from
-    the empty string.
-
-    Written into an Arrow buffer and handed over as a view of it: a BytesIO would grow by
-    reallocation and copy the whole text once more on ``getvalue()``, which at 50,000 rows
-    a batch was a large part of the importer's peak memory.
-    """
-    out = pa.BufferOutputStream()
+    the empty string."""
+    out = io.BytesIO()
     pacsv.write_csv(table, out, pacsv.WriteOptions(include_header=False, quoting_style="all_valid"))
-    return memoryview(out.getvalue())
+    return out.getvalue()

@@ -209,8 +209,9 @@ class Place(models.Model):
             ),
             models.CheckConstraint(condition=Q(version__gte=1), name="place_version_positive"),
         ]
-        # Every index is paid for by every import's inserts (migration 0012 dropped seven that
-        # duplicated others or served no query); country and region keep their FK indexes.
+        # Every index is paid for by every import's inserts (migration 0012 dropped those that
+        # duplicated others and made near-empty ones partial); country and region keep their
+        # FK indexes.
         indexes = [
             # Plain B-trees: Django's db_index on a CharField adds a second, LIKE-only index.
             models.Index(fields=["religion"], name="place_religion"),

@@ -125,6 +125,18 @@ class _Utf8Stream(io.RawIOBase):
         super().close()
 
 
+# The text kept of a record that could not be split (the report shows no more).
+INVALID_ROW_TEXT = 10_000
+
+
+def _starts_record(line: str, record: str) -> bool:
+    """Whether a file line is the first line of a record's (possibly cut) text."""
+    first = record.split("\n", 1)[0].rstrip("\r")
+    if len(record) >= INVALID_ROW_TEXT and "\n" not in record:
+        return line.startswith(first)  # the text was cut within its first line
+    return line == first
+
+
 class CsvReader:
     """Delimited text, all values as text.
 
@@ -175,7 +187,7 @@ class CsvReader:
         self.invalid_rows = []
 
         def invalid(row: pacsv.InvalidRow) -> str:
-            self.invalid_rows.append((row.number, row.text[:10_000]))
+            self.invalid_rows.append((row.number, row.text[:INVALID_ROW_TEXT]))
             return "skip"
 
         stream = io.BufferedReader(_Utf8Stream(self.path, self.encoding), BLOCK_BYTES)
@@ -242,9 +254,7 @@ class CsvReader:
             for number, line in enumerate(text, start=1):
                 if current is None:
                     break
-                if number > 1 and line.rstrip("\r\n") == current[1].split("\n", 1)[0].rstrip(
-                    "\r"
-                ):
+                if number > 1 and _starts_record(line.rstrip("\r\n"), current[1]):
                     numbered.append((number, current[1]))
                     current = next(pending, None)
         while current is not None:  # not found (cut text): reported without a line

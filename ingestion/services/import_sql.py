@@ -82,6 +82,30 @@ FROM ranked d
 WHERE s.job_id = %(job)s AND s.sid = d.sid AND d.n > 1
 """
 
+# CSV rows are numbered by file line as staging reads them, but records pyarrow could not
+# split are skipped there and only found (with their lines) at the end of the file. Each
+# such record k, at line L and m lines long, sits at L - (lines of the ones before it) in
+# the numbering the other rows got, and every row numbered from there on moves down m
+# lines. Updates nothing when the file has no such record (or none whose line was found).
+RENUMBER_AFTER_MALFORMED = """
+WITH bad AS MATERIALIZED (
+    SELECT sid, row_number,
+           1 + length(raw::jsonb ->> '_text')
+             - length(replace(raw::jsonb ->> '_text', E'\\n', '')) AS lines
+    FROM ingestion_importstage
+    WHERE job_id = %(job)s AND reject = 'malformed_row' AND row_number > 0
+), slots AS MATERIALIZED (
+    SELECT row_number - COALESCE(sum(lines) OVER (
+               ORDER BY sid ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS slot,
+           lines
+    FROM bad
+)
+UPDATE ingestion_importstage s
+SET row_number = s.row_number + (SELECT sum(lines) FROM slots WHERE slot <= s.row_number)
+WHERE s.job_id = %(job)s AND s.reject IS DISTINCT FROM 'malformed_row'
+  AND s.row_number >= (SELECT min(slot) FROM slots)
+"""
+
 MISSING_RAW = """
 SELECT sid FROM ingestion_importstage
 WHERE job_id = %(job)s AND reject IS NOT NULL AND raw IS NULL ORDER BY sid

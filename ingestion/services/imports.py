@@ -46,7 +46,14 @@ from ingestion.readers import Batch, UnreadableFile, detect_format, open_reader,
 from ingestion.selectors import PROGRESS_KEY
 from ingestion.services import import_sql as q
 from ingestion.services.dry_run import dry_run_samples
-from ingestion.staging import batch_texts, malformed_rows, raw_values, stage_batch, stage_csv
+from ingestion.staging import (
+    batch_texts,
+    embedded_newlines,
+    malformed_rows,
+    raw_values,
+    stage_batch,
+    stage_csv,
+)
 from places.models import Dataset
 
 logger = logging.getLogger(__name__)
@@ -337,6 +344,9 @@ def _stage(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any]) -> 
         cursor.execute(q.CLEAR_STAGE, params)  # what an interrupted staging left behind
     with counts.timed("read_and_copy"):
         counts.rows_read, repeated = _copy_into_stage(job)
+    if job.format == "csv":
+        with counts.timed("renumber"), connection.cursor() as cursor:
+            cursor.execute(q.RENUMBER_AFTER_MALFORMED, params)
     with counts.timed("analyze_stage"), connection.cursor() as cursor:
         # Validation and the batches' range scans and joins are planned from these.
         cursor.execute("ANALYZE ingestion_importstage")
@@ -435,6 +445,9 @@ class _FileBatch:
     # text, and how many fields a record should have.
     malformed: list[tuple[int | None, str]] | None = None
     expected_fields: int = 0
+    # CSV: each row's line in the file (before the records pyarrow skipped are counted in,
+    # which RENUMBER_AFTER_MALFORMED does once they are staged).
+    row_numbers: np.ndarray | None = None
 
 
 def _file_batches(job: ImportJob) -> Iterator[_FileBatch]:
@@ -449,6 +462,14 @@ def _file_batches(job: ImportJob) -> Iterator[_FileBatch]:
         # CSV records are numbered as lines with the header as line 1.
         next_row = 2 if job.format == "csv" else 1
         for batch in reader.batches(layer.name):
+            row_numbers = None
+            advance = batch.num_rows
+            if job.format == "csv":
+                # A value spanning lines pushes the rows after it down the file.
+                extra = embedded_newlines(batch)
+                before = np.concatenate(([0], np.cumsum(extra)[:-1])) if extra.size else extra
+                row_numbers = next_row + np.arange(batch.num_rows, dtype=np.int64) + before
+                advance += int(extra.sum())
             yield _FileBatch(
                 batch=batch,
                 # Layer names are reported only where a file has several.
@@ -457,8 +478,9 @@ def _file_batches(job: ImportJob) -> Iterator[_FileBatch]:
                 srid=srid_from_crs(layer.crs) if job.format != "csv" else 4326,
                 first_sid=total + 1,
                 first_row=next_row,
+                row_numbers=row_numbers,
             )
-            next_row += batch.num_rows
+            next_row += advance
             total += batch.num_rows
     invalid = getattr(reader, "invalid_rows", [])
     if invalid:
@@ -475,7 +497,7 @@ def _file_batches(job: ImportJob) -> Iterator[_FileBatch]:
         )
 
 
-def _stage_chunks(job: ImportJob) -> Iterator[tuple[memoryview, int, pa.Array]]:
+def _stage_chunks(job: ImportJob) -> Iterator[tuple[bytes, int, pa.Array]]:
     """Every batch as CSV for COPY, with its row count and the keys of its rows that staging
     did not reject (no database access: this runs in the prefetch thread)."""
     mapping = ColumnMapping.from_dict(job.options["mapping"])
@@ -497,12 +519,13 @@ def _stage_chunks(job: ImportJob) -> Iterator[tuple[memoryview, int, pa.Array]]:
                 first_row_number=item.first_row,
                 geometry_kind=item.kind,
                 srid=item.srid,
+                row_numbers=item.row_numbers,
             )
         valid = rows.column("source_key").filter(pc.is_null(rows.column("reject")))
         yield stage_csv(rows), item.batch.num_rows, valid.combine_chunks()
 
 
-def _raw_chunks(job: ImportJob, wanted: np.ndarray) -> Iterator[memoryview]:
+def _raw_chunks(job: ImportJob, wanted: np.ndarray) -> Iterator[bytes]:
     """The original values of the rows with sids ``wanted`` (sorted), as CSV (sid, raw)."""
     for item in _file_batches(job):
         if item.malformed is not None:

@@ -3,7 +3,7 @@ from django.contrib.staticfiles import finders
 
 def test_favicon_ico_redirects_to_the_icon_pages_link(client):
     response = client.get("/favicon.ico")
-    assert response.status_code == 301
+    assert response.status_code == 302
     assert response["Location"].endswith("places/favicon.svg")
     assert finders.find("places/favicon.svg")
     page = client.get("/map/").content.decode()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyogrio
 import pyogrio.errors
 import pytest
+from django.conf import settings
 from django.contrib.gis.gdal import Driver
 
 from ingestion.readers import ALLOWED_DRIVERS, GeoReader, UnreadableFile
@@ -80,6 +81,11 @@ def test_a_new_process_starts_with_the_short_list(tmp_path: Path) -> None:
         "print(','.join(sorted(pyogrio.list_drivers())))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        cwd=settings.BASE_DIR,
     ).stdout.strip()
     assert out.split(",") == sorted(ALLOWED_DRIVERS)

@@ -122,16 +122,21 @@ def test_malformed_rows_are_numbered_by_the_line_they_start_on(sample_regions, t
         tmp_path,
         "lines.csv",
         'id,name,lon,lat\nm1,"Two\nlines",-0.1,51.5\nbad\nm2,Ok,-0.1,51.5\nbad\n'
-        "m3,Three,-0.2,51.6,extra\n",
+        'm3,Three,-0.2,51.6,extra\n,No key,-0.1,51.5\nm2,"Again\nand again",-0.1,51.5\n'
+        'm4,Last,-0.1,51.5\n"unclosed,x,0,0\n',
     )
     job = _run(path, "lines")
-    assert job.added == 2
-    rows = list(job.rejections.order_by("row_number").values_list("row_number", "raw"))
-    assert rows == [
-        (4, {"_text": "bad"}),
-        (6, {"_text": "bad"}),
-        (7, {"_text": "m3,Three,-0.2,51.6,extra"}),
+    assert job.added == 3
+    rows = list(job.rejections.order_by("row_number").values_list("row_number", "reason", "detail"))
+    assert rows[:5] == [
+        (4, "malformed_row", "expected 4 fields"),
+        (6, "malformed_row", "expected 4 fields"),
+        (7, "malformed_row", "expected 4 fields"),
+        (8, "missing_key", rows[3][2]),
+        (9, "duplicate_key", "key m2 was already used by row 5"),
     ]
+    # m4 is on line 11, after the two-line value of line 9; nothing after it is lost
+    assert Place.objects.filter(dataset=job.dataset, source_key="m4").exists()
 
 
 def test_key_template_with_format_spec_is_refused(tmp_path):
