@@ -91,6 +91,12 @@ class PlaceAdminForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if self.instance.pk:
             self.fields["opened_version"].initial = self.instance.version
+        location = self.instance.location if self.instance.pk else None
+        if location is not None and "footprint" in self.fields:
+            # A place without a footprint: its empty map opens at the place, not at 0°, 0°.
+            self.fields["footprint"].widget.attrs.update(
+                default_lon=location.x, default_lat=location.y, default_zoom=9
+            )
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
