@@ -355,7 +355,7 @@ def test_dry_run_reports_samples_then_apply_changes_the_places(
     assert 'value="Apply"' not in page
     assert 'value="Cancel the job"' not in page
     listing = admin_client.get(reverse("admin:ingestion_importjob_changelist")).content.decode()
-    assert "added / updated / unchanged / retired / rejected" in listing
+    assert "Added / updated / unchanged / retired / rejected" in listing
     assert "4 / 0 / 0 / 0 / 7" in listing
 
 
