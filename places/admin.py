@@ -95,7 +95,7 @@ class PlaceAdminForm(forms.ModelForm):
         if location is not None and "footprint" in self.fields:
             # A place without a footprint: its empty map opens at the place, not at 0°, 0°.
             self.fields["footprint"].widget.attrs.update(
-                default_lon=location.x, default_lat=location.y, default_zoom=9
+                default_lon=location.x, default_lat=location.y, default_zoom=7
             )
 
     def clean(self) -> dict[str, Any]:

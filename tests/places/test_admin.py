@@ -62,7 +62,7 @@ def test_place_change_page_has_an_offline_map(admin_client, gb_import):
     footprint = html[html.index("id_footprint_map") :]
     assert f"default_lon: {place.location.x}," in footprint
     assert f"default_lat: {place.location.y}," in footprint
-    assert "view.setZoom(9)" in html
+    assert "view.setZoom(7)" in html
 
 
 def test_admin_edit_goes_to_the_change_log(admin_client, admin_user, gb_import):
