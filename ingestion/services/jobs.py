@@ -141,10 +141,15 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
         layers = reader.layers()
         if not layers:
             raise UnreadableFile("the file holds no layers")
+        unsplit: list[tuple[int | None, str]] = []
         if isinstance(reader, CsvReader):
             row_count, estimated = _csv_row_count(reader, path)
             layer_rows: list[int | None] = [row_count]
+            # A whole read (exact count) found every record that cannot be split, with its
+            # line; otherwise the sample's first block shows those it holds.
+            unsplit = list(reader.invalid_rows)
             sample_columns, sample_rows = _csv_sample(reader)
+            unsplit = unsplit or list(reader.invalid_rows)
         else:
             layer_rows = [layer.features for layer in layers]
             row_count = None if None in layer_rows else sum(r or 0 for r in layer_rows)
@@ -179,6 +184,9 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
         "row_count_estimated": estimated,
         "sample_columns": sample_columns,
         "sample_rows": sample_rows,
+        # Left out of the sample (they have no columns) but rejected by the import.
+        "unsplit_rows": [{"line": line, "text": _cell(text)} for line, text in unsplit[:5]],
+        "unsplit_count": len(unsplit),
         "has_geometry": reader.has_geometry,
         "proposed_mapping": mapping_propose(columns, has_geometry=reader.has_geometry).as_dict(),
     }

@@ -133,6 +133,18 @@ def test_upload_lands_on_the_job_page_with_columns_samples_and_proposed_mapping(
     assert page.context["mapping_problems"] == {}
 
 
+def test_inspection_lists_the_records_that_cannot_be_split(admin_client, dataset):
+    content = b'id,name,lon,lat\nr1,One,-0.1,51.5\nx,only two\nr3,"Three\nlines",-0.2,51.6\n'
+    job = _uploaded(admin_client, dataset, "ragged.csv", content)
+    assert job.inspection["row_count"] == 3
+    assert len(job.inspection["sample_rows"]) == 2
+    assert job.inspection["unsplit_count"] == 1
+    assert job.inspection["unsplit_rows"] == [{"line": 3, "text": "x,only two"}]
+    page = admin_client.get(_url("change", job)).content.decode()
+    assert "1 record cannot be split into the columns and will be rejected" in page
+    assert "line 3: <code>x,only two</code>" in page
+
+
 def test_empty_file_is_refused_on_the_form(admin_client, dataset):
     response = _upload(admin_client, dataset, "empty.csv", b"")
     assert response.status_code == 200
