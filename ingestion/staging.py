@@ -296,11 +296,7 @@ def raw_values(arrays: dict[str, pa.Array]) -> pa.Array:
         [
             (
                 n,
-                pc.fill_null(
-                    pc.binary_join_element_wise('"', _json_escaped(values), '"', ""), "null"
-                )
-                if values.null_count
-                else _Text(_json_escaped(values)),
+                _json_literal(values) if values.null_count else _Text(_json_escaped(values)),
             )
             for n, values in arrays.items()
         ],
@@ -405,7 +401,10 @@ def stage_batch(
         pc.greater(key_length, MAX_KEY_LENGTH),
         "key_too_long",
         pc.binary_join_element_wise(
-            "key has ", pc.cast(key_length, pa.string()), " characters; at most 255", ""
+            "key has ",
+            pc.cast(key_length, pa.string()),
+            f" characters; at most {MAX_KEY_LENGTH}",
+            "",
         ),
     )
     no_point = pc.and_(pc.is_null(wkb_column), pa.array(~(usable_lon & usable_lat)))
@@ -446,11 +445,13 @@ def stage_batch(
         raw = pc.replace_with_mask(
             raw, rejected, raw_values({n: values.take(picked) for n, values in arrays.items()})
         )
-    denominations = _map_distinct(
-        denomination_raw,
-        lambda v: json.dumps(denominations_normalise(v), ensure_ascii=False),
-        pa.string(),
+    # Normalised once per distinct value, written both as JSON (fields) and as text[].
+    encoded = pc.dictionary_encode(denomination_raw)
+    normalised = [denominations_normalise(v) for v in encoded.dictionary.to_pylist()]
+    denominations = pa.array([json.dumps(d, ensure_ascii=False) for d in normalised], _STRING).take(
+        encoded.indices
     )
+    denomination_array = pa.array([_pg_array(d) for d in normalised], _STRING).take(encoded.indices)
     fields = _json_object(
         [
             ("name", _Text(_json_escaped(name))),
@@ -477,9 +478,7 @@ def stage_batch(
             ),
             "layer": _constant(layer, size),
             "source_key": source_key,
-            "denominations": _map_distinct(
-                denomination_raw, lambda v: _pg_array(denominations_normalise(v)), _STRING
-            ),
+            "denominations": denomination_array,
             "lon": lon_column,
             "lat": lat_column,
             "wkb": wkb_column,

@@ -450,9 +450,10 @@ class _FileBatch:
     row_numbers: np.ndarray | None = None
 
 
-def _file_batches(job: ImportJob) -> Iterator[_FileBatch]:
+def _file_batches(job: ImportJob, *, lines: bool = True) -> Iterator[_FileBatch]:
     """The file's batches in staging order, each with the sid of its first row (a second
-    read of the file sees the same rows under the same sids)."""
+    read of the file sees the same rows under the same sids), and for CSV with each row's
+    file line unless ``lines`` is false (a reader after sids only)."""
     reader = open_reader(Path(job.file.path), job.format)
     total = 0
     # Layers are listed again from the stored copy: a GeoJSON layer is named after its file.
@@ -464,7 +465,7 @@ def _file_batches(job: ImportJob) -> Iterator[_FileBatch]:
         for batch in reader.batches(layer.name):
             row_numbers = None
             advance = batch.num_rows
-            if job.format == "csv":
+            if lines and job.format == "csv":
                 # A value spanning lines pushes the rows after it down the file.
                 extra = embedded_newlines(batch)
                 before = np.concatenate(([0], np.cumsum(extra)[:-1])) if extra.size else extra
@@ -526,17 +527,23 @@ def _stage_chunks(job: ImportJob) -> Iterator[tuple[bytes, int, pa.Array]]:
 
 
 def _raw_chunks(job: ImportJob, wanted: np.ndarray) -> Iterator[bytes]:
-    """The original values of the rows with sids ``wanted`` (sorted), as CSV (sid, raw)."""
-    for item in _file_batches(job):
+    """The original values of the rows with sids ``wanted`` (sorted), as CSV (sid, raw).
+
+    The file is read only as far as the last wanted row: closing the reader there also
+    spares the CSV reader's closing pass that numbers unsplittable records (staged with
+    their text already).
+    """
+    for item in _file_batches(job, lines=False):
         if item.malformed is not None:
-            continue  # staged with their text
+            continue
         end = item.first_sid + item.batch.num_rows
         sids = wanted[np.searchsorted(wanted, item.first_sid) : np.searchsorted(wanted, end)]
-        if not sids.size:
-            continue
-        picked = pa.array(sids - item.first_sid)
-        texts = {n: values.take(picked) for n, values in batch_texts(item.batch).items()}
-        yield stage_csv(pa.table({"sid": pa.array(sids), "raw": raw_values(texts)}))
+        if sids.size:
+            picked = pa.array(sids - item.first_sid)
+            texts = {n: values.take(picked) for n, values in batch_texts(item.batch).items()}
+            yield stage_csv(pa.table({"sid": pa.array(sids), "raw": raw_values(texts)}))
+        if end > wanted[-1]:
+            return
 
 
 _DONE = object()

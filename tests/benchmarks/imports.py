@@ -201,21 +201,10 @@ def _prepare() -> None:
     _django()
     from django.core.management import call_command
 
-    from ingestion.services.regions import PRESETS, region_load
-    from places.services import dataset_get_or_create
+    from tests.benchmarks.regions import load_sample_regions
 
     call_command("migrate", verbosity=0)
-    sample = ROOT / "ingestion" / "sample_data"
-    region_load(
-        path=sample / "ne_50m_admin_0_countries.geojson.gz",
-        source=PRESETS["ne-countries"],
-        dataset=dataset_get_or_create(slug="natural-earth"),
-    )
-    region_load(
-        path=sample / "ons_lad_2024_uk_generalised.geojson.gz",
-        source=PRESETS["ons-lad"],
-        dataset=dataset_get_or_create(slug="ons-lad-2024"),
-    )
+    load_sample_regions()
 
 
 def _child(kind: str, path: Path, slug: str, media: str) -> dict[str, Any]:

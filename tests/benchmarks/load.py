@@ -127,15 +127,11 @@ def bench_data_ensure(*, url: str, params: Parameters, reload: bool) -> dict[str
 
     from ingestion.models import ImportState
     from ingestion.services.imports import import_job_create, import_job_execute
-    from ingestion.services.regions import PRESETS, region_load
     from places.services import dataset_get_or_create
+    from tests.benchmarks.regions import load_sample_regions
 
     # Countries first, so that the import assigns each place its country as in production.
-    region_load(
-        path=ROOT / "ingestion" / "sample_data" / "ne_50m_admin_0_countries.geojson.gz",
-        source=PRESETS["ne-countries"],
-        dataset=dataset_get_or_create(slug="natural-earth"),
-    )
+    load_sample_regions(districts=False)
     dataset = dataset_get_or_create(
         slug=DATASET_SLUG,
         defaults={

@@ -44,23 +44,13 @@ def main(runs: int) -> dict[str, object]:
     from django.core.management import call_command
 
     from ingestion.services.imports import import_job_create, import_job_execute
-    from ingestion.services.regions import PRESETS, region_load
     from places.models import Place
     from places.services import dataset_get_or_create
+    from tests.benchmarks.regions import SAMPLE, load_sample_regions
 
     call_command("migrate", verbosity=0)
-    sample = ROOT / "ingestion" / "sample_data"
-    region_load(
-        path=sample / "ne_50m_admin_0_countries.geojson.gz",
-        source=PRESETS["ne-countries"],
-        dataset=dataset_get_or_create(slug="natural-earth"),
-    )
-    region_load(
-        path=sample / "ons_lad_2024_uk_generalised.geojson.gz",
-        source=PRESETS["ons-lad"],
-        dataset=dataset_get_or_create(slug="ons-lad-2024"),
-    )
-    csv_path = sample / "osm_pow_gb_excl_wales.csv.gz"
+    load_sample_regions()
+    csv_path = SAMPLE / "osm_pow_gb_excl_wales.csv.gz"
 
     first, again, baseline = [], [], []
     rows = 0
