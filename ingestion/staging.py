@@ -435,8 +435,8 @@ def stage_batch(
         ],
         size=size,
     )
-    # Original values are kept only for rows rejected here; rows that SQL rejects later get
-    # theirs from a second read of the file (see imports), so valid rows never carry them.
+    # Original values are kept for rows rejected here (and, by keep_raw_of_repeats, for rows
+    # whose key may repeat an earlier row's); other valid rows never carry them.
     reject_reason = pc.coalesce(*reject)
     rejected = pc.is_valid(reject_reason)
     raw = pa.nulls(size, _STRING)
@@ -530,3 +530,54 @@ def stage_csv(table: pa.Table) -> bytes:
     out = io.BytesIO()
     pacsv.write_csv(table, out, pacsv.WriteOptions(include_header=False, quoting_style="all_valid"))
     return out.getvalue()
+
+
+class RepeatedKeys:
+    """Finds, as the file streams by, the rows whose key an earlier row already carried.
+
+    Only those rows can lose to an earlier one under the duplicate rule (decided in SQL, see
+    ``STAGE_DUPLICATES``), so only they need their original values staged for the
+    rejected-row report; the file is then not read a second time for them. Keys are kept as
+    one bit per hash, 16 MB however long the file: a hash collision only makes a row a
+    candidate that SQL then finds unique, and a real repeat is never missed.
+    """
+
+    BITS = 1 << 27
+
+    def __init__(self) -> None:
+        self._bits = np.zeros(self.BITS >> 3, dtype=np.uint8)
+
+    def mark(self, keys: pa.Array) -> np.ndarray:
+        """Per key: whether an earlier key (this call's or a previous one's) may equal it."""
+        hashes = np.fromiter(
+            (hash(k) for k in keys.to_pylist()), dtype=np.int64, count=len(keys)
+        ).view(np.uint64) & np.uint64(self.BITS - 1)
+        byte = (hashes >> np.uint64(3)).astype(np.int64)
+        bit = np.left_shift(np.uint8(1), (hashes & np.uint64(7)).astype(np.uint8))
+        repeated = (self._bits[byte] & bit) != 0
+        _, first = np.unique(hashes, return_index=True)
+        later = np.ones(len(keys), dtype=bool)
+        later[first] = False
+        np.bitwise_or.at(self._bits, byte, bit)
+        return repeated | later
+
+
+def keep_raw_of_repeats(
+    rows: pa.Table, batch: Batch, seen: RepeatedKeys
+) -> tuple[pa.Table, pa.Array]:
+    """Stage the original values of the valid rows whose key may repeat an earlier row's;
+    returns the rows and those rows' keys."""
+    valid = np.flatnonzero(pc.is_null(rows.column("reject")).to_numpy(zero_copy_only=False))
+    keys = rows.column("source_key").combine_chunks().take(pa.array(valid))
+    picked = valid[seen.mark(keys)]
+    if not picked.size:
+        return rows, pa.array([], _STRING)
+    indices = pa.array(picked)
+    texts = {n: values.take(indices) for n, values in batch_texts(batch).items()}
+    mask = np.zeros(rows.num_rows, dtype=bool)
+    mask[picked] = True
+    raw = pc.replace_with_mask(
+        rows.column("raw").combine_chunks(), pa.array(mask), raw_values(texts)
+    )
+    rows = rows.set_column(rows.schema.get_field_index("raw"), "raw", raw)
+    return rows, rows.column("source_key").combine_chunks().take(indices)

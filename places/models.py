@@ -127,8 +127,14 @@ class Place(models.Model):
     """One place from one dataset, known there by ``source_key`` (e.g. ``osm:way/123``)."""
 
     # No index of its own: place_source_key_unique (dataset, source_key) leads with it.
+    # Dataset, country and region are checked per statement by triggers, not by foreign-key
+    # constraints (migration 0014): a constraint checks each imported row on its own.
     dataset = models.ForeignKey(
-        Dataset, on_delete=models.PROTECT, related_name="places", db_index=False
+        Dataset,
+        on_delete=models.PROTECT,
+        related_name="places",
+        db_index=False,
+        db_constraint=False,
     )
     source_key = models.CharField(
         max_length=255, help_text="The record's key in its dataset, e.g. osm:node/42."
@@ -153,6 +159,7 @@ class Place(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
         limit_choices_to={"level": RegionLevel.COUNTRY},
+        db_constraint=False,
     )
     region = models.ForeignKey(
         Region,
@@ -161,6 +168,7 @@ class Place(models.Model):
         on_delete=models.SET_NULL,
         related_name="places",
         help_text="The most detailed region that contains the place (e.g. its district).",
+        db_constraint=False,
     )
     tags = models.JSONField(default=dict, blank=True, help_text="Free tags from the source.")
     start_date = models.DateField(null=True, blank=True)
@@ -215,7 +223,10 @@ class Place(models.Model):
         indexes = [
             # Plain B-trees: Django's db_index on a CharField adds a second, LIKE-only index.
             models.Index(fields=["religion"], name="place_religion"),
-            models.Index(fields=["status"], name="place_status"),
+            # Nearly every place is active: only the others are worth an index entry.
+            models.Index(
+                fields=["status"], name="place_inactive", condition=~Q(status=PlaceStatus.ACTIVE)
+            ),
             models.Index(
                 fields=["merged_into"],
                 name="place_merged_into",

@@ -47,8 +47,10 @@ from ingestion.selectors import PROGRESS_KEY
 from ingestion.services import import_sql as q
 from ingestion.services.dry_run import dry_run_samples
 from ingestion.staging import (
+    RepeatedKeys,
     batch_texts,
     embedded_newlines,
+    keep_raw_of_repeats,
     malformed_rows,
     raw_values,
     stage_batch,
@@ -343,8 +345,8 @@ def _stage(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any]) -> 
     with connection.cursor() as cursor:
         cursor.execute(q.CLEAR_STAGE, params)  # what an interrupted staging left behind
     with counts.timed("read_and_copy"):
-        counts.rows_read, repeated = _copy_into_stage(job)
-    if job.format == "csv":
+        counts.rows_read, repeated, malformed = _copy_into_stage(job)
+    if malformed:
         with counts.timed("renumber"), connection.cursor() as cursor:
             cursor.execute(q.RENUMBER_AFTER_MALFORMED, params)
     with counts.timed("analyze_stage"), connection.cursor() as cursor:
@@ -389,8 +391,10 @@ def _stage(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any]) -> 
 
 
 def _fill_raw_values(cursor: Any, job: ImportJob) -> None:
-    """Original values for the rows SQL rejected (duplicates, geometries), read again from
-    the file: staging keeps them only for rows it rejected itself."""
+    """Original values for the rows SQL rejected that staging did not keep them for (a
+    geometry PostGIS refused), read again from the file. Staging keeps them for the rows it
+    rejected itself and for every row that may lose under the duplicate rule, so a CSV is
+    never read twice."""
     cursor.execute(q.MISSING_RAW, {"job": job.pk})
     wanted = np.array([row[0] for row in cursor.fetchall()], dtype=np.int64)
     if not wanted.size:
@@ -404,33 +408,33 @@ def _fill_raw_values(cursor: Any, job: ImportJob) -> None:
     cursor.execute("DROP TABLE pg_temp.import_raw")
 
 
-def _copy_into_stage(job: ImportJob) -> tuple[int, list[str]]:
+def _copy_into_stage(job: ImportJob) -> tuple[int, list[str], int]:
     """Stream the file into the staging table with COPY, a reader batch per commit.
 
     The next batch is read and turned into CSV in a second thread while PostgreSQL takes
     in the current one: on two cores, staging then costs about what the server's part does.
-    Returns the rows read and the keys that more than one valid row carries (only those
-    need the duplicate rule in SQL).
+    Returns the rows read, the keys that may repeat (a superset of those more than one
+    valid row carries: only those need the duplicate rule in SQL) and the number of CSV
+    records that could not be split.
     """
-    total = 0
+    total = malformed = 0
     keys: list[pa.Array] = []
-    for chunk, rows, valid_keys in _prefetch(_stage_chunks(job), depth=2):
+    for chunk, rows, repeats, unsplit in _prefetch(_stage_chunks(job), depth=2):
         with transaction.atomic(), connection.cursor() as cursor:
             with cursor.cursor.copy(q.COPY_STAGE) as copy:  # the psycopg cursor under Django's
                 copy.write(chunk)
             _heartbeat(job.pk)
         total += rows
-        keys.append(valid_keys)
+        malformed += unsplit
+        keys.append(repeats)
         cache.set(PROGRESS_KEY.format(job.pk), total, timeout=3600)
-    return total, _repeated(keys)
+    return total, _distinct(keys), malformed
 
 
-def _repeated(keys: list[pa.Array]) -> list[str]:
-    """Values found more than once (hashed in Arrow: a million keys take milliseconds)."""
+def _distinct(keys: list[pa.Array]) -> list[str]:
     if not keys:
         return []
-    tally = pc.value_counts(pa.chunked_array(keys, pa.string()))
-    return tally.field("values").filter(pc.greater(tally.field("counts"), 1)).to_pylist()
+    return pc.unique(pa.chunked_array(keys, pa.string())).to_pylist()
 
 
 @dataclass
@@ -498,10 +502,12 @@ def _file_batches(job: ImportJob, *, lines: bool = True) -> Iterator[_FileBatch]
         )
 
 
-def _stage_chunks(job: ImportJob) -> Iterator[tuple[bytes, int, pa.Array]]:
-    """Every batch as CSV for COPY, with its row count and the keys of its rows that staging
-    did not reject (no database access: this runs in the prefetch thread)."""
+def _stage_chunks(job: ImportJob) -> Iterator[tuple[bytes, int, pa.Array, int]]:
+    """Every batch as CSV for COPY, with its row count, the keys of its valid rows that may
+    repeat an earlier row's (their original values staged) and its number of unsplittable
+    CSV records (no database access: this runs in the prefetch thread)."""
     mapping = ColumnMapping.from_dict(job.options["mapping"])
+    seen = RepeatedKeys()
     for item in _file_batches(job):
         if item.malformed is not None:
             rows = malformed_rows(
@@ -510,6 +516,7 @@ def _stage_chunks(job: ImportJob) -> Iterator[tuple[bytes, int, pa.Array]]:
                 first_sid=item.first_sid,
                 expected=item.expected_fields,
             )
+            repeats = pa.array([], pa.string())
         else:
             rows = stage_batch(
                 item.batch,
@@ -522,8 +529,9 @@ def _stage_chunks(job: ImportJob) -> Iterator[tuple[bytes, int, pa.Array]]:
                 srid=item.srid,
                 row_numbers=item.row_numbers,
             )
-        valid = rows.column("source_key").filter(pc.is_null(rows.column("reject")))
-        yield stage_csv(rows), item.batch.num_rows, valid.combine_chunks()
+            rows, repeats = keep_raw_of_repeats(rows, item.batch, seen)
+        unsplit = 0 if item.malformed is None else len(item.malformed)
+        yield stage_csv(rows), item.batch.num_rows, repeats, unsplit
 
 
 def _raw_chunks(job: ImportJob, wanted: np.ndarray) -> Iterator[bytes]:

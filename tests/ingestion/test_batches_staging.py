@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pyarrow as pa
 from shapely.geometry import Point
 
 from ingestion.mapping import ColumnMapping
 from ingestion.readers import Batch
-from ingestion.staging import PY_WHITESPACE, raw_values, stage_batch
+from ingestion.staging import PY_WHITESPACE, RepeatedKeys, raw_values, stage_batch
 
 
 def _stage(columns: dict[str, list[str | None]], mapping: ColumnMapping, **kwargs) -> list[dict]:
@@ -140,3 +141,25 @@ def test_raw_values_keep_nulls_apart_from_empty_strings():
 def test_the_whitespace_trimmed_is_exactly_what_str_strip_removes():
     python = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
     assert set(PY_WHITESPACE) == set(python)
+
+
+def test_repeated_keys_are_never_missed_across_and_within_batches():
+    class Tiny(RepeatedKeys):
+        BITS = 1 << 10  # collisions are certain: they may only add candidates
+
+    rng = random.Random(7)
+    keys = [f"osm:node/{rng.randrange(3000)}" for _ in range(4000)]
+    for tracker in (RepeatedKeys(), Tiny()):
+        seen: set[str] = set()
+        marked: list[bool] = []
+        for start in range(0, len(keys), 700):
+            chunk = keys[start : start + 700]
+            marked += tracker.mark(pa.array(chunk, pa.string())).tolist()
+        truth = []
+        for key in keys:
+            truth.append(key in seen)
+            seen.add(key)
+        assert all(m for m, t in zip(marked, truth, strict=True) if t)
+        if not isinstance(tracker, Tiny):
+            # 16 MB of bits: at this size no unique key is taken for a repeat
+            assert marked == truth

@@ -89,6 +89,33 @@ def test_first_valid_row_wins_a_duplicate_key(sample_regions, tmp_path):
     assert list(job.rejections.values_list("row_number", "reason")) == [(2, "bad_coordinates")]
 
 
+def test_a_csv_is_read_once_even_when_rows_lose_to_a_duplicate_key(
+    sample_regions, tmp_path, monkeypatch
+):
+    # Staging keeps the original values of every row whose key may repeat an earlier one,
+    # so the rejected-row report needs no second read of the file.
+    def second_read(*args, **kwargs):
+        raise AssertionError("the file was read a second time")
+
+    monkeypatch.setattr(imports, "_raw_chunks", second_read)
+    lines = ["id,name,lon,lat,note"] + [f"k{i},N{i},-0.1,51.5," for i in range(300)]
+    lines += ["k7,Again,-0.2,51.6,=cmd()", "k299,Last again,-0.3,51.7,"]
+    job = _run(_csv(tmp_path, "dups.csv", "\n".join(lines) + "\n"), "read-once")
+    assert job.state == ImportState.DONE, job.error
+    assert job.added == 300
+    rejected = {r.row_number: (r.reason, r.raw) for r in job.rejections.all()}
+    assert rejected == {
+        302: (
+            "duplicate_key",
+            {"id": "k7", "name": "Again", "lon": "-0.2", "lat": "51.6", "note": "=cmd()"},
+        ),
+        303: (
+            "duplicate_key",
+            {"id": "k299", "name": "Last again", "lon": "-0.3", "lat": "51.7", "note": ""},
+        ),
+    }
+
+
 def test_over_long_values_reject_one_row_not_the_file(sample_regions, tmp_path):
     long_key = "k" * 300
     path = _csv(

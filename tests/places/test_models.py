@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+import psycopg
 import pytest
+from django.conf import settings
 from django.contrib.gis.geos import MultiPolygon, Point, Polygon
 from django.db import IntegrityError, connection, transaction
 
@@ -34,6 +36,74 @@ def test_end_date_before_start_date_is_refused(place):
         Place.objects.filter(pk=place.pk).update(
             start_date=dt.date(2000, 1, 1), end_date=dt.date(1999, 1, 1)
         )
+
+
+def _square_region(code: str) -> Region:
+    square = MultiPolygon(Polygon.from_bbox((0, 0, 1, 1)))
+    return Region.objects.create(
+        name=code, level="district", code=code, code_system="test", geom=square
+    )
+
+
+@pytest.mark.parametrize(
+    ("column", "message"),
+    [("region_id", "names region"), ("country_id", "names region"), ("dataset_id", "dataset")],
+)
+def test_a_place_must_name_an_existing_dataset_and_regions(place, column, message):
+    # Checked per statement by triggers (migration 0014), on insert and on update.
+    missing = 10**12
+    with pytest.raises(IntegrityError, match=message), transaction.atomic():
+        Place.objects.filter(pk=place.pk).update(**{column: missing})
+    values = {"dataset_id": place.dataset_id, column: missing}
+    with pytest.raises(IntegrityError, match=message), transaction.atomic():
+        Place.objects.create(source_key="osm:node/2", location=Point(0, 51), **values)
+
+
+def test_a_region_that_places_name_cannot_be_deleted_behind_djangos_back(place):
+    region = _square_region("T1")
+    Place.objects.filter(pk=place.pk).update(region=region, country=_square_region("T2"))
+    for named in ("T1", "T2"):
+        with (
+            pytest.raises(IntegrityError, match="places still name"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(
+                "DELETE FROM places_region WHERE code_system = 'test' AND code = %s", [named]
+            )
+    with (
+        pytest.raises(IntegrityError, match="still belong"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("DELETE FROM places_dataset WHERE id = %s", [place.dataset_id])
+    # Django's own delete first empties the places' reference (on_delete=SET_NULL).
+    region.delete()
+    place.refresh_from_db()
+    assert place.region_id is None
+    assert place.country_id is not None
+
+
+def test_a_region_being_named_cannot_be_deleted_until_the_writer_commits(sample_regions):
+    # given a committed country that no place names, named now by an uncommitted insert
+    named = set(Place.objects.exclude(country=None).values_list("country_id", flat=True))
+    country = Region.objects.filter(level="country").exclude(pk__in=named).first()
+    Place.objects.create(
+        dataset=dataset_get_or_create(slug="model-tests"),
+        source_key="osm:node/3",
+        location=Point(0, 51),
+        country=country,
+    )
+    # when another session tries to delete the country
+    with psycopg.connect(
+        host="127.0.0.1", user="postgres", dbname=settings.DATABASES["default"]["NAME"]
+    ) as other:
+        other.execute("SET lock_timeout = '300ms'")
+        # then it waits for the writer (the check locked the country FOR KEY SHARE, as a
+        # foreign key's check does) instead of deleting what the new place names
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            other.execute("DELETE FROM places_region WHERE id = %s", [country.pk])
+        other.rollback()
 
 
 def test_invalid_region_geometry_is_refused():
