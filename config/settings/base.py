@@ -157,6 +157,8 @@ CELERY_BEAT_SCHEDULE = {
 # Imports apply this many staged rows per transaction (each commit is a resumable checkpoint)
 # and are re-queued when their heartbeat (moved by every batch) is older than the stale limit.
 IMPORT_BATCH_ROWS = env.int("IMPORT_BATCH_ROWS", default=50_000)
+# Batches applied at once, each on its own database connection (and server process).
+IMPORT_APPLY_WORKERS = env.int("IMPORT_APPLY_WORKERS", default=2)
 IMPORT_STALE_SECONDS = env.int("IMPORT_STALE_SECONDS", default=600)
 CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / ".run" / "celerybeat-schedule")
 

@@ -19,3 +19,8 @@ CELERY_BROKER_URL = env.str("TEST_CELERY_BROKER_URL", default="redis://127.0.0.1
 # same folder through MEDIA_ROOT).
 MEDIA_ROOT = env.str("MEDIA_ROOT", default="") or tempfile.mkdtemp(prefix="places-test-media-")
 DATABASES["default"]["TEST"] = {"TEMPLATE": "template0", "CHARSET": "UTF8"}  # noqa: F405
+
+# One apply connection: a test's own transaction (never committed) holds the staged rows,
+# which other connections cannot see. Tests of the parallel apply commit for real, or run a
+# worker process, and set it themselves.
+IMPORT_APPLY_WORKERS = env.int("IMPORT_APPLY_WORKERS", default=1)

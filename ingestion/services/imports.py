@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,9 @@ class ImportCounts:
     step_seconds: dict[str, float] = field(default_factory=dict)
     samples: dict[str, Any] = field(default_factory=dict)
 
+    # Batches may be applied by several threads at once (their step times add up).
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
     @contextmanager
     def timed(self, step: str) -> Iterator[None]:
         started = time.perf_counter()
@@ -98,7 +102,8 @@ class ImportCounts:
             self.add(step, time.perf_counter() - started)
 
     def add(self, step: str, seconds: float) -> None:
-        self.step_seconds[step] = round(self.step_seconds.get(step, 0.0) + seconds, 3)
+        with self._lock:
+            self.step_seconds[step] = round(self.step_seconds.get(step, 0.0) + seconds, 3)
 
 
 def file_sha256(path: Path) -> str:
@@ -317,13 +322,69 @@ def _run(job: ImportJob, counts: ImportCounts, started: float) -> None:
     if job.dry_run:
         _dry_run(job, counts, checkpoint, started)
         return
-    size = settings.IMPORT_BATCH_ROWS
-    after = checkpoint.get("last_sid", 0)
-    while after < checkpoint["max_sid"]:
-        upto = min(after + size, checkpoint["max_sid"])
-        _apply_batch(job, counts, checkpoint, after=after, upto=upto)
-        after = upto
+    _apply(job, counts, checkpoint)
     _finish(job, counts, checkpoint, started)
+
+
+def _pending_batches(checkpoint: dict[str, Any]) -> list[tuple[int, int]]:
+    """The staged row ranges ``(after, upto]`` still to apply: a fixed grid of
+    ``batch_rows`` rows, less the prefix up to ``last_sid`` and the ranges past it that
+    committed out of order (``applied``)."""
+    size, last, end = checkpoint["batch_rows"], checkpoint.get("last_sid", 0), checkpoint["max_sid"]
+    applied = {upto for _, upto in checkpoint.get("applied", [])}
+    pending = []
+    for start in range(0, end, size):
+        after, upto = max(start, last), min(start + size, end)
+        if after < upto and upto not in applied:
+            pending.append((after, upto))
+    return pending
+
+
+def _apply(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any]) -> None:
+    """Apply every pending batch, ``IMPORT_APPLY_WORKERS`` at a time.
+
+    The batches of a job touch disjoint places (staging rejected repeated keys), so each
+    can be diffed and written on its own connection: the database server then works on
+    as many cores as there are connections, where one connection kept it on one. Each
+    batch commits with its place in the checkpoint; a run that dies resumes with the
+    batches that did not commit, in whatever order the others did.
+    """
+    checkpoint.setdefault("batch_rows", settings.IMPORT_BATCH_ROWS)
+    # What later batches merge their progress into (they read it back under a row lock).
+    ImportJob.objects.filter(pk=job.pk).update(checkpoint=checkpoint, heartbeat_at=Now())
+    pending = _pending_batches(checkpoint)
+    workers = max(1, min(settings.IMPORT_APPLY_WORKERS, len(pending)))
+    if workers == 1:
+        for after, upto in pending:
+            _apply_batch(job, counts, checkpoint, after=after, upto=upto)
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix="import-apply") as pool:
+            futures = [
+                pool.submit(_apply_batch_on_own_connection, job, counts, checkpoint, after, upto)
+                for after, upto in pending
+            ]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+            except BaseException:
+                for other in futures:
+                    other.cancel()
+                raise
+    checkpoint.update(ImportJob.objects.get(pk=job.pk).checkpoint)
+
+
+def _apply_batch_on_own_connection(
+    job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any], after: int, upto: int
+) -> None:
+    """One batch in a pool thread, on the thread's own database connection (closed after:
+    the pool's threads outlive the run)."""
+    try:
+        with connection.cursor() as cursor:
+            # If the worker dies, this session's server process lets go within a second.
+            cursor.execute("SET client_connection_check_interval = '1s'")
+        _apply_batch(job, counts, checkpoint, after=after, upto=upto)
+    finally:
+        connection.close()
 
 
 def _still_staged(job: ImportJob, checkpoint: dict[str, Any]) -> bool:
@@ -667,14 +728,16 @@ def _apply_batch(
             if job.mode != ImportMode.APPEND:
                 cursor.execute(q.REFRESH_SOURCE_VALUES)
         cursor.execute("DROP TABLE pg_temp.import_diff")
-        done = {
-            **checkpoint,
-            "last_sid": upto,
-            "batches": checkpoint.get("batches", 0) + 1,
-            "conflicts": checkpoint.get("conflicts", 0) + by_op.get("update", 0) - updated,
-            "by_fingerprint": checkpoint.get("by_fingerprint", 0) + by_op["fingerprint"],
-        }
-        # The batch's writes and the checkpoint that records them commit together.
+        # The batch's writes and the checkpoint that records them commit together; the job
+        # row's lock orders batches that commit at the same time.
+        saved = ImportJob.objects.select_for_update().values_list("checkpoint", flat=True)
+        done = _checkpoint_with_batch(
+            saved.get(pk=job.pk),
+            after=after,
+            upto=upto,
+            conflicts=by_op.get("update", 0) - updated,
+            by_fingerprint=by_op["fingerprint"],
+        )
         ImportJob.objects.filter(pk=job.pk).update(
             added=F("added") + added,
             updated=F("updated") + updated,
@@ -683,9 +746,30 @@ def _apply_batch(
             heartbeat_at=Now(),
         )
         committing = time.perf_counter()
-    # The commit runs the deferred foreign-key checks of every row written.
+    # The commit runs the deferred triggers (data versions) of the rows written.
     counts.add("commit", time.perf_counter() - committing)
-    checkpoint.update(done)
+
+
+def _checkpoint_with_batch(
+    checkpoint: dict[str, Any], *, after: int, upto: int, conflicts: int, by_fingerprint: int
+) -> dict[str, Any]:
+    """The checkpoint once rows ``(after, upto]`` are applied: ``last_sid`` is the end of
+    the applied prefix, ``applied`` the ranges that committed past it."""
+    last = checkpoint.get("last_sid", 0)
+    beyond = []
+    for start, end in sorted([*map(tuple, checkpoint.get("applied", [])), (after, upto)]):
+        if start <= last:
+            last = max(last, end)
+        else:
+            beyond.append([start, end])
+    return {
+        **checkpoint,
+        "last_sid": last,
+        "applied": beyond,
+        "batches": checkpoint.get("batches", 0) + 1,
+        "conflicts": checkpoint.get("conflicts", 0) + conflicts,
+        "by_fingerprint": checkpoint.get("by_fingerprint", 0) + by_fingerprint,
+    }
 
 
 def _finish(

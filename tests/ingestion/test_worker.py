@@ -163,9 +163,14 @@ def _assert_every_row_imported_once(job: ImportJob) -> None:
 def test_import_survives_kill_9_of_its_worker_mid_apply(
     sample_regions, start_worker, django_db_blocker, tmp_path
 ):
-    # Small batches, so that the apply phase spans many commits; a short visibility timeout,
-    # so that Redis hands the unacknowledged message to the next worker within seconds.
-    environment = {"IMPORT_BATCH_ROWS": "500", "CELERY_VISIBILITY_TIMEOUT": "2"}
+    # Small batches, so that the apply phase spans many commits, two at a time on two
+    # connections (as in production); a short visibility timeout, so that Redis hands the
+    # unacknowledged message to the next worker within seconds.
+    environment = {
+        "IMPORT_BATCH_ROWS": "500",
+        "IMPORT_APPLY_WORKERS": "2",
+        "CELERY_VISIBILITY_TIMEOUT": "2",
+    }
     with django_db_blocker.unblock():
         # given an import running on a worker, with at least one batch committed
         job = import_job_create(

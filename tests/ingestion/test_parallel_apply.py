@@ -1,0 +1,119 @@
+"""Batches applied on several connections at once (``IMPORT_APPLY_WORKERS`` > 1).
+
+The other connections see only committed rows, so these tests run outside the rolled-back
+test transaction, each with a dataset of its own (the rows stay, like the session's sample
+import). The real kill -9 of a worker applying on two connections is in test_worker.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from django.db import connection
+
+from ingestion.models import ImportState
+from ingestion.services import imports
+from ingestion.services.imports import (
+    _checkpoint_with_batch,
+    _pending_batches,
+    import_job_create,
+    import_job_execute,
+)
+from places.services import dataset_get_or_create
+from tests.ingestion.test_batches import WorkerKilled, _assert_imported_exactly_once, _file
+
+
+@pytest.fixture
+def committed(sample_regions, django_db_blocker) -> Iterator[None]:
+    with django_db_blocker.unblock():
+        yield
+        connection.close()
+
+
+def test_out_of_order_commits_leave_a_checkpoint_to_resume_from():
+    checkpoint = {"last_sid": 0, "max_sid": 45, "batch_rows": 10}
+    # batches 3 and 2 commit before batch 1
+    for after, upto in [(20, 30), (10, 20)]:
+        checkpoint = _checkpoint_with_batch(
+            checkpoint, after=after, upto=upto, conflicts=0, by_fingerprint=1
+        )
+    assert (checkpoint["last_sid"], checkpoint["applied"]) == (0, [[10, 20], [20, 30]])
+    assert _pending_batches(checkpoint) == [(0, 10), (30, 40), (40, 45)]
+    checkpoint = _checkpoint_with_batch(checkpoint, after=0, upto=10, conflicts=2, by_fingerprint=0)
+    assert (checkpoint["last_sid"], checkpoint["applied"]) == (30, [])
+    assert (checkpoint["batches"], checkpoint["conflicts"], checkpoint["by_fingerprint"]) == (
+        3,
+        2,
+        2,
+    )
+    assert _pending_batches(checkpoint) == [(30, 40), (40, 45)]
+
+
+def test_batches_run_at_once_on_their_own_connections(committed, settings, tmp_path, monkeypatch):
+    settings.IMPORT_BATCH_ROWS = 10
+    settings.IMPORT_APPLY_WORKERS = 2
+    job = import_job_create(
+        path=_file(tmp_path), dataset=dataset_get_or_create(slug=f"two-{uuid.uuid4().hex[:8]}")
+    )
+    # The first two batches wait for each other: applied one after the other, they would
+    # never meet and the barrier would break.
+    meet = threading.Barrier(2, timeout=60)
+    backends: set[int] = set()
+    apply_batch = imports._apply_batch
+
+    def apply_together(*args, **kwargs):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backends.add(cursor.fetchone()[0])
+        if kwargs["after"] < 20:
+            meet.wait()
+        apply_batch(*args, **kwargs)
+
+    monkeypatch.setattr(imports, "_apply_batch", apply_together)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        own = cursor.fetchone()[0]
+    job = import_job_execute(job_id=job.pk)
+    assert job.state == ImportState.DONE, job.error
+    assert own not in backends
+    assert len(backends) >= 2
+    assert job.report["batches"] == 4
+    assert (job.checkpoint["last_sid"], job.checkpoint["applied"]) == (37, [])
+    _assert_imported_exactly_once(job)
+
+
+def test_a_run_killed_while_applying_on_two_connections_resumes_once(
+    committed, settings, tmp_path, monkeypatch
+):
+    settings.IMPORT_BATCH_ROWS = 5
+    settings.IMPORT_APPLY_WORKERS = 2
+    job = import_job_create(
+        path=_file(tmp_path), dataset=dataset_get_or_create(slug=f"kill-{uuid.uuid4().hex[:8]}")
+    )
+    apply_batch = imports._apply_batch
+    committed_batches: list[int] = []
+    lock = threading.Lock()
+
+    def apply_then_die(*args, **kwargs):
+        apply_batch(*args, **kwargs)
+        with lock:
+            committed_batches.append(kwargs["upto"])
+            if len(committed_batches) == 3:
+                raise WorkerKilled
+
+    monkeypatch.setattr(imports, "_apply_batch", apply_then_die)
+    with pytest.raises(WorkerKilled):
+        import_job_execute(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.state == ImportState.APPLYING
+    assert 3 <= job.checkpoint["batches"] < 8
+    monkeypatch.undo()
+    job = import_job_execute(job_id=job.pk)
+    assert job.state == ImportState.DONE, job.error
+    assert job.attempts == 2
+    # the resumed run applied only the batches that had not committed: eight in all
+    assert job.report["batches"] == 8
+    _assert_imported_exactly_once(job)
