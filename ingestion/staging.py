@@ -289,9 +289,11 @@ def embedded_newlines(batch: Batch) -> np.ndarray:
     return extra
 
 
-def raw_values(arrays: dict[str, pa.Array]) -> pa.Array:
-    """Each row's original values as a JSON object (for the rejected-row report)."""
-    size = len(next(iter(arrays.values()))) if arrays else 0
+def raw_values(arrays: dict[str, pa.Array], size: int | None = None) -> pa.Array:
+    """Each row's original values as a JSON object (for the rejected-row report); ``size``
+    rows when there are no columns."""
+    if arrays:
+        size = len(next(iter(arrays.values())))
     return _json_object(
         [
             (
@@ -300,7 +302,7 @@ def raw_values(arrays: dict[str, pa.Array]) -> pa.Array:
             )
             for n, values in arrays.items()
         ],
-        size=size,
+        size=size or 0,
     )
 
 
@@ -443,7 +445,9 @@ def stage_batch(
     if reject_reason.null_count < size:
         picked = pa.array(np.flatnonzero(rejected.to_numpy(zero_copy_only=False)))
         raw = pc.replace_with_mask(
-            raw, rejected, raw_values({n: values.take(picked) for n, values in arrays.items()})
+            raw,
+            rejected,
+            raw_values({n: values.take(picked) for n, values in arrays.items()}, len(picked)),
         )
     # Normalised once per distinct value, written both as JSON (fields) and as text[].
     encoded = pc.dictionary_encode(denomination_raw)
@@ -577,7 +581,7 @@ def keep_raw_of_repeats(
     mask = np.zeros(rows.num_rows, dtype=bool)
     mask[picked] = True
     raw = pc.replace_with_mask(
-        rows.column("raw").combine_chunks(), pa.array(mask), raw_values(texts)
+        rows.column("raw").combine_chunks(), pa.array(mask), raw_values(texts, picked.size)
     )
     rows = rows.set_column(rows.schema.get_field_index("raw"), "raw", raw)
     return rows, rows.column("source_key").combine_chunks().take(indices)

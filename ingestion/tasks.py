@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 
 @shared_task(
     name="ingestion.tasks.import_job_run",
-    # Redeliver when the worker dies mid-import; the service resumes after the last batch.
+    # Redeliver when the worker dies mid-import; the service applies what did not commit.
     acks_late=True,
     reject_on_worker_lost=True,
     autoretry_for=imports.TRANSIENT_ERRORS,

@@ -5,10 +5,11 @@ A run has three phases, each crash-safe:
 1. **Stage**: the file is streamed into ``ingestion_importstage`` (UNLOGGED, keyed by job), a
    reader batch per transaction, then validated and de-duplicated over the whole file and its
    rejected rows saved; the job's checkpoint records that staging is complete.
-2. **Apply** in batches of ``IMPORT_BATCH_ROWS`` staged rows: regions, diff, places and their
-   change-log entries, and the job's checkpoint (last row applied, cumulative counts) commit
-   together. A redelivered task resumes after the last committed batch, so nothing is lost
-   or applied twice.
+2. **Apply** in batches of ``IMPORT_BATCH_ROWS`` staged rows, ``IMPORT_APPLY_WORKERS`` at a
+   time on connections of their own: regions, diff, places and their change-log entries,
+   and the job's checkpoint (the applied prefix and the ranges committed past it, cumulative
+   counts) commit together. A redelivered task applies the batches that did not commit, so
+   nothing is lost or applied twice.
 3. **Finish**: snapshot retirements, the final state and the removal of the staging rows
    commit together.
 
@@ -22,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,7 +193,7 @@ def import_job_execute(*, job_id: int) -> ImportJob | None:
 
     A job already done is left alone. A job found ``applying`` is a redelivery after its
     worker died, a re-queue by ``import_jobs_stale_claim`` or a retry after a transient
-    database error: it resumes after its last committed batch. A second delivery while a
+    database error: it applies the batches that did not commit. A second delivery while a
     run is alive returns at once (the run holds a per-job advisory lock). After
     ``MAX_ATTEMPTS`` deliveries the job fails instead of looping on a file that kills its
     worker every time. Transient database errors are re-raised with the job left
@@ -311,9 +312,14 @@ def _fail(job_id: int, message: str) -> None:
 
 def _run(job: ImportJob, counts: ImportCounts, started: float) -> None:
     checkpoint = dict(job.checkpoint or {})
-    if checkpoint.get("last_sid"):
-        logger.info("import job %s resumes after row %s", job.pk, checkpoint["last_sid"])
-        checkpoint.setdefault("resumed_after", []).append(checkpoint["last_sid"])
+    if checkpoint.get("last_sid") or checkpoint.get("applied"):
+        logger.info(
+            "import job %s resumes after row %s (and ranges %s)",
+            job.pk,
+            checkpoint.get("last_sid", 0),
+            checkpoint.get("applied", []),
+        )
+        checkpoint.setdefault("resumed_after", []).append(checkpoint.get("last_sid", 0))
     if not _still_staged(job, checkpoint):
         _stage(job, counts, checkpoint)
     with connection.cursor() as cursor:
@@ -354,30 +360,58 @@ def _apply(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any]) -> 
     ImportJob.objects.filter(pk=job.pk).update(checkpoint=checkpoint, heartbeat_at=Now())
     pending = _pending_batches(checkpoint)
     workers = max(1, min(settings.IMPORT_APPLY_WORKERS, len(pending)))
+    if connection.in_atomic_block:
+        # The caller's open transaction holds the job row and the staged rows, which other
+        # connections would wait for or not see: apply on this connection.
+        workers = 1
     if workers == 1:
         for after, upto in pending:
             _apply_batch(job, counts, checkpoint, after=after, upto=upto)
     else:
-        with ThreadPoolExecutor(workers, thread_name_prefix="import-apply") as pool:
-            futures = [
-                pool.submit(_apply_batch_on_own_connection, job, counts, checkpoint, after, upto)
-                for after, upto in pending
-            ]
-            try:
-                for future in as_completed(futures):
-                    future.result()
-            except BaseException:
-                for other in futures:
-                    other.cancel()
-                raise
+        _apply_in_pool(job, counts, checkpoint, pending, workers)
     checkpoint.update(ImportJob.objects.get(pk=job.pk).checkpoint)
+
+
+def _apply_in_pool(
+    job: ImportJob,
+    counts: ImportCounts,
+    checkpoint: dict[str, Any],
+    pending: list[tuple[int, int]],
+    workers: int,
+) -> None:
+    """The batches on ``workers`` threads. The run's own connection, which holds its
+    session locks, beats the job's heartbeat meanwhile (an idle connection may be dropped
+    by the network or the server). On an error, batches not started are cancelled and
+    those running finish (and commit) before the error is raised."""
+    with ThreadPoolExecutor(workers, thread_name_prefix="import-apply") as pool:
+        futures = {
+            pool.submit(_apply_batch_on_own_connection, job, counts, checkpoint, after, upto)
+            for after, upto in pending
+        }
+        try:
+            while futures:
+                done, futures = wait(futures, timeout=30, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()
+                _heartbeat(job.pk)
+        except BaseException:
+            for other in futures:
+                other.cancel()
+            for other in futures:
+                if not other.cancelled() and other.exception() is not None:
+                    logger.error(
+                        "import job %s: another batch failed too",
+                        job.pk,
+                        exc_info=other.exception(),
+                    )
+            raise
 
 
 def _apply_batch_on_own_connection(
     job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any], after: int, upto: int
 ) -> None:
-    """One batch in a pool thread, on the thread's own database connection (closed after:
-    the pool's threads outlive the run)."""
+    """One batch in a pool thread, on a connection of its own, opened for the batch and
+    closed after it (a thread's connection would otherwise outlive the pool)."""
     try:
         with connection.cursor() as cursor:
             # If the worker dies, this session's server process lets go within a second.
@@ -453,9 +487,9 @@ def _stage(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any]) -> 
 
 def _fill_raw_values(cursor: Any, job: ImportJob) -> None:
     """Original values for the rows SQL rejected that staging did not keep them for (a
-    geometry PostGIS refused), read again from the file. Staging keeps them for the rows it
-    rejected itself and for every row that may lose under the duplicate rule, so a CSV is
-    never read twice."""
+    geometry PostGIS refused, a Geofabrik class that is no place of worship), read again
+    from the file. Staging keeps them for the rows it rejected itself and for every row that
+    may lose under the duplicate rule."""
     cursor.execute(q.MISSING_RAW, {"job": job.pk})
     wanted = np.array([row[0] for row in cursor.fetchall()], dtype=np.int64)
     if not wanted.size:
@@ -610,7 +644,7 @@ def _raw_chunks(job: ImportJob, wanted: np.ndarray) -> Iterator[bytes]:
         if sids.size:
             picked = pa.array(sids - item.first_sid)
             texts = {n: values.take(picked) for n, values in batch_texts(item.batch).items()}
-            yield stage_csv(pa.table({"sid": pa.array(sids), "raw": raw_values(texts)}))
+            yield stage_csv(pa.table({"sid": pa.array(sids), "raw": raw_values(texts, sids.size)}))
         if end > wanted[-1]:
             return
 

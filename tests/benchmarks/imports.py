@@ -11,7 +11,10 @@ process, so that its peak RSS (``ru_maxrss``) is the importer's own:
   stored copy, mapping) and apply (``import_job_execute``), timed apart;
 - re-import of the same file (nothing changed);
 - baseline, in the same run: Django ``bulk_create`` of the same rows, parsed with the csv
-  module (no validation, regions, diff or change log), in chunks of 5,000.
+  module (no validation, regions, diff or change log), in chunks of 5,000;
+- write floor, in the same run: the first import's places and change-log rows copied with
+  INSERT … SELECT into bare copies of the two tables and their indexes then built in one
+  go, the least any import path pays for these tables on this machine.
 
 Peak RSS is the child's high-water mark (VmHWM): the whole import, reading included.
 
@@ -324,6 +327,51 @@ def _empty_places() -> None:
         cursor.execute("VACUUM ANALYZE places_place")
 
 
+def _write_floor(slug: str) -> dict[str, Any]:
+    """What this machine's PostgreSQL takes just to write the first import's places and
+    change-log rows the cheapest way it can: a plain INSERT … SELECT into bare copies of the
+    two tables, then every index of theirs built in one go (sorted builds, both cores), as
+    a first load into an empty partition would. No file, staging, validation, regions, diff
+    or per-row index maintenance: a ceiling for any import path on these tables."""
+    import re
+
+    _django()
+    from django.db import connection
+
+    steps: dict[str, float] = {}
+    with connection.cursor() as cursor:
+        cursor.execute("SET maintenance_work_mem = '256MB'")
+        cursor.execute("SELECT id FROM places_dataset WHERE slug = %s", [slug])
+        dataset = cursor.fetchone()[0]
+        for table in ("places_place", "places_placechange"):
+            copy = f"bench_floor_{table}"
+            cursor.execute(f"DROP TABLE IF EXISTS {copy}")
+            cursor.execute(f"CREATE TABLE {copy} (LIKE {table} INCLUDING DEFAULTS)")
+            started = time.perf_counter()
+            cursor.execute(
+                f"INSERT INTO {copy} SELECT * FROM {table} WHERE dataset_id = %s", [dataset]
+            )
+            steps[f"{table} rows"] = time.perf_counter() - started
+            cursor.execute(
+                "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = %s::regclass",
+                [table],
+            )
+            definitions = [row[0] for row in cursor.fetchall()]
+            started = time.perf_counter()
+            for number, definition in enumerate(definitions):
+                cursor.execute(
+                    re.sub(
+                        rf"INDEX \S+ ON (public\.)?{table} ",
+                        f"INDEX {copy}_{number} ON {copy} ",
+                        definition,
+                    )
+                )
+            steps[f"{table} {len(definitions)} indexes"] = time.perf_counter() - started
+            cursor.execute(f"DROP TABLE {copy}")
+    seconds = sum(steps.values())
+    return {"seconds": round(seconds, 2), "steps": {k: round(v, 2) for k, v in steps.items()}}
+
+
 def _summary(samples: list[dict[str, Any]], rows: int) -> dict[str, Any]:
     def median(key: str) -> float:
         return statistics.median(s[key] for s in samples)
@@ -350,12 +398,13 @@ def run(*, rows: int, runs: int) -> dict[str, Any]:
     media = tempfile.mkdtemp(prefix="places-bench-media-")
     with tempfile.TemporaryDirectory(prefix="places-bench-") as folder:
         path = generate_csv(Path(folder) / f"places_{rows}.csv", rows=rows, seed=SEED)
-        first, again, baseline = [], [], []
+        first, again, baseline, floor = [], [], [], []
         for run_number in range(runs):
             if run_number:
                 _empty_places()
             first.append(_child("import", path, f"bench-{run_number}", media))
             again.append(_child("import", path, f"bench-{run_number}", media))
+            floor.append(_write_floor(f"bench-{run_number}"))
             baseline.append(_child("baseline", path, f"bench-orm-{run_number}", media))
         size = path.stat().st_size
     results = {
@@ -370,6 +419,11 @@ def run(*, rows: int, runs: int) -> dict[str, Any]:
         "first_import": _summary(first, rows),
         "reimport_unchanged": _summary(again, rows),
         "baseline_bulk_create": _summary(baseline, rows),
+        "write_floor": {
+            "median_seconds": statistics.median(f["seconds"] for f in floor),
+            "rows_per_second": round(rows / statistics.median(f["seconds"] for f in floor)),
+            "steps": floor[-1]["steps"],
+        },
     }
     results["first_import_vs_baseline"] = round(
         results["first_import"]["rows_per_second"]
@@ -404,6 +458,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"{base['rows_per_second']:,} | | | {base['peak_rss_mb']} |",
         "",
         f"First import / baseline: {results['first_import_vs_baseline']}x",
+        "",
+        "Write floor, same run: the first import's places and change-log rows INSERTed into "
+        "bare copies of the two tables, then every index of theirs built in one go (no "
+        "file, validation, regions, diff or per-row index upkeep): "
+        f"{results['write_floor']['median_seconds']} s, "
+        f"{results['write_floor']['rows_per_second']:,} rows/s.",
+        "",
+        "| floor step | seconds |",
+        "|---|---:|",
+        *[f"| {k} | {v} |" for k, v in results["write_floor"]["steps"].items()],
         "",
         "Steps of the apply (seconds, last run):",
         "",

@@ -116,6 +116,36 @@ def test_a_csv_is_read_once_even_when_rows_lose_to_a_duplicate_key(
     }
 
 
+def test_features_without_attributes_that_share_a_key_are_reported(sample_regions, tmp_path):
+    # No attribute columns at all: the reported original values are an empty object.
+    features = [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": c}}
+        for c in ([-0.1, 51.5], [-0.2, 51.6], [-0.3, 51.7])
+    ]
+    path = tmp_path / "bare.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    job = _run(path, "bare-features", mapping={"key": "{_kind}"})
+    assert job.state == ImportState.DONE, job.error
+    assert job.added == 1
+    rejected = list(
+        job.rejections.order_by("row_number").values_list("row_number", "reason", "raw")
+    )
+    assert rejected == [(2, "duplicate_key", {}), (3, "duplicate_key", {})]
+
+
+def test_an_import_inside_a_transaction_applies_on_its_own_connection(
+    sample_regions, settings, tmp_path
+):
+    # The test's transaction holds the staged rows and the job row: connections of their
+    # own could neither see the one nor take the other, so the batches run on this one.
+    settings.IMPORT_APPLY_WORKERS = 2
+    settings.IMPORT_BATCH_ROWS = 2
+    lines = ["id,name,lon,lat"] + [f"t{i},N{i},-0.1,51.5" for i in range(7)]
+    job = _run(_csv(tmp_path, "tx.csv", "\n".join(lines) + "\n"), "in-transaction")
+    assert job.state == ImportState.DONE, job.error
+    assert (job.added, job.report["batches"]) == (7, 4)
+
+
 def test_over_long_values_reject_one_row_not_the_file(sample_regions, tmp_path):
     long_key = "k" * 300
     path = _csv(

@@ -199,7 +199,7 @@ def test_import_survives_kill_9_of_its_worker_mid_apply(
             return job.state != ImportState.APPLYING
 
         _wait_for(finished, timeout=300, what="the redelivered import")
-        # then the import resumed after the last committed batch and every row is in once
+        # then the import applied what had not committed and every row is in once
         assert job.state == ImportState.DONE, job.error
         assert job.attempts == 2
         assert job.report["resumed_after"][0] >= killed_at
