@@ -143,7 +143,7 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
         "dataset",
         "mode",
         "state",
-        "rows_read",
+        "rows",
         "outcome",
         "created_at",
         "finished_at",
@@ -151,6 +151,10 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
     list_filter = ("state", "format", "mode", "dataset")
     search_fields = ("original_name", "=sha256")
     list_select_related = ("dataset",)
+
+    @admin.display(description="rows read", ordering="rows_read")
+    def rows(self, job: ImportJob) -> str:
+        return f"{job.rows_read:,}"  # grouped like the outcome beside it
 
     @admin.display(description="added / updated / unchanged / retired / rejected")
     def outcome(self, job: ImportJob) -> str:

@@ -144,7 +144,8 @@ def import_rejection_value_keys(*, job: ImportJob) -> list[str]:
             [job.pk],
         )
         keys = {row[0] for row in cursor.fetchall()}
-    ordered = [c for c in job.inspection.get("columns", []) if c in keys]
+    columns = (job.inspection or {}).get("columns") or (job.options or {}).get("columns", [])
+    ordered = [c for c in columns if c in keys]
     return ordered + sorted(keys - set(ordered))
 
 

@@ -11,6 +11,7 @@ ones that need PostGIS (reprojection, polygon repair) and duplicate keys are dec
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -33,6 +34,7 @@ from ingestion.normalize import (
     religion_normalise,
 )
 from ingestion.readers import Batch
+from ingestion.readers.delimited import INVALID_ROW_TEXT
 
 # Column order of the CSV written for COPY into ingestion_importstage. ``fields`` holds the
 # source-fed values known from the row itself, in the JSON form compared with a place's
@@ -496,8 +498,25 @@ def stage_batch(
     )
 
 
+def _fields_found(text: str, delimiter: str) -> str:
+    """How many fields a record's text holds, as the report words it ("" when its text
+    was cut and the count would be wrong)."""
+    if len(text) >= INVALID_ROW_TEXT:
+        return ""
+    try:
+        found = len(next(csv.reader(io.StringIO(text), delimiter=delimiter), []))
+    except csv.Error:
+        return ""
+    return f", found {found}"
+
+
 def malformed_rows(
-    rows: list[tuple[int | None, str]], *, job_id: int, first_sid: int, expected: int
+    rows: list[tuple[int | None, str]],
+    *,
+    job_id: int,
+    first_sid: int,
+    expected: int,
+    delimiter: str = ",",
 ) -> pa.Table:
     """Staging rows for CSV records that could not be split into their columns."""
     size = len(rows)
@@ -521,7 +540,12 @@ def malformed_rows(
             ),
             "reject": _constant("malformed_row", size),
             "reject_detail": pa.array(
-                [reason + ("" if line else " (line number unknown)") for line, _ in rows],
+                [
+                    reason
+                    + _fields_found(text, delimiter)
+                    + ("" if line else " (line number unknown)")
+                    for line, text in rows
+                ],
                 pa.string(),
             ),
         }

@@ -113,7 +113,8 @@ def dry_run_samples(*, cursor: Any, job: ImportJob, limit: int = SAMPLE_SIZE) ->
             for pk, key, name in cursor.fetchall()
         ]
     # Original values as pairs in the file's column order: jsonb objects keep their own order.
-    position = {name: i for i, name in enumerate(job.inspection.get("columns", []))}
+    columns = (job.inspection or {}).get("columns") or (job.options or {}).get("columns", [])
+    position = {name: i for i, name in enumerate(columns)}
     rejected = [
         {
             "row": rejection.row_number,

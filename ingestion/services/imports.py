@@ -158,6 +158,8 @@ def import_job_create(
         format=fmt,
         options={
             "mapping": chosen.as_dict(),
+            # The first layer's columns in file order: reports list original values so.
+            "columns": list(layers[0].columns),
             "layers": [
                 {"name": layer.name, "geometry_type": layer.geometry_type, "crs": layer.crs}
                 for layer in layers
@@ -610,6 +612,7 @@ def _stage_chunks(job: ImportJob) -> Iterator[tuple[bytes, int, pa.Array, int]]:
                 job_id=job.pk,
                 first_sid=item.first_sid,
                 expected=item.expected_fields,
+                delimiter=job.options.get("delimiter") or ",",
             )
             repeats = pa.array([], pa.string())
         else:

@@ -11,6 +11,7 @@ import pyogrio
 import pytest
 from django.contrib.gis.geos import Point
 
+from ingestion import selectors
 from ingestion.models import ImportJob, ImportMode, ImportState
 from ingestion.readers import UnreadableFile
 from ingestion.services import imports
@@ -116,6 +117,14 @@ def test_a_csv_is_read_once_even_when_rows_lose_to_a_duplicate_key(
     }
 
 
+def test_rejected_values_keep_the_files_column_order(sample_regions, tmp_path):
+    # A job started outside the admin (no inspection) still reports columns in file order.
+    text = "zeta,id,name,lon,lat\nz,k1,One,-0.1,51.5\ny,k1,Again,-0.1,51.5\n"
+    job = _run(_csv(tmp_path, "order.csv", text), "column-order")
+    assert not job.inspection
+    assert selectors.import_rejection_value_keys(job=job) == ["zeta", "id", "name", "lon", "lat"]
+
+
 def test_features_without_attributes_that_share_a_key_are_reported(sample_regions, tmp_path):
     # No attribute columns at all: the reported original values are an empty object.
     features = [
@@ -186,9 +195,9 @@ def test_malformed_rows_are_numbered_by_the_line_they_start_on(sample_regions, t
     assert job.added == 3
     rows = list(job.rejections.order_by("row_number").values_list("row_number", "reason", "detail"))
     assert rows[:5] == [
-        (4, "malformed_row", "expected 4 fields"),
-        (6, "malformed_row", "expected 4 fields"),
-        (7, "malformed_row", "expected 4 fields"),
+        (4, "malformed_row", "expected 4 fields, found 1"),
+        (6, "malformed_row", "expected 4 fields, found 1"),
+        (7, "malformed_row", "expected 4 fields, found 5"),
         (8, "missing_key", rows[3][2]),
         (9, "duplicate_key", "key m2 was already used by row 5"),
     ]

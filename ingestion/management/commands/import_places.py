@@ -81,7 +81,8 @@ class Command(BaseCommand):
                     transaction.on_commit(lambda: tasks.import_job_run.delay(job.pk))
         except UnreadableFile as exc:
             raise CommandError(f"{path.name}: {exc}") from None
-        self.stdout.write(f"{path.name}: job #{job.pk} ({job.format}) queued")
+        where = "running in this process" if options["sync"] else "queued"
+        self.stdout.write(f"{path.name}: job #{job.pk} ({job.format}) {where}")
         if options["sync"]:
             imports.import_job_execute(job_id=job.pk)
         job = self._wait(job, options["timeout"])
@@ -108,12 +109,11 @@ class Command(BaseCommand):
         )
 
     def _print(self, job: ImportJob) -> None:
-        verb = "would be" if job.dry_run else "were"
         self.stdout.write(
             f"job #{job.pk} {job.state}: {job.rows_read} rows read; {job.added} added, "
             f"{job.updated} updated, {job.unchanged} unchanged, {job.retired} retired, "
-            f"{job.rejected} rejected "
-            f"({verb} applied)"
+            f"{job.rejected} rejected"
+            + (" (dry run: what an import would do; nothing was written)" if job.dry_run else "")
         )
         if job.retired:
             self.stdout.write(f"  {job.retired} place(s) missing from the snapshot retired")
