@@ -134,6 +134,12 @@ def spreadsheet_safe(value: Any) -> str:
     return text
 
 
+def import_job_columns(*, job: ImportJob) -> list[str]:
+    """The file's columns in file order: from the inspection, else (a job started outside
+    the admin) from the first layer, as recorded when the job was created."""
+    return (job.inspection or {}).get("columns") or (job.options or {}).get("columns", [])
+
+
 def import_rejection_value_keys(*, job: ImportJob) -> list[str]:
     """Every original-value key of the job's rejected rows: the file's columns in their order
     first, then keys no column has (such as the text of an unparsable CSV record)."""
@@ -144,8 +150,7 @@ def import_rejection_value_keys(*, job: ImportJob) -> list[str]:
             [job.pk],
         )
         keys = {row[0] for row in cursor.fetchall()}
-    columns = (job.inspection or {}).get("columns") or (job.options or {}).get("columns", [])
-    ordered = [c for c in columns if c in keys]
+    ordered = [c for c in import_job_columns(job=job) if c in keys]
     return ordered + sorted(keys - set(ordered))
 
 

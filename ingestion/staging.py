@@ -319,10 +319,12 @@ def stage_batch(
     geometry_kind: str,
     srid: int,
     row_numbers: np.ndarray | None = None,
+    repeated: RepeatedKeys | None = None,
 ) -> pa.Table:
     """One batch as staging rows (see STAGE_COLUMNS): normalised values, raw values kept,
     and the rejections a row's own values decide. Rows are numbered from
-    ``first_row_number`` on, unless ``row_numbers`` gives each one (CSV lines)."""
+    ``first_row_number`` on, unless ``row_numbers`` gives each one (CSV lines).
+    ``repeated`` tracks the file's keys across its batches (see RepeatedKeys)."""
     size = batch.num_rows
     arrays = batch_texts(batch)
 
@@ -439,16 +441,20 @@ def stage_batch(
         ],
         size=size,
     )
-    # Original values are kept for rows rejected here (and, by keep_raw_of_repeats, for rows
-    # whose key may repeat an earlier row's); other valid rows never carry them.
+    # Original values are kept for rows rejected here and, given ``repeated``, for valid rows
+    # whose key may repeat an earlier row's (they may lose under the duplicate rule in SQL);
+    # other valid rows never carry them.
     reject_reason = pc.coalesce(*reject)
-    rejected = pc.is_valid(reject_reason)
+    keep = pc.is_valid(reject_reason).to_numpy(zero_copy_only=False).copy()
+    if repeated is not None:
+        valid = np.flatnonzero(~keep)
+        keep[valid[repeated.mark(source_key.take(pa.array(valid)))]] = True
     raw = pa.nulls(size, _STRING)
-    if reject_reason.null_count < size:
-        picked = pa.array(np.flatnonzero(rejected.to_numpy(zero_copy_only=False)))
+    if keep.any():
+        picked = pa.array(np.flatnonzero(keep))
         raw = pc.replace_with_mask(
             raw,
-            rejected,
+            pa.array(keep),
             raw_values({n: values.take(picked) for n, values in arrays.items()}, len(picked)),
         )
     # Normalised once per distinct value, written both as JSON (fields) and as text[].
@@ -588,24 +594,3 @@ class RepeatedKeys:
         later[first] = False
         np.bitwise_or.at(self._bits, byte, bit)
         return repeated | later
-
-
-def keep_raw_of_repeats(
-    rows: pa.Table, batch: Batch, seen: RepeatedKeys
-) -> tuple[pa.Table, pa.Array]:
-    """Stage the original values of the valid rows whose key may repeat an earlier row's;
-    returns the rows and those rows' keys."""
-    valid = np.flatnonzero(pc.is_null(rows.column("reject")).to_numpy(zero_copy_only=False))
-    keys = rows.column("source_key").combine_chunks().take(pa.array(valid))
-    picked = valid[seen.mark(keys)]
-    if not picked.size:
-        return rows, pa.array([], _STRING)
-    indices = pa.array(picked)
-    texts = {n: values.take(indices) for n, values in batch_texts(batch).items()}
-    mask = np.zeros(rows.num_rows, dtype=bool)
-    mask[picked] = True
-    raw = pc.replace_with_mask(
-        rows.column("raw").combine_chunks(), pa.array(mask), raw_values(texts, picked.size)
-    )
-    rows = rows.set_column(rows.schema.get_field_index("raw"), "raw", raw)
-    return rows, rows.column("source_key").combine_chunks().take(indices)

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from ingestion.models import ImportJob, ImportMode
+from ingestion.selectors import import_job_columns
 
 SAMPLE_SIZE = 20
 MAX_TEXT = 300
@@ -113,8 +114,7 @@ def dry_run_samples(*, cursor: Any, job: ImportJob, limit: int = SAMPLE_SIZE) ->
             for pk, key, name in cursor.fetchall()
         ]
     # Original values as pairs in the file's column order: jsonb objects keep their own order.
-    columns = (job.inspection or {}).get("columns") or (job.options or {}).get("columns", [])
-    position = {name: i for i, name in enumerate(columns)}
+    position = {name: i for i, name in enumerate(import_job_columns(job=job))}
     rejected = [
         {
             "row": rejection.row_number,

@@ -52,7 +52,6 @@ from ingestion.staging import (
     RepeatedKeys,
     batch_texts,
     embedded_newlines,
-    keep_raw_of_repeats,
     malformed_rows,
     raw_values,
     stage_batch,
@@ -626,8 +625,11 @@ def _stage_chunks(job: ImportJob) -> Iterator[tuple[bytes, int, pa.Array, int]]:
                 geometry_kind=item.kind,
                 srid=item.srid,
                 row_numbers=item.row_numbers,
+                repeated=seen,
             )
-            rows, repeats = keep_raw_of_repeats(rows, item.batch, seen)
+            # Valid rows carry original values only where their key may repeat.
+            may_repeat = pc.and_(pc.is_null(rows.column("reject")), pc.is_valid(rows.column("raw")))
+            repeats = rows.column("source_key").filter(may_repeat).combine_chunks()
         unsplit = 0 if item.malformed is None else len(item.malformed)
         yield stage_csv(rows), item.batch.num_rows, repeats, unsplit
 
