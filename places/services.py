@@ -13,6 +13,7 @@ from django.db.models import Model
 from django.utils import timezone
 
 from places import selectors
+from places.locks import AdvisoryLock
 from places.models import (
     ChangeOperation,
     ChangeSource,
@@ -204,7 +205,6 @@ def _record(
 
 ATTRIBUTE_TABLE = PlaceAttribute._meta.db_table
 ATTRIBUTE_DEFAULT_PARTITION = f"{ATTRIBUTE_TABLE}_default"
-PARTITION_LOCK_KEY = 0x504C4131  # advisory lock id: one partition maintainer at a time
 
 
 def place_attribute_partitions_ensure(
@@ -220,7 +220,9 @@ def place_attribute_partitions_ensure(
     year = (today or timezone.now().date()).year
     created: list[str] = []
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [PARTITION_LOCK_KEY])
+        cursor.execute(
+            "SELECT pg_try_advisory_xact_lock(%s)", [AdvisoryLock.ATTRIBUTE_PARTITIONS.value]
+        )
         if not cursor.fetchone()[0]:
             logger.info("partition maintenance already running elsewhere; skipped")
             return created

@@ -57,6 +57,7 @@ from ingestion.staging import (
     stage_batch,
     stage_csv,
 )
+from places.locks import AdvisoryLock
 from places.models import Dataset
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,6 @@ MAX_FILE_BYTES = 2 * 1024**3
 MAX_ATTEMPTS = 5
 # Errors worth another try: the connection dropped, a deadlock, a serialization failure.
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
-ADVISORY_LOCK_CLASS = 0x494D5054  # "IMPT": one import at a time per dataset
-JOB_LOCK_CLASS = 0x494D504A  # "IMPJ": one run at a time per job
 FINAL_STATES = [
     ImportState.DONE,
     ImportState.DRY_RUN_READY,
@@ -200,7 +199,9 @@ def import_job_execute(*, job_id: int) -> ImportJob | None:
     worker every time. Transient database errors are re-raised with the job left
     ``applying`` so that the task can retry; any other error fails the job with its message.
     """
-    with _session_lock(JOB_LOCK_CLASS, job_id, wait_seconds=JOB_LOCK_WAIT_SECONDS) as locked:
+    with _session_lock(
+        AdvisoryLock.IMPORT_JOB, job_id, wait_seconds=JOB_LOCK_WAIT_SECONDS
+    ) as locked:
         if not locked:
             logger.info("import job %s is being run by another worker", job_id)
             return ImportJob.objects.filter(pk=job_id).first()
@@ -229,7 +230,7 @@ def _execute_locked(job_id: int) -> ImportJob | None:
     started = time.perf_counter()
     counts = ImportCounts()
     try:
-        with _session_lock(ADVISORY_LOCK_CLASS, job.dataset_id, job_id=job.pk):
+        with _session_lock(AdvisoryLock.IMPORT_DATASET, job.dataset_id, job_id=job.pk):
             _run(job, counts, started)
     except UnreadableFile as exc:
         _fail(job_id, str(exc))
@@ -277,7 +278,7 @@ def _session_lock(
         # A killed worker's server process then notices within a second and lets go of locks.
         cursor.execute("SET client_connection_check_interval = '1s'")
         while True:
-            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [lock_class, key])
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [int(lock_class), key])
             if cursor.fetchone()[0]:
                 break
             if deadline is not None and time.monotonic() > deadline:
@@ -291,7 +292,7 @@ def _session_lock(
     finally:
         try:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [lock_class, key])
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [int(lock_class), key])
         except TRANSIENT_ERRORS:
             pass  # the session is gone, and its locks with it
 

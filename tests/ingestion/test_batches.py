@@ -24,6 +24,7 @@ from ingestion.services.imports import (
     import_jobs_stale_claim,
     import_stage_sweep,
 )
+from places.locks import AdvisoryLock
 from places.models import Place, PlaceChange, RegionPart
 from places.services import dataset_get_or_create
 from tests.conftest import FIXTURES
@@ -171,7 +172,7 @@ def test_a_second_delivery_while_a_run_is_alive_changes_nothing(sample_regions, 
         password=db["PASSWORD"] or None,
         autocommit=True,
     ) as other:
-        other.execute("SELECT pg_advisory_lock(%s, %s)", [imports.JOB_LOCK_CLASS, job.pk])
+        other.execute("SELECT pg_advisory_lock(%s, %s)", [int(AdvisoryLock.IMPORT_JOB), job.pk])
         # when the task is delivered a second time
         result = import_job_execute(job_id=job.pk)
     # then the delivery leaves the job to the live run: not claimed, nothing imported
