@@ -49,7 +49,7 @@ STATE_HELP = {
         "Waiting for a worker on the ingestion queue. If it stays here, check that a worker "
         "is running (celery -A config worker -Q ingestion). A queued job can be cancelled."
     ),
-    ImportState.APPLYING: (
+    ImportState.RUNNING: (
         "A worker is running the job. An apply is one transaction: it ends done, or failed "
         "with nothing changed, so it cannot be cancelled half-way."
     ),

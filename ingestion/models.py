@@ -12,7 +12,8 @@ class ImportState(models.TextChoices):
     INSPECTED = "inspected", "Inspected"
     DRY_RUN_READY = "dry_run_ready", "Dry run ready"
     QUEUED = "queued", "Queued"
-    APPLYING = "applying", "Applying"
+    # A worker runs the job: a dry run or an apply (``dry_run`` tells which).
+    RUNNING = "running", "Running"
     DONE = "done", "Done"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
@@ -36,6 +37,12 @@ class ImportJob(models.Model):
     options = models.JSONField(default=dict, blank=True, help_text="Column mapping, layers …")
     mode = models.CharField(max_length=8, choices=ImportMode.choices, default=ImportMode.UPSERT)
     dry_run = models.BooleanField(default=False, help_text="Compute counts, change nothing.")
+    cancel_requested_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Set when someone cancels a running job: the run stops after the batch it is "
+        "applying, keeping what committed.",
+    )
     state = models.CharField(
         max_length=16, choices=ImportState.choices, default=ImportState.UPLOADED, db_index=True
     )
@@ -67,7 +74,8 @@ class ImportJob(models.Model):
     checkpoint = models.JSONField(
         default=dict,
         blank=True,
-        help_text="Where a redelivered run resumes: rows staged, last staged row applied, batches.",
+        help_text="Where a resumed or redelivered run goes on: rows staged, the applied prefix of "
+        "staged rows and the batches committed past it.",
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -19,7 +19,7 @@ from places.models import Dataset
 
 PROGRESS_KEY = "import-progress:{}"
 
-RUNNING_STATES = frozenset({ImportState.QUEUED, ImportState.APPLYING})
+RUNNING_STATES = frozenset({ImportState.QUEUED, ImportState.RUNNING})
 
 REJECTION_COLUMNS = ("row", "layer", "reason", "detail")
 # A spreadsheet reads a cell starting with one of these as a formula (tab and CR too: some
@@ -81,13 +81,13 @@ def import_job_status(*, job: ImportJob) -> ImportStatus:
     the checks and writes (one transaction) follow; the phase says which part is running.
     Row totals of large CSV files are estimates, so the bar stops at 99 % until the end.
     """
-    live = _live_progress(job.pk) if job.state == ImportState.APPLYING else None
+    live = _live_progress(job.pk) if job.state == ImportState.RUNNING else None
     rows_read = int(live.get("rows", 0)) if live else job.rows_read
     total = job.rows_total
     percent: int | None = None
     if job.state == ImportState.QUEUED:
         phase, percent = "waiting for a worker", 0
-    elif job.state != ImportState.APPLYING:
+    elif job.state != ImportState.RUNNING:
         phase = job.get_state_display()
         if job.state in (ImportState.DONE, ImportState.DRY_RUN_READY):
             percent = 100
@@ -107,7 +107,7 @@ def import_job_status(*, job: ImportJob) -> ImportStatus:
         # "Applying" would scare a curator during a dry run, which changes nothing.
         state_label=(
             "Running the dry run"
-            if job.dry_run and job.state == ImportState.APPLYING
+            if job.dry_run and job.state == ImportState.RUNNING
             else job.get_state_display()
         ),
         dry_run=job.dry_run,

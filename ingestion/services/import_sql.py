@@ -431,7 +431,7 @@ WHERE job_id IN (SELECT id FROM ingestion_importjob WHERE state = ANY(%(final)s)
 # conditional UPDATE lets only one caller claim a job per stale period.
 CLAIM_STALE = """
 UPDATE ingestion_importjob SET heartbeat_at = now()
-WHERE state IN ('queued', 'applying')
+WHERE state IN ('queued', 'running')
   AND COALESCE(heartbeat_at, created_at) < now() - make_interval(secs => %(seconds)s)
 RETURNING id
 """

@@ -211,17 +211,17 @@ def import_job_execute(*, job_id: int) -> ImportJob | None:
 def _execute_locked(job_id: int) -> ImportJob | None:
     claimed = ImportJob.objects.filter(
         pk=job_id,
-        state__in=[ImportState.QUEUED, ImportState.APPLYING],
+        state__in=[ImportState.QUEUED, ImportState.RUNNING],
         attempts__lt=MAX_ATTEMPTS,
     ).update(
-        state=ImportState.APPLYING,
+        state=ImportState.RUNNING,
         attempts=F("attempts") + 1,
         started_at=Coalesce("started_at", Now()),
         heartbeat_at=Now(),
     )
     if not claimed:
         job = ImportJob.objects.filter(pk=job_id).first()
-        if job is not None and job.state == ImportState.APPLYING:
+        if job is not None and job.state == ImportState.RUNNING:
             _fail(job_id, f"gave up after {job.attempts} attempts (worker lost or retries used up)")
             job.refresh_from_db()
         logger.info("import job %s not runnable (%s)", job_id, job.state if job else "missing")

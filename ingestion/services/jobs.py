@@ -444,7 +444,7 @@ def _refusal(job: ImportJob, action: str) -> str:
         ImportState.UPLOADED: "inspect it first",
         ImportState.INSPECTED: "run a dry run first; apply follows a dry run",
         ImportState.QUEUED: "it is already queued",
-        ImportState.APPLYING: (
+        ImportState.RUNNING: (
             "it is running; an apply is one transaction that ends done, or failed with "
             "nothing changed, and cannot be stopped half-way"
         ),

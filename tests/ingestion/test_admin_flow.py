@@ -547,8 +547,8 @@ def test_cancel_closes_the_job_and_a_late_task_does_nothing(
         (ImportState.FAILED, "apply", "upload the file again once the error is fixed"),
         (ImportState.FAILED, "dry_run", "upload the file again"),
         (ImportState.CANCELLED, "apply", "upload the file again to import it"),
-        (ImportState.APPLYING, "cancel", "cannot be stopped half-way"),
-        (ImportState.APPLYING, "apply", "cannot be stopped half-way"),
+        (ImportState.RUNNING, "cancel", "cannot be stopped half-way"),
+        (ImportState.RUNNING, "apply", "cannot be stopped half-way"),
         (ImportState.QUEUED, "apply", "already queued"),
         (ImportState.DONE, "cancel", "it has been applied"),
         (ImportState.DONE, "apply", "it has been applied"),
@@ -633,7 +633,7 @@ def test_progress_endpoint_reports_state_phase_and_rows(
     assert 'data-url="' + url + '"' in page
     assert 'data-running="true"' in page
     # a worker has read 5 of 11 rows (what the import service publishes as it reads)
-    ImportJob.objects.filter(pk=job.pk).update(state=ImportState.APPLYING)
+    ImportJob.objects.filter(pk=job.pk).update(state=ImportState.RUNNING)
     cache.set(PROGRESS_KEY.format(job.pk), 5)
     status = admin_client.get(url).json()
     assert (status["phase"], status["rows_read"], status["rows_total"], status["percent"]) == (

@@ -109,7 +109,7 @@ def test_a_run_killed_between_batches_resumes_after_the_last_checkpoint(
     with pytest.raises(WorkerKilled):
         import_job_execute(job_id=job.pk)
     job.refresh_from_db()
-    assert job.state == ImportState.APPLYING
+    assert job.state == ImportState.RUNNING
     assert job.checkpoint["last_sid"] == 20
     assert Place.objects.filter(dataset=job.dataset).count() == 20
     # when the task is delivered again

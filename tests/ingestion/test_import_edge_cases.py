@@ -294,7 +294,7 @@ def test_a_job_delivered_too_often_fails_instead_of_looping(sample_regions):
         path=FIXTURES / "nasty_places.csv", dataset=dataset_get_or_create(slug="looping")
     )
     ImportJob.objects.filter(pk=job.pk).update(
-        state=ImportState.APPLYING, attempts=imports.MAX_ATTEMPTS
+        state=ImportState.RUNNING, attempts=imports.MAX_ATTEMPTS
     )
     result = import_job_execute(job_id=job.pk)
     assert result.state == ImportState.FAILED

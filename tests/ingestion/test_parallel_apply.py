@@ -108,7 +108,7 @@ def test_a_run_killed_while_applying_on_two_connections_resumes_once(
     with pytest.raises(WorkerKilled):
         import_job_execute(job_id=job.pk)
     job.refresh_from_db()
-    assert job.state == ImportState.APPLYING
+    assert job.state == ImportState.RUNNING
     assert 3 <= job.checkpoint["batches"] < 8
     monkeypatch.undo()
     job = import_job_execute(job_id=job.pk)

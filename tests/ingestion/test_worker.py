@@ -189,14 +189,14 @@ def test_import_survives_kill_9_of_its_worker_mid_apply(
         first.wait()
         job.refresh_from_db()
         killed_at = job.checkpoint["last_sid"]
-        assert job.state == ImportState.APPLYING
+        assert job.state == ImportState.RUNNING
         assert 0 < killed_at < job.checkpoint["max_sid"], "the kill came too late to test"
         # and another worker starts
         start_worker(**environment)
 
         def finished() -> bool:
             job.refresh_from_db()
-            return job.state != ImportState.APPLYING
+            return job.state != ImportState.RUNNING
 
         _wait_for(finished, timeout=300, what="the redelivered import")
         # then the import applied what had not committed and every row is in once
@@ -235,7 +235,7 @@ def test_an_import_whose_message_was_lost_is_queued_again_by_the_beat_task(
 
         def finished() -> bool:
             job.refresh_from_db()
-            return job.state not in {ImportState.QUEUED, ImportState.APPLYING}
+            return job.state not in {ImportState.QUEUED, ImportState.RUNNING}
 
         _wait_for(finished, timeout=120, what="the requeued import")
         assert job.state == ImportState.DONE, job.error
