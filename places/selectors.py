@@ -3,55 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 
-from django.contrib.gis.geos import Polygon
-from django.db import connection
+from django.db import connection, connections
 from django.db.models import Count, Max, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from places.geo import BBox
 from places.models import AREA_CELL_DEGREES, Dataset, Place, PlaceChange, Region
-
-
-def place_list(
-    *,
-    bbox: BBox | None = None,
-    religion: str | None = None,
-    dataset: Dataset | None = None,
-    country: Region | None = None,
-    region: Region | None = None,
-    status: str | None = None,
-    q: str | None = None,
-) -> QuerySet[Place]:
-    """Places matching every given filter, in id order (the keyset used by pagination).
-
-    A box crossing the antimeridian becomes two boxes joined by OR; each is answered from
-    the GiST index on ``location``.
-    """
-    # Lists never show footprints or region boundaries; loading them would multiply the bytes.
-    qs = Place.objects.select_related("dataset", "country", "region").defer(
-        "footprint", "source_values", "country__geom", "region__geom"
-    )
-    if bbox is not None:
-        condition = Q()
-        for part in bbox.parts():
-            condition |= Q(location__intersects=Polygon.from_bbox(part))
-        qs = qs.filter(condition)
-    if religion:
-        qs = qs.filter(religion=religion)
-    if dataset is not None:
-        qs = qs.filter(dataset=dataset)
-    if country is not None:
-        qs = qs.filter(country=country)
-    if region is not None:
-        qs = qs.filter(region=region)
-    if status:
-        qs = qs.filter(status=status)
-    if q:
-        qs = qs.filter(name__icontains=q)
-    return qs.order_by("id")
 
 
 def place_detail_queryset() -> QuerySet[Place]:
@@ -94,8 +55,35 @@ def region_list(*, level: str | None = None, code: str | None = None) -> QuerySe
     return qs.order_by("level", "name")
 
 
+def region_detail_queryset() -> QuerySet[Region]:
+    """Regions with their boundary and their parent's summary (not the parent's boundary)."""
+    return Region.objects.select_related("parent").defer("parent__geom")
+
+
 def dataset_list() -> QuerySet[Dataset]:
     return Dataset.objects.order_by("slug")
+
+
+def dataset_attributions() -> list[str]:
+    """Every dataset's attribution text that is not empty, each once, sorted."""
+    return sorted(
+        set(Dataset.objects.exclude(attribution="").values_list("attribution", flat=True))
+    )
+
+
+def query_row_estimate(*, sql: str, params: object = None, using: str = "default") -> int:
+    """The planner's estimate of the rows ``sql`` returns (``EXPLAIN``, nothing is run).
+
+    Costs a plan, not a scan: the one way large counts are estimated (the places list's
+    ``numberMatched``, the admin's changelist counts). Only as good as the statistics.
+    """
+    with connections[using].cursor() as cursor:
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+        plan = cursor.fetchone()[0]
+    # Django's psycopg setup may hand json back as text.
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return int(plan[0]["Plan"]["Plan Rows"])
 
 
 def table_row_estimate(*, model: type) -> int:
