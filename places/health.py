@@ -1,4 +1,4 @@
-"""Liveness and readiness probes.
+"""Liveness and readiness probes (routed by ``places.urls``).
 
 ``/health/live/`` answers as long as the process serves requests. ``/health/ready/`` checks
 every dependency a request or task may need and names each one in its JSON body, so that an

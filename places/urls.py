@@ -1,13 +1,14 @@
+"""Routes of the site's own pages and the health probes (the API is in ``places.serving``)."""
+
 from django.urls import path
 
-from places import apis
+from places import health, views
 
-app_name = "places"
 urlpatterns = [
-    path("places/", apis.PlaceListApi.as_view(), name="place-list"),
-    path("places/<int:pk>/", apis.PlaceDetailApi.as_view(), name="place-detail"),
-    path("regions/", apis.RegionListApi.as_view(), name="region-list"),
-    path("regions/<int:pk>/", apis.RegionDetailApi.as_view(), name="region-detail"),
-    path("datasets/", apis.DatasetListApi.as_view(), name="dataset-list"),
-    path("datasets/<slug:slug>/", apis.DatasetDetailApi.as_view(), name="dataset-detail"),
+    path("", views.home, name="home"),
+    path("map/", views.map_view, name="map"),
+    # Browsers ask for /favicon.ico on pages that name no icon (the admin's, for one).
+    path("favicon.ico", views.FaviconRedirect.as_view(), name="favicon"),
+    path("health/live/", health.live, name="health-live"),
+    path("health/ready/", health.ready, name="health-ready"),
 ]

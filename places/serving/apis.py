@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpResponse
@@ -14,20 +12,21 @@ from rest_framework import generics
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from places import features, selectors
-from places.filters import RegionFilter
+from places import selectors
 from places.models import Dataset, Place, Region
-from places.responses import (
+from places.serving import features
+from places.serving.filters import RegionFilter
+from places.serving.params import PlaceListQuery
+from places.serving.responses import (
     BytesNegotiation,
     PublicBytesView,
     QueryParamsGuard,
     cached_bytes_response,
     places_version,
 )
-from places.serializers import (
+from places.serving.serializers import (
     DatasetSerializer,
     PlaceDetailSerializer,
-    PlaceListQuery,
     RegionGeoSerializer,
     RegionSerializer,
 )
@@ -115,42 +114,30 @@ class PlaceListApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
             f":{fmt}:{after}:{limit}:{request.build_absolute_uri('/')}"
         )
 
+        def page_url(cursor: str) -> str:
+            params = request.GET.copy()
+            params["cursor"] = cursor
+            return request.build_absolute_uri(request.path) + "?" + params.urlencode()
+
         def build() -> tuple[bytes, dict[str, str]]:
-            page = features.feature_page(
-                query=filters, properties=properties, fmt=fmt, after=after, limit=limit
+            page = features.place_list_page(
+                query=filters,
+                properties=properties,
+                fmt=fmt,
+                after=after,
+                limit=limit,
+                page_url=page_url,
             )
-            matched, exact = features.number_matched(query=filters)
-            next_url = None
-            if page.more:
-                params = request.GET.copy()
-                params["cursor"] = features.cursor_encode(page.last_id)
-                next_url = request.build_absolute_uri(request.path) + "?" + params.urlencode()
             headers = {
-                "X-Number-Matched": str(matched),
-                "X-Number-Matched-Exact": "true" if exact else "false",
+                "X-Number-Matched": str(page.matched),
+                "X-Number-Matched-Exact": "true" if page.exact else "false",
                 "X-Truncated": "true" if page.more else "false",
             }
-            if next_url:
-                headers["Link"] = f'<{next_url}>; rel="next"'
+            if page.next_url:
+                headers["Link"] = f'<{page.next_url}>; rel="next"'
             if fmt == "csv":
                 headers["Content-Disposition"] = 'attachment; filename="places.csv"'
-                body = features.csv_header(properties) + page.body
-            elif fmt == "geojson":
-                head = json.dumps(
-                    {
-                        "type": "FeatureCollection",
-                        "numberMatched": matched,
-                        "numberMatchedExact": exact,
-                        "numberReturned": page.returned,
-                        "truncated": page.more,
-                        "next": next_url,
-                    },
-                    separators=(",", ":"),
-                )
-                body = head[:-1] + ',"features":[' + page.body + "]}"
-            else:
-                body = page.body
-            return body.encode(), headers
+            return page.body, headers
 
         return cached_bytes_response(
             request,
@@ -195,7 +182,7 @@ class RegionDetailApi(QueryParamsGuard, generics.RetrieveAPIView):
     serializer_class = RegionGeoSerializer
 
     def get_queryset(self) -> QuerySet[Region]:
-        return Region.objects.select_related("parent").defer("parent__geom")
+        return selectors.region_detail_queryset()
 
 
 @extend_schema(summary="Source datasets with licence and attribution")

@@ -16,11 +16,12 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.db import connection
 
-from places.query import PlaceQuery
+from places.serving.query import PlaceQuery
 
 EXACT_COUNT_LIMIT = 10_000
 FORMATS = ("geojson", "geojsonseq", "ndjson", "csv")
@@ -222,3 +223,59 @@ def number_matched(*, query: PlaceQuery) -> tuple[int, bool]:
     estimate = int(plan[0]["Plan"]["Plan Rows"])
     # The count already proved more than the limit; never report fewer.
     return max(estimate, EXACT_COUNT_LIMIT + 1), False
+
+
+@dataclass(frozen=True)
+class PlaceList:
+    """One page of the places list as the client receives it, with the figures that the
+    GeoJSON envelope carries (the other formats carry them in headers)."""
+
+    body: bytes
+    matched: int
+    exact: bool
+    more: bool
+    next_url: str | None
+
+
+def place_list_page(
+    *,
+    query: PlaceQuery,
+    properties: list[str],
+    fmt: str,
+    after: int,
+    limit: int,
+    page_url: Callable[[str], str],
+) -> PlaceList:
+    """The page after ``after`` in ``fmt``, whole: a GeoJSON FeatureCollection with
+    ``numberMatched``, ``numberMatchedExact``, ``numberReturned``, ``truncated`` and ``next``;
+    a CSV with its header line; or the GeoJSONSeq/NDJSON records as they are.
+
+    ``page_url`` turns a cursor into the URL of the page it starts; ``next`` is null on the
+    last page.
+    """
+    page = feature_page(query=query, properties=properties, fmt=fmt, after=after, limit=limit)
+    matched, exact = number_matched(query=query)
+    next_url = (
+        page_url(cursor_encode(page.last_id)) if page.more and page.last_id is not None else None
+    )
+    if fmt == "csv":
+        body = csv_header(properties) + page.body
+    elif fmt == "geojson":
+        head = json.dumps(
+            {
+                "type": "FeatureCollection",
+                "numberMatched": matched,
+                "numberMatchedExact": exact,
+                "numberReturned": page.returned,
+                "truncated": page.more,
+                "next": next_url,
+            },
+            separators=(",", ":"),
+        )
+        # The features are already JSON text: spliced in, never parsed again.
+        body = head[:-1] + ',"features":[' + page.body + "]}"
+    else:
+        body = page.body
+    return PlaceList(
+        body=body.encode(), matched=matched, exact=exact, more=page.more, next_url=next_url
+    )

@@ -2,7 +2,7 @@
 
 Filtering itself is done by ``places.selectors.region_list``; this class turns query strings
 into typed values and answers a bad value with HTTP 400 naming the parameter. (The places
-endpoints share ``places.serializers.PlaceFiltersQuery`` instead: their SQL is built by hand.)
+endpoints share ``places.serving.params.PlaceFiltersQuery`` instead: their SQL is built by hand.)
 """
 
 from __future__ import annotations

@@ -79,6 +79,13 @@ def accepts_gzip(header: str) -> bool:
     return False
 
 
+def zoom_ttl(zoom: int) -> int:
+    """Seconds a tile or view at ``zoom`` stays in the cache: low zooms change little per
+    edit and cost most to build. (Every key holds the data version, so this bounds memory,
+    not staleness.)"""
+    return 24 * 3600 if zoom < 6 else 3600 if zoom < 10 else 600
+
+
 def places_version(dataset_id: int | None, *, bbox: BBox | None = None) -> str:
     """Data version of what a places request shows: one dataset or all of them, in the
     request's box when it has one (so edits elsewhere leave its cache alone)."""

@@ -14,7 +14,7 @@ import math
 from django.db import connection
 
 from places.geo import BBox
-from places.query import PlaceQuery
+from places.serving.query import PlaceQuery
 
 CLUSTER_BELOW_ZOOM = 10
 MAX_FEATURES = 20_000

@@ -34,7 +34,7 @@ from django.db import connection
 
 from places.geo import BBox
 from places.models import Religion
-from places.query import PlaceQuery
+from places.serving.query import PlaceQuery
 
 CLUSTER_BELOW_ZOOM = 10
 MAX_POINTS = 250_000

@@ -19,8 +19,8 @@ from rest_framework_gis.filters import InBBoxFilter
 from rest_framework_gis.serializers import GeoFeatureModelSerializer
 
 from config.urls import urlpatterns as app_urlpatterns
-from places import viewport
 from places.models import Place
+from places.serving import viewport
 
 if os.environ.get("BENCH_VIEWPORT_MAX_TILES"):
     viewport.MAX_TILES_ACROSS = int(os.environ["BENCH_VIEWPORT_MAX_TILES"])

@@ -16,12 +16,12 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from places import features, responses
 from places.geo import parse_bbox
 from places.models import Place
-from places.query import PlaceQuery
-from places.serializers import PlaceDetailSerializer
 from places.services import dataset_get_or_create, place_create, place_update
+from places.serving import features, responses
+from places.serving.query import PlaceQuery
+from places.serving.serializers import PlaceDetailSerializer
 
 pytestmark = pytest.mark.django_db
 

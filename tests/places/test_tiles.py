@@ -10,11 +10,11 @@ import pytest
 from django.contrib.gis.geos import Polygon
 from django.db import connection
 
-from places import tiles
 from places.models import Place
-from places.query import PlaceQuery
 from places.selectors import data_version
 from places.services import dataset_get_or_create, place_create, place_update
+from places.serving import tiles
+from places.serving.query import PlaceQuery
 
 pytestmark = pytest.mark.django_db
 

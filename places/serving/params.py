@@ -1,0 +1,171 @@
+"""Query parameters of the serving endpoints, validated into typed values.
+
+Every bad value is an HTTP 400 that names its parameter. The places list, the viewport and
+the places tiles share ``PlaceFiltersQuery``, which turns into one ``PlaceQuery``: one
+meaning of every filter on every read path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+from places.geo import BBox, BBoxError, parse_bbox
+from places.models import Dataset, PlaceStatus, Region, RegionLevel, Religion
+from places.serving import tiles, viewport
+from places.serving.features import FORMATS, PROPERTIES, CursorError, cursor_decode
+from places.serving.query import PlaceQuery
+
+
+class PlaceFiltersQuery(serializers.Serializer):
+    """Filters shared by places/, viewport/ and the places tiles: one meaning everywhere."""
+
+    religion = serializers.ChoiceField(choices=Religion.choices, required=False)
+    denomination = serializers.RegexField(
+        r"^[a-z0-9_]{1,64}$",
+        required=False,
+        help_text="One normalised denomination, e.g. `anglican` or `roman_catholic`.",
+        error_messages={"invalid": "must be a normalised denomination such as roman_catholic"},
+    )
+    dataset = serializers.SlugRelatedField(
+        slug_field="slug", queryset=Dataset.objects.all(), required=False, help_text="Slug."
+    )
+    country = serializers.SlugRelatedField(
+        slug_field="code",
+        queryset=Region.objects.filter(level=RegionLevel.COUNTRY).only("id", "code"),
+        required=False,
+        help_text="Country code (Natural Earth ADM0_A3, e.g. GBR).",
+    )
+    region = serializers.PrimaryKeyRelatedField(
+        queryset=Region.objects.only("id"),
+        required=False,
+        help_text="Region id (the most detailed region a place lies in).",
+    )
+    status = serializers.ChoiceField(choices=PlaceStatus.choices, required=False)
+    updated_since = serializers.DateTimeField(
+        required=False,
+        help_text="Only places changed at or after this ISO 8601 time (for incremental sync).",
+    )
+    q = serializers.CharField(
+        required=False, max_length=200, help_text="Case-insensitive substring of the name."
+    )
+
+    def place_query(self, *, bbox: BBox | None = None) -> PlaceQuery:
+        data = self.validated_data
+        return PlaceQuery(
+            bbox=bbox,
+            religion=data.get("religion"),
+            denomination=data.get("denomination"),
+            dataset_id=data["dataset"].pk if data.get("dataset") else None,
+            country_id=data["country"].pk if data.get("country") else None,
+            region_id=data["region"].pk if data.get("region") else None,
+            status=data.get("status"),
+            updated_since=data.get("updated_since"),
+            q=data.get("q") or None,
+        )
+
+
+class BBoxField(serializers.CharField):
+    def to_internal_value(self, data: object) -> BBox:
+        try:
+            return parse_bbox(super().to_internal_value(data))
+        except BBoxError as exc:
+            raise serializers.ValidationError(f"Invalid bbox: {exc}.") from exc
+
+
+class PlaceListQuery(PlaceFiltersQuery):
+    bbox = BBoxField(
+        required=False,
+        allow_blank=True,
+        help_text=(
+            "minLon,minLat,maxLon,maxLat (WGS84). minLon > maxLon crosses the antimeridian "
+            "(`170,-48,-175,-34`: New Zealand with the Chatham Islands)."
+        ),
+    )
+    fields = serializers.CharField(
+        required=False,
+        help_text=(
+            "Comma-separated properties to return (default: all): "
+            + ", ".join(f"`{name}`" for name in PROPERTIES)
+            + "."
+        ),
+    )
+    limit = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=settings.PLACES_API_MAX_PAGE_SIZE,
+        help_text=(
+            f"Features per page (default {settings.PLACES_API_PAGE_SIZE}, "
+            f"maximum {settings.PLACES_API_MAX_PAGE_SIZE})."
+        ),
+    )
+    cursor = serializers.CharField(
+        required=False, help_text="Opaque; take it from `next` (or the Link header)."
+    )
+    format = serializers.ChoiceField(
+        choices=list(FORMATS),
+        required=False,
+        help_text=(
+            "geojson (default), geojsonseq (RFC 8142), ndjson (one Feature per line) or csv "
+            "(id, lon, lat, then the properties). The Accept header works too."
+        ),
+    )
+
+    def validate_bbox(self, value: BBox | str) -> BBox | None:
+        return value or None
+
+    def validate_fields(self, value: str) -> list[str]:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = sorted(set(names) - set(PROPERTIES))
+        if unknown:
+            raise serializers.ValidationError(
+                f"unknown properties {', '.join(unknown)}; choose from {', '.join(PROPERTIES)}"
+            )
+        # Keep the documented order and drop repeats.
+        return [name for name in PROPERTIES if name in names]
+
+    def validate_cursor(self, value: str) -> int:
+        try:
+            return cursor_decode(value)
+        except CursorError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+class PlaceTileQuery(PlaceFiltersQuery):
+    """The places filters; maps show active places unless asked otherwise."""
+
+    status = serializers.ChoiceField(choices=PlaceStatus.choices, default=PlaceStatus.ACTIVE)
+
+
+class RegionTileQuery(serializers.Serializer):
+    level = serializers.ChoiceField(choices=RegionLevel.choices, default=RegionLevel.DISTRICT)
+
+
+class ViewportQuery(PlaceTileQuery):
+    """The places filters plus the view."""
+
+    bbox = serializers.CharField(
+        help_text="minLon,minLat,maxLon,maxLat; may cross the antimeridian."
+    )
+    zoom = serializers.IntegerField(min_value=0, max_value=tiles.MAX_ZOOM)
+    format = serializers.ChoiceField(choices=["json", "bin"], required=False)
+
+    def validate_bbox(self, value: str) -> BBox:
+        try:
+            return parse_bbox(value)
+        except BBoxError as exc:
+            raise serializers.ValidationError(f"Invalid bbox: {exc}.") from exc
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not viewport.box_fits_zoom(attrs["bbox"], attrs["zoom"]):
+            raise serializers.ValidationError(
+                {
+                    "bbox": [
+                        f"too large for zoom {attrs['zoom']}: a view spans at most "
+                        f"{viewport.MAX_TILES_ACROSS} tiles; lower the zoom or the box"
+                    ]
+                }
+            )
+        return attrs

@@ -1,0 +1,70 @@
+"""The viewport endpoint: one map view as clusters or points, cached as compressed bytes.
+
+The payload and its binary layout are documented in ``places.serving.viewport``.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, extend_schema
+from rest_framework.request import Request
+
+from places.serving import viewport
+from places.serving.params import ViewportQuery
+from places.serving.responses import (
+    BytesNegotiation,
+    PublicBytesView,
+    QueryParamsGuard,
+    cached_bytes_response,
+    places_version,
+    zoom_ttl,
+)
+
+BIN_TYPE = "application/vnd.places.viewport"
+
+
+@extend_schema(
+    summary="One map view: clusters or every point, as columnar JSON or binary",
+    description=(
+        f"Below zoom {viewport.CLUSTER_BELOW_ZOOM}, or when the box holds more than "
+        f"{viewport.MAX_POINTS:,} places: clusters whose "
+        "counts add up to the places in the box (position, count, count per religion, "
+        "bounds). Otherwise every place (ids, lon, lat, religion codes into `legend`). "
+        "`format=bin` (or `Accept: application/vnd.places.viewport`) gives the "
+        "little-endian layout documented in README. Cached per data version; ETag/304."
+    ),
+    parameters=[ViewportQuery],
+    responses={
+        (200, "application/json"): OpenApiTypes.OBJECT,
+        (200, BIN_TYPE): OpenApiTypes.BINARY,
+    },
+    examples=[
+        OpenApiExample("Central London", value="bbox=-0.2,51.45,0.0,51.55&zoom=12"),
+    ],
+)
+class ViewportApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
+    def get(self, request: Request) -> HttpResponse:
+        query = ViewportQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        fmt = data.get("format") or (
+            "bin" if BIN_TYPE in request.headers.get("Accept", "") else "json"
+        )
+        zoom = data["zoom"]
+        filters = query.place_query(bbox=data["bbox"])
+        version = places_version(filters.dataset_id, bbox=filters.bbox)
+        key = f"viewport:{version}:{filters.key()}:{zoom}:{fmt}"
+
+        def build() -> bytes:
+            view = viewport.viewport_query(query=filters, zoom=zoom)
+            return viewport.viewport_binary(view) if fmt == "bin" else viewport.viewport_json(view)
+
+        return cached_bytes_response(
+            request,
+            key=key,
+            ttl=zoom_ttl(zoom),
+            build=build,
+            content_type=BIN_TYPE if fmt == "bin" else "application/json",
+            vary="Accept-Encoding, Accept",
+        )
