@@ -8,10 +8,11 @@ import math
 from dataclasses import dataclass
 
 from django.db import connection, connections
-from django.db.models import Count, Max, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from places.geo import BBox
+from places.locate import LOCATE_POINT
 from places.models import AREA_CELL_DEGREES, Dataset, Place, PlaceChange, Region
 
 
@@ -22,27 +23,12 @@ def place_detail_queryset() -> QuerySet[Place]:
     )
 
 
-REGIONS_FOR_POINT = """
-WITH pt AS (SELECT ST_SetSRID(ST_MakePoint(%(lon)s, %(lat)s), 4326) AS geom),
-finest AS (
-    SELECT rp.region_id FROM places_regionpart rp, pt
-    WHERE rp.level IN ('district', 'admin1') AND ST_Intersects(rp.geom, pt.geom)
-    ORDER BY rp.level = 'district' DESC, rp.region_id LIMIT 1
-)
-SELECT (SELECT region_id FROM finest),
-       COALESCE(
-           (SELECT r.parent_id FROM places_region r WHERE r.id = (SELECT region_id FROM finest)),
-           (SELECT rp.region_id FROM places_regionpart rp, pt
-            WHERE rp.level = 'country' AND ST_Intersects(rp.geom, pt.geom)
-            ORDER BY rp.region_id LIMIT 1))
-"""
-
-
 def regions_for_point(*, lon: float, lat: float) -> tuple[int | None, int | None]:
-    """(most detailed region id, country id) holding a point; the importer's rule for one point."""
+    """(region id, country id) holding a point: the one point-in-polygon rule
+    (``places.locate``), as imports and region maintenance apply it to sets of points."""
     with connection.cursor() as cursor:
-        cursor.execute(REGIONS_FOR_POINT, {"lon": lon, "lat": lat})
-        region_id, country_id = cursor.fetchone()
+        cursor.execute(LOCATE_POINT, {"lon": lon, "lat": lat})
+        _sid, _geom, region_id, country_id = cursor.fetchone()
     return region_id, country_id
 
 
@@ -197,9 +183,23 @@ def data_version(*, dataset_ids: list[int] | None = None, bbox: BBox | None = No
     return hashlib.sha1(f"{scope}|{pairs}".encode(), usedforsecurity=False).hexdigest()[:16]
 
 
+# Region writes go through places.services.regions, which moves updated_at (clock time)
+# under one advisory lock: the latest updated_at therefore belongs to the last commit.
+# Counts and top ids catch inserts and deletes, of regions and of their pieces alike.
+REGION_VERSION = """
+SELECT md5(concat_ws('|', r.n, r.top, r.last, p.n, p.top))
+FROM (SELECT count(*) AS n, max(id) AS top, max(updated_at) AS last FROM places_region) r,
+     (SELECT count(*) AS n, max(id) AS top FROM places_regionpart) p
+"""
+
+
 def region_version() -> str:
-    """Changes whenever a region is added or its boundary or name is rewritten."""
-    stamp = Region.objects.aggregate(n=Count("id"), last=Max("updated_at"))
-    return hashlib.sha1(
-        f"{stamp['n']}:{stamp['last']}".encode(), usedforsecurity=False
-    ).hexdigest()[:16]
+    """A short text that changes whenever a region is added, removed or rewritten (name,
+    figures, boundary, parent) or its pieces change, and only then.
+
+    It keys the region tiles' caches and, in every imported row's fingerprint, tells a
+    re-import whether point in polygon may give another answer than last time.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(REGION_VERSION)
+        return cursor.fetchone()[0][:16]
