@@ -10,9 +10,9 @@ from django.conf import settings
 from django.contrib.gis.db import models
 from django.contrib.gis.db.models.functions import IsValid
 from django.contrib.postgres.fields import ArrayField
-from django.contrib.postgres.indexes import GistIndex
+from django.contrib.postgres.indexes import GinIndex, GistIndex, OpClass
 from django.db.models import F, Func, Q
-from django.db.models.functions import Now
+from django.db.models.functions import Now, Upper
 
 SRID = 4326
 
@@ -238,7 +238,8 @@ class Place(models.Model):
             models.Index(fields=["updated_at"], name="place_updated_at"),
             # Curators look places up by their OSM id across datasets.
             models.Index(fields=["source_key"], name="place_source_key"),
-            # place_name_trgm (GIN trigram on UPPER(name)) is created in migration 0004.
+            # Name search (icontains compares UPPER(name)) in the admin and the API.
+            GinIndex(OpClass(Upper("name"), name="gin_trgm_ops"), name="place_name_trgm"),
         ]
 
     def __str__(self) -> str:
@@ -359,7 +360,7 @@ class PlaceChange(models.Model):
 class DataVersion(models.Model):
     """A per-dataset counter that moves with every committed write to the change log.
 
-    Maintained by triggers on ``PlaceChange`` (migrations 0009, 0010), so no write
+    Maintained by triggers on ``PlaceChange`` (listed in ``places.dbobjects``), so no write
     path that logs can forget it. It moves at commit (a deferred trigger), holding the row only
     for an instant, and every commit yields a new value from one sequence: caches and ETags
     keyed on it never serve data older than the last commit.
@@ -375,13 +376,13 @@ class DataVersion(models.Model):
         return f"{self.dataset_id}@{self.version}"
 
 
-AREA_CELL_DEGREES = 1.40625  # 360 / 256; SQL function places_area_cell (migration 0011)
+AREA_CELL_DEGREES = 1.40625  # 360 / 256; SQL function places_area_cell (places.dbobjects)
 
 
 class AreaVersion(models.Model):
     """The data version of one dataset's places inside one cell of a 256 × 128 world grid.
 
-    Moved at commit by the change-log triggers (migration 0011) for the cells a transaction
+    Moved at commit by the change-log triggers (``places.dbobjects``) for the cells a transaction
     touched, from the same sequence as ``DataVersion``: a map view or tile keyed on the
     versions of its cells stays cached through edits elsewhere.
     """
