@@ -73,6 +73,8 @@ def _format(request: Request, requested: str | None) -> str:
 @extend_schema(
     summary="Places as GeoJSON (or GeoJSONSeq, NDJSON, CSV), filtered, paged by cursor",
     description=(
+        "Active places unless `status` names another status or `any` (the viewport and "
+        "tiles share this default). "
         "Pages follow `id` order; follow `next` (also sent as a `Link: rel=next` header) "
         "until it is null. `truncated` says whether more pages follow. `numberMatched` is "
         f"exact up to {features.EXACT_COUNT_LIMIT:,} places and the query planner's estimate "

@@ -13,10 +13,10 @@ from django.conf import settings
 from rest_framework import serializers
 
 from places.geo import BBox, BBoxError, parse_bbox
-from places.models import Dataset, PlaceStatus, Region, RegionLevel, Religion
+from places.models import Dataset, Region, RegionLevel, Religion
 from places.serving import tiles, viewport
 from places.serving.features import FORMATS, PROPERTIES, CursorError, cursor_decode
-from places.serving.query import PlaceQuery
+from places.serving.query import ANY_STATUS, DEFAULT_STATUS, STATUS_CHOICES, PlaceQuery
 
 
 class PlaceFiltersQuery(serializers.Serializer):
@@ -43,7 +43,15 @@ class PlaceFiltersQuery(serializers.Serializer):
         required=False,
         help_text="Region id (the most detailed region a place lies in).",
     )
-    status = serializers.ChoiceField(choices=PlaceStatus.choices, required=False)
+    status = serializers.ChoiceField(
+        choices=STATUS_CHOICES,
+        default=DEFAULT_STATUS,
+        help_text=(
+            f"`{DEFAULT_STATUS}` places unless this names another status (`retired`, "
+            f"`merged`), or `{ANY_STATUS}` for all of them. The same default holds for the "
+            "places list, the viewport and the tiles."
+        ),
+    )
     updated_since = serializers.DateTimeField(
         required=False,
         help_text="Only places changed at or after this ISO 8601 time (for incremental sync).",
@@ -61,7 +69,7 @@ class PlaceFiltersQuery(serializers.Serializer):
             dataset_id=data["dataset"].pk if data.get("dataset") else None,
             country_id=data["country"].pk if data.get("country") else None,
             region_id=data["region"].pk if data.get("region") else None,
-            status=data.get("status"),
+            status=None if data["status"] == ANY_STATUS else data["status"],
             updated_since=data.get("updated_since"),
             q=data.get("q") or None,
         )
@@ -133,17 +141,11 @@ class PlaceListQuery(PlaceFiltersQuery):
             raise serializers.ValidationError(str(exc)) from None
 
 
-class PlaceTileQuery(PlaceFiltersQuery):
-    """The places filters; maps show active places unless asked otherwise."""
-
-    status = serializers.ChoiceField(choices=PlaceStatus.choices, default=PlaceStatus.ACTIVE)
-
-
 class RegionTileQuery(serializers.Serializer):
     level = serializers.ChoiceField(choices=RegionLevel.choices, default=RegionLevel.DISTRICT)
 
 
-class ViewportQuery(PlaceTileQuery):
+class ViewportQuery(PlaceFiltersQuery):
     """The places filters plus the view."""
 
     bbox = serializers.CharField(

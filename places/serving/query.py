@@ -13,6 +13,13 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 
 from places.geo import BBox
+from places.models import PlaceStatus
+
+# Every read path (the list, the viewport, the tiles) shows active places unless the request
+# names a status; ``any`` asks for every status at once (incremental sync sees retirements).
+DEFAULT_STATUS = PlaceStatus.ACTIVE.value
+ANY_STATUS = "any"
+STATUS_CHOICES = [*PlaceStatus.choices, (ANY_STATUS, "Any status")]
 
 
 def like_pattern(text: str) -> str:
@@ -23,13 +30,15 @@ def like_pattern(text: str) -> str:
 
 @dataclass(frozen=True)
 class PlaceQuery:
+    """Validated filters; ``status=None`` means places of any status."""
+
     bbox: BBox | None = None
     religion: str | None = None
     denomination: str | None = None
     dataset_id: int | None = None
     country_id: int | None = None
     region_id: int | None = None
-    status: str | None = None
+    status: str | None = DEFAULT_STATUS
     updated_since: datetime | None = None
     q: str | None = None
 

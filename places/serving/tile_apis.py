@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 
 from places import selectors
 from places.serving import tiles
-from places.serving.params import PlaceTileQuery, RegionTileQuery
+from places.serving.params import PlaceFiltersQuery, RegionTileQuery
 from places.serving.responses import (
     BytesNegotiation,
     PublicBytesView,
@@ -67,13 +67,13 @@ TILE_PARAMETERS = [
         f"{tiles.MAX_FEATURES} per tile, thinned by a stable priority. Gzip-encoded when "
         "the client accepts it; ETag and If-None-Match supported."
     ),
-    parameters=[*TILE_PARAMETERS, PlaceTileQuery],
+    parameters=[*TILE_PARAMETERS, PlaceFiltersQuery],
     responses={(200, MVT_TYPE): OpenApiTypes.BINARY, 304: None},
 )
 class PlaceTileApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
     def get(self, request: Request, z: str, x: str, y: str) -> HttpResponse:
         tz, tx, ty = parse_tile(z, x, y)
-        query = PlaceTileQuery(data=request.query_params)
+        query = PlaceFiltersQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         filters = query.place_query()
         version = places_version(filters.dataset_id, bbox=tiles.tile_bbox(z=tz, x=tx, y=ty))
@@ -132,12 +132,12 @@ def _tilejson(
 
 @extend_schema(
     summary="TileJSON for the places tiles (MapLibre `source.url`)",
-    parameters=[PlaceTileQuery],
+    parameters=[PlaceFiltersQuery],
     responses=OpenApiTypes.OBJECT,
 )
 class PlaceTileJsonApi(QueryParamsGuard, APIView):
     def get(self, request: Request) -> Response:
-        query = PlaceTileQuery(data=request.query_params)
+        query = PlaceFiltersQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         layers = [
             {
