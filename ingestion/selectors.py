@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -20,6 +21,8 @@ from places.models import Dataset
 PROGRESS_KEY = "import-progress:{}"
 
 RUNNING_STATES = frozenset({ImportState.QUEUED, ImportState.RUNNING})
+# States a job ends in when it stopped before the end (a resume may go on from there).
+STOPPED_STATES = frozenset({ImportState.FAILED, ImportState.CANCELLED})
 
 REJECTION_COLUMNS = ("row", "layer", "reason", "detail")
 # A spreadsheet reads a cell starting with one of these as a formula (tab and CR too: some
@@ -49,6 +52,108 @@ def _live_progress(job_id: int) -> dict[str, Any] | None:
     return {"rows": int(value)}
 
 
+def import_job_resumable(*, job: ImportJob) -> bool:
+    """Whether the job stopped part-way and can go on from its checkpoint: it failed while
+    a worker ran it, or was cancelled while running. (A job that failed or was cancelled
+    before it ever ran has nothing to go on from.)"""
+    if job.state == ImportState.FAILED:
+        return job.started_at is not None
+    return job.state == ImportState.CANCELLED and job.cancel_requested_at is not None
+
+
+@dataclass(frozen=True)
+class AppliedPart:
+    """What the committed batches of a job that stopped part-way applied."""
+
+    added: int
+    updated: int
+    unchanged: int
+    retired: int
+    batches: int
+    batches_total: int | None
+
+
+def import_job_applied_part(*, job: ImportJob) -> AppliedPart | None:
+    """The counts of a failed or cancelled apply that ran: every batch commits with its
+    counts, so they say what stays applied. Snapshot retirement runs only after the last
+    batch, so such a job retired nothing. None for dry runs and jobs that never ran."""
+    if job.dry_run or job.state not in STOPPED_STATES or job.started_at is None:
+        return None
+    checkpoint = job.checkpoint or {}
+    total = None
+    if checkpoint.get("batch_rows") and "max_sid" in checkpoint:
+        total = math.ceil(checkpoint["max_sid"] / checkpoint["batch_rows"])
+    return AppliedPart(
+        added=job.added,
+        updated=job.updated,
+        unchanged=job.unchanged,
+        retired=job.retired,
+        batches=int(checkpoint.get("batches", 0)),
+        batches_total=total,
+    )
+
+
+def import_job_state_help(*, job: ImportJob) -> str:
+    """What the job's state means for the person looking at it, and what they can do."""
+    state = ImportState(job.state)
+    if state == ImportState.RUNNING:
+        if job.cancel_requested_at:
+            return (
+                "Cancel requested: the worker stops after the batch it is applying; the job "
+                "then ends cancelled, keeping what committed."
+            )
+        if job.dry_run:
+            return (
+                "A worker is running the dry run: it reads and compares the file and changes "
+                "nothing. Cancel stops it."
+            )
+        return (
+            "A worker is applying the file in batches; each commits with the job's "
+            "checkpoint. Cancel stops it after the batch it is applying: what committed "
+            "stays applied, and the job can be resumed."
+        )
+    if state in STOPPED_STATES:
+        return _stopped_help(job)
+    return STATE_HELP[state]
+
+
+def _stopped_help(job: ImportJob) -> str:
+    what = "failed" if job.state == ImportState.FAILED else "was cancelled"
+    if not import_job_resumable(job=job):
+        if job.state == ImportState.FAILED:
+            return (
+                "The job failed before it ran, so nothing changed. Fix the file and upload it "
+                "again."
+            )
+        return "The job was cancelled before it ran; nothing changed. The file is kept."
+    if job.dry_run:
+        return f"The dry run {what}; it changed nothing. Resume runs it again."
+    return (
+        f"The job {what} part-way. The batches that committed before it stopped stay "
+        "applied (counts below); the rest of the file is not. Resume applies the rest from "
+        "the checkpoint, or upload the file again."
+    )
+
+
+STATE_HELP = {
+    ImportState.UPLOADED: "The file is stored. Inspect it to see its columns and rows.",
+    ImportState.INSPECTED: (
+        "Check the columns and sample rows, correct the mapping if needed, then run a dry run: "
+        "it shows what the import would do and changes nothing."
+    ),
+    ImportState.QUEUED: (
+        "Waiting for a worker on the ingestion queue. If it stays here, check that a worker "
+        "is running (celery -A config worker -Q ingestion). A queued job can be cancelled."
+    ),
+    ImportState.DRY_RUN_READY: (
+        "The dry run is ready below. Apply to make these changes (they are computed again, "
+        "so edits made since then are taken into account), change the mapping and run "
+        "another dry run, or cancel."
+    ),
+    ImportState.DONE: "The import is applied. Its changes are in each place's history.",
+}
+
+
 def import_job_progress(*, job: ImportJob) -> int:
     """Rows read so far: live from the cache while the job runs, else from the row."""
     live = _live_progress(job.pk)
@@ -75,11 +180,11 @@ class ImportStatus:
 
 
 def import_job_status(*, job: ImportJob) -> ImportStatus:
-    """State, phase and rows read of ``job``, live from the cache while a task runs.
+    """State, phase and progress of ``job``, live from the cache while a task runs.
 
-    Rows are counted as they are read, so the bar reaches its end when reading is over and
-    the checks and writes (one transaction) follow; the phase says which part is running.
-    Row totals of large CSV files are estimates, so the bar stops at 99 % until the end.
+    The bar follows the phase the run publishes: rows read while staging, then batches
+    committed while applying (each batch commits on its own). Row totals of large CSV files
+    are estimates, so the bar stops at 99 % until the end.
     """
     live = _live_progress(job.pk) if job.state == ImportState.RUNNING else None
     rows_read = int(live.get("rows", 0)) if live else job.rows_read
@@ -92,24 +197,14 @@ def import_job_status(*, job: ImportJob) -> ImportStatus:
         if job.state in (ImportState.DONE, ImportState.DRY_RUN_READY):
             percent = 100
     else:
-        if live and live.get("phase"):
-            phase = str(live["phase"])
-        elif live is None:
-            phase = "starting"
-        elif total and rows_read >= total:
-            phase = "checking rows" if job.dry_run else "checking and writing"
-        else:
-            phase = "reading rows"
-        if total:
+        phase = str(live.get("phase") or "reading rows") if live else "starting"
+        if live and live.get("batches_total"):
+            percent = min(99, int(100 * live.get("batches", 0) / live["batches_total"]))
+        elif total:
             percent = min(99, int(100 * rows_read / total))
     return ImportStatus(
         state=job.state,
-        # "Applying" would scare a curator during a dry run, which changes nothing.
-        state_label=(
-            "Running the dry run"
-            if job.dry_run and job.state == ImportState.RUNNING
-            else job.get_state_display()
-        ),
+        state_label=_state_label(job),
         dry_run=job.dry_run,
         phase=phase,
         rows_read=rows_read,
@@ -119,6 +214,15 @@ def import_job_status(*, job: ImportJob) -> ImportStatus:
         running=job.state in RUNNING_STATES,
         error=job.error,
     )
+
+
+def _state_label(job: ImportJob) -> str:
+    if job.state != ImportState.RUNNING:
+        return job.get_state_display()
+    if job.cancel_requested_at:
+        return "Stopping after the current batch"
+    # A dry run changes nothing; calling it "applying" would scare a curator.
+    return "Running the dry run" if job.dry_run else "Applying"
 
 
 def spreadsheet_safe(value: Any) -> str:
