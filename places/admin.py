@@ -248,13 +248,13 @@ class PlaceAttributeAdmin(FastChangeListMixin, admin.ModelAdmin):
 class PlaceChangeAdmin(ReadOnlyAdminMixin, IdSearchMixin, FastChangeListMixin, admin.ModelAdmin):
     """The audit trail: read-only, as the table itself refuses updates and deletes."""
 
-    list_display = ("seq", "place", "operation", "source", "user", "import_job", "at")
+    list_display = ("seq", "place", "operation", "source", "user", "import_job_id", "at")
     list_filter = ("operation", "source")
     search_fields = ("comment",)
     search_help_text = "A place id lists that place's changes."
     id_search_field = "place_id"
-    raw_id_fields = ("place", "user", "import_job")
-    list_select_related = ("place", "user", "import_job")
+    raw_id_fields = ("place", "user")
+    list_select_related = ("place", "user")
 
 
 @admin.register(DataVersion)

@@ -331,13 +331,13 @@ class PlaceChange(models.Model):
         related_name="+",
         db_index=False,  # partial index in Meta: imports and devices log without a user
     )
-    import_job = models.ForeignKey(
-        "ingestion.ImportJob",
+    # An id, not a relation: ingestion builds on places, and a relation back from places
+    # would make each app's migrations depend on the other's. Jobs are never deleted.
+    import_job_id = models.BigIntegerField(
         null=True,
         blank=True,
-        on_delete=models.PROTECT,
-        related_name="+",
-        db_constraint=False,
+        db_index=True,
+        help_text="The ingestion.ImportJob that wrote this change, for imports.",
     )
     device_id = models.CharField(max_length=100, blank=True)
     comment = models.TextField(blank=True)

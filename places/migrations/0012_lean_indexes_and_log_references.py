@@ -7,9 +7,11 @@ CharFields, and whole-table indexes on columns that are almost always NULL (merg
 footprint, the log's user), which become partial.
 
 The log keeps its place, dataset and import-job ids without foreign-key constraints (Django
-still refuses to delete what the log names: PROTECT): an append-only history should outlive
-what it refers to, its rows are written by our own statements, and the per-row checks cost
-a fifth of a large import.
+still refuses to delete the places and datasets the log names: PROTECT): an append-only
+history should outlive what it refers to, its rows are written by our own statements, and
+the per-row checks cost a fifth of a large import. The import-job id is a plain column since
+0001 no longer makes it a foreign key (places does not depend on ingestion); databases
+migrated before that have the constraint, which this migration drops (IF EXISTS).
 
 The database side is written out by hand: Django would drop and re-add the constraints of
 every altered foreign key (re-validating the whole table), rebuild the religion and status
@@ -39,7 +41,7 @@ ALTER INDEX places_place_status_087486e4 RENAME TO place_status;
 DROP INDEX places_place_status_087486e4_like;
 ALTER TABLE places_placechange
     DROP CONSTRAINT places_placechange_dataset_id_7f093761_fk_places_dataset_id,
-    DROP CONSTRAINT places_placechange_import_job_id_22f870e2_fk_ingestion,
+    DROP CONSTRAINT IF EXISTS places_placechange_import_job_id_22f870e2_fk_ingestion,
     DROP CONSTRAINT places_placechange_place_id_3f6f2b01_fk_places_place_id;
 DROP INDEX places_placechange_dataset_id_7f093761;
 DROP INDEX places_placechange_place_id_3f6f2b01;
@@ -66,9 +68,6 @@ CREATE INDEX places_placechange_user_id_296eeb88 ON places_placechange (user_id)
 ALTER TABLE places_placechange
     ADD CONSTRAINT places_placechange_dataset_id_7f093761_fk_places_dataset_id
         FOREIGN KEY (dataset_id) REFERENCES places_dataset (id) DEFERRABLE INITIALLY DEFERRED,
-    ADD CONSTRAINT places_placechange_import_job_id_22f870e2_fk_ingestion
-        FOREIGN KEY (import_job_id) REFERENCES ingestion_importjob (id)
-        DEFERRABLE INITIALLY DEFERRED,
     ADD CONSTRAINT places_placechange_place_id_3f6f2b01_fk_places_place_id
         FOREIGN KEY (place_id) REFERENCES places_place (id) DEFERRABLE INITIALLY DEFERRED;
 """
@@ -76,7 +75,6 @@ ALTER TABLE places_placechange
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("ingestion", "0006_importjob_checkpoint_stage"),
         ("places", "0011_areaversion"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
@@ -168,18 +166,6 @@ class Migration(migrations.Migration):
                         on_delete=django.db.models.deletion.PROTECT,
                         related_name="+",
                         to="places.dataset",
-                    ),
-                ),
-                migrations.AlterField(
-                    model_name="placechange",
-                    name="import_job",
-                    field=models.ForeignKey(
-                        blank=True,
-                        db_constraint=False,
-                        null=True,
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="+",
-                        to="ingestion.importjob",
                     ),
                 ),
                 migrations.AlterField(

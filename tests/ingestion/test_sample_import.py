@@ -97,7 +97,7 @@ def test_every_place_gets_its_country(gb_import):
 
 
 def test_every_created_place_is_in_the_change_log(gb_import):
-    changes = PlaceChange.objects.filter(import_job=gb_import)
+    changes = PlaceChange.objects.filter(import_job_id=gb_import.pk)
     assert changes.count() == gb_import.added
     change = changes.first()
     assert change.operation == "create"
