@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from django.db.models import Q
 
 from ingestion.mapping import ColumnMapping, mapping_problems
 from ingestion.models import ImportJob, ImportRejection, ImportState, RejectionReason
+from places.csv_cells import safe_cell
 from places.models import Dataset
 
 PROGRESS_KEY = "import-progress:{}"
@@ -25,10 +25,6 @@ RUNNING_STATES = frozenset({ImportState.QUEUED, ImportState.RUNNING})
 STOPPED_STATES = frozenset({ImportState.FAILED, ImportState.CANCELLED})
 
 REJECTION_COLUMNS = ("row", "layer", "reason", "detail")
-# A spreadsheet reads a cell starting with one of these as a formula (tab and CR too: some
-# strip them first). Plain numbers such as a negative longitude are safe and left as they are.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def import_job_last_applied(*, dataset: Dataset, sha256: str) -> ImportJob | None:
@@ -226,16 +222,15 @@ def _state_label(job: ImportJob) -> str:
 
 
 def spreadsheet_safe(value: Any) -> str:
-    """``value`` as CSV cell text that a spreadsheet shows rather than evaluates."""
+    """``value`` as CSV cell text that a spreadsheet shows rather than evaluates (the rule
+    is ``places.csv_cells``, shared with the places CSV)."""
     if value is None:
         text = ""
     elif isinstance(value, dict | list):
         text = json.dumps(value, ensure_ascii=False)
     else:
         text = str(value)
-    if text.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(text):
-        return "'" + text
-    return text
+    return safe_cell(text)
 
 
 def import_job_columns(*, job: ImportJob) -> list[str]:

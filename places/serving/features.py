@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from django.db import connection
 
+from places.csv_cells import safe_cell_sql
 from places.serving.query import PlaceQuery
 
 EXACT_COUNT_LIMIT = 10_000
@@ -81,10 +82,9 @@ _NEEDS_JOIN = {"dataset": "d", "country": "c", "region": "r"}
 
 
 def _csv_text(expression: str) -> str:
-    """A quoted CSV cell; a leading = + - @ tab or CR gets a ' so spreadsheets show, not run,
-    it (OSM names and tags are free text)."""
-    value = f"coalesce(({expression})::text, '')"
-    safe = f"CASE WHEN {value} ~ '^[=+@\\t\\r-]' THEN '''' || {value} ELSE {value} END"
+    """A quoted CSV cell, spreadsheet-safe by ``places.csv_cells`` (OSM names and tags are
+    free text)."""
+    safe = safe_cell_sql(f"coalesce(({expression})::text, '')")
     return f"""'"' || replace({safe}, '"', '""') || '"'"""
 
 
