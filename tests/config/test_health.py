@@ -9,6 +9,8 @@ import pytest
 from django.db import connections
 from django.test import override_settings
 
+from tests.db import database_url
+
 CLOSED_PORT_HOST = "127.0.0.1"
 
 
@@ -85,7 +87,7 @@ def test_ready_is_503_naming_the_database_when_it_is_unreachable(client, databas
 @pytest.mark.django_db(databases=["default", "replica"])
 def test_ready_checks_the_replica_when_one_is_configured(client, settings):
     # given a configured replica (the test's replica alias reads the test database)
-    settings.REPLICA_DATABASE_URL = "postgis://postgres@127.0.0.1:5432/test_places"
+    settings.REPLICA_DATABASE_URL = database_url()
     response = client.get("/health/ready/")
     assert response.status_code == 200
     assert response.json()["checks"]["replica"]["status"] == "ok"

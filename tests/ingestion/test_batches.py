@@ -28,6 +28,7 @@ from places.locks import AdvisoryLock
 from places.models import Place, PlaceChange, RegionPart
 from places.services import dataset_get_or_create
 from tests.conftest import FIXTURES
+from tests.db import database_kwargs
 
 pytestmark = pytest.mark.django_db
 
@@ -163,15 +164,7 @@ def test_a_second_delivery_while_a_run_is_alive_changes_nothing(sample_regions, 
         path=FIXTURES / "nasty_places.csv", dataset=dataset_get_or_create(slug="busy")
     )
     monkeypatch.setattr(imports, "JOB_LOCK_WAIT_SECONDS", 0.2)
-    db = connection.settings_dict
-    with psycopg.connect(
-        dbname=db["NAME"],
-        host=db["HOST"] or "127.0.0.1",
-        port=db["PORT"] or 5432,
-        user=db["USER"],
-        password=db["PASSWORD"] or None,
-        autocommit=True,
-    ) as other:
+    with psycopg.connect(**database_kwargs(), autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s, %s)", [int(AdvisoryLock.IMPORT_JOB), job.pk])
         # when the task is delivered a second time
         result = import_job_execute(job_id=job.pk)

@@ -156,7 +156,6 @@ def _hang_guard() -> Iterator[None]:
 
 
 def _assert_well_formed(batch: Batch) -> None:
-    assert batch.num_rows >= 0
     for name, values in batch.columns.items():
         assert isinstance(name, str)
         assert "\x00" not in name

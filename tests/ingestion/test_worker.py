@@ -28,6 +28,7 @@ from ingestion.services.imports import import_job_create
 from places.models import Place, PlaceChange
 from places.services import dataset_get_or_create
 from tests.conftest import FIXTURES
+from tests.db import database_url
 
 pytestmark = pytest.mark.worker
 
@@ -56,7 +57,7 @@ def start_worker(django_db_blocker) -> Iterator[StartWorker]:
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "config.settings.test",
-            "DATABASE_URL": f"postgis://postgres@127.0.0.1:5432/{database}",
+            "DATABASE_URL": database_url(dbname=database),
             "MEDIA_ROOT": str(settings.MEDIA_ROOT),
             **environment,
         }

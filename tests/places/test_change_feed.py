@@ -12,12 +12,12 @@ import uuid
 
 import psycopg
 import pytest
-from django.conf import settings
 from django.contrib.gis.geos import Point
 from django.db import connection
 
 from places.selectors import place_change_feed
 from places.services import dataset_get_or_create, place_create, place_update
+from tests.db import database_kwargs
 
 FOREIGN_WAIT_SECONDS = 120
 
@@ -50,9 +50,7 @@ def committed(django_db_setup, django_db_blocker):
 
 
 def _other_connection() -> psycopg.Connection:
-    return psycopg.connect(
-        host="127.0.0.1", user="postgres", dbname=settings.DATABASES["default"]["NAME"]
-    )
+    return psycopg.connect(**database_kwargs())
 
 
 def test_feed_pages_in_order_and_resumes_from_its_cursor(committed):

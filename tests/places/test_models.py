@@ -6,12 +6,12 @@ import datetime as dt
 
 import psycopg
 import pytest
-from django.conf import settings
 from django.contrib.gis.geos import MultiPolygon, Point, Polygon
 from django.db import IntegrityError, connection, transaction
 
 from places.models import Place, PlaceAttribute, PlaceChange, Region
 from places.services import dataset_get_or_create, place_attribute_partitions_ensure, place_create
+from tests.db import database_kwargs
 
 pytestmark = pytest.mark.django_db
 
@@ -100,14 +100,7 @@ def test_a_region_being_named_cannot_be_deleted_until_the_writer_commits(sample_
         country=country,
     )
     # when another session tries to delete the country
-    database = settings.DATABASES["default"]
-    with psycopg.connect(
-        host=database["HOST"] or "127.0.0.1",
-        port=database["PORT"] or 5432,
-        user=database["USER"],
-        password=database["PASSWORD"] or None,
-        dbname=database["NAME"],
-    ) as other:
+    with psycopg.connect(**database_kwargs()) as other:
         other.execute("SET lock_timeout = '300ms'")
         # then it waits for the writer (the check locked the country FOR KEY SHARE, as a
         # foreign key's check does) instead of deleting what the new place names
