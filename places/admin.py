@@ -13,7 +13,6 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from places import services
@@ -38,8 +37,35 @@ class DatasetAdmin(admin.ModelAdmin):
     readonly_fields = ("created_at", "updated_at")
 
 
+class RegionAdminForm(forms.ModelForm):
+    class Meta:
+        model = Region
+        fields = (
+            "name",
+            "level",
+            "code",
+            "code_system",
+            "extra_codes",
+            "parent",
+            "population",
+            "geom",
+            "dataset",
+        )
+        help_texts = {
+            "geom": "Saving a changed boundary cuts it into pieces again for point in polygon "
+            "and measures its area again; the places inside the old or the new boundary get "
+            "their region and country again, and each place that changes is logged in the "
+            "change log.",
+            "parent": "The country this region belongs to; its places take their country "
+            "from it. Left empty, it is the country that holds a point inside the region.",
+        }
+
+
 @admin.register(Region)
 class RegionAdmin(GeoAdmin):
+    """Regions saved here are kept by ``places.services.region_save``, as loaded ones are."""
+
+    form = RegionAdminForm
     list_display = ("name", "level", "code", "code_system", "parent", "population")
     list_filter = ("level", "code_system")
     search_fields = ("name", "=code")
@@ -55,14 +81,28 @@ class RegionAdmin(GeoAdmin):
         return False
 
     def save_model(self, request: HttpRequest, obj: Region, form: Any, change: bool) -> None:
-        # updated_at keys the region tiles' cache (selectors.region_version).
-        obj.updated_at = timezone.now()
-        super().save_model(request, obj, form, change)
+        done = services.region_save(region=obj)
+        if done.recut or done.relinked or done.places_reassigned:
+            self.message_user(request, region_saved_message(obj, done), messages.INFO)
+
+
+def region_saved_message(region: Region, done: services.RegionsRefreshed) -> str:
+    """What saving a region did beyond the row itself, in a curator's words."""
+    parts = []
+    if done.recut:
+        parts.append(f"its boundary was cut into {done.pieces} pieces for point in polygon")
+    if done.relinked:
+        parts.append(f"{done.relinked} region(s) now belong to another country")
+    parts.append(
+        f"{done.places_reassigned} place(s) got another region or country, "
+        "each logged in the change log"
+    )
+    return f"{region}: " + "; ".join(parts) + "."
 
 
 @admin.register(RegionPart)
 class RegionPartAdmin(ReadOnlyAdminMixin, GeoAdmin):
-    """Derived pieces of regions (rebuilt by the region loader); read-only."""
+    """Pieces of regions, cut again whenever a boundary is saved (loader or admin); read-only."""
 
     list_display = ("id", "region", "level")
     list_filter = ("level",)

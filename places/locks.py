@@ -18,3 +18,6 @@ class AdvisoryLock(IntEnum):
     IMPORT_JOB = 0x494D504A  # "IMPJ"
     # One maintainer of the place attribute partitions at a time (single key).
     ATTRIBUTE_PARTITIONS = 0x504C4131  # "PLA1"
+    # Region maintenance (exclusive) against curator edits that run point in polygon
+    # (shared): a place is never located against pieces that are being replaced.
+    REGIONS = 0x5245474E  # "REGN"

@@ -1,7 +1,9 @@
-"""Load boundary files into regions, repair them, subdivide them and link parents.
+"""Load boundary files into regions: read the features, stage and repair them, write them.
 
-Only regions whose name, geometry or figures changed are rewritten (and re-subdivided),
-so loading the same file twice changes nothing.
+Only regions whose name, geometry or figures changed are rewritten, so loading the same
+file twice changes nothing. What follows from a write (pieces, area, parents, version, the
+places inside old and new boundaries) is kept by ``places.services.regions_refresh``, the
+service the admin's region form uses too.
 """
 
 from __future__ import annotations
@@ -15,12 +17,9 @@ from django.db import connection, transaction
 
 from ingestion.readers import GeoReader, UnreadableFile, detect_format, srid_from_crs
 from places.models import Dataset, RegionLevel
+from places.services import regions_refresh
 
 logger = logging.getLogger(__name__)
-
-# Pieces of at most this many vertices: 64 was 2x faster than 256 for the GB sample's
-# district assignment, at 1,100 instead of 688 pieces.
-SUBDIVIDE_MAX_VERTICES = 64
 
 
 @dataclass(frozen=True)
@@ -68,6 +67,7 @@ class RegionLoadResult:
     updated: int = 0
     unchanged: int = 0
     rejected: list[str] = field(default_factory=list)
+    places_reassigned: int = 0
 
 
 CREATE_STAGE = """
@@ -101,19 +101,23 @@ WHERE s.sid = bad.sid AND bad.reason IS NOT NULL
 RETURNING bad.feature, s.code, bad.reason
 """
 
+# Writes new and changed regions and says which of them have a new boundary (or level):
+# the ``before`` CTE reads the rows as they were, since every part of one statement sees
+# the same snapshot. Area and version are the region service's.
 UPSERT = """
-WITH up AS (
+WITH before AS MATERIALIZED (
+    SELECT r.id, (r.level <> %(level)s OR NOT ST_Equals(r.geom, s.geom)) AS moved
+    FROM region_stage s
+    JOIN places_region r ON r.code_system = %(code_system)s AND r.code = s.code
+), up AS (
     INSERT INTO places_region (name, level, code, code_system, extra_codes, population,
-                               area_km2, geom, dataset_id)
-    SELECT name, %(level)s, code, %(code_system)s, extra_codes, population,
-           ST_Area(geom::geography) / 1e6, geom, %(dataset)s
+                               geom, dataset_id)
+    SELECT name, %(level)s, code, %(code_system)s, extra_codes, population, geom, %(dataset)s
     FROM region_stage
     ON CONFLICT (code_system, code) DO UPDATE SET
         name = EXCLUDED.name, level = EXCLUDED.level, extra_codes = EXCLUDED.extra_codes,
-        population = EXCLUDED.population, area_km2 = EXCLUDED.area_km2,
-        geom = EXCLUDED.geom, dataset_id = EXCLUDED.dataset_id,
-        -- clock time, not transaction start: it keys the region tiles' cache
-        updated_at = clock_timestamp()
+        population = EXCLUDED.population, geom = EXCLUDED.geom,
+        dataset_id = EXCLUDED.dataset_id
     WHERE (places_region.name, places_region.level, places_region.extra_codes,
            places_region.population, places_region.dataset_id)
           IS DISTINCT FROM
@@ -122,35 +126,19 @@ WITH up AS (
        OR NOT ST_Equals(places_region.geom, EXCLUDED.geom)
     RETURNING id, (xmax = 0) AS inserted
 )
-SELECT id, inserted FROM up
+SELECT up.id, up.inserted, COALESCE(b.moved, true) FROM up LEFT JOIN before b ON b.id = up.id
 """
 
-SUBDIVIDE = """
-DELETE FROM places_regionpart WHERE region_id = ANY(%(ids)s);
-INSERT INTO places_regionpart (region_id, level, geom)
-SELECT id, level, ST_Subdivide(geom, %(vertices)s) FROM places_region WHERE id = ANY(%(ids)s);
-"""
-
-# A region's parent is the country that holds a point inside it (regions below country).
-LINK_PARENTS = """
-UPDATE places_region r SET parent_id = (
-    SELECT p.region_id FROM places_regionpart p
-    WHERE p.level = 'country' AND ST_Intersects(p.geom, ST_PointOnSurface(r.geom))
-    ORDER BY p.region_id LIMIT 1)
-WHERE r.level <> 'country' AND r.parent_id IS NULL
-"""
-
-# Offshore pieces can miss Natural Earth's generalised coasts; take the nearest country.
-LINK_NEAREST = """
-UPDATE places_region r SET parent_id = (
-    SELECT c.id FROM places_region c WHERE c.level = 'country'
-    ORDER BY c.geom <-> ST_PointOnSurface(r.geom) LIMIT 1)
-WHERE r.level <> 'country' AND r.parent_id IS NULL
+# Regions of this code system that have no pieces (e.g. deleted by hand): cut them again.
+WITHOUT_PIECES = """
+SELECT r.id FROM places_region r WHERE r.code_system = %s AND NOT EXISTS
+(SELECT 1 FROM places_regionpart p WHERE p.region_id = r.id)
 """
 
 
 def region_load(*, path: Path, source: RegionSource, dataset: Dataset) -> RegionLoadResult:
-    """Load every feature of a boundary file as regions of one level (idempotent)."""
+    """Load every feature of a boundary file as regions of one level (idempotent), in one
+    transaction with the upkeep of what changed (``places.services.regions_refresh``)."""
     fmt = detect_format(path)
     if fmt == "csv":
         raise UnreadableFile("a boundary file needs polygons: GeoJSON, Shapefile or GeoPackage")
@@ -216,30 +204,22 @@ def region_load(*, path: Path, source: RegionSource, dataset: Dataset) -> Region
         result.added = sum(1 for row in changed if row[1])
         result.updated = len(changed) - result.added
         result.unchanged = staged - len(changed)
-        # Changed regions, plus any of this file's regions that lost their pieces.
-        cursor.execute(
-            "SELECT r.id FROM places_region r WHERE r.code_system = %s AND NOT EXISTS "
-            "(SELECT 1 FROM places_regionpart p WHERE p.region_id = r.id)",
-            [source.code_system],
-        )
-        ids = sorted({row[0] for row in changed} | {row[0] for row in cursor.fetchall()})
-        if ids:
-            cursor.execute(SUBDIVIDE, {"ids": ids, "vertices": SUBDIVIDE_MAX_VERTICES})
-            if source.level == RegionLevel.COUNTRY:
-                # New country outlines may change which country holds each lower region.
-                cursor.execute("UPDATE places_region SET parent_id = NULL WHERE level <> 'country'")
-            cursor.execute(LINK_PARENTS)
-            cursor.execute(LINK_NEAREST)
+        cursor.execute(WITHOUT_PIECES, [source.code_system])
+        recut = {row[0] for row in changed if row[2]} | {row[0] for row in cursor.fetchall()}
+        if recut or changed:
+            kept = regions_refresh(recut_ids=recut, touched_ids=[row[0] for row in changed])
+            result.places_reassigned = kept.places_reassigned
     if result.added or result.updated:
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE places_region, places_regionpart")
     logger.info(
-        "regions %s: %s read, %s added, %s updated, %s unchanged",
+        "regions %s: %s read, %s added, %s updated, %s unchanged, %s places re-assigned",
         source.code_system,
         result.read,
         result.added,
         result.updated,
         result.unchanged,
+        result.places_reassigned,
     )
     return result
 

@@ -1,30 +1,26 @@
-"""Writes to the gazetteer. Every change to a place is recorded in ``PlaceChange``."""
+"""Writes to places by curators and devices. Every change is recorded in ``PlaceChange``."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 from typing import Any
 
 from django.contrib.gis.geos import GEOSGeometry
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Model
 from django.utils import timezone
 
 from places import selectors
-from places.locks import AdvisoryLock
 from places.models import (
     ChangeOperation,
     ChangeSource,
     Dataset,
     Place,
-    PlaceAttribute,
     PlaceChange,
     PlaceStatus,
 )
-
-logger = logging.getLogger(__name__)
+from places.services.regions import regions_hold_for_locating
 
 # Fields a curator or device may change; the rest (keys, bookkeeping) are managed here.
 EDITABLE_FIELDS = (
@@ -74,7 +70,9 @@ def dataset_get_or_create(*, slug: str, defaults: dict[str, Any] | None = None) 
 def place_create(
     *, dataset: Dataset, source_key: str, data: dict[str, Any], user: Any = None
 ) -> Place:
-    """Create a place and its ``create`` change (version 1)."""
+    """Create a place and its ``create`` change (version 1); region and country, unless
+    given, by point in polygon."""
+    regions_hold_for_locating()
     place = Place(dataset=dataset, source_key=source_key, **data)
     _assign_regions(place, explicit=set(data))
     place.full_clean(exclude=["country", "region"])
@@ -120,6 +118,9 @@ def place_update(
     unknown = set(data) - set(EDITABLE_FIELDS)
     if unknown:
         raise ValueError(f"not editable: {', '.join(sorted(unknown))}")
+    if "location" in data:
+        # Before the row lock: region maintenance takes the regions lock, then place rows.
+        regions_hold_for_locating()
     current = Place.objects.select_for_update().get(pk=place.pk)
     if expected_version is not None and current.version != expected_version:
         raise PlaceVersionConflict(expected=expected_version, current=current.version)
@@ -153,7 +154,8 @@ def place_update(
 
 
 def _assign_regions(place: Place, *, explicit: set[str]) -> None:
-    """Region and country by point-in-polygon, unless the caller set them."""
+    """Region and country by point in polygon (``places.locate``), unless the caller set
+    them. The caller holds ``regions_hold_for_locating``."""
     if place.location is None:
         return
     region_id, country_id = selectors.regions_for_point(lon=place.location.x, lat=place.location.y)
@@ -201,62 +203,3 @@ def _record(
         device_id=device_id,
         comment=comment,
     )
-
-
-ATTRIBUTE_TABLE = PlaceAttribute._meta.db_table
-ATTRIBUTE_DEFAULT_PARTITION = f"{ATTRIBUTE_TABLE}_default"
-
-
-def place_attribute_partitions_ensure(
-    *, years_ahead: int = 2, today: dt.date | None = None
-) -> list[str]:
-    """Make sure yearly partitions exist from this year to ``years_ahead`` years ahead.
-
-    Rows that landed in the default partition for a year that now gets its own partition are
-    moved into it in the same transaction, so nothing is lost and the call is idempotent.
-    Years skipped while the task did not run (after the newest yearly partition) are
-    created too. Returns the names of the partitions it created.
-    """
-    year = (today or timezone.now().date()).year
-    created: list[str] = []
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_try_advisory_xact_lock(%s)", [AdvisoryLock.ATTRIBUTE_PARTITIONS.value]
-        )
-        if not cursor.fetchone()[0]:
-            logger.info("partition maintenance already running elsewhere; skipped")
-            return created
-        # Writers wait for the few milliseconds this takes, so no row can slip into the
-        # default partition between moving its rows out and creating the new partition.
-        cursor.execute(f"LOCK TABLE {ATTRIBUTE_TABLE} IN SHARE ROW EXCLUSIVE MODE")
-        cursor.execute(
-            "SELECT max(substring(c.relname FROM '_y([0-9]{4})$')::int) FROM pg_inherits i "
-            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
-            [ATTRIBUTE_TABLE],
-        )
-        newest = cursor.fetchone()[0]
-        first = min(year, newest + 1) if newest else year
-        columns = ", ".join(f.column for f in PlaceAttribute._meta.concrete_fields)
-        for y in range(first, year + years_ahead + 1):
-            name = f"{ATTRIBUTE_TABLE}_y{y}"
-            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
-            if cursor.fetchone()[0]:
-                continue
-            start, end = f"{y}-01-01", f"{y + 1}-01-01"
-            cursor.execute(
-                f"CREATE TEMP TABLE _moved ON COMMIT DROP AS WITH d AS ("
-                f" DELETE FROM {ATTRIBUTE_DEFAULT_PARTITION}"
-                f" WHERE observed_on >= %s AND observed_on < %s RETURNING *) SELECT * FROM d",
-                [start, end],
-            )
-            cursor.execute(
-                f"CREATE TABLE {name} PARTITION OF {ATTRIBUTE_TABLE} FOR VALUES FROM (%s) TO (%s)",
-                [start, end],
-            )
-            cursor.execute(
-                f"INSERT INTO {ATTRIBUTE_TABLE} ({columns}) SELECT {columns} FROM _moved"
-            )
-            cursor.execute("DROP TABLE _moved")
-            created.append(name)
-            logger.info("created partition %s", name)
-    return created

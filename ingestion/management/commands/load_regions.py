@@ -1,4 +1,8 @@
-"""Load a boundary file into regions: ``manage.py load_regions FILE --preset ne-countries``."""
+"""Load a boundary file into regions: ``manage.py load_regions FILE --preset ne-countries``.
+
+Changed boundaries are cut into pieces again and the places inside the old and the new
+boundaries are located again, each change logged (``places.services.regions_refresh``).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,10 @@ from places.models import RegionLevel
 
 
 class Command(BaseCommand):
-    help = "Load regions (countries, subdivisions, districts) from a boundary file."
+    help = (
+        "Load regions (countries, subdivisions, districts) from a boundary file; places inside "
+        "changed boundaries get their region and country again, logged in the change log."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("file", type=Path)
@@ -54,7 +61,8 @@ class Command(BaseCommand):
             raise CommandError(f"{path.name}: {exc}") from None
         self.stdout.write(
             f"{path.name}: {result.read} read, {result.added} added, {result.updated} updated, "
-            f"{result.unchanged} unchanged, {len(result.rejected)} rejected"
+            f"{result.unchanged} unchanged, {len(result.rejected)} rejected; "
+            f"{result.places_reassigned} places re-assigned"
         )
         for line in result.rejected[:20]:
             self.stdout.write(f"  rejected {line}")

@@ -1,0 +1,43 @@
+"""Writes of the places app: places (curators, devices), regions, attribute partitions.
+
+Callers import from here (``from places import services``); the modules are split by what
+they keep.
+"""
+
+from places.services.partitions import (
+    ATTRIBUTE_DEFAULT_PARTITION,
+    ATTRIBUTE_TABLE,
+    place_attribute_partitions_ensure,
+)
+from places.services.places import (
+    EDITABLE_FIELDS,
+    PlaceVersionConflict,
+    dataset_get_or_create,
+    place_create,
+    place_retire,
+    place_update,
+)
+from places.services.regions import (
+    SUBDIVIDE_MAX_VERTICES,
+    RegionsRefreshed,
+    region_save,
+    regions_hold_for_locating,
+    regions_refresh,
+)
+
+__all__ = [
+    "ATTRIBUTE_DEFAULT_PARTITION",
+    "ATTRIBUTE_TABLE",
+    "EDITABLE_FIELDS",
+    "SUBDIVIDE_MAX_VERTICES",
+    "PlaceVersionConflict",
+    "RegionsRefreshed",
+    "dataset_get_or_create",
+    "place_attribute_partitions_ensure",
+    "place_create",
+    "place_retire",
+    "place_update",
+    "region_save",
+    "regions_hold_for_locating",
+    "regions_refresh",
+]
