@@ -38,6 +38,7 @@ lint: deps
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint docker/Dockerfile
 	$(VENV)/bin/kubernetes-validate --strict --quiet k8s/*.yaml
+	$(VENV)/bin/mypy
 
 check: db
 	$(PY) manage.py check --fail-level WARNING

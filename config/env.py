@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import overload
 
 import environ
 
@@ -16,6 +17,10 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 
 
+@overload
+def secret(name: str, default: str) -> str: ...
+@overload
+def secret(name: str, default: None = None) -> str | None: ...
 def secret(name: str, default: str | None = None) -> str | None:
     """Read ``name`` from ``NAME_FILE`` if set, else from ``NAME``, else ``default``."""
     path = os.environ.get(f"{name}_FILE")

@@ -10,10 +10,11 @@ their text form; nested values (``tags_raw`` as an object, lists) become JSON te
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import ijson
 
@@ -66,10 +67,10 @@ class JsonArrayReader:
         if not objects:
             raise UnreadableFile("the JSON array holds no objects")
 
-    def _open(self) -> IO[bytes]:
+    def _open(self) -> gzip.GzipFile | io.BufferedReader:
         return gzip.open(self.path, "rb") if self.gzip else open(self.path, "rb")
 
-    def _items(self, fh: IO[bytes]) -> Iterator[Any]:
+    def _items(self, fh: gzip.GzipFile | io.BufferedReader) -> Iterator[Any]:
         try:
             yield from ijson.items(fh, "item", use_float=True)
         except ijson.JSONError as exc:
