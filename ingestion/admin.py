@@ -1,7 +1,9 @@
-"""Imports in the admin: upload a file, inspect it, fix the mapping, dry run, apply or cancel.
+"""Imports in the admin: upload a file, inspect it, fix the mapping, dry run, apply, cancel
+or resume.
 
-Every step is a service call (``ingestion.services.jobs``); these views only turn forms and
-buttons into those calls and show the job. Rejected rows stay read-only, as the audit.
+Every step is a service call (``ingestion.services.jobs`` and ``.inspection``); these views
+only turn forms and buttons into those calls and show the job. Rejected rows stay read-only,
+as the audit.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ingestion import selectors
 from ingestion.mapping import ColumnMapping
 from ingestion.models import ImportJob, ImportMode, ImportRejection, ImportState
 from ingestion.readers import UnreadableFile
-from ingestion.services import imports, jobs
+from ingestion.services import inspection, jobs
 from places.admin_base import FastChangeListMixin, IdSearchMixin, ReadOnlyAdminMixin
 from places.models import Dataset
 
@@ -38,30 +40,6 @@ MODE_HELP = (
     "retires (never deletes) this dataset's imported places that are missing from the file. "
     "Append only adds places whose key is new."
 )
-
-STATE_HELP = {
-    ImportState.UPLOADED: "The file is stored. Inspect it to see its columns and rows.",
-    ImportState.INSPECTED: (
-        "Check the columns and sample rows, correct the mapping if needed, then run a dry run: "
-        "it shows what the import would do and changes nothing."
-    ),
-    ImportState.QUEUED: (
-        "Waiting for a worker on the ingestion queue. If it stays here, check that a worker "
-        "is running (celery -A config worker -Q ingestion). A queued job can be cancelled."
-    ),
-    ImportState.RUNNING: (
-        "A worker is running the job. An apply is one transaction: it ends done, or failed "
-        "with nothing changed, so it cannot be cancelled half-way."
-    ),
-    ImportState.DRY_RUN_READY: (
-        "The dry run is ready below. Apply to make these changes (they are computed again, "
-        "so edits made since then are taken into account), change the mapping and run "
-        "another dry run, or cancel."
-    ),
-    ImportState.DONE: "The import is applied. Its changes are in each place's history.",
-    ImportState.FAILED: "The job failed and changed nothing. Fix the file and upload it again.",
-    ImportState.CANCELLED: "The job was cancelled; the stored file is kept for the record.",
-}
 
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "vertical bar"}
 
@@ -90,7 +68,7 @@ class UploadForm(forms.Form):
         help_text=(
             "CSV or TSV (any delimiter and encoding, plain or .gz), GeoJSON (plain or .gz), "
             "a zipped Shapefile or a GeoPackage. The format is read from the content, not "
-            f"the name; at most {imports.MAX_FILE_BYTES // 1024**3} GB. The file is "
+            f"the name; at most {jobs.MAX_FILE_BYTES // 1024**3} GB. The file is "
             "inspected first: nothing is imported until you apply it."
         )
     )
@@ -182,6 +160,7 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
             ),
             path("<int:job_id>/apply/", wrap(self.apply_view), name="ingestion_importjob_apply"),
             path("<int:job_id>/cancel/", wrap(self.cancel_view), name="ingestion_importjob_cancel"),
+            path("<int:job_id>/resume/", wrap(self.resume_view), name="ingestion_importjob_resume"),
             path(
                 "<int:job_id>/rejected-rows.csv",
                 wrap(self.rejections_csv_view),
@@ -200,7 +179,7 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
         form = UploadForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             try:
-                job = jobs.import_job_upload(
+                job = inspection.import_job_upload(
                     upload=form.cleaned_data["file"],
                     dataset=form.cleaned_data["dataset"],
                     mode=form.cleaned_data["mode"],
@@ -278,7 +257,8 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
             "title": f"Import #{job.pk}: {job.original_name}",
             "job": job,
             "original": job,
-            "state_help": STATE_HELP.get(ImportState(job.state), ""),
+            "state_help": selectors.import_job_state_help(job=job),
+            "applied_part": selectors.import_job_applied_part(job=job),
             "status": selectors.import_job_status(job=job),
             "inspection": job.inspection,
             "delimiter_label": DELIMITERS.get(job.inspection.get("delimiter", ""), ""),
@@ -298,10 +278,23 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
             "can_inspect": can_change and job.state == ImportState.UPLOADED,
             "can_dry_run": can_change and job.state in jobs.MAPPING_EDITABLE,
             "can_apply": can_change and job.state == ImportState.DRY_RUN_READY,
-            "can_cancel": can_change and job.state in jobs.CANCELLABLE,
+            "can_cancel": can_change
+            and (
+                job.state in jobs.CANCELLABLE
+                or (job.state == ImportState.RUNNING and not job.cancel_requested_at)
+            ),
+            "can_resume": can_change and selectors.import_job_resumable(job=job),
             "urls": {
                 name: reverse(f"admin:ingestion_importjob_{name}", args=[job.pk])
-                for name in ("progress", "inspect", "dry_run", "apply", "cancel", "rejections_csv")
+                for name in (
+                    "progress",
+                    "inspect",
+                    "dry_run",
+                    "apply",
+                    "cancel",
+                    "resume",
+                    "rejections_csv",
+                )
             },
             **(extra_context or {}),
         }
@@ -311,7 +304,7 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
 
     def inspect_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
         return self._step(
-            request, job_id, "inspected", lambda job: jobs.import_job_inspect(job=job)
+            request, job_id, "inspected", lambda job: inspection.import_job_inspect(job=job)
         )
 
     def dry_run_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
@@ -329,6 +322,14 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
 
     def cancel_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
         return self._step(request, job_id, "cancelled", lambda job: jobs.import_job_cancel(job=job))
+
+    def resume_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        return self._step(
+            request,
+            job_id,
+            "queued to go on from its checkpoint",
+            lambda job: jobs.import_job_resume(job=job),
+        )
 
     def progress_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
         job = self._job_or_404(request, job_id)
@@ -363,6 +364,12 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
         else:
             if job.state == ImportState.FAILED:
                 messages.error(request, f"Job #{job.pk} failed: {job.error}")
+            elif job.state == ImportState.RUNNING and job.cancel_requested_at:
+                messages.success(
+                    request,
+                    f"Job #{job.pk} stops after the batch it is applying; what committed "
+                    "stays applied.",
+                )
             else:
                 messages.success(request, f"Job #{job.pk} {done}.")
         return HttpResponseRedirect(self._job_url(job))

@@ -15,7 +15,8 @@ from django.conf import settings
 from django.core.cache import cache
 
 from ingestion.models import ImportJob
-from ingestion.services.imports import import_job_create, import_job_execute
+from ingestion.services.imports import import_job_execute
+from ingestion.services.jobs import import_job_create
 from ingestion.services.regions import PRESETS, region_load
 from places.models import Dataset
 from places.services import dataset_get_or_create

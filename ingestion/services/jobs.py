@@ -1,70 +1,49 @@
-"""The admin's import steps: upload, inspect, choose the mapping, dry run, apply or cancel.
+"""An import job's life: create, inspect, choose the mapping, dry run, apply, cancel, resume.
 
-States move ``uploaded → inspected → (queued → applying →) dry_run_ready → (queued →
-applying →) done``, or end ``failed`` / ``cancelled``. Every step checks the state it starts
+States move ``uploaded → inspected → (queued → running →) dry_run_ready → (queued →
+running →) done``, or end ``failed`` / ``cancelled``. Every step checks the state it starts
 from under a row lock, so two clicks, or a click racing the worker, cannot both win.
 
-A job that is ``applying`` cannot be cancelled: the apply is one transaction that either
-commits whole or fails with nothing changed, and the worker has no safe point to stop in
-between. It is refused with that reason; a ``queued`` job can be cancelled, and the task,
-when it arrives, finds nothing to run.
+An apply commits in batches, each with the job's checkpoint. So:
+
+- a job that fails part-way keeps what its committed batches applied (its counts say how
+  much) and can be **resumed**: the rest is applied from the checkpoint;
+- a **running** job can be cancelled: the worker stops before its next batch, the job ends
+  ``cancelled`` with the counts of what was applied, and it too can be resumed;
+- a job that is not running yet is cancelled at once, and its task finds nothing to run.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import hashlib
 import logging
-import os
-import tempfile
-import zlib
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-from django.core.exceptions import SuspiciousFileOperation
-from django.core.files.uploadedfile import UploadedFile
-from django.db import transaction
+from django.core.files import File
+from django.db import connection, transaction
 from django.db.models.functions import Now
-from django.utils.text import get_valid_filename
 from kombu.exceptions import OperationalError as BrokerError
-from pyogrio.errors import DataLayerError, DataSourceError
-from pyogrio.raw import open_arrow
 
 from ingestion import tasks
 from ingestion.mapping import ColumnMapping, mapping_problems, mapping_propose
 from ingestion.models import ImportJob, ImportMode, ImportState
-from ingestion.readers import CsvReader, GeoReader, UnreadableFile, open_reader
-from ingestion.selectors import import_job_mapping_problems
-from ingestion.services import imports
+from ingestion.readers import UnreadableFile, detect_format, open_reader, srid_from_crs
+from ingestion.selectors import import_job_mapping_problems, import_job_resumable
 from places.models import Dataset
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_ROWS = 10
-SAMPLE_TEXT = 200
-# CSV files up to this size (as stored, so gzip counts compressed) are counted row by row;
-# larger ones are estimated from their first megabyte, and the job page says so.
-EXACT_COUNT_MAX_BYTES = 8 * 1024**2
-ESTIMATE_SAMPLE_BYTES = 1 << 20
-
+MAX_FILE_BYTES = 2 * 1024**3
 MAPPING_EDITABLE = (ImportState.INSPECTED, ImportState.DRY_RUN_READY)
+# Cancelled at once; a running job is asked to stop after its batch instead.
 CANCELLABLE = (
     ImportState.UPLOADED,
     ImportState.INSPECTED,
     ImportState.DRY_RUN_READY,
     ImportState.QUEUED,
-)
-_READ_ERRORS = (
-    UnreadableFile,
-    DataLayerError,
-    DataSourceError,
-    pa.ArrowException,
-    OSError,
-    EOFError,
-    zlib.error,
 )
 
 
@@ -80,239 +59,87 @@ class MappingInvalid(ValueError):
         self.problems = problems
 
 
-def import_job_upload(*, upload: UploadedFile, dataset: Dataset, mode: str, user: Any) -> ImportJob:
-    """Store an uploaded file as a job for the admin's steps, then inspect it.
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    Raises ``UnreadableFile`` (nothing stored) for an empty, over-size or unreadable file.
-    The job comes back ``inspected``, or ``failed`` with the reason when the file passed the
-    first checks but its rows cannot be read.
+
+def import_job_create(
+    *,
+    path: Path,
+    dataset: Dataset,
+    user: Any = None,
+    dry_run: bool = False,
+    mode: str = ImportMode.UPSERT,
+    mapping: dict[str, Any] | None = None,
+    original_name: str | None = None,
+    wait_for_review: bool = False,
+) -> ImportJob:
+    """Check the file, store a copy, propose a column mapping and queue the job.
+
+    Raises ``UnreadableFile`` (nothing stored) when the file cannot be imported.
+    ``wait_for_review`` (the admin's upload → inspect → dry run → apply steps) stores the
+    job as ``uploaded`` instead, with the proposed mapping even when it is not usable yet:
+    the user corrects it on the job's page, and it is checked again before anything runs.
     """
-    if not upload.size:
+    size = path.stat().st_size
+    if size == 0:
         raise UnreadableFile("the file is empty")
-    if upload.size > imports.MAX_FILE_BYTES:
-        raise UnreadableFile(
-            f"the file is {upload.size} bytes; the limit is {imports.MAX_FILE_BYTES}"
-        )
-    with tempfile.TemporaryDirectory(prefix="places-upload-") as folder:
-        path = Path(folder) / _safe_name(upload.name or "")
-        if hasattr(upload, "temporary_file_path"):
-            # Django already spooled a large upload to disk: no second copy.
-            os.symlink(upload.temporary_file_path(), path)
-        else:
-            with open(path, "wb") as fh:
-                for chunk in upload.chunks():
-                    fh.write(chunk)
-        try:
-            job = imports.import_job_create(
-                path=path,
-                dataset=dataset,
-                user=user,
-                mode=mode,
-                original_name=(upload.name or path.name)[:255],
-                staged=True,
-            )
-        except (EOFError, OSError, zlib.error) as exc:
-            # A corrupt or truncated gzip breaks the format check itself.
-            raise UnreadableFile(f"the file cannot be read: {exc}") from None
-    return import_job_inspect(job=job)
-
-
-def _safe_name(name: str) -> str:
-    try:
-        return get_valid_filename(Path(name).name)[:100]
-    except SuspiciousFileOperation:
-        return "upload"
-
-
-def import_job_inspect(*, job: ImportJob) -> ImportJob:
-    """Record what the file holds: format, layers, columns, encoding, row count, sample rows
-    and the proposed mapping; ``uploaded`` → ``inspected`` (inspecting again is harmless).
-
-    A file whose rows cannot be read fails the job with the reason.
-    """
-    if job.state not in (ImportState.UPLOADED, ImportState.INSPECTED):
-        raise ImportJobStateError(
-            f"job #{job.pk} is {job.get_state_display().lower()}; only a job that has not run "
-            "yet can be inspected"
-        )
-    path = Path(job.file.path)
-    try:
-        reader = open_reader(path, job.format)
-        layers = reader.layers()
-        if not layers:
-            raise UnreadableFile("the file holds no layers")
-        unsplit: list[tuple[int | None, str]] = []
-        if isinstance(reader, CsvReader):
-            row_count, estimated = _csv_row_count(reader, path)
-            layer_rows: list[int | None] = [row_count]
-            # A whole read (exact count) found every record that cannot be split, with its
-            # line; otherwise the sample's first block shows those it holds.
-            unsplit = list(reader.invalid_rows)
-            sample_columns, sample_rows = _csv_sample(reader)
-            unsplit = unsplit or list(reader.invalid_rows)
-        else:
-            layer_rows = [layer.features for layer in layers]
-            row_count = None if None in layer_rows else sum(r or 0 for r in layer_rows)
-            estimated = False
-            sample_columns, sample_rows = (
-                _geo_sample(reader, layers[0].name)
-                if isinstance(reader, GeoReader)
-                else _batch_sample(reader, layers[0].name)
-            )
-    except _READ_ERRORS as exc:
-        message = f"the file cannot be read: {exc}"
-        logger.info("import job %s: inspection failed: %s", job.pk, message)
-        ImportJob.objects.filter(
-            pk=job.pk, state__in=(ImportState.UPLOADED, ImportState.INSPECTED)
-        ).update(state=ImportState.FAILED, error=message[:2000], finished_at=Now())
-        job.refresh_from_db()
-        return job
-    columns = list(layers[0].columns)
-    inspection: dict[str, Any] = {
-        "format": job.format,
-        "layers": [
-            {
-                "name": layer.name,
-                "geometry_type": layer.geometry_type,
-                "features": rows,
-                "crs": layer.crs,
-            }
-            for layer, rows in zip(layers, layer_rows, strict=True)
-        ],
-        "columns": columns,
-        "row_count": row_count,
-        "row_count_estimated": estimated,
-        "sample_columns": sample_columns,
-        "sample_rows": sample_rows,
-        # Left out of the sample (they have no columns) but rejected by the import.
-        "unsplit_rows": [{"line": line, "text": _cell(text)} for line, text in unsplit[:5]],
-        "unsplit_count": len(unsplit),
-        "has_geometry": reader.has_geometry,
-        "proposed_mapping": mapping_propose(columns, has_geometry=reader.has_geometry).as_dict(),
-    }
-    if isinstance(reader, CsvReader):
-        inspection["encoding"] = reader.encoding
-        inspection["delimiter"] = reader.delimiter
-    with transaction.atomic():
-        locked = _locked(job)
-        if locked.state not in (ImportState.UPLOADED, ImportState.INSPECTED):
-            raise ImportJobStateError(f"job #{job.pk} changed state while being inspected")
-        locked.inspection = inspection
-        locked.rows_total = row_count
-        locked.state = ImportState.INSPECTED
-        locked.save(update_fields=["inspection", "rows_total", "state"])
-    return locked
-
-
-def _csv_row_count(reader: CsvReader, path: Path) -> tuple[int, bool]:
-    """Data rows of a CSV (malformed records included), and whether it is an estimate."""
-    if path.stat().st_size <= EXACT_COUNT_MAX_BYTES:
-        rows = sum(batch.num_rows for batch in reader.batches())
-        return rows + len(reader.invalid_rows), False
-    return _csv_row_estimate(reader, path), True
-
-
-def _csv_row_estimate(reader: CsvReader, path: Path) -> int:
-    """Records in the first megabyte, scaled by how much of the (compressed) file it took."""
-    decompress = zlib.decompressobj(16 + zlib.MAX_WBITS) if _is_gzip(path) else None
-    text = bytearray()
-    consumed = 0
+    if size > MAX_FILE_BYTES:
+        raise UnreadableFile(f"the file is {size} bytes; the limit is {MAX_FILE_BYTES}")
+    fmt = detect_format(path)
+    reader = open_reader(path, fmt)
+    layers = reader.layers()
+    if not layers:
+        raise UnreadableFile("the file holds no layers")
+    proposed = mapping_propose(layers[0].columns, has_geometry=reader.has_geometry)
+    chosen = ColumnMapping.from_dict({**proposed.as_dict(), **(mapping or {})})
+    problems = mapping_problems(chosen, columns=layers[0].columns, has_geometry=reader.has_geometry)
+    if problems and not wait_for_review:
+        raise UnreadableFile("; ".join(f"{name}: {message}" for name, message in problems.items()))
+    if reader.has_geometry:
+        _check_crs(layers)
+    job = ImportJob(
+        dataset=dataset,
+        original_name=original_name or path.name,
+        size_bytes=size,
+        sha256=file_sha256(path),
+        format=fmt,
+        options={
+            "mapping": chosen.as_dict(),
+            # The first layer's columns in file order: reports list original values so.
+            "columns": list(layers[0].columns),
+            "layers": [
+                {"name": layer.name, "geometry_type": layer.geometry_type, "crs": layer.crs}
+                for layer in layers
+            ],
+            **(
+                {"encoding": reader.encoding, "delimiter": reader.delimiter} if fmt == "csv" else {}
+            ),
+        },
+        mode=mode,
+        dry_run=dry_run,
+        state=ImportState.UPLOADED if wait_for_review else ImportState.QUEUED,
+        rows_total=sum(layer.features or 0 for layer in layers) or None,
+        created_by=user if getattr(user, "is_authenticated", False) else None,
+    )
     with open(path, "rb") as fh:
-        while len(text) < ESTIMATE_SAMPLE_BYTES:
-            chunk = fh.read(1 << 16)
-            if not chunk:
-                break
-            consumed += len(chunk)
-            if decompress is None:
-                text += chunk
-            else:
-                text += decompress.decompress(chunk)
-                consumed -= len(decompress.unused_data)
-    lines = bytes(text).decode(reader.encoding, errors="replace")
-    records = 0
-    try:
-        for _ in csv.reader(io.StringIO(lines), delimiter=reader.delimiter):
-            records += 1
-    except csv.Error:  # the sample ends inside a quoted value
-        pass
-    # The header is one record and the last one is probably cut.
-    records = max(records - 2, 1)
-    return max(1, round(records * path.stat().st_size / max(consumed, 1)))
+        job.file.save(f"{job.sha256[:16]}-{path.name}", File(fh), save=False)
+    job.save()
+    return job
 
 
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(2) == b"\x1f\x8b"
-
-
-def _cell(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else str(value)
-    return text if len(text) <= SAMPLE_TEXT else text[: SAMPLE_TEXT - 1] + "…"
-
-
-def _csv_sample(reader: CsvReader) -> tuple[list[str], list[list[str | None]]]:
-    batches = reader.batches()
-    try:
-        batch = next(batches, None)
-    finally:
-        batches.close()
-    if batch is None:
-        return reader.header, []
-    count = min(SAMPLE_ROWS, batch.num_rows)
-    rows = [[_cell(batch.columns[c][i]) for c in reader.header] for i in range(count)]
-    return reader.header, rows
-
-
-def _batch_sample(reader: Any, layer: str) -> tuple[list[str], list[list[str | None]]]:
-    """The first rows of a streamed reader (Parquet, JSON array): its first batch only."""
-    from django.contrib.gis.geos import GEOSException, GEOSGeometry
-
-    batches = reader.batches(layer)
-    try:
-        batch = next(batches, None)
-    finally:
-        batches.close()
-    if batch is None:
-        return [], []
-    names = list(batch.columns)
-    rows: list[list[str | None]] = []
-    for i in range(min(SAMPLE_ROWS, batch.num_rows)):
-        values = [_cell(batch.columns[n][i]) for n in names]
-        if batch.wkb is not None:
-            wkb = batch.wkb[i]
-            try:
-                values.append(_cell(GEOSGeometry(memoryview(wkb)).wkt) if wkb else None)
-            except (GEOSException, ValueError):
-                values.append("(unreadable geometry)")
-        rows.append(values)
-    return ([*names, "geometry"] if batch.wkb is not None else names), rows
-
-
-def _geo_sample(reader: GeoReader, layer: str) -> tuple[list[str], list[list[str | None]]]:
-    """The first features of a layer; geometries as (shortened) WKT in the file's CRS."""
-    from django.contrib.gis.geos import GEOSException, GEOSGeometry
-
-    # Batches of the sample's size, of which only the first is read.
-    with open_arrow(reader.source, layer=layer, batch_size=SAMPLE_ROWS, use_pyarrow=True) as (
-        meta,
-        arrow,
-    ):
-        geometry = meta.get("geometry_name") or "wkb_geometry"
-        names = [str(f) for f in meta["fields"]]
-        first = next(iter(arrow), None)
-    records = first.to_pylist()[:SAMPLE_ROWS] if first is not None else []
-    rows: list[list[str | None]] = []
-    for record in records:
-        values = [_cell(record.get(n)) for n in names]
-        wkb = record.get(geometry)
-        try:
-            values.append(_cell(GEOSGeometry(memoryview(wkb)).wkt) if wkb else None)
-        except (GEOSException, ValueError):
-            values.append("(unreadable geometry)")
-        rows.append(values)
-    return [*names, "geometry"], rows
+def _check_crs(layers: list[Any]) -> None:
+    """Every layer's CRS must be known to GDAL and to PostGIS, before the job is queued."""
+    srids = {srid_from_crs(layer.crs) for layer in layers}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT srid FROM spatial_ref_sys WHERE srid = ANY(%s)", [sorted(srids)])
+        known = {row[0] for row in cursor.fetchall()}
+    if srids - known:
+        raise UnreadableFile(f"coordinate system EPSG:{min(srids - known)} is not supported")
 
 
 def import_job_mapping_set(*, job: ImportJob, mapping: dict[str, Any], mode: str) -> ImportJob:
@@ -374,15 +201,44 @@ def import_job_apply_queue(*, job: ImportJob) -> ImportJob:
 
 
 def import_job_cancel(*, job: ImportJob) -> ImportJob:
-    """Cancel a job that is not running; the stored file and any report are kept for audit."""
+    """Cancel a job. One that is not running ends ``cancelled`` at once; a running one is
+    asked to stop (``cancel_requested_at``): the worker finishes the batch it is applying,
+    starts no other and ends the job ``cancelled`` with the counts of what committed.
+    The stored file and any report are kept for audit."""
     with transaction.atomic():
         locked = _locked(job)
-        if locked.state not in CANCELLABLE:
+        if locked.state == ImportState.RUNNING:
+            if locked.cancel_requested_at is None:
+                locked.cancel_requested_at = Now()
+                locked.save(update_fields=["cancel_requested_at"])
+        elif locked.state in CANCELLABLE:
+            locked.state = ImportState.CANCELLED
+            locked.finished_at = Now()
+            locked.save(update_fields=["state", "finished_at"])
+        else:
             raise ImportJobStateError(_refusal(locked, "cancel"))
-        locked.state = ImportState.CANCELLED
-        locked.finished_at = Now()
-        locked.save(update_fields=["state", "finished_at"])
     locked.refresh_from_db()
+    return locked
+
+
+def import_job_resume(*, job: ImportJob, enqueue: bool = True) -> ImportJob:
+    """Queue a job that stopped part-way (failed while running, or cancelled while running)
+    to go on from its checkpoint: the batches that committed are not applied again, its
+    counts keep adding up, and a dry run is simply run again. The file is staged again if
+    its staging rows are gone. ``enqueue=False`` leaves the run to the caller (a command's
+    ``--sync``)."""
+    with transaction.atomic():
+        locked = _locked(job)
+        if not import_job_resumable(job=locked):
+            raise ImportJobStateError(_refusal(locked, "resume"))
+        locked.state = ImportState.QUEUED
+        locked.attempts = 0
+        locked.error = ""
+        locked.cancel_requested_at = None
+        locked.finished_at = None
+        locked.save()
+        if enqueue:
+            transaction.on_commit(partial(_enqueue, locked.pk))
     return locked
 
 
@@ -411,6 +267,9 @@ def _queue(*, job: ImportJob, dry_run: bool, allowed: Iterable[str]) -> ImportJo
         locked.attempts = 0
         locked.error = ""
         locked.started_at = locked.finished_at = None
+        locked.cancel_requested_at = None
+        # The apply after a dry run starts from nothing: the dry run applied no batch.
+        locked.checkpoint = {}
         locked.save()
         transaction.on_commit(partial(_enqueue, locked.pk))
     return locked
@@ -440,17 +299,27 @@ def _reset_counts(job: ImportJob) -> None:
 
 def _refusal(job: ImportJob, action: str) -> str:
     state = job.get_state_display().lower()
+    resumable = import_job_resumable(job=job)
     why = {
         ImportState.UPLOADED: "inspect it first",
         ImportState.INSPECTED: "run a dry run first; apply follows a dry run",
         ImportState.QUEUED: "it is already queued",
         ImportState.RUNNING: (
-            "it is running; an apply is one transaction that ends done, or failed with "
-            "nothing changed, and cannot be stopped half-way"
+            "it is stopping after the batch it is applying"
+            if job.cancel_requested_at
+            else "it is running; cancel it to stop it after the batch it is applying"
         ),
         ImportState.DONE: "it has been applied; import the file again for another run",
-        ImportState.FAILED: "upload the file again once the error is fixed",
-        ImportState.CANCELLED: "upload the file again to import it",
-        ImportState.DRY_RUN_READY: "its dry run is ready",
+        ImportState.FAILED: (
+            "resume it to go on from its checkpoint"
+            if resumable
+            else "it failed before it ran; fix the problem and upload the file again"
+        ),
+        ImportState.CANCELLED: (
+            "resume it to go on from its checkpoint"
+            if resumable
+            else "it was cancelled before it ran; upload the file again to import it"
+        ),
+        ImportState.DRY_RUN_READY: "its dry run is ready; apply it or run it again",
     }[ImportState(job.state)]
     return f"cannot {action} job #{job.pk}: it is {state}; {why}"

@@ -50,7 +50,7 @@ def malformed_rows(
             "fields": constant("{}", size),
             "fingerprint": constant("", size),
             "raw": pa.array(
-                [json.dumps({"text_array": text}, ensure_ascii=False) for _, text in rows],
+                [json.dumps({"_text": text}, ensure_ascii=False) for _, text in rows],
                 pa.string(),
             ),
             "reject": constant("malformed_row", size),

@@ -232,7 +232,8 @@ def _run_child(kind: str, path: Path, slug: str) -> None:
         rows = _bulk_create(path, dataset)
         result: dict[str, Any] = {"rows": rows, "seconds": time.perf_counter() - started}
     else:
-        from ingestion.services.imports import import_job_create, import_job_execute
+        from ingestion.services.imports import import_job_execute
+        from ingestion.services.jobs import import_job_create
 
         started = time.perf_counter()
         job = import_job_create(path=path, dataset=dataset)

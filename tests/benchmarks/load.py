@@ -126,7 +126,8 @@ def bench_data_ensure(*, url: str, params: Parameters, reload: bool) -> dict[str
     call_command("migrate", verbosity=0)
 
     from ingestion.models import ImportState
-    from ingestion.services.imports import import_job_create, import_job_execute
+    from ingestion.services.imports import import_job_execute
+    from ingestion.services.jobs import import_job_create
     from places.services import dataset_get_or_create
     from tests.benchmarks.regions import load_sample_regions
 

@@ -43,7 +43,8 @@ def main(runs: int) -> dict[str, object]:
     from django.contrib.gis.geos import Point
     from django.core.management import call_command
 
-    from ingestion.services.imports import import_job_create, import_job_execute
+    from ingestion.services.imports import import_job_execute
+    from ingestion.services.jobs import import_job_create
     from places.models import Place
     from places.services import dataset_get_or_create
     from tests.benchmarks.regions import SAMPLE, load_sample_regions

@@ -17,14 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.contrib.gis.geos import Point
-from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from ingestion import selectors
 from ingestion.models import ImportJob, ImportRejection, ImportState
-from ingestion.selectors import PROGRESS_KEY, spreadsheet_safe
-from ingestion.services import imports, jobs
+from ingestion.selectors import spreadsheet_safe
+from ingestion.services import inspection, jobs
+from ingestion.services.imports.progress import import_job_progress_publish
 from ingestion.tasks import import_job_run
 from places.models import Dataset, Place
 from places.services import dataset_get_or_create
@@ -153,7 +153,7 @@ def test_empty_file_is_refused_on_the_form(admin_client, dataset):
 
 
 def test_file_over_the_size_limit_is_refused_with_the_limit(admin_client, dataset, monkeypatch):
-    monkeypatch.setattr(imports, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(jobs, "MAX_FILE_BYTES", 100)
     response = _upload(admin_client, dataset, "big.csv", NASTY.read_bytes())
     assert response.status_code == 200
     assert "the limit is 100" in str(response.context["form"].errors["file"])
@@ -200,10 +200,10 @@ def test_shapefile_inspection_lists_layers_with_counts_and_crs(admin_client, dat
 
 def test_large_csv_row_count_is_estimated_and_labelled(dataset, monkeypatch):
     # given a CSV above the size counted exactly
-    monkeypatch.setattr(jobs, "EXACT_COUNT_MAX_BYTES", 1000)
-    job = imports.import_job_create(path=GB_CSV, dataset=dataset, staged=True)
+    monkeypatch.setattr(inspection, "EXACT_COUNT_MAX_BYTES", 1000)
+    job = jobs.import_job_create(path=GB_CSV, dataset=dataset, wait_for_review=True)
     # when it is inspected
-    job = jobs.import_job_inspect(job=job)
+    job = inspection.import_job_inspect(job=job)
     # then the count is an estimate, and a close one (the file has 34,613 rows)
     assert job.inspection["row_count_estimated"] is True
     assert 34_613 * 0.8 < job.rows_total < 34_613 * 1.2
@@ -505,7 +505,7 @@ def test_spreadsheet_safe_cells(value, expected):
 
 
 def test_rejected_rows_are_read_in_keyset_pages_in_row_order(dataset):
-    job = imports.import_job_create(path=NASTY, dataset=dataset, staged=True)
+    job = jobs.import_job_create(path=NASTY, dataset=dataset, wait_for_review=True)
     ImportRejection.objects.bulk_create(
         ImportRejection(job=job, row_number=n, reason="missing_key", raw={"n": str(n)})
         for n in [5, 3, 3, 9, 1, 7, 3]
@@ -544,11 +544,14 @@ def test_cancel_closes_the_job_and_a_late_task_does_nothing(
     ("state", "step", "reason"),
     [
         (ImportState.INSPECTED, "apply", "run a dry run first"),
-        (ImportState.FAILED, "apply", "upload the file again once the error is fixed"),
+        (ImportState.FAILED, "apply", "it failed before it ran; fix the problem and upload"),
         (ImportState.FAILED, "dry_run", "upload the file again"),
+        (ImportState.FAILED, "resume", "it failed before it ran"),
         (ImportState.CANCELLED, "apply", "upload the file again to import it"),
-        (ImportState.RUNNING, "cancel", "cannot be stopped half-way"),
-        (ImportState.RUNNING, "apply", "cannot be stopped half-way"),
+        (ImportState.CANCELLED, "resume", "it was cancelled before it ran"),
+        (ImportState.RUNNING, "apply", "cancel it to stop it after the batch it is applying"),
+        (ImportState.RUNNING, "resume", "cancel it to stop it after the batch it is applying"),
+        (ImportState.DONE, "resume", "it has been applied"),
         (ImportState.QUEUED, "apply", "already queued"),
         (ImportState.DONE, "cancel", "it has been applied"),
         (ImportState.DONE, "apply", "it has been applied"),
@@ -634,7 +637,7 @@ def test_progress_endpoint_reports_state_phase_and_rows(
     assert 'data-running="true"' in page
     # a worker has read 5 of 11 rows (what the import service publishes as it reads)
     ImportJob.objects.filter(pk=job.pk).update(state=ImportState.RUNNING)
-    cache.set(PROGRESS_KEY.format(job.pk), 5)
+    import_job_progress_publish(job.pk, rows=5, phase="reading rows")
     status = admin_client.get(url).json()
     assert (status["phase"], status["rows_read"], status["rows_total"], status["percent"]) == (
         "reading rows",
@@ -642,8 +645,13 @@ def test_progress_endpoint_reports_state_phase_and_rows(
         11,
         45,
     )
-    cache.set(PROGRESS_KEY.format(job.pk), 11)
-    assert admin_client.get(url).json()["phase"] == "checking rows"
+    assert status["state_label"] == "Running the dry run"
+    # then 3 of its 4 batches are committed: the bar follows the batches
+    import_job_progress_publish(
+        job.pk, rows=11, phase="applying: 3 of 4 batches committed", batches=3, batches_total=4
+    )
+    status = admin_client.get(url).json()
+    assert (status["phase"], status["percent"]) == ("applying: 3 of 4 batches committed", 75)
     # finished
     ImportJob.objects.filter(pk=job.pk).update(state=ImportState.QUEUED)
     import_job_run(job.pk)

@@ -17,13 +17,14 @@ from django.db.models import Count
 from django.utils import timezone
 
 from ingestion.models import ImportJob, ImportMode, ImportState
-from ingestion.services import imports
+from ingestion.services.imports import apply as apply_phase
 from ingestion.services.imports import (
-    import_job_create,
     import_job_execute,
     import_jobs_stale_claim,
     import_stage_sweep,
 )
+from ingestion.services.imports import run as run_phase
+from ingestion.services.jobs import import_job_create
 from places.locks import AdvisoryLock
 from places.models import Place, PlaceChange, RegionPart
 from places.services import dataset_get_or_create
@@ -58,7 +59,7 @@ def _stage_rows(job: ImportJob) -> int:
 
 def _crash_after(monkeypatch: pytest.MonkeyPatch, batches: int, error: BaseException) -> None:
     """Make the run stop with ``error`` once ``batches`` batches have committed."""
-    apply_batch = imports._apply_batch
+    apply_batch = apply_phase.apply_batch
     done = []
 
     def apply_then_crash(*args, **kwargs):
@@ -67,7 +68,7 @@ def _crash_after(monkeypatch: pytest.MonkeyPatch, batches: int, error: BaseExcep
         if len(done) == batches:
             raise error
 
-    monkeypatch.setattr(imports, "_apply_batch", apply_then_crash)
+    monkeypatch.setattr(apply_phase, "apply_batch", apply_then_crash)
 
 
 def _assert_imported_exactly_once(job: ImportJob) -> None:
@@ -163,7 +164,7 @@ def test_a_second_delivery_while_a_run_is_alive_changes_nothing(sample_regions, 
     job = import_job_create(
         path=FIXTURES / "nasty_places.csv", dataset=dataset_get_or_create(slug="busy")
     )
-    monkeypatch.setattr(imports, "JOB_LOCK_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(run_phase, "JOB_LOCK_WAIT_SECONDS", 0.2)
     with psycopg.connect(**database_kwargs(), autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s, %s)", [int(AdvisoryLock.IMPORT_JOB), job.pk])
         # when the task is delivered a second time

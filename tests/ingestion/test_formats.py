@@ -21,7 +21,8 @@ from ingestion.mapping import mapping_propose
 from ingestion.models import ImportJob, ImportState
 from ingestion.normalize import packed_class_not_worship
 from ingestion.readers import JsonArrayReader, ParquetReader, UnreadableFile, detect_format
-from ingestion.services.imports import import_job_create, import_job_execute
+from ingestion.services.imports import import_job_execute
+from ingestion.services.jobs import import_job_create
 from places.models import Place, Religion
 from places.services import dataset_get_or_create
 from tests.conftest import FIXTURES, LONDON_SHP

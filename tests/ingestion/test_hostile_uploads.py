@@ -25,8 +25,9 @@ from ingestion.readers import (
     detect_format,
     open_reader,
 )
-from ingestion.services import imports
-from ingestion.services.imports import import_job_create, import_job_execute
+from ingestion.services import jobs
+from ingestion.services.imports import import_job_execute
+from ingestion.services.jobs import import_job_create
 from places.models import Place
 from places.services import dataset_get_or_create
 
@@ -128,8 +129,8 @@ def test_file_over_the_size_limit_is_refused_naming_the_limit(tmp_path):
     path = tmp_path / "huge.csv"
     with open(path, "wb") as fh:
         fh.write(b"id,lon,lat\n")
-        fh.truncate(imports.MAX_FILE_BYTES + 1)
-    with pytest.raises(UnreadableFile, match=f"the limit is {imports.MAX_FILE_BYTES}"):
+        fh.truncate(jobs.MAX_FILE_BYTES + 1)
+    with pytest.raises(UnreadableFile, match=f"the limit is {jobs.MAX_FILE_BYTES}"):
         _create(path, "huge")
     assert not ImportJob.objects.filter(dataset__slug="huge").exists()
 

@@ -15,7 +15,9 @@ from ingestion import selectors
 from ingestion.models import ImportJob, ImportMode, ImportState
 from ingestion.readers import UnreadableFile
 from ingestion.services import imports
-from ingestion.services.imports import import_job_create, import_job_execute
+from ingestion.services.imports import import_job_execute
+from ingestion.services.imports import stage as stage_phase
+from ingestion.services.jobs import import_job_create
 from places.models import Place, PlaceChange, PlaceStatus
 from places.services import dataset_get_or_create, place_update
 from tests.conftest import FIXTURES
@@ -98,7 +100,7 @@ def test_a_csv_is_read_once_even_when_rows_lose_to_a_duplicate_key(
     def second_read(*args, **kwargs):
         raise AssertionError("the file was read a second time")
 
-    monkeypatch.setattr(imports, "_raw_chunks", second_read)
+    monkeypatch.setattr(stage_phase, "raw_chunks", second_read)
     lines = ["id,name,lon,lat,note"] + [f"k{i},N{i},-0.1,51.5," for i in range(300)]
     lines += ["k7,Again,-0.2,51.6,=cmd()", "k299,Last again,-0.3,51.7,"]
     job = _run(_csv(tmp_path, "dups.csv", "\n".join(lines) + "\n"), "read-once")

@@ -12,7 +12,8 @@ from django.contrib.gis.geos import Point
 
 from ingestion.models import ImportState
 from ingestion.readers import UnreadableFile
-from ingestion.services.imports import import_job_create, import_job_execute
+from ingestion.services.imports import import_job_execute
+from ingestion.services.jobs import import_job_create
 from places.models import Place, PlaceChange, Religion
 from places.services import dataset_get_or_create, place_update
 from tests.conftest import FIXTURES, LONDON_SHP

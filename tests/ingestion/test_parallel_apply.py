@@ -15,13 +15,13 @@ import pytest
 from django.db import connection
 
 from ingestion.models import ImportState
-from ingestion.services import imports
-from ingestion.services.imports import (
-    _checkpoint_with_batch,
-    _pending_batches,
-    import_job_create,
-    import_job_execute,
+from ingestion.services.imports import apply as apply_phase
+from ingestion.services.imports import import_job_execute
+from ingestion.services.imports.checkpoint import (
+    checkpoint_pending_batches,
+    checkpoint_with_batch,
 )
+from ingestion.services.jobs import import_job_create
 from places.services import dataset_get_or_create
 from tests.ingestion.test_batches import WorkerKilled, _assert_imported_exactly_once, _file
 
@@ -37,19 +37,19 @@ def test_out_of_order_commits_leave_a_checkpoint_to_resume_from():
     checkpoint = {"last_sid": 0, "max_sid": 45, "batch_rows": 10}
     # batches 3 and 2 commit before batch 1
     for after, upto in [(20, 30), (10, 20)]:
-        checkpoint = _checkpoint_with_batch(
+        checkpoint = checkpoint_with_batch(
             checkpoint, after=after, upto=upto, conflicts=0, by_fingerprint=1
         )
     assert (checkpoint["last_sid"], checkpoint["applied"]) == (0, [[10, 20], [20, 30]])
-    assert _pending_batches(checkpoint) == [(0, 10), (30, 40), (40, 45)]
-    checkpoint = _checkpoint_with_batch(checkpoint, after=0, upto=10, conflicts=2, by_fingerprint=0)
+    assert checkpoint_pending_batches(checkpoint) == [(0, 10), (30, 40), (40, 45)]
+    checkpoint = checkpoint_with_batch(checkpoint, after=0, upto=10, conflicts=2, by_fingerprint=0)
     assert (checkpoint["last_sid"], checkpoint["applied"]) == (30, [])
     assert (checkpoint["batches"], checkpoint["conflicts"], checkpoint["by_fingerprint"]) == (
         3,
         2,
         2,
     )
-    assert _pending_batches(checkpoint) == [(30, 40), (40, 45)]
+    assert checkpoint_pending_batches(checkpoint) == [(30, 40), (40, 45)]
 
 
 def test_batches_run_at_once_on_their_own_connections(committed, settings, tmp_path, monkeypatch):
@@ -62,7 +62,7 @@ def test_batches_run_at_once_on_their_own_connections(committed, settings, tmp_p
     # never meet and the barrier would break.
     meet = threading.Barrier(2, timeout=60)
     backends: set[int] = set()
-    apply_batch = imports._apply_batch
+    apply_batch = apply_phase.apply_batch
 
     def apply_together(*args, **kwargs):
         with connection.cursor() as cursor:
@@ -72,7 +72,7 @@ def test_batches_run_at_once_on_their_own_connections(committed, settings, tmp_p
             meet.wait()
         apply_batch(*args, **kwargs)
 
-    monkeypatch.setattr(imports, "_apply_batch", apply_together)
+    monkeypatch.setattr(apply_phase, "apply_batch", apply_together)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         own = cursor.fetchone()[0]
@@ -93,7 +93,7 @@ def test_a_run_killed_while_applying_on_two_connections_resumes_once(
     job = import_job_create(
         path=_file(tmp_path), dataset=dataset_get_or_create(slug=f"kill-{uuid.uuid4().hex[:8]}")
     )
-    apply_batch = imports._apply_batch
+    apply_batch = apply_phase.apply_batch
     committed_batches: list[int] = []
     lock = threading.Lock()
 
@@ -104,7 +104,7 @@ def test_a_run_killed_while_applying_on_two_connections_resumes_once(
             if len(committed_batches) == 3:
                 raise WorkerKilled
 
-    monkeypatch.setattr(imports, "_apply_batch", apply_then_die)
+    monkeypatch.setattr(apply_phase, "apply_batch", apply_then_die)
     with pytest.raises(WorkerKilled):
         import_job_execute(job_id=job.pk)
     job.refresh_from_db()

@@ -7,7 +7,8 @@ import csv
 import pytest
 
 from ingestion.models import ImportState, RejectionReason
-from ingestion.services.imports import import_job_create, import_job_execute
+from ingestion.services.imports import import_job_execute
+from ingestion.services.jobs import import_job_create
 from places.models import Place, PlaceChange, Region
 from tests.conftest import GB_CSV, gzip_lines
 

@@ -24,7 +24,7 @@ from django.utils import timezone
 from config.celery import app
 from ingestion import tasks
 from ingestion.models import ImportJob, ImportState
-from ingestion.services.imports import import_job_create
+from ingestion.services.jobs import import_job_create
 from places.models import Place, PlaceChange
 from places.services import dataset_get_or_create
 from tests.conftest import FIXTURES

@@ -7,7 +7,6 @@ this command follows its progress; ``--sync`` runs it in this process instead.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +18,10 @@ from ingestion.management.commands._dataset_options import (
     add_dataset_arguments,
     dataset_from_options,
 )
-from ingestion.models import ImportJob, ImportMode, ImportState
+from ingestion.management.commands._job_output import job_print, job_wait
+from ingestion.models import ImportMode, ImportState
 from ingestion.readers import UnreadableFile
-from ingestion.services import imports
-
-FINAL_STATES = {
-    ImportState.DONE,
-    ImportState.DRY_RUN_READY,
-    ImportState.FAILED,
-    ImportState.CANCELLED,
-}
+from ingestion.services import imports, jobs
 
 
 class Command(BaseCommand):
@@ -59,7 +52,7 @@ class Command(BaseCommand):
         dataset = dataset_from_options(options)
         if options["skip_if_imported"] and not options["dry_run"]:
             previous = selectors.import_job_last_applied(
-                dataset=dataset, sha256=imports.file_sha256(path)
+                dataset=dataset, sha256=jobs.file_sha256(path)
             )
             if previous:
                 self.stdout.write(f"{path.name}: already imported by job #{previous.pk}; skipped")
@@ -70,7 +63,7 @@ class Command(BaseCommand):
             raise CommandError(f"--mapping is not valid JSON: {exc}") from None
         try:
             with transaction.atomic():
-                job = imports.import_job_create(
+                job = jobs.import_job_create(
                     path=path,
                     dataset=dataset,
                     dry_run=options["dry_run"],
@@ -85,47 +78,7 @@ class Command(BaseCommand):
         self.stdout.write(f"{path.name}: job #{job.pk} ({job.format}) {where}")
         if options["sync"]:
             imports.import_job_execute(job_id=job.pk)
-        job = self._wait(job, options["timeout"])
-        self._print(job)
+        job = job_wait(job, timeout=options["timeout"], out=self.stdout)
+        job_print(job, out=self.stdout)
         if job.state == ImportState.FAILED:
             raise CommandError(f"import job #{job.pk} failed: {job.error}")
-
-    def _wait(self, job: ImportJob, timeout: int) -> ImportJob:
-        deadline = time.monotonic() + timeout
-        last = -1
-        while time.monotonic() < deadline:
-            job.refresh_from_db()
-            if job.state in FINAL_STATES:
-                return job
-            progress = selectors.import_job_progress(job=job)
-            if progress != last:
-                total = f"/{job.rows_total}" if job.rows_total else ""
-                self.stdout.write(f"  {job.state}: {progress}{total} rows read")
-                last = progress
-            time.sleep(0.5)
-        raise CommandError(
-            f"job #{job.pk} still {job.state} after {timeout}s; is a worker running "
-            "(celery -A config worker -Q ingestion)?"
-        )
-
-    def _print(self, job: ImportJob) -> None:
-        self.stdout.write(
-            f"job #{job.pk} {job.state}: {job.rows_read} rows read; {job.added} added, "
-            f"{job.updated} updated, {job.unchanged} unchanged, {job.retired} retired, "
-            f"{job.rejected} rejected"
-            + (" (dry run: what an import would do; nothing was written)" if job.dry_run else "")
-        )
-        if job.retired:
-            self.stdout.write(f"  {job.retired} place(s) missing from the snapshot retired")
-        conflicts = (job.report or {}).get("conflicts", 0)
-        if conflicts:
-            self.stdout.write(
-                f"  {conflicts} place(s) changed by someone else during the import were left "
-                "as they are; import again to apply the file's values"
-            )
-        for reason, count in (job.report or {}).get("rejected_by_reason", {}).items():
-            self.stdout.write(f"  rejected {count} × {reason}")
-        for rejection in job.rejections.all()[:10]:
-            self.stdout.write(
-                f"    row {rejection.row_number}: {rejection.reason}: {rejection.detail}"
-            )

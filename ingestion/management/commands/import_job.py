@@ -1,0 +1,59 @@
+"""Act on an import job: ``manage.py import_job {status,cancel,resume} JOB``.
+
+``resume`` queues a job that failed or was cancelled part-way to go on from its checkpoint
+(``--sync`` runs it in this process instead) and follows it; ``cancel`` stops a running job
+after the batch it is applying, or closes one that has not started.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from ingestion import selectors
+from ingestion.management.commands._job_output import job_print, job_wait
+from ingestion.models import ImportJob, ImportState
+from ingestion.services import imports, jobs
+
+
+class Command(BaseCommand):
+    help = "Show, cancel or resume an import job."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("action", choices=["status", "cancel", "resume"])
+        parser.add_argument("job", type=int, help="The import job's id.")
+        parser.add_argument("--sync", action="store_true", help="Resume here, not on a worker.")
+        parser.add_argument("--timeout", type=int, default=1800, help="Seconds to wait.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        job = ImportJob.objects.filter(pk=options["job"]).first()
+        if job is None:
+            raise CommandError(f"no import job #{options['job']}")
+        if options["action"] == "status":
+            self.stdout.write(selectors.import_job_state_help(job=job))
+            job_print(job, out=self.stdout)
+            return
+        try:
+            if options["action"] == "cancel":
+                job = jobs.import_job_cancel(job=job)
+            else:
+                job = jobs.import_job_resume(job=job, enqueue=not options["sync"])
+        except jobs.ImportJobStateError as exc:
+            raise CommandError(str(exc)) from None
+        if options["action"] == "cancel":
+            if job.state == ImportState.RUNNING:
+                self.stdout.write(
+                    f"job #{job.pk} stops after the batch it is applying; what committed "
+                    "stays applied"
+                )
+            else:
+                self.stdout.write(f"job #{job.pk} cancelled")
+            return
+        self.stdout.write(f"job #{job.pk} queued to go on from its checkpoint")
+        if options["sync"]:
+            imports.import_job_execute(job_id=job.pk)
+        job = job_wait(job, timeout=options["timeout"], out=self.stdout)
+        job_print(job, out=self.stdout)
+        if job.state == ImportState.FAILED:
+            raise CommandError(f"import job #{job.pk} failed: {job.error}")

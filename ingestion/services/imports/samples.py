@@ -1,0 +1,163 @@
+"""Samples of what a dry run would do, read from the import's temporary tables.
+
+Called by the import service while the job's staging rows and ``import_diff`` still exist (they go
+when the dry run's transaction ends), so the job's report can show real rows next to the
+counts: places that would be added, updated (field by field, old and new), left unchanged
+or retired, and rows rejected with their reason.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ingestion.models import ImportJob, ImportMode
+from ingestion.selectors import import_job_columns
+from ingestion.services.imports.snapshot import SAMPLE_MISSING
+
+SAMPLE_SIZE = 20
+MAX_TEXT = 300
+
+ADDED = """
+SELECT d.row_number, st.layer, d.source_key, d.name, d.new_j ->> 'religion',
+       array_to_string(d.denominations, '; '),
+       ST_X(d.geom), ST_Y(d.geom), d.footprint IS NOT NULL, d.new_j ->> 'start_date_raw',
+       r.name, c.name
+FROM import_diff d
+JOIN ingestion_importstage st ON st.job_id = %(job)s AND st.sid = d.sid
+LEFT JOIN places_region r ON r.id = d.region_id
+LEFT JOIN places_region c ON c.id = d.country_id
+WHERE d.op = 'create' ORDER BY d.sid LIMIT %(limit)s
+"""
+
+UPDATED = """
+SELECT d.row_number, st.layer, d.source_key, d.place_id, d.changes FROM import_diff d
+JOIN ingestion_importstage st ON st.job_id = %(job)s AND st.sid = d.sid
+WHERE d.op = 'update' ORDER BY d.sid LIMIT %(limit)s
+"""
+
+UNCHANGED = """
+SELECT d.row_number, st.layer, d.source_key, d.place_id FROM import_diff d
+JOIN ingestion_importstage st ON st.job_id = %(job)s AND st.sid = d.sid
+WHERE d.op IN ('unchanged', 'kept') ORDER BY d.sid LIMIT %(limit)s
+"""
+
+
+def dry_run_samples(*, cursor: Any, job: ImportJob, limit: int = SAMPLE_SIZE) -> dict[str, Any]:
+    """Up to ``limit`` rows of each outcome, in file order, small enough for the job's report.
+
+    Long texts are cut and footprints summarised: the report is JSON on the job's row.
+    """
+    params = {"limit": limit, "dataset": job.dataset_id, "job": job.pk}
+    cursor.execute(ADDED, params)
+    added = [
+        {
+            "row": row,
+            "layer": layer,
+            "key": key,
+            "name": _short(name),
+            "religion": religion,
+            "denominations": denominations,
+            "location": f"POINT ({x:.6f} {y:.6f})" if x is not None else "",
+            "footprint": footprint,
+            "start_date": _short(start),
+            "region": region or "",
+            "country": country or "",
+        }
+        for (
+            row,
+            layer,
+            key,
+            name,
+            religion,
+            denominations,
+            x,
+            y,
+            footprint,
+            start,
+            region,
+            country,
+        ) in cursor.fetchall()
+    ]
+    cursor.execute(UPDATED, params)
+    updated = [
+        {
+            "row": row,
+            "layer": layer,
+            "key": key,
+            "place_id": place_id,
+            "changes": [
+                {"field": name, "old": _display(change["old"]), "new": _display(change["new"])}
+                for name, change in sorted(_json(changes).items())
+            ],
+        }
+        for row, layer, key, place_id, changes in cursor.fetchall()
+    ]
+    cursor.execute(UNCHANGED, params)
+    unchanged = [
+        {"row": row, "layer": layer, "key": key, "place_id": place_id}
+        for row, layer, key, place_id in cursor.fetchall()
+    ]
+    retired: list[dict[str, Any]] = []
+    if job.mode == ImportMode.SNAPSHOT:
+        cursor.execute(SAMPLE_MISSING, params)
+        retired = [
+            {"place_id": pk, "key": key, "name": _short(name)}
+            for pk, key, name in cursor.fetchall()
+        ]
+    # Original values as pairs in the file's column order: jsonb objects keep their own order.
+    position = {name: i for i, name in enumerate(import_job_columns(job=job))}
+    rejected = [
+        {
+            "row": rejection.row_number,
+            "layer": rejection.layer,
+            "reason": rejection.reason,
+            "detail": _short(rejection.detail),
+            "values": [
+                [k, _display(rejection.raw[k])]
+                for k in sorted(rejection.raw, key=lambda k: (position.get(k, len(position)), k))
+            ],
+        }
+        for rejection in job.rejections.order_by("row_number", "id")[:limit]
+    ]
+    return {
+        "limit": limit,
+        "added": added,
+        "updated": updated,
+        "unchanged": unchanged,
+        "retired": retired,
+        "rejected": rejected,
+    }
+
+
+def _json(value: Any) -> Any:
+    # Django's psycopg setup hands jsonb over as text.
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _short(text: str | None) -> str:
+    if text is None:
+        return ""
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+
+
+def _display(value: Any) -> str | None:
+    """A field's value as a short text: points as WKT, polygons by their size, lists joined."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and "coordinates" in value and "type" in value:
+        if value["type"] == "Point":
+            x, y = value["coordinates"][:2]
+            return f"POINT ({x:.6f} {y:.6f})"
+        return f"{value['type']} ({_vertices(value['coordinates'])} vertices)"
+    if isinstance(value, list):
+        return _short("; ".join(str(v) for v in value))
+    if isinstance(value, dict):
+        return _short(json.dumps(value, ensure_ascii=False, sort_keys=True))
+    return _short(str(value))
+
+
+def _vertices(coordinates: Any) -> int:
+    if coordinates and isinstance(coordinates[0], int | float):
+        return 1
+    return sum(_vertices(part) for part in coordinates)

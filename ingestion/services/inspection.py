@@ -1,0 +1,287 @@
+"""Upload and inspect: store a file as a job and record what it holds (format, layers,
+columns, encoding, row count, sample rows, the proposed mapping) before anything runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django.db.models.functions import Now
+from django.utils.text import get_valid_filename
+from pyogrio.errors import DataLayerError, DataSourceError
+from pyogrio.raw import open_arrow
+
+from ingestion.mapping import mapping_propose
+from ingestion.models import ImportJob, ImportState
+from ingestion.readers import CsvReader, GeoReader, UnreadableFile, open_reader
+from ingestion.services import jobs
+from places.models import Dataset
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_ROWS = 10
+
+
+SAMPLE_TEXT = 200
+
+
+# CSV files up to this size (as stored, so gzip counts compressed) are counted row by row;
+# larger ones are estimated from their first megabyte, and the job page says so.
+EXACT_COUNT_MAX_BYTES = 8 * 1024**2
+
+
+ESTIMATE_SAMPLE_BYTES = 1 << 20
+
+
+_READ_ERRORS = (
+    UnreadableFile,
+    DataLayerError,
+    DataSourceError,
+    pa.ArrowException,
+    OSError,
+    EOFError,
+    zlib.error,
+)
+
+
+def import_job_upload(*, upload: UploadedFile, dataset: Dataset, mode: str, user: Any) -> ImportJob:
+    """Store an uploaded file as a job for the admin's steps, then inspect it.
+
+    Raises ``UnreadableFile`` (nothing stored) for an empty, over-size or unreadable file.
+    The job comes back ``inspected``, or ``failed`` with the reason when the file passed the
+    first checks but its rows cannot be read.
+    """
+    if not upload.size:
+        raise UnreadableFile("the file is empty")
+    if upload.size > jobs.MAX_FILE_BYTES:
+        raise UnreadableFile(f"the file is {upload.size} bytes; the limit is {jobs.MAX_FILE_BYTES}")
+    with tempfile.TemporaryDirectory(prefix="places-upload-") as folder:
+        path = Path(folder) / _safe_name(upload.name or "")
+        if hasattr(upload, "temporary_file_path"):
+            # Django already spooled a large upload to disk: no second copy.
+            os.symlink(upload.temporary_file_path(), path)
+        else:
+            with open(path, "wb") as fh:
+                for chunk in upload.chunks():
+                    fh.write(chunk)
+        try:
+            job = jobs.import_job_create(
+                path=path,
+                dataset=dataset,
+                user=user,
+                mode=mode,
+                original_name=(upload.name or path.name)[:255],
+                wait_for_review=True,
+            )
+        except (EOFError, OSError, zlib.error) as exc:
+            # A corrupt or truncated gzip breaks the format check itself.
+            raise UnreadableFile(f"the file cannot be read: {exc}") from None
+    return import_job_inspect(job=job)
+
+
+def _safe_name(name: str) -> str:
+    try:
+        return get_valid_filename(Path(name).name)[:100]
+    except SuspiciousFileOperation:
+        return "upload"
+
+
+def import_job_inspect(*, job: ImportJob) -> ImportJob:
+    """Record what the file holds: format, layers, columns, encoding, row count, sample rows
+    and the proposed mapping; ``uploaded`` → ``inspected`` (inspecting again is harmless).
+
+    A file whose rows cannot be read fails the job with the reason.
+    """
+    if job.state not in (ImportState.UPLOADED, ImportState.INSPECTED):
+        raise jobs.ImportJobStateError(
+            f"job #{job.pk} is {job.get_state_display().lower()}; only a job that has not run "
+            "yet can be inspected"
+        )
+    path = Path(job.file.path)
+    try:
+        reader = open_reader(path, job.format)
+        layers = reader.layers()
+        if not layers:
+            raise UnreadableFile("the file holds no layers")
+        unsplit: list[tuple[int | None, str]] = []
+        if isinstance(reader, CsvReader):
+            row_count, estimated = _csv_row_count(reader, path)
+            layer_rows: list[int | None] = [row_count]
+            # A whole read (exact count) found every record that cannot be split, with its
+            # line; otherwise the sample's first block shows those it holds.
+            unsplit = list(reader.invalid_rows)
+            sample_columns, sample_rows = _csv_sample(reader)
+            unsplit = unsplit or list(reader.invalid_rows)
+        else:
+            layer_rows = [layer.features for layer in layers]
+            row_count = None if None in layer_rows else sum(r or 0 for r in layer_rows)
+            estimated = False
+            sample_columns, sample_rows = (
+                _geo_sample(reader, layers[0].name)
+                if isinstance(reader, GeoReader)
+                else _batch_sample(reader, layers[0].name)
+            )
+    except _READ_ERRORS as exc:
+        message = f"the file cannot be read: {exc}"
+        logger.info("import job %s: inspection failed: %s", job.pk, message)
+        ImportJob.objects.filter(
+            pk=job.pk, state__in=(ImportState.UPLOADED, ImportState.INSPECTED)
+        ).update(state=ImportState.FAILED, error=message[:2000], finished_at=Now())
+        job.refresh_from_db()
+        return job
+    columns = list(layers[0].columns)
+    inspection: dict[str, Any] = {
+        "format": job.format,
+        "layers": [
+            {
+                "name": layer.name,
+                "geometry_type": layer.geometry_type,
+                "features": rows,
+                "crs": layer.crs,
+            }
+            for layer, rows in zip(layers, layer_rows, strict=True)
+        ],
+        "columns": columns,
+        "row_count": row_count,
+        "row_count_estimated": estimated,
+        "sample_columns": sample_columns,
+        "sample_rows": sample_rows,
+        # Left out of the sample (they have no columns) but rejected by the import.
+        "unsplit_rows": [{"line": line, "text": _cell(text)} for line, text in unsplit[:5]],
+        "unsplit_count": len(unsplit),
+        "has_geometry": reader.has_geometry,
+        "proposed_mapping": mapping_propose(columns, has_geometry=reader.has_geometry).as_dict(),
+    }
+    if isinstance(reader, CsvReader):
+        inspection["encoding"] = reader.encoding
+        inspection["delimiter"] = reader.delimiter
+    with transaction.atomic():
+        locked = ImportJob.objects.select_for_update().get(pk=job.pk)
+        if locked.state not in (ImportState.UPLOADED, ImportState.INSPECTED):
+            raise jobs.ImportJobStateError(f"job #{job.pk} changed state while being inspected")
+        locked.inspection = inspection
+        locked.rows_total = row_count
+        locked.state = ImportState.INSPECTED
+        locked.save(update_fields=["inspection", "rows_total", "state"])
+    return locked
+
+
+def _csv_row_count(reader: CsvReader, path: Path) -> tuple[int, bool]:
+    """Data rows of a CSV (malformed records included), and whether it is an estimate."""
+    if path.stat().st_size <= EXACT_COUNT_MAX_BYTES:
+        rows = sum(batch.num_rows for batch in reader.batches())
+        return rows + len(reader.invalid_rows), False
+    return _csv_row_estimate(reader, path), True
+
+
+def _csv_row_estimate(reader: CsvReader, path: Path) -> int:
+    """Records in the first megabyte, scaled by how much of the (compressed) file it took."""
+    decompress = zlib.decompressobj(16 + zlib.MAX_WBITS) if _is_gzip(path) else None
+    text = bytearray()
+    consumed = 0
+    with open(path, "rb") as fh:
+        while len(text) < ESTIMATE_SAMPLE_BYTES:
+            chunk = fh.read(1 << 16)
+            if not chunk:
+                break
+            consumed += len(chunk)
+            if decompress is None:
+                text += chunk
+            else:
+                text += decompress.decompress(chunk)
+                consumed -= len(decompress.unused_data)
+    lines = bytes(text).decode(reader.encoding, errors="replace")
+    records = 0
+    try:
+        for _ in csv.reader(io.StringIO(lines), delimiter=reader.delimiter):
+            records += 1
+    except csv.Error:  # the sample ends inside a quoted value
+        pass
+    # The header is one record and the last one is probably cut.
+    records = max(records - 2, 1)
+    return max(1, round(records * path.stat().st_size / max(consumed, 1)))
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _cell(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= SAMPLE_TEXT else text[: SAMPLE_TEXT - 1] + "…"
+
+
+def _csv_sample(reader: CsvReader) -> tuple[list[str], list[list[str | None]]]:
+    batches = reader.batches()
+    try:
+        batch = next(batches, None)
+    finally:
+        batches.close()
+    if batch is None:
+        return reader.header, []
+    count = min(SAMPLE_ROWS, batch.num_rows)
+    rows = [[_cell(batch.columns[c][i]) for c in reader.header] for i in range(count)]
+    return reader.header, rows
+
+
+def _batch_sample(reader: Any, layer: str) -> tuple[list[str], list[list[str | None]]]:
+    """The first rows of a streamed reader (Parquet, JSON array): its first batch only."""
+    from django.contrib.gis.geos import GEOSException, GEOSGeometry
+
+    batches = reader.batches(layer)
+    try:
+        batch = next(batches, None)
+    finally:
+        batches.close()
+    if batch is None:
+        return [], []
+    names = list(batch.columns)
+    rows: list[list[str | None]] = []
+    for i in range(min(SAMPLE_ROWS, batch.num_rows)):
+        values = [_cell(batch.columns[n][i]) for n in names]
+        if batch.wkb is not None:
+            wkb = batch.wkb[i]
+            try:
+                values.append(_cell(GEOSGeometry(memoryview(wkb)).wkt) if wkb else None)
+            except (GEOSException, ValueError):
+                values.append("(unreadable geometry)")
+        rows.append(values)
+    return ([*names, "geometry"] if batch.wkb is not None else names), rows
+
+
+def _geo_sample(reader: GeoReader, layer: str) -> tuple[list[str], list[list[str | None]]]:
+    """The first features of a layer; geometries as (shortened) WKT in the file's CRS."""
+    from django.contrib.gis.geos import GEOSException, GEOSGeometry
+
+    # Batches of the sample's size, of which only the first is read.
+    with open_arrow(reader.source, layer=layer, batch_size=SAMPLE_ROWS, use_pyarrow=True) as (
+        meta,
+        arrow,
+    ):
+        geometry = meta.get("geometry_name") or "wkb_geometry"
+        names = [str(f) for f in meta["fields"]]
+        first = next(iter(arrow), None)
+    records = first.to_pylist()[:SAMPLE_ROWS] if first is not None else []
+    rows: list[list[str | None]] = []
+    for record in records:
+        values = [_cell(record.get(n)) for n in names]
+        wkb = record.get(geometry)
+        try:
+            values.append(_cell(GEOSGeometry(memoryview(wkb)).wkt) if wkb else None)
+        except (GEOSException, ValueError):
+            values.append("(unreadable geometry)")
+        rows.append(values)
+    return [*names, "geometry"], rows
