@@ -14,6 +14,7 @@ module                 holds
 ``serializers``        representations of one place, regions and datasets
 ``filters``            the regions list's filters (django-filter)
 ``query``              ``PlaceQuery``: the filters as one SQL condition
+``fields``             the place fields every output exposes (one list)
 ``features``           pages of places written in SQL, with their envelope
 ``viewport``           a map view as clusters or points, as columnar JSON or binary
 ``tiles``              Mapbox Vector Tiles from ``ST_AsMVT``

@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from places import selectors
 from places.models import Dataset, Place, Region
 from places.serving import features
+from places.serving.fields import PROPERTIES
 from places.serving.filters import RegionFilter
 from places.serving.params import PlaceListQuery
 from places.serving.responses import (
@@ -105,7 +106,7 @@ class PlaceListApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
         query.is_valid(raise_exception=True)
         data = query.validated_data
         filters = query.place_query(bbox=data.get("bbox"))
-        properties = data.get("fields") or list(features.PROPERTIES)
+        properties = data.get("fields") or list(PROPERTIES)
         fmt = _format(request, data.get("format"))
         limit = data.get("limit") or settings.PLACES_API_PAGE_SIZE
         after = data.get("cursor", 0)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from django.db import connection
 
-from places.csv_cells import safe_cell_sql
+from places.serving.fields import FIELDS, csv_header
 from places.serving.query import PlaceQuery
 
 EXACT_COUNT_LIMIT = 10_000
@@ -44,26 +44,6 @@ def _summary(alias: str) -> str:
     )
 
 
-# Property name -> its JSON value expression. The order is the order in every output.
-PROPERTIES: dict[str, str] = {
-    "name": "p.name",
-    "religion": "p.religion",
-    "religion_raw": "p.religion_raw",
-    "denominations": "p.denominations",
-    "denomination_raw": "p.denomination_raw",
-    "dataset": "d.slug",
-    "source_key": "p.source_key",
-    "country": "cs.j",
-    "region": "rs.j",
-    "status": "p.status",
-    "start_date": "p.start_date",
-    "start_date_raw": "p.start_date_raw",
-    "end_date": "p.end_date",
-    "end_date_raw": "p.end_date_raw",
-    "tags": "p.tags",
-    "version": "p.version",
-    "updated_at": "p.updated_at",
-}
 # Regions are few and repeat on every place: their JSON is built once per query (a hash
 # join on a few hundred rows), not once per place.
 REGION_SUMMARIES = f"SELECT r.id, {_summary('r')} AS j FROM places_region r"
@@ -77,35 +57,6 @@ CSV_JOINS = {
     "d": JOINS["d"],
     "c": "LEFT JOIN places_region c ON c.id = p.country_id",
     "r": "LEFT JOIN places_region r ON r.id = p.region_id",
-}
-_NEEDS_JOIN = {"dataset": "d", "country": "c", "region": "r"}
-
-
-def _csv_text(expression: str) -> str:
-    """A quoted CSV cell, spreadsheet-safe by ``places.csv_cells`` (OSM names and tags are
-    free text)."""
-    safe = safe_cell_sql(f"coalesce(({expression})::text, '')")
-    return f"""'"' || replace({safe}, '"', '""') || '"'"""
-
-
-# Property name -> CSV columns (header, cell expression). Nested values are flattened.
-CSV_COLUMNS: dict[str, list[tuple[str, str]]] = {
-    name: [(name, _csv_text(expr))]
-    for name, expr in PROPERTIES.items()
-    if name not in {"denominations", "country", "region", "tags", "version"}
-}
-CSV_COLUMNS |= {
-    "denominations": [("denominations", _csv_text("array_to_string(p.denominations, ';')"))],
-    "country": [("country_code", _csv_text("c.code")), ("country_name", _csv_text("c.name"))],
-    "region": [
-        ("region_id", "coalesce(r.id::text, '')"),
-        ("region_code", _csv_text("r.code")),
-        ("region_name", _csv_text("r.name")),
-    ],
-    "tags": [("tags", _csv_text("p.tags"))],
-    "version": [("version", "p.version::text")],
-    # ISO 8601 like the JSON formats, not PostgreSQL's own text form.
-    "updated_at": [("updated_at", _csv_text("to_json(p.updated_at) #>> '{}'"))],
 }
 
 
@@ -138,7 +89,7 @@ class Page:
 
 
 def _feature_sql(properties: list[str]) -> str:
-    pairs = ", ".join(f"'{name}', {PROPERTIES[name]}" for name in properties)
+    pairs = ", ".join(f"'{name}', {FIELDS[name].json}" for name in properties)
     props = f"json_build_object({pairs})::text" if properties else "'{}'"
     # Text concatenation: the geometry is written once as text and never re-parsed.
     return (
@@ -148,16 +99,16 @@ def _feature_sql(properties: list[str]) -> str:
     )
 
 
-def _csv_sql(properties: list[str]) -> tuple[str, str]:
+def _csv_sql(properties: list[str]) -> str:
+    """One CSV line per place: the columns of ``fields.csv_header``, in that order."""
     columns = [
-        ("id", "p.id::text"),
-        ("lon", f"round(ST_X(p.location)::numeric, {DECIMALS})::text"),
-        ("lat", f"round(ST_Y(p.location)::numeric, {DECIMALS})::text"),
+        "p.id::text",
+        f"round(ST_X(p.location)::numeric, {DECIMALS})::text",
+        f"round(ST_Y(p.location)::numeric, {DECIMALS})::text",
     ]
     for name in properties:
-        columns += CSV_COLUMNS[name]
-    header = ",".join(name for name, _ in columns)
-    return header, " || ',' || ".join(expression for _, expression in columns)
+        columns += [expression for _, expression in FIELDS[name].csv]
+    return " || ',' || ".join(columns)
 
 
 def feature_page(
@@ -166,7 +117,7 @@ def feature_page(
     """One keyset page of places matching ``query``, with ids greater than ``after``."""
     where, params = query.where()
     if fmt == "csv":
-        _, row = _csv_sql(properties)
+        row = _csv_sql(properties)
         separator, suffix = "E'\\n'", "E'\\n'"
     else:
         row = _feature_sql(properties)
@@ -175,7 +126,7 @@ def feature_page(
             "geojsonseq": ("E'\\n\\x1e'", "E'\\n'"),
             "ndjson": ("E'\\n'", "E'\\n'"),
         }[fmt]
-    aliases = {_NEEDS_JOIN[name] for name in properties if name in _NEEDS_JOIN}
+    aliases = {join for name in properties if (join := FIELDS[name].join)}
     joins = " ".join((CSV_JOINS if fmt == "csv" else JOINS)[a] for a in sorted(aliases))
     sql = f"""
         WITH region_summary AS MATERIALIZED ({REGION_SUMMARIES}),
@@ -199,10 +150,6 @@ def feature_page(
     if fmt == "geojsonseq" and body:
         body = "\x1e" + body  # RFC 8142: every record starts with RS (the separator adds the rest)
     return Page(body=body, returned=returned, last_id=last_id, more=found > limit)
-
-
-def csv_header(properties: list[str]) -> str:
-    return _csv_sql(properties)[0] + "\n"
 
 
 def number_matched(*, query: PlaceQuery) -> tuple[int, bool]:
@@ -259,7 +206,7 @@ def place_list_page(
         page_url(cursor_encode(page.last_id)) if page.more and page.last_id is not None else None
     )
     if fmt == "csv":
-        body = csv_header(properties) + page.body
+        body = ",".join(csv_header(properties)) + "\n" + page.body
     elif fmt == "geojson":
         head = json.dumps(
             {

@@ -15,7 +15,8 @@ from rest_framework import serializers
 from places.geo import BBox, BBoxError, parse_bbox
 from places.models import Dataset, Region, RegionLevel, Religion
 from places.serving import tiles, viewport
-from places.serving.features import FORMATS, PROPERTIES, CursorError, cursor_decode
+from places.serving.features import FORMATS, CursorError, cursor_decode
+from places.serving.fields import PROPERTIES
 from places.serving.query import ANY_STATUS, DEFAULT_STATUS, STATUS_CHOICES, PlaceQuery
 
 

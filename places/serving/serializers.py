@@ -9,6 +9,7 @@ from rest_framework import serializers
 from rest_framework_gis.serializers import GeoFeatureModelSerializer
 
 from places.models import Dataset, Place, Region
+from places.serving.fields import PROPERTIES
 
 
 class DatasetSerializer(serializers.ModelSerializer):
@@ -76,26 +77,5 @@ class PlaceDetailSerializer(GeoFeatureModelSerializer):
         model = Place
         geo_field = "location"
         id_field = "id"
-        fields = [
-            "id",
-            "name",
-            "religion",
-            "religion_raw",
-            "denominations",
-            "denomination_raw",
-            "dataset",
-            "source_key",
-            "country",
-            "region",
-            "status",
-            "start_date",
-            "start_date_raw",
-            "end_date",
-            "end_date_raw",
-            "tags",
-            "version",
-            "updated_at",
-            "footprint",
-            "merged_into",
-            "created_at",
-        ]
+        # Every listed property (places.serving.fields), then what only the detail shows.
+        fields = ["id", *PROPERTIES, "footprint", "merged_into", "created_at"]

@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 
 from places import selectors
 from places.serving import tiles
+from places.serving.fields import TILE_COLUMNS
 from places.serving.params import PlaceFiltersQuery, RegionTileQuery
 from places.serving.responses import (
     BytesNegotiation,
@@ -52,6 +53,7 @@ def parse_tile(z: str, x: str, y: str) -> tuple[int, int, int]:
     return values["z"], values["x"], values["y"]
 
 
+PLACE_TILE_FIELDS = ", ".join(["id", *(column.name for column in TILE_COLUMNS)])
 TILE_PARAMETERS = [
     OpenApiParameter("z", OpenApiTypes.INT, OpenApiParameter.PATH, description="Zoom, 0–22."),
     OpenApiParameter("x", OpenApiTypes.INT, OpenApiParameter.PATH, description="0 … 2^z − 1."),
@@ -63,7 +65,7 @@ TILE_PARAMETERS = [
     summary="Places as a Mapbox Vector Tile",
     description=(
         f"Below zoom {tiles.CLUSTER_BELOW_ZOOM}: layer `clusters` (count, religion = most "
-        f"common). From there: layer `places` (id, name, religion, dataset_id), at most "
+        f"common). From there: layer `places` ({PLACE_TILE_FIELDS}), at most "
         f"{tiles.MAX_FEATURES} per tile, thinned by a stable priority. Gzip-encoded when "
         "the client accepts it; ETag and If-None-Match supported."
     ),
@@ -139,18 +141,7 @@ class PlaceTileJsonApi(QueryParamsGuard, APIView):
     def get(self, request: Request) -> Response:
         query = PlaceFiltersQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
-        layers = [
-            {
-                "id": "places",
-                "minzoom": tiles.CLUSTER_BELOW_ZOOM,
-                "fields": {"name": "String", "religion": "String", "dataset_id": "Number"},
-            },
-            {
-                "id": "clusters",
-                "maxzoom": tiles.CLUSTER_BELOW_ZOOM - 1,
-                "fields": {"count": "Number", "religion": "String (most common)"},
-            },
-        ]
+        layers = tiles.place_vector_layers()
         version = places_version(query.place_query().dataset_id)
         return Response(
             _tilejson(request, "/tiles/places/{z}/{x}/{y}.pbf", layers, version),
@@ -166,9 +157,7 @@ class PlaceTileJsonApi(QueryParamsGuard, APIView):
 class RegionTileJsonApi(QueryParamsGuard, APIView):
     def get(self, request: Request) -> Response:
         RegionTileQuery(data=request.query_params).is_valid(raise_exception=True)
-        layers = [
-            {"id": "regions", "fields": {"name": "String", "code": "String", "level": "String"}}
-        ]
+        layers = tiles.region_vector_layers()
         return Response(
             _tilejson(
                 request, "/tiles/regions/{z}/{x}/{y}.pbf", layers, selectors.region_version()

@@ -14,6 +14,7 @@ import math
 from django.db import connection
 
 from places.geo import BBox
+from places.serving.fields import TILE_COLUMNS
 from places.serving.query import PlaceQuery
 
 CLUSTER_BELOW_ZOOM = 10
@@ -23,22 +24,26 @@ EXTENT = 4096
 CLUSTER_GRID = 64
 
 
-PLACES_SQL = """
+# Layer ``places`` carries the fields ``places.serving.fields`` gives a tile column.
+_PLACE_COLUMNS = ", ".join(f"{column.sql} AS {column.name}" for column in TILE_COLUMNS)
+PLACES_SQL = f"""
 WITH bounds AS (
     SELECT ST_TileEnvelope(%(z)s, %(x)s, %(y)s) AS tile,
            ST_Transform(ST_TileEnvelope(%(z)s, %(x)s, %(y)s, margin => 0.015625), 4326) AS search
 ),
 rows AS (
-    SELECT p.id, p.name, p.religion, p.dataset_id,
-           ST_AsMVTGeom(ST_Transform(p.location, 3857), bounds.tile, {extent}, 64, true) AS geom
+    SELECT p.id, {_PLACE_COLUMNS},
+           ST_AsMVTGeom(ST_Transform(p.location, 3857), bounds.tile, {{extent}}, 64, true) AS geom
     FROM places_place p, bounds
-    WHERE p.location && bounds.search AND {where}
+    WHERE p.location && bounds.search AND {{where}}
     ORDER BY hashint8(p.id), p.id
-    LIMIT {limit}
+    LIMIT {{limit}}
 )
-SELECT ST_AsMVT(rows, 'places', {extent}, 'geom', 'id') FROM rows
+SELECT ST_AsMVT(rows, 'places', {{extent}}, 'geom', 'id') FROM rows
 """
 
+# Layer ``clusters``: what each cluster feature carries (the SELECT of ``rows`` below).
+CLUSTER_FIELDS = {"count": "Number", "religion": "String (most common)"}
 # Each place counts in exactly one tile: candidates come from the index (a box a little
 # larger than the tile), then a half-open test on the tile's own Web Mercator bounds decides.
 # Cells are counted from the tile's corner, so no cell straddles two tiles.
@@ -76,22 +81,41 @@ rows AS (
 SELECT ST_AsMVT(rows, 'clusters', {extent}, 'geom') FROM rows
 """
 
-REGIONS_SQL = """
+# Layer ``regions``: each field is the region's column of that name.
+REGION_FIELDS = {"name": "String", "code": "String", "level": "String"}
+REGIONS_SQL = f"""
 WITH bounds AS (
     SELECT ST_TileEnvelope(%(z)s, %(x)s, %(y)s) AS tile,
            ST_Transform(ST_TileEnvelope(%(z)s, %(x)s, %(y)s), 4326) AS search
 ),
 rows AS (
-    SELECT r.id, r.name, r.code, r.level,
+    SELECT r.id, {", ".join(f"r.{name}" for name in REGION_FIELDS)},
            ST_AsMVTGeom(
                ST_Simplify(ST_Transform(r.geom, 3857),
-                           (ST_XMax(bounds.tile) - ST_XMin(bounds.tile)) / {extent}),
-               bounds.tile, {extent}, 16, true) AS geom
+                           (ST_XMax(bounds.tile) - ST_XMin(bounds.tile)) / {{extent}}),
+               bounds.tile, {{extent}}, 16, true) AS geom
     FROM places_region r, bounds
     WHERE r.geom && bounds.search AND r.level = %(level)s
 )
-SELECT ST_AsMVT(rows, 'regions', {extent}, 'geom', 'id') FROM rows WHERE geom IS NOT NULL
+SELECT ST_AsMVT(rows, 'regions', {{extent}}, 'geom', 'id') FROM rows WHERE geom IS NOT NULL
 """
+
+
+def place_vector_layers() -> list[dict[str, object]]:
+    """The places tiles' layers as TileJSON declares them (``vector_layers``)."""
+    return [
+        {
+            "id": "places",
+            "minzoom": CLUSTER_BELOW_ZOOM,
+            "fields": {column.name: column.type for column in TILE_COLUMNS},
+        },
+        {"id": "clusters", "maxzoom": CLUSTER_BELOW_ZOOM - 1, "fields": dict(CLUSTER_FIELDS)},
+    ]
+
+
+def region_vector_layers() -> list[dict[str, object]]:
+    """The region tiles' layer as TileJSON declares it."""
+    return [{"id": "regions", "fields": dict(REGION_FIELDS)}]
 
 
 def tile_bbox(*, z: int, x: int, y: int) -> BBox:
