@@ -22,8 +22,10 @@ from ingestion.services.imports.checkpoint import (
     checkpoint_with_batch,
 )
 from ingestion.services.jobs import import_job_create
+from places.models import Place
 from places.services import dataset_get_or_create
 from tests.ingestion.test_batches import WorkerKilled, _assert_imported_exactly_once, _file
+from tests.ingestion.test_stop_and_resume import _cancel_after
 
 
 @pytest.fixture
@@ -117,3 +119,21 @@ def test_a_run_killed_while_applying_on_two_connections_resumes_once(
     # the resumed run applied only the batches that had not committed: eight in all
     assert job.report["batches"] == 8
     _assert_imported_exactly_once(job)
+
+
+def test_cancel_on_two_apply_connections_lets_running_batches_commit(
+    committed, settings, tmp_path, monkeypatch
+):
+    # given two apply connections, and a cancel once the first batch has committed
+    settings.IMPORT_BATCH_ROWS = 5
+    settings.IMPORT_APPLY_WORKERS = 2
+    job = import_job_create(
+        path=_file(tmp_path), dataset=dataset_get_or_create(slug=f"cancel-{uuid.uuid4().hex[:8]}")
+    )
+    _cancel_after(monkeypatch, 1)
+    job = import_job_execute(job_id=job.pk)
+    # then no batch started after the cancel, and what committed is counted exactly
+    assert job.state == ImportState.CANCELLED
+    created = Place.objects.filter(dataset=job.dataset).count()
+    assert job.added == created == job.checkpoint["batches"] * 5
+    assert 1 <= job.checkpoint["batches"] <= 2  # the one cancelled in, and one running beside
