@@ -5,7 +5,8 @@ Imports (a batch of points at a time), curator edits (one point, through
 boundary, ``places.services.regions``) all answer with ``LOCATE``:
 
 - the point is tested against the subdivided pieces (``RegionPart``) of regions, never the
-  full outlines, so each test reads at most ``SUBDIVIDE_MAX_VERTICES`` vertices;
+  full outlines, so each test reads at most
+  ``places.services.regions.SUBDIVIDE_MAX_VERTICES`` vertices;
 - region: the district holding the point, else the first-level region (``admin1``); of
   several at one level (a point on a shared border) the lowest region id;
 - country: that region's parent, else (points in no district or first-level region, e.g.

@@ -194,3 +194,11 @@ def test_region_version_moves_with_pieces_and_with_any_region_write(tmp_path, re
     assert after_pieces != before
     load(tmp_path, DISTRICTS, {"TD3": ("New Vale", (-28, -44, -27, -43))})
     assert region_version() != after_pieces
+
+
+def test_the_region_form_tells_what_saving_a_boundary_does(admin_client, regions):
+    response = admin_client.get(reverse("admin:places_region_change", args=[regions["TD1"].pk]))
+    html = response.content.decode()
+    assert "Saving a changed boundary cuts it into pieces again for point in polygon" in html
+    assert "each place that changes is logged in the change log" in html
+    assert "Left empty, it is the country that holds a point inside the region" in html
