@@ -5,7 +5,6 @@ from __future__ import annotations
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpResponse
-from django.utils.http import parse_etags
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import generics
@@ -23,6 +22,7 @@ from places.serving.responses import (
     PublicBytesView,
     QueryParamsGuard,
     cached_bytes_response,
+    etag_matches,
     places_version,
 )
 from places.serving.serializers import (
@@ -164,9 +164,7 @@ class PlaceDetailApi(QueryParamsGuard, generics.RetrieveAPIView):
         # Every write to a place moves its version, so (id, version) names this content.
         etag = f'W/"place-{place.pk}-{place.version}"'
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
-        if etag.removeprefix("W/") in {
-            tag.removeprefix("W/") for tag in parse_etags(request.headers.get("If-None-Match", ""))
-        }:
+        if etag_matches(if_none_match=request.headers.get("If-None-Match", ""), etag=etag):
             return Response(status=304, headers=headers)
         return Response(self.get_serializer(place).data, headers=headers)
 

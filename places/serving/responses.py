@@ -79,6 +79,18 @@ def accepts_gzip(header: str) -> bool:
     return False
 
 
+def etag_matches(*, if_none_match: str, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``etag``, so the client's copy is current.
+
+    The weak comparison of RFC 9110 (13.1.2), as GET requires: ``W/"x"`` and ``"x"`` match.
+    ``*`` matches any current representation; a list matches when any member does.
+    """
+    tags = parse_etags(if_none_match)
+    if tags == ["*"]:
+        return True
+    return etag.removeprefix("W/") in {tag.removeprefix("W/") for tag in tags}
+
+
 def zoom_ttl(zoom: int) -> int:
     """Seconds a tile or view at ``zoom`` stays in the cache: low zooms change little per
     edit and cost most to build. (Every key holds the data version, so this bounds memory,
@@ -156,10 +168,7 @@ def cached_bytes_response(
         "Cache-Control": "public, max-age=31536000, immutable" if versioned else "no-cache",
         "Vary": vary,
     }
-    if_none_match = request.headers.get("If-None-Match", "")
-    if if_none_match.strip() == "*" or digest in {
-        tag.removeprefix("W/").strip('"') for tag in parse_etags(if_none_match)
-    }:
+    if etag_matches(if_none_match=request.headers.get("If-None-Match", ""), etag=etag):
         return HttpResponse(status=304, headers=headers)
     compressed, extra = cached_build(cache_key=f"bytes:{digest}", ttl=ttl, build=build)
     headers |= extra

@@ -249,3 +249,39 @@ def test_place_detail_revalidates_by_version(api, gb_import):
     again = api.get(f"/api/v1/places/{place.pk}/", HTTP_IF_NONE_MATCH=etag)
     assert again.status_code == 200
     assert again.json()["properties"]["name"] == "New name"
+
+
+@pytest.mark.parametrize(
+    ("header", "matches"),
+    [
+        ('W/"abc"', True),
+        ('"abc"', True),  # weak comparison: a strong tag with the same value matches
+        ('"other", W/"abc"', True),
+        ("*", True),
+        (" * ", True),
+        ('"other"', False),
+        ('W/"abcd"', False),
+        ("abc", False),  # not a quoted tag
+        ("", False),
+    ],
+)
+def test_etag_matching_follows_the_weak_comparison(header, matches):
+    assert responses.etag_matches(if_none_match=header, etag='W/"abc"') is matches
+
+
+@pytest.mark.parametrize("form", ["exact", "strong", "list", "star"])
+def test_detail_and_cached_responses_answer_if_none_match_alike(api, gb_import, form):
+    # given the ETags of a place's detail and of a cached list page
+    place = Place.objects.order_by("id").first()
+    urls = [f"/api/v1/places/{place.pk}/", f"/api/v1/places/?bbox={LONDON}&limit=3"]
+    for url in urls:
+        etag = api.get(url)["ETag"]
+        header = {
+            "exact": etag,
+            "strong": etag.removeprefix("W/"),
+            "list": f'"nope", {etag}',
+            "star": "*",
+        }[form]
+        # then each answers 304 to every form that names it, and 200 to another tag
+        assert api.get(url, HTTP_IF_NONE_MATCH=header).status_code == 304, url
+        assert api.get(url, HTTP_IF_NONE_MATCH='"nope"').status_code == 200, url
