@@ -46,7 +46,7 @@ def place_attribute_partitions_ensure(
         )
         newest = cursor.fetchone()[0]
         first = min(year, newest + 1) if newest else year
-        columns = ", ".join(f.column for f in PlaceAttribute._meta.concrete_fields)
+        columns = ", ".join(str(f.column) for f in PlaceAttribute._meta.concrete_fields)
         for y in range(first, year + years_ahead + 1):
             name = f"{ATTRIBUTE_TABLE}_y{y}"
             cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
