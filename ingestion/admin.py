@@ -41,6 +41,8 @@ MODE_HELP = (
     "Append only adds places whose key is new."
 )
 
+JOB_URLS = ("progress", "inspect", "dry_run", "apply", "cancel", "resume", "rejections_csv")
+
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "vertical bar"}
 
 MAPPING_HELP = {
@@ -217,42 +219,56 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
         if not self.has_view_or_change_permission(request, job):
             raise PermissionDenied
         can_change = self.has_change_permission(request, job)
-        mapping_form = None
-        if job.inspection and job.state in jobs.MAPPING_EDITABLE:
-            columns = job.inspection.get("columns", [])
-            geo = job.format != "csv"
-            if request.method == "POST":
-                if not can_change:
-                    raise PermissionDenied
-                mapping_form = MappingForm(request.POST, columns=columns, geo=geo)
-                if mapping_form.is_valid():
-                    data = dict(mapping_form.cleaned_data)
-                    mode = data.pop("mode")
-                    try:
-                        jobs.import_job_mapping_set(job=job, mapping=data, mode=mode)
-                    except jobs.MappingInvalid as exc:
-                        for name, message in exc.problems.items():
-                            mapping_form.add_error(
-                                name if name in mapping_form.fields else None, message
-                            )
-                    except jobs.ImportJobStateError as exc:
-                        messages.error(request, str(exc))
-                        return HttpResponseRedirect(self._job_url(job))
-                    else:
-                        messages.success(request, "Mapping saved. Run a dry run to see its effect.")
-                        return HttpResponseRedirect(self._job_url(job))
-            else:
-                mapping_form = MappingForm(
-                    initial={"mode": job.mode, **job.options.get("mapping", {})},
-                    columns=columns,
-                    geo=geo,
-                )
-        elif request.method == "POST":
-            messages.error(request, "The mapping can only be changed before the job is applied.")
-            return HttpResponseRedirect(self._job_url(job))
-        report = job.report or {}
+        mapping_form, redirect = self._mapping_step(request, job, can_change)
+        if redirect is not None:
+            return redirect
         context = {
             **self.admin_site.each_context(request),
+            **self._job_context(job, can_change),
+            "mapping_form": mapping_form,
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/ingestion/importjob/job.html", context)
+
+    def _mapping_step(
+        self, request: HttpRequest, job: ImportJob, can_change: bool
+    ) -> tuple[MappingForm | None, HttpResponse | None]:
+        """The mapping form while the mapping can change; a POST saves it (or shows its
+        errors). Returns the form to show, or the redirect that ends the request."""
+        if not (job.inspection and job.state in jobs.MAPPING_EDITABLE):
+            if request.method == "POST":
+                messages.error(
+                    request, "The mapping can only be changed before the job is applied."
+                )
+                return None, HttpResponseRedirect(self._job_url(job))
+            return None, None
+        columns = job.inspection.get("columns", [])
+        geo = job.format != "csv"
+        if request.method != "POST":
+            initial = {"mode": job.mode, **job.options.get("mapping", {})}
+            return MappingForm(initial=initial, columns=columns, geo=geo), None
+        if not can_change:
+            raise PermissionDenied
+        form = MappingForm(request.POST, columns=columns, geo=geo)
+        if not form.is_valid():
+            return form, None
+        data = dict(form.cleaned_data)
+        mode = data.pop("mode")
+        try:
+            jobs.import_job_mapping_set(job=job, mapping=data, mode=mode)
+        except jobs.MappingInvalid as exc:
+            for name, message in exc.problems.items():
+                form.add_error(name if name in form.fields else None, message)
+            return form, None
+        except jobs.ImportJobStateError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, "Mapping saved. Run a dry run to see its effect.")
+        return None, HttpResponseRedirect(self._job_url(job))
+
+    def _job_context(self, job: ImportJob, can_change: bool) -> dict[str, Any]:
+        report = job.report or {}
+        return {
             "opts": self.opts,
             "title": f"Import #{job.pk}: {job.original_name}",
             "job": job,
@@ -267,7 +283,6 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
                 for name in ColumnMapping(key="").as_dict()
                 if name in job.options.get("mapping", {})
             ],
-            "mapping_form": mapping_form,
             "mapping_problems": selectors.import_job_mapping_problems(job=job),
             "report": report,
             "rejected_by_reason": selectors.import_job_rejections_by_reason(job=job),
@@ -278,27 +293,13 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
             "can_inspect": can_change and job.state == ImportState.UPLOADED,
             "can_dry_run": can_change and job.state in jobs.MAPPING_EDITABLE,
             "can_apply": can_change and job.state == ImportState.DRY_RUN_READY,
-            "can_cancel": can_change
-            and (
-                job.state in jobs.CANCELLABLE
-                or (job.state == ImportState.RUNNING and not job.cancel_requested_at)
-            ),
+            "can_cancel": can_change and selectors.import_job_cancellable(job=job),
             "can_resume": can_change and selectors.import_job_resumable(job=job),
             "urls": {
                 name: reverse(f"admin:ingestion_importjob_{name}", args=[job.pk])
-                for name in (
-                    "progress",
-                    "inspect",
-                    "dry_run",
-                    "apply",
-                    "cancel",
-                    "resume",
-                    "rejections_csv",
-                )
+                for name in JOB_URLS
             },
-            **(extra_context or {}),
         }
-        return TemplateResponse(request, "admin/ingestion/importjob/job.html", context)
 
     # --- buttons and data ------------------------------------------------------------------
 

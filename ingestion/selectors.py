@@ -21,6 +21,10 @@ from places.models import Dataset
 PROGRESS_KEY = "import-progress:{}"
 
 RUNNING_STATES = frozenset({ImportState.QUEUED, ImportState.RUNNING})
+# Cancelled at once (the task, when it arrives, finds nothing to run).
+NOT_STARTED_STATES = frozenset(
+    {ImportState.UPLOADED, ImportState.INSPECTED, ImportState.DRY_RUN_READY, ImportState.QUEUED}
+)
 # States a job ends in when it stopped before the end (a resume may go on from there).
 STOPPED_STATES = frozenset({ImportState.FAILED, ImportState.CANCELLED})
 
@@ -55,6 +59,14 @@ def import_job_resumable(*, job: ImportJob) -> bool:
     if job.state == ImportState.FAILED:
         return job.started_at is not None
     return job.state == ImportState.CANCELLED and job.cancel_requested_at is not None
+
+
+def import_job_cancellable(*, job: ImportJob) -> bool:
+    """Whether cancel does something: it closes a job that is not running yet, and asks a
+    running one to stop after its batch (once)."""
+    if job.state == ImportState.RUNNING:
+        return job.cancel_requested_at is None
+    return job.state in NOT_STARTED_STATES
 
 
 @dataclass(frozen=True)

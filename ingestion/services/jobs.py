@@ -31,20 +31,17 @@ from ingestion import tasks
 from ingestion.mapping import ColumnMapping, mapping_problems, mapping_propose
 from ingestion.models import ImportJob, ImportMode, ImportState
 from ingestion.readers import UnreadableFile, detect_format, open_reader, srid_from_crs
-from ingestion.selectors import import_job_mapping_problems, import_job_resumable
+from ingestion.selectors import (
+    NOT_STARTED_STATES,
+    import_job_mapping_problems,
+    import_job_resumable,
+)
 from places.models import Dataset
 
 logger = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 2 * 1024**3
 MAPPING_EDITABLE = (ImportState.INSPECTED, ImportState.DRY_RUN_READY)
-# Cancelled at once; a running job is asked to stop after its batch instead.
-CANCELLABLE = (
-    ImportState.UPLOADED,
-    ImportState.INSPECTED,
-    ImportState.DRY_RUN_READY,
-    ImportState.QUEUED,
-)
 
 
 class ImportJobStateError(ValueError):
@@ -211,7 +208,7 @@ def import_job_cancel(*, job: ImportJob) -> ImportJob:
             if locked.cancel_requested_at is None:
                 locked.cancel_requested_at = Now()
                 locked.save(update_fields=["cancel_requested_at"])
-        elif locked.state in CANCELLABLE:
+        elif locked.state in NOT_STARTED_STATES:
             locked.state = ImportState.CANCELLED
             locked.finished_at = Now()
             locked.save(update_fields=["state", "finished_at"])

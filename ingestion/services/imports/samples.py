@@ -49,8 +49,31 @@ def dry_run_samples(*, cursor: Any, job: ImportJob, limit: int = SAMPLE_SIZE) ->
     Long texts are cut and footprints summarised: the report is JSON on the job's row.
     """
     params = {"limit": limit, "dataset": job.dataset_id, "job": job.pk}
+    retired: list[dict[str, Any]] = []
+    if job.mode == ImportMode.SNAPSHOT:
+        cursor.execute(SAMPLE_MISSING, params)
+        retired = [
+            {"place_id": pk, "key": key, "name": _short(name)}
+            for pk, key, name in cursor.fetchall()
+        ]
+    cursor.execute(UNCHANGED, params)
+    unchanged = [
+        {"row": row, "layer": layer, "key": key, "place_id": place_id}
+        for row, layer, key, place_id in cursor.fetchall()
+    ]
+    return {
+        "limit": limit,
+        "added": _added(cursor, params),
+        "updated": _updated(cursor, params),
+        "unchanged": unchanged,
+        "retired": retired,
+        "rejected": _rejected(job, limit),
+    }
+
+
+def _added(cursor: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
     cursor.execute(ADDED, params)
-    added = [
+    return [
         {
             "row": row,
             "layer": layer,
@@ -79,8 +102,12 @@ def dry_run_samples(*, cursor: Any, job: ImportJob, limit: int = SAMPLE_SIZE) ->
             country,
         ) in cursor.fetchall()
     ]
+
+
+def _updated(cursor: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Updates field by field, with the old and the new value."""
     cursor.execute(UPDATED, params)
-    updated = [
+    return [
         {
             "row": row,
             "layer": layer,
@@ -93,21 +120,12 @@ def dry_run_samples(*, cursor: Any, job: ImportJob, limit: int = SAMPLE_SIZE) ->
         }
         for row, layer, key, place_id, changes in cursor.fetchall()
     ]
-    cursor.execute(UNCHANGED, params)
-    unchanged = [
-        {"row": row, "layer": layer, "key": key, "place_id": place_id}
-        for row, layer, key, place_id in cursor.fetchall()
-    ]
-    retired: list[dict[str, Any]] = []
-    if job.mode == ImportMode.SNAPSHOT:
-        cursor.execute(SAMPLE_MISSING, params)
-        retired = [
-            {"place_id": pk, "key": key, "name": _short(name)}
-            for pk, key, name in cursor.fetchall()
-        ]
+
+
+def _rejected(job: ImportJob, limit: int) -> list[dict[str, Any]]:
     # Original values as pairs in the file's column order: jsonb objects keep their own order.
     position = {name: i for i, name in enumerate(import_job_columns(job=job))}
-    rejected = [
+    return [
         {
             "row": rejection.row_number,
             "layer": rejection.layer,
@@ -120,14 +138,6 @@ def dry_run_samples(*, cursor: Any, job: ImportJob, limit: int = SAMPLE_SIZE) ->
         }
         for rejection in job.rejections.order_by("row_number", "id")[:limit]
     ]
-    return {
-        "limit": limit,
-        "added": added,
-        "updated": updated,
-        "unchanged": unchanged,
-        "retired": retired,
-        "rejected": rejected,
-    }
 
 
 def _json(value: Any) -> Any:
