@@ -162,12 +162,6 @@ STATE_HELP = {
 }
 
 
-def import_job_progress(*, job: ImportJob) -> int:
-    """Rows read so far: live from the cache while the job runs, else from the row."""
-    live = _live_progress(job.pk)
-    return int(live.get("rows", job.rows_read)) if live is not None else job.rows_read
-
-
 @dataclass(frozen=True)
 class ImportStatus:
     """Where a job stands, for the admin's progress bar."""
