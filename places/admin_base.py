@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from typing import Any
 
 from django.contrib.gis import admin
 from django.contrib.gis.forms.widgets import OpenLayersWidget
 from django.core.paginator import Paginator
-from django.db import connections
+
+from places import selectors
 
 # Below this estimate an exact COUNT is cheap enough; above it the estimate is shown.
 EXACT_COUNT_BELOW = 20_000
@@ -30,12 +30,7 @@ class EstimatedCountPaginator(Paginator):
             # do not exist, and filters are what keeps the count small.
             return qs.count()
         sql, params = qs.query.sql_with_params()
-        with connections[qs.db].cursor() as cursor:
-            cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
-            plan = cursor.fetchone()[0]
-        if isinstance(plan, str):
-            plan = json.loads(plan)
-        estimate = int(plan[0]["Plan"]["Plan Rows"])
+        estimate = selectors.query_row_estimate(sql=sql, params=params, using=qs.db)
         if estimate < EXACT_COUNT_BELOW:
             return qs.count()
         return estimate

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from django.db import connection
 
+from places import selectors
 from places.serving.fields import FIELDS, csv_header
 from places.serving.query import PlaceQuery
 
@@ -162,12 +163,11 @@ def number_matched(*, query: PlaceQuery) -> tuple[int, bool]:
             params,
         )
         counted = cursor.fetchone()[0]
-        if counted <= EXACT_COUNT_LIMIT:
-            return counted, True
-        cursor.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM places_place p WHERE {where}", params)
-        plan = cursor.fetchone()[0]
-    plan = json.loads(plan) if isinstance(plan, str) else plan
-    estimate = int(plan[0]["Plan"]["Plan Rows"])
+    if counted <= EXACT_COUNT_LIMIT:
+        return counted, True
+    estimate = selectors.query_row_estimate(
+        sql=f"SELECT 1 FROM places_place p WHERE {where}", params=params
+    )
     # The count already proved more than the limit; never report fewer.
     return max(estimate, EXACT_COUNT_LIMIT + 1), False
 

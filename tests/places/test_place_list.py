@@ -16,6 +16,8 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from places import selectors
+from places.admin_base import EXACT_COUNT_BELOW, EstimatedCountPaginator
 from places.geo import parse_bbox
 from places.models import Place
 from places.services import dataset_get_or_create, place_create, place_update
@@ -285,3 +287,17 @@ def test_detail_and_cached_responses_answer_if_none_match_alike(api, gb_import, 
         # then each answers 304 to every form that names it, and 200 to another tag
         assert api.get(url, HTTP_IF_NONE_MATCH=header).status_code == 304, url
         assert api.get(url, HTTP_IF_NONE_MATCH='"nope"').status_code == 200, url
+
+
+def test_admin_counts_and_number_matched_share_the_planner_estimate(api, gb_import):
+    # given every place, far more than either caller counts exactly
+    everything = Place.objects.all()
+    assert everything.count() > max(EXACT_COUNT_BELOW, features.EXACT_COUNT_LIMIT)
+    estimate = selectors.query_row_estimate(sql="SELECT 1 FROM places_place p")
+    # when the admin's paginator and the list API estimate it
+    paginator = EstimatedCountPaginator(everything.order_by("-id"), 50)
+    body = api.get("/api/v1/places/", {"status": "any", "limit": 1, "fields": "name"}).json()
+    # then both give the one selector's figure
+    assert paginator.count == estimate
+    assert body["numberMatched"] == estimate
+    assert body["numberMatchedExact"] is False
