@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from rest_framework import serializers
+from rest_framework.fields import empty
 
 from places.geo import BBox, BBoxError, parse_bbox
 from places.models import Dataset, Region, RegionLevel, Religion
@@ -76,7 +77,25 @@ class PlaceFiltersQuery(serializers.Serializer):
         )
 
 
+BBOX_HELP = (
+    "minLon,minLat,maxLon,maxLat (WGS84). minLon > maxLon crosses the antimeridian "
+    "(`170,-48,-175,-34`: New Zealand with the Chatham Islands)."
+)
+
+
 class BBoxField(serializers.CharField):
+    """A box checked by ``places.geo.parse_bbox`` (four finite numbers, order, range,
+    antimeridian) before any query; the one bbox parameter of the list and the viewport.
+    Where a blank value is allowed it means no box (None)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("help_text", BBOX_HELP)
+        super().__init__(**kwargs)
+
+    def run_validation(self, data: Any = empty) -> BBox | None:
+        value = super().run_validation(data)
+        return None if value == "" else value
+
     def to_internal_value(self, data: object) -> BBox:
         try:
             return parse_bbox(super().to_internal_value(data))
@@ -85,14 +104,7 @@ class BBoxField(serializers.CharField):
 
 
 class PlaceListQuery(PlaceFiltersQuery):
-    bbox = BBoxField(
-        required=False,
-        allow_blank=True,
-        help_text=(
-            "minLon,minLat,maxLon,maxLat (WGS84). minLon > maxLon crosses the antimeridian "
-            "(`170,-48,-175,-34`: New Zealand with the Chatham Islands)."
-        ),
-    )
+    bbox = BBoxField(required=False, allow_blank=True)
     fields = serializers.CharField(
         required=False,
         help_text=(
@@ -122,9 +134,6 @@ class PlaceListQuery(PlaceFiltersQuery):
         ),
     )
 
-    def validate_bbox(self, value: BBox | str) -> BBox | None:
-        return value or None
-
     def validate_fields(self, value: str) -> list[str]:
         names = [name.strip() for name in value.split(",") if name.strip()]
         unknown = sorted(set(names) - set(PROPERTIES))
@@ -149,17 +158,9 @@ class RegionTileQuery(serializers.Serializer):
 class ViewportQuery(PlaceFiltersQuery):
     """The places filters plus the view."""
 
-    bbox = serializers.CharField(
-        help_text="minLon,minLat,maxLon,maxLat; may cross the antimeridian."
-    )
+    bbox = BBoxField()
     zoom = serializers.IntegerField(min_value=0, max_value=tiles.MAX_ZOOM)
     format = serializers.ChoiceField(choices=["json", "bin"], required=False)
-
-    def validate_bbox(self, value: str) -> BBox:
-        try:
-            return parse_bbox(value)
-        except BBoxError as exc:
-            raise serializers.ValidationError(f"Invalid bbox: {exc}.") from exc
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if not viewport.box_fits_zoom(attrs["bbox"], attrs["zoom"]):

@@ -99,3 +99,28 @@ def test_status_help_text_names_the_default_on_every_read_path(client):
         )
         assert status["schema"]["default"] == "active", path
         assert set(status["schema"]["enum"]) == {"active", "retired", "merged", "any"}, path
+
+
+@pytest.mark.parametrize(
+    "bbox",
+    ["1,2,3", "1,2,3,4,5", "a,b,c,d", "nan,0,1,1", "0,0,inf,1", "0,10,1,5", "0,-95,1,0", ",,,"],
+)
+def test_list_and_viewport_refuse_a_bad_bbox_with_the_same_message(client, bbox):
+    listed = client.get("/api/v1/places/", {"bbox": bbox})
+    viewed = client.get("/api/v1/viewport/", {"bbox": bbox, "zoom": 3})
+    assert listed.status_code == viewed.status_code == 400
+    assert listed.json()["bbox"] == viewed.json()["bbox"]
+
+
+def test_list_and_viewport_document_the_same_bbox(client):
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    descriptions = {
+        path: next(
+            p["description"]
+            for p in schema["paths"][path]["get"]["parameters"]
+            if p["name"] == "bbox"
+        )
+        for path in ("/api/v1/places/", "/api/v1/viewport/")
+    }
+    assert len(set(descriptions.values())) == 1
+    assert "antimeridian" in descriptions["/api/v1/viewport/"]
