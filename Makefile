@@ -6,11 +6,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help run test bench bench-deps deps system-deps services db lint check clean
+.PHONY: help run test test-fast bench bench-deps deps system-deps services db lint check clean
 
 help:
 	@echo "make run    install what is missing, load sample data, run web + worker + beat"
 	@echo "make test   install what is missing, then lint, checks and the whole test suite"
+	@echo "make test-fast  the edit-test loop: tests without worker processes or slow ones"
 	@echo "make bench  benchmarks; results in tests/benchmarks/results/results.md"
 
 system-deps:
@@ -47,6 +48,10 @@ check: db
 
 test: lint check
 	$(PY) -m pytest
+
+# No system packages, lint or checks; skips tests marked worker or slow (see pyproject.toml).
+test-fast: $(VENV_STAMP) services
+	$(PY) -m pytest -q -m "not worker and not slow"
 
 bench-deps:
 	@bin/bench-deps

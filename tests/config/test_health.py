@@ -52,6 +52,7 @@ def test_ready_is_503_naming_the_cache_when_redis_is_unreachable(client, setting
     assert body["checks"]["database"]["status"] == "ok"
 
 
+@pytest.mark.slow  # the broker client retries before it gives up
 @pytest.mark.django_db
 def test_ready_is_503_naming_the_broker_when_it_is_unreachable(client):
     with override_settings(CELERY_BROKER_URL=f"redis://{CLOSED_PORT_HOST}:{_closed_port()}/0"):

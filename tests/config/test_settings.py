@@ -83,6 +83,7 @@ def test_geodjango_uses_a_current_gdal():
     assert GDAL_VERSION >= (3, 9)
 
 
+@pytest.mark.slow
 def test_production_static_files_collect_with_the_manifest_storage(tmp_path):
     result = subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
@@ -103,6 +104,7 @@ def test_production_static_files_collect_with_the_manifest_storage(tmp_path):
     assert list(tmp_path.glob("vendor/ol/ol.*.js"))
 
 
+@pytest.mark.slow
 def test_sentry_is_off_without_dsn_and_sends_no_personal_data_with_one():
     probe = (
         "import django, sentry_sdk; django.setup(); c = sentry_sdk.get_client(); "

@@ -191,6 +191,7 @@ def test_reimport_passes_unchanged_rows_by_fingerprint(sample_regions):
     assert "_fingerprint" not in PlaceChange.objects.filter(place=place).get().changes
 
 
+@pytest.mark.slow
 def test_a_region_change_sends_unchanged_rows_through_point_in_polygon_again(sample_regions):
     # given places imported while Southwark had its district polygon
     dataset = dataset_get_or_create(slug="regions-move")

@@ -257,6 +257,7 @@ def test_gobayes_export_imports_with_nested_values_as_json_text(sample_regions):
     }
 
 
+@pytest.mark.slow
 def test_gobayes_export_gzipped_gives_the_same_places(sample_regions, tmp_path):
     path = tmp_path / "export.json.gz"
     path.write_bytes(gzip.compress(GOBAYES.read_bytes()))
@@ -368,6 +369,7 @@ def test_geojson_and_geojsonseq_are_told_apart(tmp_path, text, expected):
 # --- Geofabrik's packed classes --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_geofabrik_rows_that_are_not_places_of_worship_are_reported(sample_regions):
     # given the Geofabrik Greater London pofw layers, whose 15 classes are all religions
     expected = {}

@@ -59,6 +59,7 @@ def _gzip_of_zeros(path: Path, mebibytes: int, *, prefix: bytes = b"") -> Path:
 # --- compression bombs ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_gzip_bomb_is_refused_before_anything_is_stored(tmp_path):
     # given 1 GiB of CSV-looking zeros in about a megabyte of gzip
     path = _gzip_of_zeros(tmp_path / "bomb.csv.gz", 1024, prefix=b"id,lon,lat\n")
@@ -88,6 +89,7 @@ def test_gzip_over_the_expanded_size_limit_is_refused_naming_the_limit(tmp_path,
         detect_format(path)
 
 
+@pytest.mark.slow
 def test_geojson_gzip_bomb_is_refused_before_gdal_opens_it(tmp_path):
     path = _gzip_of_zeros(
         tmp_path / "bomb.geojson.gz", 256, prefix=b'{"type": "FeatureCollection", "x": "'
@@ -313,6 +315,7 @@ def test_geometries_postgis_would_choke_on_reject_their_rows_only(sample_regions
     }
 
 
+@pytest.mark.slow
 def test_stray_byte_after_the_sampled_mebibyte_costs_one_character_not_the_file(
     sample_regions, tmp_path
 ):

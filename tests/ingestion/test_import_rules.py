@@ -102,6 +102,7 @@ def test_changed_source_value_updates_only_that_field_and_logs_it(sample_regions
     assert set(p9.changes) == {"name"}
 
 
+@pytest.mark.slow
 def test_shapefile_layers_give_points_and_footprints(sample_regions):
     job = _run(LONDON_SHP, "geofabrik")
     assert job.state == ImportState.DONE

@@ -126,6 +126,7 @@ def test_reimporting_the_same_file_changes_nothing(gb_import):
     )
 
 
+@pytest.mark.slow
 def test_dry_run_reports_counts_and_writes_no_place(sample_regions, tmp_path):
     from places.services import dataset_get_or_create
 

@@ -20,6 +20,8 @@ from places.services import dataset_get_or_create, place_create, place_update
 from tests.db import database_kwargs
 
 FOREIGN_WAIT_SECONDS = 120
+# Slow where other test runs or benchmarks share the server: each test waits for them.
+pytestmark = pytest.mark.slow
 
 
 def _wait_for_other_databases() -> None:
