@@ -102,3 +102,20 @@ def test_moving_a_place_reassigns_and_logs_its_region(sample_regions):
     assert moved.region.code == "E08000003"
     change = PlaceChange.objects.filter(place=place).latest("seq")
     assert change.changes["region_id"]["new"] == moved.region_id
+
+
+def test_region_writers_wait_until_a_curators_new_or_moved_place_commits(place):
+    import psycopg
+
+    from places.locks import AdvisoryLock
+    from tests.db import database_kwargs
+
+    # given a curator's move, located against the regions but not committed yet
+    place_update(place=place, data={"location": Point(-2, 53)})
+    # when region upkeep starts in another session
+    with psycopg.connect(**database_kwargs()) as other:
+        other.execute("SET lock_timeout = '200ms'")
+        # then it waits for the move to commit (here: gives up), so the pieces the place
+        # was located against cannot be replaced under it
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            other.execute("SELECT pg_advisory_xact_lock(%s)", [AdvisoryLock.REGIONS.value])
