@@ -215,7 +215,9 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
     ) -> HttpResponse:
         job = self.get_object(request, unquote(object_id))
         if job is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+            return self._get_obj_does_not_exist_redirect(  # type: ignore[attr-defined]
+                request, self.opts, object_id
+            )
         if not self.has_view_or_change_permission(request, job):
             raise PermissionDenied
         can_change = self.has_change_permission(request, job)
@@ -336,7 +338,7 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
         job = self._job_or_404(request, job_id)
         return JsonResponse(selectors.import_job_status(job=job).as_dict())
 
-    def rejections_csv_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+    def rejections_csv_view(self, request: HttpRequest, job_id: int) -> StreamingHttpResponse:
         job = self._job_or_404(request, job_id)
         response = StreamingHttpResponse(
             selectors.import_rejections_csv(job=job), content_type="text/csv; charset=utf-8"

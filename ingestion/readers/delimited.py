@@ -8,7 +8,7 @@ import gzip
 import io
 import itertools
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +183,7 @@ class CsvReader:
     def layers(self) -> list[Layer]:
         return [Layer(name="", geometry_type=None, features=None, columns=self.header)]
 
-    def batches(self, layer: str = "") -> Iterator[Batch]:
+    def batches(self, layer: str = "") -> Generator[Batch, None, None]:
         self.invalid_rows = []
 
         def invalid(row: pacsv.InvalidRow) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Generator
 from ctypes import POINTER, byref, c_char_p, c_int, c_void_p
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,7 @@ class GeoReader:
             raise UnreadableFile("the file holds no features")
         return layers
 
-    def batches(self, layer: str) -> Iterator[Batch]:
+    def batches(self, layer: str) -> Generator[Batch, None, None]:
         try:
             with open_arrow(self.source, layer=layer, batch_size=BATCH_ROWS, use_pyarrow=True) as (
                 meta,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ class JsonArrayReader:
     def layers(self) -> list[Layer]:
         return [Layer(name="", geometry_type=None, features=None, columns=self.header)]
 
-    def batches(self, layer: str = "") -> Iterator[Batch]:
+    def batches(self, layer: str = "") -> Generator[Batch, None, None]:
         pending: list[Any] = []
         seen = dict.fromkeys(self.header)
         with self._open() as fh:

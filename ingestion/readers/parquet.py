@@ -8,7 +8,7 @@ WGS84 longitude/latitude). Plain Parquet with longitude/latitude columns reads l
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ class ParquetReader:
             )
         ]
 
-    def batches(self, layer: str = "") -> Iterator[Batch]:
+    def batches(self, layer: str = "") -> Generator[Batch, None, None]:
         wanted = [*self.columns, *([self.geometry] if self.geometry else [])]
         try:
             for record_batch in self.file.iter_batches(

@@ -114,6 +114,7 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
         if not layers:
             raise UnreadableFile("the file holds no layers")
         unsplit: list[tuple[int | None, str]] = []
+        row_count: int | None
         if isinstance(reader, CsvReader):
             row_count, estimated = _csv_row_count(reader, path)
             layer_rows: list[int | None] = [row_count]

@@ -30,7 +30,13 @@ from kombu.exceptions import OperationalError as BrokerError
 from ingestion import tasks
 from ingestion.mapping import ColumnMapping, mapping_problems, mapping_propose
 from ingestion.models import ImportJob, ImportMode, ImportState
-from ingestion.readers import UnreadableFile, detect_format, open_reader, srid_from_crs
+from ingestion.readers import (
+    CsvReader,
+    UnreadableFile,
+    detect_format,
+    open_reader,
+    srid_from_crs,
+)
 from ingestion.selectors import (
     NOT_STARTED_STATES,
     import_job_mapping_problems,
@@ -114,7 +120,9 @@ def import_job_create(
                 for layer in layers
             ],
             **(
-                {"encoding": reader.encoding, "delimiter": reader.delimiter} if fmt == "csv" else {}
+                {"encoding": reader.encoding, "delimiter": reader.delimiter}
+                if isinstance(reader, CsvReader)
+                else {}
             ),
         },
         mode=mode,

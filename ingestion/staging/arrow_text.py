@@ -27,11 +27,11 @@ def text_array(values: pa.Array | Sequence[str | None] | None, size: int) -> pa.
     """A string array of ``size`` values (all null when the column is absent)."""
     if values is None:
         return pa.nulls(size, pa.string())
-    if not isinstance(values, pa.Array | pa.ChunkedArray):
-        return pa.array(values, pa.string())
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    return values if values.type == pa.string() else values.cast(pa.string())
+    if isinstance(values, pa.Array):
+        return values if values.type == pa.string() else values.cast(pa.string())
+    return pa.array(values, pa.string())
 
 
 def strip(values: pa.Array) -> pa.Array:
