@@ -196,8 +196,9 @@ def region_save(*, region: Region) -> RegionsRefreshed:
     """
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(LOCK, {"lock": AdvisoryLock.REGIONS.value})
+        # No key update: imports that name the region (FOR KEY SHARE) need not be waited for.
         stored = (
-            Region.objects.select_for_update()
+            Region.objects.select_for_update(no_key=True)
             .filter(pk=region.pk)
             .values("geom", "level", "parent_id")
             .first()
