@@ -132,8 +132,10 @@ def test_cancel_on_two_apply_connections_lets_running_batches_commit(
     )
     _cancel_after(monkeypatch, 1)
     job = import_job_execute(job_id=job.pk)
-    # then no batch started after the cancel, and what committed is counted exactly
+    # then what committed is counted exactly
     assert job.state == ImportState.CANCELLED
     created = Place.objects.filter(dataset=job.dataset).count()
     assert job.added == created == job.checkpoint["batches"] * 5
-    assert 1 <= job.checkpoint["batches"] <= 2  # the one cancelled in, and one running beside
+    # It stopped early: the batch the cancel came in, the one running beside it and at most
+    # one the other connection began in the instant before the cancel was written.
+    assert 1 <= job.checkpoint["batches"] <= 3 < 8
