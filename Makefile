@@ -6,13 +6,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: help run test test-fast bench bench-deps deps system-deps services db lint check clean
+.PHONY: help run test test-fast bench bench-ab bench-deps deps system-deps services db lint check clean
 
 help:
 	@echo "make run    install what is missing, load sample data, run web + worker + beat"
 	@echo "make test   install what is missing, then lint, checks and the whole test suite"
 	@echo "make test-fast  the edit-test loop: tests without worker processes or slow ones"
 	@echo "make bench  benchmarks; results in tests/benchmarks/results/results.md"
+	@echo "make bench-ab  this tree against BENCH_AB_BASE, interleaved; results/ab.md"
 
 system-deps:
 	@bin/install-system-deps
@@ -59,6 +60,12 @@ bench-deps:
 # BENCH_ARGS passes options to the runner, e.g. make bench BENCH_ARGS="--places 100000".
 bench: db bench-deps
 	$(PY) tests/benchmarks/run.py $(BENCH_ARGS)
+
+# This tree (B) against the code at BENCH_AB_BASE (A), measured in alternating rounds of one
+# run; BENCH_AB_ARGS passes options, e.g. make bench-ab BENCH_AB_ARGS="--skip-imports".
+BENCH_AB_BASE ?= 0580afa
+bench-ab: db
+	$(PY) tests/benchmarks/ab.py --base $(BENCH_AB_BASE) $(BENCH_AB_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-bench .run .pytest_cache .ruff_cache

@@ -112,16 +112,24 @@ def gunicorn_server(
     workers: int,
     log_dir: Path,
     extra_env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    name: str = "gunicorn",
 ) -> Iterator[Server]:
     """Our app as deployed (docker/Dockerfile, k8s/40-web.yaml): gunicorn with sync workers,
     production settings with DEBUG off, plus the bench URLconf that adds the naive baseline.
 
     One change: a long worker timeout, so that the naive baseline's 100K-feature answer is
     measured instead of killed at gunicorn's default 30 s.
+
+    ``cwd`` is the tree whose code is served (gunicorn puts it first on ``sys.path``), with
+    this project's ``.venv`` either way: ``ab.py`` serves a base ref's worktree beside this
+    one. ``name`` tells the logs of two servers apart.
     """
     port = free_port()
     env = {
         **os.environ,
+        # gunicorn takes its directory from PWD when that names the same place as cwd.
+        "PWD": str(cwd),
         "DJANGO_SETTINGS_MODULE": "tests.benchmarks.settings",
         "SECRET_KEY": secrets.token_urlsafe(40),
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
@@ -133,8 +141,14 @@ def gunicorn_server(
         "LOG_LEVEL": "WARNING",
         **(extra_env or {}),
     }
-    for name in ("DATABASE_URL_FILE", "REDIS_URL_FILE", "SENTRY_DSN", "SENTRY_DSN_FILE"):
-        env.pop(name, None)
+    for variable in (
+        "DATABASE_URL_FILE",
+        "REDIS_URL_FILE",
+        "SENTRY_DSN",
+        "SENTRY_DSN_FILE",
+        "PYTHONPATH",
+    ):
+        env.pop(variable, None)
     command = [
         str(ROOT / ".venv" / "bin" / "gunicorn"),
         "config.wsgi",
@@ -145,14 +159,14 @@ def gunicorn_server(
         "--timeout",
         "600",
         "--access-logfile",
-        str(log_dir / "gunicorn-access.log"),
+        str(log_dir / f"{name}-access.log"),
     ]
     with _run(
-        "gunicorn",
+        name,
         command,
         port=port,
         env=env,
-        cwd=ROOT,
+        cwd=cwd,
         log_dir=log_dir,
         ready_path="/health/live/",
     ) as server:

@@ -1,0 +1,265 @@
+"""Serving for ``ab.py``: the same requests to A's and B's gunicorn, in alternating rounds.
+
+Both servers read one database and share one Redis database. A round of one side is an
+untimed warm-up request (PostgreSQL's buffers warm; for a cached figure, the cache entry it
+then reads) and ``samples`` timed ones; uncached means the Redis database is emptied before
+each timed request. Every request's rounds run A, B, A, B, … before the next request, so
+both sides of a comparison are measured minutes apart at most. Afterwards each side is asked
+every request once more and the bodies compared byte for byte (gzip undone, and each
+server's own address in links written alike).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import statistics
+import tempfile
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.benchmarks import measure, picks
+from tests.benchmarks.ab_compare import Tree, compare_sides
+from tests.benchmarks.servers import Server, gunicorn_server, worker_peak_rss_kib
+
+logger = logging.getLogger("bench")
+
+
+@dataclass(frozen=True)
+class Probe:
+    key: str
+    label: str
+    path: str
+    cached: bool
+
+
+def probes(*, box_places: int) -> tuple[list[Probe], list[Probe], dict[str, Any]]:
+    """The timed requests, those only compared, and what was picked: boxes and tiles chosen
+    from the loaded places as ``make bench`` chooses them (Django must point at the serving
+    database)."""
+    lon, lat = picks.positions()
+    big = picks.box_holding(lon, lat, places=box_places)
+    legal = picks.densest_square(lon, lat, cells=round(picks.LEGAL_SIDE / picks.CELL))
+    tile = picks.densest_tile(lon, lat, z=10)
+    parent = picks.tile_at(lon, lat, z=7, x=tile.x >> 3, y=tile.y >> 3)
+    region = f"4/{tile.x >> 6}/{tile.y >> 6}"
+    chosen = {
+        "big_box": {**big.as_dict(), "tiles_across_at_zoom_10": big.tiles_across},
+        "densest_legal_view": legal.as_dict(),
+        "dense_tile": {"tile": tile.path, "places": tile.places},
+        "cluster_tile": {"tile": parent.path, "places": parent.places},
+        "region_tile": {"tile": region, "level": "country"},
+    }
+    view = f"/api/v1/viewport/?bbox={big.text}&zoom={big.zoom}"
+    # B lists active places unless told otherwise, A every status: asked alike of both.
+    page = f"/api/v1/places/?bbox={big.text}&limit=1000"
+    specs = [
+        ("viewport_bin", f"viewport, {big.places:,}-place box, binary", f"{view}&format=bin"),
+        (
+            "legal_view_bin",
+            f"viewport, densest zoom-10 view ({legal.places:,} places), binary",
+            f"/api/v1/viewport/?bbox={legal.text}&zoom={legal.zoom}&format=bin",
+        ),
+        ("tile_dense", f"tile {tile.path} (places)", f"/tiles/places/{tile.path}.pbf"),
+        ("tile_clusters", f"tile {parent.path} (clusters)", f"/tiles/places/{parent.path}.pbf"),
+        ("places_page", "places/ 1,000 features, status=active", f"{page}&status=active"),
+        (
+            "region_tile",
+            f"region tile {region} (countries)",
+            f"/tiles/regions/{region}.pbf?level=country",
+        ),
+    ]
+    timed = [
+        Probe(f"{key}_{kind}", f"{label}, {kind}", path, kind == "cached")
+        for key, label, path in specs
+        for kind in ("uncached", "cached")
+        if not (key == "legal_view_bin" and kind == "cached")
+    ]
+    floor = "floor: /health/live/ (no database or cache)"
+    timed.append(Probe("floor_health", floor, "/health/live/", cached=True))
+    compared = [
+        Probe("places_page_default_status", "places/ 1,000 features, no status", page, False),
+        Probe("viewport_json", "viewport, big box, JSON", f"{view}&format=json", False),
+        Probe("tilejson_places", "TileJSON of the places", "/tiles/places.json", False),
+    ]
+    return timed, compared, chosen
+
+
+def _decoded(answer: measure.Answer) -> bytes:
+    if answer.headers.get("content-encoding") == "gzip":
+        return gzip.decompress(answer.body)
+    return answer.body
+
+
+def _round(server: Server, probe: Probe, *, samples: int, flush: Callable[[], Any]) -> list[float]:
+    """One round of one side: an untimed warm-up, then ``samples`` timed requests."""
+    flush()
+    measure.fetch(server.host, server.port, probe.path)
+    times = []
+    for _ in range(samples):
+        if not probe.cached:
+            flush()
+        answer = measure.fetch(server.host, server.port, probe.path)
+        if answer.status != 200:
+            raise RuntimeError(f"{server.name} {probe.path}: HTTP {answer.status}")
+        times.append(answer.ms)
+    return times
+
+
+def _json_differences(a: Any, b: Any, where: str, found: list[str], limit: int = 8) -> None:
+    """The first ``limit`` paths where two JSON values part."""
+    if len(found) >= limit or a == b:
+        return
+    if isinstance(a, dict) and isinstance(b, dict):
+        only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
+        if only_a or only_b:
+            found.append(f"{where or '.'}: keys only in A {only_a}, only in B {only_b}")
+        for key in sorted(a.keys() & b.keys()):
+            _json_differences(a[key], b[key], f"{where}.{key}", found, limit)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _json_differences(x, y, f"{where}[{i}]", found, limit)
+    else:
+        found.append(f"{where or '.'}: A {json.dumps(a)[:80]}, B {json.dumps(b)[:80]}")
+
+
+def _difference(a: bytes, b: bytes, path: str) -> dict[str, Any]:
+    """Where two bodies part: sizes, first byte, then the JSON paths or the tiles' features
+    per layer."""
+    first = next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+    out: dict[str, Any] = {
+        "same": False,
+        "bytes_a": len(a),
+        "bytes_b": len(b),
+        "first_difference_at": first,
+    }
+    if path.split("?")[0].endswith(".pbf"):
+        out["features"] = {"A": measure.mvt_features(a), "B": measure.mvt_features(b)}
+        return out
+    try:
+        found: list[str] = []
+        _json_differences(json.loads(a), json.loads(b), "", found)
+        out["json_differences"] = found
+    except ValueError:
+        pass
+    return out
+
+
+def _answer(server: Server, path: str) -> bytes:
+    """The body, with the server's own address (in links, on its own port) written alike."""
+    body = _decoded(measure.fetch(server.host, server.port, path))
+    return body.replace(f"{server.host}:{server.port}".encode(), b"server")
+
+
+def _answers_compared(servers: dict[str, Server], asked: list[Probe]) -> dict[str, Any]:
+    out = {}
+    for probe in asked:
+        a, b = (_answer(server, probe.path) for server in servers.values())
+        out[probe.key] = (
+            {"same": True, "bytes": len(a)} if a == b else _difference(a, b, probe.path)
+        )
+        if a != b:
+            logger.warning("%s: A and B answer differently: %s", probe.key, out[probe.key])
+    return out
+
+
+def _which_code(trees: dict[str, Tree], servers: dict[str, Server]) -> dict[str, Any]:
+    """Evidence that each server runs its own tree: its working directory (first on its
+    ``sys.path``) and a digest of the OpenAPI schema it generates."""
+    out = {}
+    for side, server in servers.items():
+        schema = measure.fetch(server.host, server.port, "/api/schema/?format=json")
+        out[side] = {
+            "cwd": os.readlink(f"/proc/{server.pid}/cwd"),
+            "schema_sha256": hashlib.sha256(_decoded(schema)).hexdigest()[:16],
+        }
+        if out[side]["cwd"] != str(trees[side].root):
+            raise RuntimeError(f"server {side} runs in {out[side]['cwd']}, not {trees[side].root}")
+    return out
+
+
+def _row(probe: Probe, by_side: dict[str, list[list[float]]]) -> dict[str, Any]:
+    row: dict[str, Any] = {"label": probe.label, "path": probe.path}
+    for side, rounds in by_side.items():
+        pooled = [t for r in rounds for t in r]
+        row[side] = {
+            "n": len(pooled),
+            "p50_ms": round(statistics.median(pooled), 1),
+            "p95_ms": round(measure.percentile(pooled, 95), 1),
+            "round_p50_ms": [round(statistics.median(r), 1) for r in rounds],
+        }
+    a, b = row["A"], row["B"]
+    return row | compare_sides(
+        a_rounds=a["round_p50_ms"], b_rounds=b["round_p50_ms"], a=a["p50_ms"], b=b["p50_ms"]
+    )
+
+
+def run(
+    *,
+    trees: dict[str, Tree],
+    database_url: str,
+    redis_url: str,
+    workers: int,
+    rounds: int,
+    samples: int,
+    box_places: int,
+) -> dict[str, Any]:
+    import redis
+
+    cache = redis.Redis.from_url(redis_url)
+    timed, compared, chosen = probes(box_places=box_places)
+    logger.info("picked: %s", json.dumps(chosen))
+    across = chosen["big_box"]["tiles_across_at_zoom_10"]
+    # The big box may be wider than a client may ask for; both URLconfs honour this.
+    extra_env = {"BENCH_VIEWPORT_MAX_TILES": str(across)} if across > picks.MAX_TILES_ACROSS else {}
+    log_dir = Path(tempfile.mkdtemp(prefix="places-ab-logs-"))
+    times: dict[str, dict[str, list[list[float]]]] = {}
+    with ExitStack() as stack:
+        servers = {
+            side: stack.enter_context(
+                gunicorn_server(
+                    database_url=database_url,
+                    redis_url=redis_url,
+                    workers=workers,
+                    log_dir=log_dir,
+                    extra_env=extra_env,
+                    cwd=tree.root,
+                    name=f"gunicorn-{side}",
+                )
+            )
+            for side, tree in trees.items()
+        }
+        code = _which_code(trees, servers)
+        # Each worker's first answers pay for lazy imports and connections: not measured.
+        for server in servers.values():
+            for probe in timed:
+                for _ in range(2 * workers):
+                    measure.fetch(server.host, server.port, probe.path)
+        for probe in timed:
+            times[probe.key] = {side: [] for side in servers}
+            for _ in range(rounds):
+                for side, server in servers.items():
+                    times[probe.key][side].append(
+                        _round(server, probe, samples=samples, flush=cache.flushdb)
+                    )
+            row = _row(probe, times[probe.key])
+            logger.info("%s: A %s ms, B %s ms", probe.key, row["A"]["p50_ms"], row["B"]["p50_ms"])
+        cache.flushdb()
+        answers = _answers_compared(servers, timed + compared)
+        rss = {side: worker_peak_rss_kib(server.pid) for side, server in servers.items()}
+    return {
+        "picked": chosen,
+        "code": code,
+        "requests": {probe.key: _row(probe, times[probe.key]) for probe in timed},
+        "answers": answers,
+        "worker_peak_rss_mib": {side: [kib // 1024 for kib in v] for side, v in rss.items()},
+        "log_dir": str(log_dir),
+    }
