@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.gis import admin
 from django.contrib.gis.forms.widgets import OpenLayersWidget
 from django.core.paginator import Paginator
+from django.db.models import QuerySet
 
 from places import selectors
 
@@ -24,7 +25,8 @@ class EstimatedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        qs = self.object_list
+        # Changelists always paginate a queryset.
+        qs = cast(QuerySet[Any], self.object_list)
         if qs.query.where:
             # Filtered lists are counted exactly: a high estimate would offer pages that
             # do not exist, and filters are what keeps the count small.
@@ -50,7 +52,7 @@ class OfflineMapWidget(OpenLayersWidget):
 class FastChangeListMixin:
     """Changelists that stay fast on millions of rows."""
 
-    paginator = EstimatedCountPaginator
+    paginator: type[Paginator] = EstimatedCountPaginator
     show_full_result_count = False
     list_per_page = 50
 

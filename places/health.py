@@ -40,8 +40,11 @@ def _check_cache() -> None:
 
 
 def _check_broker() -> None:
+    url = settings.CELERY_BROKER_URL
+    if not url:
+        raise RuntimeError("CELERY_BROKER_URL is not set")
     with Connection(
-        settings.CELERY_BROKER_URL,
+        url,
         connect_timeout=CHECK_TIMEOUT_SECONDS,
         transport_options={"socket_timeout": CHECK_TIMEOUT_SECONDS},
     ) as conn:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import connection, connections
-from django.db.models import Q, QuerySet
+from django.db.models import Model, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from places.geo import BBox
@@ -57,7 +59,9 @@ def dataset_attributions() -> list[str]:
     )
 
 
-def query_row_estimate(*, sql: str, params: object = None, using: str = "default") -> int:
+def query_row_estimate(
+    *, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None, using: str = "default"
+) -> int:
     """The planner's estimate of the rows ``sql`` returns (``EXPLAIN``, nothing is run).
 
     Costs a plan, not a scan: the one way large counts are estimated (the places list's
@@ -72,7 +76,7 @@ def query_row_estimate(*, sql: str, params: object = None, using: str = "default
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
-def table_row_estimate(*, model: type) -> int:
+def table_row_estimate(*, model: type[Model]) -> int:
     """Planner's row estimate for a table: instant, unlike COUNT(*) on millions of rows.
 
     A table never analysed has no estimate (-1); it is then counted exactly.

@@ -96,7 +96,8 @@ class BBoxField(serializers.CharField):
         value = super().run_validation(data)
         return None if value == "" else value
 
-    def to_internal_value(self, data: object) -> BBox:
+    # A CharField on the wire, a BBox once validated.
+    def to_internal_value(self, data: Any) -> BBox:  # type: ignore[override]
         try:
             return parse_bbox(super().to_internal_value(data))
         except BBoxError as exc:
@@ -105,7 +106,9 @@ class BBoxField(serializers.CharField):
 
 class PlaceListQuery(PlaceFiltersQuery):
     bbox = BBoxField(required=False, allow_blank=True)
-    fields = serializers.CharField(
+    # The `fields` query parameter: DRF's metaclass moves declared fields off the class, so
+    # Serializer.fields is not shadowed.
+    fields = serializers.CharField(  # type: ignore[assignment]
         required=False,
         help_text=(
             "Comma-separated properties to return (default: all): "

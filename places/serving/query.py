@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
 from places.geo import BBox
 from places.models import PlaceStatus
@@ -42,11 +43,11 @@ class PlaceQuery:
     updated_since: datetime | None = None
     q: str | None = None
 
-    def where(self, *, box: bool = True) -> tuple[str, dict[str, object]]:
+    def where(self, *, box: bool = True) -> tuple[str, dict[str, Any]]:
         """The condition on ``p`` and its parameters; ``box=False`` leaves the bbox to the
         caller (tiles test their own envelope)."""
         clauses: list[str] = []
-        params: dict[str, object] = {}
+        params: dict[str, Any] = {}
         if box and self.bbox is not None:
             parts = []
             for i, (x0, y0, x1, y1) in enumerate(self.bbox.parts()):

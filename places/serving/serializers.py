@@ -69,7 +69,9 @@ class PlaceDetailSerializer(GeoFeatureModelSerializer):
     """One place as a GeoJSON Feature: its representative point, every listed property, and
     what only the detail shows (footprint, merge target, creation time)."""
 
-    dataset = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    dataset: serializers.SlugRelatedField[Dataset] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     country = RegionSummarySerializer(read_only=True)
     region = RegionSummarySerializer(read_only=True)
 

@@ -59,11 +59,11 @@ class Viewport:
     kind: str  # "points" or "clusters"
     total: int
     # Points come as numpy arrays straight from the database's bytes; clusters as lists.
-    ids: Sequence[int] = field(default_factory=list)
+    ids: Sequence[int] | np.ndarray = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
-    lon: Sequence[float] = field(default_factory=list)
-    lat: Sequence[float] = field(default_factory=list)
-    religion: Sequence[int] = field(default_factory=list)
+    lon: Sequence[float] | np.ndarray = field(default_factory=list)
+    lat: Sequence[float] | np.ndarray = field(default_factory=list)
+    religion: Sequence[int] | np.ndarray = field(default_factory=list)
     by_religion: list[dict[str, int]] = field(default_factory=list)
     bounds: list[list[float]] = field(default_factory=list)
 
@@ -100,7 +100,7 @@ FROM (
 """
 
 
-def _points(cursor: Any, condition: str, args: dict[str, object]) -> Viewport | None:
+def _points(cursor: Any, condition: str, args: dict[str, Any]) -> Viewport | None:
     """Every place in the box, or None when there are more than ``MAX_POINTS``."""
     cursor.execute(
         POINTS_SQL.format(condition=condition, limit=MAX_POINTS + 1),
@@ -119,47 +119,61 @@ def _points(cursor: Any, condition: str, args: dict[str, object]) -> Viewport | 
     )
 
 
-def _clusters(cursor: Any, condition: str, args: dict[str, object], *, cell: float) -> Viewport:
-    cursor.execute(
-        f"""
-        WITH cells AS (
-            SELECT floor(ST_X(p.location) / %(cell)s) AS cx,
-                   floor(ST_Y(p.location) / %(cell)s) AS cy,
-                   ST_X(p.location) AS x, ST_Y(p.location) AS y, p.religion
-            FROM places_place p WHERE {condition}
-        ),
-        per_religion AS (
-            SELECT cx, cy, religion, count(*) AS n FROM cells GROUP BY cx, cy, religion
-        ),
-        religions AS (
-            SELECT cx, cy, jsonb_object_agg(religion, n) AS by_religion,
-                   (array_agg(religion ORDER BY n DESC, religion))[1] AS top
-            FROM per_religion GROUP BY cx, cy
-        ),
-        clusters AS (
-            SELECT cx, cy, count(*) AS n, avg(x) AS x, avg(y) AS y,
-                   min(x) AS x0, min(y) AS y0, max(x) AS x1, max(y) AS y1
-            FROM cells GROUP BY cx, cy
-        )
-        SELECT c.n, c.x, c.y, c.x0, c.y0, c.x1, c.y1, r.by_religion, r.top
-        FROM clusters c JOIN religions r USING (cx, cy)
-        ORDER BY c.cy, c.cx
-        """,
-        {**args, "cell": cell},
-    )
-    view = Viewport(kind="clusters", total=0)
-    for n, x, y, x0, y0, x1, y1, by_religion, top in cursor.fetchall():
-        view.counts.append(n)
-        view.lon.append(round(x, 6))
-        view.lat.append(round(y, 6))
-        view.bounds.append([x0, y0, x1, y1])
+# Clusters on a grid of ``%(cell)s`` degrees, with their counts per religion and bounds.
+CLUSTERS_SQL = """
+WITH cells AS (
+    SELECT floor(ST_X(p.location) / %(cell)s) AS cx,
+           floor(ST_Y(p.location) / %(cell)s) AS cy,
+           ST_X(p.location) AS x, ST_Y(p.location) AS y, p.religion
+    FROM places_place p WHERE {condition}
+),
+per_religion AS (
+    SELECT cx, cy, religion, count(*) AS n FROM cells GROUP BY cx, cy, religion
+),
+religions AS (
+    SELECT cx, cy, jsonb_object_agg(religion, n) AS by_religion,
+           (array_agg(religion ORDER BY n DESC, religion))[1] AS top
+    FROM per_religion GROUP BY cx, cy
+),
+clusters AS (
+    SELECT cx, cy, count(*) AS n, avg(x) AS x, avg(y) AS y,
+           min(x) AS x0, min(y) AS y0, max(x) AS x1, max(y) AS y1
+    FROM cells GROUP BY cx, cy
+)
+SELECT c.n, c.x, c.y, c.x0, c.y0, c.x1, c.y1, r.by_religion, r.top
+FROM clusters c JOIN religions r USING (cx, cy)
+ORDER BY c.cy, c.cx
+"""
+
+
+def _clusters(cursor: Any, condition: str, args: dict[str, Any], *, cell: float) -> Viewport:
+    cursor.execute(CLUSTERS_SQL.format(condition=condition), {**args, "cell": cell})
+    counts: list[int] = []
+    lon: list[float] = []
+    lat: list[float] = []
+    religion: list[int] = []
+    by_religion: list[dict[str, int]] = []
+    bounds: list[list[float]] = []
+    for n, x, y, x0, y0, x1, y1, per_religion, top in cursor.fetchall():
+        counts.append(n)
+        lon.append(round(x, 6))
+        lat.append(round(y, 6))
+        bounds.append([x0, y0, x1, y1])
         # Django's psycopg setup hands jsonb back as text.
-        view.by_religion.append(
-            json.loads(by_religion) if isinstance(by_religion, str) else by_religion
+        by_religion.append(
+            json.loads(per_religion) if isinstance(per_religion, str) else per_religion
         )
-        view.religion.append(LEGEND.index(top) if top in LEGEND else UNKNOWN_CODE)
-        view.total += n
-    return view
+        religion.append(LEGEND.index(top) if top in LEGEND else UNKNOWN_CODE)
+    return Viewport(
+        kind="clusters",
+        total=sum(counts),
+        counts=counts,
+        lon=lon,
+        lat=lat,
+        religion=religion,
+        by_religion=by_religion,
+        bounds=bounds,
+    )
 
 
 def viewport_json(view: Viewport) -> bytes:
