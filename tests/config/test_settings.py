@@ -41,6 +41,7 @@ def test_production_refuses_to_start_with_debug_on():
     assert "DEBUG" in result.stderr
 
 
+@pytest.mark.slow  # a new Python process with Django
 def test_production_starts_when_configured(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("s" * 50)
@@ -53,6 +54,7 @@ def test_production_starts_when_configured(tmp_path):
     assert "started" in result.stdout
 
 
+@pytest.mark.slow  # a new Python process with Django
 def test_development_needs_no_variables():
     result = _load("config.settings.local")
     assert result.returncode == 0, result.stderr

@@ -73,6 +73,7 @@ def test_formats_outside_the_list_are_unknown_to_gdal(
         pyogrio.read_info(path)
 
 
+@pytest.mark.slow  # a new Python process with Django
 def test_a_new_process_starts_with_the_short_list(tmp_path: Path) -> None:
     """Django's app loading locks GDAL down in every process (web, worker, shell), before
     any code of ours imports the readers."""

@@ -124,11 +124,8 @@ def _execute_locked(job_id: int) -> ImportJob | None:
     finally:
         import_job_progress_clear(job_id)
     job = ImportJob.objects.get(pk=job_id)
-    if job.state == ImportState.DONE and (job.added or job.updated):
-        # Fresh planner statistics after a bulk load: the map queries and the admin's
-        # estimated counts depend on them, and autovacuum may take minutes to get there.
-        with connection.cursor() as cursor:
-            cursor.execute("ANALYZE places_place")
+    if job.state == ImportState.DONE:
+        _analyze_after_bulk_load(job.added + job.updated)
     logger.info(
         "import job %s %s: %s read, %s added, %s updated, %s unchanged, %s rejected",
         job.pk,
@@ -141,6 +138,26 @@ def _execute_locked(job_id: int) -> ImportJob | None:
         extra={"import_job": job.pk},
     )
     return job
+
+
+# Fewer written rows than this, and than this share of the table, leave the statistics to
+# autovacuum: they cannot have moved much, and ANALYZE reads a sample of the whole table.
+ANALYZE_MIN_ROWS = 10_000
+ANALYZE_MIN_SHARE = 0.05
+
+
+def _analyze_after_bulk_load(written: int) -> None:
+    """Fresh planner statistics after a bulk load: the map queries and the admin's estimated
+    counts depend on them, and autovacuum may take minutes to get there."""
+    if written < ANALYZE_MIN_ROWS:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT reltuples FROM pg_class WHERE oid = 'places_place'::regclass")
+            known = cursor.fetchone()[0]
+        # A table never analysed (-1) or nearly empty has no statistics worth keeping.
+        if known > 0 and written < ANALYZE_MIN_SHARE * known:
+            return
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE places_place")
 
 
 @contextmanager
