@@ -8,6 +8,10 @@ are keyset pages in id order: the cursor is the last id of the previous page, so
 ``numberMatched`` is exact up to ``EXACT_COUNT_LIMIT`` (a count that stops there) and the
 planner's estimate above it, flagged as such: a full ``COUNT(*)`` over a continent would cost
 more than the page itself.
+
+``place_list_page`` returns the page as the client gets it: the GeoJSON envelope
+(``numberMatched``, ``numberReturned``, ``truncated``, ``next``) is written here, beside the
+SQL that writes the features, and the view only adds HTTP headers.
 """
 
 from __future__ import annotations
