@@ -139,7 +139,7 @@ class PlaceAdminForm(forms.ModelForm):
             )
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         opened = cleaned.get("opened_version")
         if self.instance.pk and opened is not None:
             current = Place.objects.filter(pk=self.instance.pk).values_list("version", flat=True)

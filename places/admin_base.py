@@ -86,5 +86,6 @@ class IdSearchMixin:
 
 
 class GeoAdmin(FastChangeListMixin, admin.GISModelAdmin):
-    gis_widget = OfflineMapWidget
+    # The stubs type gis_widget as OSMWidget; Django accepts any OpenLayersWidget here.
+    gis_widget = OfflineMapWidget  # type: ignore[assignment]
     gis_widget_kwargs = {"attrs": {"default_zoom": 5}}
