@@ -3,7 +3,8 @@
 
 On a shared, noisy machine two runs hours apart cannot be compared, so A and B are measured
 in one run, in alternating rounds (A, B, A, B, …), and a difference between them counts only
-when it is larger than the spread between one side's own rounds (A against A, B against B).
+when it is larger than the noise between neighbouring rounds of the same code (A against A,
+B against B) and most rounds agree on it (``ab_compare.py``).
 Results go to ``results/ab.{json,md}``.
 
 - **A** is a git worktree of ``--base`` (``0580afa`` by default: the code before issue 11)
@@ -67,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=7, help="requests per round")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per side")
     parser.add_argument("--import-rows", type=int, default=200_000)
-    parser.add_argument("--import-rounds", type=int, default=4, help="import rounds per side")
+    parser.add_argument("--import-rounds", type=int, default=5, help="import rounds per side")
     parser.add_argument("--skip-serving", action="store_true")
     parser.add_argument("--skip-imports", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS, help="folder for ab.json, ab.md")
@@ -126,9 +127,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"- B: `{b['sha'][:10]}` ({b['subject']})"
         + (f", with uncommitted changes in {', '.join(dirty)}." if dirty else "."),
         "",
-        "Both with the project's `.venv`. Rounds alternate A, B, A, B; B/A is the ratio of the "
-        "medians over all rounds; *spread* is a side's slowest round median over its fastest "
-        "(the A/A and B/B noise); a ratio counts as a change only beyond the larger spread.",
+        "Both with the project's `.venv`. Rounds alternate A, B, A, B (imports: B first in "
+        "even rounds). *B/A* is the ratio of the medians over all rounds; *paired* the median "
+        "of each round's B over its A (slow drift cancels); *best* B's fastest round over A's "
+        "(the least disturbed); *noise* the typical factor between neighbouring "
+        "rounds of the same code (A/A and B/B). A change counts only when the paired ratio "
+        "lies beyond the noise and at least three rounds in four agree; anything else reads "
+        "*within noise*, which is what no regression means here.",
     ]
     serving = results.get("serving")
     if serving:
@@ -152,15 +157,16 @@ def _serving_markdown(data: dict, serving: dict, p: dict) -> list[str]:
         "uncached = Redis emptied before each request. Big box "
         f"`{picked['big_box']['bbox']}` ({picked['big_box']['places']:,} places).",
         "",
-        "| request | A p50 | A p95 | B p50 | B p95 | B/A p50 | spread A / B | B slower | reading |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| request | A p50 | A p95 | B p50 | B p95 | B/A p50 | paired | best | noise "
+        "| B slower | reading |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in serving["requests"].values():
         lines.append(
             f"| {row['label']} | {row['A']['p50_ms']} | {row['A']['p95_ms']} | "
             f"{row['B']['p50_ms']} | {row['B']['p95_ms']} | {row['ratio_b_a']} | "
-            f"{row['spread_a']} / {row['spread_b']} | {row['b_slower_rounds']} of "
-            f"{row['rounds']} | {row['reading']} |"
+            f"{row['paired_ratio_b_a']} | {row['best_ratio_b_a']} | {row['noise']} | "
+            f"{row['b_slower_rounds']} of {row['rounds']} | {row['reading']} |"
         )
     lines += ["", "Same request, same body (gzip undone)?", ""]
     for key, answer in serving["answers"].items():
@@ -194,9 +200,9 @@ def _imports_markdown(imports: dict, p: dict) -> list[str]:
         f"`imports.py`, on a database of that tree's (migrated by it); {p['import_rounds']} "
         "rounds per side, CHECKPOINT before each import.",
         "",
-        "| import | A s | B s | A rows/s | B rows/s | B/A s | spread A / B | B slower "
-        "| A / B peak RSS MB | reading |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| import | A s | B s | A rows/s | B rows/s | B/A s | paired | best | noise "
+        "| B slower | A / B peak RSS MB | reading |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for key, label in KINDS.items():
         row = imports[key]
@@ -204,8 +210,9 @@ def _imports_markdown(imports: dict, p: dict) -> list[str]:
         lines.append(
             f"| {label} | {a['median_seconds']} | {b['median_seconds']} | "
             f"{a['rows_per_second']:,} | {b['rows_per_second']:,} | {row['ratio_b_a']} | "
-            f"{row['spread_a']} / {row['spread_b']} | {row['b_slower_rounds']} of "
-            f"{row['rounds']} | {a['peak_rss_mb']} / {b['peak_rss_mb']} | {row['reading']} |"
+            f"{row['paired_ratio_b_a']} | {row['best_ratio_b_a']} | {row['noise']} | "
+            f"{row['b_slower_rounds']} of {row['rounds']} | {a['peak_rss_mb']} / "
+            f"{b['peak_rss_mb']} | {row['reading']} |"
         )
     for key, label in KINDS.items():
         row = imports[key]

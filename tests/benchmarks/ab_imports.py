@@ -6,9 +6,11 @@ for ``ingestion.services.jobs``), so every process here runs inside its tree: it
 own migrations and regions on a database of its own (``<serving db>_imports_a`` or ``_b``),
 its own ``_empty_places`` between rounds. The CSV is generated once, so both read the same file.
 
-A round of a side is a first import into an empty dataset and a re-import of the same file
-(nothing changed); rounds run A, B, A, B, …, each import after a CHECKPOINT, so that the
-previous import's dirty pages are written out before the next one's clock starts.
+A round is a first import into an empty dataset on each side, then a re-import of the same
+file (nothing changed) on each side: A, B, A, B in odd rounds, B, A, B, A in even ones, so
+that a load rising or falling over the run does not always fall on the same side. Each import
+starts after a CHECKPOINT, so that the previous import's dirty pages are written out before
+its clock starts.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def _row(runs: dict[str, list[dict[str, Any]]], rows: int) -> dict[str, Any]:
             "peak_rss_mb": max(r["peak_rss_mb"] for r in done),
             "round_seconds": [round(r["seconds"], 2) for r in done],
             "counts": done[-1]["counts"],
+            # Each tree names its own steps (B's pipeline is split by phase).
+            "round_step_seconds": [r.get("step_seconds", {}) for r in done],
         }
     a, b = row["A"], row["B"]
     row |= compare_sides(
@@ -109,17 +113,20 @@ def run(*, trees: dict[str, Tree], database_url: str, rows: int, rounds: int) ->
                     envs[side],
                 )
             for number in range(rounds):
-                for side, tree in trees.items():
-                    if number:
-                        _in_tree(
-                            tree,
-                            "from tests.benchmarks import imports\nimports._empty_places()",
-                            envs[side],
-                        )
-                    for kind in KINDS:
+                # A first in odd rounds, B first in even ones: a load that rises or falls over
+                # the run does not always fall on the same side.
+                order = list(trees) if number % 2 == 0 else list(reversed(trees))
+                for side in order if number else ():
+                    _in_tree(
+                        trees[side],
+                        "from tests.benchmarks import imports\nimports._empty_places()",
+                        envs[side],
+                    )
+                for kind in KINDS:
+                    for side in order:
                         _checkpoint(urls[side])
                         result = _import(
-                            tree, csv_path=csv_path, slug=f"ab-{number}", env=envs[side]
+                            trees[side], csv_path=csv_path, slug=f"ab-{number}", env=envs[side]
                         )
                         runs[kind][side].append(result)
                         logger.info(

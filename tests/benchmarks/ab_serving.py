@@ -1,6 +1,8 @@
 """Serving for ``ab.py``: the same requests to A's and B's gunicorn, in alternating rounds.
 
-Both servers read one database and share one Redis database. A round of one side is an
+Both servers read one database and share one Redis database. Before the rounds each server
+answers every request a few times, untimed (each worker's first answers pay for lazy imports
+and connections). A round of one side is an
 untimed warm-up request (PostgreSQL's buffers warm; for a cached figure, the cache entry it
 then reads) and ``samples`` timed ones; uncached means the Redis database is emptied before
 each timed request. Every request's rounds run A, B, A, B, … before the next request, so
