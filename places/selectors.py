@@ -40,7 +40,8 @@ def region_list(*, level: str | None = None, code: str | None = None) -> QuerySe
         qs = qs.filter(level=level)
     if code:
         qs = qs.filter(code=code)
-    return qs.order_by("level", "name")
+    # The id breaks ties between namesakes, so offset pages neither repeat nor skip one.
+    return qs.order_by("level", "name", "id")
 
 
 def region_detail_queryset() -> QuerySet[Region]:

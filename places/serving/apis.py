@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
-from rest_framework import generics
+from rest_framework import generics, serializers
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from places import selectors
 from places.models import Dataset, Place, Region
@@ -39,6 +46,10 @@ ACCEPT_FORMATS = [
     ("text/csv", "csv"),
 ]
 LIST_TTL = 3600
+# One page holds about 230 KB of JSON; the sample's 600-odd regions fit in one.
+REGION_PAGE_SIZE = 1000
+# Bounded so that an offset past PostgreSQL's bigint is a 400, not a server error.
+REGION_MAX_OFFSET = 10**9
 
 FEATURE_EXAMPLE = {
     "type": "FeatureCollection",
@@ -169,13 +180,87 @@ class PlaceDetailApi(QueryParamsGuard, generics.RetrieveAPIView):
         return Response(self.get_serializer(place).data, headers=headers)
 
 
-@extend_schema(summary="Regions (without geometry)")
-class RegionListApi(QueryParamsGuard, generics.ListAPIView):
+class RegionPagination(LimitOffsetPagination):
+    """The region list's pages (documents ``limit`` and ``offset`` in the schema; the view
+    validates them itself, refusing what this class would silently clamp)."""
+
+    default_limit = REGION_PAGE_SIZE
+    max_limit = REGION_PAGE_SIZE
+
+    def get_schema_operation_parameters(self, view: APIView) -> list[dict]:
+        bounds = {
+            self.limit_query_param: {"minimum": 1, "maximum": REGION_PAGE_SIZE},
+            self.offset_query_param: {"minimum": 0, "maximum": REGION_MAX_OFFSET},
+        }
+        params = super().get_schema_operation_parameters(view)
+        for param in params:
+            param["schema"].update(bounds.get(param["name"], {}))
+        return params
+
+
+class RegionPageQuery(serializers.Serializer):
+    limit = serializers.IntegerField(
+        min_value=1, max_value=REGION_PAGE_SIZE, default=REGION_PAGE_SIZE
+    )
+    offset = serializers.IntegerField(min_value=0, max_value=REGION_MAX_OFFSET, default=0)
+
+
+@extend_schema(
+    summary="Regions (without geometry), paged by limit and offset",
+    description=(
+        f"Ordered by level, name and id; `limit` is 1–{REGION_PAGE_SIZE:,} (default "
+        f"{REGION_PAGE_SIZE:,}), `offset` counts from 0; `next` and `previous` link the "
+        "neighbouring pages (null at either end). Responses are cached per region version "
+        "and carry an ETag (send `If-None-Match` for a 304)."
+    ),
+    responses={200: RegionSerializer(many=True), 304: None},
+)
+class RegionListApi(QueryParamsGuard, generics.GenericAPIView):
+    """Public and cached like the places list: no session lookup (which would add
+    ``Vary: Cookie``), the body built once per region version and query."""
+
     serializer_class = RegionSerializer
     filterset_class = RegionFilter
+    pagination_class = RegionPagination
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
 
     def get_queryset(self) -> QuerySet[Region]:
         return selectors.region_list()
+
+    def get(self, request: Request) -> HttpResponse:
+        filterset = RegionFilter(request.query_params, queryset=self.get_queryset())
+        if not filterset.is_valid():
+            raise ValidationError(filterset.errors)
+        page = RegionPageQuery(data=request.query_params)
+        page.is_valid(raise_exception=True)
+        limit, offset = page.validated_data["limit"], page.validated_data["offset"]
+        # Only validated values make the key and the links: junk parameters buy no entry.
+        filters = {k: v for k, v in filterset.form.cleaned_data.items() if v}
+        key = (
+            f"regions:{selectors.region_version()}:{sorted(filters.items())}:{limit}:{offset}"
+            f":{request.build_absolute_uri('/')}"
+        )
+
+        def page_url(at: int) -> str:
+            params = urlencode({**filters, "limit": limit, "offset": at})
+            return f"{request.build_absolute_uri(request.path)}?{params}"
+
+        def build() -> bytes:
+            regions = filterset.qs
+            count = regions.count()
+            rows = RegionSerializer(regions[offset : offset + limit], many=True).data
+            body = {
+                "count": count,
+                "next": page_url(offset + limit) if offset + limit < count else None,
+                "previous": page_url(max(offset - limit, 0)) if offset else None,
+                "results": rows,
+            }
+            return JSONRenderer().render(body)
+
+        return cached_bytes_response(
+            request, key=key, ttl=LIST_TTL, build=build, content_type="application/json"
+        )
 
 
 @extend_schema(summary="One region as a GeoJSON Feature with its boundary")

@@ -32,10 +32,13 @@ class DatasetSerializer(serializers.ModelSerializer):
 class RegionSummarySerializer(serializers.ModelSerializer):
     class Meta:
         model = Region
-        fields = ["id", "name", "level", "code", "code_system"]
+        fields = ("id", "name", "level", "code", "code_system")
 
 
-REGION_FIELDS = [
+# A tuple, and each Meta takes its own list: rest_framework_gis appends the geometry field to
+# a GeoFeatureModelSerializer's ``Meta.fields`` in place (``+=``), so a shared list would give
+# every region list its boundaries once any detail or the schema had been built.
+REGION_FIELDS = (
     "id",
     "name",
     "level",
@@ -45,7 +48,7 @@ REGION_FIELDS = [
     "parent",
     "population",
     "area_km2",
-]
+)
 
 
 class RegionSerializer(serializers.ModelSerializer):
@@ -53,7 +56,7 @@ class RegionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Region
-        fields = REGION_FIELDS
+        fields = list(REGION_FIELDS)
 
 
 class RegionGeoSerializer(GeoFeatureModelSerializer):
@@ -62,7 +65,7 @@ class RegionGeoSerializer(GeoFeatureModelSerializer):
     class Meta:
         model = Region
         geo_field = "geom"
-        fields = REGION_FIELDS
+        fields = list(REGION_FIELDS)
 
 
 class PlaceDetailSerializer(GeoFeatureModelSerializer):

@@ -149,7 +149,7 @@ def test_place_detail_has_footprint_and_region(api, gb_import):
 
 
 def test_regions_and_datasets(api, sample_regions, gb_import):
-    countries = api.get("/api/v1/regions/", {"level": "country", "code": "GBR"}).json()
+    countries = api.get("/api/v1/regions/", {"level": "country", "code": "GBR"}).json()["results"]
     assert [r["code"] for r in countries] == ["GBR"]
     gbr = countries[0]
     detail = api.get(f"/api/v1/regions/{gbr['id']}/").json()
