@@ -46,6 +46,10 @@ check: db
 	$(PY) manage.py check --fail-level WARNING
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
+	@# The deploy checks with production settings and the values production requires.
+	DJANGO_SETTINGS_MODULE=config.settings.production ALLOWED_HOSTS=places.example.org \
+		SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+		$(PY) manage.py check --deploy --fail-level WARNING
 
 test: lint check
 	$(PY) -m pytest

@@ -9,6 +9,8 @@ from django.contrib.gis import admin
 from django.contrib.gis.forms.widgets import OpenLayersWidget
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
+from django.forms import Field
+from django.http import HttpRequest
 
 from places import selectors
 
@@ -39,7 +41,11 @@ class EstimatedCountPaginator(Paginator):
 
 
 class OfflineMapWidget(OpenLayersWidget):
-    """OpenLayers served from our static files with a vector basemap: no tile server needed."""
+    """OpenLayers served from our static files with a vector basemap: no tile server needed.
+
+    Its template starts the map with an inline script, which runs under the Content-Security-
+    Policy only with the response's nonce: the admin passes it in as the ``csp_nonce`` attribute.
+    """
 
     template_name = "places/widgets/offline_map.html"
 
@@ -89,3 +95,10 @@ class GeoAdmin(FastChangeListMixin, admin.GISModelAdmin):
     # The stubs type gis_widget as OSMWidget; Django accepts any OpenLayersWidget here.
     gis_widget = OfflineMapWidget  # type: ignore[assignment]
     gis_widget_kwargs = {"attrs": {"default_zoom": 5}}
+
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if isinstance(field, Field) and isinstance(field.widget, OfflineMapWidget):
+            # Reading the nonce is what adds it to this response's script-src.
+            field.widget.attrs["csp_nonce"] = str(getattr(request, "csp_nonce", ""))
+        return field

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from celery.schedules import crontab
+from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 
 from config import gdal
 from config.env import BASE_DIR, env, secret
@@ -31,6 +32,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django.contrib.gis",
+    "csp",
     "rest_framework",
     "rest_framework_gis",
     "django_filters",
@@ -45,6 +47,8 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "config.logging.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "config.security.PermissionsPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -72,6 +76,55 @@ TEMPLATES = [
         },
     },
 ]
+
+# --- Security headers (every environment; production adds HTTPS-only ones) ---------------
+# Scripts only from our own static files: no inline script, no eval. The one inline script left,
+# Django's map widget in the admin, carries the per-response nonce (places.admin_base), which is
+# added to the header only on the pages that render it. <style> elements need the hash of their
+# exact text: the one below is drf-spectacular's Swagger UI page (tests/config/test_security.py
+# fails when an upgrade changes it). style="" attributes are allowed (style-src-attr): the
+# browsable API and Swagger UI's Markdown tables use them, and an attribute can neither run
+# code nor load anything from elsewhere (img-src and font-src stay 'self').
+# MapLibre starts its workers from blob: URLs and decodes tiles' images through blob:, Swagger UI
+# draws its icons from data: URLs.
+SWAGGER_UI_INLINE_STYLE_HASH = "'sha256-MMpT0iDxyjALd9PdfepImGX3DBfJPXZ4IlDWdPAgtn0='"
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, SWAGGER_UI_INLINE_STYLE_HASH],
+        "style-src-attr": [UNSAFE_INLINE],
+        "img-src": [SELF, "data:", "blob:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "worker-src": [SELF, "blob:"],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+# Browser features no page of ours uses are switched off for us and for anything we embed.
+PERMISSIONS_POLICY: dict[str, list[str]] = {
+    feature: []
+    for feature in (
+        "accelerometer",
+        "autoplay",
+        "camera",
+        "display-capture",
+        "geolocation",
+        "gyroscope",
+        "magnetometer",
+        "microphone",
+        "midi",
+        "payment",
+        "usb",
+    )
+}
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
 
 # --- Databases ----------------------------------------------------------------------------
 # JIT compilation costs more than it saves on our tile and aggregate queries, so every

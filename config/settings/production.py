@@ -1,19 +1,31 @@
-"""Production settings: refuse to start when a required secret is missing or DEBUG is on."""
+"""Production settings: refuse to start when a required secret is missing or weak, DEBUG is on,
+or any host name would be accepted."""
 
 from django.core.exceptions import ImproperlyConfigured
 
+from config.security import secret_key_weakness
 from config.settings.base import *  # noqa: F403
-from config.settings.base import DEBUG, SECRET_KEY, env
+from config.settings.base import ALLOWED_HOSTS, DEBUG, SECRET_KEY, env
 
-_missing = [name for name, value in (("SECRET_KEY", SECRET_KEY),) if not value]
-if _missing:
+if not SECRET_KEY:
     raise ImproperlyConfigured(
-        f"Production settings need {', '.join(_missing)} (or {_missing[0]}_FILE) to be set."
+        "Production settings need SECRET_KEY (or SECRET_KEY_FILE) to be set."
+    )
+if weakness := secret_key_weakness(SECRET_KEY):
+    raise ImproperlyConfigured(
+        f"SECRET_KEY is too weak for production: {weakness}. Generate one with "
+        "python3 -c 'import secrets; print(secrets.token_urlsafe(50))'."
     )
 if DEBUG:
     raise ImproperlyConfigured("DEBUG must be off in production: unset DEBUG or set DEBUG=false.")
-if not env.list("ALLOWED_HOSTS", default=[]):
+if not ALLOWED_HOSTS:
     raise ImproperlyConfigured("Production settings need ALLOWED_HOSTS (comma-separated).")
+if "*" in ALLOWED_HOSTS:
+    # A wildcard lets any Host header through: password-reset links and absolute URLs could
+    # then name an attacker's host. List the real names (".example.org" covers subdomains).
+    raise ImproperlyConfigured(
+        "ALLOWED_HOSTS=* is refused in production: list the host names the site answers to."
+    )
 
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -25,5 +37,8 @@ SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
 SECURE_REDIRECT_EXEMPT = [r"^health/", r"^metrics$"]
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=3600)
-SECURE_CONTENT_TYPE_NOSNIFF = True
+# A year, for every subdomain, and eligible for the browsers' preload list: once a browser has
+# seen it, it will not talk to any of our hosts over plain HTTP for a year.
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = True

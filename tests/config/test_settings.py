@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 
@@ -11,6 +12,9 @@ from django.conf import settings
 from django.db import connection
 
 BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SECRET_KEY"))}
+# What production accepts: 50 characters or more, of at least 5 different ones.
+STRONG_KEY = secrets.token_urlsafe(50)
+PRODUCTION_ENV = {"SECRET_KEY": STRONG_KEY, "ALLOWED_HOSTS": "places.example.org"}
 
 
 def _load(module: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -33,7 +37,7 @@ def test_production_refuses_to_start_without_secret_key():
 def test_production_refuses_to_start_with_debug_on():
     result = _load(
         "config.settings.production",
-        SECRET_KEY="x" * 50,
+        SECRET_KEY=STRONG_KEY,
         DEBUG="true",
         ALLOWED_HOSTS="places.example.org",
     )
@@ -44,7 +48,7 @@ def test_production_refuses_to_start_with_debug_on():
 @pytest.mark.slow  # a new Python process with Django
 def test_production_starts_when_configured(tmp_path):
     secret = tmp_path / "secret"
-    secret.write_text("s" * 50)
+    secret.write_text(STRONG_KEY)
     result = _load(
         "config.settings.production",
         SECRET_KEY_FILE=str(secret),
@@ -52,6 +56,64 @@ def test_production_starts_when_configured(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "started" in result.stdout
+
+
+@pytest.mark.slow  # a new Python process with Django
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("too-short-for-signing", "21 characters, fewer than 50"),
+        ("django-insecure-" + "a1b2c3d4e5" * 5, "starts with 'django-insecure'"),
+        ("ab" * 30, "2 different characters, fewer than 5"),
+    ],
+)
+def test_production_refuses_a_weak_secret_key(key, reason):
+    result = _load("config.settings.production", SECRET_KEY=key, ALLOWED_HOSTS="places.example.org")
+    assert result.returncode != 0
+    assert "SECRET_KEY is too weak for production" in result.stderr
+    assert reason in result.stderr
+    assert key not in result.stderr  # the error names the rule, never the secret
+
+
+@pytest.mark.slow  # a new Python process with Django
+@pytest.mark.parametrize("hosts", ["*", "places.example.org,*"])
+def test_production_refuses_any_host(hosts):
+    result = _load("config.settings.production", SECRET_KEY=STRONG_KEY, ALLOWED_HOSTS=hosts)
+    assert result.returncode != 0
+    assert "ALLOWED_HOSTS=* is refused in production" in result.stderr
+
+
+@pytest.mark.slow  # a new Python process with Django
+def test_production_passes_the_deploy_checks_without_a_warning():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        env={**BASE_ENV, "DJANGO_SETTINGS_MODULE": "config.settings.production", **PRODUCTION_ENV},
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no issues (0 silenced)" in result.stdout
+
+
+@pytest.mark.slow  # a new Python process with Django
+def test_production_sends_hsts_for_a_year_with_subdomains_and_preload():
+    probe = (
+        "import django; django.setup(); from django.test import Client; "
+        "r = Client().get('/health/live/', secure=True, headers={'host': 'places.example.org'}); "
+        "print(r.headers['Strict-Transport-Security'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**BASE_ENV, "DJANGO_SETTINGS_MODULE": "config.settings.production", **PRODUCTION_ENV},
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "max-age=31536000; includeSubDomains; preload"
 
 
 @pytest.mark.slow  # a new Python process with Django
@@ -92,8 +154,7 @@ def test_production_static_files_collect_with_the_manifest_storage(tmp_path):
         env={
             **BASE_ENV,
             "DJANGO_SETTINGS_MODULE": "config.settings.production",
-            "SECRET_KEY": "s" * 50,
-            "ALLOWED_HOSTS": "places.example.org",
+            **PRODUCTION_ENV,
             "STATIC_ROOT": str(tmp_path),
         },
         cwd=settings.BASE_DIR,
