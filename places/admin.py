@@ -263,7 +263,12 @@ class PlaceAdmin(GeoAdmin):
             expected_version=form.cleaned_data.get("opened_version"),
         )
 
-    @admin.action(description="Retire selected places (keeps them, with an end date)")
+    # Retiring changes places: Django offers and runs the action only for users who may
+    # change them (has_change_permission), never for view-only staff.
+    @admin.action(
+        description="Retire selected places (keeps them, with an end date)",
+        permissions=["change"],
+    )
     def retire_selected(self, request: HttpRequest, queryset: QuerySet[Place]) -> None:
         limit = 1000
         active = queryset.filter(status="active")
