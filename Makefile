@@ -41,6 +41,7 @@ lint: deps
 	$(VENV)/bin/hadolint docker/Dockerfile
 	$(VENV)/bin/kubernetes-validate --strict --quiet k8s/*.yaml
 	$(VENV)/bin/mypy
+	$(VENV)/bin/bandit -q -c pyproject.toml -r config places ingestion analytics
 
 check: db
 	$(PY) manage.py check --fail-level WARNING

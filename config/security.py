@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse
 # 5 different ones, and not the placeholder ``startproject`` writes.
 SECRET_KEY_MIN_LENGTH = 50
 SECRET_KEY_MIN_UNIQUE_CHARACTERS = 5
-SECRET_KEY_INSECURE_PREFIX = "django-insecure"  # noqa: S105 # nosec B105 - a prefix we refuse, not a key
+SECRET_KEY_INSECURE_PREFIX = "django-insecure"  # noqa: S105 # nosec B105 # a prefix we refuse, not a key
 
 
 def secret_key_weakness(key: str) -> str | None:

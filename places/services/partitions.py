@@ -56,7 +56,7 @@ def place_attribute_partitions_ensure(
             cursor.execute(
                 f"CREATE TEMP TABLE _moved ON COMMIT DROP AS WITH d AS ("
                 f" DELETE FROM {ATTRIBUTE_DEFAULT_PARTITION}"
-                f" WHERE observed_on >= %s AND observed_on < %s RETURNING *) SELECT * FROM d",
+                f" WHERE observed_on >= %s AND observed_on < %s RETURNING *) SELECT * FROM d",  # nosec B608 # table names are constants; values are bound
                 [start, end],
             )
             cursor.execute(
@@ -64,7 +64,7 @@ def place_attribute_partitions_ensure(
                 [start, end],
             )
             cursor.execute(
-                f"INSERT INTO {ATTRIBUTE_TABLE} ({columns}) SELECT {columns} FROM _moved"
+                f"INSERT INTO {ATTRIBUTE_TABLE} ({columns}) SELECT {columns} FROM _moved"  # nosec B608 # table and model column names only
             )
             cursor.execute("DROP TABLE _moved")
             created.append(name)

@@ -56,7 +56,7 @@ INSERT INTO places_placechange (place_id, dataset_id, operation, changes, place_
 SELECT ins.id, %(dataset)s, 'create', d.changes, ins.version, 'import', %(job)s, '', ''
 FROM ins JOIN import_diff d ON d.source_key = ins.source_key
 ORDER BY d.sid
-"""
+"""  # nosec B608 # SQL from this module's constants; values are bound
 
 
 _SET_MOVED = ",\n        ".join(
@@ -83,7 +83,7 @@ INSERT INTO places_placechange (place_id, dataset_id, operation, changes, place_
 SELECT upd.id, %(dataset)s, 'update', d.changes, upd.version, 'import', %(job)s, '', ''
 FROM upd JOIN import_diff d ON d.place_id = upd.id
 ORDER BY d.sid
-"""
+"""  # nosec B608 # SQL from this module's constants; values are bound
 
 
 # Remember what the source says for places whose values already match it (including places

@@ -187,7 +187,7 @@ CROSS JOIN LATERAL (
             FROM unnest(m.moved) k WHERE c.cur_j -> k IS DISTINCT FROM n.new_j -> k) END
         AS changes
     OFFSET 0) ch
-"""
+"""  # nosec B608 # SQL from this module's constants; values are bound
 
 
 DIFF_COUNTS = "SELECT op, count(*) FROM import_diff GROUP BY op"
