@@ -150,14 +150,17 @@ def _cell_index(offset: float, last: int) -> int:
     return min(last, max(0, math.floor(offset / AREA_CELL_DEGREES)))
 
 
-def data_version(*, dataset_ids: list[int] | None = None, bbox: BBox | None = None) -> str:
+def data_version(
+    *, dataset_ids: list[int] | None = None, bbox: BBox | None = None, using: str = "default"
+) -> str:
     """A short token that changes with every commit that changed the datasets' places
     (inside ``bbox``, when given and small enough: see ``area_cells``).
 
     For several datasets it hashes every (dataset, version) pair rather than taking the
     largest: a slower commit can hold a lower number than one already visible. Versions move
     at commit; the pending marks of the caller's own open transaction count too, so a
-    transaction that wrote sees its own change.
+    transaction that wrote sees its own change. Read it ``using`` the connection that will
+    read the data, so a lagging replica's answer is keyed on the replica's version.
     """
     cells = area_cells(bbox) if bbox is not None else None
     clauses, params = [], []
@@ -181,7 +184,7 @@ def data_version(*, dataset_ids: list[int] | None = None, bbox: BBox | None = No
             "ORDER BY 1, 2"
         )
     where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    with connection.cursor() as cursor:
+    with connections[using].cursor() as cursor:
         cursor.execute(sql.format(where=where), params * 2)
         pairs = ",".join(f"{d}:{v}" for d, v in cursor.fetchall())
     scope = "area" if cells is not None else "all"
@@ -198,13 +201,14 @@ FROM (SELECT count(*) AS n, max(id) AS top, max(updated_at) AS last FROM places_
 """
 
 
-def region_version() -> str:
+def region_version(*, using: str = "default") -> str:
     """A short text that changes whenever a region is added, removed or rewritten (name,
     figures, boundary, parent) or its pieces change, and only then.
 
-    It keys the region tiles' caches and, in every imported row's fingerprint, tells a
-    re-import whether point in polygon may give another answer than last time.
+    It keys the caches of the region tiles, the region list and the region statistics and,
+    in every imported row's fingerprint, tells a re-import whether point in polygon may give
+    another answer than last time.
     """
-    with connection.cursor() as cursor:
+    with connections[using].cursor() as cursor:
         cursor.execute(REGION_VERSION)
         return cursor.fetchone()[0][:16]
