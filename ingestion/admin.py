@@ -324,13 +324,13 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
         )
 
     def cancel_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
-        return self._step(request, job_id, "cancelled", lambda job: jobs.import_job_cancel(job=job))
+        return self._step(request, job_id, "cancel", lambda job: jobs.import_job_cancel(job=job))
 
     def resume_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
         return self._step(
             request,
             job_id,
-            "queued to go on from its checkpoint",
+            "resume",
             lambda job: jobs.import_job_resume(job=job),
         )
 
@@ -367,12 +367,9 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
         else:
             if job.state == ImportState.FAILED:
                 messages.error(request, f"Job #{job.pk} failed: {job.error}")
-            elif job.state == ImportState.RUNNING and job.cancel_requested_at:
-                messages.success(
-                    request,
-                    f"Job #{job.pk} stops after the batch it is applying; what committed "
-                    "stays applied.",
-                )
+            elif done in ("cancel", "resume"):
+                outcome = selectors.import_job_step_outcome(job=job, step=done)
+                messages.success(request, f"Job #{job.pk} {outcome}.")
             else:
                 messages.success(request, f"Job #{job.pk} {done}.")
         return HttpResponseRedirect(self._job_url(job))

@@ -53,12 +53,10 @@ def _live_progress(job_id: int) -> dict[str, Any] | None:
 
 
 def import_job_resumable(*, job: ImportJob) -> bool:
-    """Whether the job stopped part-way and can go on from its checkpoint: it failed while
-    a worker ran it, or was cancelled while running. (A job that failed or was cancelled
-    before it ever ran has nothing to go on from.)"""
-    if job.state == ImportState.FAILED:
-        return job.started_at is not None
-    return job.state == ImportState.CANCELLED and job.cancel_requested_at is not None
+    """Whether the job failed or was cancelled after a worker had begun it, so a resume can
+    go on from its checkpoint (a dry run is run again). A job that failed or was cancelled
+    before it ever ran has nothing to go on from."""
+    return job.state in STOPPED_STATES and job.started_at is not None
 
 
 def import_job_cancellable(*, job: ImportJob) -> bool:
@@ -88,17 +86,22 @@ def import_job_applied_part(*, job: ImportJob) -> AppliedPart | None:
     if job.dry_run or job.state not in STOPPED_STATES or job.started_at is None:
         return None
     checkpoint = job.checkpoint or {}
-    total = None
-    if checkpoint.get("batch_rows") and "max_sid" in checkpoint:
-        total = math.ceil(checkpoint["max_sid"] / checkpoint["batch_rows"])
     return AppliedPart(
         added=job.added,
         updated=job.updated,
         unchanged=job.unchanged,
         retired=job.retired,
         batches=int(checkpoint.get("batches", 0)),
-        batches_total=total,
+        batches_total=import_batches_total(checkpoint=checkpoint),
     )
+
+
+def import_batches_total(*, checkpoint: dict[str, Any]) -> int | None:
+    """How many batches a job's staged rows make: the fixed grid of ``batch_rows`` over
+    sids 1 … ``max_sid`` (None until staging and the apply have both begun)."""
+    if not checkpoint.get("batch_rows") or "max_sid" not in checkpoint:
+        return None
+    return math.ceil(checkpoint["max_sid"] / checkpoint["batch_rows"])
 
 
 def import_job_state_help(*, job: ImportJob) -> str:
@@ -106,6 +109,8 @@ def import_job_state_help(*, job: ImportJob) -> str:
     state = ImportState(job.state)
     if state == ImportState.RUNNING:
         if job.cancel_requested_at:
+            if job.dry_run:
+                return "Cancel requested: the dry run stops at its next check and writes nothing."
             return (
                 "Cancel requested: the worker stops after the batch it is applying; the job "
                 "then ends cancelled, keeping what committed."
@@ -218,11 +223,24 @@ def import_job_status(*, job: ImportJob) -> ImportStatus:
     )
 
 
+def import_job_step_outcome(*, job: ImportJob, step: str) -> str:
+    """What a cancel or a resume just did, in words (after "Job #n ")."""
+    if step == "cancel" and job.state == ImportState.RUNNING:
+        if job.dry_run:
+            return "stops at its next check; a dry run writes nothing"
+        return "stops after the batch it is applying; what committed stays applied"
+    if step == "resume":
+        if job.dry_run:
+            return "queued to run the dry run again"
+        return "queued to go on from its checkpoint"
+    return "cancelled" if step == "cancel" else step
+
+
 def _state_label(job: ImportJob) -> str:
     if job.state != ImportState.RUNNING:
         return job.get_state_display()
     if job.cancel_requested_at:
-        return "Stopping after the current batch"
+        return "Stopping" if job.dry_run else "Stopping after the current batch"
     # A dry run changes nothing; calling it "applying" would scare a curator.
     return "Running the dry run" if job.dry_run else "Applying"
 

@@ -199,8 +199,8 @@ def import_job_dry_run_queue(*, job: ImportJob) -> ImportJob:
 def import_job_apply_queue(*, job: ImportJob) -> ImportJob:
     """Queue the apply of a job whose dry run is ready; the dry run's report is kept.
 
-    The apply computes everything again in its own transaction: places may have changed
-    since the dry run, and the final counts are the ones that count.
+    The apply computes everything again, batch by batch: places may have changed since the
+    dry run, and the final counts are the ones that count.
     """
     return _queue(job=job, dry_run=False, allowed=(ImportState.DRY_RUN_READY,))
 
@@ -241,6 +241,8 @@ def import_job_resume(*, job: ImportJob, enqueue: bool = True) -> ImportJob:
         locked.error = ""
         locked.cancel_requested_at = None
         locked.finished_at = None
+        # A fresh heartbeat: the beat task must not take the job for a lost one at once.
+        locked.heartbeat_at = Now()
         locked.save()
         if enqueue:
             transaction.on_commit(partial(_enqueue, locked.pk))
@@ -272,6 +274,7 @@ def _queue(*, job: ImportJob, dry_run: bool, allowed: Iterable[str]) -> ImportJo
         locked.attempts = 0
         locked.error = ""
         locked.started_at = locked.finished_at = None
+        locked.heartbeat_at = Now()
         locked.cancel_requested_at = None
         # The apply after a dry run starts from nothing: the dry run applied no batch.
         locked.checkpoint = {}

@@ -12,12 +12,13 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from django.db import connection, transaction
 
 from ingestion.readers import GeoReader, UnreadableFile, detect_format, srid_from_crs
 from places.models import Dataset, RegionLevel
-from places.services import regions_refresh
+from places.services import regions_hold_for_writing, regions_refresh
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +80,14 @@ CREATE TEMP TABLE region_stage (
 ) ON COMMIT DROP
 """
 
-PREPARE = [
-    # Repair invalid rings (Natural Earth 110m Sudan, 50m Goiás), keep only the polygons, in 2D.
-    """UPDATE region_stage SET geom = ST_Multi(ST_CollectionExtract(ST_MakeValid(ST_Force2D(
-           CASE WHEN srid = 4326 THEN ST_GeomFromWKB(wkb, 4326)
-                ELSE ST_Transform(ST_GeomFromWKB(wkb, srid), 4326) END)), 3))""",
-]
+# Repair invalid rings (Natural Earth 110m Sudan, 50m Goiás), keep only the polygons, in 2D.
+REPAIR = """UPDATE region_stage SET geom = ST_Multi(ST_CollectionExtract(ST_MakeValid(ST_Force2D(
+       CASE WHEN srid = 4326 THEN ST_GeomFromWKB(wkb, 4326)
+            ELSE ST_Transform(ST_GeomFromWKB(wkb, srid), 4326) END)), 3))"""
+
+COPY_STAGE = (
+    "COPY region_stage (feature, code, name, population, extra_codes, wkb, srid) FROM STDIN"
+)
 
 # Features that cannot become a region: no polygon left after repair, or a code already used
 # by an earlier feature of the same file (the first one wins, as in place imports).
@@ -143,57 +146,17 @@ def region_load(*, path: Path, source: RegionSource, dataset: Dataset) -> Region
     if fmt == "csv":
         raise UnreadableFile("a boundary file needs polygons: GeoJSON, Shapefile or GeoPackage")
     reader = GeoReader(path, fmt)
-    layers = reader.layers()
     result = RegionLoadResult()
     with transaction.atomic(), connection.cursor() as cursor:
+        # Before any region row is locked: the admin's region writer locks in this order too.
+        regions_hold_for_writing()
         cursor.execute("DROP TABLE IF EXISTS pg_temp.region_stage")
         cursor.execute(CREATE_STAGE)
-        with cursor.cursor.copy(
-            "COPY region_stage (feature, code, name, population, extra_codes, wkb, srid) FROM STDIN"
-        ) as copy:
-            for layer in layers:
-                missing = {source.code_field, source.name_field} - set(layer.columns)
-                if missing:
-                    raise UnreadableFile(f"layer {layer.name!r} lacks {', '.join(sorted(missing))}")
-                srid = srid_from_crs(layer.crs)
-                first_feature = 1
-                for batch in reader.batches(layer.name):
-                    for i in range(batch.num_rows):
-                        code = (batch.columns[source.code_field][i] or "").strip()
-                        population = _int_or_none(
-                            batch.columns[source.population_field][i]
-                            if source.population_field
-                            else None
-                        )
-                        extra = {
-                            key: batch.columns[column][i]
-                            for key, column in source.extra_code_fields.items()
-                            if column in batch.columns
-                            and batch.columns[column][i] not in (None, "", "-99")
-                        }
-                        result.read += 1
-                        if not code or batch.wkb is None or batch.wkb[i] is None:
-                            result.rejected.append(
-                                f"feature {first_feature + i}: no code or no geometry"
-                            )
-                            continue
-                        copy.write_row(
-                            (
-                                first_feature + i,
-                                code,
-                                (batch.columns[source.name_field][i] or code).strip(),
-                                population,
-                                json.dumps(extra),
-                                batch.wkb[i],
-                                srid,
-                            )
-                        )
-                    first_feature += batch.num_rows
-        for statement in PREPARE:
-            cursor.execute(statement)
+        with cursor.cursor.copy(COPY_STAGE) as copy:
+            _copy_features(reader, source, copy, result)
+        cursor.execute(REPAIR)
         cursor.execute(REJECT)
-        refused = cursor.fetchall()
-        for feature, code, reason in refused:
+        for feature, code, reason in cursor.fetchall():
             result.rejected.append(f"feature {feature} (code {code}): {reason}")
         staged = result.read - len(result.rejected)
         cursor.execute(
@@ -222,6 +185,50 @@ def region_load(*, path: Path, source: RegionSource, dataset: Dataset) -> Region
         result.places_reassigned,
     )
     return result
+
+
+def _copy_features(
+    reader: GeoReader, source: RegionSource, copy: Any, result: RegionLoadResult
+) -> None:
+    """Every feature of every layer into ``region_stage``; features without a code or a
+    geometry are rejected here, with their number."""
+    for layer in reader.layers():
+        missing = {source.code_field, source.name_field} - set(layer.columns)
+        if missing:
+            raise UnreadableFile(f"layer {layer.name!r} lacks {', '.join(sorted(missing))}")
+        srid = srid_from_crs(layer.crs)
+        first_feature = 1
+        for batch in reader.batches(layer.name):
+            for i in range(batch.num_rows):
+                result.read += 1
+                code = (batch.columns[source.code_field][i] or "").strip()
+                if not code or batch.wkb is None or batch.wkb[i] is None:
+                    result.rejected.append(f"feature {first_feature + i}: no code or no geometry")
+                    continue
+                copy.write_row(
+                    (
+                        first_feature + i,
+                        code,
+                        (batch.columns[source.name_field][i] or code).strip(),
+                        _int_or_none(
+                            batch.columns[source.population_field][i]
+                            if source.population_field
+                            else None
+                        ),
+                        json.dumps(_extra_codes(batch, source, i)),
+                        batch.wkb[i],
+                        srid,
+                    )
+                )
+            first_feature += batch.num_rows
+
+
+def _extra_codes(batch: Any, source: RegionSource, i: int) -> dict[str, Any]:
+    return {
+        key: batch.columns[column][i]
+        for key, column in source.extra_code_fields.items()
+        if column in batch.columns and batch.columns[column][i] not in (None, "", "-99")
+    }
 
 
 def _int_or_none(value: str | None) -> int | None:

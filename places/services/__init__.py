@@ -22,6 +22,7 @@ from places.services.regions import (
     RegionsRefreshed,
     region_save,
     regions_hold_for_locating,
+    regions_hold_for_writing,
     regions_refresh,
 )
 
@@ -39,5 +40,6 @@ __all__ = [
     "place_update",
     "region_save",
     "regions_hold_for_locating",
+    "regions_hold_for_writing",
     "regions_refresh",
 ]

@@ -186,6 +186,13 @@ def regions_hold_for_locating() -> None:
         cursor.execute(LOCK_SHARED, {"lock": AdvisoryLock.REGIONS.value})
 
 
+def regions_hold_for_writing() -> None:
+    """Hold the regions for the caller's transaction alone (exclusive): taken first by every
+    region writer, before any region row, so that two writers always lock in one order."""
+    with connection.cursor() as cursor:
+        cursor.execute(LOCK, {"lock": AdvisoryLock.REGIONS.value})
+
+
 def region_save(*, region: Region) -> RegionsRefreshed:
     """Save one region written by hand (the admin) and keep everything that follows from
     it, as the loader does (see the module docstring).

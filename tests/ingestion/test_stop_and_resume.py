@@ -6,10 +6,12 @@ Its page and the command say how much; resuming applies only the rest.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from django.db import OperationalError
 from django.urls import reverse
 
 from ingestion import selectors
@@ -44,11 +46,14 @@ def _cancel_after(monkeypatch: pytest.MonkeyPatch, batches: int) -> None:
     """Someone clicks cancel once ``batches`` batches have committed (the run goes on)."""
     apply_batch = apply_phase.apply_batch
     done: list[int] = []
+    lock = threading.Lock()
 
     def apply_then_cancel(job, *args, **kwargs):
         apply_batch(job, *args, **kwargs)
-        done.append(1)
-        if len(done) == batches:
+        with lock:  # batches may commit on two connections at once
+            done.append(1)
+            now = len(done)
+        if now == batches:
             cancelled = jobs.import_job_cancel(job=ImportJob.objects.get(pk=job.pk))
             assert cancelled.state == ImportState.RUNNING
             assert cancelled.cancel_requested_at is not None
@@ -209,3 +214,92 @@ def test_each_state_says_what_happened(tmp_path, admin_client, changes, expected
     assert selectors.import_job_state_help(job=job).startswith(expected)
     page = admin_client.get(reverse("admin:ingestion_importjob_change", args=[job.pk]))
     assert expected in page.content.decode()
+
+
+def test_a_resumed_run_that_dies_while_validating_stages_again_before_applying(
+    sample_regions, settings, tmp_path, monkeypatch
+):
+    # given a job that failed after one batch, resumed
+    settings.IMPORT_BATCH_ROWS = 10
+    settings.IMPORT_APPLY_WORKERS = 1
+    job = _job(tmp_path, "resume-validate")
+    _fail_after(monkeypatch, 1)
+    with pytest.raises(RuntimeError):
+        import_job_execute(job_id=job.pk)
+    monkeypatch.undo()
+    jobs.import_job_resume(job=ImportJob.objects.get(pk=job.pk), enqueue=False)
+    # when the resumed run loses its connection while checking the staged rows
+    fill = stage_phase._fill_raw_values
+
+    def lost(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(stage_phase, "_fill_raw_values", lost)
+    with pytest.raises(OperationalError):
+        import_job_execute(job_id=job.pk)
+    # then its checkpoint no longer says the file is staged
+    job.refresh_from_db()
+    assert job.state == ImportState.RUNNING
+    assert "staged" not in job.checkpoint
+    # and the retry stages and checks the file again: the repeated key is still refused
+    monkeypatch.setattr(stage_phase, "_fill_raw_values", fill)
+    job = import_job_execute(job_id=job.pk)
+    assert job.state == ImportState.DONE, job.error
+    _assert_imported_exactly_once(job)
+
+
+def test_a_resumed_job_cancelled_while_queued_stays_resumable(sample_regions, settings, tmp_path):
+    settings.IMPORT_BATCH_ROWS = 10
+    job = _job(tmp_path, "resume-cancel")
+    ImportJob.objects.filter(pk=job.pk).update(
+        state=ImportState.FAILED, started_at="2026-12-03T10:00Z", added=20
+    )
+    job = jobs.import_job_resume(job=ImportJob.objects.get(pk=job.pk), enqueue=False)
+    job = jobs.import_job_cancel(job=job)
+    assert job.state == ImportState.CANCELLED
+    assert selectors.import_job_resumable(job=job)
+    assert selectors.import_job_applied_part(job=job).added == 20
+    assert selectors.import_job_state_help(job=job).startswith("The job was cancelled part-way")
+
+
+def test_a_cancel_after_the_last_batch_stops_a_snapshot_before_it_retires(
+    sample_regions, settings, tmp_path, monkeypatch
+):
+    # given a snapshot import of a dataset that has a place the file no longer holds
+    settings.IMPORT_BATCH_ROWS = 100
+    settings.IMPORT_APPLY_WORKERS = 1
+    first = _job(tmp_path, "snapshot-cancel", ImportMode.SNAPSHOT)
+    assert import_job_execute(job_id=first.pk).state == ImportState.DONE
+    shorter = tmp_path / "shorter.csv"
+    shorter.write_text("\n".join(_file(tmp_path).read_text().splitlines()[:-5]) + "\n")
+    job = import_job_create(path=shorter, dataset=first.dataset, mode=ImportMode.SNAPSHOT)
+    # when the cancel comes once the only batch has committed
+    _cancel_after(monkeypatch, 1)
+    job = import_job_execute(job_id=job.pk)
+    # then the job is cancelled and nothing was retired
+    assert job.state == ImportState.CANCELLED
+    assert job.retired == 0
+    assert not Place.objects.filter(dataset=job.dataset, status="retired").exists()
+    # and a resume only has the retirement left to do
+    monkeypatch.undo()
+    jobs.import_job_resume(job=job, enqueue=False)
+    job = import_job_execute(job_id=job.pk)
+    assert job.state == ImportState.DONE, job.error
+    assert job.retired == Place.objects.filter(dataset=job.dataset, status="retired").count() > 0
+
+
+def test_resume_and_cancel_messages_fit_a_dry_run(tmp_path):
+    job = import_job_create(
+        path=_file(tmp_path), dataset=dataset_get_or_create(slug="dry-words"), dry_run=True
+    )
+    ImportJob.objects.filter(pk=job.pk).update(state=ImportState.RUNNING)
+    job = jobs.import_job_cancel(job=ImportJob.objects.get(pk=job.pk))
+    assert selectors.import_job_step_outcome(job=job, step="cancel") == (
+        "stops at its next check; a dry run writes nothing"
+    )
+    assert selectors.import_job_state_help(job=job).startswith("Cancel requested: the dry run")
+    ImportJob.objects.filter(pk=job.pk).update(state=ImportState.FAILED, started_at=job.created_at)
+    job = jobs.import_job_resume(job=ImportJob.objects.get(pk=job.pk), enqueue=False)
+    assert selectors.import_job_step_outcome(job=job, step="resume") == (
+        "queued to run the dry run again"
+    )

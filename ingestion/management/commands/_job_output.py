@@ -8,7 +8,20 @@ from django.core.management.base import CommandError, OutputWrapper
 
 from ingestion import selectors
 from ingestion.models import ImportJob
+from ingestion.services import imports
 from ingestion.services.imports import FINAL_STATES
+
+
+def job_run_here(job: ImportJob) -> None:
+    """Run the job in this process (``--sync``). An error the run recorded on the job is
+    reported by the caller from the job, like any other outcome; only one that left the job
+    unfinished (a transient database error) is raised."""
+    try:
+        imports.import_job_execute(job_id=job.pk)
+    except Exception:
+        job.refresh_from_db()
+        if job.state not in FINAL_STATES:
+            raise
 
 
 def job_wait(job: ImportJob, *, timeout: int, out: OutputWrapper) -> ImportJob:

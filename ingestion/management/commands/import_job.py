@@ -12,9 +12,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ingestion import selectors
-from ingestion.management.commands._job_output import job_print, job_wait
+from ingestion.management.commands._job_output import job_print, job_run_here, job_wait
 from ingestion.models import ImportJob, ImportState
-from ingestion.services import imports, jobs
+from ingestion.services import jobs
 
 
 class Command(BaseCommand):
@@ -41,18 +41,13 @@ class Command(BaseCommand):
                 job = jobs.import_job_resume(job=job, enqueue=not options["sync"])
         except jobs.ImportJobStateError as exc:
             raise CommandError(str(exc)) from None
+        self.stdout.write(
+            f"job #{job.pk} {selectors.import_job_step_outcome(job=job, step=options['action'])}"
+        )
         if options["action"] == "cancel":
-            if job.state == ImportState.RUNNING:
-                self.stdout.write(
-                    f"job #{job.pk} stops after the batch it is applying; what committed "
-                    "stays applied"
-                )
-            else:
-                self.stdout.write(f"job #{job.pk} cancelled")
             return
-        self.stdout.write(f"job #{job.pk} queued to go on from its checkpoint")
         if options["sync"]:
-            imports.import_job_execute(job_id=job.pk)
+            job_run_here(job)
         job = job_wait(job, timeout=options["timeout"], out=self.stdout)
         job_print(job, out=self.stdout)
         if job.state == ImportState.FAILED:

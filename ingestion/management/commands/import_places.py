@@ -18,10 +18,10 @@ from ingestion.management.commands._dataset_options import (
     add_dataset_arguments,
     dataset_from_options,
 )
-from ingestion.management.commands._job_output import job_print, job_wait
+from ingestion.management.commands._job_output import job_print, job_run_here, job_wait
 from ingestion.models import ImportMode, ImportState
 from ingestion.readers import UnreadableFile
-from ingestion.services import imports, jobs
+from ingestion.services import jobs
 
 
 class Command(BaseCommand):
@@ -77,7 +77,7 @@ class Command(BaseCommand):
         where = "running in this process" if options["sync"] else "queued"
         self.stdout.write(f"{path.name}: job #{job.pk} ({job.format}) {where}")
         if options["sync"]:
-            imports.import_job_execute(job_id=job.pk)
+            job_run_here(job)
         job = job_wait(job, timeout=options["timeout"], out=self.stdout)
         job_print(job, out=self.stdout)
         if job.state == ImportState.FAILED:

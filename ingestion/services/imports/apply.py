@@ -17,8 +17,8 @@ from django.db import connection, transaction
 from django.db.models.functions import Now
 
 from ingestion.models import ImportJob, ImportMode
+from ingestion.selectors import import_batches_total
 from ingestion.services.imports.checkpoint import (
-    checkpoint_batches_total,
     checkpoint_pending_batches,
     checkpoint_record_batch,
 )
@@ -30,6 +30,7 @@ from ingestion.services.imports.progress import (
     import_job_progress_publish,
     import_job_stop_if_cancelled,
 )
+from places.services.regions import regions_hold_for_locating
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class _BatchProgress:
     def __init__(self, job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any]) -> None:
         self.job_id, self.rows = job.pk, counts.rows_read or job.rows_read
         self.done = checkpoint.get("batches", 0)
-        self.total = checkpoint_batches_total(checkpoint) or 0
+        self.total = import_batches_total(checkpoint=checkpoint) or 0
         self.publish()
 
     def one_more(self) -> None:
@@ -208,6 +209,9 @@ def apply_batch(
     """Apply staged rows ``(after, upto]`` and record the checkpoint, in one transaction."""
     params = {"job": job.pk, "dataset": job.dataset_id}
     with transaction.atomic(), connection.cursor() as cursor:
+        # Regions stay as they are until the batch commits: a boundary edit waits, and then
+        # re-assigns these places too (it sees them committed).
+        regions_hold_for_locating()
         by_op = batch_diff(
             cursor, job, counts, region_stamp=checkpoint["region_stamp"], after=after, upto=upto
         )

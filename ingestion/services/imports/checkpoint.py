@@ -11,7 +11,6 @@ regions the fingerprints were taken under), ``resumed_after`` (where each resume
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from django.db.models import F
@@ -33,13 +32,6 @@ def checkpoint_resume_note(job_id: int, checkpoint: dict[str, Any]) -> None:
         checkpoint.get("applied", []),
     )
     checkpoint.setdefault("resumed_after", []).append(checkpoint.get("last_sid", 0))
-
-
-def checkpoint_batches_total(checkpoint: dict[str, Any]) -> int | None:
-    """How many batches the staged rows make, once staging and apply have begun."""
-    if not checkpoint.get("batch_rows") or "max_sid" not in checkpoint:
-        return None
-    return math.ceil(checkpoint["max_sid"] / checkpoint["batch_rows"])
 
 
 def checkpoint_pending_batches(checkpoint: dict[str, Any]) -> list[tuple[int, int]]:

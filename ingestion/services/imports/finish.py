@@ -20,6 +20,7 @@ from ingestion.services.imports.progress import ImportCounts
 from ingestion.services.imports.samples import dry_run_samples
 from ingestion.services.imports.snapshot import COUNT_MISSING, RETIRE_MISSING
 from ingestion.services.imports.stage import CLEAR_STAGE
+from places.services.regions import regions_hold_for_locating
 
 # Two probes of the primary key rather than a scan for job_id <> %(job)s.
 OTHER_JOBS_STAGED = """
@@ -31,10 +32,15 @@ SELECT EXISTS (SELECT 1 FROM ingestion_importstage WHERE job_id < %(job)s)
 def finish_apply(
     job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any], started: float
 ) -> None:
-    """Every batch is applied: retire what a snapshot misses, and end the job ``done``."""
+    """Every batch is applied: retire what a snapshot misses, and end the job ``done``.
+    A cancel that came after the last batch still stops the job here, before retiring:
+    stopping a snapshot whose file turned out short is what cancel is most wanted for."""
     params = {"job": job.pk, "dataset": job.dataset_id}
     with transaction.atomic(), connection.cursor() as cursor:
         job = ImportJob.objects.select_for_update().get(pk=job.pk)
+        if job.cancel_requested_at:
+            _end_cancelled(cursor, job, counts, checkpoint, started)
+            return
         if job.mode == ImportMode.SNAPSHOT:
             with counts.timed("retire"):
                 cursor.execute(RETIRE_MISSING, params)
@@ -50,6 +56,7 @@ def finish_dry_run(
     """Every count of a real run, from one diff of the whole file; no place is written."""
     params = {"job": job.pk, "dataset": job.dataset_id}
     with transaction.atomic(), connection.cursor() as cursor:
+        regions_hold_for_locating()
         by_op = batch_diff(
             cursor,
             job,
@@ -60,6 +67,10 @@ def finish_dry_run(
             keep_all=True,
         )
         job = ImportJob.objects.select_for_update().get(pk=job.pk)
+        if job.cancel_requested_at:
+            cursor.execute("DROP TABLE pg_temp.import_diff")
+            _end_cancelled(cursor, job, counts, checkpoint, started)
+            return
         job.added, job.updated = by_op.get("create", 0), by_op.get("update", 0)
         job.unchanged = by_op.get("unchanged", 0) + by_op.get("kept", 0)
         if job.mode == ImportMode.SNAPSHOT:
@@ -81,11 +92,17 @@ def finish_cancelled(
     which runs only after the last batch, did not happen."""
     with transaction.atomic(), connection.cursor() as cursor:
         job = ImportJob.objects.select_for_update().get(pk=job.pk)
-        job.state = ImportState.CANCELLED
-        if job.dry_run:
-            job.added = job.updated = job.unchanged = job.retired = 0
-        _close(job, counts, checkpoint, started)
-        _clear_stage(cursor, job.pk)
+        _end_cancelled(cursor, job, counts, checkpoint, started)
+
+
+def _end_cancelled(
+    cursor: Any, job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any], started: float
+) -> None:
+    job.state = ImportState.CANCELLED
+    if job.dry_run:
+        job.added = job.updated = job.unchanged = job.retired = 0
+    _close(job, counts, checkpoint, started)
+    _clear_stage(cursor, job.pk)
 
 
 def _clear_stage(cursor: Any, job_id: int) -> None:

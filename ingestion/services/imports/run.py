@@ -32,7 +32,8 @@ from ingestion.services.imports.progress import (
 )
 from ingestion.services.imports.stage import CLEAR_STAGE, stage_file, still_staged
 from places.locks import AdvisoryLock
-from places.selectors import region_version
+from places.models import Place
+from places.selectors import region_version, table_row_estimate
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,15 @@ def _execute_locked(job_id: int) -> ImportJob | None:
     if not claimed:
         job = ImportJob.objects.filter(pk=job_id).first()
         if job is not None and job.state == ImportState.RUNNING:
-            _fail(job_id, f"gave up after {job.attempts} attempts (worker lost or retries used up)")
+            if job.cancel_requested_at:
+                # Asked to stop: it ends as the curator asked, not as a failure.
+                _end(job_id, ImportState.CANCELLED, "")
+            else:
+                _end(
+                    job_id,
+                    ImportState.FAILED,
+                    f"gave up after {job.attempts} attempts (worker lost or retries used up)",
+                )
             job.refresh_from_db()
         logger.info("import job %s not runnable (%s)", job_id, job.state if job else "missing")
         return job
@@ -149,13 +158,8 @@ ANALYZE_MIN_SHARE = 0.05
 def _analyze_after_bulk_load(written: int) -> None:
     """Fresh planner statistics after a bulk load: the map queries and the admin's estimated
     counts depend on them, and autovacuum may take minutes to get there."""
-    if written < ANALYZE_MIN_ROWS:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT reltuples FROM pg_class WHERE oid = 'places_place'::regclass")
-            known = cursor.fetchone()[0]
-        # A table never analysed (-1) or nearly empty has no statistics worth keeping.
-        if known > 0 and written < ANALYZE_MIN_SHARE * known:
-            return
+    if written < ANALYZE_MIN_ROWS and written < ANALYZE_MIN_SHARE * table_row_estimate(model=Place):
+        return
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE places_place")
 
@@ -195,9 +199,12 @@ def _session_lock(
 
 
 def _fail(job_id: int, message: str) -> None:
-    ImportJob.objects.filter(pk=job_id).update(
-        state=ImportState.FAILED, error=message, finished_at=Now()
-    )
+    _end(job_id, ImportState.FAILED, message)
+
+
+def _end(job_id: int, state: str, message: str) -> None:
+    """End a job outside a run's own finish: its committed batches stay, staging goes."""
+    ImportJob.objects.filter(pk=job_id).update(state=state, error=message, finished_at=Now())
     try:
         with connection.cursor() as cursor:
             cursor.execute(CLEAR_STAGE, {"job": job_id})

@@ -186,8 +186,14 @@ CLEAR_REJECTIONS = "DELETE FROM ingestion_importrejection WHERE job_id = %(job)s
 def stage_file(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any]) -> None:
     """Stream the file into the staging table, then validate it as a whole."""
     params = {"job": job.pk}
-    with connection.cursor() as cursor:
-        cursor.execute(CLEAR_STAGE, params)  # what an interrupted staging left behind
+    # Staging starts over: the checkpoint stops saying it is complete (a run that dies
+    # before validation ends must not take half-checked rows for staged ones), and what an
+    # interrupted staging left behind goes. The apply progress (last_sid, applied) stays.
+    checkpoint.pop("staged", None)
+    checkpoint.pop("max_sid", None)
+    with transaction.atomic(), connection.cursor() as cursor:
+        ImportJob.objects.filter(pk=job.pk).update(checkpoint=checkpoint)
+        cursor.execute(CLEAR_STAGE, params)
     with counts.timed("read_and_copy"):
         counts.rows_read, repeated, malformed = _copy_into_stage(job)
     if malformed:
