@@ -1,4 +1,7 @@
-"""URL routes: each app's own URLconf, plus the project-wide admin, OpenAPI schema and metrics."""
+"""URL routes: each app's own URLconf, plus the project-wide admin and OpenAPI schema.
+
+``/metrics`` is routed by ``places.urls``, behind a check of the client's network.
+"""
 
 from django.contrib import admin
 from django.urls import include, path
@@ -12,5 +15,4 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # The split view serves its start-up script as a file: the docs need no inline script.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
-    path("", include("django_prometheus.urls")),
 ]

@@ -1,26 +1,38 @@
-"""Liveness and readiness probes (routed by ``places.urls``).
+"""Liveness and readiness probes and the Prometheus metrics (routed by ``places.urls``).
 
-``/health/live/`` answers as long as the process serves requests. ``/health/ready/`` checks
-every dependency a request or task may need and names each one in its JSON body, so that an
-operator sees at once which one failed.
+``/health/live/`` answers as long as the process serves requests, touching nothing else.
+``/health/ready/`` checks every dependency a request or task may need and names each one in
+its JSON body, so that an operator sees at once which one failed; a process runs the checks
+at most once per ``READY_CACHE_SECONDS``, however many probes arrive. Both answer GET and
+HEAD only. ``/metrics`` answers only requests that come, through every hop, from
+``METRICS_ALLOWED_NETWORKS`` (Prometheus inside the cluster), and is a 404 to anyone else.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
-from django.http import HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.http import require_safe
+from django_prometheus.exports import ExportToDjangoView
 from kombu import Connection
 
 logger = logging.getLogger(__name__)
 CHECK_TIMEOUT_SECONDS = 2
+# Probes (several kubelets, load balancers, anyone who finds the URL) reuse one result for
+# this long: a flood of calls costs one round of checks per process, not one per call.
+READY_CACHE_SECONDS = 2.0
+
+Results = dict[str, dict[str, object]]
 
 
 def _check_database(alias: str) -> None:
@@ -69,8 +81,8 @@ def readiness_checks() -> dict[str, Callable[[], None]]:
     return checks
 
 
-def run_readiness_checks() -> tuple[bool, dict[str, dict[str, object]]]:
-    results: dict[str, dict[str, object]] = {}
+def run_readiness_checks() -> tuple[bool, Results]:
+    results: Results = {}
     healthy = True
     for name, check in readiness_checks().items():
         started = time.perf_counter()
@@ -86,13 +98,100 @@ def run_readiness_checks() -> tuple[bool, dict[str, dict[str, object]]]:
     return healthy, results
 
 
+class CachedReadiness:
+    """The last round of readiness checks, reused for ``seconds``.
+
+    Kept in the process, not in Redis, because Redis is one of the things being checked.
+    One thread runs the checks while the others wait for its result, so concurrent probes
+    never run them side by side.
+    """
+
+    def __init__(self, *, seconds: float) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._last: tuple[float, bool, Results] | None = None
+
+    def get(self) -> tuple[bool, Results]:
+        with self._lock:
+            now = time.monotonic()
+            if self._last is not None and now - self._last[0] < self.seconds:
+                return self._last[1], self._last[2]
+            healthy, results = run_readiness_checks()
+            self._last = (time.monotonic(), healthy, results)
+            return healthy, results
+
+    def forget(self) -> None:
+        with self._lock:
+            self._last = None
+
+
+READINESS = CachedReadiness(seconds=READY_CACHE_SECONDS)
+
+
+@require_safe
 def live(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+@require_safe
 def ready(request: HttpRequest) -> JsonResponse:
-    healthy, results = run_readiness_checks()
+    healthy, results = READINESS.get()
     body = {"status": "ok" if healthy else "fail", "checks": results}
     response = JsonResponse(body, status=200 if healthy else 503)
     response["Cache-Control"] = "no-store"
     return response
+
+
+def _forwarded_for(header: str) -> Iterator[str]:
+    """The ``for=`` nodes of an RFC 7239 ``Forwarded`` header, unquoted."""
+    for element in header.split(","):
+        for pair in element.split(";"):
+            name, _, value = pair.strip().partition("=")
+            if name.strip().lower() == "for":
+                yield value.strip().strip('"')
+
+
+def _address(node: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address from a header node (``10.0.0.1``, ``10.0.0.1:80``, ``[::1]:80``), or None
+    for anything else (``unknown``, an obfuscated name, junk)."""
+    node = node.strip()
+    if node.startswith("["):
+        node = node[1 : node.find("]")] if "]" in node else ""
+    elif node.count(":") == 1:
+        node = node.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(node)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def metrics_client_allowed(request: HttpRequest) -> bool:
+    """Whether every hop of the request (the peer and every address a proxy says it
+    forwarded for) lies in ``METRICS_ALLOWED_NETWORKS``.
+
+    A request from the internet through an ingress or a proxy on a private address carries
+    the client's public address in ``X-Forwarded-For`` (or ``Forwarded``), which a proxy
+    appends to and a client cannot remove, so it is refused; Prometheus scraping the pod
+    directly has a private peer address and no such header. A proxy in front must therefore
+    send ``X-Forwarded-For`` (nginx's ``$proxy_add_x_forwarded_for``, every ingress does).
+    """
+    forwarded = [n for n in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if n.strip()]
+    forwarded += _forwarded_for(request.META.get("HTTP_FORWARDED", ""))
+    networks = settings.METRICS_ALLOWED_NETWORKS
+    for node in [request.META.get("REMOTE_ADDR", ""), *forwarded]:
+        address = _address(node)
+        if address is None or not any(address in network for network in networks):
+            return False
+    return True
+
+
+@require_safe
+def metrics(request: HttpRequest) -> HttpResponse:
+    """django-prometheus's exposition, for allowed networks only (404 to anyone else, so
+    the public site does not even show that it exists)."""
+    if not metrics_client_allowed(request):
+        raise Http404
+    return ExportToDjangoView(request)

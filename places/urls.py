@@ -1,4 +1,5 @@
-"""Routes of the site's own pages and the health probes (the API is in ``places.serving``)."""
+"""Routes of the site's own pages, the health probes and the metrics (the API is in
+``places.serving``)."""
 
 from django.urls import path
 
@@ -11,4 +12,6 @@ urlpatterns = [
     path("favicon.ico", views.FaviconRedirect.as_view(), name="favicon"),
     path("health/live/", health.live, name="health-live"),
     path("health/ready/", health.ready, name="health-ready"),
+    # django-prometheus's view behind the network check (its own URLconf is not included).
+    path("metrics", health.metrics, name="prometheus-django-metrics"),
 ]

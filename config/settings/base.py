@@ -6,6 +6,7 @@ configuration table in README.md). Nothing here may hold a production secret.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 from celery.schedules import crontab
@@ -271,6 +272,22 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     # Swagger UI assets are served from our own static files: the docs work offline.
+# /metrics answers only requests whose peer and every forwarded-for address lie in these
+# networks (loopback and private ranges: Prometheus inside the cluster); others get 404.
+METRICS_ALLOWED_NETWORKS = [
+    ipaddress.ip_network(network)
+    for network in env.list(
+        "METRICS_ALLOWED_NETWORKS",
+        default=[
+            "127.0.0.0/8",
+            "::1/128",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "fc00::/7",
+        ],
+    )
+]
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
