@@ -17,6 +17,7 @@ from django.utils.html import format_html, format_html_join
 
 from places import services
 from places.admin_base import FastChangeListMixin, GeoAdmin, IdSearchMixin, ReadOnlyAdminMixin
+from places.login_throttle import ThrottledAuthenticationForm
 from places.models import (
     AreaVersion,
     Dataset,
@@ -27,6 +28,9 @@ from places.models import (
     Region,
     RegionPart,
 )
+
+# The login page says when failed logins are throttled (places.login_throttle).
+admin.site.login_form = ThrottledAuthenticationForm
 
 
 @admin.register(Dataset)
