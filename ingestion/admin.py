@@ -68,8 +68,9 @@ MAPPING_HELP = {
 class UploadForm(forms.Form):
     file = forms.FileField(
         help_text=(
-            "CSV or TSV (any delimiter and encoding, plain or .gz), GeoJSON (plain or .gz), "
-            "a zipped Shapefile or a GeoPackage. The format is read from the content, not "
+            "CSV or TSV (any delimiter and encoding, plain or .gz), GeoJSON or GeoJSONSeq "
+            "(plain or .gz), a zipped Shapefile, a GeoPackage, Parquet or GeoParquet, or a "
+            "JSON array of objects. The format is read from the content, not "
             f"the name; at most {jobs.MAX_FILE_BYTES // 1024**3} GB. The file is "
             "inspected first: nothing is imported until you apply it."
         )
@@ -78,7 +79,7 @@ class UploadForm(forms.Form):
         queryset=Dataset.objects.order_by("name"),
         help_text=(
             "The dataset the places belong to; keys are unique within it. New datasets are "
-            "added under Places › Datasets."
+            "added under Places gazetteer › Datasets."
         ),
     )
     mode = forms.ChoiceField(

@@ -118,12 +118,12 @@ def import_job_state_help(*, job: ImportJob) -> str:
         if job.dry_run:
             return (
                 "A worker is running the dry run: it reads and compares the file and changes "
-                "nothing. Cancel stops it."
+                "nothing. Stop the dry run ends it."
             )
         return (
             "A worker is applying the file in batches; each commits with the job's "
-            "checkpoint. Cancel stops it after the batch it is applying: what committed "
-            "stays applied, and the job can be resumed."
+            "checkpoint. Stop after the current batch ends it there: what committed stays "
+            "applied, and the job can be resumed."
         )
     if state in STOPPED_STATES:
         return _stopped_help(job)

@@ -162,7 +162,14 @@ class ViewportQuery(PlaceFiltersQuery):
     """The places filters plus the view."""
 
     bbox = BBoxField()
-    zoom = serializers.IntegerField(min_value=0, max_value=tiles.MAX_ZOOM)
+    zoom = serializers.IntegerField(
+        min_value=0,
+        max_value=tiles.MAX_ZOOM,
+        help_text=(
+            "The map's zoom (Web Mercator, 256-px tiles): it sets the cluster grid and "
+            "whether points come back (see the operation's description)."
+        ),
+    )
     format = serializers.ChoiceField(choices=["json", "bin"], required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:

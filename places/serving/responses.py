@@ -37,8 +37,12 @@ BIG_BODY_BYTES = 4 * 1024 * 1024
 Built = bytes | tuple[bytes, dict[str, str]]
 
 
+# Mixins and bases below carry comments, not docstrings: drf-spectacular would show a
+# docstring as the description of every operation that inherits it.
+
+
 class QueryParamsGuard:
-    """Refuse query parameters holding NUL characters: PostgreSQL cannot store or compare them."""
+    # Refuse query parameters holding NUL characters: PostgreSQL cannot store or compare them.
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         bad = sorted(
@@ -50,17 +54,17 @@ class QueryParamsGuard:
 
 
 class PublicBytesView(APIView):
-    """Public, cacheable byte responses: no session or user lookup, which would add
-    ``Vary: Cookie`` and keep CDNs from caching them."""
+    # Public, cacheable byte responses: no session or user lookup, which would add
+    # ``Vary: Cookie`` and keep CDNs from caching them.
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
 
 class BytesNegotiation:
-    """These views choose their own bytes (by path, `format` or Accept), so DRF's content
-    negotiation must not answer a vendor Accept type with 406 or `?format=` with 404; errors
-    are still rendered as JSON."""
+    # These views choose their own bytes (by path, `format` or Accept), so DRF's content
+    # negotiation must not answer a vendor Accept type with 406 or `?format=` with 404;
+    # errors are still rendered as JSON.
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
         return super().perform_content_negotiation(request, force=True)  # type: ignore[misc]

@@ -31,8 +31,12 @@ BIN_TYPE = "application/vnd.places.viewport"
         f"{viewport.MAX_POINTS:,} places: clusters whose "
         "counts add up to the places in the box (position, count, count per religion, "
         "bounds). Otherwise every place (ids, lon, lat, religion codes into `legend`). "
-        "`format=bin` (or `Accept: application/vnd.places.viewport`) gives the "
-        "little-endian layout documented in README. Cached per data version; ETag/304."
+        "`format=bin` (or `Accept: application/vnd.places.viewport`) gives little-endian "
+        "bytes: magic `PLV1`, uint8 kind (0 points, 1 clusters), 3 zero bytes, uint32 n, "
+        "uint32 legend length L, the legend as UTF-8 JSON padded with zeros to a multiple of "
+        "8, then for points n × int64 id, n × float32 lon, n × float32 lat, n × uint8 "
+        "religion code; for clusters n × uint32 count in place of the ids. Cached per data "
+        "version; ETag/304."
     ),
     parameters=[ViewportQuery],
     responses={

@@ -9,7 +9,7 @@ from django.contrib import admin
 from django.contrib.gis.geos import Point
 from django.urls import reverse
 
-from places.models import Place, PlaceChange
+from places.models import Dataset, Place, PlaceChange
 
 pytestmark = pytest.mark.django_db
 
@@ -173,3 +173,16 @@ def test_curator_adds_a_place_in_the_admin(admin_client, admin_user, gb_import):
     assert place.country.code == "GBR"
     change = PlaceChange.objects.get(place=place)
     assert (change.operation, change.user) == ("create", admin_user)
+
+
+def test_adding_a_dataset_shows_no_pending_timestamps(admin_client):
+    page = admin_client.get("/admin/places/dataset/add/").content.decode()
+    assert "DatabaseDefault" not in page
+    assert "Created at" not in page
+    response = admin_client.post(
+        "/admin/places/dataset/add/", {"name": "Parish register", "slug": "parish-register"}
+    )
+    assert response.status_code == 302
+    dataset = Dataset.objects.get(slug="parish-register")
+    page = admin_client.get(f"/admin/places/dataset/{dataset.pk}/change/").content.decode()
+    assert "Created at" in page

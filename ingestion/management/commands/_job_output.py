@@ -33,8 +33,10 @@ def job_wait(job: ImportJob, *, timeout: int, out: OutputWrapper) -> ImportJob:
         if job.state in FINAL_STATES:
             return job
         status = selectors.import_job_status(job=job)
-        total = f"/{job.rows_total}" if job.rows_total else ""
-        line = f"  {status.state_label}, {status.phase}: {status.rows_read}{total} rows read"
+        line = f"  {status.state_label}: {status.phase}"
+        if status.phase == "reading rows":
+            total = f" of {job.rows_total}" if job.rows_total else ""
+            line += f", {status.rows_read}{total}"
         if line != last:
             out.write(line)
             last = line

@@ -25,7 +25,10 @@ from ingestion.services import jobs
 
 
 class Command(BaseCommand):
-    help = "Import places from CSV, GeoJSON, zipped Shapefile or GeoPackage into a dataset."
+    help = (
+        "Import places into a dataset from CSV/TSV, GeoJSON or GeoJSONSeq, a zipped Shapefile, "
+        "a GeoPackage, Parquet or GeoParquet, or a JSON array of objects."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("file", type=Path)

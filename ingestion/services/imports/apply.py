@@ -146,7 +146,7 @@ class _BatchProgress:
         import_job_progress_publish(
             self.job_id,
             rows=self.rows,
-            phase=f"applying: {done} of {self.total} batches committed",
+            phase=f"{done} of {self.total} batches committed",
             batches=done,
             batches_total=self.total,
         )
