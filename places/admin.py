@@ -40,6 +40,14 @@ class DatasetAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ("created_at", "updated_at")
 
+    def get_exclude(self, request: HttpRequest, obj: Dataset | None = None) -> Any:
+        # A dataset being added has no timestamps yet: the database sets them on insert,
+        # and the form would show the pending default's Python object instead.
+        return ("created_at", "updated_at") if obj is None else ()
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Dataset | None = None) -> Any:
+        return self.readonly_fields if obj is not None else ()
+
 
 class RegionAdminForm(forms.ModelForm):
     class Meta:
