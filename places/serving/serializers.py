@@ -52,7 +52,7 @@ REGION_FIELDS = (
 
 
 class RegionSerializer(serializers.ModelSerializer):
-    parent = RegionSummarySerializer(read_only=True)
+    parent = RegionSummarySerializer(read_only=True, allow_null=True)
 
     class Meta:
         model = Region
@@ -60,7 +60,7 @@ class RegionSerializer(serializers.ModelSerializer):
 
 
 class RegionGeoSerializer(GeoFeatureModelSerializer):
-    parent = RegionSummarySerializer(read_only=True)
+    parent = RegionSummarySerializer(read_only=True, allow_null=True)
 
     class Meta:
         model = Region
@@ -75,8 +75,8 @@ class PlaceDetailSerializer(GeoFeatureModelSerializer):
     dataset: serializers.SlugRelatedField[Dataset] = serializers.SlugRelatedField(
         slug_field="slug", read_only=True
     )
-    country = RegionSummarySerializer(read_only=True)
-    region = RegionSummarySerializer(read_only=True)
+    country = RegionSummarySerializer(read_only=True, allow_null=True)
+    region = RegionSummarySerializer(read_only=True, allow_null=True)
 
     class Meta:
         model = Place

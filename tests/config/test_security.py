@@ -115,3 +115,24 @@ def test_admin_map_runs_with_a_fresh_nonce_per_response(admin_client, gb_import)
         assert _directives(response)["script-src"] == ["'self'", f"'nonce-{nonce}'"]
         nonces.append(nonce)
     assert nonces[0] != nonces[1]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "path", ["/", "/map/", "/health/live/", "/api/v1/datasets/", "/tiles/regions.json", "/admin/"]
+)
+def test_trace_is_refused_everywhere(client, path):
+    response = client.generic("TRACE", path)
+    assert response.status_code == 405
+    assert "GET" in response.headers["Allow"]
+    assert "TRACE" not in response.headers["Allow"]
+
+
+@pytest.mark.django_db
+def test_a_method_an_api_view_lacks_gets_405_not_403(client):
+    # given an anonymous client, which the API's permissions would refuse any write
+    # when it posts to a read-only list
+    response = client.post("/api/v1/datasets/", {})
+    # then the answer says the method is wrong, and which ones work
+    assert response.status_code == 405
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
