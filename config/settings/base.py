@@ -234,13 +234,13 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
-AUTH_PASSWORD_VALIDATORS = [
 # Every password check is throttled: LOGIN_FAILURE_LIMIT failures per client address or per
 # user name within the window refuse further attempts, unhashed, until it ends.
 AUTHENTICATION_BACKENDS = ["places.login_throttle.ThrottledModelBackend"]
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10)
 LOGIN_FAILURE_WINDOW_SECONDS = env.int("LOGIN_FAILURE_WINDOW_SECONDS", default=15 * 60)
 
+AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
@@ -250,10 +250,10 @@ LOGIN_FAILURE_WINDOW_SECONDS = env.int("LOGIN_FAILURE_WINDOW_SECONDS", default=1
 # --- API -----------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "config.schema.PlacesAutoSchema",
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
     # The API is read-only; a session (the admin's) only lifts the throttle to the user rate.
     # No Basic authentication: it would hash a password on every request that sends one.
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
@@ -272,16 +272,6 @@ REST_FRAMEWORK = {
     },
     "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
 }
-SPECTACULAR_SETTINGS = {
-    "TITLE": "Places API",
-    "DESCRIPTION": (
-        "A gazetteer of places (first of all places of worship) with their regions and "
-        "source datasets. Coordinates are WGS84 longitude/latitude (EPSG:4326)."
-    ),
-    "VERSION": "1.0.0",
-    "SERVE_INCLUDE_SCHEMA": False,
-    "COMPONENT_SPLIT_REQUEST": True,
-    # Swagger UI assets are served from our own static files: the docs work offline.
 # /metrics answers only requests whose peer and every forwarded-for address lie in these
 # networks (loopback and private ranges: Prometheus inside the cluster); others get 404.
 METRICS_ALLOWED_NETWORKS = [
@@ -298,6 +288,16 @@ METRICS_ALLOWED_NETWORKS = [
         ],
     )
 ]
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Places API",
+    "DESCRIPTION": (
+        "A gazetteer of places (first of all places of worship) with their regions and "
+        "source datasets. Coordinates are WGS84 longitude/latitude (EPSG:4326)."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI assets are served from our own static files: the docs work offline.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
