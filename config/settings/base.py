@@ -193,7 +193,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=3 * 3600)
 # The soft limit raises inside the task first, so an import fails with a message instead of
-# being killed and left "applying".
+# being killed and left "running".
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 120
 # Our own logging config (JSON with LOG_FORMAT=json) stays in force in workers and beat.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
