@@ -141,7 +141,25 @@ def markdown(results: dict[str, Any]) -> str:
     imports = results.get("imports")
     if imports:
         lines += _imports_markdown(imports, p)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _noise_markdown(results)) + "\n"
+
+
+def _noise_markdown(results: dict[str, Any]) -> list[str]:
+    """How noisy this run was: the A/A factors the readings were held against."""
+    rows = list(results.get("serving", {}).get("requests", {}).values())
+    rows += [results["imports"][key] for key in KINDS if key in results.get("imports", {})]
+    if not rows:
+        return []
+    noise = sorted(row["noise"] for row in rows)
+    return [
+        "",
+        "## Noise",
+        "",
+        f"Typical factor between neighbouring rounds of the same code, per request or import: "
+        f"{noise[0]} to {noise[-1]} (median {noise[len(noise) // 2]}). The machine is shared: "
+        "figures from another run, or another hour, are not comparable with these; only A "
+        "and B of the same run are.",
+    ]
 
 
 def _serving_markdown(data: dict, serving: dict, p: dict) -> list[str]:

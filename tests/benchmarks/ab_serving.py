@@ -196,7 +196,8 @@ def _row(probe: Probe, by_side: dict[str, list[list[float]]]) -> dict[str, Any]:
             "n": len(pooled),
             "p50_ms": round(statistics.median(pooled), 1),
             "p95_ms": round(measure.percentile(pooled, 95), 1),
-            "round_p50_ms": [round(statistics.median(r), 1) for r in rounds],
+            # Two decimals: at a millisecond or so, tenths would hide the noise itself.
+            "round_p50_ms": [round(statistics.median(r), 2) for r in rounds],
         }
     a, b = row["A"], row["B"]
     return row | compare_sides(
