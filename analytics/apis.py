@@ -66,5 +66,10 @@ class RegionStatsApi(QueryParamsGuard, PublicBytesView):
             return JSONRenderer().render(selectors.region_place_counts(level=level))
 
         return cached_bytes_response(
-            request, key=key, ttl=STATS_TTL, build=build, content_type="application/json"
+            request,
+            key=key,
+            ttl=STATS_TTL,
+            build=build,
+            content_type="application/json",
+            canonical=True,
         )

@@ -53,6 +53,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # RateLimit-* headers on every response a rate limit counted (places.throttling).
+    "places.throttling.RateLimitHeadersMiddleware",
     "config.security.UndeclaredMethodMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -160,8 +162,14 @@ DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
 DATABASE_ROUTERS = ["config.routers.PrimaryReplicaRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# --- Cache and Celery (one Redis, separate logical databases) ---------------------------
-REDIS_URL = secret("REDIS_URL", "redis://127.0.0.1:6379/0")
+# --- Cache and Celery (two Redis instances) -----------------------------------------------
+# The cache has a Redis of its own, bounded in memory and evicting the least recently used
+# keys when full (`--maxmemory 256mb --maxmemory-policy allkeys-lru`, see bin/services-up):
+# anonymous requests must not be able to grow it without limit. The broker's Redis must never
+# evict (a lost message is a lost import), so the two cannot share one instance. Rate-limit
+# and login-failure counters live in the cache: a counter in use is recently used, so LRU
+# evicts cold bodies long before it.
+REDIS_URL = secret("REDIS_URL", "redis://127.0.0.1:6380/0")
 CACHES = {
     "default": {
         "BACKEND": "django_prometheus.cache.backends.redis.RedisCache",
@@ -174,6 +182,11 @@ CACHES = {
         },
     }
 }
+
+# Responses bigger than this (gzipped, as stored) are cached only when their URL is shared
+# by everyone who asks for that content (tiles, statistics): a body for a free-form query
+# (a box, a filter, a page size) is built and sent but not stored (places.serving.responses).
+CACHE_MAX_BODY_BYTES = env.int("CACHE_MAX_BODY_BYTES", default=1024 * 1024)
 
 CELERY_BROKER_URL = secret("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
 CELERY_TASK_IGNORE_RESULT = True
@@ -259,17 +272,19 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    # Per client IP (anonymous) or per user, counted in Redis. A map page fetches a few dozen
-    # tiles per view, so the anonymous default leaves people room and stops scrapers; an empty
-    # value switches a limit off (the benchmark does, to measure the server, not the limit).
-    "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
-    ],
+    # Per client IP (anonymous, rate "anon") or per user (signed in, rate "user"), counted
+    # atomically in Redis (places.throttling). A map page fetches a few dozen tiles per view,
+    # so the anonymous default leaves people room and stops scrapers; an empty value switches
+    # a limit off (the benchmark does, to measure the server, not the limit).
+    "DEFAULT_THROTTLE_CLASSES": ["places.throttling.RedisRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "anon": env.str("API_ANON_RATE", default="6000/min") or None,
         "user": env.str("API_USER_RATE", default="20000/min") or None,
     },
+    # The client's address is the NUM_PROXIES-th from the end of X-Forwarded-For. Behind a
+    # proxy it must equal the number of proxies: with 0 every client has the proxy's address
+    # and shares one bucket; with too many a client can choose its address by sending the
+    # header itself.
     "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
 }
 # /metrics answers only requests whose peer and every forwarded-for address lie in these

@@ -11,8 +11,9 @@ ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 WHITENOISE_USE_FINDERS = True
 
-# Separate Redis databases so that a test run never flushes a developer's cache or queue.
-CACHES["default"]["LOCATION"] = env.str("TEST_REDIS_URL", default="redis://127.0.0.1:6379/14")
+# Separate Redis databases so that a test run never flushes a developer's cache or queue: the
+# cache's on the cache Redis (6380), the broker's on the broker Redis (6379), as deployed.
+CACHES["default"]["LOCATION"] = env.str("TEST_REDIS_URL", default="redis://127.0.0.1:6380/14")
 CACHES["default"]["KEY_PREFIX"] = "places-test"
 CELERY_BROKER_URL = env.str("TEST_CELERY_BROKER_URL", default="redis://127.0.0.1:6379/15")
 # Stored import copies go to a fresh folder per run (a worker started by a test is given the

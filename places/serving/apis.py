@@ -93,7 +93,8 @@ def _format(request: Request, requested: str | None) -> str:
         "above that (`numberMatchedExact: false`): a full count would cost more than the "
         "page. The other formats carry these figures in `X-Number-Matched`, "
         "`X-Number-Matched-Exact` and `X-Truncated` headers. Responses are cached per data "
-        "version and carry an ETag (send `If-None-Match` for a 304)."
+        "version (those over the server's size limit for stored answers are built anew) "
+        "and carry an ETag (send `If-None-Match` for a 304)."
     ),
     parameters=[PlaceListQuery],
     responses={

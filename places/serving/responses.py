@@ -4,6 +4,14 @@ A response's cache key and ETag contain the data version of what it shows, which
 commit that changes those places moves: a cached body is never older than the last write,
 and a client revalidating with ``If-None-Match`` gets 304 until something really changed.
 Bodies are gzipped once, when built, and kept compressed in Redis.
+
+What is stored is bounded, because every distinct query string names its own entry: a body
+whose gzipped size exceeds ``CACHE_MAX_BODY_BYTES`` is stored only when the request is
+*canonical*, that is when everyone who wants that content asks for it by the same URL (a tile,
+a statistics level). A big body for a free-form query (any box, filter and page size a client
+chooses) is built, sent and forgotten, so a stream of unique query strings cannot buy a
+megabytes-large entry each; small bodies are stored whatever the query. The cache's Redis
+evicts least recently used keys beyond its memory limit (see ``config.settings.base``).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpResponse
 from django.utils.http import parse_etags
@@ -119,8 +128,15 @@ def _stored(value: Any) -> tuple[bytes, dict[str, str]] | None:
     return compressed, dict(headers)
 
 
-def cached_build(*, cache_key: str, ttl: int, build: Callable[[], Built]) -> tuple[bytes, dict]:
-    """The gzipped body (and headers) under ``cache_key``, built at most once at a time."""
+def cached_build(
+    *, cache_key: str, ttl: int, build: Callable[[], Built], canonical: bool = False
+) -> tuple[bytes, dict]:
+    """The gzipped body (and headers) under ``cache_key``, built at most once at a time.
+
+    A built body is stored unless it is bigger than ``CACHE_MAX_BODY_BYTES`` (gzipped) and
+    the request is not ``canonical``; requests for the same key then build it one after
+    another, never side by side.
+    """
     found = _stored(cache.get(cache_key))
     if found is not None:
         return found
@@ -141,7 +157,8 @@ def cached_build(*, cache_key: str, ttl: int, build: Callable[[], Built]) -> tup
         # (100,000 features) take the fast level so the first request does not wait on gzip.
         level = 6 if len(raw) < BIG_BODY_BYTES else 1
         compressed = gzip.compress(raw, compresslevel=level) if raw else b""
-        cache.set(cache_key, (compressed, headers), timeout=ttl)
+        if canonical or len(compressed) <= settings.CACHE_MAX_BODY_BYTES:
+            cache.set(cache_key, (compressed, headers), timeout=ttl)
     finally:
         cache.delete(lock_key)
     return compressed, headers
@@ -155,11 +172,14 @@ def cached_bytes_response(
     build: Callable[[], Built],
     content_type: str,
     vary: str = "Accept-Encoding",
+    canonical: bool = False,
 ) -> HttpResponse:
     """Answer from the ETag, the Redis cache or ``build``, compressing once per version.
 
     ``key`` must contain the data version of everything the body shows. ``build`` returns
     the body, or the body and headers that belong to it (a Link to the next page).
+    ``canonical`` says that every client asking for this content uses this one URL, so a
+    big body is worth storing (see the module docstring); leave it off for free-form queries.
     """
     digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:24]
     # Weak: the gzip and identity bodies are the same content under one validator.
@@ -174,7 +194,9 @@ def cached_bytes_response(
     }
     if etag_matches(if_none_match=request.headers.get("If-None-Match", ""), etag=etag):
         return HttpResponse(status=304, headers=headers)
-    compressed, extra = cached_build(cache_key=f"bytes:{digest}", ttl=ttl, build=build)
+    compressed, extra = cached_build(
+        cache_key=f"bytes:{digest}", ttl=ttl, build=build, canonical=canonical
+    )
     headers |= extra
     if compressed and accepts_gzip(request.headers.get("Accept-Encoding", "")):
         headers["Content-Encoding"] = "gzip"

@@ -86,6 +86,7 @@ class PlaceTileApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
             ttl=zoom_ttl(tz),
             build=lambda: tiles.place_tile(z=tz, x=tx, y=ty, filters=filters),
             content_type=MVT_TYPE,
+            canonical=True,
         )
 
 
@@ -107,6 +108,7 @@ class RegionTileApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
             ttl=zoom_ttl(tz),
             build=lambda: tiles.region_tile(z=tz, x=tx, y=ty, level=level),
             content_type=MVT_TYPE,
+            canonical=True,
         )
 
 

@@ -36,7 +36,8 @@ BIN_TYPE = "application/vnd.places.viewport"
         "uint32 legend length L, the legend as UTF-8 JSON padded with zeros to a multiple of "
         "8, then for points n × int64 id, n × float32 lon, n × float32 lat, n × uint8 "
         "religion code; for clusters n × uint32 count in place of the ids. Cached per data "
-        "version; ETag/304."
+        "version (answers over the server's size limit for stored answers are built anew); "
+        "ETag/304."
     ),
     parameters=[ViewportQuery],
     responses={

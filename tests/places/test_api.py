@@ -6,7 +6,6 @@ import pytest
 from django.contrib.gis.geos import Point, Polygon
 from django.core.cache import cache
 from rest_framework.test import APIClient
-from rest_framework.throttling import AnonRateThrottle
 
 from places.models import Place
 from places.services import dataset_get_or_create, place_create
@@ -215,8 +214,11 @@ def test_country_filter_excludes_other_countries(api, gb_import, pacific):
     assert names == {"wellington", "chatham"}
 
 
-def test_clients_over_the_rate_limit_get_429(api, monkeypatch):
-    monkeypatch.setattr(AnonRateThrottle, "THROTTLE_RATES", {"anon": "2/min"})
+def test_clients_over_the_rate_limit_get_429(api, settings):
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"anon": "2/min", "user": None},
+    }
     cache.clear()
     codes = [api.get("/api/v1/datasets/").status_code for _ in range(3)]
     tile = api.get("/tiles/places/0/0/0.pbf")
