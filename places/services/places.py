@@ -22,8 +22,9 @@ from places.models import (
 )
 from places.services.regions import regions_hold_for_locating
 
-# Fields a curator or device may change; the rest (keys, bookkeeping) are managed here.
-EDITABLE_FIELDS = (
+# The fields a dataset's rows give a place: imports compare, write and log exactly these
+# (``ingestion.services.imports.diff``), and curators may fix them.
+SOURCE_FIELDS = (
     "name",
     "religion",
     "religion_raw",
@@ -38,9 +39,9 @@ EDITABLE_FIELDS = (
     "start_date_raw",
     "end_date",
     "end_date_raw",
-    "status",
-    "merged_into",
 )
+# Fields a curator or device may change; the rest (keys, bookkeeping) are managed here.
+EDITABLE_FIELDS = (*SOURCE_FIELDS, "status", "merged_into")
 
 
 def _json_value(value: Any) -> Any:
@@ -54,7 +55,7 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def _log_key(field: str) -> str:
+def place_log_key(field: str) -> str:
     """Foreign keys are logged by column (``country_id``), as the set-based imports do."""
     return f"{field}_id" if Place._meta.get_field(field).is_relation else field
 
@@ -79,7 +80,7 @@ def place_create(
     place.save()
     place.refresh_from_db()
     changes = {
-        _log_key(f): {"old": None, "new": _json_value(getattr(place, f))}
+        place_log_key(f): {"old": None, "new": _json_value(getattr(place, f))}
         for f in EDITABLE_FIELDS
         if getattr(place, f) not in (None, "", [], {})
     }
@@ -128,7 +129,7 @@ def place_update(
     for field, new in data.items():
         old = getattr(current, field)
         if _json_value(old) != _json_value(new):
-            changes[_log_key(field)] = {"old": _json_value(old), "new": _json_value(new)}
+            changes[place_log_key(field)] = {"old": _json_value(old), "new": _json_value(new)}
             setattr(current, field, new)
     if "location" in changes:
         before = (current.region_id, current.country_id)

@@ -13,24 +13,11 @@ from typing import Any
 from ingestion.models import ImportJob, ImportMode
 from ingestion.services.imports.progress import IMPORT_WORK_MEM, ImportCounts
 from places.locate import points_locate
+from places.services.places import SOURCE_FIELDS, place_log_key
 
-# Source-fed fields of a place, by their key in the logged and compared JSON.
-_KEYS = [
-    "name",
-    "religion",
-    "religion_raw",
-    "denominations",
-    "denomination_raw",
-    "location",
-    "footprint",
-    "country_id",
-    "region_id",
-    "tags",
-    "start_date",
-    "start_date_raw",
-    "end_date",
-    "end_date_raw",
-]
+# Source-fed fields of a place, by their key in the logged and compared JSON (foreign keys by
+# column, ``country_id``), in the one list's order.
+_KEYS = [place_log_key(field) for field in SOURCE_FIELDS]
 
 
 def _fields_json(alias: str, geom: str, footprint: str, regions: str) -> str:
