@@ -13,13 +13,14 @@ from analytics import selectors
 from config.routers import REPLICA
 from places import selectors as places_selectors
 from places.models import RegionLevel
+from places.serving.params import QueryParams
 from places.serving.responses import PublicBytesView, QueryParamsGuard, cached_bytes_response
 
 # Every key holds the versions the figures follow, so this bounds memory, not staleness.
 STATS_TTL = 24 * 3600
 
 
-class RegionStatsQuery(serializers.Serializer):
+class RegionStatsQuery(QueryParams):
     level = serializers.ChoiceField(choices=RegionLevel.choices, default=RegionLevel.DISTRICT)
 
 

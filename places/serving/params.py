@@ -21,7 +21,24 @@ from places.serving.fields import PROPERTIES
 from places.serving.query import ANY_STATUS, DEFAULT_STATUS, STATUS_CHOICES, PlaceQuery
 
 
-class PlaceFiltersQuery(serializers.Serializer):
+class QueryParams(serializers.Serializer):
+    """Query parameters: one given with no value (``level=``) is refused, naming it, unless
+    its field allows a blank; DRF would otherwise take it as left out and quietly apply the
+    default, which is not what the client wrote."""
+
+    def run_validation(self, data: Any = empty) -> Any:
+        if hasattr(data, "get"):
+            blank = {
+                name: ["must not be empty; leave the parameter out for its default"]
+                for name, field in self.fields.items()
+                if data.get(name) == "" and not getattr(field, "allow_blank", False)
+            }
+            if blank:
+                raise serializers.ValidationError(blank)
+        return super().run_validation(data)
+
+
+class PlaceFiltersQuery(QueryParams):
     """Filters shared by places/, viewport/ and the places tiles: one meaning everywhere."""
 
     religion = serializers.ChoiceField(choices=Religion.choices, required=False)
@@ -154,7 +171,7 @@ class PlaceListQuery(PlaceFiltersQuery):
             raise serializers.ValidationError(str(exc)) from None
 
 
-class RegionTileQuery(serializers.Serializer):
+class RegionTileQuery(QueryParams):
     level = serializers.ChoiceField(choices=RegionLevel.choices, default=RegionLevel.DISTRICT)
 
 
