@@ -321,6 +321,9 @@ SPECTACULAR_SETTINGS = {
 # --- Domain settings ---------------------------------------------------------------------
 PLACES_API_PAGE_SIZE = env.int("PLACES_API_PAGE_SIZE", default=1000)
 PLACES_API_MAX_PAGE_SIZE = env.int("PLACES_API_MAX_PAGE_SIZE", default=100_000)
+# Anonymous clients get smaller pages: each uncached one is built from PostgreSQL, and a
+# signed-in client is accountable for the big ones.
+PLACES_API_ANON_MAX_PAGE_SIZE = env.int("PLACES_API_ANON_MAX_PAGE_SIZE", default=1_000)
 
 # --- Logging and errors ------------------------------------------------------------------
 LOG_FORMAT = env.str("LOG_FORMAT", default="text")

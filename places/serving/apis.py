@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from django.conf import settings
+from django.contrib.auth import get_user
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -114,7 +115,12 @@ def _format(request: Request, requested: str | None) -> str:
 class PlaceListApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
     @extend_schema(operation_id="places_list")
     def get(self, request: Request) -> HttpResponse:
-        query = PlaceListQuery(data=request.query_params)
+        query = PlaceListQuery(
+            data=request.query_params,
+            # The view authenticates no one (public, cacheable answers): the session is read
+            # only for a page above the anonymous maximum, which then varies by cookie.
+            context={"signed_in": lambda: get_user(request._request).is_authenticated},
+        )
         query.is_valid(raise_exception=True)
         data = query.validated_data
         filters = query.place_query(bbox=data.get("bbox"))

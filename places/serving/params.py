@@ -138,8 +138,9 @@ class PlaceListQuery(PlaceFiltersQuery):
         min_value=1,
         max_value=settings.PLACES_API_MAX_PAGE_SIZE,
         help_text=(
-            f"Features per page (default {settings.PLACES_API_PAGE_SIZE}, "
-            f"maximum {settings.PLACES_API_MAX_PAGE_SIZE})."
+            f"Features per page (default {settings.PLACES_API_PAGE_SIZE}, maximum "
+            f"{settings.PLACES_API_ANON_MAX_PAGE_SIZE} without signing in, "
+            f"{settings.PLACES_API_MAX_PAGE_SIZE} signed in)."
         ),
     )
     cursor = serializers.CharField(
@@ -163,6 +164,18 @@ class PlaceListQuery(PlaceFiltersQuery):
             )
         # Keep the documented order and drop repeats.
         return [name for name in PROPERTIES if name in names]
+
+    def validate_limit(self, value: int) -> int:
+        """Above the anonymous maximum only for a signed-in client: context ``signed_in`` is a
+        callable, asked only then, so that small pages never look at the session."""
+        cap = settings.PLACES_API_ANON_MAX_PAGE_SIZE
+        signed_in = self.context.get("signed_in")
+        if value > cap and not (signed_in and signed_in()):
+            raise serializers.ValidationError(
+                f"Ensure this value is less than or equal to {cap}, or sign in for up to "
+                f"{settings.PLACES_API_MAX_PAGE_SIZE}."
+            )
+        return value
 
     def validate_cursor(self, value: str) -> int:
         try:

@@ -75,7 +75,7 @@ def test_viewport_clusters_count_exactly_the_places_in_the_box(
 def test_places_api_pages_cover_exactly_the_box(client, gb_import, lon, lat, width, height):
     box = (lon, lat, lon + width, min(lat + height, 90.0))
     seen: list[int] = []
-    url: str | None = f"/api/v1/places/?bbox={_bbox(*box)}&status=active&limit=5000"
+    url: str | None = f"/api/v1/places/?bbox={_bbox(*box)}&status=active&limit=1000"
     while url:
         body = client.get(url).json()
         seen += [f["id"] for f in body["features"]]

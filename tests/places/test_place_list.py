@@ -235,7 +235,7 @@ def test_concurrent_misses_build_once(clear_cache):
 )
 def test_list_and_viewport_agree_on_every_filter(api, gb_import, filters):
     params = {"bbox": LONDON, **filters}
-    listed = api.get("/api/v1/places/", {**params, "limit": 100_000, "fields": "name"}).json()
+    listed = api.get("/api/v1/places/", {**params, "limit": 1_000, "fields": "name"}).json()
     view = api.get("/api/v1/viewport/", {**params, "zoom": 14}).json()
     assert view["kind"] == "points"
     assert [f["id"] for f in listed["features"]] == view["ids"]
