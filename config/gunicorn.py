@@ -1,0 +1,59 @@
+"""gunicorn's settings for every way Places is served: ``bin/run``, the image's default
+command (``docker/Dockerfile``), Kubernetes (``k8s/40-web.yaml``) and the benchmark.
+
+    gunicorn config.wsgi --config python:config.gunicorn
+
+Command-line options override these (``bin/run`` binds gunicorn to loopback behind nginx).
+
+Why these values:
+
+- **gthread, 2 workers x 4 threads.** A sync worker is held by one request from start to
+  end, slow client included: two connections sending half a request held both workers and
+  ``/health/live/`` went unanswered. With threads, a heavy request (an uncached 1,000-feature
+  page is tens of milliseconds of SQL, a signed-in 100,000-feature one seconds) leaves the
+  worker's other threads free for the probe and small calls; the work is mostly in
+  PostgreSQL and in C (gzip, psycopg), which releases the GIL. Threads do not protect against
+  clients that send slowly: a thread reads its request to the end. That is the buffering
+  proxy's job (nginx in ``bin/run``, the Ingress controller in Kubernetes), which hands
+  gunicorn only complete requests.
+- **Database connections**: each thread has its own (``CONN_MAX_AGE``), so a web process
+  holds up to ``WEB_CONCURRENCY x GUNICORN_THREADS`` connections (8 by default).
+- **timeout 30 s**: a worker whose main loop stops (a C call that never returns) is killed
+  and replaced after 30 s; the Kubernetes liveness probe allows 45 s (3 x 15 s).
+- **keepalive 5 s**: the proxy in front reuses its connections; an idle one is closed after
+  5 s, before the proxy's own idle timeout would use a half-closed socket.
+- **limits on the request line and headers**: the longest legitimate URL (a box, every
+  filter, a cursor) is under 1 KB; 4,094 bytes for the line, 50 header fields of at most
+  8,190 bytes refuse oversized requests with 400 before Django parses anything.
+- **max_requests 2,000 (+-200)**: a worker's resident memory grows from about 160 MiB after
+  start to about 600 MiB after the largest answers (``make bench``); recycling workers, at
+  different moments thanks to the jitter, gives that memory back.
+"""
+
+from __future__ import annotations
+
+import os
+
+wsgi_app = "config.wsgi"
+bind = [os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")]
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# A worker accepts a connection only while it has a free thread for it (idle kept-alive ones
+# count): a request never waits inside a worker whose threads are all busy while the other
+# has one free; it waits in the listen backlog for whichever thread frees first.
+worker_connections = threads
+
+timeout = 30
+# Kubernetes allows 40 s from SIGTERM (terminationGracePeriodSeconds) including a 5 s preStop.
+graceful_timeout = 30
+keepalive = 5
+
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
+
+max_requests = 2000
+max_requests_jitter = 200
+
+accesslog = "-"
