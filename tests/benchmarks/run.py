@@ -64,6 +64,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slow-samples", type=int, default=3, help="requests per slow one")
     parser.add_argument("--wrk-seconds", type=int, default=15)
     parser.add_argument(
+        "--load-connections", type=int, default=8, help="wrk connections of the load run"
+    )
+    parser.add_argument("--load-seconds", type=int, default=10, help="seconds per load run")
+    parser.add_argument(
+        "--only-load-run",
+        action="store_true",
+        help="the load run alone (no imports, baselines or other figures); load.{json,md}",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=int(os.environ.get("WEB_CONCURRENCY", "2")),
@@ -242,6 +251,8 @@ def _fmt_bytes(n: int | None) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    from tests.benchmarks import fixed_load
+
     m = results["machine"]
     pg_settings = ", ".join(f"{k} {v}" for k, v in m.get("postgresql_settings", {}).items())
     lines = [
@@ -283,8 +294,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"{data['places']:,} generated places (seed {data['parameters']['seed']}, fingerprint "
         f"`{data['fingerprint']}`, {'reused' if data['reused'] else 'loaded'}; load through "
         f"the importer {data['load_seconds']} s). gunicorn, {results['parameters']['workers']} "
-        "sync workers, production settings, DEBUG off; requests over HTTP from one client "
-        "unless said, gzip accepted; p50/p95 over the requests shown in n; bytes as sent.",
+        "gthread workers (config/gunicorn.py), production settings, DEBUG off; requests over "
+        "HTTP from one client unless said, gzip accepted; p50/p95 over the requests shown in "
+        "n; bytes as sent.",
         "",
         f"- big box `{big['bbox']}`: {big['places']:,} places ({big['tiles_across_at_zoom_10']} "
         "tiles across at zoom 10)",
@@ -317,6 +329,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {kind} | {run['requests']} | {run['requests_per_second']} | {run['p50_ms']} | "
             f"{run['p95_ms']} | {run['p99_ms']} | {run['errors']} |"
         )
+    if serving.get("load"):
+        lines += ["", *fixed_load.markdown(serving["load"])]
     uncached = serving.get("concurrency", {}).get("uncached")
     if uncached:
         lines += [
@@ -351,6 +365,30 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("imports"):
         lines += ["", "## Imports", "", (RESULTS / "imports.md").read_text()]
     return "\n".join(lines) + "\n"
+
+
+def load_markdown(results: dict[str, Any]) -> str:
+    """``load.md``: the load run of ``--only-load-run`` with the machine and data it ran on."""
+    from tests.benchmarks import fixed_load
+
+    m, data = results["machine"], results["data"]
+    return (
+        "\n".join(
+            [
+                f"# Load run ({m['date']})",
+                "",
+                f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_mib']} MiB; PostgreSQL "
+                f"{m['postgresql']}, {m['gunicorn']} ({results['parameters']['workers']} gthread "
+                f"workers, config/gunicorn.py), {m['wrk']}. {data['places']:,} generated places "
+                f"(seed {data['parameters']['seed']}). Load average at start: "
+                f"{', '.join(map(str, m['load_average_at_start']))}, at end: "
+                f"{', '.join(map(str, m['load_average_at_end']))}.",
+                "",
+                *fixed_load.markdown(results["serving"]["load"]),
+            ]
+        )
+        + "\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -388,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine_facts(bench_url=bench_url, redis_url=redis_url),
         "parameters": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
-    if not args.skip_imports:
+    if not args.skip_imports and not args.only_load_run:
         logger.info("sample import")
         results["sample_import"] = run_sample_import(
             bench_url=bench_url, redis_url=redis_url, runs=int(os.environ.get("BENCH_RUNS", "3"))
@@ -407,7 +445,18 @@ def main(argv: list[str] | None = None) -> None:
         small_box_places=args.small_box_places,
         seed=args.seed,
         baselines=not args.skip_baselines,
+        load_connections=args.load_connections,
+        load_seconds=args.load_seconds,
+        only_load_run=args.only_load_run,
     )
+    if args.only_load_run:
+        args.output.mkdir(parents=True, exist_ok=True)
+        results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        (args.output / "load.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        text = load_markdown(results)
+        (args.output / "load.md").write_text(text)
+        print(text)
+        return
     results["serving"]["ratios"] = ratios(results["serving"]["requests"])
     results["serving"]["targets"] = targets(results["serving"])
     if not args.skip_imports:

@@ -1,4 +1,5 @@
-"""Start and stop the servers the benchmark measures: gunicorn (ours) and uvicorn (tipg).
+"""Start and stop the servers the benchmark measures: gunicorn (ours, nginx in front for the
+load run) and uvicorn (tipg).
 
 Each server runs in its own process group and is stopped (SIGTERM, then SIGKILL) when the
 ``with`` block ends, whatever happened inside it.
@@ -10,9 +11,11 @@ import http.client
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,11 +118,13 @@ def gunicorn_server(
     cwd: Path = ROOT,
     name: str = "gunicorn",
 ) -> Iterator[Server]:
-    """Our app as deployed (docker/Dockerfile, k8s/40-web.yaml): gunicorn with sync workers,
-    production settings with DEBUG off, plus the bench URLconf that adds the naive baseline.
+    """Our app as deployed (docker/Dockerfile, k8s/40-web.yaml): gunicorn with this tree's
+    ``config/gunicorn.py`` (gthread workers, given by path so that a base ref served by
+    ``ab.py`` runs the same server), production settings with DEBUG off, plus the bench
+    URLconf that adds the naive baseline.
 
     One change: a long worker timeout, so that the naive baseline's 100K-feature answer is
-    measured instead of killed at gunicorn's default 30 s.
+    measured instead of killed at gunicorn's 30 s.
 
     ``cwd`` is the tree whose code is served (gunicorn puts it first on ``sys.path``), with
     this project's ``.venv`` either way: ``ab.py`` serves a base ref's worktree beside this
@@ -151,6 +156,8 @@ def gunicorn_server(
         env.pop(variable, None)
     command = [
         str(ROOT / ".venv" / "bin" / "gunicorn"),
+        "--config",
+        str(ROOT / "config" / "gunicorn.py"),
         "config.wsgi",
         "--bind",
         f"127.0.0.1:{port}",
@@ -171,6 +178,44 @@ def gunicorn_server(
         ready_path="/health/live/",
     ) as server:
         yield server
+
+
+@contextmanager
+def nginx_server(*, upstream: Server, log_dir: Path) -> Iterator[Server]:
+    """nginx in front of ``upstream`` as ``bin/run`` starts it (``config/nginx.conf`` through
+    ``bin/nginx-conf``), on a free port."""
+    port = free_port()
+    # nginx's worker runs as "nobody" when started as root: a directory it may enter.
+    prefix = Path(tempfile.mkdtemp(prefix="places-bench-nginx-"))
+    prefix.chmod(0o755)
+    conf = subprocess.run(
+        [
+            str(ROOT / "bin" / "nginx-conf"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--upstream",
+            f"{upstream.host}:{upstream.port}",
+            "--prefix",
+            str(prefix),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    command = [shutil.which("nginx") or "nginx", "-p", str(prefix), "-c", conf, "-e", "stderr"]
+    try:
+        with _run(
+            "nginx",
+            command,
+            port=port,
+            env=dict(os.environ),
+            cwd=prefix,
+            log_dir=log_dir,
+            ready_path="/health/live/",
+        ) as server:
+            yield server
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
 
 
 def tipg_url(database_url: str) -> str:

@@ -23,8 +23,13 @@ from urllib.parse import urlsplit
 import numpy as np
 import redis
 
-from tests.benchmarks import measure, picks
-from tests.benchmarks.servers import gunicorn_server, tipg_server, worker_peak_rss_kib
+from tests.benchmarks import fixed_load, measure, picks
+from tests.benchmarks.servers import (
+    gunicorn_server,
+    nginx_server,
+    tipg_server,
+    worker_peak_rss_kib,
+)
 
 logger = logging.getLogger("bench")
 TIPG_COLLECTION = "public.places_place"
@@ -123,7 +128,11 @@ def run(
     small_box_places: int,
     seed: int,
     baselines: bool,
+    load_connections: int = 8,
+    load_seconds: int = 10,
+    only_load_run: bool = False,
 ) -> dict[str, Any]:
+    """Every serving figure, or with ``only_load_run`` the load run alone (``fixed_load``)."""
     cache = redis.Redis.from_url(redis_url)
 
     def flush() -> None:
@@ -165,6 +174,26 @@ def run(
     ) as web:
         host, port = web.host, web.port
         out["rss_kib"] = {"at_start": worker_peak_rss_kib(web.pid)}
+
+        def load_run() -> dict[str, Any]:
+            with nginx_server(upstream=web, log_dir=log_dir) as proxy:
+                runs = fixed_load.paths(small=small, tile=tile)
+                return {
+                    "connections": load_connections,
+                    "seconds": load_seconds,
+                    "runs": fixed_load.run(
+                        host=proxy.host,
+                        port=proxy.port,
+                        runs=runs,
+                        connections=load_connections,
+                        seconds=load_seconds,
+                    ),
+                }
+
+        if only_load_run:
+            out["load"] = load_run()
+            out["rss_kib"]["ours"] = worker_peak_rss_kib(web.pid)
+            return out
 
         def ours(path: str, *, cached: bool, n: int = samples, **kw: Any) -> dict[str, Any]:
             return measure.timed(
@@ -260,6 +289,7 @@ def run(
             host, port, small_paths, connections=4, threads=2, seconds=wrk_seconds
         )
         out["concurrency"] = concurrency
+        out["load"] = load_run()
         out["rss_kib"]["ours"] = worker_peak_rss_kib(web.pid)
 
         if baselines:
