@@ -27,7 +27,10 @@ Why these values:
   8,190 bytes refuse oversized requests with 400 before Django parses anything.
 - **no max_requests**: recycling workers every 2,000 requests was tried and measured: each
   new worker's first requests (Django's lazy start-up) took 1.2 s, the load run's p99 for
-  tiles. Workers live until restarted; memory is bounded by the container's limit.
+  tiles. Workers live until restarted. A worker that built a 100,000-feature answer keeps
+  about 600 MiB (measured by the bench), so two such workers exceed a 1 GiB container
+  limit: size the limit for it, or keep big pages to signed-in clients (anonymous pages
+  stop at PLACES_API_ANON_MAX_PAGE_SIZE). Bounding that memory is open work.
 """
 
 from __future__ import annotations
