@@ -98,8 +98,17 @@ class MappingForm(forms.Form):
         help_text=MAPPING_HELP["key"],
     )
 
-    def __init__(self, *args: Any, columns: list[str], geo: bool, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, columns: list[str], geo: bool, layers: list[str], **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        if len(layers) > 1:
+            self.fields["layers"] = forms.MultipleChoiceField(
+                choices=[(name, name) for name in layers],
+                widget=forms.CheckboxSelectMultiple,
+                label="Layers",
+                help_text="The layers to import; the file's other layers are not read.",
+            )
         choices = [("", "— not in the file —"), *((c, c) for c in columns)]
         for name in ColumnMapping(key="").as_dict():
             if name == "key" or (geo and name in {"lon", "lat"}):
@@ -247,18 +256,25 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
             return None, None
         columns = job.inspection.get("columns", [])
         geo = job.format != "csv"
+        layers = [layer["name"] for layer in job.inspection.get("layers", [])]
         if request.method != "POST":
-            initial = {"mode": job.mode, **job.options.get("mapping", {})}
-            return MappingForm(initial=initial, columns=columns, geo=geo), None
+            initial = {
+                "mode": job.mode,
+                "layers": job.options.get("chosen_layers", layers),
+                **job.options.get("mapping", {}),
+            }
+            form = MappingForm(initial=initial, columns=columns, geo=geo, layers=layers)
+            return form, None
         if not can_change:
             raise PermissionDenied
-        form = MappingForm(request.POST, columns=columns, geo=geo)
+        form = MappingForm(request.POST, columns=columns, geo=geo, layers=layers)
         if not form.is_valid():
             return form, None
         data = dict(form.cleaned_data)
         mode = data.pop("mode")
+        chosen = data.pop("layers", None)
         try:
-            jobs.import_job_mapping_set(job=job, mapping=data, mode=mode)
+            jobs.import_job_mapping_set(job=job, mapping=data, mode=mode, layers=chosen)
         except jobs.MappingInvalid as exc:
             for name, message in exc.problems.items():
                 form.add_error(name if name in form.fields else None, message)
@@ -280,6 +296,10 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
             "applied_part": selectors.import_job_applied_part(job=job),
             "status": selectors.import_job_status(job=job),
             "inspection": job.inspection,
+            # A job made before layers could be chosen imports all of them.
+            "chosen_layers": job.options.get(
+                "chosen_layers", [layer["name"] for layer in job.inspection.get("layers", [])]
+            ),
             "delimiter_label": DELIMITERS.get(job.inspection.get("delimiter", ""), ""),
             "mapping_rows": [
                 (name, job.options["mapping"].get(name))

@@ -17,7 +17,8 @@ Records come out in batches, so memory stays flat however large the file is.
 | ``json`` | a JSON array of objects (the go-bayes export) | ``JsonArrayReader`` |
 | ``csv`` | any other text | ``CsvReader`` |
 
-Text formats may be gzip-compressed.
+Text formats may be gzip-compressed. Every ``.shp`` in a zip is a layer, in whatever folder it
+sits, named by its path without the suffix.
 """
 
 from __future__ import annotations

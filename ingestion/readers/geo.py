@@ -21,7 +21,7 @@ from ingestion.readers.base import (
     check_columns,
     first_line,
 )
-from ingestion.readers.safety import check_gzip, is_gzip, reject_bad_wkb
+from ingestion.readers.safety import check_gzip, check_zip, is_gzip, reject_bad_wkb
 
 # GDAL_SKIP must be in the environment before GDAL registers its drivers.
 skip_vrt()
@@ -59,27 +59,46 @@ class GeoReader:
         self.path = path
         self.format = fmt
         source = str(path)
+        # A zip's shapefiles by layer name: the member's path without ``.shp``, so that two
+        # folders may each hold a ``points.shp``. GDAL opens only the folder it is given, so
+        # each is opened by its own path inside the zip.
+        self.shapefiles: dict[str, str] = {}
         if fmt in {"geojson", "geojsonseq"} and is_gzip(path):
             check_gzip(path)
             source = f"/vsigzip/{path}"
         elif fmt == "shapefile":
             source = f"/vsizip/{path}"
+            self.shapefiles = {member[:-4]: member for member in check_zip(path)}
         # The prefix makes GDAL use this driver and no other, whatever the file's name says.
         self.source = f"GeoJSONSeq:{source}" if fmt == "geojsonseq" else source
 
+    def layer_source(self, layer: str) -> tuple[str, str | int]:
+        """What GDAL opens for a layer: the data source and the layer within it."""
+        if self.format != "shapefile":
+            return self.source, layer
+        if layer not in self.shapefiles:
+            raise UnreadableFile(f"the zip holds no shapefile {layer[:80]!r}")
+        # A shapefile holds one layer, whatever its name.
+        return f"{self.source}/{self.shapefiles[layer]}", 0
+
+    def _listed(self) -> list[tuple[str, str | None]]:
+        if self.format != "shapefile":
+            return [(str(name), kind) for name, kind in pyogrio.list_layers(self.source)]
+        return [(name, None) for name in self.shapefiles]
+
     def layers(self) -> list[Layer]:
         try:
-            listed = pyogrio.list_layers(self.source)
             layers = []
-            for name, geometry_type in listed:
-                info = pyogrio.read_info(self.source, layer=name)
+            for name, listed_type in self._listed():
+                info = pyogrio.read_info(*self.layer_source(name))
+                geometry_type = listed_type or info["geometry_type"]
                 if info["driver"] not in ALLOWED_DRIVERS:
                     raise UnreadableFile(f"format {info['driver']} is not accepted")
                 columns = [str(c) for c in info["fields"]]
                 check_columns(columns, what=f"layer {str(name)[:80]!r}")
                 layers.append(
                     Layer(
-                        name=str(name),
+                        name=name,
                         geometry_type=geometry_type,
                         features=int(info["features"]) if info["features"] >= 0 else None,
                         crs=info["crs"],
@@ -96,7 +115,8 @@ class GeoReader:
 
     def batches(self, layer: str) -> Generator[Batch, None, None]:
         try:
-            with open_arrow(self.source, layer=layer, batch_size=BATCH_ROWS, use_pyarrow=True) as (
+            source, within = self.layer_source(layer)
+            with open_arrow(source, layer=within, batch_size=BATCH_ROWS, use_pyarrow=True) as (
                 meta,
                 reader,
             ):

@@ -18,6 +18,8 @@ from ingestion.readers.base import (
 GZIP_MAGIC = b"\x1f\x8b"
 SHAPEFILE_MEMBERS = {".shp", ".shx", ".dbf", ".prj", ".cpg", ".qpj", ".sbn", ".sbx", ".xml", ".txt"}
 TEXT_MEMBERS = {"README", "LICENSE", "LICENCE", "COPYING"}
+# The Finder's zip puts resource forks beside each file; they are no layer and no threat.
+MACOS_FORKS = "__MACOSX/"
 _READ_CHUNK = 1 << 20
 _INFLATE_CHUNK = 1 << 22
 
@@ -27,15 +29,19 @@ def is_gzip(path: Path) -> bool:
         return fh.read(2) == GZIP_MAGIC
 
 
-def check_zip(path: Path) -> None:
-    """Refuse zips that could escape, explode or smuggle in other formats."""
+def check_zip(path: Path) -> list[str]:
+    """Refuse zips that could escape, explode or smuggle in other formats.
+
+    Returns the ``.shp`` members in the zip's order, wherever they sit (people zip the folder a
+    shapefile is in as often as its files): each is a layer.
+    """
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UnreadableFile(f"not a readable zip file: {exc}") from None
     with archive:
         total = 0
-        shp = 0
+        shp: list[str] = []
         for info in archive.infolist():
             name = info.filename
             if name.startswith(("/", "\\")) or ".." in Path(name).parts or ":" in name:
@@ -44,11 +50,17 @@ def check_zip(path: Path) -> None:
                 raise UnreadableFile(f"zip member is a symbolic link: {name!r}")
             if info.is_dir():
                 continue
+            forks = name.startswith(MACOS_FORKS)
             suffix = Path(name).suffix.lower()
             # Geofabrik ships a README; plain text beside the layers is harmless.
-            if suffix not in SHAPEFILE_MEMBERS and Path(name).name.upper() not in TEXT_MEMBERS:
+            if (
+                not forks
+                and suffix not in SHAPEFILE_MEMBERS
+                and Path(name).name.upper() not in TEXT_MEMBERS
+            ):
                 raise UnreadableFile(f"zip member {name!r} is not part of a shapefile")
-            shp += suffix == ".shp"
+            if suffix == ".shp" and not forks:
+                shp.append(name)
             total += info.file_size
             if info.compress_size and info.file_size / info.compress_size > MAX_EXPANSION_RATIO:
                 raise UnreadableFile(
@@ -60,6 +72,7 @@ def check_zip(path: Path) -> None:
             )
         if not shp:
             raise UnreadableFile("zip holds no .shp file")
+    return shp
 
 
 def check_gzip(path: Path) -> int:

@@ -140,7 +140,8 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
         ).update(state=ImportState.FAILED, error=message[:2000], finished_at=Now())
         job.refresh_from_db()
         return job
-    columns = list(layers[0].columns)
+    # Every layer's columns: staff may choose any of the layers on the mapping form.
+    columns = jobs.layers_columns(layers=[layer.columns for layer in layers])
     inspection: dict[str, Any] = {
         "format": job.format,
         "layers": [
@@ -149,6 +150,7 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
                 "geometry_type": layer.geometry_type,
                 "features": rows,
                 "crs": layer.crs,
+                "columns": list(layer.columns),
             }
             for layer, rows in zip(layers, layer_rows, strict=True)
         ],
@@ -171,6 +173,13 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
         if locked.state not in (ImportState.UPLOADED, ImportState.INSPECTED):
             raise jobs.ImportJobStateError(f"job #{job.pk} changed state while being inspected")
         locked.inspection = inspection
+        chosen = locked.options.get("chosen_layers")
+        if chosen is not None and row_count is not None and len(layers) > 1:
+            row_count = sum(
+                rows or 0
+                for layer, rows in zip(layers, layer_rows, strict=True)
+                if layer.name in chosen
+            )
         locked.rows_total = row_count
         locked.state = ImportState.INSPECTED
         locked.save(update_fields=["inspection", "rows_total", "state"])
@@ -268,7 +277,8 @@ def _geo_sample(reader: GeoReader, layer: str) -> tuple[list[str], list[list[str
     from django.contrib.gis.geos import GEOSException, GEOSGeometry
 
     # Batches of the sample's size, of which only the first is read.
-    with open_arrow(reader.source, layer=layer, batch_size=SAMPLE_ROWS, use_pyarrow=True) as (
+    source, within = reader.layer_source(layer)
+    with open_arrow(source, layer=within, batch_size=SAMPLE_ROWS, use_pyarrow=True) as (
         meta,
         arrow,
     ):

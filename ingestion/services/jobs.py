@@ -80,6 +80,7 @@ def import_job_create(
     mapping: dict[str, Any] | None = None,
     original_name: str | None = None,
     wait_for_review: bool = False,
+    layers: list[str] | None = None,
 ) -> ImportJob:
     """Check the file, store a copy, propose a column mapping and queue the job.
 
@@ -87,6 +88,9 @@ def import_job_create(
     ``wait_for_review`` (the admin's upload → inspect → dry run → apply steps) stores the
     job as ``uploaded`` instead, with the proposed mapping even when it is not usable yet:
     the user corrects it on the job's page, and it is checked again before anything runs.
+    ``layers`` names the layers to import (a zip of shapefiles, a GeoPackage); all of them
+    when it is not given. The mapping is proposed from, and checked against, the columns of
+    the chosen layers together.
     """
     size = path.stat().st_size
     if size == 0:
@@ -95,16 +99,22 @@ def import_job_create(
         raise UnreadableFile(f"the file is {size} bytes; the limit is {MAX_FILE_BYTES}")
     fmt = detect_format(path)
     reader = open_reader(path, fmt)
-    layers = reader.layers()
-    if not layers:
+    all_layers = reader.layers()
+    if not all_layers:
         raise UnreadableFile("the file holds no layers")
-    proposed = mapping_propose(layers[0].columns, has_geometry=reader.has_geometry)
+    layer_names = layers_choose(available=[layer.name for layer in all_layers], chosen=layers)
+    picked = [layer for layer in all_layers if layer.name in layer_names]
+    columns = layers_columns(layers=[layer.columns for layer in picked])
+    proposed = mapping_propose(columns, has_geometry=reader.has_geometry)
     chosen = ColumnMapping.from_dict({**proposed.as_dict(), **(mapping or {})})
-    problems = mapping_problems(chosen, columns=layers[0].columns, has_geometry=reader.has_geometry)
+    problems = mapping_problems(chosen, columns=columns, has_geometry=reader.has_geometry)
+    problems = problems or _layer_key_problems(
+        chosen, layers={layer.name: layer.columns for layer in picked}
+    )
     if problems and not wait_for_review:
         raise UnreadableFile("; ".join(f"{name}: {message}" for name, message in problems.items()))
     if reader.has_geometry:
-        _check_crs(layers)
+        _check_crs(picked)
     job = ImportJob(
         dataset=dataset,
         original_name=original_name or path.name,
@@ -113,12 +123,19 @@ def import_job_create(
         format=fmt,
         options={
             "mapping": chosen.as_dict(),
-            # The first layer's columns in file order: reports list original values so.
-            "columns": list(layers[0].columns),
+            # The chosen layers' columns in file order: reports list original values so.
+            "columns": columns,
             "layers": [
-                {"name": layer.name, "geometry_type": layer.geometry_type, "crs": layer.crs}
-                for layer in layers
+                {
+                    "name": layer.name,
+                    "geometry_type": layer.geometry_type,
+                    "crs": layer.crs,
+                    "columns": list(layer.columns),
+                }
+                for layer in all_layers
             ],
+            # What is read when the job runs (file_batches): every layer unless told.
+            "chosen_layers": layer_names,
             **(
                 {"encoding": reader.encoding, "delimiter": reader.delimiter}
                 if isinstance(reader, CsvReader)
@@ -128,13 +145,52 @@ def import_job_create(
         mode=mode,
         dry_run=dry_run,
         state=ImportState.UPLOADED if wait_for_review else ImportState.QUEUED,
-        rows_total=sum(layer.features or 0 for layer in layers) or None,
+        rows_total=sum(layer.features or 0 for layer in picked) or None,
         created_by=user if getattr(user, "is_authenticated", False) else None,
     )
     with open(path, "rb") as fh:
         job.file.save(f"{job.sha256[:16]}-{path.name}", File(fh), save=False)
     job.save()
     return job
+
+
+def layers_choose(*, available: list[str], chosen: list[str] | None) -> list[str]:
+    """The layers to import, in the file's order: all of them unless ``chosen`` names some.
+
+    Raises ``UnreadableFile`` naming the file's layers when a chosen one is not among them,
+    or when none is chosen: an import never falls back to some layer silently.
+    """
+    if chosen is None:
+        return list(available)
+    unknown = [name for name in chosen if name not in available]
+    if unknown or not chosen:
+        what = f"no layer {unknown[0][:80]!r} in the file" if unknown else "no layer chosen"
+        raise UnreadableFile(f"{what}; its layers are: {', '.join(available)}")
+    return [name for name in available if name in chosen]
+
+
+def layers_columns(*, layers: list[list[str]]) -> list[str]:
+    """Every column of the given layers, once, in the order they first appear: a column some
+    layer lacks is read as empty on that layer's rows."""
+    return list(dict.fromkeys(column for columns in layers for column in columns))
+
+
+def _layer_key_problems(mapping: ColumnMapping, *, layers: dict[str, list[str]]) -> dict[str, str]:
+    """A key column must be in every imported layer: rows of a layer without it would all be
+    rejected for a missing key."""
+    if len(layers) < 2:
+        return {}
+    try:
+        needed = [name for name in mapping.key_fields() if name != "_kind"]
+    except ValueError:
+        return {}  # mapping_problems names it
+    for layer, columns in layers.items():
+        if missing := [name for name in needed if name not in columns]:
+            return {
+                "key": f"layer {layer[:80]!r} has no column {', '.join(missing)} of the key "
+                "template; leave the layer out or give a template its columns fill"
+            }
+    return {}
 
 
 def _check_crs(layers: list[Any]) -> None:
@@ -147,8 +203,11 @@ def _check_crs(layers: list[Any]) -> None:
         raise UnreadableFile(f"coordinate system EPSG:{min(srids - known)} is not supported")
 
 
-def import_job_mapping_set(*, job: ImportJob, mapping: dict[str, Any], mode: str) -> ImportJob:
-    """Replace the job's column mapping and mode after checking them against the file.
+def import_job_mapping_set(
+    *, job: ImportJob, mapping: dict[str, Any], mode: str, layers: list[str] | None = None
+) -> ImportJob:
+    """Replace the job's column mapping, mode and (``layers``, when given) the layers to
+    import, after checking them against the file.
 
     Raises ``MappingInvalid`` naming each field's problem (unknown columns by name). A
     change after a dry run makes that dry run stale: the job goes back to ``inspected``.
@@ -158,11 +217,32 @@ def import_job_mapping_set(*, job: ImportJob, mapping: dict[str, Any], mode: str
         **{name: (mapping.get(name) or None) for name in fields if name != "key"},
         key=str(mapping.get("key") or "").strip(),
     )
+    file_layers = job.inspection.get("layers") or job.options.get("layers", [])
+    # A file of one layer has nothing to choose (and its layer is named after the file, which
+    # the stored copy renamed).
+    several = len(file_layers) > 1
+    layer_names: list[str] = []
+    if several:
+        try:
+            layer_names = layers_choose(
+                available=[layer["name"] for layer in file_layers],
+                chosen=job.options.get("chosen_layers") if layers is None else layers,
+            )
+        except UnreadableFile as exc:
+            raise MappingInvalid({"layers": str(exc)}) from None
+    picked = {
+        layer["name"]: layer.get("columns", [])
+        for layer in file_layers
+        if layer["name"] in layer_names
+    }
+    # The chosen layers' columns; a job inspected before layers had their own, the file's.
+    columns = layers_columns(layers=list(picked.values())) or job.inspection.get("columns", [])
     problems = mapping_problems(
         chosen,
-        columns=job.inspection.get("columns", []),
+        columns=columns,
         has_geometry=job.inspection.get("has_geometry", job.format != "csv"),
     )
+    problems = problems or _layer_key_problems(chosen, layers=picked)
     if mode not in ImportMode.values:
         problems["mode"] = f"unknown mode {mode!r}"
     if problems:
@@ -174,9 +254,20 @@ def import_job_mapping_set(*, job: ImportJob, mapping: dict[str, Any], mode: str
                 f"job #{job.pk} is {locked.get_state_display().lower()}; the mapping can be "
                 "changed after inspection and before the job is applied"
             )
-        if locked.options.get("mapping") == chosen.as_dict() and locked.mode == mode:
+        if (
+            locked.options.get("mapping") == chosen.as_dict()
+            and locked.mode == mode
+            and (not several or locked.options.get("chosen_layers") == layer_names)
+        ):
             return locked
-        locked.options = {**locked.options, "mapping": chosen.as_dict()}
+        locked.options = {
+            **locked.options,
+            "mapping": chosen.as_dict(),
+            **({"chosen_layers": layer_names} if several else {}),
+        }
+        if several and layers is not None and "features" in file_layers[0]:
+            counts = [layer["features"] for layer in file_layers if layer["name"] in layer_names]
+            locked.rows_total = None if None in counts else (sum(counts) or None)
         locked.mode = mode
         if locked.state == ImportState.DRY_RUN_READY:
             locked.state = ImportState.INSPECTED

@@ -40,6 +40,14 @@ class Command(BaseCommand):
             default=None,
             help='JSON column mapping overriding the proposal, e.g. {"key": "{ref}"}.',
         )
+        parser.add_argument(
+            "--layer",
+            action="append",
+            dest="layers",
+            metavar="NAME",
+            help="Import this layer of a zip of shapefiles or a GeoPackage (repeat for more); "
+            "every layer when left out.",
+        )
         parser.add_argument("--sync", action="store_true", help="Run here, not on a worker.")
         parser.add_argument(
             "--skip-if-imported",
@@ -72,6 +80,7 @@ class Command(BaseCommand):
                     dry_run=options["dry_run"],
                     mode=options["mode"],
                     mapping=mapping,
+                    layers=options["layers"],
                 )
                 if not options["sync"]:
                     transaction.on_commit(lambda: tasks.import_job_run.delay(job.pk))
@@ -79,6 +88,13 @@ class Command(BaseCommand):
             raise CommandError(f"{path.name}: {exc}") from None
         where = "running in this process" if options["sync"] else "queued"
         self.stdout.write(f"{path.name}: job #{job.pk} ({job.format}) {where}")
+        file_layers = [layer["name"] for layer in job.options.get("layers", [])]
+        if len(file_layers) > 1:
+            chosen = job.options["chosen_layers"]
+            self.stdout.write(
+                f"layers: {', '.join(chosen)}"
+                + (f" (of {', '.join(file_layers)})" if len(chosen) < len(file_layers) else "")
+            )
         if options["sync"]:
             job_run_here(job)
         job = job_wait(job, timeout=options["timeout"], out=self.stdout)

@@ -57,7 +57,12 @@ def file_batches(job: ImportJob, *, lines: bool = True) -> Iterator[FileBatch]:
     total = 0
     # Layers are listed again from the stored copy: a GeoJSON layer is named after its file.
     layers = reader.layers()
+    # Only the layers chosen for the job (a job made before layers could be chosen: all). A
+    # file of one layer is read whole: its layer is named after the file, which was renamed.
+    chosen = job.options.get("chosen_layers") if len(layers) > 1 else None
     for layer in layers:
+        if chosen is not None and layer.name not in chosen:
+            continue
         geometry_type = (layer.geometry_type or "").lower()
         # CSV records are numbered as lines with the header as line 1.
         next_row = 2 if job.format == "csv" else 1
