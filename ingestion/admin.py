@@ -15,6 +15,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.http import (
     Http404,
     HttpRequest,
@@ -26,6 +27,7 @@ from django.http import (
 )
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.http import urlencode
 
 from ingestion import selectors
 from ingestion.mapping import ColumnMapping
@@ -77,14 +79,32 @@ class UploadForm(forms.Form):
     )
     dataset = forms.ModelChoiceField(
         queryset=Dataset.objects.order_by("name"),
+        required=False,
+        help_text="The dataset the places belong to; keys are unique within it.",
+    )
+    new_dataset = forms.CharField(
+        max_length=200,
+        required=False,
+        label="Or a new dataset",
+        widget=forms.TextInput(attrs={"class": "vTextField"}),
         help_text=(
-            "The dataset the places belong to; keys are unique within it. New datasets are "
-            "added under Places gazetteer › Datasets."
+            "Name of a dataset to create for this file, when none above fits; its slug is "
+            "made from the name (with -2, -3 … if taken). Licence and attribution are set "
+            "later under Places gazetteer › Datasets."
         ),
     )
     mode = forms.ChoiceField(
         choices=ImportMode.choices, initial=ImportMode.UPSERT, help_text=MODE_HELP
     )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        cleaned["new_dataset"] = (cleaned.get("new_dataset") or "").strip()
+        if cleaned.get("dataset") and cleaned["new_dataset"]:
+            self.add_error("new_dataset", "Choose a dataset or name a new one, not both.")
+        elif not cleaned.get("dataset") and not cleaned["new_dataset"]:
+            self.add_error("dataset", "Choose a dataset, or name a new one below.")
+        return cleaned
 
 
 class MappingForm(forms.Form):
@@ -191,12 +211,17 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
         form = UploadForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             try:
-                job = inspection.import_job_upload(
-                    upload=form.cleaned_data["file"],
-                    dataset=form.cleaned_data["dataset"],
-                    mode=form.cleaned_data["mode"],
-                    user=request.user,
-                )
+                # A new dataset exists only if the file is taken: a refusal rolls it back.
+                with transaction.atomic():
+                    dataset = form.cleaned_data["dataset"] or jobs.dataset_create_for_import(
+                        name=form.cleaned_data["new_dataset"]
+                    )
+                    job = inspection.import_job_upload(
+                        upload=form.cleaned_data["file"],
+                        dataset=dataset,
+                        mode=form.cleaned_data["mode"],
+                        user=request.user,
+                    )
             except UnreadableFile as exc:
                 form.add_error("file", str(exc))
             else:
@@ -204,6 +229,8 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
                     messages.error(request, f"The file was stored but cannot be read: {job.error}")
                 else:
                     messages.success(request, f"{job.original_name} is inspected; check it below.")
+                for warning in _same_file_warnings(job):
+                    messages.warning(request, warning)
                 return HttpResponseRedirect(self._job_url(job))
         context = {
             **self.admin_site.each_context(request),
@@ -312,6 +339,12 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
             "samples": report.get("samples"),
             "preview": job.preview,
             "has_report": job.state in (ImportState.DRY_RUN_READY, ImportState.DONE),
+            "warnings": _same_file_warnings(job),
+            "result_links": _result_links(job),
+            # From this dry run, or after an apply from the dry run kept before it.
+            "keys_elsewhere": (
+                report.get("samples") or (job.preview or {}).get("report", {}).get("samples") or {}
+            ).get("keys_in_other_datasets"),
             "can_change": can_change,
             "can_inspect": can_change and job.state == ImportState.UPLOADED,
             "can_dry_run": can_change and job.state in jobs.MAPPING_EDITABLE,
@@ -405,6 +438,50 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
 
     def _job_url(self, job: ImportJob) -> str:
         return reverse("admin:ingestion_importjob_change", args=[job.pk])
+
+
+def _same_file_warnings(job: ImportJob) -> list[str]:
+    """Earlier imports of this very file (by SHA-256), in this dataset or another."""
+    warnings = []
+    for earlier in selectors.import_job_same_file(job=job):
+        where = (
+            "this dataset"
+            if earlier.dataset_id == job.dataset_id
+            else f"another dataset, “{earlier.dataset}”,"
+        )
+        warnings.append(
+            f"The same file (SHA-256) was already imported into {where} by import "
+            f"#{earlier.pk} ({earlier.original_name}, {earlier.finished_at:%Y-%m-%d %H:%M})."
+        )
+    return warnings
+
+
+def _result_links(job: ImportJob) -> dict[str, str]:
+    """After an apply: the places it added and changed in the admin list, and the map
+    fitted to them."""
+    if job.state != ImportState.DONE or job.dry_run:
+        return {}
+    places = reverse("admin:places_place_changelist")
+    links = {
+        name: f"{places}?{urlencode(_job_changes(job.pk, op))}"
+        for name, op, n in (
+            ("added", "create", job.added),
+            ("updated", "update", job.updated),
+            ("retired", "retire", job.retired),
+        )
+        if n
+    }
+    extent = selectors.import_job_extent(job=job)
+    if extent is not None:
+        links["map"] = (
+            f"{reverse('map')}?{urlencode({'bbox': ','.join(f'{v:.5f}' for v in extent)})}"
+        )
+    return links
+
+
+def _job_changes(job_id: int, operation: str) -> dict[str, str | int]:
+    """The place list's lookup for places with a change of this kind by this job."""
+    return {"changes__import_job_id": job_id, "changes__operation": operation}
 
 
 @admin.register(ImportRejection)

@@ -340,3 +340,38 @@ def import_job_rejections_by_reason(*, job: ImportJob) -> list[tuple[str, str, i
         ((labels.get(code, code), code, int(n)) for code, n in counts.items()),
         key=lambda item: (-item[2], item[1]),
     )
+
+
+JOB_EXTENT = """
+SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e)
+FROM (SELECT ST_Extent(p.location) AS e FROM places_place p
+      WHERE p.id IN (SELECT c.place_id FROM places_placechange c
+                     WHERE c.import_job_id = %(job)s AND c.operation IN ('create', 'update'))) x
+"""
+
+
+def import_job_same_file(*, job: ImportJob) -> list[ImportJob]:
+    """Earlier applied imports of the very same file (same SHA-256) into any dataset, newest
+    first, this job's dataset before the others: staff are warned before importing a file
+    twice, or into a second dataset by mistake."""
+    earlier = (
+        ImportJob.objects.filter(sha256=job.sha256, state=ImportState.DONE, dry_run=False)
+        .filter(id__lt=job.pk)
+        .select_related("dataset")
+        .order_by("-id")
+    )
+    same = import_job_last_applied(dataset=job.dataset, sha256=job.sha256)
+    others: dict[int, ImportJob] = {}
+    for other in earlier.exclude(dataset=job.dataset)[:20]:
+        others.setdefault(other.dataset_id, other)
+    return ([same] if same is not None and same.pk < job.pk else []) + list(others.values())
+
+
+def import_job_extent(*, job: ImportJob) -> tuple[float, float, float, float] | None:
+    """(west, south, east, north) of the places the job added or changed, or None."""
+    with connection.cursor() as cursor:
+        cursor.execute(JOB_EXTENT, {"job": job.pk})
+        row = cursor.fetchone()
+    if row is None or row[0] is None:
+        return None
+    return (row[0], row[1], row[2], row[3])

@@ -202,6 +202,13 @@ class PlaceAdmin(GeoAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Place]:
         return super().get_queryset(request).defer("source_values", "region__geom")
 
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
+        # An import job's page links here for the places that job added, updated or retired
+        # (?changes__import_job_id=…&changes__operation=…): one join, so both hold for one change.
+        if lookup in ("changes__import_job_id", "changes__operation"):
+            return True
+        return super().lookup_allowed(lookup, value, request)
+
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Place], search_term: str
     ) -> tuple[QuerySet[Place], bool]:

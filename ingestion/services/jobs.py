@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from django.core.files import File
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Now
+from django.utils.text import slugify
 from kombu.exceptions import OperationalError as BrokerError
 
 from ingestion import tasks
@@ -191,6 +192,22 @@ def _layer_key_problems(mapping: ColumnMapping, *, layers: dict[str, list[str]])
                 "template; leave the layer out or give a template its columns fill"
             }
     return {}
+
+
+def dataset_create_for_import(*, name: str) -> Dataset:
+    """A new dataset named ``name`` for a file being imported, its slug made from the name
+    and unique (``-2``, ``-3`` … when taken; the database's unique slug settles a race)."""
+    base = slugify(name)[:90] or "dataset"
+    for n in range(1, 1000):
+        slug = base if n == 1 else f"{base}-{n}"
+        if Dataset.objects.filter(slug=slug).exists():
+            continue
+        try:
+            with transaction.atomic():
+                return Dataset.objects.create(name=name, slug=slug)
+        except IntegrityError:  # taken between the check and the insert
+            continue
+    raise ValueError(f"no free slug for a dataset named {name!r}")
 
 
 def _check_crs(layers: list[Any]) -> None:

@@ -17,10 +17,16 @@
   const select = document.getElementById("religion");
   const tileJson = (religion) => "/tiles/places.json" + (religion ? "?religion=" + encodeURIComponent(religion) : "");
 
+  // ?bbox=west,south,east,north (an import job's page links so) opens the map on that box.
+  const bbox = (new URLSearchParams(window.location.search).get("bbox") || "").split(",").map(Number);
+  const bounds = bbox.length === 4 && bbox.every(Number.isFinite) ? [[bbox[0], bbox[1]], [bbox[2], bbox[3]]] : undefined;
+
   const map = new maplibregl.Map({
     container: "map",
     center: [-1.6, 53.2],
     zoom: 5,
+    bounds: bounds,
+    fitBoundsOptions: { padding: 40, maxZoom: 14 },
     maxZoom: 18,
     style: {
       version: 8,
