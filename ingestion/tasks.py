@@ -6,7 +6,9 @@ import logging
 
 from celery import shared_task
 
-from ingestion.services import imports
+# sync imports this module (it queues import_job_run): a module import, read at call time.
+from ingestion.services import imports, sync
+from places.models import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -38,3 +40,24 @@ def import_jobs_recover() -> list[int]:
         import_job_run.delay(job_id)
     imports.import_stage_sweep()
     return job_ids
+
+
+@shared_task(name="ingestion.tasks.dataset_sync_run")
+def dataset_sync_run(dataset_id: int) -> str | None:
+    """Check one dataset's sync URL now (the admin's "sync now"); see datasets_sync."""
+    dataset = Dataset.objects.filter(pk=dataset_id).first()
+    if dataset is None:
+        logger.info("dataset %s is gone; nothing to sync", dataset_id)
+        return None
+    return sync.dataset_sync(dataset=dataset).status
+
+
+@shared_task(name="ingestion.tasks.datasets_sync")
+def datasets_sync() -> list[int]:
+    """Queue a check of every dataset whose sync is due, one task each (a slow source holds
+    up no other). Run by beat; safe to run twice: each check takes its dataset's lock, and
+    one whose earlier job is still pending queues no other job."""
+    dataset_ids = list(sync.datasets_sync_due().values_list("pk", flat=True))
+    for dataset_id in dataset_ids:
+        dataset_sync_run.delay(dataset_id)
+    return dataset_ids

@@ -6,15 +6,18 @@ place is not offered (retire it instead), because the log must keep pointing at 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet, URLField
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from ingestion import tasks as ingestion_tasks
 from places import services
 from places.admin_base import FastChangeListMixin, GeoAdmin, IdSearchMixin, ReadOnlyAdminMixin
 from places.login_throttle import ThrottledAuthenticationForm
@@ -27,6 +30,7 @@ from places.models import (
     PlaceChange,
     Region,
     RegionPart,
+    SyncEvery,
 )
 
 # The login page says when failed logins are throttled (places.login_throttle).
@@ -35,15 +39,53 @@ admin.site.login_form = ThrottledAuthenticationForm
 
 @admin.register(Dataset)
 class DatasetAdmin(admin.ModelAdmin):
-    list_display = ("name", "slug", "licence", "snapshot_date", "updated_at")
+    list_display = ("name", "slug", "licence", "snapshot_date", "sync_every", "updated_at")
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
-    readonly_fields = ("created_at", "updated_at")
+    readonly_fields = (
+        "sync_checked_at",
+        "sync_result",
+        "sync_etag",
+        "sync_last_modified",
+        "created_at",
+        "updated_at",
+    )
+    actions = ("sync_now",)
+
+    @admin.action(
+        description="Sync now: fetch the sync URL, import it as a snapshot if it changed",
+        permissions=["sync"],
+    )
+    def sync_now(self, request: HttpRequest, queryset: QuerySet[Dataset]) -> None:
+        # The fetch runs on a worker: a slow source must not hold a web thread.
+        chosen = list(queryset.exclude(sync_url="").values_list("pk", flat=True))
+        for dataset_id in chosen:
+            transaction.on_commit(partial(ingestion_tasks.dataset_sync_run.delay, dataset_id))
+        if chosen:
+            self.message_user(
+                request,
+                f"A check of {len(chosen)} dataset(s) was queued; its outcome shows in "
+                "'Sync result' on each dataset's page.",
+                messages.SUCCESS,
+            )
+        if skipped := queryset.count() - len(chosen):
+            self.message_user(
+                request,
+                f"{skipped} dataset(s) have no sync URL and were left alone.",
+                messages.WARNING,
+            )
+
+    def has_sync_permission(self, request: HttpRequest) -> bool:
+        # A sync applies an import job (a snapshot retires places): a permission of its own.
+        return request.user.has_perm("places.sync_dataset")
 
     def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         # A source URL typed without a scheme is taken as https (Django 6's default).
         if isinstance(db_field, URLField):
             kwargs["assume_scheme"] = "https"
+        if db_field.name == "sync_every":
+            # A form posted without the field (a script, an older page) keeps sync off.
+            kwargs.update(required=False, empty_value=SyncEvery.OFF)
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def get_exclude(self, request: HttpRequest, obj: Dataset | None = None) -> Any:

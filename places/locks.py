@@ -16,6 +16,8 @@ class AdvisoryLock(IntEnum):
     IMPORT_DATASET = 0x494D5054  # "IMPT"
     # One run at a time per import job (key: job id).
     IMPORT_JOB = 0x494D504A  # "IMPJ"
+    # One fetch of a dataset's sync URL at a time (key: dataset id).
+    DATASET_SYNC = 0x53594E43  # "SYNC"
     # One maintainer of the place attribute partitions at a time (single key).
     ATTRIBUTE_PARTITIONS = 0x504C4131  # "PLA1"
     # Region maintenance (exclusive) against curator edits that run point in polygon

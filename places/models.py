@@ -11,6 +11,7 @@ from django.contrib.gis.db import models
 from django.contrib.gis.db.models.functions import IsValid
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex, GistIndex, OpClass
+from django.core.validators import URLValidator
 from django.db.models import F, Func, Q
 from django.db.models.functions import Now, Upper
 
@@ -36,12 +37,49 @@ class Religion(models.TextChoices):
     UNKNOWN = "unknown", "Unknown"
 
 
+class SyncEvery(models.TextChoices):
+    """How often beat fetches a dataset's ``sync_url`` (``ingestion.services.sync``)."""
+
+    OFF = "off", "Off"
+    HOURLY = "hourly", "Every hour"
+    DAILY = "daily", "Every day"
+    WEEKLY = "weekly", "Every week"
+
+
 class Dataset(models.Model):
     """A source of records: an OSM extract, a national register, a boundary file."""
 
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True)
     source_url = models.URLField(max_length=500, blank=True)
+    sync_url = models.URLField(
+        max_length=500,
+        blank=True,
+        validators=[URLValidator(schemes=["http", "https"])],
+        help_text="A file (any format an upload takes) fetched on the schedule below and "
+        "imported in snapshot mode when it changed: places missing from it are retired.",
+    )
+    sync_every = models.CharField(
+        max_length=8,
+        choices=SyncEvery.choices,
+        default=SyncEvery.OFF,
+        help_text="How often the sync URL is checked (a conditional GET: an unchanged file "
+        "is not downloaded again).",
+    )
+    sync_etag = models.CharField(
+        max_length=255, blank=True, editable=False, help_text="ETag of the last fetch."
+    )
+    sync_last_modified = models.CharField(
+        max_length=64, blank=True, editable=False, help_text="Last-Modified of the last fetch."
+    )
+    sync_checked_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When the sync URL was last checked."
+    )
+    sync_result = models.TextField(
+        blank=True,
+        editable=False,
+        help_text="What the last check did: unchanged, the job it queued, or the error.",
+    )
     licence = models.CharField(max_length=200, blank=True, help_text="e.g. ODbL 1.0, OGL v3.0")
     attribution = models.TextField(blank=True, help_text="Text to show wherever the data is shown.")
     snapshot_date = models.DateField(
@@ -53,6 +91,14 @@ class Dataset(models.Model):
 
     class Meta:
         ordering = ["slug"]
+        permissions = [("sync_dataset", "Can fetch a dataset's sync URL now and import it")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(sync_every="off") | ~Q(sync_url=""),
+                name="dataset_sync_needs_url",
+                violation_error_message="A sync schedule needs a sync URL.",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -221,6 +221,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "ingestion.tasks.import_jobs_recover",
         "schedule": 60.0,
     },
+    # Datasets with a sync URL and schedule whose check is due (hourly, daily, weekly):
+    # a conditional GET, and a snapshot import when the file changed.
+    "sync-datasets": {
+        "task": "ingestion.tasks.datasets_sync",
+        "schedule": crontab(minute="*/15"),
+    },
 }
 # Imports apply this many staged rows per transaction (each commit is a resumable checkpoint)
 # and are re-queued when their heartbeat (moved by every batch) is older than the stale limit.

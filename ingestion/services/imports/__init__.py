@@ -13,9 +13,9 @@ beside it:
   entries, each batch committing with its record in the checkpoint.
 - **checkpoint** (``checkpoint``): which staged rows are applied, so a resumed or
   redelivered run does only the rest.
-- **finish** (``finish``, ``snapshot``, ``samples``): snapshot retirements, the final
-  state and report and the removal of the staging rows, in one transaction; a dry run's
-  one diff and its samples; a cancelled run's end.
+- **finish** (``finish``, ``snapshot``, ``samples``, ``consistency``): snapshot retirements
+  and their consistency report, the final state and report and the removal of the staging
+  rows, in one transaction; a dry run's one diff and its samples; a cancelled run's end.
 
 Batches that committed stay applied when a run stops (an error, a lost worker, a cancel):
 the job's counts say what they changed, and a resumed run applies only the rest. A dry run

@@ -15,6 +15,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from ingestion.models import ImportJob, ImportMode, ImportState
+from ingestion.services.imports.consistency import consistency_report
 from ingestion.services.imports.diff import batch_diff
 from ingestion.services.imports.progress import ImportCounts
 from ingestion.services.imports.samples import dry_run_samples
@@ -47,6 +48,10 @@ def finish_apply(
                 job.retired = cursor.rowcount
         job.state = ImportState.DONE
         _close(job, counts, checkpoint, started)
+        if job.mode == ImportMode.SNAPSHOT:
+            # While the staged rows are here: the file against the dataset as it now is.
+            job.report["consistency"] = consistency_report(cursor, job=job)
+            job.save(update_fields=["report"])
         _clear_stage(cursor, job.pk)
 
 
