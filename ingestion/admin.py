@@ -62,6 +62,12 @@ MAPPING_HELP = {
     ),
     "lon": "Longitude column (WGS84 degrees). Geo files use their geometry instead.",
     "lat": "Latitude column (WGS84 degrees).",
+    "geometry": (
+        "Column with the geometry as WKT, EWKT or hex WKB in WGS84 (geom, the_geom, wkt …). "
+        "A row with a value there is placed by it, otherwise by its longitude/latitude; "
+        "points are kept as they are, other shapes as a footprint with a point inside it. "
+        "Heights (Z) and measures (M) are dropped. Geo files use their own geometry."
+    ),
     "start_date": "Founding date, free text accepted (1885, 12 May 1885, mid-1990s).",
     "end_date": "Closing or demolition date, free text accepted.",
 }
@@ -131,7 +137,7 @@ class MappingForm(forms.Form):
             )
         choices = [("", "— not in the file —"), *((c, c) for c in columns)]
         for name in ColumnMapping(key="").as_dict():
-            if name == "key" or (geo and name in {"lon", "lat"}):
+            if name == "key" or (geo and name in {"lon", "lat", "geometry"}):
                 continue
             self.fields[name] = forms.ChoiceField(
                 choices=choices,

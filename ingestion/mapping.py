@@ -16,6 +16,7 @@ _SYNONYMS: dict[str, tuple[str, ...]] = {
     "packed_class": ("fclass",),
     "lon": ("lon", "lng", "long", "longitude", "x"),
     "lat": ("lat", "latitude", "y"),
+    "geometry": ("geom", "the_geom", "wkt", "geometry", "shape", "wkb"),
     "start_date": ("start_date", "founded", "opening_date", "built"),
     "end_date": ("end_date", "closed", "demolished"),
 }
@@ -37,6 +38,8 @@ class ColumnMapping:
     packed_class: str | None = None
     lon: str | None = None
     lat: str | None = None
+    # A column of WKT, EWKT or hex WKB in WGS84 (tables only; geo files carry their own).
+    geometry: str | None = None
     start_date: str | None = None
     end_date: str | None = None
 
@@ -93,6 +96,7 @@ def mapping_propose(columns: list[str], *, has_geometry: bool) -> ColumnMapping:
     )
     if not has_geometry:
         mapping.lon, mapping.lat = pick("lon"), pick("lat")
+        mapping.geometry = pick("geometry")
     return mapping
 
 
@@ -117,9 +121,10 @@ def mapping_problems(
     for name, column in mapping.as_dict().items():
         if name != "key" and column and column not in known:
             problems[name] = f"column {column!r} is not in the file"
-    if not has_geometry and not (mapping.lon and mapping.lat):
+    if not has_geometry and not mapping.geometry and not (mapping.lon and mapping.lat):
         problems.setdefault(
             "lon" if not mapping.lon else "lat",
-            "no longitude/latitude columns found (lon/lat, lng, longitude …)",
+            "no longitude/latitude columns found (lon/lat, lng, longitude …) "
+            "and no geometry column (geom, wkt …)",
         )
     return problems

@@ -25,6 +25,7 @@ from ingestion.mapping import mapping_propose
 from ingestion.models import ImportJob, ImportState
 from ingestion.readers import CsvReader, GeoReader, UnreadableFile, open_reader
 from ingestion.services import jobs
+from ingestion.staging.geometry_text import has_heights_or_measures
 from places.models import Dataset
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,11 @@ SAMPLE_ROWS = 10
 
 
 SAMPLE_TEXT = 200
+
+
+DIMENSIONS_DROPPED = (
+    "Heights (Z) and measures (M) are dropped: places are stored as 2D longitude/latitude."
+)
 
 
 # CSV files up to this size (as stored, so gzip counts compressed) are counted row by row;
@@ -165,6 +171,8 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
         "has_geometry": reader.has_geometry,
         "proposed_mapping": mapping_propose(columns, has_geometry=reader.has_geometry).as_dict(),
     }
+    if _heights_or_measures(layers, inspection):
+        inspection["geometry_notes"] = [DIMENSIONS_DROPPED]
     if isinstance(reader, CsvReader):
         inspection["encoding"] = reader.encoding
         inspection["delimiter"] = reader.delimiter
@@ -184,6 +192,21 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
         locked.state = ImportState.INSPECTED
         locked.save(update_fields=["inspection", "rows_total", "state"])
     return locked
+
+
+def _heights_or_measures(layers: list[Any], inspection: dict[str, Any]) -> bool:
+    """Whether a layer's type, or a sample row's geometry (a geo file's, or the proposed
+    geometry column's), has heights or measures."""
+    if any(has_heights_or_measures(layer.geometry_type) for layer in layers):
+        return True
+    names = inspection["sample_columns"]
+    column = inspection["proposed_mapping"].get("geometry")
+    if inspection["has_geometry"]:
+        column = "geometry"  # the samples' last column, as WKT
+    if column not in names:
+        return False
+    at = len(names) - 1 - names[::-1].index(column)
+    return any(has_heights_or_measures(row[at]) for row in inspection["sample_rows"])
 
 
 def _csv_row_count(reader: CsvReader, path: Path) -> tuple[int, bool]:

@@ -26,6 +26,7 @@ from ingestion.staging.arrow_text import (
     strip,
     text_array,
 )
+from ingestion.staging.geometry_text import geometry_wkb
 from ingestion.staging.repeated import RepeatedKeys
 from ingestion.staging.values import coordinates, fingerprints, iso_date, source_keys
 
@@ -108,6 +109,11 @@ class _Rejections:
         self.reasons.append(pc.if_else(condition, reason, _NULL_TEXT))
         self.details.append(pc.if_else(condition, text, _NULL_TEXT))
 
+    def add_each(self, given: list[tuple[str, str] | None]) -> None:
+        """A reason and detail of its own for each row (None: no rejection)."""
+        self.reasons.append(pa.array([g[0] if g else None for g in given], pa.string()))
+        self.details.append(pa.array([g[1] if g else None for g in given], pa.string()))
+
     def reason(self) -> pa.Array:
         return pc.coalesce(*self.reasons)
 
@@ -118,27 +124,47 @@ class _Rejections:
 @dataclass
 class _Location:
     """The columns that place a row: lon/lat text (CSV and other tables) or hex WKB (geo
-    files), which of them are usable numbers, and which lie outside WGS84 (tables only)."""
+    files, and tables' geometry columns), which lon/lat are usable numbers, and which lie
+    outside WGS84 (tables only)."""
 
     lon: pa.Array
     lat: pa.Array
     wkb: pa.Array
     usable: np.ndarray
     outside: np.ndarray | None = None
+    missing: str = "no longitude/latitude values"
+
+
+def _hex_wkb(values: list[bytes | None]) -> pa.Array:
+    """WKB as PostgreSQL's hex bytea text for COPY."""
+    return pa.array([None if w is None else "\\x" + w.hex() for w in values], pa.string())
 
 
 def _location(
     batch: Batch, arrays: dict[str, pa.Array], mapping: ColumnMapping, rejections: _Rejections
 ) -> _Location:
-    """The row's position columns; unreadable and non-finite coordinates are rejected."""
+    """The row's position columns; unreadable and non-finite coordinates are rejected.
+
+    A table row with a value in the geometry column is placed by it (its longitude and
+    latitude, if any, are not read); rows without one use longitude and latitude.
+    """
     size = batch.num_rows
     if batch.wkb_array is not None:
-        wkb = pa.array(
-            [None if w is None else "\\x" + w.hex() for w in batch.wkb_array.to_pylist()],
-            pa.string(),
-        )
         nothing = pa.nulls(size, pa.string())
-        return _Location(lon=nothing, lat=nothing, wkb=wkb, usable=np.zeros(size, dtype=bool))
+        return _Location(
+            lon=nothing,
+            lat=nothing,
+            wkb=_hex_wkb(batch.wkb_array.to_pylist()),
+            usable=np.zeros(size, dtype=bool),
+        )
+    wkb = pa.nulls(size, pa.string())
+    by_geometry = np.zeros(size, dtype=bool)
+    if mapping.geometry:
+        texts = strip(text_array(arrays.get(mapping.geometry), size))
+        by_geometry = pc.not_equal(texts, "").to_numpy(zero_copy_only=False).astype(bool)
+        parsed, problems = geometry_wkb(texts.to_pylist())
+        wkb = _hex_wkb(parsed)
+        rejections.add_each(problems)
     lon, lon_ok, lon_finite, lon_text, lon_error = coordinates(
         text_array(arrays.get(mapping.lon) if mapping.lon else None, size)
     )
@@ -146,24 +172,30 @@ def _location(
         text_array(arrays.get(mapping.lat) if mapping.lat else None, size)
     )
     unreadable = [
-        f"lon {le}" if le else f"lat {ae}" if ae else None
-        for le, ae in zip(lon_error, lat_error, strict=True)
+        None if placed else f"lon {le}" if le else f"lat {ae}" if ae else None
+        for le, ae, placed in zip(lon_error, lat_error, by_geometry, strict=True)
     ]
     rejections.add(pc.is_valid(pa.array(unreadable, pa.string())), "bad_coordinates", unreadable)
     rejections.add(
-        lon_ok & lat_ok & ~(lon_finite & lat_finite),
+        lon_ok & lat_ok & ~(lon_finite & lat_finite) & ~by_geometry,
         "bad_coordinates",
         "coordinates must be finite numbers",
     )
-    usable_lon, usable_lat = lon_ok & lon_finite, lat_ok & lat_finite
+    usable_lon = lon_ok & lon_finite & ~by_geometry
+    usable_lat = lat_ok & lat_finite & ~by_geometry
     with np.errstate(invalid="ignore"):
         outside = (np.abs(lon) > 180) | (np.abs(lat) > 90)
     return _Location(
         lon=pc.if_else(pa.array(usable_lon), lon_text, _NULL_TEXT),
         lat=pc.if_else(pa.array(usable_lat), lat_text, _NULL_TEXT),
-        wkb=pa.nulls(size, pa.string()),
+        wkb=wkb,
         usable=usable_lon & usable_lat,
         outside=outside,
+        missing=(
+            "no geometry and no longitude/latitude values"
+            if mapping.geometry
+            else "no longitude/latitude values"
+        ),
     )
 
 
@@ -185,7 +217,7 @@ def _reject_by_key_and_position(
         ),
     )
     no_point = pc.and_(pc.is_null(where.wkb), pa.array(~where.usable))
-    rejections.add(no_point, "missing_geometry", "no longitude/latitude values")
+    rejections.add(no_point, "missing_geometry", where.missing)
     if where.outside is not None:
         rejections.add(
             where.outside & where.usable,

@@ -35,10 +35,10 @@ COPY_STAGE = f"COPY ingestion_importstage ({', '.join(STAGE_COLUMNS)}) FROM STDI
 CLEAR_STAGE = "DELETE FROM ingestion_importstage WHERE job_id = %(job)s"
 
 
-# Geometries from geo files, reprojected to WGS84, checked and repaired; each CTE is
-# materialised so that a geometry is parsed, transformed and repaired once. Heights (Z) and
-# measures (M) are dropped: places are stored in 2D. Polygons keep their (repaired)
-# footprint and get a point guaranteed inside them.
+# Geometries from geo files and tables' geometry columns, reprojected to WGS84, checked and
+# repaired; each CTE is materialised so that a geometry is parsed, transformed and repaired
+# once. Heights (Z) and measures (M) are dropped: places are stored in 2D. Polygons keep
+# their (repaired) footprint and get a point guaranteed inside them.
 STAGE_GEOMETRIES = """
 WITH parsed AS MATERIALIZED (
     SELECT sid, ST_Force2D(CASE
@@ -205,10 +205,11 @@ def stage_file(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any])
         cursor.execute("ANALYZE ingestion_importstage")
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"SET LOCAL work_mem = '{IMPORT_WORK_MEM}'")
-        if job.format != "csv":
+        mapping = ColumnMapping.from_dict(job.options["mapping"])
+        # A CSV's rows carry WKB only when its mapping names a geometry column.
+        if job.format != "csv" or mapping.geometry:
             with counts.timed("geometries"):
                 cursor.execute(STAGE_GEOMETRIES, params)
-        mapping = ColumnMapping.from_dict(job.options["mapping"])
         if mapping.packed_class:
             with counts.timed("validate_class"):
                 cursor.execute(
