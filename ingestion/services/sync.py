@@ -267,7 +267,9 @@ def _fetch(
             digest = hashlib.sha256()
             size = 0
             with open(path, "wb") as out:
-                while chunk := response.read(CHUNK_BYTES):
+                # read1: what has arrived, up to a chunk, so that a source dripping bytes
+                # meets the deadline (read would wait for a whole chunk first).
+                while chunk := response.read1(CHUNK_BYTES):
                     size += len(chunk)
                     if size > max_bytes:
                         raise SyncError(f"the file is over the limit of {max_bytes} bytes")

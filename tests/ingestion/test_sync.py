@@ -41,6 +41,8 @@ class Route:
     etag: str = ""
     delay: float = 0.0
     content_length: int | None = None
+    # Seconds between the body's bytes (a source that drips).
+    drip: float = 0.0
 
 
 @dataclass
@@ -76,7 +78,12 @@ def source() -> Iterator[Source]:
             self.end_headers()
             # The client gives up on a lying or slow source, as it should.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.wfile.write(route.body)
+                if not route.drip:
+                    self.wfile.write(route.body)
+                for byte in route.body if route.drip else b"":
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(route.drip)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -217,6 +224,19 @@ def test_a_slow_source_times_out_and_changes_nothing(source):
     assert _active_keys(dataset) == ["a", "b", "c"]
     dataset.refresh_from_db()
     assert dataset.sync_etag == '"v1"'
+
+
+def test_a_source_that_drips_its_bytes_is_stopped_at_the_deadline(source):
+    # given a source that answers at once but sends a byte every 0.1 s
+    source.routes["/drip.csv"] = Route(body=V1, drip=0.1)
+    dataset = _dataset(source, "/drip.csv")
+    # when it is checked with a whole-download deadline of 0.5 s
+    started = time.monotonic()
+    outcome = dataset_sync(dataset=dataset, enqueue=False, read_timeout=1, deadline_seconds=0.5)
+    # then the check stops there, long before the body's 8 s are sent, and imports nothing
+    assert (outcome.status, outcome.message) == ("error", "the download took over 0.5 s")
+    assert time.monotonic() - started < 3
+    assert not ImportJob.objects.filter(dataset=dataset).exists()
 
 
 def test_a_source_that_lies_about_its_size_is_refused_and_nothing_stored(source):
