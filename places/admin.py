@@ -6,16 +6,15 @@ place is not offered (retire it instead), because the log must keep pointing at 
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db import transaction
 from django.db.models import QuerySet, URLField
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from kombu.exceptions import OperationalError as BrokerError
 
 from ingestion import tasks as ingestion_tasks
 from places import services
@@ -59,8 +58,16 @@ class DatasetAdmin(admin.ModelAdmin):
     def sync_now(self, request: HttpRequest, queryset: QuerySet[Dataset]) -> None:
         # The fetch runs on a worker: a slow source must not hold a web thread.
         chosen = list(queryset.exclude(sync_url="").values_list("pk", flat=True))
-        for dataset_id in chosen:
-            transaction.on_commit(partial(ingestion_tasks.dataset_sync_run.delay, dataset_id))
+        try:
+            for dataset_id in chosen:
+                ingestion_tasks.dataset_sync_run.delay(dataset_id)
+        except BrokerError as exc:
+            self.message_user(
+                request,
+                f"The task queue could not be reached ({exc}); try again later.",
+                messages.ERROR,
+            )
+            return
         if chosen:
             self.message_user(
                 request,

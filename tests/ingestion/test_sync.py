@@ -21,6 +21,7 @@ from django.core.management.base import CommandError
 from django.db import IntegrityError, transaction
 from django.urls import reverse
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
 
 from ingestion import tasks
 from ingestion.models import ImportJob, ImportMode, ImportState
@@ -363,9 +364,7 @@ def _staff(username: str, *codenames: str) -> User:
     return User.objects.get(pk=user.pk)
 
 
-def test_sync_now_queues_a_check_for_holders_of_the_sync_permission(
-    client, source, monkeypatch, django_capture_on_commit_callbacks
-):
+def test_sync_now_queues_a_check_for_holders_of_the_sync_permission(client, source, monkeypatch):
     # given a dataset with a sync URL, one without, and a curator who may sync
     dataset = _dataset(source, "/places.csv")
     plain = Dataset.objects.create(name="plain", slug="plain")
@@ -373,12 +372,11 @@ def test_sync_now_queues_a_check_for_holders_of_the_sync_permission(
     monkeypatch.setattr(tasks.dataset_sync_run, "delay", sent.append)
     client.force_login(_staff("syncer", "view_dataset", "sync_dataset"))
     # when they run "sync now" on both
-    with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(
-            reverse("admin:places_dataset_changelist"),
-            {"action": "sync_now", ACTION_CHECKBOX_NAME: [dataset.pk, plain.pk], "index": 0},
-            follow=True,
-        )
+    response = client.post(
+        reverse("admin:places_dataset_changelist"),
+        {"action": "sync_now", ACTION_CHECKBOX_NAME: [dataset.pk, plain.pk], "index": 0},
+        follow=True,
+    )
     # then a check of the one with a URL was queued, and the page says so of both
     assert sent == [dataset.pk]
     page = response.content.decode()
@@ -417,3 +415,24 @@ def test_the_dataset_form_refuses_a_schedule_without_a_url_and_shows_the_last_ch
     page = admin_client.get(f"/admin/places/dataset/{dataset.pk}/change/").content.decode()
     assert "error: the source answered HTTP 404 Not Found" in page
     assert "How often the sync URL is checked" in page
+
+
+def test_sync_now_says_so_when_the_task_queue_is_down(client, source, monkeypatch):
+    # given a broker that cannot be reached
+    dataset = _dataset(source, "/places.csv")
+
+    def unreachable(dataset_id: int) -> None:
+        raise BrokerError("connection refused")
+
+    monkeypatch.setattr(tasks.dataset_sync_run, "delay", unreachable)
+    client.force_login(_staff("syncer", "view_dataset", "sync_dataset"))
+    # when "sync now" runs
+    response = client.post(
+        reverse("admin:places_dataset_changelist"),
+        {"action": "sync_now", ACTION_CHECKBOX_NAME: [dataset.pk], "index": 0},
+        follow=True,
+    )
+    # then the page says the check was not queued
+    assert "The task queue could not be reached (connection refused); try again later." in (
+        response.content.decode()
+    )
