@@ -4,10 +4,29 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 _FIELD = re.compile(r"[^{}!:\[\].]{1,100}")
+
+# Identifier columns GIS tools write, in order of preference, compared case-insensitively:
+# GeoJSON's Feature ``id`` (GDAL exposes a string one as the column ``id``), Overpass's
+# ``@id``, Esri's ``OBJECTID``, GDAL/QGIS's ``fid``, PostGIS dumps' ``gid``, ogr2ogr's
+# ``ogc_fid`` and a ``uuid``.
+ID_COLUMNS = ("id", "@id", "objectid", "fid", "gid", "ogc_fid", "uuid")
+
+# A key template field that is no column: each row's own values and geometry, digested
+# (ingestion.staging.values.source_keys), for files that have no id column.
+CONTENT_FIELD = "_content"
+CONTENT_KEY = "{" + CONTENT_FIELD + "}"
+CONTENT_KEY_NOTE = (
+    "The key is derived from each row's content (its values and geometry), not read from an "
+    "id column: re-importing a changed file cannot match rows by such a key, so a snapshot "
+    "will retire and add places instead of updating them. Identical rows get the same key and "
+    "are reported as duplicates. A key template naming a column replaces it."
+)
+_SEEN_COLUMNS_SHOWN = 30
 
 _SYNONYMS: dict[str, tuple[str, ...]] = {
     "name": ("name", "title", "place_name"),
@@ -28,7 +47,8 @@ class ColumnMapping:
 
     ``key`` is a template over column names (``osm:{osm_type}/{osm_id}``); ``{_kind}`` stands
     for ``node`` on point layers and ``area`` on polygon layers (Geofabrik's convention for
-    ids that come from nodes, and from ways or relations).
+    ids that come from nodes, and from ways or relations); ``{_content}`` for a digest of the
+    row's own values and geometry (see CONTENT_KEY_NOTE).
     """
 
     key: str
@@ -65,25 +85,48 @@ class ColumnMapping:
     def used_columns(self) -> set[str]:
         """Columns consumed by fields; the rest become tags (a packed class stays in tags)."""
         used = {v for k, v in self.as_dict().items() if k not in {"key", "packed_class"} and v}
-        used |= set(self.key_fields())
+        used |= set(self.key_fields()) - {CONTENT_FIELD}
         return used
 
+    def content_key(self) -> bool:
+        """Whether the key is derived from the rows' content rather than read from a column."""
+        try:
+            return CONTENT_FIELD in self.key_fields()
+        except ValueError:
+            return False
 
-def mapping_propose(columns: list[str], *, has_geometry: bool) -> ColumnMapping:
-    """A best guess from the column names; the user can correct it before applying."""
+
+def key_propose(columns: list[str], *, repeating: Collection[str] = ()) -> str:
+    """The key template for these columns: an OSM id, else the first id column (ID_COLUMNS,
+    any case), else the content key. Columns in ``repeating`` (their values repeat in the
+    file) are passed over: as a key they would reject every repeat as a duplicate."""
+    lower: dict[str, str] = {}
+    for column in columns:
+        if column not in repeating:
+            lower.setdefault(column.lower(), column)
+    if "osm_type" in lower and "osm_id" in lower:
+        return f"osm:{{{lower['osm_type']}}}/{{{lower['osm_id']}}}"
+    if "osm_id" in lower:
+        return f"osm:{{_kind}}/{{{lower['osm_id']}}}"
+    for name in ID_COLUMNS:
+        if name in lower:
+            return f"{{{lower[name]}}}"
+    return CONTENT_KEY
+
+
+def mapping_propose(
+    columns: list[str], *, has_geometry: bool, repeating: Collection[str] = ()
+) -> ColumnMapping:
+    """A best guess from the column names; the user can correct it before applying.
+
+    ``repeating`` names columns whose values repeat, which the key passes over.
+    """
     lower = {c.lower(): c for c in columns}
 
     def pick(field_name: str) -> str | None:
         return next((lower[s] for s in _SYNONYMS[field_name] if s in lower), None)
 
-    if "osm_type" in lower and "osm_id" in lower:
-        key = f"osm:{{{lower['osm_type']}}}/{{{lower['osm_id']}}}"
-    elif "osm_id" in lower:
-        key = f"osm:{{_kind}}/{{{lower['osm_id']}}}"
-    elif "id" in lower:
-        key = f"{{{lower['id']}}}"
-    else:
-        key = ""
+    key = key_propose(columns, repeating=repeating)
     religion = pick("religion")
     mapping = ColumnMapping(
         key=key,
@@ -112,10 +155,13 @@ def mapping_problems(
         key_columns = mapping.key_fields()
     except ValueError as exc:
         return {"key": str(exc)}
-    known = set(columns) | {"_kind"}
+    known = set(columns) | {"_kind", CONTENT_FIELD}
     problems: dict[str, str] = {}
     if not mapping.key:
-        problems["key"] = "no key column found (osm_type+osm_id, osm_id or id); give a key template"
+        problems["key"] = (
+            f"no key column found; give a key template ({CONTENT_KEY} derives one from each "
+            "row's content)"
+        )
     elif unknown := sorted(set(key_columns) - known):
         problems["key"] = f"the key template names columns not in the file: {', '.join(unknown)}"
     for name, column in mapping.as_dict().items():
@@ -125,6 +171,15 @@ def mapping_problems(
         problems.setdefault(
             "lon" if not mapping.lon else "lat",
             "no longitude/latitude columns found (lon/lat, lng, longitude …) "
-            "and no geometry column (geom, wkt …)",
+            "and no geometry column (geom, wkt …) among " + columns_seen(columns),
         )
     return problems
+
+
+def columns_seen(columns: list[str]) -> str:
+    """The file's columns, for a message that says what could not be found among them."""
+    if not columns:
+        return "no columns"
+    shown = ", ".join(repr(c) for c in columns[:_SEEN_COLUMNS_SHOWN])
+    more = len(columns) - _SEEN_COLUMNS_SHOWN
+    return f"the columns {shown}" + (f" and {more} more" if more > 0 else "")

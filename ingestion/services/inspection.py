@@ -21,11 +21,13 @@ from django.utils.text import get_valid_filename
 from pyogrio.errors import DataLayerError, DataSourceError
 from pyogrio.raw import open_arrow
 
-from ingestion.mapping import mapping_propose
+from ingestion.mapping import CONTENT_KEY_NOTE, ColumnMapping, key_propose, mapping_propose
 from ingestion.models import ImportJob, ImportState
-from ingestion.readers import CsvReader, GeoReader, UnreadableFile, open_reader
+from ingestion.readers import CsvReader, GeoReader, Reader, UnreadableFile, open_reader
 from ingestion.services import jobs
+from ingestion.staging.arrow_text import text_array
 from ingestion.staging.geometry_text import has_heights_or_measures
+from ingestion.staging.values import key_repeats, source_keys
 from places.models import Dataset
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,11 @@ EXACT_COUNT_MAX_BYTES = 8 * 1024**2
 
 
 ESTIMATE_SAMPLE_BYTES = 1 << 20
+
+
+# Share of a batch's rows that may repeat an earlier row's key before the key column is taken
+# for no id and another key is proposed (a real id column with a few errors keeps its key).
+REPEATS_FOR_FALLBACK = 0.1
 
 
 _READ_ERRORS = (
@@ -148,6 +155,9 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
         return job
     # Every layer's columns: staff may choose any of the layers on the mapping form.
     columns = jobs.layers_columns(layers=[layer.columns for layer in layers])
+    proposed, key_note = key_proposal(
+        reader=reader, layer=layers[0].name, columns=columns, has_geometry=reader.has_geometry
+    )
     inspection: dict[str, Any] = {
         "format": job.format,
         "layers": [
@@ -169,7 +179,9 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
         "unsplit_rows": [{"line": line, "text": _cell(text)} for line, text in unsplit[:5]],
         "unsplit_count": len(unsplit),
         "has_geometry": reader.has_geometry,
-        "proposed_mapping": mapping_propose(columns, has_geometry=reader.has_geometry).as_dict(),
+        "proposed_mapping": proposed.as_dict(),
+        # Why the proposed key is what it is, when staff should know before a dry run.
+        "key_note": key_note,
     }
     if _heights_or_measures(layers, inspection):
         inspection["geometry_notes"] = [DIMENSIONS_DROPPED]
@@ -190,7 +202,11 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
             )
         locked.rows_total = row_count
         locked.state = ImportState.INSPECTED
-        locked.save(update_fields=["inspection", "rows_total", "state"])
+        mapping = locked.options.get("mapping") or {}
+        if mapping.get("key") == key_propose(columns) != proposed.key:
+            # The job still has the guess from the column names alone, whose values repeat.
+            locked.options = {**locked.options, "mapping": {**mapping, "key": proposed.key}}
+        locked.save(update_fields=["inspection", "rows_total", "state", "options"])
     return locked
 
 
@@ -207,6 +223,56 @@ def _heights_or_measures(layers: list[Any], inspection: dict[str, Any]) -> bool:
         return False
     at = len(names) - 1 - names[::-1].index(column)
     return any(has_heights_or_measures(row[at]) for row in inspection["sample_rows"])
+
+
+def key_proposal(
+    *, reader: Reader, layer: str, columns: list[str], has_geometry: bool
+) -> tuple[ColumnMapping, str | None]:
+    """The proposed mapping, its key checked against the layer's first batch, and a note on
+    the key for staff (None when the key is an id column whose values do not repeat there).
+
+    A few repeats are errors in an id column, which the duplicate rule reports row by row;
+    a column repeating on more than REPEATS_FOR_FALLBACK of the rows is probably no id at all,
+    so the next id column, or the content key, is proposed instead.
+    """
+    proposed = mapping_propose(columns, has_geometry=has_geometry)
+    note: str | None = None
+    if not proposed.content_key():
+        repeats, rows = _first_batch_key_repeats(reader, layer, proposed)
+        if repeats:
+            repeating = set(proposed.key_fields()) - {"_kind"}
+            note = (
+                f"The key column{'s' if len(repeating) > 1 else ''} "
+                f"{', '.join(sorted(repeating))} repeat{'' if len(repeating) > 1 else 's'} "
+                f"values: {repeats} of the first {rows} rows repeat{'s' if repeats == 1 else ''} "
+                "an earlier row's key"
+            )
+            if repeats > 1 and repeats > rows * REPEATS_FOR_FALLBACK:
+                proposed = mapping_propose(columns, has_geometry=has_geometry, repeating=repeating)
+                note += f", too many for an id: the key proposed is {proposed.key} instead."
+            else:
+                note += "; the import rejects each repeat as a duplicate (the first row wins)."
+    if proposed.content_key():
+        note = f"{note} {CONTENT_KEY_NOTE}" if note else CONTENT_KEY_NOTE
+    return proposed, note
+
+
+def _first_batch_key_repeats(reader: Reader, layer: str, mapping: ColumnMapping) -> tuple[int, int]:
+    """Rows of the first batch whose (non-empty) key repeats an earlier row's, and the rows
+    read. A batch that cannot be read counts as no repeats: the import reports it anyway."""
+    batches = reader.batches(layer)
+    try:
+        batch = next(batches, None)
+    except _READ_ERRORS:
+        return 0, 0
+    finally:
+        batches.close()
+    if batch is None or not batch.num_rows:
+        return 0, 0
+    texts = {name: text_array(values, batch.num_rows) for name, values in batch.arrays.items()}
+    # ``_kind`` is the same for every row of a layer, so any value counts repeats alike.
+    keys = source_keys(texts, mapping, kind="", size=batch.num_rows)
+    return key_repeats(keys), batch.num_rows
 
 
 def _csv_row_count(reader: CsvReader, path: Path) -> tuple[int, bool]:

@@ -29,7 +29,7 @@ from django.utils.text import slugify
 from kombu.exceptions import OperationalError as BrokerError
 
 from ingestion import tasks
-from ingestion.mapping import ColumnMapping, mapping_problems, mapping_propose
+from ingestion.mapping import CONTENT_FIELD, ColumnMapping, mapping_problems, mapping_propose
 from ingestion.models import ImportJob, ImportMode, ImportState
 from ingestion.readers import (
     CsvReader,
@@ -182,7 +182,7 @@ def _layer_key_problems(mapping: ColumnMapping, *, layers: dict[str, list[str]])
     if len(layers) < 2:
         return {}
     try:
-        needed = [name for name in mapping.key_fields() if name != "_kind"]
+        needed = [name for name in mapping.key_fields() if name not in {"_kind", CONTENT_FIELD}]
     except ValueError:
         return {}  # mapping_problems names it
     for layer, columns in layers.items():

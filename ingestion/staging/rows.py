@@ -333,7 +333,9 @@ def stage_batch(
     def column(name: str | None) -> pa.Array:
         return strip(text_array(arrays.get(name) if name else None, size))
 
-    source_key = source_keys(arrays, mapping, kind=geometry_kind, size=size)
+    source_key = source_keys(
+        arrays, mapping, kind=geometry_kind, size=size, geometry=batch.wkb_array
+    )
     rejections = _Rejections(batch)
     where = _location(batch, arrays, mapping, rejections)
     _reject_by_key_and_position(rejections, source_key, where)

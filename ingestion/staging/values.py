@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingestion.mapping import ColumnMapping
+from ingestion.mapping import CONTENT_FIELD, ColumnMapping
 from ingestion.normalize import date_parse
 from ingestion.staging.arrow_text import STRING, constant, strip, text_array
 
@@ -25,9 +25,18 @@ def iso_date(text: str | None) -> str | None:
 
 
 def source_keys(
-    arrays: dict[str, pa.Array], mapping: ColumnMapping, *, kind: str, size: int
+    arrays: dict[str, pa.Array],
+    mapping: ColumnMapping,
+    *,
+    kind: str,
+    size: int,
+    geometry: pa.Array | None = None,
 ) -> pa.Array:
-    """The key template filled in per row; empty when a key column is empty."""
+    """The key template filled in per row; empty when a key column is empty.
+
+    ``{_content}`` is filled with content_digests of the row's values and ``geometry`` (WKB),
+    so identical rows share a key.
+    """
     if not mapping.key:
         return constant("", size)
     parts: list[pa.Array | str] = []
@@ -41,6 +50,8 @@ def source_keys(
         fields += 1
         if field_name == "_kind":
             values = constant(kind, size)
+        elif field_name == CONTENT_FIELD:
+            values = content_digests(arrays, geometry, size=size)
         else:
             values = strip(text_array(arrays.get(field_name), size))
         complete = pc.and_(complete, pc.not_equal(values, ""))
@@ -49,6 +60,40 @@ def source_keys(
         return constant("".join(str(p) for p in parts), size)
     keys = pc.binary_join_element_wise(*parts, "")
     return pc.if_else(complete, keys, "")
+
+
+def key_repeats(keys: pa.Array) -> int:
+    """Non-empty keys that repeat an earlier one in ``keys``."""
+    present = keys.filter(pc.not_equal(keys, ""))
+    return len(present) - pc.count_distinct(present).as_py()
+
+
+def content_digests(
+    arrays: dict[str, pa.Array], geometry: pa.Array | None, *, size: int
+) -> pa.Array:
+    """A digest per row of its values (column names included, in file order) and its
+    geometry as written: the same row always gets the same digest, a row that differs in any
+    value or vertex another. Nothing else (row number, file) goes in, so a re-import of the
+    same rows, in any order, gives the same keys."""
+    separator = "\x1f"
+    # The leading literal keeps the join well-formed for a file with no columns.
+    parts: list[pa.Array | str] = ["content"]
+    for name, values in arrays.items():
+        # A null and an empty cell read alike, as everywhere else in staging.
+        parts += [name.replace(separator, " "), text_array(values, size)]
+    if geometry is not None:
+        parts.append(
+            pa.array([None if w is None else w.hex() for w in geometry.to_pylist()], STRING)
+        )
+    if len(parts) == 1:
+        parts.append(constant("", size))
+    texts = pc.binary_join_element_wise(
+        *parts, separator, null_handling="replace", null_replacement=""
+    )
+    return pa.array(
+        [hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in texts.to_pylist()],
+        STRING,
+    )
 
 
 def coordinates(

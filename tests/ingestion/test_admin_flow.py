@@ -21,6 +21,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from ingestion import selectors
+from ingestion.mapping import CONTENT_KEY
 from ingestion.models import ImportJob, ImportRejection, ImportState
 from ingestion.selectors import spreadsheet_safe
 from ingestion.services import inspection, jobs
@@ -282,19 +283,19 @@ def test_changed_mapping_is_used_by_the_dry_run_and_apply(
     assert set(places.values_list("name", flat=True)) == {""}
 
 
-def test_file_without_a_key_column_is_stored_and_fixed_on_the_page(
+def test_file_without_a_key_column_gets_a_content_key_that_staff_can_replace(
     admin_client, dataset, django_capture_on_commit_callbacks
 ):
-    # given a CSV whose key column has no known name: the upload is kept, the problem shown
+    # given a CSV whose key column has no known name
     job = _uploaded(admin_client, dataset, "refs.csv", b"ref,title,lon,lat\nA1,Chapel,-1.5,52.1\n")
+    # then the key proposed is derived from the content, and the page says what that means
+    assert job.options["mapping"]["key"] == CONTENT_KEY
     page = admin_client.get(_url("change", job))
-    assert "no key column found" in page.context["mapping_problems"]["key"]
-    assert "disabled" in page.content.decode()
-    # the dry run is refused until the key is given
-    response = admin_client.post(_url("dry_run", job), follow=True)
-    assert any("no key column found" in m for m in _messages(response))
-    job.refresh_from_db()
-    assert job.state == ImportState.INSPECTED
+    assert page.context["mapping_problems"] == {}
+    assert "cannot match rows by such a key" in page.content.decode()
+    # a key template given on the page is checked like any other
+    response = admin_client.post(_url("change", job), {"mode": "upsert", "key": "", "lon": "lon"})
+    assert "no key column found" in response.content.decode()
     # when staff give the key template and the name column
     admin_client.post(
         _url("change", job),

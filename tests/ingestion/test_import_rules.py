@@ -150,8 +150,7 @@ def test_file_in_another_crs_is_reprojected(sample_regions, tmp_path):
     ("content", "message"),
     [
         (b"", "empty"),
-        (b"name,lon,lat\nx,1,2\n", "no key column"),
-        (b"id,name\n1,x\n", "longitude/latitude"),
+        (b"id,name\n1,x\n", "longitude/latitude columns found .* among the columns 'id', 'name'"),
         (b"\x00\x01\x02binary", "binary"),
     ],
 )

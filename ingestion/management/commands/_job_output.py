@@ -7,6 +7,7 @@ import time
 from django.core.management.base import CommandError, OutputWrapper
 
 from ingestion import selectors
+from ingestion.mapping import CONTENT_KEY_NOTE, ColumnMapping
 from ingestion.models import ImportJob
 from ingestion.services import imports
 from ingestion.services.imports import FINAL_STATES
@@ -55,6 +56,8 @@ def job_print(job: ImportJob, *, out: OutputWrapper) -> None:
         f"{job.rejected} rejected"
         + (" (dry run: what an import would do; nothing was written)" if job.dry_run else "")
     )
+    if ColumnMapping.from_dict(job.options.get("mapping") or {"key": ""}).content_key():
+        out.write(f"  {CONTENT_KEY_NOTE}")
     applied = selectors.import_job_applied_part(job=job)
     if applied is not None:
         out.write(
