@@ -29,7 +29,7 @@ from django.utils.text import slugify
 from kombu.exceptions import OperationalError as BrokerError
 
 from ingestion import tasks
-from ingestion.mapping import CONTENT_FIELD, ColumnMapping, mapping_problems, mapping_propose
+from ingestion.mapping import CONTENT_FIELD, ColumnMapping, mapping_problems
 from ingestion.models import ImportJob, ImportMode, ImportState
 from ingestion.readers import (
     CsvReader,
@@ -106,7 +106,13 @@ def import_job_create(
     layer_names = layers_choose(available=[layer.name for layer in all_layers], chosen=layers)
     picked = [layer for layer in all_layers if layer.name in layer_names]
     columns = layers_columns(layers=[layer.columns for layer in picked])
-    proposed = mapping_propose(columns, has_geometry=reader.has_geometry)
+    # The key checked against the first batch, as the inspection does: an id column whose
+    # values repeat is passed over (inspection imports this module, hence the late import).
+    from ingestion.services.inspection import key_proposal
+
+    proposed, key_note = key_proposal(
+        reader=reader, layer=picked[0].name, columns=columns, has_geometry=reader.has_geometry
+    )
     chosen = ColumnMapping.from_dict({**proposed.as_dict(), **(mapping or {})})
     problems = mapping_problems(chosen, columns=columns, has_geometry=reader.has_geometry)
     problems = problems or _layer_key_problems(
@@ -137,6 +143,8 @@ def import_job_create(
             ],
             # What is read when the job runs (file_batches): every layer unless told.
             "chosen_layers": layer_names,
+            # Why the proposed key is what it is (the command prints it), when it is used.
+            **({"key_note": key_note} if key_note and chosen.key == proposed.key else {}),
             **(
                 {"encoding": reader.encoding, "delimiter": reader.delimiter}
                 if isinstance(reader, CsvReader)

@@ -299,3 +299,20 @@ def test_layers_without_id_columns_all_import_under_the_content_key(sample_regio
     job = _run(path, "two-layers")
     # then both layers' features are places
     assert (job.options["mapping"]["key"], job.added, job.rejected) == (CONTENT_KEY, 2, 0)
+
+
+def test_the_command_passes_over_an_id_column_that_repeats_and_says_so(sample_regions, tmp_path):
+    # given a CSV whose id column holds the same value on 3 of its 4 rows
+    path = tmp_path / "repeats.csv"
+    path.write_text(
+        "id,name,lon,lat\n1,Chapel,-1.5,52.1\n1,Temple,-1.6,52.2\n2,Mosque,-1.7,52.3\n"
+        "1,Church,-1.8,52.4\n"
+    )
+    out = io.StringIO()
+    call_command("import_places", str(path), "--dataset", "cmd-repeats", "--sync", stdout=out)
+    printed = out.getvalue()
+    # then it says so, and imports every row under the content key instead of rejecting two
+    assert "The key column id repeats values: 2 of the first 4 rows repeat" in printed
+    assert "4 added" in printed
+    assert CONTENT_KEY_NOTE in printed
+    assert printed.count(CONTENT_KEY_NOTE) == 1

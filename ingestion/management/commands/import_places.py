@@ -19,6 +19,7 @@ from ingestion.management.commands._dataset_options import (
     dataset_from_options,
 )
 from ingestion.management.commands._job_output import job_print, job_run_here, job_wait
+from ingestion.mapping import CONTENT_KEY_NOTE
 from ingestion.models import ImportMode, ImportState
 from ingestion.readers import UnreadableFile
 from ingestion.services import jobs
@@ -88,6 +89,10 @@ class Command(BaseCommand):
             raise CommandError(f"{path.name}: {exc}") from None
         where = "running in this process" if options["sync"] else "queued"
         self.stdout.write(f"{path.name}: job #{job.pk} ({job.format}) {where}")
+        # What the key's note adds to the content key's, which the outcome states (job_print).
+        note = (job.options.get("key_note") or "").removesuffix(CONTENT_KEY_NOTE).strip()
+        if note:
+            self.stdout.write(f"  {note}")
         file_layers = [layer["name"] for layer in job.options.get("layers", [])]
         if len(file_layers) > 1:
             chosen = job.options["chosen_layers"]
