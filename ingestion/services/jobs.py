@@ -118,6 +118,9 @@ def import_job_create(
     problems = problems or _layer_key_problems(
         chosen, layers={layer.name: layer.columns for layer in picked}
     )
+    problems |= _snapshot_layer_problems(
+        mode=mode, chosen=layer_names, available=[layer.name for layer in all_layers]
+    )
     if problems and not wait_for_review:
         raise UnreadableFile("; ".join(f"{name}: {message}" for name, message in problems.items()))
     if reader.has_geometry:
@@ -176,6 +179,19 @@ def layers_choose(*, available: list[str], chosen: list[str] | None) -> list[str
         what = f"no layer {unknown[0][:80]!r} in the file" if unknown else "no layer chosen"
         raise UnreadableFile(f"{what}; its layers are: {', '.join(available)}")
     return [name for name in available if name in chosen]
+
+
+def _snapshot_layer_problems(
+    *, mode: str, chosen: list[str], available: list[str]
+) -> dict[str, str]:
+    """A snapshot retires the dataset's places missing from the file, and places do not
+    record their layer: with some layers left out, their places would all be retired."""
+    if mode != ImportMode.SNAPSHOT or not chosen or len(chosen) >= len(available):
+        return {}
+    return {
+        "layers": "a snapshot needs every layer of the file: the places of the layers left out "
+        "would be retired; choose upsert or append to import some layers"
+    }
 
 
 def layers_columns(*, layers: list[list[str]]) -> list[str]:
@@ -268,6 +284,9 @@ def import_job_mapping_set(
         has_geometry=job.inspection.get("has_geometry", job.format != "csv"),
     )
     problems = problems or _layer_key_problems(chosen, layers=picked)
+    problems |= _snapshot_layer_problems(
+        mode=mode, chosen=layer_names, available=[layer["name"] for layer in file_layers]
+    )
     if mode not in ImportMode.values:
         problems["mode"] = f"unknown mode {mode!r}"
     if problems:

@@ -289,3 +289,16 @@ def test_admin_refuses_choosing_no_layer(admin_client, tmp_path):
     assert "layers" in response.context["mapping_form"].errors
     job.refresh_from_db()
     assert job.options["chosen_layers"] == ["chapels", "temples"]
+
+
+def test_a_snapshot_of_some_layers_is_refused_as_it_would_retire_the_others(tmp_path):
+    # given a zip of two shapefiles
+    path = _zip(tmp_path, {"points/chapels": CHAPELS, "areas/temples": TEMPLES})
+    dataset = dataset_get_or_create(slug="snapshot-layers")
+    layers = [layer.name for layer in open_reader(path, "shapefile").layers()]
+    # when a snapshot of one layer is asked for, it is refused with the reason
+    with pytest.raises(UnreadableFile, match="a snapshot needs every layer"):
+        import_job_create(path=path, dataset=dataset, mode="snapshot", layers=layers[:1])
+    # and a snapshot of every layer, or an upsert of one, is accepted
+    assert import_job_create(path=path, dataset=dataset, mode="snapshot").pk
+    assert import_job_create(path=path, dataset=dataset, mode="upsert", layers=layers[:1]).pk
