@@ -34,6 +34,7 @@ from ingestion.mapping import ColumnMapping
 from ingestion.models import ImportJob, ImportMode, ImportRejection, ImportState
 from ingestion.readers import UnreadableFile
 from ingestion.services import inspection, jobs
+from ingestion.services.imports.consistency import consistency_summary
 from places.admin_base import FastChangeListMixin, IdSearchMixin, ReadOnlyAdminMixin
 from places.models import Dataset
 
@@ -345,6 +346,10 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
             "report": report,
             "rejected_by_reason": selectors.import_job_rejections_by_reason(job=job),
             "samples": report.get("samples"),
+            "consistency": (
+                consistency_summary(report["consistency"]) if report.get("consistency") else ""
+            ),
+            "consistent": (report.get("consistency") or {}).get("consistent"),
             "preview": job.preview,
             "has_report": job.state in (ImportState.DRY_RUN_READY, ImportState.DONE),
             "warnings": _same_file_warnings(job),

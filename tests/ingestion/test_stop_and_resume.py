@@ -303,3 +303,14 @@ def test_resume_and_cancel_messages_fit_a_dry_run(tmp_path):
     assert selectors.import_job_step_outcome(job=job, step="resume") == (
         "queued to run the dry run again"
     )
+
+
+def test_a_snapshot_job_page_shows_its_consistency_report(sample_regions, tmp_path, admin_client):
+    job = import_job_execute(job_id=_job(tmp_path, "consistent", ImportMode.SNAPSHOT).pk)
+    assert job.state == ImportState.DONE, job.error
+    page = admin_client.get(reverse("admin:ingestion_importjob_change", args=[job.pk]))
+    assert (
+        f"After this snapshot: {ROWS} rows in the source (2 rejected), {ROWS} places active; "
+        "0 in the source but not active, 0 active but not in the source (the dataset matches "
+        "the file)."
+    ) in page.content.decode()
