@@ -302,3 +302,30 @@ def test_a_job_delivered_too_often_fails_instead_of_looping(sample_regions):
     assert result.state == ImportState.FAILED
     assert "gave up" in result.error
     assert not Place.objects.filter(dataset=job.dataset).exists()
+
+
+def test_dry_run_samples_of_retirements_are_spread_over_the_dataset(sample_regions, tmp_path):
+    # given a dataset of 60 imported places
+    rows = "".join(f"k{i},N{i},-0.1,51.{i:02d}\n" for i in range(60))
+    first = _run(_csv(tmp_path, "all.csv", "id,name,lon,lat\n" + rows), "spread-retire")
+    assert first.added == 60
+    # when a snapshot dry run of a file holding only one of them is made
+    job = import_job_create(
+        path=_csv(tmp_path, "one.csv", "id,name,lon,lat\nk0,N0,-0.1,51.00\n"),
+        dataset=first.dataset,
+        mode=ImportMode.SNAPSHOT,
+        dry_run=True,
+    )
+    job = import_job_execute(job_id=job.pk)
+    # then the samples of what it would retire come from across the dataset, in id order
+    assert job.retired == 59
+    sampled = [row["place_id"] for row in job.report["samples"]["retired"]]
+    missing = sorted(
+        Place.objects.filter(dataset=first.dataset)
+        .exclude(source_key="k0")
+        .values_list("id", flat=True)
+    )
+    assert len(sampled) == 20
+    assert sampled == sorted(sampled)
+    assert set(sampled) <= set(missing)
+    assert sampled != missing[:20]

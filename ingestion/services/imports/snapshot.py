@@ -37,9 +37,12 @@ FROM gone ORDER BY id
 
 COUNT_MISSING = f"SELECT count(*) FROM ({MISSING_IN_SNAPSHOT}) missing"  # nosec B608 # a constant; values are bound
 
-# A few of them by id, for the dry run's report.
+# A few of them for the dry run's report, picked across the dataset by a stable hash of the
+# id (the same places on every dry run) and shown in id order.
 SAMPLE_MISSING = f"""
-SELECT p.id, p.source_key, p.name
-FROM places_place p JOIN ({MISSING_IN_SNAPSHOT}) missing ON missing.id = p.id
-ORDER BY p.id LIMIT %(limit)s
+SELECT id, source_key, name FROM (
+    SELECT p.id, p.source_key, p.name
+    FROM places_place p JOIN ({MISSING_IN_SNAPSHOT}) missing ON missing.id = p.id
+    ORDER BY hashint8(p.id), p.id LIMIT %(limit)s
+) picked ORDER BY id
 """  # nosec B608 # a constant; values are bound
