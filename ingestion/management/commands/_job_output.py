@@ -8,9 +8,10 @@ from django.core.management.base import CommandError, OutputWrapper
 
 from ingestion import selectors
 from ingestion.mapping import CONTENT_KEY_NOTE, ColumnMapping
-from ingestion.models import ImportJob
+from ingestion.models import ImportJob, ImportState
 from ingestion.services import imports
 from ingestion.services.imports import FINAL_STATES
+from ingestion.services.imports.consistency import consistency_summary
 
 
 def job_run_here(job: ImportJob) -> None:
@@ -48,8 +49,21 @@ def job_wait(job: ImportJob, *, timeout: int, out: OutputWrapper) -> ImportJob:
     )
 
 
+def job_follow(job: ImportJob, *, run_here: bool, timeout: int, out: OutputWrapper) -> ImportJob:
+    """Run the job here (``--sync``) or wait for a worker, print its outcome, and raise
+    CommandError when it failed: what every command that starts a job does."""
+    if run_here:
+        job_run_here(job)
+    job = job_wait(job, timeout=timeout, out=out)
+    job_print(job, out=out)
+    if job.state == ImportState.FAILED:
+        raise CommandError(f"import job #{job.pk} failed: {job.error}")
+    return job
+
+
 def job_print(job: ImportJob, *, out: OutputWrapper) -> None:
-    """The job's outcome: counts, what a part-way stop left applied, rejections."""
+    """The job's outcome: counts, what a part-way stop left applied, a snapshot's
+    consistency, rejections."""
     out.write(
         f"job #{job.pk} {job.state}: {job.rows_read} rows read; {job.added} added, "
         f"{job.updated} updated, {job.unchanged} unchanged, {job.retired} retired, "
@@ -58,6 +72,8 @@ def job_print(job: ImportJob, *, out: OutputWrapper) -> None:
     )
     if ColumnMapping.from_dict(job.options.get("mapping") or {"key": ""}).content_key():
         out.write(f"  {CONTENT_KEY_NOTE}")
+    if "consistency" in (job.report or {}):
+        out.write(f"consistency: {consistency_summary(job.report['consistency'])}")
     applied = selectors.import_job_applied_part(job=job)
     if applied is not None:
         out.write(

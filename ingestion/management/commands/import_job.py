@@ -12,8 +12,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ingestion import selectors
-from ingestion.management.commands._job_output import job_print, job_run_here, job_wait
-from ingestion.models import ImportJob, ImportState
+from ingestion.management.commands._job_output import job_follow, job_print
+from ingestion.models import ImportJob
 from ingestion.services import jobs
 
 
@@ -46,9 +46,4 @@ class Command(BaseCommand):
         )
         if options["action"] == "cancel":
             return
-        if options["sync"]:
-            job_run_here(job)
-        job = job_wait(job, timeout=options["timeout"], out=self.stdout)
-        job_print(job, out=self.stdout)
-        if job.state == ImportState.FAILED:
-            raise CommandError(f"import job #{job.pk} failed: {job.error}")
+        job_follow(job, run_here=options["sync"], timeout=options["timeout"], out=self.stdout)

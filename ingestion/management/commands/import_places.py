@@ -18,9 +18,9 @@ from ingestion.management.commands._dataset_options import (
     add_dataset_arguments,
     dataset_from_options,
 )
-from ingestion.management.commands._job_output import job_print, job_run_here, job_wait
+from ingestion.management.commands._job_output import job_follow
 from ingestion.mapping import CONTENT_KEY_NOTE
-from ingestion.models import ImportMode, ImportState
+from ingestion.models import ImportMode
 from ingestion.readers import UnreadableFile
 from ingestion.services import jobs
 
@@ -100,9 +100,4 @@ class Command(BaseCommand):
                 f"layers: {', '.join(chosen)}"
                 + (f" (of {', '.join(file_layers)})" if len(chosen) < len(file_layers) else "")
             )
-        if options["sync"]:
-            job_run_here(job)
-        job = job_wait(job, timeout=options["timeout"], out=self.stdout)
-        job_print(job, out=self.stdout)
-        if job.state == ImportState.FAILED:
-            raise CommandError(f"import job #{job.pk} failed: {job.error}")
+        job_follow(job, run_here=options["sync"], timeout=options["timeout"], out=self.stdout)

@@ -10,9 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ingestion.management.commands._job_output import job_print, job_run_here, job_wait
-from ingestion.models import ImportState
-from ingestion.services.imports.consistency import consistency_summary
+from ingestion.management.commands._job_output import job_follow
 from ingestion.services.sync import dataset_sync
 from places.models import Dataset
 
@@ -40,11 +38,6 @@ class Command(BaseCommand):
             raise CommandError(f"sync of {dataset.slug} failed: {outcome.message}")
         if outcome.job is None:
             return
-        if options["sync"]:
-            job_run_here(outcome.job)
-        job = job_wait(outcome.job, timeout=options["timeout"], out=self.stdout)
-        job_print(job, out=self.stdout)
-        if "consistency" in job.report:
-            self.stdout.write(f"consistency: {consistency_summary(job.report['consistency'])}")
-        if job.state == ImportState.FAILED:
-            raise CommandError(f"import job #{job.pk} failed: {job.error}")
+        job_follow(
+            outcome.job, run_here=options["sync"], timeout=options["timeout"], out=self.stdout
+        )
