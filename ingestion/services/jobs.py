@@ -29,7 +29,7 @@ from django.utils.text import slugify
 from kombu.exceptions import OperationalError as BrokerError
 
 from ingestion import tasks
-from ingestion.mapping import CONTENT_FIELD, ColumnMapping, mapping_problems
+from ingestion.mapping import CONTENT_FIELD, ColumnMapping, mapping_problems, mapping_propose
 from ingestion.models import ImportJob, ImportMode, ImportState
 from ingestion.readers import (
     CsvReader,
@@ -106,13 +106,17 @@ def import_job_create(
     layer_names = layers_choose(available=[layer.name for layer in all_layers], chosen=layers)
     picked = [layer for layer in all_layers if layer.name in layer_names]
     columns = layers_columns(layers=[layer.columns for layer in picked])
-    # The key checked against the first batch, as the inspection does: an id column whose
-    # values repeat is passed over (inspection imports this module, hence the late import).
-    from ingestion.services.inspection import key_proposal
+    if wait_for_review:
+        # The inspection that follows checks the key against the first batch: read it once.
+        proposed, key_note = mapping_propose(columns, has_geometry=reader.has_geometry), None
+    else:
+        # The key checked against the first batch, as the inspection does: an id column whose
+        # values repeat is passed over (inspection imports this module, hence the late import).
+        from ingestion.services.inspection import key_proposal
 
-    proposed, key_note = key_proposal(
-        reader=reader, layer=picked[0].name, columns=columns, has_geometry=reader.has_geometry
-    )
+        proposed, key_note = key_proposal(
+            reader=reader, layer=picked[0].name, columns=columns, has_geometry=reader.has_geometry
+        )
     chosen = ColumnMapping.from_dict({**proposed.as_dict(), **(mapping or {})})
     problems = mapping_problems(chosen, columns=columns, has_geometry=reader.has_geometry)
     problems = problems or _layer_key_problems(
