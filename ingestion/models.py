@@ -125,3 +125,17 @@ class ImportRejection(models.Model):
 
     def __str__(self) -> str:
         return f"row {self.row_number}: {self.reason}"
+
+
+# Edge-node models live in their own module; imported here so Django registers them with this
+# app (app label ``ingestion``).
+from ingestion.edge.models import (  # noqa: E402,F401
+    EdgeNode,
+    EdgeNodeKey,
+    KeyScope,
+    NodeStatus,
+    Observation,
+    ObservationBatch,
+    Parameter,
+    Sensor,
+)
