@@ -119,11 +119,14 @@ class Parameter(models.Model):
 
 
 class Sensor(models.Model):
-    """One sensor of one node, known by the node's own id for it."""
+    """One sensor of one node. Its id is global (like sensor.community's ``sensor_id``), so a
+    node that names a sensor registered to another node is refused, not given a second one."""
 
     node = models.ForeignKey(EdgeNode, on_delete=models.PROTECT, related_name="sensors")
     external_id = models.CharField(
-        max_length=64, help_text="The node's id for the sensor, e.g. sensor.community's sensor_id."
+        max_length=64,
+        unique=True,
+        help_text="The sensor's global id, e.g. sensor.community's sensor_id.",
     )
     kind = models.CharField(max_length=32, blank=True, help_text="e.g. SDS011, BME280, DHT22.")
     location = models.PointField(srid=SRID, null=True, blank=True)
@@ -132,9 +135,6 @@ class Sensor(models.Model):
 
     class Meta:
         ordering = ["node", "external_id"]
-        constraints = [
-            models.UniqueConstraint(fields=["node", "external_id"], name="sensor_node_external_id")
-        ]
 
     def __str__(self) -> str:
         return f"{self.node}/{self.external_id}"

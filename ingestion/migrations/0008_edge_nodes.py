@@ -128,7 +128,7 @@ class Migration(migrations.Migration):
             name='Sensor',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('external_id', models.CharField(help_text="The node's id for the sensor, e.g. sensor.community's sensor_id.", max_length=64)),
+                ('external_id', models.CharField(help_text="The sensor's global id, e.g. sensor.community's sensor_id.", max_length=64, unique=True)),
                 ('kind', models.CharField(blank=True, help_text='e.g. SDS011, BME280, DHT22.', max_length=32)),
                 ('location', django.contrib.gis.db.models.fields.PointField(blank=True, null=True, srid=4326)),
                 ('created_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), editable=False)),
@@ -168,9 +168,5 @@ class Migration(migrations.Migration):
         migrations.AddConstraint(
             model_name='observationbatch',
             constraint=models.UniqueConstraint(fields=('node', 'idempotency_key'), name='batch_node_idempotency_key'),
-        ),
-        migrations.AddConstraint(
-            model_name='sensor',
-            constraint=models.UniqueConstraint(fields=('node', 'external_id'), name='sensor_node_external_id'),
         ),
     ]
