@@ -11,7 +11,7 @@ from typing import Any
 _FIELD = re.compile(r"[^{}!:\[\].]{1,100}")
 
 # Identifier columns GIS tools write, in order of preference, compared case-insensitively:
-# GeoJSON's Feature ``id`` (GDAL exposes a string one as the column ``id``), Overpass's
+# GeoJSON's Feature ``id`` (the reader's column ``id``, see readers.feature_ids), Overpass's
 # ``@id``, Esri's ``OBJECTID``, GDAL/QGIS's ``fid``, PostGIS dumps' ``gid``, ogr2ogr's
 # ``ogc_fid`` and a ``uuid``.
 ID_COLUMNS = ("id", "@id", "objectid", "fid", "gid", "ogc_fid", "uuid")

@@ -375,6 +375,15 @@ def _geo_sample(reader: GeoReader, layer: str) -> tuple[list[str], list[list[str
         names = [str(f) for f in meta["fields"]]
         first = next(iter(arrow), None)
     records = first.to_pylist()[:SAMPLE_ROWS] if first is not None else []
+    # Feature ids GDAL keeps only as FIDs come from the reader, as in its batches.
+    id_column = reader.feature_id_column(names)
+    if id_column:
+        ids = reader.feature_ids()
+        for record, feature_id in zip(records, ids, strict=False):
+            record[id_column] = feature_id
+        ids.close()
+        if id_column not in names:
+            names.append(id_column)
     rows: list[list[str | None]] = []
     for record in records:
         values = [_cell(record.get(n)) for n in names]
