@@ -132,6 +132,7 @@ class ImportRejection(models.Model):
 from ingestion.edge.models import (  # noqa: E402,F401
     EdgeNode,
     EdgeNodeKey,
+    EdgeReadingCount,
     KeyScope,
     NodeStatus,
     Observation,

@@ -6,6 +6,9 @@ import logging
 
 from celery import shared_task
 
+# Celery's autodiscovery imports ingestion.tasks only; the edge queue's tasks live apart.
+from ingestion.edge import tasks as edge_tasks  # noqa: F401
+
 # sync imports this module (it queues import_job_run): a module import, read at call time.
 from ingestion.services import imports, sync
 from places.models import Dataset

@@ -23,3 +23,5 @@ class AdvisoryLock(IntEnum):
     # Region maintenance (exclusive) against curator edits that run point in polygon
     # (shared): a place is never located against pieces that are being replaced.
     REGIONS = 0x5245474E  # "REGN"
+    # Creating or dropping one month's partition of the edge readings table (key: yyyymm).
+    EDGE_PARTITION = 0x45444750  # "EDGP"

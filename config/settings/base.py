@@ -194,6 +194,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "ingestion.tasks.*": {"queue": "ingestion"},
     "analytics.tasks.*": {"queue": "analytics"},
+    "ingestion.edge.tasks.*": {"queue": "edge"},
 }
 # One task at a time per worker process: imports are long, and a prefetched second task
 # would wait behind them.
@@ -226,6 +227,21 @@ CELERY_BEAT_SCHEDULE = {
     "sync-datasets": {
         "task": "ingestion.tasks.datasets_sync",
         "schedule": crontab(minute="*/15"),
+    },
+    # Edge readings: month partitions ahead of the data, and past EDGE_RETENTION_DAYS dropped.
+    "edge-partitions": {
+        "task": "ingestion.edge.tasks.edge_partitions_maintain",
+        "schedule": crontab(minute=23, hour=3),
+    },
+    # Nodes without a heartbeat or batch for EDGE_SILENT_AFTER_SECONDS are marked silent.
+    "edge-silent-nodes": {
+        "task": "ingestion.edge.tasks.edge_nodes_silent_mark",
+        "schedule": 60.0,
+    },
+    # Batches whose follow-up task was lost (Redis restarted) still reach the counters.
+    "edge-count-batches": {
+        "task": "ingestion.edge.tasks.edge_batches_count_pending",
+        "schedule": 300.0,
     },
 }
 # Imports apply this many staged rows per transaction (each commit is a resumable checkpoint)
@@ -330,6 +346,20 @@ PLACES_API_MAX_PAGE_SIZE = env.int("PLACES_API_MAX_PAGE_SIZE", default=100_000)
 # Anonymous clients get smaller pages: each uncached one is built from PostgreSQL, and a
 # signed-in client is accountable for the big ones.
 PLACES_API_ANON_MAX_PAGE_SIZE = env.int("PLACES_API_ANON_MAX_PAGE_SIZE", default=1_000)
+
+# Edge nodes (ingestion.edge): limits of one batch of readings, the clock skew allowed
+# before a reading counts as from the future, retention (0 keeps everything: archives are
+# years old), when a quiet node is marked silent, partitions made ahead, and each node's rate.
+EDGE_MAX_BATCH_BYTES = env.int("EDGE_MAX_BATCH_BYTES", default=8 * 1024 * 1024)
+EDGE_MAX_BATCH_READINGS = env.int("EDGE_MAX_BATCH_READINGS", default=10_000)
+EDGE_CLOCK_SKEW_SECONDS = env.int("EDGE_CLOCK_SKEW_SECONDS", default=300)
+EDGE_RETENTION_DAYS = env.int("EDGE_RETENTION_DAYS", default=0)
+# Readings before this year are refused as too old whatever the retention: each month of
+# readings is a partition, and one batch must not be able to create centuries of them.
+EDGE_EARLIEST_READING_YEAR = env.int("EDGE_EARLIEST_READING_YEAR", default=2000)
+EDGE_SILENT_AFTER_SECONDS = env.int("EDGE_SILENT_AFTER_SECONDS", default=900)
+EDGE_PARTITION_MONTHS_AHEAD = env.int("EDGE_PARTITION_MONTHS_AHEAD", default=2)
+EDGE_RATE = env.str("EDGE_RATE", default="120/m") or None
 
 # --- Logging and errors ------------------------------------------------------------------
 LOG_FORMAT = env.str("LOG_FORMAT", default="text")

@@ -50,6 +50,11 @@ class EdgeNode(models.Model):
     )
     software_version = models.CharField(max_length=64, blank=True)
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the node last sent a heartbeat or a batch of readings (server time).",
+    )
     last_reading_at = models.DateTimeField(
         null=True, blank=True, help_text="Time of the newest reading the node has sent."
     )
@@ -153,6 +158,12 @@ class ObservationBatch(models.Model):
     duplicate = models.PositiveIntegerField(default=0)
     rejected = models.PositiveIntegerField(default=0)
     response = models.JSONField(default=dict, help_text="The answer given, replayed as is.")
+    counted_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="When the batch's readings were added to the reading counters (metrics).",
+    )
 
     class Meta:
         ordering = ["-id"]
@@ -161,10 +172,39 @@ class ObservationBatch(models.Model):
                 fields=["node", "idempotency_key"], name="batch_node_idempotency_key"
             )
         ]
-        indexes = [models.Index(fields=["node", "-received_at"], name="batch_node_received")]
+        indexes = [
+            models.Index(fields=["node", "-received_at"], name="batch_node_received"),
+            # The sweep that counts batches whose follow-up task was lost reads only these.
+            models.Index(
+                fields=["id"], condition=models.Q(counted_at__isnull=True), name="batch_uncounted"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.node} batch {self.idempotency_key}"
+
+
+class EdgeReadingCount(models.Model):
+    """Running totals of readings by outcome and reason, behind the Prometheus counters.
+
+    Kept in the database, not in a process: every web and worker process exports the same
+    totals, and they survive restarts. Each batch is added once (``ObservationBatch.counted_at``).
+    """
+
+    outcome = models.CharField(max_length=16, help_text="accepted, duplicate or rejected.")
+    reason = models.CharField(
+        max_length=32, blank=True, help_text="The per-item code (empty for accepted readings)."
+    )
+    total = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["outcome", "reason"]
+        constraints = [
+            models.UniqueConstraint(fields=["outcome", "reason"], name="edge_reading_count_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.outcome}/{self.reason or '-'}: {self.total}"
 
 
 class Observation(models.Model):

@@ -1,0 +1,578 @@
+"""A node's batch of readings: checked, stored once, durable before the answer.
+
+``observation_batch_ingest`` is the whole write. Its statements, in one transaction:
+
+1. claim the idempotency key (insert the batch row; a key already stored answers from it);
+2. read the parameters and the named sensors; upsert the sensors the batch declares;
+3. create the month partitions the readings need (``partitions``);
+4. ``COPY`` the valid readings into a session temporary table and move them into the readings
+   table with ``INSERT ... ON CONFLICT DO NOTHING`` (the natural key decides what is new);
+5. move the sensors' and the node's newest-reading times forward, store the answer.
+
+No statement runs per reading: per-reading checks are Python over the batch, so a batch
+costs about ten round trips whatever its size. A Celery follow-up (``edge`` queue) is queued
+on commit; the batch does not depend on it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import OperationalError, connection, transaction
+from django.db.backends.utils import CursorWrapper
+from django.utils import timezone
+
+from ingestion.edge.models import (
+    EdgeNode,
+    EdgeReadingCount,
+    ObservationBatch,
+    Parameter,
+    Sensor,
+)
+from ingestion.edge.services import partitions
+
+logger = logging.getLogger(__name__)
+
+BATCH_TABLE = ObservationBatch._meta.db_table
+SENSOR_TABLE = Sensor._meta.db_table
+NODE_TABLE = EdgeNode._meta.db_table
+OBSERVATION_TABLE = partitions.TABLE
+STAGE = "edge_readings_in"
+
+CLAIM = (
+    f"INSERT INTO {BATCH_TABLE} (node_id, idempotency_key, body_sha256, readings, accepted,"
+    " duplicate, rejected, response) VALUES (%s, %s, %s, 0, 0, 0, 0, '{}')"
+    " ON CONFLICT (node_id, idempotency_key) DO NOTHING RETURNING id"
+)
+STORED = (
+    f"SELECT body_sha256, response FROM {BATCH_TABLE} WHERE node_id = %s AND idempotency_key = %s"  # nosec B608 # table name is a constant
+)
+# Declared sensors: created for this node, or their kind/location updated, never taken from
+# another node (the WHERE leaves such a row alone and it is not returned).
+DECLARE = f"""
+INSERT INTO {SENSOR_TABLE} (node_id, external_id, kind, location)
+SELECT %(node)s, d.external_id, d.kind,
+       CASE WHEN d.lon IS NULL THEN NULL ELSE ST_SetSRID(ST_MakePoint(d.lon, d.lat), 4326) END
+FROM unnest(%(ids)s::text[], %(kinds)s::text[], %(lons)s::float8[], %(lats)s::float8[])
+     AS d(external_id, kind, lon, lat)
+ORDER BY d.external_id
+ON CONFLICT (external_id) DO UPDATE
+SET kind = COALESCE(NULLIF(EXCLUDED.kind, ''), {SENSOR_TABLE}.kind),
+    location = COALESCE(EXCLUDED.location, {SENSOR_TABLE}.location)
+WHERE {SENSOR_TABLE}.node_id = EXCLUDED.node_id
+  AND ({SENSOR_TABLE}.kind, {SENSOR_TABLE}.location)
+      IS DISTINCT FROM (COALESCE(NULLIF(EXCLUDED.kind, ''), {SENSOR_TABLE}.kind),
+                        COALESCE(EXCLUDED.location, {SENSOR_TABLE}.location))
+RETURNING external_id, id
+"""  # nosec B608 # table names are constants; values are bound
+# Session-lived, emptied at every commit; the move below empties it too, so a second batch
+# inside one outer transaction (tests) starts empty.
+CREATE_STAGE = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (sensor_id bigint, parameter_id bigint,"
+    " time timestamptz, value float8) ON COMMIT DELETE ROWS"
+)
+COPY_STAGE = f"COPY {STAGE} (sensor_id, parameter_id, time, value) FROM STDIN"
+# Key order on insert: two batches carrying the same readings lock them in the same order.
+MOVE = f"""
+WITH moved AS (DELETE FROM {STAGE} RETURNING sensor_id, parameter_id, time, value)
+INSERT INTO {OBSERVATION_TABLE} (sensor_id, parameter_id, time, value, batch_id)
+SELECT sensor_id, parameter_id, time, value, %s FROM moved
+ORDER BY sensor_id, parameter_id, time
+ON CONFLICT DO NOTHING
+"""  # nosec B608 # table names are constants; values are bound
+SENSORS_NEWEST = f"""
+UPDATE {SENSOR_TABLE} AS s SET last_reading_at = v.newest
+FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, newest)
+WHERE s.id = v.id AND (s.last_reading_at IS NULL OR s.last_reading_at < v.newest)
+"""  # nosec B608 # table name is a constant; values are bound
+# The node's contact and newest reading, and the answer, in one round trip. A silent node is
+# active again on contact.
+FINISH = f"""
+WITH node AS (
+    UPDATE {NODE_TABLE} SET last_seen_at = now(),
+        last_reading_at = GREATEST(last_reading_at, %(newest)s::timestamptz),
+        status = CASE WHEN status = 'silent' THEN 'active' ELSE status END
+    WHERE id = %(node)s
+)
+UPDATE {BATCH_TABLE} SET readings = %(readings)s, accepted = %(accepted)s,
+    duplicate = %(duplicate)s, rejected = %(rejected)s, response = %(response)s::jsonb
+WHERE id = %(batch)s
+"""  # nosec B608 # table names are constants; values are bound
+
+# Deadlocks between batches are retried: they can only come from two batches of one node
+# touching the same sensors at once, and the loser's transaction was rolled back whole.
+RETRYABLE_SQLSTATES = {"40P01", "40001"}
+MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class SensorDeclaration:
+    external_id: str
+    kind: str
+    lon: float | None
+    lat: float | None
+
+
+@dataclass(frozen=True)
+class ReadingIn:
+    index: int
+    sensor: str
+    parameter: str
+    time: dt.datetime
+    value: float
+
+
+@dataclass(frozen=True)
+class ItemError:
+    index: int
+    field: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    response: dict[str, Any]
+    replayed: bool
+
+
+class IdempotencyKeyReused(Exception):
+    """The key was used before for a different body (HTTP 422)."""
+
+    code = "idempotency_key_reused"
+
+    def __init__(self, idempotency_key: str) -> None:
+        self.message = (
+            f"The Idempotency-Key {idempotency_key!r} was already used for a different body; "
+            "use a new key for a new batch."
+        )
+        super().__init__(self.message)
+
+
+class SensorOfOtherNode(Exception):
+    """The batch names a sensor registered to another node (HTTP 403); nothing is stored.
+
+    ``index`` is the position in ``readings`` (or in ``sensors`` when ``field`` starts with
+    ``sensors``); ``message`` names both.
+    """
+
+    code = "sensor_of_other_node"
+
+    def __init__(self, sensor: str, index: int | None, field: str) -> None:
+        self.sensor = sensor
+        self.index = index
+        self.field = field
+        self.message = f"Sensor {sensor!r} ({field}) is registered to another node."
+        super().__init__(self.message)
+
+
+class SensorDeclarationInvalid(ValueError):
+    """A declaration in ``sensors`` breaks a rule the parser cannot know (HTTP 400)."""
+
+    code = "invalid"
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(message)
+
+
+def observation_batch_ingest(
+    *,
+    node: EdgeNode,
+    idempotency_key: str,
+    body_sha256: str,
+    sensors: list[SensorDeclaration],
+    readings: list[ReadingIn],
+    item_errors: list[ItemError],
+) -> BatchOutcome:
+    """Store a batch once per (node, idempotency key), committed before returning.
+
+    Invariants: a reading is stored once by its natural key (sensor, parameter, time),
+    whatever batch carried it; a stored key answers with the first answer (``replayed``) or
+    ``IdempotencyKeyReused`` for another body; a batch naming another node's sensor raises
+    ``SensorOfOtherNode`` with nothing stored and the key left free; any error rolls back the
+    batch row and its readings together. Two concurrent calls with one key: the second waits
+    on the first's key and replays its answer.
+    """
+    _check_declarations(sensors)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            return _ingest(
+                node=node,
+                idempotency_key=idempotency_key,
+                body_sha256=body_sha256,
+                sensors=sensors,
+                readings=readings,
+                item_errors=item_errors,
+            )
+        except OperationalError as exc:
+            sqlstate = getattr(exc.__cause__, "sqlstate", None)
+            # Inside a caller's transaction the whole of it is lost: only a top-level call
+            # can start again.
+            if (
+                sqlstate not in RETRYABLE_SQLSTATES
+                or attempt == MAX_ATTEMPTS
+                or connection.in_atomic_block
+            ):
+                raise
+            logger.warning("batch %s of node %s: %s; retrying", idempotency_key, node.pk, exc)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _ingest(
+    *,
+    node: EdgeNode,
+    idempotency_key: str,
+    body_sha256: str,
+    sensors: list[SensorDeclaration],
+    readings: list[ReadingIn],
+    item_errors: list[ItemError],
+) -> BatchOutcome:
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(CLAIM, [node.pk, idempotency_key, body_sha256])
+        claimed = cursor.fetchone()
+        if claimed is None:
+            return _replay(cursor, node=node, key=idempotency_key, body_sha256=body_sha256)
+        batch_id = claimed[0]
+
+        parameters = {p.code: p for p in Parameter.objects.all()}
+        sensor_ids = _sensors_resolve(cursor, node=node, sensors=sensors, readings=readings)
+        checked = _readings_check(readings=readings, sensor_ids=sensor_ids, parameters=parameters)
+        partitions.observation_partitions_ensure_months(
+            months={partitions.month_start(row[2]) for row in checked.rows}, cursor=cursor
+        )
+        accepted = 0
+        if checked.rows:
+            cursor.execute(CREATE_STAGE)
+            with cursor.cursor.copy(COPY_STAGE) as copy:
+                for row in checked.rows:
+                    copy.write_row(row)
+            cursor.execute(MOVE, [batch_id])
+            accepted = cursor.rowcount
+            newest = checked.newest_by_sensor
+            cursor.execute(SENSORS_NEWEST, [list(newest), list(newest.values())])
+
+        errors = sorted([*item_errors, *checked.errors], key=lambda e: (e.index, e.field))
+        rejected = len(item_errors) + checked.rejected
+        duplicate = checked.duplicate_in_batch + (len(checked.rows) - accepted)
+        response: dict[str, Any] = {
+            "batch": batch_id,
+            "accepted": accepted,
+            "duplicate": duplicate,
+            "rejected": rejected,
+            "errors": [
+                {"index": e.index, "field": e.field, "code": e.code, "message": e.message}
+                for e in errors
+            ],
+        }
+        cursor.execute(
+            FINISH,
+            {
+                "node": node.pk,
+                "batch": batch_id,
+                "newest": max(checked.newest_by_sensor.values(), default=None),
+                "readings": len(readings) + len(item_errors),
+                "accepted": accepted,
+                "duplicate": duplicate,
+                "rejected": rejected,
+                "response": _json(response),
+            },
+        )
+        transaction.on_commit(lambda: _follow_up(batch_id), robust=True)
+    return BatchOutcome(response=response, replayed=False)
+
+
+def _replay(cursor: CursorWrapper, *, node: EdgeNode, key: str, body_sha256: str) -> BatchOutcome:
+    cursor.execute(STORED, [node.pk, key])
+    stored_sha, response = cursor.fetchone()
+    if stored_sha != body_sha256:
+        raise IdempotencyKeyReused(key)
+    if isinstance(response, str):  # Django's psycopg setup leaves jsonb as text
+        response = json.loads(response)
+    return BatchOutcome(response=response, replayed=True)
+
+
+def _check_declarations(sensors: list[SensorDeclaration]) -> None:
+    seen: set[str] = set()
+    for i, declared in enumerate(sensors):
+        if not 1 <= len(declared.external_id) <= 64:
+            raise SensorDeclarationInvalid(
+                f"sensors[{i}].id", f"sensors[{i}].id must be 1 to 64 characters."
+            )
+        if declared.external_id in seen:
+            raise SensorDeclarationInvalid(
+                f"sensors[{i}].id",
+                f"sensors[{i}].id {declared.external_id!r} is declared twice in the batch.",
+            )
+        seen.add(declared.external_id)
+        if len(declared.kind) > 32:
+            raise SensorDeclarationInvalid(
+                f"sensors[{i}].kind", f"sensors[{i}].kind must be at most 32 characters."
+            )
+        if (declared.lon is None) != (declared.lat is None):
+            raise SensorDeclarationInvalid(
+                f"sensors[{i}].location", f"sensors[{i}].location needs both lon and lat."
+            )
+        if declared.lon is not None and declared.lat is not None:
+            lon, lat = declared.lon, declared.lat
+            if not (math.isfinite(lon) and math.isfinite(lat)) or not (
+                -180 <= lon <= 180 and -90 <= lat <= 90
+            ):
+                raise SensorDeclarationInvalid(
+                    f"sensors[{i}].location",
+                    f"sensors[{i}].location must be [lon, lat] within [-180, 180] and "
+                    f"[-90, 90]; got [{lon}, {lat}].",
+                )
+
+
+def _sensors_resolve(
+    cursor: CursorWrapper,
+    *,
+    node: EdgeNode,
+    sensors: list[SensorDeclaration],
+    readings: list[ReadingIn],
+) -> dict[str, int]:
+    """This node's ids of the sensors the batch names (declared ones created first).
+
+    Raises ``SensorOfOtherNode`` at the first declaration, then the first reading, that
+    names a sensor of another node.
+    """
+    named = {d.external_id for d in sensors} | {r.sensor for r in readings}
+    found = Sensor.objects.filter(external_id__in=named).values_list("external_id", "id", "node")
+    ours: dict[str, int] = {}
+    theirs: set[str] = set()
+    for external_id, pk, node_id in found:
+        if node_id == node.pk:
+            ours[external_id] = pk
+        else:
+            theirs.add(external_id)
+    _refuse_other_nodes(theirs, sensors=sensors, readings=readings)
+    if sensors:
+        cursor.execute(
+            DECLARE,
+            {
+                "node": node.pk,
+                "ids": [d.external_id for d in sensors],
+                "kinds": [d.kind for d in sensors],
+                "lons": [d.lon for d in sensors],
+                "lats": [d.lat for d in sensors],
+            },
+        )
+        ours.update(dict(cursor.fetchall()))
+        unresolved = {d.external_id for d in sensors} - ours.keys()
+        if unresolved:
+            # Registered since the first read, by another node or by a concurrent batch of
+            # this one (which leaves an identical row that the upsert does not return).
+            for external_id, pk, node_id in Sensor.objects.filter(
+                external_id__in=unresolved
+            ).values_list("external_id", "id", "node"):
+                if node_id == node.pk:
+                    ours[external_id] = pk
+                else:
+                    theirs.add(external_id)
+            _refuse_other_nodes(theirs, sensors=sensors, readings=readings)
+    return ours
+
+
+def _refuse_other_nodes(
+    theirs: set[str], *, sensors: list[SensorDeclaration], readings: list[ReadingIn]
+) -> None:
+    if not theirs:
+        return
+    for i, declared in enumerate(sensors):
+        if declared.external_id in theirs:
+            raise SensorOfOtherNode(declared.external_id, i, f"sensors[{i}].id")
+    for reading in readings:
+        if reading.sensor in theirs:
+            raise SensorOfOtherNode(
+                reading.sensor, reading.index, f"readings[{reading.index}].sensor"
+            )
+
+
+@dataclass
+class _Checked:
+    rows: list[tuple[int, int, dt.datetime, float]]
+    errors: list[ItemError]
+    rejected: int
+    duplicate_in_batch: int
+    newest_by_sensor: dict[int, dt.datetime]
+
+
+def _readings_check(
+    *,
+    readings: Iterable[ReadingIn],
+    sensor_ids: dict[str, int],
+    parameters: dict[str, Parameter],
+) -> _Checked:
+    """Each reading against the domain rules, in order: the first of a repeated natural key
+    counts, later ones are ``duplicate_in_batch`` (listed, counted as duplicates)."""
+    now = timezone.now()
+    latest = now + dt.timedelta(seconds=settings.EDGE_CLOCK_SKEW_SECONDS)
+    earliest = dt.datetime(settings.EDGE_EARLIEST_READING_YEAR, 1, 1, tzinfo=dt.UTC)
+    retention = settings.EDGE_RETENTION_DAYS
+    if retention > 0:
+        earliest = max(earliest, now - dt.timedelta(days=retention))
+    out = _Checked(rows=[], errors=[], rejected=0, duplicate_in_batch=0, newest_by_sensor={})
+    seen: set[tuple[int, int, dt.datetime]] = set()
+
+    def reject(reading: ReadingIn, field: str, code: str, message: str) -> None:
+        out.errors.append(ItemError(reading.index, field, code, message))
+        out.rejected += 1
+
+    for r in readings:
+        sensor_id = sensor_ids.get(r.sensor)
+        if sensor_id is None:
+            reject(
+                r,
+                "sensor",
+                "unknown_sensor",
+                f"Sensor {r.sensor!r} is not registered to this node and not declared in "
+                "the batch's sensors.",
+            )
+            continue
+        parameter = parameters.get(r.parameter)
+        if parameter is None:
+            reject(
+                r,
+                "parameter",
+                "unknown_parameter",
+                f"Unknown parameter {r.parameter!r}; known: {', '.join(sorted(parameters))}.",
+            )
+            continue
+        if r.time.tzinfo is None or r.time.utcoffset() is None:
+            reject(r, "time", "bad_time", "time must carry a zone (Z or an offset).")
+            continue
+        time = r.time.astimezone(dt.UTC)
+        if time > latest:
+            reject(
+                r,
+                "time",
+                "future_time",
+                f"time {_iso(time)} is later than the server's clock ({_iso(now)}) plus "
+                f"{settings.EDGE_CLOCK_SKEW_SECONDS} s.",
+            )
+            continue
+        if time < earliest:
+            reject(
+                r,
+                "time",
+                "too_old",
+                f"time {_iso(time)} is older than the oldest time kept ({_iso(earliest)}).",
+            )
+            continue
+        value = r.value
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            reject(r, "value", "bad_value", "value must be a finite number.")
+            continue
+        if not parameter.min_value <= value <= parameter.max_value:
+            reject(
+                r,
+                "value",
+                "out_of_range",
+                f"{parameter.code} must be between {parameter.min_value:g} and "
+                f"{parameter.max_value:g} {parameter.unit}; got {value:g}.",
+            )
+            continue
+        key = (sensor_id, parameter.pk, time)
+        if key in seen:
+            out.errors.append(
+                ItemError(
+                    r.index,
+                    "time",
+                    "duplicate_in_batch",
+                    "The same sensor, parameter and time came earlier in the batch; "
+                    "this repeat is counted as a duplicate.",
+                )
+            )
+            out.duplicate_in_batch += 1
+            continue
+        seen.add(key)
+        out.rows.append((sensor_id, parameter.pk, time, float(value)))
+        newest = out.newest_by_sensor.get(sensor_id)
+        if newest is None or time > newest:
+            out.newest_by_sensor[sensor_id] = time
+    return out
+
+
+def _follow_up(batch_id: int) -> None:
+    # Imported here: the tasks module imports the services.
+    from ingestion.edge import tasks
+
+    tasks.edge_batch_follow_up.delay(batch_id)
+
+
+def _iso(value: dt.datetime) -> str:
+    text = value.astimezone(dt.UTC).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+COUNT_CLAIM = f"""
+UPDATE {BATCH_TABLE} SET counted_at = now()
+WHERE id = %s AND counted_at IS NULL
+RETURNING accepted, duplicate, response
+"""  # nosec B608 # table name is a constant; values are bound
+COUNT_ADD = f"""
+INSERT INTO {EdgeReadingCount._meta.db_table} (outcome, reason, total)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]) ORDER BY 1, 2
+ON CONFLICT (outcome, reason)
+DO UPDATE SET total = {EdgeReadingCount._meta.db_table}.total + EXCLUDED.total
+"""  # nosec B608 # table name is a constant; values are bound
+PENDING = f"""
+SELECT id FROM {BATCH_TABLE}
+WHERE counted_at IS NULL AND received_at < %s ORDER BY id LIMIT %s
+"""  # nosec B608 # table name is a constant; values are bound
+
+
+def observation_batch_count(*, batch_id: int) -> bool:
+    """Add a stored batch's readings to the counters by outcome and reason, once: the batch
+    is marked counted in the same transaction, so a second call (a redelivered task, the
+    sweep) adds nothing. Returns whether this call counted it."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(COUNT_CLAIM, [batch_id])
+        row = cursor.fetchone()
+        if row is None:
+            return False
+        accepted, duplicate, response = row
+        if isinstance(response, str):
+            response = json.loads(response)
+        totals: Counter[tuple[str, str]] = Counter()
+        totals[("accepted", "")] += accepted
+        for error in response.get("errors", []):
+            if error["code"] == "duplicate_in_batch":
+                totals[("duplicate", "duplicate_in_batch")] += 1
+            else:
+                totals[("rejected", error["code"])] += 1
+        totals[("duplicate", "stored")] += duplicate - totals[("duplicate", "duplicate_in_batch")]
+        kept = sorted((key, n) for key, n in totals.items() if n > 0)
+        if kept:
+            cursor.execute(
+                COUNT_ADD,
+                [[k[0] for k, _ in kept], [k[1] for k, _ in kept], [n for _, n in kept]],
+            )
+    return True
+
+
+def observation_batches_count_pending(*, older_than: dt.timedelta, limit: int = 1000) -> int:
+    """Count the batches whose follow-up task never ran (lost with Redis, say), oldest first;
+    returns how many this call counted."""
+    with connection.cursor() as cursor:
+        cursor.execute(PENDING, [timezone.now() - older_than, limit])
+        ids = [row[0] for row in cursor.fetchall()]
+    return sum(observation_batch_count(batch_id=batch_id) for batch_id in ids)
