@@ -11,6 +11,7 @@ urlpatterns = [
     path("", include("places.urls")),
     path("", include("places.serving.urls")),
     path("api/v1/", include("analytics.urls")),
+    path("api/v1/edge/", include("ingestion.edge.urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # The split view serves its start-up script as a file: the docs need no inline script.

@@ -112,9 +112,14 @@ class RedisRateThrottle(BaseThrottle):
             return "user", f"user:{user.pk}"
         return "anon", f"ip:{self.get_ident(request) or 'unknown'}"
 
+    def rate(self, scope: str) -> str | None:
+        """The scope's rate, as DRF writes rates; subclasses may read it elsewhere."""
+        rate = api_settings.DEFAULT_THROTTLE_RATES.get(scope)
+        return str(rate) if rate else None
+
     def allow_request(self, request: Request, view: Any) -> bool:
         scope, ident = self.client(request)
-        rate = api_settings.DEFAULT_THROTTLE_RATES.get(scope)
+        rate = self.rate(scope)
         if not rate:
             return True
         limit, period = parse_rate(str(rate))
