@@ -141,9 +141,8 @@ def edge_key_authenticate(*, raw: str | None, scope: str) -> EdgeNodeKey:
     only reported once the key is proven, so an unknown key learns nothing about real ones.
     The key's last use is written at most once a minute.
     """
-    text = (raw or "").strip()
-    if text[:7].lower() == "bearer ":
-        text = text[7:].strip()
+    scheme, _, rest = (raw or "").strip().partition(" ")
+    text = rest.strip() if scheme.lower() == "bearer" else (raw or "").strip()
     if not text:
         raise EdgeAuthError("key_missing", "No key was given: send 'Authorization: Bearer <key>'.")
     match = KEY_PATTERN.fullmatch(text)

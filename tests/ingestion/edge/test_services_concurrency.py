@@ -1,0 +1,133 @@
+"""Two requests at once on real connections (threads): the same idempotency key stores one
+batch and replays it to the other; the same readings under two keys are stored once.
+
+Other connections see only committed rows, so everything these tests write is written on
+connections of their own threads, outside the test's transaction, with a node of its own (the
+rows stay, like the session's sample import).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from ingestion.edge.models import Observation, ObservationBatch
+from ingestion.edge.services import batches
+from tests.ingestion.edge.factories import declare, ingest, node_make, reading
+
+T0 = dt.datetime(2019, 3, 2, 0, 0, tzinfo=dt.UTC)
+
+
+pytestmark = pytest.mark.django_db
+
+
+def _in_thread(work: Callable[[], Any], results: dict[str, Any], name: str) -> threading.Thread:
+    def run() -> None:
+        try:
+            results[name] = work()
+        except Exception as exc:  # the test reports it
+            results[name] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    return thread
+
+
+def _committed(work: Callable[[], Any]) -> Any:
+    """Run ``work`` on a connection of its own, committed when it returns."""
+    results: dict[str, Any] = {}
+    _in_thread(work, results, "setup").join(60)
+    if isinstance(results["setup"], Exception):
+        raise results["setup"]
+    return results["setup"]
+
+
+def _wait_until_a_backend_waits_on_a_lock(timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            # pg_locks, not pg_stat_activity: the latter is a snapshot per transaction.
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            if cursor.fetchone()[0]:
+                return
+        time.sleep(0.01)
+    raise AssertionError("the second request never waited on the first")
+
+
+def _hold_first_until_second_waits(monkeypatch, step: str) -> threading.Event:
+    """The first request to reach ``step`` (a function of the batch service) pauses there
+    until another backend waits on a lock; returns an event set on pause."""
+    paused = threading.Event()
+    original = getattr(batches, step)
+
+    def slowly(*args, **kwargs):
+        if not paused.is_set():
+            paused.set()
+            _wait_until_a_backend_waits_on_a_lock()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(batches, step, slowly)
+    return paused
+
+
+def test_two_requests_with_one_key_at_once_store_once_and_replay(monkeypatch):
+    # given a node and a batch; the first request pauses holding the key
+    node = _committed(lambda: node_make(f"concurrent-{uuid.uuid4().hex[:8]}"))
+    sensor = f"c-{uuid.uuid4().hex[:8]}"
+    readings = [reading(i, sensor, T0 + dt.timedelta(seconds=i)) for i in range(50)]
+    # (right after claiming the key)
+    paused = _hold_first_until_second_waits(monkeypatch, "_sensors_resolve")
+
+    def send() -> batches.BatchOutcome:
+        return ingest(node, readings, sensors=[declare(sensor)], key="same", body="same body")
+
+    # when the same request comes twice at once
+    results: dict[str, Any] = {}
+    first = _in_thread(send, results, "first")
+    assert paused.wait(30)
+    second = _in_thread(send, results, "second")
+    first.join(60)
+    second.join(60)
+
+    # then one stored and the other replayed its answer
+    outcomes = [results["first"], results["second"]]
+    assert all(isinstance(o, batches.BatchOutcome) for o in outcomes), outcomes
+    assert sorted(o.replayed for o in outcomes) == [False, True]
+    assert outcomes[0].response == outcomes[1].response
+    assert outcomes[0].response["accepted"] == 50
+    assert ObservationBatch.objects.filter(node=node).count() == 1
+    assert Observation.objects.filter(sensor__node=node).count() == 50
+
+
+def test_the_same_readings_under_two_keys_at_once_are_stored_once(monkeypatch):
+    # given a node with its sensor, and the first request paused after its key claim
+    node = _committed(lambda: node_make(f"concurrent-{uuid.uuid4().hex[:8]}"))
+    sensor = f"c-{uuid.uuid4().hex[:8]}"
+    _committed(lambda: ingest(node, [], sensors=[declare(sensor)]))
+    readings = [reading(i, sensor, T0 + dt.timedelta(seconds=i)) for i in range(50)]
+    # (right after inserting its readings, before the answer is written)
+    paused = _hold_first_until_second_waits(monkeypatch, "_json")
+
+    # when two keys carry the same readings at once (the second waits on the first's rows)
+    results: dict[str, Any] = {}
+    first = _in_thread(lambda: ingest(node, readings, key="one"), results, "one")
+    assert paused.wait(30)
+    second = _in_thread(lambda: ingest(node, readings, key="two"), results, "two")
+    first.join(60)
+    second.join(60)
+
+    # then every reading is stored once, counted accepted by one batch, duplicate by the other
+    outcomes = [results["one"], results["two"]]
+    assert all(isinstance(o, batches.BatchOutcome) for o in outcomes), outcomes
+    counts = sorted((o.response["accepted"], o.response["duplicate"]) for o in outcomes)
+    assert counts == [(0, 50), (50, 0)]
+    assert Observation.objects.filter(sensor__node=node).count() == 50
