@@ -89,7 +89,84 @@
     box.append(api, " · ", admin);
     new maplibregl.Popup().setLngLat(event.lngLat).setDOMContent(box).addTo(map);
   });
-  ["clusters", "places"].forEach((layer) => {
+  // Sensors (PM2.5): off until switched on, so a visit that does not want them fetches
+  // nothing; each switch on fetches the latest readings again. Bands come from the server
+  // (UK DAQI for PM2.5); only their colours live here.
+  const BAND_COLOURS = { low: "#2ca25f", moderate: "#f0b400", high: "#e34a33", very_high: "#8e24aa" };
+  const bandColour = ["match", ["get", "band"]];
+  Object.entries(BAND_COLOURS).forEach(([band, hex]) => bandColour.push(band, hex));
+  bandColour.push("#999999");
+  const sensorsToggle = document.getElementById("sensors");
+  const legend = document.getElementById("sensor-legend");
+  const sensorStatus = document.getElementById("sensor-status");
+  const bandLabels = {};
+
+  function showBands(bands) {
+    const list = document.getElementById("sensor-bands");
+    list.replaceChildren();
+    bands.forEach((band, i) => {
+      bandLabels[band.band] = band.label;
+      const next = bands[i + 1];
+      const item = document.createElement("li");
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = BAND_COLOURS[band.band] || "#999999";
+      const range = next ? band.from + "–" + (next.from - 1) : band.from + " or more";
+      item.append(swatch, band.label + " (" + band.indexes.join("–").replace(/^(\d+)–\1$/, "$1") + "): " + range + " µg/m³");
+      list.append(item);
+    });
+  }
+
+  function drawSensors(collection) {
+    showBands(collection.bands);
+    const count = collection.features.length;
+    sensorStatus.textContent = count + (count === 1 ? " sensor" : " sensors") + " with a reading";
+    if (map.getSource("sensors")) {
+      map.getSource("sensors").setData(collection);
+      map.setLayoutProperty("sensors", "visibility", "visible");
+      return;
+    }
+    map.addSource("sensors", { type: "geojson", data: collection });
+    map.addLayer({ id: "sensors", type: "circle", source: "sensors",
+      paint: {
+        "circle-color": bandColour, "circle-radius": ["interpolate", ["linear"], ["zoom"], 5, 4, 14, 8],
+        "circle-stroke-color": "#ffffff", "circle-stroke-width": 1,
+      } });
+  }
+
+  sensorsToggle.addEventListener("change", () => {
+    legend.hidden = !sensorsToggle.checked;
+    if (!sensorsToggle.checked) {
+      if (map.getLayer("sensors")) map.setLayoutProperty("sensors", "visibility", "none");
+      return;
+    }
+    sensorStatus.textContent = "Loading sensors…";
+    fetch("/api/v1/sensors/latest/", { headers: { Accept: "application/geo+json" } })
+      .then((response) => {
+        if (!response.ok) throw new Error("the server answered " + response.status);
+        return response.json();
+      })
+      .then((collection) => {
+        if (!sensorsToggle.checked) return;  // switched off while loading
+        if (map.isStyleLoaded()) drawSensors(collection);
+        else map.once("load", () => drawSensors(collection));
+      })
+      .catch((error) => { sensorStatus.textContent = "Sensors could not be loaded: " + error.message; });
+  });
+
+  map.on("click", "sensors", (event) => {
+    const p = event.features[0].properties;
+    const box = document.createElement("div");
+    const title = document.createElement("strong");
+    title.textContent = "PM2.5 " + p.pm2_5 + " " + p.unit;
+    const band = (bandLabels[p.band] || p.band) + " (DAQI " + p.index + ")";
+    const when = new Date(p.time).toLocaleString();
+    box.append(title, document.createElement("br"), band, document.createElement("br"), when,
+      document.createElement("br"), (p.kind || "sensor") + " " + p.sensor);
+    new maplibregl.Popup().setLngLat(event.lngLat).setDOMContent(box).addTo(map);
+  });
+
+  ["clusters", "places", "sensors"].forEach((layer) => {
     map.on("mouseenter", layer, () => { map.getCanvas().style.cursor = "pointer"; });
     map.on("mouseleave", layer, () => { map.getCanvas().style.cursor = ""; });
   });
