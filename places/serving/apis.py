@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.db.models import QuerySet
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers
@@ -29,9 +29,11 @@ from places.serving.responses import (
     BytesNegotiation,
     PublicBytesView,
     QueryParamsGuard,
+    Stream,
     cached_bytes_response,
     etag_matches,
     places_version,
+    streamed_bytes_response,
 )
 from places.serving.serializers import (
     DatasetSerializer,
@@ -95,7 +97,9 @@ def _format(request: Request, requested: str | None) -> str:
         "page. The other formats carry these figures in `X-Number-Matched`, "
         "`X-Number-Matched-Exact` and `X-Truncated` headers. Responses are cached per data "
         "version (those over the server's size limit for stored answers are built anew) "
-        "and carry an ETag (send `If-None-Match` for a 304)."
+        "and carry an ETag (send `If-None-Match` for a 304). Pages of more than "
+        f"{features.STREAM_ABOVE:,} features are sent as they are written (chunked, no "
+        "Content-Length)."
     ),
     parameters=[PlaceListQuery],
     responses={
@@ -114,7 +118,7 @@ def _format(request: Request, requested: str | None) -> str:
 )
 class PlaceListApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
     @extend_schema(operation_id="places_list")
-    def get(self, request: Request) -> HttpResponse:
+    def get(self, request: Request) -> HttpResponseBase:
         query = PlaceListQuery(
             data=request.query_params,
             # The view authenticates no one (public, cacheable answers): the session is read
@@ -140,6 +144,40 @@ class PlaceListApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
             params["cursor"] = cursor
             return request.build_absolute_uri(request.path) + "?" + params.urlencode()
 
+        def headers(page: features.ListSummary) -> dict[str, str]:
+            found = {
+                "X-Number-Matched": str(page.matched),
+                "X-Number-Matched-Exact": "true" if page.exact else "false",
+                "X-Truncated": "true" if page.more else "false",
+            }
+            if page.next_url:
+                found["Link"] = f'<{page.next_url}>; rel="next"'
+            if fmt == "csv":
+                found["Content-Disposition"] = 'attachment; filename="places.csv"'
+            return found
+
+        if limit > features.STREAM_ABOVE:
+
+            def open_stream() -> Stream:
+                page = features.place_list_stream(
+                    query=filters,
+                    properties=properties,
+                    fmt=fmt,
+                    after=after,
+                    limit=limit,
+                    page_url=page_url,
+                )
+                return Stream(pieces=page.pieces, headers=headers(page), close=page.close)
+
+            return streamed_bytes_response(
+                request,
+                key=key,
+                ttl=LIST_TTL,
+                open_stream=open_stream,
+                content_type=features.MEDIA_TYPES[fmt],
+                vary="Accept-Encoding, Accept",
+            )
+
         def build() -> tuple[bytes, dict[str, str]]:
             page = features.place_list_page(
                 query=filters,
@@ -149,16 +187,7 @@ class PlaceListApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
                 limit=limit,
                 page_url=page_url,
             )
-            headers = {
-                "X-Number-Matched": str(page.matched),
-                "X-Number-Matched-Exact": "true" if page.exact else "false",
-                "X-Truncated": "true" if page.more else "false",
-            }
-            if page.next_url:
-                headers["Link"] = f'<{page.next_url}>; rel="next"'
-            if fmt == "csv":
-                headers["Content-Disposition"] = 'attachment; filename="places.csv"'
-            return page.body, headers
+            return page.body, headers(page)
 
         return cached_bytes_response(
             request,

@@ -12,6 +12,14 @@ more than the page itself.
 ``place_list_page`` returns the page as the client gets it: the GeoJSON envelope
 (``numberMatched``, ``numberReturned``, ``truncated``, ``next``) is written here, beside the
 SQL that writes the features, and the view only adds HTTP headers.
+
+Pages of more than ``STREAM_ABOVE`` features are streamed (``place_list_stream``): a page of
+100,000 features is 58 MB of JSON, which held as one string (and its copies: psycopg's
+result, the encoded bytes, gzip's input) took a gunicorn worker to 600 MiB. A streamed page
+first reads its ids in order (so ``numberReturned``, ``truncated`` and ``next``, which lead
+the body and the headers, are known), then has PostgreSQL write ``CHUNK_FEATURES`` features
+of text at a time, fetched by id. All of it in one read-only snapshot, so the count, the ids
+and the features agree, however long the client takes to read.
 """
 
 from __future__ import annotations
@@ -20,10 +28,11 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 
-from django.db import connection
+from django.db import connection, transaction
 
 from places import selectors
 from places.serving.fields import FIELDS, csv_header
@@ -39,6 +48,21 @@ MEDIA_TYPES = {
 }
 # Coordinates to 7 decimals: about 1 cm, finer than any source we load.
 DECIMALS = 7
+# Per format, the text before the first record, between two records, and after the last
+# (none of it when there are no records). GeoJSONSeq: every record starts with RS (RFC 8142).
+RECORD_JOINS = {
+    "geojson": ("", ",", ""),
+    "geojsonseq": ("\x1e", "\n\x1e", "\n"),
+    "ndjson": ("", "\n", "\n"),
+    "csv": ("", "\n", "\n"),
+}
+# A page of more features than this is streamed (see the module docstring). At 580 bytes of
+# JSON a feature, 5,000 features are about 3 MB: pages up to that are built whole, with one
+# statement, and cached like any answer.
+STREAM_ABOVE = 5_000
+# Features PostgreSQL writes per statement of a streamed page: each is one string of about
+# 3 MB in the worker; 20 statements for 100,000 features.
+CHUNK_FEATURES = 5_000
 
 
 def _summary(alias: str) -> str:
@@ -116,23 +140,26 @@ def _csv_sql(properties: list[str]) -> str:
     return " || ',' || ".join(columns)
 
 
+def _record_sql(properties: list[str], fmt: str) -> tuple[str, str]:
+    """The SQL of one record in ``fmt`` and the joins its properties need."""
+    row = _csv_sql(properties) if fmt == "csv" else _feature_sql(properties)
+    aliases = {join for name in properties if (join := FIELDS[name].join)}
+    joins = " ".join((CSV_JOINS if fmt == "csv" else JOINS)[a] for a in sorted(aliases))
+    return row, joins
+
+
+def _joined(records: str | None, fmt: str) -> str:
+    """Records PostgreSQL joined with the format's separator, with its first and last text."""
+    first, _, last = RECORD_JOINS[fmt]
+    return first + records + last if records else ""
+
+
 def feature_page(
     *, query: PlaceQuery, properties: list[str], fmt: str, after: int, limit: int
 ) -> Page:
     """One keyset page of places matching ``query``, with ids greater than ``after``."""
     where, params = query.where()
-    if fmt == "csv":
-        row = _csv_sql(properties)
-        separator, suffix = "E'\\n'", "E'\\n'"
-    else:
-        row = _feature_sql(properties)
-        separator, suffix = {
-            "geojson": ("','", "''"),
-            "geojsonseq": ("E'\\n\\x1e'", "E'\\n'"),
-            "ndjson": ("E'\\n'", "E'\\n'"),
-        }[fmt]
-    aliases = {join for name in properties if (join := FIELDS[name].join)}
-    joins = " ".join((CSV_JOINS if fmt == "csv" else JOINS)[a] for a in sorted(aliases))
+    row, joins = _record_sql(properties, fmt)
     sql = f"""
         WITH region_summary AS MATERIALIZED ({REGION_SUMMARIES}),
         rows AS MATERIALIZED (
@@ -145,16 +172,60 @@ def feature_page(
             SELECT id, line FROM rows ORDER BY id LIMIT %(limit)s
         )
         SELECT (SELECT count(*) FROM rows), count(*), max(id),
-               coalesce(string_agg(line, {separator} ORDER BY id) || {suffix}, '')
+               string_agg(line, %(separator)s ORDER BY id)
         FROM page
     """  # nosec B608 # columns and joins from FIELDS, WHERE from PlaceQuery; values bound
-    args = {**params, "after": after, "limit": limit, "limit_plus_one": limit + 1}
+    args = {
+        **params,
+        "after": after,
+        "limit": limit,
+        "limit_plus_one": limit + 1,
+        "separator": RECORD_JOINS[fmt][1],
+    }
     with connection.cursor() as cursor:
         cursor.execute(sql, args)
-        found, returned, last_id, body = cursor.fetchone()
-    if fmt == "geojsonseq" and body:
-        body = "\x1e" + body  # RFC 8142: every record starts with RS (the separator adds the rest)
-    return Page(body=body, returned=returned, last_id=last_id, more=found > limit)
+        found, returned, last_id, records = cursor.fetchone()
+    return Page(body=_joined(records, fmt), returned=returned, last_id=last_id, more=found > limit)
+
+
+def page_ids(*, query: PlaceQuery, after: int, limit: int) -> tuple[list[int], bool]:
+    """The ids of the keyset page after ``after``, in order, and whether more follow."""
+    where, params = query.where()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT p.id FROM places_place p WHERE {where} AND p.id > %(after)s "
+            "ORDER BY p.id LIMIT %(limit_plus_one)s",  # nosec B608 # WHERE from PlaceQuery
+            {**params, "after": after, "limit_plus_one": limit + 1},
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+    return ids[:limit], len(ids) > limit
+
+
+def feature_records(*, ids: list[int], properties: list[str], fmt: str) -> str:
+    """The records of the places ``ids`` (ascending) in ``fmt``, joined by its separator
+    but without its first and last text; written by PostgreSQL as one string."""
+    row, joins = _record_sql(properties, fmt)
+    sql = f"""
+        WITH region_summary AS MATERIALIZED ({REGION_SUMMARIES})
+        SELECT string_agg({row}, %(separator)s ORDER BY p.id)
+        FROM places_place p {joins}
+        WHERE p.id = ANY(%(ids)s)
+    """  # nosec B608 # columns and joins from FIELDS; values bound
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"ids": ids, "separator": RECORD_JOINS[fmt][1]})
+        return cursor.fetchone()[0] or ""
+
+
+@contextmanager
+def read_snapshot() -> Iterator[None]:
+    """A read-only transaction in which every statement sees the same data (REPEATABLE
+    READ). Inside a transaction already open (a test's), that one is used as it is."""
+    opened = not connection.in_atomic_block
+    with transaction.atomic():
+        if opened:
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
 
 
 def number_matched(*, query: PlaceQuery) -> tuple[int, bool]:
@@ -178,15 +249,70 @@ def number_matched(*, query: PlaceQuery) -> tuple[int, bool]:
 
 
 @dataclass(frozen=True)
-class PlaceList:
-    """One page of the places list as the client receives it, with the figures that the
-    GeoJSON envelope carries (the other formats carry them in headers)."""
+class ListSummary:
+    """What a page of the places list says about itself: the GeoJSON envelope carries it,
+    the other formats carry it in headers."""
 
-    body: bytes
     matched: int
     exact: bool
     more: bool
     next_url: str | None
+
+
+@dataclass(frozen=True)
+class PlaceList(ListSummary):
+    """One page of the places list as the client receives it, whole."""
+
+    body: bytes
+
+
+@dataclass(frozen=True)
+class PlaceListStream(ListSummary):
+    """One page of the places list as the client receives it, in pieces: ``pieces`` reads
+    the features from the page's snapshot, which ``close`` ends (whether or not they were
+    all read). Call ``close`` exactly once."""
+
+    pieces: Iterator[bytes]
+    _snapshot: ExitStack = field(repr=False)
+
+    def close(self) -> None:
+        try:
+            close_pieces = getattr(self.pieces, "close", None)
+            if close_pieces is not None:
+                close_pieces()
+        finally:
+            self._snapshot.close()
+
+
+def _envelope(
+    *,
+    properties: list[str],
+    fmt: str,
+    matched: int,
+    exact: bool,
+    returned: int,
+    more: bool,
+    next_url: str | None,
+) -> tuple[str, str]:
+    """The text before and after a page's records: a CSV's header line, a GeoJSON
+    FeatureCollection's members (the features last); nothing for the record formats."""
+    if fmt == "csv":
+        return ",".join(csv_header(properties)) + "\n", ""
+    if fmt != "geojson":
+        return "", ""
+    head = json.dumps(
+        {
+            "type": "FeatureCollection",
+            "numberMatched": matched,
+            "numberMatchedExact": exact,
+            "numberReturned": returned,
+            "truncated": more,
+            "next": next_url,
+        },
+        separators=(",", ":"),
+    )
+    # The features are already JSON text: spliced in, never parsed again.
+    return head[:-1] + ',"features":[', "]}"
 
 
 def place_list_page(
@@ -210,24 +336,74 @@ def place_list_page(
     next_url = (
         page_url(cursor_encode(page.last_id)) if page.more and page.last_id is not None else None
     )
-    if fmt == "csv":
-        body = ",".join(csv_header(properties)) + "\n" + page.body
-    elif fmt == "geojson":
-        head = json.dumps(
-            {
-                "type": "FeatureCollection",
-                "numberMatched": matched,
-                "numberMatchedExact": exact,
-                "numberReturned": page.returned,
-                "truncated": page.more,
-                "next": next_url,
-            },
-            separators=(",", ":"),
-        )
-        # The features are already JSON text: spliced in, never parsed again.
-        body = head[:-1] + ',"features":[' + page.body + "]}"
-    else:
-        body = page.body
+    head, tail = _envelope(
+        properties=properties,
+        fmt=fmt,
+        matched=matched,
+        exact=exact,
+        returned=page.returned,
+        more=page.more,
+        next_url=next_url,
+    )
     return PlaceList(
-        body=body.encode(), matched=matched, exact=exact, more=page.more, next_url=next_url
+        body=(head + page.body + tail).encode(),
+        matched=matched,
+        exact=exact,
+        more=page.more,
+        next_url=next_url,
+    )
+
+
+def place_list_stream(
+    *,
+    query: PlaceQuery,
+    properties: list[str],
+    fmt: str,
+    after: int,
+    limit: int,
+    page_url: Callable[[str], str],
+) -> PlaceListStream:
+    """The same page as ``place_list_page``, byte for byte, as pieces of at most
+    ``CHUNK_FEATURES`` features: the worker never holds more than one of them.
+
+    The page's ids and count are read before this returns (the summary leads the answer);
+    the features are read as ``pieces`` is iterated, in the same snapshot, which stays open
+    until ``close``.
+    """
+    snapshot = ExitStack()
+    snapshot.enter_context(read_snapshot())
+    try:
+        ids, more = page_ids(query=query, after=after, limit=limit)
+        matched, exact = number_matched(query=query)
+    except BaseException:
+        snapshot.close()
+        raise
+    next_url = page_url(cursor_encode(ids[-1])) if more and ids else None
+    head, tail = _envelope(
+        properties=properties,
+        fmt=fmt,
+        matched=matched,
+        exact=exact,
+        returned=len(ids),
+        more=more,
+        next_url=next_url,
+    )
+
+    def pieces() -> Iterator[bytes]:
+        first, separator, last = RECORD_JOINS[fmt]
+        yield (head + (first if ids else "")).encode()
+        for start in range(0, len(ids), CHUNK_FEATURES):
+            records = feature_records(
+                ids=ids[start : start + CHUNK_FEATURES], properties=properties, fmt=fmt
+            )
+            yield ((separator if start else "") + records).encode()
+        yield ((last if ids else "") + tail).encode()
+
+    return PlaceListStream(
+        matched=matched,
+        exact=exact,
+        more=more,
+        next_url=next_url,
+        pieces=pieces(),
+        _snapshot=snapshot,
     )

@@ -12,6 +12,11 @@ a statistics level). A big body for a free-form query (any box, filter and page 
 chooses) is built, sent and forgotten, so a stream of unique query strings cannot buy a
 megabytes-large entry each; small bodies are stored whatever the query. The cache's Redis
 evicts least recently used keys beyond its memory limit (see ``config.settings.base``).
+
+A body too big to hold in a worker (the places list's big pages) is streamed instead
+(``streamed_bytes_response``): gzipped piece by piece as it is sent, and stored at its end
+only if it stayed under ``CACHE_MAX_BODY_BYTES``. Its ETag comes from its key as for any
+other body, so a client's copy is still revalidated before anything is read.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.http import HttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.utils.http import parse_etags
 from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import AllowAny
@@ -42,6 +49,8 @@ BUILD_WAIT_SECONDS = 10.0
 BUILD_POLL_SECONDS = 0.02
 
 BIG_BODY_BYTES = 4 * 1024 * 1024
+# zlib's window bits for a gzip container (header and trailer) around the deflate stream.
+GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 Built = bytes | tuple[bytes, dict[str, str]]
 
@@ -164,6 +173,39 @@ def cached_build(
     return compressed, headers
 
 
+def _validators(request: Request, *, key: str, vary: str) -> tuple[str, dict[str, str]]:
+    """The cache key of the body named by ``key`` and the headers every answer for it carries
+    (ETag, Cache-Control, Vary)."""
+    digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:24]
+    # Weak: the gzip and identity bodies are the same content under one validator.
+    etag = f'W/"{digest}"'
+    # A URL that names the data version (from TileJSON) can never change: cache it for a
+    # year. Anything else must be revalidated (ETag), so a CDN never serves it stale.
+    versioned = request.query_params.get("v") not in (None, "")
+    headers = {
+        "ETag": etag,
+        "Cache-Control": "public, max-age=31536000, immutable" if versioned else "no-cache",
+        "Vary": vary,
+    }
+    return f"bytes:{digest}", headers
+
+
+def _not_modified(request: Request, headers: dict[str, str]) -> bool:
+    header = request.headers.get("If-None-Match", "")
+    return etag_matches(if_none_match=header, etag=headers["ETag"])
+
+
+def _stored_response(
+    request: Request, *, compressed: bytes, headers: dict[str, str], content_type: str
+) -> HttpResponse:
+    if compressed and accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        headers["Content-Encoding"] = "gzip"
+        body = compressed
+    else:
+        body = gzip.decompress(compressed) if compressed else b""
+    return HttpResponse(body, content_type=content_type, headers=headers)
+
+
 def cached_bytes_response(
     request: Request,
     *,
@@ -181,26 +223,108 @@ def cached_bytes_response(
     ``canonical`` says that every client asking for this content uses this one URL, so a
     big body is worth storing (see the module docstring); leave it off for free-form queries.
     """
-    digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:24]
-    # Weak: the gzip and identity bodies are the same content under one validator.
-    etag = f'W/"{digest}"'
-    # A URL that names the data version (from TileJSON) can never change: cache it for a
-    # year. Anything else must be revalidated (ETag), so a CDN never serves it stale.
-    versioned = request.query_params.get("v") not in (None, "")
-    headers = {
-        "ETag": etag,
-        "Cache-Control": "public, max-age=31536000, immutable" if versioned else "no-cache",
-        "Vary": vary,
-    }
-    if etag_matches(if_none_match=request.headers.get("If-None-Match", ""), etag=etag):
+    cache_key, headers = _validators(request, key=key, vary=vary)
+    if _not_modified(request, headers):
         return HttpResponse(status=304, headers=headers)
-    compressed, extra = cached_build(
-        cache_key=f"bytes:{digest}", ttl=ttl, build=build, canonical=canonical
+    compressed, extra = cached_build(cache_key=cache_key, ttl=ttl, build=build, canonical=canonical)
+    return _stored_response(
+        request, compressed=compressed, headers=headers | extra, content_type=content_type
     )
-    headers |= extra
-    if compressed and accepts_gzip(request.headers.get("Accept-Encoding", "")):
-        headers["Content-Encoding"] = "gzip"
-        body = compressed
-    else:
-        body = gzip.decompress(compressed) if compressed else b""
-    return HttpResponse(body, content_type=content_type, headers=headers)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A body read piece by piece, its headers known before the first piece, and what ends
+    the reading (a database snapshot) when the answer is over, sent or abandoned."""
+
+    pieces: Iterator[bytes]
+    headers: dict[str, str]
+    close: Callable[[], None]
+
+
+class _StreamBody:
+    # The iterable handed to StreamingHttpResponse: the WSGI server calls close() when the
+    # answer ends, sent in full or not (a client that went away), and even when it never
+    # asked for a piece; the stream's own close() then always runs.
+
+    def __init__(self, pieces: Iterator[bytes], stream: Stream) -> None:
+        self._pieces = pieces
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._pieces
+
+    def close(self) -> None:
+        try:
+            getattr(self._pieces, "close", lambda: None)()
+        finally:
+            self._stream.close()
+
+
+def _gzip_as_sent(stream: Stream, *, send_gzip: bool, cache_key: str, ttl: int) -> Iterator[bytes]:
+    """The stream's pieces as sent (gzipped or not), gzipped alongside while the gzipped body
+    stays within ``CACHE_MAX_BODY_BYTES``, and then stored: a small body is cached like any
+    other, a big one is sent and forgotten, and never held whole."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, GZIP_WBITS)
+    kept: list[bytes] | None = []
+    kept_bytes = 0
+    for piece in stream.pieces:
+        if send_gzip or kept is not None:
+            compressed = compressor.compress(piece)
+            if kept is not None:
+                kept.append(compressed)
+                kept_bytes += len(compressed)
+                if kept_bytes > settings.CACHE_MAX_BODY_BYTES:
+                    kept = None
+            piece = compressed if send_gzip else piece
+        # An empty piece would end a chunked body early: gzip often holds small inputs back.
+        if piece:
+            yield piece
+    if send_gzip or kept is not None:
+        rest = compressor.flush()
+        if send_gzip and rest:
+            yield rest
+        if kept is not None and kept_bytes + len(rest) <= settings.CACHE_MAX_BODY_BYTES:
+            cache.set(cache_key, (b"".join([*kept, rest]), stream.headers), timeout=ttl)
+
+
+def streamed_bytes_response(
+    request: Request,
+    *,
+    key: str,
+    ttl: int,
+    open_stream: Callable[[], Stream],
+    content_type: str,
+    vary: str = "Accept-Encoding",
+) -> HttpResponse | StreamingHttpResponse:
+    """Answer from the ETag, the Redis cache, or a body streamed from ``open_stream``.
+
+    For bodies too big to build whole in a worker. ``key`` must contain the data version of
+    everything the body shows, as for ``cached_bytes_response``. A stored body is answered
+    whole; otherwise the stream is sent as it is read and stored only if small (see the
+    module docstring). No build lock: big bodies for free-form queries are not stored, so a
+    second request could not wait for the first one's.
+    """
+    cache_key, headers = _validators(request, key=key, vary=vary)
+    if _not_modified(request, headers):
+        return HttpResponse(status=304, headers=headers)
+    found = _stored(cache.get(cache_key))
+    if found is not None:
+        compressed, extra = found
+        return _stored_response(
+            request, compressed=compressed, headers=headers | extra, content_type=content_type
+        )
+    stream = open_stream()
+    try:
+        send_gzip = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+        if send_gzip:
+            headers["Content-Encoding"] = "gzip"
+        pieces = _gzip_as_sent(stream, send_gzip=send_gzip, cache_key=cache_key, ttl=ttl)
+        return StreamingHttpResponse(
+            _StreamBody(pieces, stream),
+            content_type=content_type,
+            headers=headers | stream.headers,
+        )
+    except BaseException:
+        stream.close()
+        raise
