@@ -175,10 +175,17 @@ def test_openapi_schema_and_docs_work_offline(api):
     assert {"/api/v1/places/", "/api/v1/regions/", "/api/v1/datasets/"} <= set(paths)
     bbox = next(p for p in paths["/api/v1/places/"]["get"]["parameters"] if p["name"] == "bbox")
     assert "antimeridian" in bbox["description"]
-    # Every operation here is public: none lists a security requirement, so Swagger UI
-    # draws no lock on them (drf-spectacular lists the login schemes as optional).
-    secured = [path for path, ops in paths.items() for op in ops.values() if "security" in op]
-    assert secured == []
+    # Every operation but the edge devices' is public: none lists a security requirement, so
+    # Swagger UI draws no lock on them (drf-spectacular lists the login schemes as optional).
+    # The edge protocol's operations need a node's key, and say so.
+    secured = {
+        path: op["security"]
+        for path, ops in paths.items()
+        for op in ops.values()
+        if "security" in op
+    }
+    assert set(secured) == {path for path in paths if path.startswith("/api/v1/edge/")}
+    assert all(security == [{"edgeKey": []}] for security in secured.values())
     docs = api.get("/api/docs/")
     assert docs.status_code == 200
     assert b"cdn.jsdelivr" not in docs.content
