@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -444,45 +445,30 @@ def place(pid: int, version: int, name: str) -> dict:
 
 
 def test_pull_applies_a_snapshot_then_changes_and_keeps_the_cursor(tmp_path, server):
-    feed = {
-        None: {
-            "cursor": "s1",
-            "has_more": True,
-            "snapshot": True,
-            "changes": [place(1, 1, "St Machar"), place(2, 1, "St Nicholas")],
-        },
-        "s1": {
-            "cursor": "c1",
-            "has_more": False,
-            "snapshot": True,
-            "changes": [place(3, 1, "Kirk")],
-        },
-        "c1": {
-            "cursor": "c2",
-            "has_more": False,
-            "snapshot": False,
-            "changes": [
-                place(1, 2, "St Machar's Cathedral"),
-                {"op": "delete", "id": 2, "reason": "retired", "superseded_by": None},
-                place(3, 1, "Kirk"),
-            ],
-        },
-    }
-    asked: list[str | None] = []
+    # The server's shape: snapshot pages say has_more until the feed's first page follows.
+    script = [
+        ({"cursor": "s1", "has_more": True, "snapshot": True,
+          "changes": [place(1, 1, "St Machar"), place(2, 1, "St Nicholas")]}),
+        ({"cursor": "f0", "has_more": True, "snapshot": True, "changes": [place(3, 1, "Kirk")]}),
+        ({"cursor": "f0", "has_more": False, "snapshot": False, "changes": []}),
+        ({"cursor": "f1", "has_more": False, "snapshot": False,
+          "changes": [place(1, 2, "St Machar's Cathedral"),
+                      {"op": "delete", "id": 2, "reason": "retired", "superseded_by": None},
+                      place(3, 1, "Kirk")]}),
+    ]  # fmt: skip
+    asked: list[tuple[str | None, str | None]] = []
 
     def respond(request: Received) -> Reply:
-        from urllib.parse import parse_qs, urlparse
-
         cursor = parse_qs(urlparse(request.path).query).get("cursor", [None])[0]
-        asked.append(cursor)
-        if cursor == "c2":
+        asked.append((cursor, request.headers.get("If-None-Match")))
+        if len(asked) > len(script):
             return 304, {}, None
-        return 200, {"ETag": f'"{cursor}"'}, feed[cursor]
+        return 200, {"ETag": f'"e{len(asked)}"'}, script[len(asked) - 1]
 
     server.respond = respond
     db = tmp_path / "places.sqlite"
     args = ("pull", "--db", str(db), "--url", server.url, "--key", KEY, "--limit", "2")
-    # when it pulls the first time: the snapshot's two pages
+    # when it pulls the first time: the snapshot's two pages, then the feed's first
     first = run_client(*args)
     assert first.returncode == 0, first.stderr
     assert db_rows(db, "SELECT id, version, name FROM places ORDER BY id") == [
@@ -490,7 +476,7 @@ def test_pull_applies_a_snapshot_then_changes_and_keeps_the_cursor(tmp_path, ser
         (2, 1, "St Nicholas"),
         (3, 1, "Kirk"),
     ]
-    assert db_rows(db, "SELECT cursor FROM pull_state") == [("c1",)]
+    assert db_rows(db, "SELECT cursor, in_snapshot FROM pull_state") == [("f0", 0)]
     # and again: the changes since, a tombstone among them
     second = run_client(*args)
     assert second.returncode == 0, second.stderr
@@ -498,13 +484,13 @@ def test_pull_applies_a_snapshot_then_changes_and_keeps_the_cursor(tmp_path, ser
         (1, 2, "St Machar's Cathedral"),
         (3, 1, "Kirk"),
     ]
-    assert db_rows(db, "SELECT cursor, etag FROM pull_state") == [("c2", '"c1"')]
+    assert db_rows(db, "SELECT cursor, etag FROM pull_state") == [("f1", '"e4"')]
     # and a third time: nothing new (304 to the stored ETag)
     third = run_client(*args)
     assert third.returncode == 0, third.stderr
     assert "no change since the last pull" in third.stdout
-    assert asked == [None, "s1", "c1", "c2"]
-    assert server.received[-1].headers["If-None-Match"] == '"c1"'
+    # a snapshot is read to its end; only the feed's pages are asked "if changed"
+    assert asked == [(None, None), ("s1", None), ("f0", None), ("f0", '"e3"'), ("f1", '"e4"')]
     assert server.received[-1].headers["Authorization"] == f"Bearer {KEY}"
 
 

@@ -31,12 +31,14 @@ from typing import TypeVar
 
 import pytest
 from django.conf import settings
+from django.contrib.gis.geos import Point
 from django.db import connection, connections
 
 from config.celery import app
 from ingestion.edge.models import EdgeNode, EdgeNodeKey, ObservationBatch, Parameter, Sensor
 from ingestion.edge.services.keys import edge_key_create, edge_node_create
-from places.models import Region
+from places.models import Place, Region
+from places.services import dataset_get_or_create, place_create, place_retire, place_update
 from tests.db import database_url
 from tests.ingestion.edge.edge_client_support import (
     DHT22,
@@ -151,6 +153,7 @@ class Server:
 @dataclass
 class Edge:
     server: Server
+    region: Region
     node: EdgeNode
     key: str
     start_worker: Callable[[], subprocess.Popen]
@@ -210,7 +213,7 @@ def edge(django_db_blocker, tmp_path) -> Iterator[Edge]:
     _purge_edge_queue()
     try:
         server.start()
-        yield Edge(server=server, node=node, key=key, start_worker=start_worker)
+        yield Edge(server=server, region=region, node=node, key=key, start_worker=start_worker)
     finally:
         server.stop()
         for worker in workers:
@@ -238,7 +241,9 @@ def _delete_node(node: EdgeNode, region: Region) -> None:
     Sensor.objects.filter(node=node).delete()
     EdgeNodeKey.objects.filter(node=node).delete()
     node.delete()
-    region.delete()
+    # Places are never deleted (the change log refuses it): a region that has some stays.
+    if not Place.objects.filter(region=region).exists():
+        region.delete()
 
 
 @pytest.fixture
@@ -424,3 +429,65 @@ def test_a_wrong_key_stops_the_client_with_the_servers_reason(edge, files, tmp_p
     )  # fmt: skip
     assert result.returncode == client.EXIT_REFUSED
     assert "HTTP 401" in result.stderr
+
+
+def _feed_caught_up() -> None:
+    """Wait until the change feed hands out everything committed so far: it holds back
+    changes newer than the oldest transaction open anywhere on the server."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT txid_current()")
+        mine = cursor.fetchone()[0]
+    deadline = time.monotonic() + 120
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            if cursor.fetchone()[0] > mine:
+                return
+        if time.monotonic() > deadline:
+            pytest.skip("a transaction elsewhere on the server held the change feed back")
+        time.sleep(0.2)
+
+
+def test_pull_keeps_a_copy_of_the_regions_places(edge, django_db_blocker, tmp_path):
+    def make() -> list[Place]:
+        with django_db_blocker.unblock():
+            dataset = dataset_get_or_create(slug=f"edge-client-{uuid.uuid4().hex[:8]}")
+            inside = {"location": Point(-2.5, 57.5), "region": edge.region}
+            return [
+                place_create(dataset=dataset, source_key=f"k{i}", data={"name": f"K{i}", **inside})
+                for i in range(5)
+            ]
+
+    places = _committed(make)
+    db = tmp_path / "places.sqlite"
+    args = ("pull", "--db", str(db), "--url", edge.server.url, "--key", edge.key, "--limit", "2")
+    local = "SELECT id, name FROM places ORDER BY id"
+    # when the device pulls the first time
+    first = run_client(*args)
+    # then it holds the region's places, taken as a snapshot two a page
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert client_rows(db, local) == [(p.pk, p.name) for p in places]
+    assert first.stdout.count("(snapshot)") >= 3
+    # read to its end: the feed's first page followed
+    assert client_rows(db, "SELECT in_snapshot FROM pull_state") == [(0,)]
+
+    # when one place is renamed and another retired, and it pulls again
+    def change() -> None:
+        with django_db_blocker.unblock():
+            place_update(place=places[0], data={"name": "K0, renamed"})
+            place_retire(place=places[1])
+            _feed_caught_up()
+
+    _committed(change)
+    second = run_client(*args)
+    # then its copy is the region as it is now
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert client_rows(db, local) == [(places[0].pk, "K0, renamed")] + [
+        (p.pk, p.name) for p in places[2:]
+    ]
+    assert "1 deletes" in second.stdout
+    # and a pull with nothing new changes nothing
+    third = run_client(*args)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert client_rows(db, local)[0] == (places[0].pk, "K0, renamed")
+    assert len(client_rows(db, local)) == 4
