@@ -30,6 +30,7 @@ from django.urls import path, reverse
 from django.utils.http import urlencode
 
 from ingestion import selectors
+from ingestion.edge import admin as edge_admin  # noqa: F401  # registers the edge models
 from ingestion.mapping import ColumnMapping
 from ingestion.models import ImportJob, ImportMode, ImportRejection, ImportState
 from ingestion.readers import UnreadableFile

@@ -17,7 +17,13 @@ pytestmark = pytest.mark.django_db
 def test_every_model_is_registered():
     from django.apps import apps
 
-    ours = [m for m in apps.get_models() if m._meta.app_label in {"places", "ingestion"}]
+    # Django's admin refuses models with a composite primary key (edge readings; the sensor
+    # page shows a sensor's latest ones).
+    ours = [
+        m
+        for m in apps.get_models()
+        if m._meta.app_label in {"places", "ingestion"} and not m._meta.is_composite_pk
+    ]
     assert ours
     assert all(admin.site.is_registered(m) for m in ours)
 
