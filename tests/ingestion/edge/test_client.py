@@ -236,6 +236,8 @@ def test_batch_key_membership_and_body_are_saved_before_sending(tmp_path, server
     # and afterwards every reading is sent and every batch closed
     assert db_rows(db, "SELECT state, count(*) FROM readings GROUP BY state") == [("sent", 500)]
     assert db_rows(db, "SELECT DISTINCT state FROM batches") == [("done",)]
+    # keeping their answers, not their bodies
+    assert db_rows(db, "SELECT sum(length(body)), sum(accepted) FROM batches") == [(0, 500)]
 
 
 def test_client_killed_mid_send_sends_the_same_batch_again_with_the_same_key(tmp_path, server):
@@ -567,6 +569,13 @@ def test_help_explains_each_command_to_a_newcomer():
     assert "madavi.de device log" in run_client("replay", "--help").stdout
     assert "tombstone" not in top.stdout  # plain words: deletes
     assert "EDGE_KEY" in top.stdout
+
+
+def test_status_of_a_database_that_does_not_exist_says_so(tmp_path):
+    result = run_client("status", "--db", str(tmp_path / "typo.sqlite"))
+    assert result.returncode == client.EXIT_INPUT
+    assert "no such database" in result.stderr
+    assert not (tmp_path / "typo.sqlite").exists()
 
 
 def test_sending_without_a_server_named_says_what_is_missing(tmp_path):

@@ -409,16 +409,20 @@ def test_replay_survives_the_worker_killed_after_acknowledging(edge, files, tmp_
     )
 
 
-def test_status_heartbeat_reaches_the_server(edge, tmp_path):
-    # A smoke test of the last endpoint the client uses.
-    result = run_client(
-        "status", "--db", str(tmp_path / "q.sqlite"), "--url", edge.server.url, "--key", edge.key
-    )
+def test_status_heartbeat_reaches_the_server(edge, files, tmp_path):
+    # given a device with readings queued
+    db = tmp_path / "q.sqlite"
+    assert run_client("replay", str(files[2]), "--db", str(db), "--queue-only").returncode == 0
+    # when it reports
+    result = run_client("status", "--db", str(db), "--url", edge.server.url, "--key", edge.key)
+    # then the server keeps what it said
     assert result.returncode == 0, result.stdout + result.stderr
     assert "node active" in result.stdout
     edge.node.refresh_from_db()
     assert edge.node.software_version == "edge-client 1.0"
-    assert edge.node.queue_depth == 0
+    assert edge.node.queue_depth == 4 * MADAVI_LINES
+    assert edge.node.disk_free_bytes > 0
+    assert edge.node.clock_offset_seconds is not None
 
 
 def test_a_wrong_key_stops_the_client_with_the_servers_reason(edge, files, tmp_path):
