@@ -244,11 +244,16 @@ def _ingest(
             return _replay(cursor, node=node, key=idempotency_key, body_sha256=body_sha256)
         batch_id = claimed[0]
 
+        # Partitions first, while the transaction holds no row lock: creating one waits for
+        # every batch inserting at that moment, and none of those may be waiting on us.
+        window = _TimeWindow.at(timezone.now())
+        partitions.observation_partitions_ensure_months(
+            months=_months(readings, window), cursor=cursor
+        )
         parameters = {p.code: p for p in Parameter.objects.all()}
         sensor_ids = _sensors_resolve(cursor, node=node, sensors=sensors, readings=readings)
-        checked = _readings_check(readings=readings, sensor_ids=sensor_ids, parameters=parameters)
-        partitions.observation_partitions_ensure_months(
-            months={partitions.month_start(row[2]) for row in checked.rows}, cursor=cursor
+        checked = _readings_check(
+            readings=readings, sensor_ids=sensor_ids, parameters=parameters, window=window
         )
         accepted = 0
         if checked.rows:
@@ -406,20 +411,44 @@ class _Checked:
     newest_by_sensor: dict[int, dt.datetime]
 
 
+@dataclass(frozen=True)
+class _TimeWindow:
+    """The reading times accepted now: from retention (or the earliest year) to the server's
+    clock plus the skew allowed."""
+
+    now: dt.datetime
+    earliest: dt.datetime
+    latest: dt.datetime
+
+    @classmethod
+    def at(cls, now: dt.datetime) -> _TimeWindow:
+        earliest = dt.datetime(settings.EDGE_EARLIEST_READING_YEAR, 1, 1, tzinfo=dt.UTC)
+        if settings.EDGE_RETENTION_DAYS > 0:
+            earliest = max(earliest, now - dt.timedelta(days=settings.EDGE_RETENTION_DAYS))
+        latest = now + dt.timedelta(seconds=settings.EDGE_CLOCK_SKEW_SECONDS)
+        return cls(now=now, earliest=earliest, latest=latest)
+
+
+def _months(readings: Iterable[ReadingIn], window: _TimeWindow) -> set[dt.date]:
+    """Months of the readings whose time is acceptable (a reading rejected for another reason
+    may leave an empty partition behind, which costs nothing)."""
+    return {
+        partitions.month_start(r.time)
+        for r in readings
+        if r.time.utcoffset() is not None and window.earliest <= r.time <= window.latest
+    }
+
+
 def _readings_check(
     *,
     readings: Iterable[ReadingIn],
     sensor_ids: dict[str, int],
     parameters: dict[str, Parameter],
+    window: _TimeWindow,
 ) -> _Checked:
     """Each reading against the domain rules, in order: the first of a repeated natural key
     counts, later ones are ``duplicate_in_batch`` (listed, counted as duplicates)."""
-    now = timezone.now()
-    latest = now + dt.timedelta(seconds=settings.EDGE_CLOCK_SKEW_SECONDS)
-    earliest = dt.datetime(settings.EDGE_EARLIEST_READING_YEAR, 1, 1, tzinfo=dt.UTC)
-    retention = settings.EDGE_RETENTION_DAYS
-    if retention > 0:
-        earliest = max(earliest, now - dt.timedelta(days=retention))
+    now, latest, earliest = window.now, window.latest, window.earliest
     out = _Checked(rows=[], errors=[], rejected=0, duplicate_in_batch=0, newest_by_sensor={})
     seen: set[tuple[int, int, dt.datetime]] = set()
     rows, newest_by_sensor = out.rows, out.newest_by_sensor

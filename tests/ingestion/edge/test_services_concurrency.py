@@ -131,3 +131,34 @@ def test_the_same_readings_under_two_keys_at_once_are_stored_once(monkeypatch):
     counts = sorted((o.response["accepted"], o.response["duplicate"]) for o in outcomes)
     assert counts == [(0, 50), (50, 0)]
     assert Observation.objects.filter(sensor__node=node).count() == 50
+
+
+def test_a_batch_creating_a_partition_waits_for_inserting_batches_without_deadlock(
+    monkeypatch, caplog
+):
+    # given a node's sensor, and a first batch paused after inserting its readings (it holds
+    # the readings table and will next update the sensor's newest time)
+    node = _committed(lambda: node_make(f"concurrent-{uuid.uuid4().hex[:8]}"))
+    sensor = f"c-{uuid.uuid4().hex[:8]}"
+    _committed(lambda: ingest(node, [], sensors=[declare(sensor)]))
+    paused = _hold_first_until_second_waits(monkeypatch, "_json")
+    existing = [reading(0, sensor, T0 + dt.timedelta(hours=1))]
+    new_month = [reading(0, sensor, dt.datetime(2016, 5, 1, tzinfo=dt.UTC))]
+
+    # when a second batch declares the same sensor and needs a month that has no partition
+    results: dict[str, Any] = {}
+    first = _in_thread(lambda: ingest(node, existing, key="existing"), results, "existing")
+    assert paused.wait(30)
+    second = _in_thread(
+        lambda: ingest(node, new_month, sensors=[declare(sensor)], key="new-month"),
+        results,
+        "new-month",
+    )
+    first.join(60)
+    second.join(60)
+
+    # then both are stored, first time, with no deadlock to retry
+    outcomes = [results["existing"], results["new-month"]]
+    assert all(isinstance(o, batches.BatchOutcome) for o in outcomes), outcomes
+    assert [o.response["accepted"] for o in outcomes] == [1, 1]
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
