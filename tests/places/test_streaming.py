@@ -23,13 +23,14 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.contrib.gis.geos import Point
 from django.core.cache import cache
 from django.db import connection
 from django_redis import get_redis_connection
 from rest_framework.test import APIClient
 
 from places.models import Place
-from places.services import place_update
+from places.services import dataset_get_or_create, place_create, place_update
 from places.serving import features
 from tests.db import database_url
 
@@ -99,6 +100,27 @@ def test_streamed_page_is_the_whole_page_byte_for_byte(
     assert _body(streamed) == _body(whole)
     for name in (*HEADERS, "Content-Type", "Content-Encoding", "Content-Disposition"):
         assert streamed.get(name) == whole.get(name), name
+
+
+def test_streamed_text_keeps_every_character(api, gb_import, monkeypatch):
+    # given a place whose name needs two, three and four bytes a character in UTF-8
+    name = 'Église 教堂 ⛪ 🕌 "quoted"'
+    dataset = dataset_get_or_create(slug="unicode")
+    place = place_create(
+        dataset=dataset, source_key="u1", data={"name": name, "location": Point(-0.1, 51.5)}
+    )
+    params = {"bbox": "-0.11,51.49,-0.09,51.51", "limit": 1000}
+    _stream(monkeypatch, on=False)
+    whole = api.get("/api/v1/places/", params)
+    cache.clear()
+    # when its page is streamed (the records handed over as the server's bytes)
+    _stream(monkeypatch, on=True)
+    streamed = api.get("/api/v1/places/", params)
+    # then the name arrives as it was written, in the same bytes as the page built whole
+    body = _body(streamed)
+    assert body == _body(whole)
+    found = {f["id"]: f for f in json.loads(body)["features"]}
+    assert found[place.pk]["properties"]["name"] == name
 
 
 def test_streamed_geojson_is_valid_and_complete(api, gb_import, monkeypatch):
