@@ -197,6 +197,17 @@ def _serving_markdown(data: dict, serving: dict, p: dict) -> list[str]:
                 f"{answer['bytes_b']:,}; from byte {answer['first_difference_at']}): {detail}"
             )
     rss = serving["worker_peak_rss_mib"]
+    steps = serving.get("worker_peak_rss_mib_after", {})
+    if steps:
+        lines += [
+            "",
+            "Highest worker peak RSS (VmHWM, MiB) at start and after each request's warm-up, "
+            "in order (each includes every request before it):",
+            "",
+            "| after | A | B |",
+            "|---|---:|---:|",
+            *(f"| {step} | {v['A']} | {v['B']} |" for step, v in steps.items()),
+        ]
     lines += [
         "",
         f"Worker peak RSS (VmHWM): A {rss['A']} MiB, B {rss['B']} MiB. Each server ran its "

@@ -241,6 +241,48 @@ def targets(serving: dict[str, Any]) -> list[dict[str, Any]]:
     ]:
         if key in r:
             found.append({"target": what, "measured_ratio": r[key], "met": r[key] > 1})
+    return found + big_geojson_targets(serving)
+
+
+def big_geojson_targets(serving: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 14's targets for the 100K-feature GeoJSON answer: time against the faster of its
+    two SQL floors (ours / floor, lower is better) and against tipg, and the answering
+    worker's peak RSS."""
+    rows, found = serving["requests"], []
+    ours = rows.get("places_first_page_uncached")
+    floors = [
+        rows[key]["p50_ms"]
+        for key in ("places_floor_one_statement", "places_floor_chunks")
+        if key in rows
+    ]
+    if ours and floors:
+        ratio = round(ours["p50_ms"] / min(floors), 2)
+        found.append(
+            {
+                "target": "100K features as GeoJSON, uncached: p50 ≤ 1.5× PostgreSQL writing "
+                "the same JSON (the faster floor; ours / floor)",
+                "measured_ratio": ratio,
+                "met": ratio <= 1.5,
+            }
+        )
+    tipg = serving.get("ratios", {}).get("tipg_items_page/places_first_page_uncached")
+    if tipg:
+        found.append(
+            {
+                "target": "100K features as GeoJSON: ≥ 3× faster than tipg (tipg / ours)",
+                "measured_ratio": tipg,
+                "met": tipg >= 3,
+            }
+        )
+    rss = serving.get("rss_kib", {}).get("after_big_geojson")
+    if rss:
+        found.append(
+            {
+                "target": "gunicorn worker peak RSS after the 100K GeoJSON answer ≤ 300 MiB",
+                "measured_mib": max(rss) // 1024,
+                "met": max(rss) <= 300 * 1024,
+            }
+        )
     return found
 
 
@@ -358,6 +400,8 @@ def markdown(results: dict[str, Any]) -> str:
         measured = (
             f"{t['measured_ratio']}×"
             if "measured_ratio" in t
+            else f"{t['measured_mib']} MiB"
+            if "measured_mib" in t
             else f"{t['measured_ms']} ms"
             + (f", {t['requests_per_second']} req/s" if "requests_per_second" in t else "")
         )

@@ -6,6 +6,11 @@ same as for a first visitor. PostgreSQL's own buffers stay warm (one untimed req
 Under wrk, where nothing can run between requests, each request asks for a box moved by a
 fraction of a metre instead (another cache key, the same rows), and the cache's size
 afterwards shows that every request was a miss.
+
+The big GeoJSON page (100,000 features) is timed beside its floors, request by request: the
+same features' JSON written by PostgreSQL and fetched by psycopg in this process, once as
+one statement (the page built whole) and once as the streamed page's own statements. The
+gunicorn workers' peak RSS is read before and after it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 import math
 import struct
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +29,10 @@ from urllib.parse import urlsplit
 import numpy as np
 import redis
 
+from places.geo import parse_bbox
+from places.serving import features
+from places.serving.fields import PROPERTIES
+from places.serving.query import PlaceQuery
 from tests.benchmarks import fixed_load, measure, picks
 from tests.benchmarks.servers import (
     gunicorn_server,
@@ -108,6 +118,66 @@ def _walk_pages(host: str, port: int, first: str, flush: Any) -> dict[str, Any]:
         "features": features,
         "total_ms": round(total_ms, 1),
         "bytes": total_bytes,
+    }
+
+
+def _floor_one_statement(query: PlaceQuery, limit: int) -> int:
+    """PostgreSQL writes the page's JSON in one statement (the page as built whole),
+    fetched by psycopg in this process: no Django view, no gzip, no HTTP. Returns features."""
+    page = features.feature_page(
+        query=query, properties=list(PROPERTIES), fmt="geojson", after=0, limit=limit
+    )
+    return page.returned
+
+
+def _floor_chunks(query: PlaceQuery, limit: int) -> int:
+    """The statements of a streamed page alone (ids, then the features' JSON a chunk at a
+    time, in one snapshot), fetched by psycopg in this process. Returns features."""
+    with features.read_snapshot():
+        ids, _ = features.page_ids(query=query, after=0, limit=limit)
+        for start in range(0, len(ids), features.CHUNK_FEATURES):
+            features.feature_records(
+                ids=ids[start : start + features.CHUNK_FEATURES],
+                properties=list(PROPERTIES),
+                fmt="geojson",
+            )
+    return len(ids)
+
+
+def _big_page_against_floors(
+    host: str, port: int, path: str, *, query: PlaceQuery, limit: int, samples: int, flush: Any
+) -> dict[str, dict[str, Any]]:
+    """Our big GeoJSON page over HTTP, uncached, interleaved request by request with the two
+    SQL floors (after one untimed round), so that all three meet the same machine."""
+    times: dict[str, list[float]] = {"ours": [], "one_statement": [], "chunks": []}
+    covers: dict[str, int] = {}
+    last: measure.Answer | None = None
+    for i in range(samples + 1):
+        flush()
+        last = measure.fetch(host, port, path)
+        if last.status != 200:
+            raise RuntimeError(f"{path}: HTTP {last.status}: {last.body[:300]!r}")
+        ours_ms = last.ms
+        started = time.perf_counter()
+        covers["one_statement"] = _floor_one_statement(query, limit)
+        one_ms = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        covers["chunks"] = _floor_chunks(query, limit)
+        chunks_ms = (time.perf_counter() - started) * 1000
+        if i:  # the first round warms every path
+            times["ours"].append(ours_ms)
+            times["one_statement"].append(one_ms)
+            times["chunks"].append(chunks_ms)
+    assert last is not None
+    ours = {**measure.summarise(times["ours"]), "bytes": len(last.body), "last": last}
+    ours["encoding"] = last.headers.get("content-encoding", "identity")
+    return {
+        "ours": ours,
+        "one_statement": {
+            **measure.summarise(times["one_statement"]),
+            "features": covers["one_statement"],
+        },
+        "chunks": {**measure.summarise(times["chunks"]), "features": covers["chunks"]},
     }
 
 
@@ -230,7 +300,20 @@ def run(
 
         limit = _largest_limit(host, port)
         first_page = f"/api/v1/places/?bbox={big.text}&limit={limit}"
-        result = ours(first_page, cached=False, n=max(slow_samples, min(samples, 5)))
+        out["rss_kib"]["before_big_geojson"] = worker_peak_rss_kib(web.pid)
+        measured = _big_page_against_floors(
+            host,
+            port,
+            first_page,
+            query=PlaceQuery(bbox=parse_bbox(big.text)),
+            limit=limit,
+            samples=max(slow_samples, min(samples, 5)),
+            flush=flush,
+        )
+        # The worker that answered the big page (and only such pages so far, besides the
+        # views) shows what answering it costs in memory.
+        out["rss_kib"]["after_big_geojson"] = worker_peak_rss_kib(web.pid)
+        result = measured["ours"]
         rows["places_first_page_uncached"] = _row(
             result,
             f"places/ GeoJSON, first page (limit {limit}), uncached",
@@ -239,6 +322,16 @@ def run(
             limit=limit,
             expected=min(limit, big.places),
         )
+        for key, label in [
+            ("one_statement", "floor: PostgreSQL writes that page's JSON, one statement"),
+            ("chunks", "floor: the streamed page's statements alone (ids, then chunks)"),
+        ]:
+            rows[f"places_floor_{key}"] = _row(
+                measured[key],
+                f"{label} (psycopg, no HTTP)",
+                box="box_100k",
+                expected=min(limit, big.places),
+            )
         walk = _walk_pages(host, port, first_page, flush)
         rows["places_all_pages_uncached"] = {
             "label": f"places/ GeoJSON, all {walk['pages']} pages of {limit}, uncached",
