@@ -3,9 +3,12 @@ retention, silent nodes, and the reading counters."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 
 import pytest
+import redis
 from django.utils import timezone
 
 from ingestion.edge import tasks
@@ -160,3 +163,31 @@ def test_the_sweep_counts_batches_whose_follow_up_was_lost():
     assert counted >= 1
     assert ObservationBatch.objects.get(pk=outcome.response["batch"]).counted_at is not None
     assert tasks.edge_batch_follow_up(outcome.response["batch"]) is False
+
+
+def test_a_committed_batch_queues_its_follow_up_on_the_edge_queue(
+    settings, django_capture_on_commit_callbacks
+):
+    # given the test broker's edge queue (a Redis list), empty of this batch
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    before = set(broker.lrange("edge", 0, -1))
+    node = node_make()
+
+    # when a batch commits
+    with django_capture_on_commit_callbacks(execute=True):
+        outcome = ingest(node, [reading(0, "t-3", T0)], sensors=[declare("t-3")])
+
+    # then one follow-up message for it waits on the edge queue, and running it counts it
+    batch_id = outcome.response["batch"]
+    ours = []
+    for raw in set(broker.lrange("edge", 0, -1)) - before:
+        message = json.loads(raw)
+        args = json.loads(base64.b64decode(message["body"]))[0]
+        if message["headers"]["task"] == "ingestion.edge.tasks.edge_batch_follow_up" and args == [
+            batch_id
+        ]:
+            ours.append(raw)
+    for raw in ours:
+        broker.lrem("edge", 1, raw)
+    assert len(ours) == 1
+    assert tasks.edge_batch_follow_up(batch_id) is True
