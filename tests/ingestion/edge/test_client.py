@@ -329,6 +329,25 @@ def test_connection_errors_5xx_and_429_are_retried_honouring_retry_after(tmp_pat
     assert db_rows(db, "SELECT state, count(*) FROM readings GROUP BY state") == [("sent", 20)]
 
 
+def test_an_exhausted_rate_limit_is_waited_out_before_the_next_batch(tmp_path, server):
+    def last_in_window(request: Received) -> Reply:
+        status, _, answer = accept_all(request)
+        left = "0" if len(server.received) == 1 else "5"
+        return status, {"RateLimit-Limit": "6", "RateLimit-Remaining": left,
+                        "RateLimit-Reset": "1"}, answer  # fmt: skip
+
+    server.respond = last_in_window
+    db = tmp_path / "q.sqlite"
+    source = head_of(SDS011, 10, tmp_path / "sds.csv")
+    result = run_client(
+        "replay", str(source), "--db", str(db), "--url", server.url, "--key", KEY, "--batch", "5"
+    )
+    assert result.returncode == 0, result.stderr
+    # one wait, after the answer that left none, and no request refused meanwhile
+    assert result.stdout.count("rate limit reached; waiting 1 s") == 1
+    assert len(server.received) == 4
+
+
 def test_unreachable_server_is_retried_until_give_up_after(tmp_path):
     db = tmp_path / "q.sqlite"
     source = head_of(SDS011, 10, tmp_path / "sds.csv")
