@@ -49,7 +49,7 @@ OBSERVATION_TABLE = partitions.TABLE
 STAGE = "edge_readings_in"
 
 CLAIM = (
-    f"INSERT INTO {BATCH_TABLE} (node_id, idempotency_key, body_sha256, readings, accepted,"
+    f"INSERT INTO {BATCH_TABLE} (node_id, idempotency_key, body_sha256, readings, accepted,"  # nosec B608 # table name is a constant
     " duplicate, rejected, response) VALUES (%s, %s, %s, 0, 0, 0, 0, '{}')"
     " ON CONFLICT (node_id, idempotency_key) DO NOTHING RETURNING id"
 )

@@ -101,7 +101,7 @@ def observation_partitions_maintain(
         cutoff = now - dt.timedelta(days=retention_days)
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(EXISTING, [TABLE])
-            for (name,) in cursor.fetchall():
+            for (name,) in sorted(cursor.fetchall()):
                 match = NAME_PATTERN.fullmatch(name)
                 if match is None:
                     continue
