@@ -308,9 +308,10 @@ def _replay(cursor: CursorWrapper, *, node: EdgeNode, key: str, body_sha256: str
 def _check_declarations(sensors: list[SensorDeclaration]) -> None:
     seen: set[str] = set()
     for i, declared in enumerate(sensors):
-        if not 1 <= len(declared.external_id) <= 64:
+        if not 1 <= len(declared.external_id) <= 64 or not declared.external_id.isprintable():
             raise SensorDeclarationInvalid(
-                f"sensors[{i}].id", f"sensors[{i}].id must be 1 to 64 characters."
+                f"sensors[{i}].id",
+                f"sensors[{i}].id must be 1 to 64 printable characters.",
             )
         if declared.external_id in seen:
             raise SensorDeclarationInvalid(
@@ -318,9 +319,10 @@ def _check_declarations(sensors: list[SensorDeclaration]) -> None:
                 f"sensors[{i}].id {declared.external_id!r} is declared twice in the batch.",
             )
         seen.add(declared.external_id)
-        if len(declared.kind) > 32:
+        if len(declared.kind) > 32 or not declared.kind.isprintable():
             raise SensorDeclarationInvalid(
-                f"sensors[{i}].kind", f"sensors[{i}].kind must be at most 32 characters."
+                f"sensors[{i}].kind",
+                f"sensors[{i}].kind must be at most 32 printable characters.",
             )
         if (declared.lon is None) != (declared.lat is None):
             raise SensorDeclarationInvalid(
@@ -350,7 +352,13 @@ def _sensors_resolve(
     Raises ``SensorOfOtherNode`` at the first declaration, then the first reading, that
     names a sensor of another node.
     """
-    named = {d.external_id for d in sensors} | {r.sensor for r in readings}
+    # A name PostgreSQL could not compare (NUL, unpaired surrogates) or longer than any id
+    # names no sensor: left out of the query, its readings are unknown_sensor.
+    named = {
+        name
+        for name in {d.external_id for d in sensors} | {r.sensor for r in readings}
+        if len(name) <= 64 and name.isprintable()
+    }
     found = Sensor.objects.filter(external_id__in=named).values_list("external_id", "id", "node")
     ours: dict[str, int] = {}
     theirs: set[str] = set()

@@ -225,6 +225,8 @@ def test_a_declaration_updates_kind_and_location_of_the_nodes_sensor():
         ([batches.SensorDeclaration("a", "SDS011", 200, 0)], "sensors[0].location"),
         ([batches.SensorDeclaration("a", "X" * 33, None, None)], "sensors[0].kind"),
         ([batches.SensorDeclaration("", "SDS011", None, None)], "sensors[0].id"),
+        ([batches.SensorDeclaration("a\x00b", "SDS011", None, None)], "sensors[0].id"),
+        ([batches.SensorDeclaration("a", "\ud800", None, None)], "sensors[0].kind"),
     ],
 )
 def test_invalid_declarations_are_refused_naming_the_field(declarations, field):
@@ -295,3 +297,13 @@ def test_readings_of_many_months_create_each_partition_once():
             [times[4]],
         )
         assert cursor.fetchone()[0] == "ingestion_observation_y2018m05"
+
+
+@pytest.mark.parametrize("name", ["nul\x00byte", "lone\ud800surrogate", "x" * 65])
+def test_a_sensor_name_postgresql_cannot_hold_is_an_unknown_sensor(name):
+    node = node_make()
+
+    outcome = ingest(node, [reading(0, name, T0)], body="b")
+
+    assert [e["code"] for e in outcome.response["errors"]] == ["unknown_sensor"]
+    assert outcome.response["rejected"] == 1
