@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import logging
 import math
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -110,6 +111,7 @@ WHERE id = %(batch)s
 # Deadlocks between batches are retried: they can only come from two batches of one node
 # touching the same sensors at once, and the loser's transaction was rolled back whole.
 RETRYABLE_SQLSTATES = {"40P01", "40001"}
+MAX_FINITE = sys.float_info.max
 MAX_ATTEMPTS = 3
 
 
@@ -514,8 +516,9 @@ def _readings_check(
             continue
         value = r.value
         if value.__class__ is not float:
-            finite = isinstance(value, int | float) and not isinstance(value, bool)
-            if not finite:
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            # An integer beyond a float's range (JSON allows 400 digits) is not finite either.
+            if not number or abs(value) >= MAX_FINITE:
                 reject(r, "value", "bad_value", "value must be a finite number.")
                 continue
             value = float(value)

@@ -121,6 +121,7 @@ def test_each_reading_is_checked_with_a_reason():
         reading(7, "s-7", T0 + dt.timedelta(seconds=2), value=float("nan")),
         reading(8, "s-7", T0),  # the same natural key as 0
         reading(10, "s-7", T0 + dt.timedelta(seconds=3), value=-40, parameter="temperature"),
+        reading(11, "s-7", T0 + dt.timedelta(seconds=4), value=10**400),
     ]
     parsed = [ItemError(9, "value", "bad_value", "readings[9].value must be a number.")]
 
@@ -140,12 +141,13 @@ def test_each_reading_is_checked_with_a_reason():
         (7, "value", "bad_value"),
         (8, "time", "duplicate_in_batch"),
         (9, "value", "bad_value"),
+        (11, "value", "bad_value"),
     ]
     assert response["errors"][0]["message"] == ("pm10 must be between 0 and 2000 µg/m³; got 5000.")
-    assert (response["accepted"], response["duplicate"], response["rejected"]) == (2, 1, 8)
+    assert (response["accepted"], response["duplicate"], response["rejected"]) == (2, 1, 9)
     assert _stored(node) == 2
     batch = ObservationBatch.objects.get(pk=response["batch"])
-    assert (batch.readings, batch.rejected) == (11, 8)
+    assert (batch.readings, batch.rejected) == (12, 9)
 
 
 @pytest.mark.parametrize(("days", "kept"), [(0, True), (30, False)])
