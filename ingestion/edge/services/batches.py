@@ -3,8 +3,8 @@
 ``observation_batch_ingest`` is the whole write. Its statements, in one transaction:
 
 1. claim the idempotency key (insert the batch row; a key already stored answers from it);
-2. read the parameters and the named sensors; upsert the sensors the batch declares;
-3. create the month partitions the readings need (``partitions``);
+2. create the month partitions the readings need (``partitions``), before any row is locked;
+3. read the parameters and the named sensors; upsert the sensors the batch declares;
 4. ``COPY`` the valid readings into a session temporary table and move them into the readings
    table with ``INSERT ... ON CONFLICT DO NOTHING`` (the natural key decides what is new);
 5. move the sensors' and the node's newest-reading times forward, store the answer (one
