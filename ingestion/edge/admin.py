@@ -55,6 +55,15 @@ class KeyInline(ReadOnlyAdminMixin, admin.TabularInline):
     verbose_name_plural = "Keys (create one with the list's action; revoke under Edge node keys)"
 
 
+class SensorInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = Sensor
+    extra = 0
+    fields = ("external_id", "kind", "last_reading_at")
+    readonly_fields = fields
+    show_change_link = True
+    verbose_name_plural = "Sensors (each one's page shows its latest readings)"
+
+
 @admin.register(EdgeNode)
 class EdgeNodeAdmin(FastChangeListMixin, admin.ModelAdmin):
     list_display = (
@@ -81,7 +90,7 @@ class EdgeNodeAdmin(FastChangeListMixin, admin.ModelAdmin):
         "clock_offset_seconds",
         "created_at",
     )
-    inlines = [KeyInline]
+    inlines = [KeyInline, SensorInline]
     actions = ["create_key"]
 
     def get_form(

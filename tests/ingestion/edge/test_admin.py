@@ -81,6 +81,7 @@ def test_create_key_action_shows_the_key_once_and_it_works(admin_client):
     page = admin_client.get(reverse("admin:ingestion_edgenodekey_change", args=[key.pk]))
     assert secret not in page.content.decode()
     node_page = admin_client.get(reverse("admin:ingestion_edgenode_change", args=[node.pk]))
+    assert node_page.status_code == 200
     assert key.prefix in node_page.content.decode()
     assert secret not in node_page.content.decode()
 
@@ -125,6 +126,8 @@ def test_sensor_page_shows_the_latest_value_of_each_parameter(admin_client):
     # then
     content = response.content.decode()
     assert "<td>pm10</td><td>11.5 µg/m³</td><td>2019-03-01 07:05:00 UTC</td>" in content
+    node_page = admin_client.get(reverse("admin:ingestion_edgenode_change", args=[node.pk]))
+    assert "adm-1" in node_page.content.decode()
     assert "<td>temperature</td><td>4.25 °C</td>" in content
     assert "<td>10 µg/m³</td>" not in content
 
