@@ -27,10 +27,13 @@ Why these values:
   8,190 bytes refuse oversized requests with 400 before Django parses anything.
 - **no max_requests**: recycling workers every 2,000 requests was tried and measured: each
   new worker's first requests (Django's lazy start-up) took 1.2 s, the load run's p99 for
-  tiles. Workers live until restarted. A worker that built a 100,000-feature answer keeps
-  about 600 MiB (measured by the bench), so two such workers exceed a 1 GiB container
-  limit: size the limit for it, or keep big pages to signed-in clients (anonymous pages
-  stop at PLACES_API_ANON_MAX_PAGE_SIZE). Bounding that memory is open work.
+  tiles. Workers live until restarted, so their memory must stay bounded: pages of more
+  than 5,000 features are streamed 2,000 features at a time (``places.serving.features``),
+  and a worker that answered a 100,000-feature page peaks about 15 MiB above its start
+  (about 210 MiB in the bench's A/B, against 610 MiB when such pages were built whole).
+  The proxy in front takes a streamed answer off gunicorn as fast as it is written
+  (``config/nginx.conf``: buffered, spooled to disk past the buffers), so a client that
+  reads slowly holds neither a thread nor the page's database snapshot.
 """
 
 from __future__ import annotations
