@@ -155,6 +155,21 @@ def test_values_that_are_not_finite_numbers_are_skipped_and_counted(tmp_path):
     assert (stats.lines, stats.readings, stats.skipped) == (4, 1, 4)
 
 
+def test_a_sensor_that_moves_is_declared_where_it_last_reported(tmp_path):
+    path = tmp_path / "moved.csv"
+    lines = [
+        "sensor_id;sensor_type;location;lat;lon;timestamp;P1;P2",
+        "7;SDS011;1;51.5;0.0;2019-03-01T00:00:00;1;2",  # on the Greenwich meridian
+        "7;SDS011;1;;;2019-03-01T00:02:00;1;2",  # no position on this line
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _, sensors, _ = parsed(path)
+    assert (sensors["7"].lon, sensors["7"].lat) == (0.0, 51.5)
+    path.write_text("\n".join([*lines, "7;SDS011;2;51.6;-0.1;2019-03-02T00:00:00;1;2"]) + "\n")
+    _, sensors, _ = parsed(path)
+    assert (sensors["7"].lon, sensors["7"].lat) == (-0.1, 51.6)
+
+
 def test_a_file_of_neither_format_is_refused_naming_both(tmp_path):
     path = tmp_path / "places.csv"
     path.write_text("id;name\n1;x\n", encoding="utf-8")
