@@ -11,7 +11,9 @@ waits until every transaction older than its writes has ended, wherever it runs.
 from __future__ import annotations
 
 import base64
+import gzip
 import itertools
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -323,3 +325,22 @@ def test_changes_over_http_refuse_a_bad_cursor_or_limit(settings):
     for limit in ("0", "5001", "ten", "-1"):
         response = client.get(CHANGES, {"limit": limit})
         assert (response.status_code, response.json()["code"]) == (400, "limit")
+
+
+@pytest.mark.django_db
+def test_changes_over_http_are_gzipped_when_the_client_asks(settings):
+    settings.EDGE_RATE = None
+    world = World()
+    for i in range(8):
+        world.place(name=f"a place with a long enough name to fill the page, number {i}")
+    key = edge_key_create(node=world.node, scopes=[KeyScope.PULL_PLACES]).secret
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+    plain = client.get(CHANGES)
+    zipped = client.get(CHANGES, HTTP_ACCEPT_ENCODING="gzip")
+    assert "Content-Encoding" not in plain
+    assert zipped["Content-Encoding"] == "gzip"
+    assert zipped["Vary"] == "Accept-Encoding"
+    assert len(zipped.content) < len(plain.content)
+    changes = json.loads(gzip.decompress(zipped.content))["changes"]
+    assert changes == plain.json()["changes"]
+    assert len(changes) == 8
