@@ -10,6 +10,13 @@ hold exactly the readings of the acknowledged batches: ``lost`` counts those mis
 that fails on the wire is sent again under its key, as the client does. Also: p50/p95 of one
 batch, from sending to the whole answer.
 
+Then the pull (unless ``--skip-pull``): the GB sample (35K places, with the Natural Earth
+countries for their country) imported through the real importer, and a node of Great Britain
+pulling its region over HTTP with gzip in pages of 5,000: the first pull (snapshot and the
+feed after it) in time, pages and bytes as sent; then 100 places renamed and the incremental
+pull. The feed hands out a change only once every older transaction on the server has ended
+(shared by every database of the cluster), so the wait for that is reported apart.
+
 The database is made afresh (``BENCH_EDGE_DATABASE_URL``, default ``…/places_bench_edge``;
 migrated, one region, node and key), the per-node rate limit is off (the figure is the
 server's), and the follow-up tasks queue in ``BENCH_REDIS_URL``'s Redis (db 12 by default),
@@ -24,6 +31,7 @@ Results: ``results/edge.json`` and ``results/edge.md``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import gzip
 import http.client
@@ -31,6 +39,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -57,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1000, help="readings per batch")
     parser.add_argument("--sensors", type=int, default=10, help="sensors per client")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
+    parser.add_argument("--skip-pull", action="store_true", help="only the ingest run")
     parser.add_argument("--output", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
@@ -149,6 +159,90 @@ def _client(
     )
 
 
+def _get(host: str, port: int, path: str, key: str) -> tuple[int, bytes]:
+    """(status, body as sent) of one GET with gzip accepted."""
+    conn = http.client.HTTPConnection(host, port, timeout=600)
+    try:
+        conn.request(
+            "GET", path, headers={"Authorization": f"Bearer {key}", "Accept-Encoding": "gzip"}
+        )
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _pull(host: str, port: int, key: str, cursor: str | None) -> dict[str, Any]:
+    """Follow the feed from ``cursor`` until has_more is false, as a device does."""
+    pages = entries = sent = decoded = 0
+    started = time.perf_counter()
+    while True:
+        query = "?limit=5000" + (f"&cursor={cursor}" if cursor else "")
+        status, raw = _get(host, port, "/api/v1/edge/changes/" + query, key)
+        if status != 200:
+            raise RuntimeError(f"changes: {status} {raw[:200]!r}")
+        body = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        page = json.loads(body)
+        pages += 1
+        entries += len(page["changes"])
+        sent += len(raw)
+        decoded += len(body)
+        cursor = page["cursor"]
+        if not page["has_more"]:
+            break
+    return {
+        "seconds": time.perf_counter() - started,
+        "pages": pages,
+        "entries": entries,
+        "bytes_sent": sent,
+        "bytes_decoded": decoded,
+        "cursor": cursor,
+    }
+
+
+def _feed_caught_up(timeout: float = 300) -> float:
+    """Seconds waited until every transaction older than now has ended on the server."""
+    from django.db import connection
+
+    started = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT txid_current()")
+        mine = cursor.fetchone()[0]
+    while time.perf_counter() - started < timeout:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            if cursor.fetchone()[0] > mine:
+                return time.perf_counter() - started
+        time.sleep(0.2)
+    raise RuntimeError("transactions elsewhere on the server held the change feed back")
+
+
+def pull_run(*, host: str, port: int, key: str, node: Any) -> dict[str, Any]:
+    from places.models import Place
+    from places.services import place_update
+
+    waited = _feed_caught_up()
+    first = _pull(host, port, key, None)
+    region_ids = list(
+        Place.objects.filter(country_id=node.region_id, status="active")
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+    # A hundred places spread over the region, the same ones each run.
+    ids = region_ids[:: max(1, len(region_ids) // 100)][:100]
+    for place in Place.objects.filter(id__in=ids):
+        place_update(place=place, data={"name": f"{place.name} (edited)"})
+    waited += _feed_caught_up()
+    again = _pull(host, port, key, first["cursor"])
+    return {
+        "places": Place.objects.filter(country_id=node.region_id, status="active").count(),
+        "first": {k: v for k, v in first.items() if k != "cursor"},
+        "after_100_edits": {k: v for k, v in again.items() if k != "cursor"},
+        "edited": len(ids),
+        "feed_wait_seconds": waited,
+    }
+
+
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
@@ -176,7 +270,52 @@ def markdown(results: dict[str, Any]) -> str:
         f"| retries on the wire / non-200 answers | {r['retries']} / {r['failures']} |",
         "",
     ]
+    pull = results.get("pull")
+    if pull:
+        lines += [
+            f"Pull of Great Britain ({pull['places']:,} active places), pages of 5,000, gzip; "
+            f"waits for older transactions on the server not counted "
+            f"({pull['feed_wait_seconds']:.1f} s).",
+            "",
+            "| pull | time | pages | entries | bytes sent (decoded) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, label in (
+            ("first", "first (snapshot + feed)"),
+            ("after_100_edits", "after 100 edits"),
+        ):
+            p = pull[name]
+            lines.append(
+                f"| {label} | {p['seconds'] * 1000:,.0f} ms | {p['pages']} | {p['entries']:,} "
+                f"| {p['bytes_sent']:,} ({p['bytes_decoded']:,}) |"
+            )
+        lines.append("")
     return "\n".join(lines)
+
+
+def _gb_loaded() -> tuple[Any, str]:
+    """The GB sample and the countries imported as the tests do; a node of Great Britain."""
+    from ingestion.edge.services.keys import edge_key_create, edge_node_create
+    from ingestion.services.imports import import_job_execute
+    from ingestion.services.jobs import import_job_create
+    from ingestion.services.regions import PRESETS, region_load
+    from places.models import Region
+    from places.services import dataset_get_or_create
+
+    sample = ROOT / "ingestion" / "sample_data"
+    logger.info("loading the countries and the GB sample")
+    region_load(
+        path=sample / "ne_50m_admin_0_countries.geojson.gz",
+        source=PRESETS["ne-countries"],
+        dataset=dataset_get_or_create(slug="natural-earth"),
+    )
+    job = import_job_create(
+        path=sample / "osm_pow_gb_excl_wales.csv.gz", dataset=dataset_get_or_create(slug="osm-gb")
+    )
+    import_job_execute(job_id=job.pk)
+    country = Region.objects.get(level="country", code="GBR")
+    node = edge_node_create(name="bench-gb", region=country)
+    return node, edge_key_create(node=node).secret
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,6 +328,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.local"
     os.environ["DEBUG"] = "false"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # The importer keeps a copy of the file it reads.
+    os.environ["MEDIA_ROOT"] = tempfile.mkdtemp(prefix="places-bench-edge-media-")
+    atexit.register(shutil.rmtree, os.environ["MEDIA_ROOT"], ignore_errors=True)
 
     from tests.benchmarks.load import recreate_database
 
@@ -223,6 +365,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     node = edge_node_create(name="bench-node", region=region)
     key = edge_key_create(node=node).secret
+    pull_node = pull_key = None
+    if not args.skip_pull:
+        pull_node, pull_key = _gb_loaded()
     connection.close()
 
     log_dir = Path(tempfile.mkdtemp(prefix="places-bench-edge-"))
@@ -250,6 +395,10 @@ def main(argv: list[str] | None = None) -> None:
         for process in processes:
             process.join()
         wall = time.time() - start_at
+        pull = None
+        if pull_node is not None and pull_key is not None:
+            logger.info("pull of %s", pull_node.region)
+            pull = pull_run(host=server.host, port=server.port, key=pull_key, node=pull_node)
     stored = Observation.objects.filter(sensor__node=node).count()
     acknowledged = sum(r["readings"] for r in reports)
     accepted = sum(r["accepted"] for r in reports)
@@ -278,6 +427,8 @@ def main(argv: list[str] | None = None) -> None:
             "failures": sum(r["failures"] for r in reports),
         },
     }
+    if pull is not None:
+        results["pull"] = pull
     # The follow-up tasks no worker ran.
     get_redis_connection("default").flushdb()
     args.output.mkdir(parents=True, exist_ok=True)
