@@ -121,6 +121,30 @@ AUTH_ERRORS = {
     ),
 }
 
+# Response headers every edge answer to a node carries (the rate limit's), and the 429's.
+RATE_LIMIT_HEADERS = [
+    OpenApiParameter(
+        name,
+        OpenApiTypes.INT,
+        location=OpenApiParameter.HEADER,
+        response=True,
+        description=description,
+    )
+    for name, description in (
+        ("RateLimit-Limit", "Requests the node may make in a window (`EDGE_RATE`)."),
+        ("RateLimit-Remaining", "Requests left in the current window."),
+        ("RateLimit-Reset", "Seconds until the window closes."),
+    )
+] + [
+    OpenApiParameter(
+        "Retry-After",
+        OpenApiTypes.INT,
+        location=OpenApiParameter.HEADER,
+        response=[429],
+        description="Seconds to wait before trying again.",
+    )
+]
+
 RATE_LIMIT_NOTE = (
     "Authenticate with `Authorization: Bearer edge_<prefix>_<secret>`. Answers to a node carry "
     "`RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (per node, setting "
@@ -235,6 +259,16 @@ BATCH_ANSWER = {
             enum=["gzip", "identity"],
             description="`gzip` to send the body compressed.",
         ),
+        OpenApiParameter(
+            "Idempotent-Replayed",
+            OpenApiTypes.STR,
+            location=OpenApiParameter.HEADER,
+            response=[200],
+            enum=["true"],
+            description="Present when the answer is the stored answer to an earlier request "
+            "with this key and body.",
+        ),
+        *RATE_LIMIT_HEADERS,
     ],
     request={"application/json": BATCH_SCHEMA},
     responses={
@@ -414,6 +448,14 @@ CHANGES_ANSWER = {
             description=f"Entries per page, 1–{selectors.MAX_LIMIT} "
             f"(default {selectors.DEFAULT_LIMIT}).",
         ),
+        OpenApiParameter(
+            "ETag",
+            OpenApiTypes.STR,
+            location=OpenApiParameter.HEADER,
+            response=[200, 304],
+            description="Send it back in `If-None-Match` with the answer's cursor.",
+        ),
+        *RATE_LIMIT_HEADERS,
     ],
     responses={
         200: OpenApiResponse(response=CHANGES_ANSWER, description="A page."),
@@ -525,6 +567,7 @@ HEARTBEAT_ANSWER = {
             },
         }
     },
+    parameters=RATE_LIMIT_HEADERS,
     responses={
         200: OpenApiResponse(response=HEARTBEAT_ANSWER, description="Recorded."),
         400: _error_schema("A field is invalid, or the body is not JSON.", "invalid", "json"),
