@@ -40,6 +40,10 @@ class EdgeNodeUser:
     def pk(self) -> int:
         return self.node.pk
 
+    def get_username(self) -> str:
+        # What logging and error reporting show for the request.
+        return f"edge node {self.node.name}"
+
 
 class EdgeKeyAuthentication(BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[EdgeNodeUser, EdgeNodeKey]:
