@@ -24,8 +24,9 @@ Kind = Literal["function", "trigger", "table", "sequence", "index", "partition"]
 class DbObject:
     """One object; ``definition`` is compared with the catalog after :func:`sql_normalise`.
 
-    A ``partition`` entry stands for a family of tables: ``{year}`` in its name and
-    definition matches any year, and ``{next_year}`` the year after it.
+    A ``partition`` entry stands for a family of tables: ``{year}`` (and ``{month}``) in its
+    name and definition match any year (month), ``{next_year}`` and ``{next_month}`` the
+    period after it. ``on_demand`` families are created at run time and may have no member.
     """
 
     name: str
@@ -34,6 +35,7 @@ class DbObject:
     purpose: str
     migrations: str
     definition: str
+    on_demand: bool = False
 
 
 def sql_normalise(sql: str) -> str:
@@ -422,6 +424,19 @@ END $function$
         "out when it creates their year.",
         migrations="places 0002",
         definition="DEFAULT",
+    ),
+    # Partitions of ingestion_observation (the parent is Observation's table, made in SQL).
+    DbObject(
+        name="ingestion_observation_y{year}m{month}",
+        kind="partition",
+        table="ingestion_observation",
+        purpose="One month of sensor readings, created when a batch first brings a reading of "
+        "that month and ahead by the beat task edge_partitions_maintain, which also drops "
+        "months past EDGE_RETENTION_DAYS.",
+        migrations="ingestion 0008; ingestion.edge.services.partitions",
+        definition="FOR VALUES FROM ('{year}-{month}-01 00:00:00+00') "
+        "TO ('{next_year}-{next_month}-01 00:00:00+00')",
+        on_demand=True,
     ),
     # Import scratch space.
     DbObject(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import pytest
@@ -9,6 +10,7 @@ from django.apps import apps
 from django.db import connection
 from django.db.migrations.recorder import MigrationRecorder
 
+from ingestion.edge.services.partitions import observation_partitions_ensure_months
 from places.dbobjects import DB_OBJECTS, DbObject, Kind, sql_normalise
 
 pytestmark = pytest.mark.django_db
@@ -123,6 +125,7 @@ def _catalog() -> dict[tuple[Kind, str], str]:
 def _listed(obj: DbObject) -> tuple[re.Pattern[str], str]:
     """The names an entry stands for, and its definition in the catalog's form."""
     name = re.escape(obj.name).replace(r"\{year\}", r"(?P<year>\d{4})")
+    name = name.replace(r"\{month\}", r"(?P<month>\d{2})")
     definition = sql_normalise(obj.definition)
     if obj.kind == "partition":
         definition = f"{obj.table}: {definition}"
@@ -134,7 +137,14 @@ def _match(kind: Kind, name: str) -> tuple[DbObject, str] | None:
         pattern, definition = _listed(obj)
         found = pattern.match(name)
         if obj.kind == kind and found:
-            if "year" in pattern.groupindex:
+            if "month" in pattern.groupindex:
+                year, month = int(found["year"]), int(found["month"])
+                after = (year + month // 12, month % 12 + 1)
+                definition = definition.replace("{next_year}", f"{after[0]:04d}")
+                definition = definition.replace("{next_month}", f"{after[1]:02d}")
+                definition = definition.replace("{year}", f"{year:04d}")
+                definition = definition.replace("{month}", f"{month:02d}")
+            elif "year" in pattern.groupindex:
                 year = int(found["year"])
                 definition = definition.replace("{year}", str(year))
                 definition = definition.replace("{next_year}", str(year + 1))
@@ -173,7 +183,8 @@ def test_every_listed_object_exists():
     missing = [
         f"{obj.kind} {obj.name}"
         for obj in DB_OBJECTS
-        if not any(k == obj.kind and _listed(obj)[0].match(n) for k, n in catalog)
+        if not obj.on_demand
+        and not any(k == obj.kind and _listed(obj)[0].match(n) for k, n in catalog)
     ]
 
     # then nothing listed is gone (renamed or dropped by a migration)
@@ -226,3 +237,18 @@ def test_the_change_log_trigger_is_named_for_marking_pending_versions():
     assert ("function", "places_versions_mark_pending") in catalog
     assert ("trigger", "placechange_bump_data_version") not in catalog
     assert ("function", "places_dataversion_bump") not in catalog
+
+
+def test_monthly_reading_partitions_made_at_run_time_are_listed_with_their_bounds():
+    # given reading partitions the batch service creates on demand, one of them a December
+    observation_partitions_ensure_months(months=[dt.date(2030, 12, 1), dt.date(2031, 1, 1)])
+
+    # when the catalog is compared with the list
+    catalog = _catalog()
+    unlisted, changed = _differences(catalog)
+
+    # then both months are known, each bound ending where the next month starts
+    assert ("partition", "ingestion_observation_y2030m12") in catalog
+    assert ("partition", "ingestion_observation_y2031m01") in catalog
+    assert not unlisted
+    assert not changed
