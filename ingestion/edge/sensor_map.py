@@ -220,7 +220,7 @@ class SensorLatestApi(QueryParamsGuard, PublicBytesView):
         ),
         parameters=[SensorLatestQuery],
         responses={
-            200: OpenApiResponse(
+            (200, "application/geo+json"): OpenApiResponse(
                 response=OpenApiTypes.OBJECT,
                 description="A GeoJSON FeatureCollection of points, with the bands' legend.",
                 examples=[OpenApiExample("One sensor", value=EXAMPLE)],
