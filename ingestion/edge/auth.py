@@ -18,7 +18,7 @@ from rest_framework.exceptions import AuthenticationFailed, PermissionDenied
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from ingestion.edge.models import EdgeNode, EdgeNodeKey, KeyScope
+from ingestion.edge.models import EdgeNode, EdgeNodeKey
 from ingestion.edge.services.keys import EdgeAuthError, edge_key_authenticate
 
 REALM = "edge"
@@ -50,20 +50,14 @@ class EdgeKeyAuthentication(BaseAuthentication):
         view = request.parser_context.get("view") if request.parser_context else None
         scope = getattr(view, "edge_scope", None)
         raw = request.META.get("HTTP_AUTHORIZATION")
-        # Any scope will do (None): every key has at least one, so one of them passes.
-        scopes = [scope] if scope is not None else list(KeyScope.values)
-        for index, candidate in enumerate(scopes):
-            try:
-                key = edge_key_authenticate(raw=raw, scope=candidate)
-            except EdgeAuthError as exc:
-                if exc.code == "scope_missing" and index + 1 < len(scopes):
-                    continue
-                body = {"detail": exc.message, "code": exc.code}
-                if exc.code == "scope_missing":
-                    raise PermissionDenied(body) from None
-                raise AuthenticationFailed(body) from None
-            return EdgeNodeUser(node=key.node, key=key), key
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            key = edge_key_authenticate(raw=raw, scope=scope)
+        except EdgeAuthError as exc:
+            body = {"detail": exc.message, "code": exc.code}
+            if exc.code == "scope_missing":
+                raise PermissionDenied(body) from None
+            raise AuthenticationFailed(body) from None
+        return EdgeNodeUser(node=key.node, key=key), key
 
     def authenticate_header(self, request: Request) -> str:
         return f'Bearer realm="{REALM}"'

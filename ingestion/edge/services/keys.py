@@ -133,9 +133,10 @@ def edge_key_revoke(*, key: EdgeNodeKey) -> EdgeNodeKey:
     return key
 
 
-def edge_key_authenticate(*, raw: str | None, scope: str) -> EdgeNodeKey:
+def edge_key_authenticate(*, raw: str | None, scope: str | None) -> EdgeNodeKey:
     """The key for ``raw`` (the key text, or a whole ``Bearer <key>`` header value), with its
-    node loaded, if it may act with ``scope``; else ``EdgeAuthError`` naming the problem.
+    node loaded, if it may act with ``scope`` (None: with any scope it holds); else
+    ``EdgeAuthError`` naming the problem.
 
     The hash comparison takes constant time. Revocation, expiry and the node's status are
     only reported once the key is proven, so an unknown key learns nothing about real ones.
@@ -165,10 +166,12 @@ def edge_key_authenticate(*, raw: str | None, scope: str) -> EdgeNodeKey:
         raise EdgeAuthError(
             "node_disabled", f"The node {key.node.name!r} is disabled; its keys are refused."
         )
-    if scope not in key.scopes:
+    if (scope not in key.scopes) if scope is not None else not key.scopes:
         raise EdgeAuthError(
             "scope_missing",
-            f"The key lacks the scope {scope!r} (it has: {', '.join(key.scopes) or 'none'}).",
+            f"The key lacks the scope {scope!r} (it has: {', '.join(key.scopes) or 'none'})."
+            if scope is not None
+            else "The key has no scope at all.",
         )
     if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
         # Conditional, so concurrent requests of one node write the row once a minute.
