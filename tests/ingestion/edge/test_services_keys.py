@@ -118,6 +118,17 @@ def test_a_key_without_the_scope_is_refused_naming_the_scope():
     assert PUSH in refused.value.message
 
 
+def test_any_scope_will_do_when_none_is_named():
+    # given a key that may only pull places
+    created = edge_key_create(node=node_make(), scopes=[PULL])
+
+    # when it is checked for a request that any key of the node may make (a heartbeat)
+    key = edge_key_authenticate(raw=created.secret, scope=None)
+
+    # then it passes as that key
+    assert key.pk == created.key.pk
+
+
 def test_last_use_is_written_at_most_once_a_minute(django_assert_num_queries):
     # given a key used just now
     created = edge_key_create(node=node_make())
