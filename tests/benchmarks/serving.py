@@ -22,6 +22,7 @@ import math
 import struct
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +36,7 @@ from places.serving.fields import PROPERTIES
 from places.serving.query import PlaceQuery
 from tests.benchmarks import fixed_load, measure, picks
 from tests.benchmarks.servers import (
+    Server,
     gunicorn_server,
     nginx_server,
     tipg_server,
@@ -145,40 +147,61 @@ def _floor_chunks(query: PlaceQuery, limit: int) -> int:
 
 
 def _big_page_against_floors(
-    host: str, port: int, path: str, *, query: PlaceQuery, limit: int, samples: int, flush: Any
+    host: str,
+    port: int,
+    path: str,
+    *,
+    query: PlaceQuery,
+    limit: int,
+    samples: int,
+    flush: Any,
+    tipg: tuple[Server, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Our big GeoJSON page over HTTP, uncached, interleaved request by request with the two
-    SQL floors (after one untimed round), so that all three meet the same machine."""
-    times: dict[str, list[float]] = {"ours": [], "one_statement": [], "chunks": []}
-    covers: dict[str, int] = {}
-    last: measure.Answer | None = None
+    SQL floors and, given ``tipg`` (its server and path), tipg's answer for the same
+    features, after one untimed round: all of them meet the same machine, whatever else
+    runs on it."""
+
+    def timed(work: Any) -> tuple[float, Any]:
+        started = time.perf_counter()
+        result = work()
+        return (time.perf_counter() - started) * 1000, result
+
+    def fetched(server_host: str, server_port: int, server_path: str) -> measure.Answer:
+        answer = measure.fetch(server_host, server_port, server_path)
+        if answer.status != 200:
+            raise RuntimeError(f"{server_path}: HTTP {answer.status}: {answer.body[:300]!r}")
+        return answer
+
+    times: dict[str, list[float]] = {"ours": [], "one_statement": [], "chunks": [], "tipg": []}
+    last: dict[str, Any] = {}
     for i in range(samples + 1):
         flush()
-        last = measure.fetch(host, port, path)
-        if last.status != 200:
-            raise RuntimeError(f"{path}: HTTP {last.status}: {last.body[:300]!r}")
-        ours_ms = last.ms
-        started = time.perf_counter()
-        covers["one_statement"] = _floor_one_statement(query, limit)
-        one_ms = (time.perf_counter() - started) * 1000
-        started = time.perf_counter()
-        covers["chunks"] = _floor_chunks(query, limit)
-        chunks_ms = (time.perf_counter() - started) * 1000
+        last["ours"] = fetched(host, port, path)
+        round_ms = {"ours": last["ours"].ms}
+        round_ms["one_statement"], last["one_statement"] = timed(
+            lambda: _floor_one_statement(query, limit)
+        )
+        round_ms["chunks"], last["chunks"] = timed(lambda: _floor_chunks(query, limit))
+        if tipg:
+            last["tipg"] = fetched(tipg[0].host, tipg[0].port, tipg[1])
+            round_ms["tipg"] = last["tipg"].ms
         if i:  # the first round warms every path
-            times["ours"].append(ours_ms)
-            times["one_statement"].append(one_ms)
-            times["chunks"].append(chunks_ms)
-    assert last is not None
-    ours = {**measure.summarise(times["ours"]), "bytes": len(last.body), "last": last}
-    ours["encoding"] = last.headers.get("content-encoding", "identity")
-    return {
-        "ours": ours,
-        "one_statement": {
-            **measure.summarise(times["one_statement"]),
-            "features": covers["one_statement"],
-        },
-        "chunks": {**measure.summarise(times["chunks"]), "features": covers["chunks"]},
-    }
+            for key, ms in round_ms.items():
+                times[key].append(ms)
+    found: dict[str, dict[str, Any]] = {}
+    for key in ("ours", "tipg"):
+        if times[key]:
+            answer = last[key]
+            found[key] = {
+                **measure.summarise(times[key]),
+                "bytes": len(answer.body),
+                "encoding": answer.headers.get("content-encoding", "identity"),
+                "last": answer,
+            }
+    for key in ("one_statement", "chunks"):
+        found[key] = {**measure.summarise(times[key]), "features": last[key]}
+    return found
 
 
 def _row(result: dict[str, Any], label: str, **extra: Any) -> dict[str, Any]:
@@ -300,16 +323,34 @@ def run(
 
         limit = _largest_limit(host, port)
         first_page = f"/api/v1/places/?bbox={big.text}&limit={limit}"
+        tipg_items = f"/collections/{TIPG_COLLECTION}/items?bbox={big.text}&{TIPG_PARAMS}"
         out["rss_kib"]["before_big_geojson"] = worker_peak_rss_kib(web.pid)
-        measured = _big_page_against_floors(
-            host,
-            port,
-            first_page,
-            query=PlaceQuery(bbox=parse_bbox(big.text)),
-            limit=limit,
-            samples=max(slow_samples, min(samples, 5)),
-            flush=flush,
-        )
+        with ExitStack() as stack:
+            # tipg answers the same features in the same rounds: the ratio the issue's
+            # target names is then taken under the same load.
+            tipg_peer = (
+                stack.enter_context(
+                    tipg_server(
+                        database_url=database_url,
+                        workers=workers,
+                        max_features_per_query=max(big.places * 2, 10_000),
+                        max_features_per_tile=20_000,
+                        log_dir=log_dir,
+                    )
+                )
+                if baselines
+                else None
+            )
+            measured = _big_page_against_floors(
+                host,
+                port,
+                first_page,
+                query=PlaceQuery(bbox=parse_bbox(big.text)),
+                limit=limit,
+                samples=max(slow_samples, min(samples, 5)),
+                flush=flush,
+                tipg=(tipg_peer, f"{tipg_items}&limit={limit}") if tipg_peer else None,
+            )
         # The worker that answered the big page (and only such pages so far, besides the
         # views) shows what answering it costs in memory.
         out["rss_kib"]["after_big_geojson"] = worker_peak_rss_kib(web.pid)
@@ -322,6 +363,14 @@ def run(
             limit=limit,
             expected=min(limit, big.places),
         )
+        if "tipg" in measured:
+            rows["tipg_items_interleaved"] = _row(
+                measured["tipg"],
+                f"baseline: tipg items (limit {limit}), in the same rounds as ours",
+                box="box_100k",
+                features=_features(measured["tipg"]["last"]),
+                expected=min(limit, big.places),
+            )
         for key, label in [
             ("one_statement", "floor: PostgreSQL writes that page's JSON, one statement"),
             ("chunks", "floor: the streamed page's statements alone (ids, then chunks)"),
