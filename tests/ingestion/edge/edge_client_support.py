@@ -85,6 +85,7 @@ class Received:
         return json.loads(self.body)
 
 
+# (status, headers, payload): JSON-able, None for no body, or bytes sent as they are.
 Reply = tuple[int, dict[str, str], Any]
 Responder = Callable[[Received], Reply]
 
@@ -111,7 +112,14 @@ def _handler(stand_in: StandIn) -> type[BaseHTTPRequestHandler]:
             )
             stand_in.received.append(request)
             status, headers, payload = stand_in.respond(request)
-            data = b"" if payload is None else json.dumps(payload).encode()
+            # Bytes go as they are (a body garbled on the way); anything else as JSON, gzipped
+            # when the reply says so, as the real server does when asked.
+            if isinstance(payload, bytes):
+                data = payload
+            else:
+                data = b"" if payload is None else json.dumps(payload).encode()
+                if headers.get("Content-Encoding") == "gzip":
+                    data = gzip.compress(data)
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)

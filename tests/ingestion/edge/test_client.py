@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import signal
 import sqlite3
 import subprocess
@@ -549,6 +550,28 @@ def test_pull_resync_drops_places_the_new_snapshot_lacks(tmp_path, server):
     assert run_client(*args, "--resync").returncode == 0
     assert "cursor=" not in server.received[-1].path
     assert db_rows(db, "SELECT id FROM places") == [(2,)]
+
+
+def test_pull_asks_for_gzip_and_unpacks_it_retrying_a_body_that_does_not_unpack(tmp_path, server):
+    page = {"cursor": "f0", "has_more": False, "snapshot": True, "changes": [place(1, 1, "Kirk")]}
+    packed = gzip.compress(json.dumps(page).encode())
+    answers = iter(
+        [
+            # cut short on the way: not a page, so asked again
+            (200, {"Content-Encoding": "gzip"}, packed[: len(packed) // 2]),
+            (200, {"Content-Encoding": "gzip", "ETag": '"e1"'}, page),
+        ]
+    )
+    server.respond = lambda request: next(answers)
+    db = tmp_path / "places.sqlite"
+    result = run_client(
+        "pull", "--db", str(db), "--url", server.url, "--key", KEY, "--backoff", "0.05"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "does not unpack" in result.stdout
+    assert [r.headers.get("Accept-Encoding") for r in server.received] == ["gzip", "gzip"]
+    assert db_rows(db, "SELECT id, version, name FROM places") == [(1, 1, "Kirk")]
+    assert db_rows(db, "SELECT cursor, etag FROM pull_state") == [("f0", '"e1"')]
 
 
 def test_a_page_and_its_cursor_are_stored_together(tmp_path):
