@@ -65,6 +65,7 @@ bench-deps:
 # BENCH_ARGS passes options to the runner, e.g. make bench BENCH_ARGS="--places 100000".
 bench: db bench-deps
 	$(PY) tests/benchmarks/run.py $(BENCH_ARGS)
+	$(PY) tests/benchmarks/edge.py --seconds 20
 
 # This tree (B) against the code at BENCH_AB_BASE (A), measured in alternating rounds of one
 # run; BENCH_AB_ARGS passes options, e.g. make bench-ab BENCH_AB_ARGS="--skip-imports".
