@@ -40,6 +40,7 @@ from ingestion.edge.throttling import EdgeNodeThrottle
 from places.serving.responses import accepts_gzip, etag_matches
 
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+LIMIT = re.compile(r"[0-9]{1,4}")
 JSON_TYPES = {"application/json"}
 # Change-feed answers smaller than this go uncompressed: gzip would save little.
 GZIP_MIN_BYTES = 1024
@@ -505,7 +506,9 @@ class ChangesApi(EdgeApi):
         raw_limit = request.query_params.get("limit")
         limit = selectors.DEFAULT_LIMIT
         if raw_limit is not None:
-            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= selectors.MAX_LIMIT:
+            # ASCII digits only: str.isdigit() also accepts "²" and "١", which int() refuses
+            # or reads as another number.
+            if not LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= selectors.MAX_LIMIT:
                 return _error(
                     400,
                     "limit",

@@ -322,7 +322,8 @@ def test_changes_over_http_refuse_a_bad_cursor_or_limit(settings):
     client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
     response = client.get(CHANGES, {"cursor": "not-a-cursor"})
     assert (response.status_code, response.json()["code"]) == (400, "cursor")
-    for limit in ("0", "5001", "ten", "-1"):
+    # "²" and "١" pass str.isdigit(); int() refuses the first and reads the second as 1.
+    for limit in ("0", "5001", "ten", "-1", "²", "١", "１", " 5", "00005000000"):
         response = client.get(CHANGES, {"limit": limit})
         assert (response.status_code, response.json()["code"]) == (400, "limit")
 
