@@ -392,16 +392,19 @@ def test_unreachable_server_is_retried_until_give_up_after(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("status", "code", "detail"),
+    ("status", "code", "detail", "extra"),
     [
-        (401, "key_revoked", "The key has been revoked."),
-        (403, "scope_missing", "The key may not push readings."),
+        (401, "key_revoked", "The key has been revoked.", {}),
+        (403, "scope_missing", "The key may not push readings.", {}),
+        # a sensor this batch does not hold: nothing to drop, so it stops like the others
+        (403, "sensor_of_other_node", "Sensor 'elsewhere' is registered to another node.",
+         {"sensor": "elsewhere", "index": 0}),
     ],
-)
+)  # fmt: skip
 def test_a_refused_key_stops_at_once_with_the_servers_message(
-    tmp_path, server, status, code, detail
+    tmp_path, server, status, code, detail, extra
 ):
-    server.respond = lambda request: (status, {}, {"detail": detail, "code": code})
+    server.respond = lambda request: (status, {}, {"detail": detail, "code": code, **extra})
     db = tmp_path / "q.sqlite"
     source = head_of(SDS011, 10, tmp_path / "sds.csv")
     result = run_client("replay", str(source), "--db", str(db), "--url", server.url, "--key", KEY)
@@ -457,6 +460,86 @@ def test_readings_the_server_rejects_keep_its_reason(tmp_path, server):
     status = run_client("status", "--db", str(db))
     assert "3 sent, 1 rejected" in status.stdout
     assert "rejected ×1: out_of_range: too high" in status.stdout
+
+
+def two_sensors(path: Path, rows: int) -> Path:
+    """An archive of sensors "1" and "2" taking turns, a minute apart (two readings a row)."""
+    lines = ["sensor_id;sensor_type;location;lat;lon;timestamp;P1;P2"]
+    for row in range(rows):
+        sensor = 1 + row % 2
+        lines.append(f"{sensor};SDS011;9;57.1;-2.1;2019-03-01T00:{row:02d}:00;{row};1.5")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_batch_declaring_another_nodes_sensor_is_rebuilt_without_it(tmp_path, server):
+    # given a server where sensor "2" is registered to another node: a batch declaring it is
+    # refused whole (403), naming it
+    def foreign_two(request: Received) -> Reply:
+        declared = [s["id"] for s in request.json()["sensors"]]
+        if "2" in declared:
+            detail = f"Sensor '2' (sensors[{declared.index('2')}]) is registered to another node."
+            return 403, {}, {"detail": detail, "code": "sensor_of_other_node", "sensor": "2",
+                             "index": declared.index("2")}  # fmt: skip
+        return accept_all(request)
+
+    server.respond = foreign_two
+    db = tmp_path / "q.sqlite"
+    source = two_sensors(tmp_path / "two.csv", 10)  # 10 readings of each sensor
+    # when 20 readings are sent in batches of 8
+    result = run_client(
+        "replay", str(source), "--db", str(db), "--url", server.url, "--key", KEY, "--batch", "8"
+    )
+    # then the run goes on to the end
+    assert result.returncode == 0, result.stderr
+    assert "sensor '2' is registered to another node" in result.stdout
+    # and the refused batch went once; its readings of sensor "1" went again, under a new key
+    first, second, *rest = server.received
+    assert [s["id"] for s in first.json()["sensors"]] == ["1", "2"]
+    assert second.json()["sensors"] == [{"id": "1", "kind": "SDS011", "location": [-2.1, 57.1]}]
+    assert second.json()["readings"] == [r for r in first.json()["readings"] if r["sensor"] == "1"]
+    keys = [r.headers["Idempotency-Key"] for r in server.received]
+    assert len(set(keys)) == len(keys)
+    # and no later batch named sensor "2": all its queued readings were rejected at once
+    assert len(server.received) == 3
+    assert all(r["sensor"] == "1" for q in rest for r in q.json()["readings"])
+    reason = "sensor_of_other_node: Sensor '2' (sensors[1]) is registered to another node."
+    assert db_rows(db, "SELECT sensor, state, error, count(*) FROM readings GROUP BY 1, 2, 3") == [
+        ("1", "sent", None, 10),
+        ("2", "rejected", reason, 10),
+    ]
+    assert db_rows(db, "SELECT state, answer FROM batches ORDER BY id")[0] == ("dropped", reason)
+    assert db_rows(db, "SELECT state FROM batches ORDER BY id")[1:] == [("done",), ("done",)]
+    status = run_client("status", "--db", str(db))
+    assert "10 sent, 10 rejected" in status.stdout
+    assert f"rejected ×10: {reason}" in status.stdout
+
+
+def test_a_reading_of_another_nodes_sensor_rejected_per_item_keeps_the_reason(tmp_path, server):
+    # given a server that rejects, item by item, readings naming sensor "2" (another node's)
+    def per_item(request: Received) -> Reply:
+        readings = request.json()["readings"]
+        errors = [
+            {"index": i, "field": f"readings[{i}].sensor", "code": "sensor_of_other_node",
+             "message": "Sensor '2' is registered to another node."}
+            for i, r in enumerate(readings) if r["sensor"] == "2"
+        ]  # fmt: skip
+        answer = {"batch": 3, "accepted": len(readings) - len(errors), "duplicate": 0,
+                  "rejected": len(errors), "errors": errors}  # fmt: skip
+        return 200, {}, answer
+
+    server.respond = per_item
+    db = tmp_path / "q.sqlite"
+    source = two_sensors(tmp_path / "two.csv", 4)
+    result = run_client("replay", str(source), "--db", str(db), "--url", server.url, "--key", KEY)
+    assert result.returncode == 0, result.stderr
+    # then those readings are rejected with the server's reason, the others sent
+    reason = "sensor_of_other_node: Sensor '2' is registered to another node."
+    assert db_rows(db, "SELECT sensor, state, error, count(*) FROM readings GROUP BY 1, 2, 3") == [
+        ("1", "sent", None, 4),
+        ("2", "rejected", reason, 4),
+    ]
+    assert len(server.received) == 1
 
 
 # --- pull and status -------------------------------------------------------------------------
