@@ -110,8 +110,9 @@ AUTH_ERRORS = {
         "not_authenticated",
     ),
     403: _error_schema(
-        "The key lacks the operation's scope (`scope_missing`), or the batch names a sensor "
-        "of another node (`sensor_of_other_node`; nothing is stored, the key stays free).",
+        "The key lacks the operation's scope (`scope_missing`), or the batch declares (in "
+        "`sensors`) a sensor of another node (`sensor_of_other_node` with `sensor` and "
+        "`index`; nothing is stored, the key stays free).",
         "scope_missing",
         "sensor_of_other_node",
         "permission_denied",
@@ -233,7 +234,8 @@ BATCH_ANSWER = {
         "updated). Each reading is checked on its own; one that fails is counted as "
         "`rejected` and listed in `errors` with its index, field and code: `bad_reading`, "
         "`bad_sensor`, `bad_parameter`, `bad_time` (unparseable or without a zone), "
-        "`bad_value` (not a finite number), `unknown_sensor`, `unknown_parameter`, "
+        "`bad_value` (not a finite number), `unknown_sensor`, `sensor_of_other_node` (a "
+        "reading of another node's sensor), `unknown_parameter`, "
         "`out_of_range`, `future_time` (beyond `EDGE_CLOCK_SKEW_SECONDS`), `too_old` "
         "(beyond `EDGE_RETENTION_DAYS`, when set). The same (sensor, parameter, time) twice "
         "in a batch: the first counts, the others are `duplicate_in_batch` (duplicates).\n\n"
@@ -242,7 +244,8 @@ BATCH_ANSWER = {
         "400 `invalid` naming the `field` (`readings` not an array, a bad declaration in "
         "`sensors`), 413 `too_large` / `too_many_readings` / `too_many_sensors`, 415 "
         "`content_type` / `content_encoding`, 422 `idempotency_key_reused`, 403 "
-        "`sensor_of_other_node`. " + RATE_LIMIT_NOTE
+        "`sensor_of_other_node` (a declaration in `sensors` names another node's sensor). "
+        + RATE_LIMIT_NOTE
     ),
     parameters=[
         OpenApiParameter(

@@ -160,10 +160,10 @@ class IdempotencyKeyReused(Exception):
 
 
 class SensorOfOtherNode(Exception):
-    """The batch names a sensor registered to another node (HTTP 403); nothing is stored.
+    """The batch declares a sensor registered to another node (HTTP 403); nothing is stored.
 
-    ``index`` is the position in ``readings`` (or in ``sensors`` when ``field`` starts with
-    ``sensors``); ``message`` names both.
+    ``index`` is the position in ``sensors``; ``message`` names the sensor and the field.
+    (A *reading* of another node's sensor is only that reading's ``sensor_of_other_node``.)
     """
 
     code = "sensor_of_other_node"
@@ -200,8 +200,9 @@ def observation_batch_ingest(
 
     Invariants: a reading is stored once by its natural key (sensor, parameter, time),
     whatever batch carried it; a stored key answers with the first answer (``replayed``) or
-    ``IdempotencyKeyReused`` for another body; a batch naming another node's sensor raises
-    ``SensorOfOtherNode`` with nothing stored and the key left free; any error rolls back the
+    ``IdempotencyKeyReused`` for another body; a batch declaring another node's sensor raises
+    ``SensorOfOtherNode`` with nothing stored and the key left free (a reading naming one is
+    rejected on its own, ``sensor_of_other_node``); any error rolls back the
     batch row and its readings together. Two concurrent calls with one key: the second waits
     on the first's key and replays its answer.
     """
@@ -253,9 +254,15 @@ def _ingest(
             months=_months(readings, window), cursor=cursor
         )
         parameters = {p.code: p for p in Parameter.objects.all()}
-        sensor_ids = _sensors_resolve(cursor, node=node, sensors=sensors, readings=readings)
+        sensor_ids, foreign = _sensors_resolve(
+            cursor, node=node, sensors=sensors, readings=readings
+        )
         checked = _readings_check(
-            readings=readings, sensor_ids=sensor_ids, parameters=parameters, window=window
+            readings=readings,
+            sensor_ids=sensor_ids,
+            foreign=foreign,
+            parameters=parameters,
+            window=window,
         )
         accepted = 0
         if checked.rows:
@@ -348,11 +355,14 @@ def _sensors_resolve(
     node: EdgeNode,
     sensors: list[SensorDeclaration],
     readings: list[ReadingIn],
-) -> dict[str, int]:
-    """This node's ids of the sensors the batch names (declared ones created first).
+) -> tuple[dict[str, int], set[str]]:
+    """This node's ids of the sensors the batch names (declared ones created first), and the
+    names the batch uses that are other nodes' sensors.
 
-    Raises ``SensorOfOtherNode`` at the first declaration, then the first reading, that
-    names a sensor of another node.
+    Raises ``SensorOfOtherNode`` at the first declaration that names a sensor of another
+    node: a declaration is the node claiming the sensor, which only an operator can settle.
+    A reading of such a sensor is that reading's error alone, so one stray id in a device's
+    queue cannot hold back every batch after it.
     """
     # A name PostgreSQL could not compare (NUL, unpaired surrogates) or longer than any id
     # names no sensor: left out of the query, its readings are unknown_sensor.
@@ -369,7 +379,7 @@ def _sensors_resolve(
             ours[external_id] = pk
         else:
             theirs.add(external_id)
-    _refuse_other_nodes(theirs, sensors=sensors, readings=readings)
+    _refuse_other_nodes(theirs, sensors=sensors)
     if sensors:
         cursor.execute(
             DECLARE,
@@ -393,23 +403,16 @@ def _sensors_resolve(
                     ours[external_id] = pk
                 else:
                     theirs.add(external_id)
-            _refuse_other_nodes(theirs, sensors=sensors, readings=readings)
-    return ours
+            _refuse_other_nodes(theirs, sensors=sensors)
+    return ours, theirs
 
 
-def _refuse_other_nodes(
-    theirs: set[str], *, sensors: list[SensorDeclaration], readings: list[ReadingIn]
-) -> None:
+def _refuse_other_nodes(theirs: set[str], *, sensors: list[SensorDeclaration]) -> None:
     if not theirs:
         return
     for i, declared in enumerate(sensors):
         if declared.external_id in theirs:
             raise SensorOfOtherNode(declared.external_id, i, f"sensors[{i}].id")
-    for reading in readings:
-        if reading.sensor in theirs:
-            raise SensorOfOtherNode(
-                reading.sensor, reading.index, f"readings[{reading.index}].sensor"
-            )
 
 
 @dataclass
@@ -453,6 +456,7 @@ def _readings_check(
     *,
     readings: Iterable[ReadingIn],
     sensor_ids: dict[str, int],
+    foreign: set[str],
     parameters: dict[str, Parameter],
     window: _TimeWindow,
 ) -> _Checked:
@@ -472,6 +476,14 @@ def _readings_check(
 
     for r in readings:
         sensor_id = sensor_ids.get(r.sensor)
+        if sensor_id is None and r.sensor in foreign:
+            reject(
+                r,
+                "sensor",
+                "sensor_of_other_node",
+                f"Sensor {r.sensor!r} is registered to another node.",
+            )
+            continue
         if sensor_id is None:
             reject(
                 r,

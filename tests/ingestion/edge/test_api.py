@@ -187,7 +187,7 @@ def test_a_bad_heartbeat_field_is_400_naming_it(key):
     assert response.json()["field"] == "queue_depth"
 
 
-def test_naming_another_nodes_sensor_is_403_nothing_stored_and_the_key_stays_free(node, key):
+def test_a_reading_of_another_nodes_sensor_is_rejected_alone_declaring_it_is_403(node, key):
     # given a sensor registered to another node
     other = node_make()
     other_key = edge_key_create(node=other).secret
@@ -195,16 +195,24 @@ def test_naming_another_nodes_sensor_is_403_nothing_stored_and_the_key_stays_fre
     # when this node sends a batch naming it in a reading (after a reading of its own)
     body = _batch(_reading("s1"), _reading("theirs", minute=1))
     response = _post(key, body, idempotency_key="k-1")
-    # then the whole batch is refused, naming the sensor and the index
-    assert _error(response) == (403, "sensor_of_other_node")
-    assert "theirs" in response.json()["detail"]
-    assert _stored(node) == (0, 0)
+    # then only that reading is rejected, with its index and reason; its own is stored
+    assert response.status_code == 200, response.content
+    answer = response.json()
+    assert (answer["accepted"], answer["rejected"]) == (1, 1)
+    assert [(e["index"], e["field"], e["code"]) for e in answer["errors"]] == [
+        (1, "sensor", "sensor_of_other_node")
+    ]
+    assert _stored(node) == (1, 1)
     assert Sensor.objects.get(external_id="theirs").node == other
-    # and the same key can carry a corrected batch
-    assert _post(key, _batch(_reading("s1")), idempotency_key="k-1").status_code == 200
-    # and declaring it in sensors is refused the same way
+    # when it declares that sensor in sensors
     response = _post(key, _batch(_reading("s1"), sensors=("theirs",)), idempotency_key="k-2")
+    # then the whole batch is refused, naming the sensor and its index in sensors
     assert _error(response) == (403, "sensor_of_other_node")
+    assert (response.json()["sensor"], response.json()["index"]) == ("theirs", 0)
+    assert "theirs" in response.json()["detail"]
+    assert _stored(node) == (1, 1)
+    # and the same key can carry a corrected batch
+    assert _post(key, _batch(_reading("s1", minute=2)), idempotency_key="k-2").status_code == 200
 
 
 # --- idempotency ----------------------------------------------------------------------------

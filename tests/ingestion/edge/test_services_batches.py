@@ -172,24 +172,44 @@ def test_clock_skew_allowance_accepts_a_slightly_fast_device(settings):
     assert outcome.response["accepted"] == 1
 
 
-def test_a_reading_of_another_nodes_sensor_stores_nothing_and_frees_the_key():
+def test_a_reading_of_another_nodes_sensor_is_rejected_alone_and_the_rest_is_stored():
     # given a sensor registered to another node
     owner, node = node_make(), node_make()
     ingest(owner, [reading(0, "theirs", T0)], sensors=[declare("theirs")])
-    readings = [reading(0, "mine", T0), reading(1, "theirs", T0)]
+    readings = [reading(0, "mine", T0), reading(1, "theirs", T0 + dt.timedelta(minutes=1))]
 
-    # when
+    # when a batch of this node names it in a reading
+    outcome = ingest(node, readings, sensors=[declare("mine")])
+
+    # then that reading is rejected with its own reason and the rest of the batch is stored
+    assert (outcome.response["accepted"], outcome.response["rejected"]) == (1, 1)
+    [error] = outcome.response["errors"]
+    assert (error["index"], error["field"], error["code"]) == (1, "sensor", "sensor_of_other_node")
+    assert "'theirs'" in error["message"]
+    assert _stored(node) == 1
+    # and the other node's sensor and readings are untouched
+    assert Sensor.objects.get(external_id="theirs").node == owner
+    assert _stored(owner) == 1
+
+
+def test_declaring_another_nodes_sensor_stores_nothing_and_frees_the_key():
+    # given a sensor registered to another node
+    owner, node = node_make(), node_make()
+    ingest(owner, [reading(0, "theirs", T0)], sensors=[declare("theirs")])
+    readings = [reading(0, "mine", T0)]
+
+    # when a batch declares it
     with pytest.raises(SensorOfOtherNode) as refused:
-        ingest(node, readings, sensors=[declare("mine")], key="k1", body="b")
+        ingest(node, readings, sensors=[declare("mine"), declare("theirs")], key="k1", body="b")
 
-    # then nothing of the batch is stored, not even its declared sensor
+    # then nothing of the batch is stored, not even its other declared sensor
     assert (refused.value.sensor, refused.value.index) == ("theirs", 1)
-    assert "'theirs' (readings[1].sensor)" in refused.value.message
+    assert "'theirs' (sensors[1].id)" in refused.value.message
     assert not Sensor.objects.filter(external_id="mine").exists()
     assert not ObservationBatch.objects.filter(node=node).exists()
     assert _stored(node) == 0
     # and the key is free for the corrected batch
-    outcome = ingest(node, readings[:1], sensors=[declare("mine")], key="k1", body="c")
+    outcome = ingest(node, readings, sensors=[declare("mine")], key="k1", body="c")
     assert outcome.response["accepted"] == 1
 
 
