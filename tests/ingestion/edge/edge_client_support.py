@@ -96,11 +96,22 @@ def accept_all(request: Received) -> Reply:
     return 200, {}, {"batch": 1, "accepted": readings, "duplicate": 0, "rejected": 0, "errors": []}
 
 
+def heartbeat_ok(request: Received) -> Reply:
+    """What the real server answers to a heartbeat."""
+    return 200, {}, {"server_time": "2026-12-03T22:00:00Z", "clock_offset_seconds": 0.0,
+                     "status": "active"}  # fmt: skip
+
+
 @dataclass
 class StandIn:
+    """Heartbeats (POST heartbeat/) are kept apart from the rest, as replay and pull send one
+    at their start: ``received``/``respond`` see batches and change-feed requests only."""
+
     url: str
     received: list[Received] = field(default_factory=list)
     respond: Responder = accept_all
+    heartbeats: list[Received] = field(default_factory=list)
+    heartbeat: Responder = heartbeat_ok
 
 
 def _handler(stand_in: StandIn) -> type[BaseHTTPRequestHandler]:
@@ -110,8 +121,12 @@ def _handler(stand_in: StandIn) -> type[BaseHTTPRequestHandler]:
             request = Received(
                 self.command, self.path, dict(self.headers.items()), self.rfile.read(length)
             )
-            stand_in.received.append(request)
-            status, headers, payload = stand_in.respond(request)
+            if self.path.endswith("/heartbeat/"):
+                stand_in.heartbeats.append(request)
+                status, headers, payload = stand_in.heartbeat(request)
+            else:
+                stand_in.received.append(request)
+                status, headers, payload = stand_in.respond(request)
             # Bytes go as they are (a body garbled on the way); anything else as JSON, gzipped
             # when the reply says so, as the real server does when asked.
             if isinstance(payload, bytes):

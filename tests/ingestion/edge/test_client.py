@@ -675,7 +675,7 @@ def test_a_page_and_its_cursor_are_stored_together(tmp_path):
 
 
 def test_status_sends_a_heartbeat_with_queue_depth_disk_and_clock(tmp_path, server):
-    server.respond = lambda request: (
+    server.heartbeat = lambda request: (
         200,
         {},
         {"server_time": "2026-12-03T22:00:00Z", "clock_offset_seconds": 1.5, "status": "active"},
@@ -687,7 +687,7 @@ def test_status_sends_a_heartbeat_with_queue_depth_disk_and_clock(tmp_path, serv
     assert result.returncode == 0, result.stderr
     assert "6 queued, 0 sent" in result.stdout
     assert "clock is off by 1.5 s" in result.stdout
-    (request,) = server.received
+    (request,) = server.heartbeats
     assert request.path == "/api/v1/edge/heartbeat/"
     body = request.json()
     assert body["queue_depth"] == 6
@@ -696,7 +696,86 @@ def test_status_sends_a_heartbeat_with_queue_depth_disk_and_clock(tmp_path, serv
     assert body["clock"].endswith("Z")
     # without --url/--key no heartbeat goes
     assert run_client("status", "--db", str(db)).returncode == 0
-    assert len(server.received) == 1
+    assert len(server.heartbeats) == 1
+    assert server.received == []
+
+
+def test_replay_sends_a_heartbeat_first_and_a_failed_one_does_not_stop_it(tmp_path, server):
+    order: list[str] = []
+
+    def heartbeat(request: Received) -> Reply:
+        order.append("heartbeat")
+        return 503, {}, {"detail": "down for a moment"}
+
+    def batch(request: Received) -> Reply:
+        order.append("batch")
+        return accept_all(request)
+
+    server.heartbeat, server.respond = heartbeat, batch
+    db = tmp_path / "q.sqlite"
+    source = head_of(SDS011, 10, tmp_path / "sds.csv")
+    # when a replay runs (against a server whose heartbeat endpoint fails)
+    result = run_client(
+        "replay", str(source), "--db", str(db), "--url", server.url, "--key", KEY, "--batch", "5"
+    )
+    # then it sent one heartbeat, before its first batch, with what the device knows
+    assert result.returncode == 0, result.stderr
+    assert order == ["heartbeat", "batch", "batch", "batch", "batch"]
+    body = server.heartbeats[0].json()
+    assert body["queue_depth"] == 20
+    assert body["disk_free_bytes"] > 0
+    assert body["software_version"] == client.VERSION
+    assert body["clock"].endswith("Z")
+    # and the failed heartbeat was reported, not retried, and the readings all went
+    assert "heartbeat refused: HTTP 503: down for a moment; going on" in result.stdout
+    assert db_rows(db, "SELECT state, count(*) FROM readings GROUP BY state") == [("sent", 20)]
+
+
+def test_pull_sends_a_heartbeat_and_leaves_out_a_queue_it_never_had(tmp_path, server):
+    page = {"cursor": "f0", "has_more": False, "snapshot": True, "changes": [place(1, 1, "Kirk")]}
+    server.respond = lambda request: (200, {}, page)
+    db = tmp_path / "places.sqlite"
+    args = ("pull", "--db", str(db), "--url", server.url, "--key", KEY)
+    # a pull-only database: no queue to report
+    assert run_client(*args).returncode == 0
+    (only,) = server.heartbeats
+    assert set(only.json()) == {"software_version", "clock", "disk_free_bytes"}
+    # the database replay uses too: its queue depth goes along
+    source = head_of(SDS011, 2, tmp_path / "sds.csv")
+    run_client("replay", str(source), "--db", str(db), "--queue-only")
+    assert run_client(*args).returncode == 0
+    assert server.heartbeats[1].json()["queue_depth"] == 4
+    # and a pull whose server cannot take heartbeats still pulls
+    server.heartbeat = lambda request: (403, {}, {"detail": "no", "code": "scope_missing"})
+    again = run_client(*args)
+    assert again.returncode == 0, again.stderr
+    assert "heartbeat refused: HTTP 403" in again.stdout
+    assert len(server.received) == 3
+
+
+def test_a_long_run_sends_a_heartbeat_at_most_once_a_minute(tmp_path, server, capsys):
+    # given a pull of four pages in which each request finds the clock 31 s later
+    pages = [
+        {"cursor": f"s{n}", "has_more": n < 3, "snapshot": True, "changes": [place(n, 1, "K")]}
+        for n in range(4)
+    ]
+    server.respond = lambda request: (200, {}, pages[len(server.received) - 1])
+    ticks = iter(range(0, 1000, 31))
+    conn = client.connect(str(tmp_path / "p.sqlite"))
+    args = client.build_parser().parse_args(
+        ["pull", "--db", str(tmp_path / "p.sqlite"), "--url", server.url, "--key", KEY]
+    )
+    heartbeat = client.Heartbeat(conn, args, clock=lambda: next(ticks))
+    backoff = client.Backoff(0.01, 0.01, 0)
+    # when it runs
+    client.pull_once(conn, args, backoff, heartbeat)
+    # then heartbeats went at 0 s and 62 s, none at 31 s or 93 s
+    assert len(server.received) == 4
+    assert len(server.heartbeats) == 2
+    # and a heartbeat that cannot reach the server is only reported
+    args.url = "http://127.0.0.1:9"
+    client.Heartbeat(conn, args).beat()
+    assert "heartbeat not sent (server unreachable" in capsys.readouterr().out
 
 
 def test_help_explains_each_command_to_a_newcomer():
