@@ -429,8 +429,9 @@ CHANGES_ANSWER = {
 @extend_schema(
     summary="Pull the node's region: a snapshot, then the changes since a cursor",
     description=(
-        "The places of the node's region (the places whose country, or whose region for "
-        "regions of other levels, is the node's). Without `cursor`: the region's active "
+        "The places of the node's region (the places whose country is the node's region, "
+        "or, for regions of other levels, whose region is it or one below it, such as the "
+        "districts of a first-level region). Without `cursor`: the region's active "
         "places in pages of `upsert`s (`snapshot: true`); its last page's cursor continues "
         "with the changes made since the snapshot began (some may repeat what the snapshot "
         "sent: applying is idempotent). With `cursor`: one entry per changed place, its "

@@ -1,7 +1,9 @@
 """The edge change feed: the places of a node's region, as a snapshot and then as changes.
 
-A node's region holds the places whose country (a region of level ``country``) or whose
-region (any other level: the place's most detailed region, see ``places.locate``) is it.
+A node's region holds the places whose country is it (a region of level ``country``), or
+(any other level) whose region is it or one of its descendants by ``Region.parent``: a
+place's region is its most detailed one (``places.locate``), so the places of a first-level
+region mostly sit in its districts. The set of region ids is read once per request.
 
 **Snapshot** (no cursor): the region's active places in pages by id. Its start is the change
 feed's horizon at the first page (``pg_snapshot_xmin``): every change before it is visible
@@ -15,8 +17,9 @@ an older open transaction could still precede). Each change of the region's plac
 the place's *current* state: ``upsert`` while it is active in the region, a ``delete``
 tombstone when it is retired or merged (``superseded_by`` names the place it was merged
 into), or when the change moved it out of the region (its logged old region or country was
-this one). One entry per place per page. The feed is global, so one request scans at most
-``SCAN_QUERIES`` pages of the log; a page may then be empty with ``has_more`` true.
+in the node's set and the place is no longer in it). One entry per place per page. The
+feed is global, so one request scans at most ``SCAN_QUERIES`` pages of the log; a page may
+then be empty with ``has_more`` true.
 
 The cursor is opaque to clients: version, region, feed position and (while in the snapshot)
 the last place id sent, in URL-safe base64. A cursor of another region (the node was moved)
@@ -47,6 +50,15 @@ SCAN_PAGE = 2000
 SCAN_QUERIES = 10
 CURSOR_VERSION = "1"
 HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+# The region and every region below it; UNION (not ALL) ends even on a cycle of parents.
+REGION_TREE = f"""
+WITH RECURSIVE tree(id) AS (
+    SELECT %s::bigint
+    UNION
+    SELECT r.id FROM {Region._meta.db_table} r JOIN tree ON r.parent_id = tree.id
+)
+SELECT id FROM tree
+"""  # nosec B608 # table name is a constant; values are bound
 
 
 class CursorInvalid(Exception):
@@ -111,10 +123,28 @@ def changes_etag(*, node: EdgeNode, cursor: str) -> str:
     return f'"{digest}"'
 
 
-def _region_filter(region: Region) -> tuple[str, Q]:
-    """The place column that holds the node's region, and the filter on it."""
-    field = "country_id" if region.level == RegionLevel.COUNTRY else "region_id"
-    return field, Q(**{field: region.pk})
+@dataclass(frozen=True)
+class _Scope:
+    """Which places are the node's: ``field`` (a place column) holding one of ``ids``."""
+
+    region: Region
+    field: str
+    ids: frozenset[int]
+
+    @classmethod
+    def of(cls, region: Region) -> _Scope:
+        if region.level == RegionLevel.COUNTRY:
+            return cls(region=region, field="country_id", ids=frozenset({region.pk}))
+        with connection.cursor() as db:
+            db.execute(REGION_TREE, [region.pk])
+            ids = frozenset(row[0] for row in db.fetchall())
+        return cls(region=region, field="region_id", ids=ids)
+
+    @property
+    def q(self) -> Q:
+        if len(self.ids) == 1:
+            return Q(**{self.field: next(iter(self.ids))})
+        return Q(**{f"{self.field}__in": sorted(self.ids)})
 
 
 def _place_rows(q: Q) -> QuerySet[Any, Any]:
@@ -180,7 +210,7 @@ def edge_changes_list(
             db.execute(HORIZON)
             horizon = int(db.fetchone()[0])
         start = ChangeCursor(region_id=region.pk, feed=FeedCursor(horizon, 0), after_place=0)
-        return _snapshot_page(region=region, at=start, limit=limit)
+        return _snapshot_page(scope=_Scope.of(region), at=start, limit=limit)
     at = ChangeCursor.decode(cursor)
     if at.region_id != region.pk:
         raise CursorInvalid(
@@ -188,12 +218,12 @@ def edge_changes_list(
             "start again without a cursor."
         )
     if at.after_place is not None:
-        return _snapshot_page(region=region, at=at, limit=limit)
-    return _feed_page(region=region, at=at, limit=limit)
+        return _snapshot_page(scope=_Scope.of(region), at=at, limit=limit)
+    return _feed_page(scope=_Scope.of(region), at=at, limit=limit)
 
 
-def _snapshot_page(*, region: Region, at: ChangeCursor, limit: int) -> ChangesPage:
-    _, in_region = _region_filter(region)
+def _snapshot_page(*, scope: _Scope, at: ChangeCursor, limit: int) -> ChangesPage:
+    region, in_region = scope.region, scope.q
     after = at.after_place or 0
     rows = list(_place_rows(in_region & Q(status=PlaceStatus.ACTIVE, id__gt=after))[: limit + 1])
     more_places = len(rows) > limit
@@ -212,8 +242,8 @@ def _snapshot_page(*, region: Region, at: ChangeCursor, limit: int) -> ChangesPa
     )
 
 
-def _feed_page(*, region: Region, at: ChangeCursor, limit: int) -> ChangesPage:
-    field, in_region = _region_filter(region)
+def _feed_page(*, scope: _Scope, at: ChangeCursor, limit: int) -> ChangesPage:
+    region = scope.region
     position: FeedCursor | None = at.feed
     entries: dict[int, dict[str, Any]] = {}
     exhausted = False
@@ -223,7 +253,7 @@ def _feed_page(*, region: Region, at: ChangeCursor, limit: int) -> ChangesPage:
         wanted = min(SCAN_PAGE, limit - len(entries))
         page, position = place_change_feed(after=position, limit=wanted)
         if page:
-            _apply(entries, page, region=region, field=field, in_region=in_region)
+            _apply(entries, page, scope=scope)
         if len(page) < wanted:
             exhausted = True
             break
@@ -243,20 +273,20 @@ def _apply(
     entries: dict[int, dict[str, Any]],
     page: list[PlaceChange],
     *,
-    region: Region,
-    field: str,
-    in_region: Q,
+    scope: _Scope,
 ) -> None:
     """Turn one scanned page of the global log into entries for this region's places."""
     moved_out: set[int] = set()
     candidates: set[int] = set()
     for change in page:
-        logged = change.changes.get(field) if isinstance(change.changes, dict) else None
-        if isinstance(logged, dict) and logged.get("old") == region.pk:
+        logged = change.changes.get(scope.field) if isinstance(change.changes, dict) else None
+        old = logged.get("old") if isinstance(logged, dict) else None
+        if isinstance(old, int) and old in scope.ids:
+            # Moved out only if it is no longer in the set: checked against ``current``.
             moved_out.add(change.place_id)
         candidates.add(change.place_id)
     # The current state of the places the page touched that are in the region now.
-    current = {row["id"]: row for row in _place_rows(in_region & Q(id__in=candidates))}
+    current = {row["id"]: row for row in _place_rows(scope.q & Q(id__in=candidates))}
     merged_logged: dict[int, int] = {}
     for change in page:
         pid = change.place_id

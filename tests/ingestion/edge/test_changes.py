@@ -265,6 +265,46 @@ def test_a_country_nodes_region_is_the_places_country(committed):
     assert [e["id"] for e in page.changes] == [inside.pk]
 
 
+def test_a_first_level_nodes_region_holds_its_districts_places(committed):
+    # given an admin1 region with two districts, a place in each, one located in the admin1
+    # itself (in no district), and a district elsewhere
+    world = World()
+    admin1 = region_make()
+    Region.objects.filter(pk=admin1.pk).update(level="admin1")
+    admin1.refresh_from_db()
+    north, south = region_make(), region_make()
+    Region.objects.filter(pk__in=[north.pk, south.pk]).update(parent=admin1)
+    node = node_make(region=admin1)
+    in_north = world.place(region=north, name="north")
+    in_south = world.place(region=south, name="south")
+    in_admin1 = world.place(region=admin1, name="admin1")
+    world.place(region=world.elsewhere, name="elsewhere")
+    newcomer = world.place(region=world.elsewhere, name="newcomer")
+
+    # when its node takes the snapshot
+    copy: dict[int, Any] = {}
+    _feed_caught_up()
+    cursor, _ = _pull(node, None, copy)
+    # then it holds the places of both districts and of the admin1 itself
+    assert _names(copy) == {in_north.pk: "north", in_south.pk: "south", in_admin1.pk: "admin1"}
+
+    # when a place moves between its districts, one moves out and another moves in
+    place_update(place=in_north, data={"region": south})
+    place_update(place=in_south, data={"region": world.elsewhere})
+    place_update(place=newcomer, data={"region": north})
+    _feed_caught_up()
+    _, seen = _pull(node, cursor, copy)
+
+    # then the move inside is an upsert, the move out a tombstone, the move in an upsert
+    ops = {e["id"]: (e["op"], e.get("reason")) for e in seen}
+    assert ops == {
+        in_north.pk: ("upsert", None),
+        in_south.pk: ("delete", "moved_out"),
+        newcomer.pk: ("upsert", None),
+    }
+    assert _names(copy) == {in_north.pk: "north", in_admin1.pk: "admin1", newcomer.pk: "newcomer"}
+
+
 def test_a_malformed_cursor_or_one_of_another_region_is_refused(committed):
     world = World()
     other = node_make(region=world.elsewhere)
