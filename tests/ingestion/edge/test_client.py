@@ -635,6 +635,62 @@ def test_pull_resync_drops_places_the_new_snapshot_lacks(tmp_path, server):
     assert db_rows(db, "SELECT id FROM places") == [(2,)]
 
 
+CURSOR_REFUSED = (
+    400,
+    {},
+    {"detail": "The cursor is not one of this region's.", "code": "cursor", "field": "cursor"},
+)
+
+
+def test_pull_resyncs_by_itself_when_the_server_refuses_its_cursor(tmp_path, server):
+    # given a copy of the old region's places (1 and 2), pulled to cursor "a"
+    old = {"cursor": "a", "has_more": False, "snapshot": True,
+           "changes": [place(1, 1, "One"), place(2, 1, "Two")]}  # fmt: skip
+    server.respond = lambda request: (200, {}, old)
+    db = tmp_path / "places.sqlite"
+    args = ("pull", "--db", str(db), "--url", server.url, "--key", KEY)
+    assert run_client(*args).returncode == 0
+    # when the node has moved: its cursor is refused, and a snapshot gives the new region's
+    new = [
+        {"cursor": "b1", "has_more": True, "snapshot": True, "changes": [place(3, 1, "Three")]},
+        {"cursor": "b2", "has_more": False, "snapshot": True, "changes": [place(2, 1, "Two")]},
+    ]
+
+    def moved(request: Received) -> Reply:
+        cursor = parse_qs(urlparse(request.path).query).get("cursor", [None])[0]
+        if cursor == "a":
+            return CURSOR_REFUSED
+        return 200, {}, new[0 if cursor is None else 1]
+
+    server.respond = moved
+    result = run_client(*args)
+    # then the pull said why and started again from a snapshot, without being told
+    assert result.returncode == 0, result.stderr
+    assert "refused our cursor (The cursor is not one of this region's. (cursor))" in result.stdout
+    asked = [parse_qs(urlparse(r.path).query).get("cursor") for r in server.received[1:]]
+    assert asked == [["a"], None, ["b1"]]
+    # and the local copy is the new region's: what the snapshot lacked is gone
+    assert db_rows(db, "SELECT id FROM places ORDER BY id") == [(2,), (3,)]
+    assert db_rows(db, "SELECT cursor, in_snapshot FROM pull_state") == [("b2", 0)]
+
+
+def test_a_pull_refused_its_cursor_again_and_again_gives_up(tmp_path, server):
+    # a server that refuses even the cursors of its own snapshot pages
+    def broken(request: Received) -> Reply:
+        if "cursor=" in request.path:
+            return CURSOR_REFUSED
+        return 200, {}, {"cursor": "s", "has_more": True, "snapshot": True,
+                         "changes": [place(1, 1, "One")]}  # fmt: skip
+
+    server.respond = broken
+    db = tmp_path / "places.sqlite"
+    result = run_client("pull", "--db", str(db), "--url", server.url, "--key", KEY)
+    assert result.returncode == client.EXIT_REFUSED
+    assert "HTTP 400" in result.stderr
+    # a first snapshot page, then three fresh starts
+    assert len(server.received) == 2 + 2 * client.MAX_RESYNCS
+
+
 def test_pull_asks_for_gzip_and_unpacks_it_retrying_a_body_that_does_not_unpack(tmp_path, server):
     page = {"cursor": "f0", "has_more": False, "snapshot": True, "changes": [place(1, 1, "Kirk")]}
     packed = gzip.compress(json.dumps(page).encode())
