@@ -785,6 +785,11 @@ def test_replay_sends_a_heartbeat_first_and_a_failed_one_does_not_stop_it(tmp_pa
     # and the failed heartbeat was reported, not retried, and the readings all went
     assert "heartbeat refused: HTTP 503: down for a moment; going on" in result.stdout
     assert db_rows(db, "SELECT state, count(*) FROM readings GROUP BY state") == [("sent", 20)]
+    # and a run with nothing left to send still reports, an empty queue
+    again = run_client("replay", "--db", str(db), "--url", server.url, "--key", KEY)
+    assert again.returncode == 0, again.stderr
+    assert order[5:] == ["heartbeat"]
+    assert server.heartbeats[1].json()["queue_depth"] == 0
 
 
 def test_pull_sends_a_heartbeat_and_leaves_out_a_queue_it_never_had(tmp_path, server):
