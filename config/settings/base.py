@@ -359,6 +359,9 @@ EDGE_RETENTION_DAYS = env.int("EDGE_RETENTION_DAYS", default=0)
 EDGE_EARLIEST_READING_YEAR = env.int("EDGE_EARLIEST_READING_YEAR", default=2000)
 EDGE_SILENT_AFTER_SECONDS = env.int("EDGE_SILENT_AFTER_SECONDS", default=900)
 EDGE_PARTITION_MONTHS_AHEAD = env.int("EDGE_PARTITION_MONTHS_AHEAD", default=2)
+# New month partitions one batch may create (each locks the readings table a moment); 413
+# beyond.
+EDGE_MAX_NEW_MONTHS_PER_BATCH = env.int("EDGE_MAX_NEW_MONTHS_PER_BATCH", default=24)
 EDGE_RATE = env.str("EDGE_RATE", default="120/m") or None
 
 # --- Logging and errors ------------------------------------------------------------------

@@ -12,6 +12,7 @@ import gzip
 import re
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -33,6 +34,7 @@ from ingestion.edge.services.batches import (
     IdempotencyKeyReused,
     SensorDeclarationInvalid,
     SensorOfOtherNode,
+    TooManyNewMonths,
     observation_batch_ingest,
 )
 from ingestion.edge.services.nodes import HeartbeatInvalid, edge_node_heartbeat
@@ -229,7 +231,10 @@ BATCH_ANSWER = {
         f"Limits: at most `EDGE_MAX_BATCH_BYTES` ({parsing.max_batch_bytes():,}) bytes of "
         "decoded body (`Content-Encoding: gzip` is decoded in bounded steps) and "
         f"`EDGE_MAX_BATCH_READINGS` ({parsing.max_batch_readings():,}) readings; beyond "
-        "either, 413.\n\n"
+        "either, 413. Each month of readings is a partition: a batch whose valid readings "
+        "fall in more than `EDGE_MAX_NEW_MONTHS_PER_BATCH` "
+        f"({settings.EDGE_MAX_NEW_MONTHS_PER_BATCH}) months that have none yet is 413 "
+        "`too_many_months` (nothing stored; send fewer months per batch).\n\n"
         "`sensors` (optional) declares this node's sensors (created, or kind and location "
         "updated). Each reading is checked on its own; one that fails is counted as "
         "`rejected` and listed in `errors` with its index, field and code: `bad_reading`, "
@@ -242,7 +247,8 @@ BATCH_ANSWER = {
         "Whole-body refusals: 400 `idempotency_key` (header missing or not 1–128 of "
         "`[A-Za-z0-9_.:-]`), 400 `json` (not UTF-8 JSON, or NaN/Infinity), 400 `gzip`, "
         "400 `invalid` naming the `field` (`readings` not an array, a bad declaration in "
-        "`sensors`), 413 `too_large` / `too_many_readings` / `too_many_sensors`, 415 "
+        "`sensors`), 413 `too_large` / `too_many_readings` / `too_many_sensors` / "
+        "`too_many_months`, 415 "
         "`content_type` / `content_encoding`, 422 `idempotency_key_reused`, 403 "
         "`sensor_of_other_node` (a declaration in `sensors` names another node's sensor). "
         + RATE_LIMIT_NOTE
@@ -288,7 +294,12 @@ BATCH_ANSWER = {
             "invalid",
         ),
         413: _error_schema(
-            "The body is too large.", "too_large", "too_many_readings", "too_many_sensors"
+            "The body is too large, or its readings need more new month partitions than "
+            "one batch may create (`too_many_months`).",
+            "too_large",
+            "too_many_readings",
+            "too_many_sensors",
+            "too_many_months",
         ),
         415: _error_schema(
             "Not JSON, or an encoding other than gzip.", "content_type", "content_encoding"
@@ -379,6 +390,8 @@ class ObservationBatchApi(EdgeApi):
             return _error(400, exc.code, exc.message, field=exc.field)
         except SensorOfOtherNode as exc:
             return _error(403, exc.code, exc.message, sensor=exc.sensor, index=exc.index)
+        except TooManyNewMonths as exc:
+            return _error(413, exc.code, exc.message, months=exc.needed, limit=exc.limit)
         except IdempotencyKeyReused as exc:
             return _error(422, exc.code, exc.message)
         response = Response(outcome.response)

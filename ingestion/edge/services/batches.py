@@ -1,13 +1,19 @@
 """A node's batch of readings: checked, stored once, durable before the answer.
 
-``observation_batch_ingest`` is the whole write. Its statements, in one transaction:
+``observation_batch_ingest`` is the whole write. First, outside any transaction and taking
+no lock: read the parameters and the named sensors, and check every reading (a sensor the
+batch declares but that does not exist yet stands in under a provisional id). Only the
+months of the readings that will really be inserted get a partition, made in a short
+transaction of its own (``partitions``) before the batch's: creating a partition locks the
+whole readings table, and holding that lock until the batch commits would stall every other
+batch and the map. A batch needing more new months than ``EDGE_MAX_NEW_MONTHS_PER_BATCH`` is
+refused (``TooManyNewMonths``, 413) before any is made. Then, in one transaction:
 
 1. claim the idempotency key (insert the batch row; a key already stored answers from it);
-2. create the month partitions the readings need (``partitions``), before any row is locked;
-3. read the parameters and the named sensors; upsert the sensors the batch declares;
-4. ``COPY`` the valid readings into a session temporary table and move them into the readings
+2. upsert the sensors the batch declares;
+3. ``COPY`` the valid readings into a session temporary table and move them into the readings
    table with ``INSERT ... ON CONFLICT DO NOTHING`` (the natural key decides what is new);
-5. move the sensors' and the node's newest-reading times forward, store the answer (one
+4. move the sensors' and the node's newest-reading times forward, store the answer (one
    statement).
 
 No statement runs per reading: per-reading checks are Python over the batch, so a batch
@@ -176,6 +182,24 @@ class SensorOfOtherNode(Exception):
         super().__init__(self.message)
 
 
+class TooManyNewMonths(Exception):
+    """The batch's readings need more new month partitions than one batch may create (HTTP
+    413); nothing is stored and the key stays free: smaller batches get them a few at a
+    time."""
+
+    code = "too_many_months"
+
+    def __init__(self, needed: int, limit: int) -> None:
+        self.needed = needed
+        self.limit = limit
+        self.message = (
+            f"The batch's readings fall in {needed} months that have no partition yet; one "
+            f"batch may add at most {limit} (EDGE_MAX_NEW_MONTHS_PER_BATCH). Send fewer "
+            "months per batch."
+        )
+        super().__init__(self.message)
+
+
 class SensorDeclarationInvalid(ValueError):
     """A declaration in ``sensors`` breaks a rule the parser cannot know (HTTP 400)."""
 
@@ -202,9 +226,10 @@ def observation_batch_ingest(
     whatever batch carried it; a stored key answers with the first answer (``replayed``) or
     ``IdempotencyKeyReused`` for another body; a batch declaring another node's sensor raises
     ``SensorOfOtherNode`` with nothing stored and the key left free (a reading naming one is
-    rejected on its own, ``sensor_of_other_node``); any error rolls back the
-    batch row and its readings together. Two concurrent calls with one key: the second waits
-    on the first's key and replays its answer.
+    rejected on its own, ``sensor_of_other_node``), so does one needing too many new months
+    (``TooManyNewMonths``); any error rolls back the batch row and its readings together.
+    Two concurrent calls with one key: the second waits on the first's key and replays its
+    answer.
     """
     _check_declarations(sensors)
     for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -240,6 +265,23 @@ def _ingest(
     readings: list[ReadingIn],
     item_errors: list[ItemError],
 ) -> BatchOutcome:
+    # Checks first, with no transaction and no lock (see the module docstring).
+    window = _TimeWindow.at(timezone.now())
+    parameters = {p.code: p for p in Parameter.objects.all()}
+    known, foreign = _sensors_known(node=node, sensors=sensors, readings=readings)
+    _refuse_other_nodes(foreign, sensors=sensors)
+    provisional = {
+        d.external_id: -(i + 1) for i, d in enumerate(sensors) if d.external_id not in known
+    }
+    checked = _readings_check(
+        readings=readings,
+        sensor_ids={**known, **provisional},
+        foreign=foreign,
+        parameters=parameters,
+        window=window,
+    )
+    _partitions_prepare({partitions.month_start(row[2]) for row in checked.rows})
+
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(CLAIM, [node.pk, idempotency_key, body_sha256])
         claimed = cursor.fetchone()
@@ -247,23 +289,9 @@ def _ingest(
             return _replay(cursor, node=node, key=idempotency_key, body_sha256=body_sha256)
         batch_id = claimed[0]
 
-        # Partitions first, while the transaction holds no row lock: creating one waits for
-        # every batch inserting at that moment, and none of those may be waiting on us.
-        window = _TimeWindow.at(timezone.now())
-        partitions.observation_partitions_ensure_months(
-            months=_months(readings, window), cursor=cursor
-        )
-        parameters = {p.code: p for p in Parameter.objects.all()}
-        sensor_ids, foreign = _sensors_resolve(
-            cursor, node=node, sensors=sensors, readings=readings
-        )
-        checked = _readings_check(
-            readings=readings,
-            sensor_ids=sensor_ids,
-            foreign=foreign,
-            parameters=parameters,
-            window=window,
-        )
+        if sensors:
+            declared = _sensors_declare(cursor, node=node, sensors=sensors, known=known)
+            _resolve_provisional(checked, {provisional[n]: declared[n] for n in provisional})
         accepted = 0
         if checked.rows:
             cursor.execute(CREATE_STAGE)
@@ -302,6 +330,33 @@ def _ingest(
         )
         transaction.on_commit(lambda: _follow_up(batch_id), robust=True)
     return BatchOutcome(response=response, replayed=False)
+
+
+def _partitions_prepare(months: set[dt.date]) -> None:
+    """The partitions of ``months``, committed before the batch's own transaction (inside a
+    caller's transaction, tests, they join it). Raises ``TooManyNewMonths`` past
+    ``EDGE_MAX_NEW_MONTHS_PER_BATCH`` new ones."""
+    if not months:
+        return
+    missing = partitions.observation_partitions_missing(months=months)
+    limit = settings.EDGE_MAX_NEW_MONTHS_PER_BATCH
+    if len(missing) > limit:
+        raise TooManyNewMonths(len(missing), limit)
+    if missing:
+        partitions.observation_partitions_ensure_months(months=missing)
+
+
+def _resolve_provisional(checked: _Checked, real: dict[int, int]) -> None:
+    """Put the ids of the sensors the batch created in place of their provisional ids."""
+    if not real:
+        return
+    checked.rows[:] = [
+        (real[sid], pid, time, value) if sid < 0 else (sid, pid, time, value)
+        for sid, pid, time, value in checked.rows
+    ]
+    checked.newest_by_sensor = {
+        real.get(sid, sid): newest for sid, newest in checked.newest_by_sensor.items()
+    }
 
 
 def _replay(cursor: CursorWrapper, *, node: EdgeNode, key: str, body_sha256: str) -> BatchOutcome:
@@ -349,19 +404,15 @@ def _check_declarations(sensors: list[SensorDeclaration]) -> None:
                 )
 
 
-def _sensors_resolve(
-    cursor: CursorWrapper,
-    *,
-    node: EdgeNode,
-    sensors: list[SensorDeclaration],
-    readings: list[ReadingIn],
+def _sensors_known(
+    *, node: EdgeNode, sensors: list[SensorDeclaration], readings: list[ReadingIn]
 ) -> tuple[dict[str, int], set[str]]:
-    """This node's ids of the sensors the batch names (declared ones created first), and the
-    names the batch uses that are other nodes' sensors.
+    """The ids of this node's sensors the batch names, and the names it uses that are other
+    nodes' sensors (a plain read: no lock).
 
-    Raises ``SensorOfOtherNode`` at the first declaration that names a sensor of another
-    node: a declaration is the node claiming the sensor, which only an operator can settle.
-    A reading of such a sensor is that reading's error alone, so one stray id in a device's
+    A declaration naming another node's sensor is refused as a whole (``SensorOfOtherNode``,
+    by the caller): it is the node claiming the sensor, which only an operator can settle. A
+    reading of such a sensor is that reading's error alone, so one stray id in a device's
     queue cannot hold back every batch after it.
     """
     # A name PostgreSQL could not compare (NUL, unpaired surrogates) or longer than any id
@@ -379,32 +430,43 @@ def _sensors_resolve(
             ours[external_id] = pk
         else:
             theirs.add(external_id)
-    _refuse_other_nodes(theirs, sensors=sensors)
-    if sensors:
-        cursor.execute(
-            DECLARE,
-            {
-                "node": node.pk,
-                "ids": [d.external_id for d in sensors],
-                "kinds": [d.kind for d in sensors],
-                "lons": [d.lon for d in sensors],
-                "lats": [d.lat for d in sensors],
-            },
-        )
-        ours.update(dict(cursor.fetchall()))
-        unresolved = {d.external_id for d in sensors} - ours.keys()
-        if unresolved:
-            # Registered since the first read, by another node or by a concurrent batch of
-            # this one (which leaves an identical row that the upsert does not return).
-            for external_id, pk, node_id in Sensor.objects.filter(
-                external_id__in=unresolved
-            ).values_list("external_id", "id", "node"):
-                if node_id == node.pk:
-                    ours[external_id] = pk
-                else:
-                    theirs.add(external_id)
-            _refuse_other_nodes(theirs, sensors=sensors)
     return ours, theirs
+
+
+def _sensors_declare(
+    cursor: CursorWrapper,
+    *,
+    node: EdgeNode,
+    sensors: list[SensorDeclaration],
+    known: dict[str, int],
+) -> dict[str, int]:
+    """Upsert the declared sensors; their ids by name (``known``: this node's, read before).
+    Raises ``SensorOfOtherNode`` for one that another node registered since that read."""
+    cursor.execute(
+        DECLARE,
+        {
+            "node": node.pk,
+            "ids": [d.external_id for d in sensors],
+            "kinds": [d.kind for d in sensors],
+            "lons": [d.lon for d in sensors],
+            "lats": [d.lat for d in sensors],
+        },
+    )
+    ours: dict[str, int] = {**known, **dict(cursor.fetchall())}
+    unresolved = {d.external_id for d in sensors} - ours.keys()
+    if unresolved:
+        # Unchanged rows of this node (the upsert returns only rows it wrote), or rows
+        # registered since the first read, by another node or a concurrent batch of this one.
+        theirs: set[str] = set()
+        for external_id, pk, node_id in Sensor.objects.filter(
+            external_id__in=unresolved
+        ).values_list("external_id", "id", "node"):
+            if node_id == node.pk:
+                ours[external_id] = pk
+            else:
+                theirs.add(external_id)
+        _refuse_other_nodes(theirs, sensors=sensors)
+    return ours
 
 
 def _refuse_other_nodes(theirs: set[str], *, sensors: list[SensorDeclaration]) -> None:
@@ -440,16 +502,6 @@ class _TimeWindow:
             earliest = max(earliest, now - dt.timedelta(days=settings.EDGE_RETENTION_DAYS))
         latest = now + dt.timedelta(seconds=settings.EDGE_CLOCK_SKEW_SECONDS)
         return cls(now=now, earliest=earliest, latest=latest)
-
-
-def _months(readings: Iterable[ReadingIn], window: _TimeWindow) -> set[dt.date]:
-    """Months of the readings whose time is acceptable (a reading rejected for another reason
-    may leave an empty partition behind, which costs nothing)."""
-    return {
-        partitions.month_start(r.time)
-        for r in readings
-        if r.time.utcoffset() is not None and window.earliest <= r.time <= window.latest
-    }
 
 
 def _readings_check(

@@ -51,21 +51,31 @@ def partition_name(month: dt.date) -> str:
     return f"{TABLE}_y{month.year:04d}m{month.month:02d}"
 
 
+def observation_partitions_missing(*, months: Iterable[dt.date]) -> list[dt.date]:
+    """The months (first days) of ``months`` that have no partition yet, in order."""
+    wanted = sorted(set(months))
+    if not wanted:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(MISSING, [[partition_name(m) for m in wanted]])
+        missing = {row[0] for row in cursor.fetchall()}
+    return [m for m in wanted if partition_name(m) in missing]
+
+
 def observation_partitions_ensure_months(
     *, months: Iterable[dt.date], cursor: CursorWrapper | None = None
 ) -> list[str]:
     """Make sure the partitions of ``months`` (first days) exist; returns those it created.
 
-    Runs in the caller's transaction when there is one (the batch service: a partition and
-    the readings that needed it commit together). One query finds the missing months, so a
-    batch whose months exist costs one statement.
+    Commits at once unless the caller holds a transaction: creating a partition takes an
+    exclusive lock on the whole readings table, held until commit, so nothing else belongs
+    in that transaction (the batch service calls this before its own). One query finds the
+    missing months, so months that exist cost one statement.
     """
     wanted = sorted(set(months))
     if not wanted:
         return []
     own = connection.cursor() if cursor is None else nullcontext(cursor)
-    # No savepoint inside the caller's transaction: one statement fewer per batch, and a
-    # failure here fails the batch anyway.
     with transaction.atomic(savepoint=False), own as cur:
         cur.execute(MISSING, [[partition_name(m) for m in wanted]])
         missing = {row[0] for row in cur.fetchall()}

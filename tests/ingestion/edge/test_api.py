@@ -281,6 +281,18 @@ def test_more_readings_than_the_limit_is_413(settings, node, key):
     assert _post(key, _batch(*[_reading(minute=m) for m in range(5)])).status_code == 200
 
 
+def test_readings_in_more_new_months_than_allowed_is_413_too_many_months(settings, node, key):
+    # given a limit of one new month a batch
+    settings.EDGE_MAX_NEW_MONTHS_PER_BATCH = 1
+    body = _batch(_reading(time="2001-04-02T00:00:00Z"), _reading(time="2001-06-02T00:00:00Z"))
+    # when a batch's readings fall in two months without a partition
+    response = _post(key, body)
+    # then it is refused whole, saying how many and the limit
+    assert _error(response) == (413, "too_many_months")
+    assert (response.json()["months"], response.json()["limit"]) == (2, 1)
+    assert _stored(node) == (0, 0)
+
+
 def test_a_gzip_bomb_is_413_at_the_limit(settings, node, key):
     # given 256 MiB of zeros in a quarter of a megabyte, against a 1 MiB limit
     settings.EDGE_MAX_BATCH_BYTES = 1 << 20

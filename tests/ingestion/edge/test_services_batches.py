@@ -16,8 +16,13 @@ from ingestion.edge.services.batches import (
     ItemError,
     SensorDeclarationInvalid,
     SensorOfOtherNode,
+    TooManyNewMonths,
 )
-from ingestion.edge.services.partitions import observation_partitions
+from ingestion.edge.services.partitions import (
+    observation_partitions,
+    observation_partitions_missing,
+    partition_name,
+)
 from tests.ingestion.edge.factories import declare, ingest, node_make, reading
 
 pytestmark = pytest.mark.django_db
@@ -329,3 +334,60 @@ def test_a_sensor_name_postgresql_cannot_hold_is_an_unknown_sensor(name):
 
     assert [e["code"] for e in outcome.response["errors"]] == ["unknown_sensor"]
     assert outcome.response["rejected"] == 1
+
+
+def _months_without_partition(count: int) -> list[dt.date]:
+    """``count`` months that have no partition yet (other tests commit some)."""
+    candidates = [dt.date(year, month, 1) for year in range(2001, 2016) for month in (2, 7, 11)]
+    missing = observation_partitions_missing(months=candidates)
+    assert len(missing) >= count
+    return missing[:count]
+
+
+def test_only_months_of_readings_really_stored_get_a_partition():
+    # given months without a partition, and readings in them that fail other checks
+    node = node_make()
+    unknown_sensor, unknown_parameter, out_of_range, stored = (
+        dt.datetime(m.year, m.month, 10, tzinfo=dt.UTC) for m in _months_without_partition(4)
+    )
+    readings = [
+        reading(0, "nobody", unknown_sensor),
+        reading(1, "s-20", unknown_parameter, parameter="radon"),
+        reading(2, "s-20", out_of_range, value=99999),
+        reading(3, "s-20", stored),
+    ]
+
+    # when
+    outcome = ingest(node, readings, sensors=[declare("s-20")])
+
+    # then only the stored reading's month has a partition
+    assert (outcome.response["accepted"], outcome.response["rejected"]) == (1, 3)
+    names = set(observation_partitions())
+    assert partition_name(stored.date().replace(day=1)) in names
+    for time in (unknown_sensor, unknown_parameter, out_of_range):
+        assert partition_name(time.date().replace(day=1)) not in names
+
+
+def test_a_batch_needing_more_new_months_than_allowed_is_refused_whole(settings):
+    # given a limit of two new months a batch, and a batch of readings in three
+    settings.EDGE_MAX_NEW_MONTHS_PER_BATCH = 2
+    node = node_make()
+    months = _months_without_partition(3)
+    readings = [
+        reading(i, "s-21", dt.datetime(m.year, m.month, 5, tzinfo=dt.UTC))
+        for i, m in enumerate(months)
+    ]
+
+    # when
+    with pytest.raises(TooManyNewMonths) as refused:
+        ingest(node, readings, sensors=[declare("s-21")], key="k1", body="b")
+
+    # then it is refused before anything is made or stored, and the key stays free
+    assert (refused.value.needed, refused.value.limit) == (3, 2)
+    assert "EDGE_MAX_NEW_MONTHS_PER_BATCH" in refused.value.message
+    assert observation_partitions_missing(months=months) == months
+    assert not ObservationBatch.objects.filter(node=node).exists()
+    assert not Sensor.objects.filter(external_id="s-21").exists()
+    # and the same readings in two batches (the second has one new month) are stored
+    assert ingest(node, readings[:2], sensors=[declare("s-21")], key="k1").response["accepted"] == 2
+    assert ingest(node, readings, key="k2").response["accepted"] == 1

@@ -19,7 +19,7 @@ import pytest
 from django.db import connection
 
 from ingestion.edge.models import Observation, ObservationBatch
-from ingestion.edge.services import batches
+from ingestion.edge.services import batches, partitions
 from tests.ingestion.edge.factories import declare, ingest, node_make, reading
 
 T0 = dt.datetime(2019, 3, 2, 0, 0, tzinfo=dt.UTC)
@@ -85,7 +85,7 @@ def test_two_requests_with_one_key_at_once_store_once_and_replay(monkeypatch):
     sensor = f"c-{uuid.uuid4().hex[:8]}"
     readings = [reading(i, sensor, T0 + dt.timedelta(seconds=i)) for i in range(50)]
     # (right after claiming the key)
-    paused = _hold_first_until_second_waits(monkeypatch, "_sensors_resolve")
+    paused = _hold_first_until_second_waits(monkeypatch, "_sensors_declare")
 
     def send() -> batches.BatchOutcome:
         return ingest(node, readings, sensors=[declare(sensor)], key="same", body="same body")
@@ -162,3 +162,56 @@ def test_a_batch_creating_a_partition_waits_for_inserting_batches_without_deadlo
     assert all(isinstance(o, batches.BatchOutcome) for o in outcomes), outcomes
     assert [o.response["accepted"] for o in outcomes] == [1, 1]
     assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+
+
+def test_a_batch_that_created_a_partition_does_not_hold_back_other_batches(monkeypatch):
+    # given a month without a partition (dropped again at the end: these rows are committed)
+    candidates = [dt.date(year, 9, 1) for year in range(2002, 2015)]
+    month = partitions.observation_partitions_missing(months=candidates)[0]
+    node = _committed(lambda: node_make(f"concurrent-{uuid.uuid4().hex[:8]}"))
+    other = _committed(lambda: node_make(f"concurrent-{uuid.uuid4().hex[:8]}"))
+    mine, theirs = f"c-{uuid.uuid4().hex[:8]}", f"c-{uuid.uuid4().hex[:8]}"
+    _committed(lambda: ingest(other, [], sensors=[declare(theirs)]))
+    existing = T0.date().replace(day=1)
+    _committed(lambda: partitions.observation_partitions_ensure_months(months=[existing]))
+    # and a first batch that needs it, paused after inserting its readings until released
+    release, paused = threading.Event(), threading.Event()
+    original = batches._json
+
+    def hold(value: Any) -> str:
+        if threading.current_thread().name == "new-month":
+            paused.set()
+            release.wait(60)
+        return original(value)
+
+    monkeypatch.setattr(batches, "_json", hold)
+    new_month = [reading(0, mine, dt.datetime(month.year, month.month, 3, tzinfo=dt.UTC))]
+    results: dict[str, Any] = {}
+    first = _in_thread(
+        lambda: ingest(node, new_month, sensors=[declare(mine)]), results, "new-month"
+    )
+    try:
+        assert paused.wait(30)
+        # when another node's batch of an existing month comes meanwhile
+        second = _in_thread(
+            lambda: ingest(other, [reading(0, theirs, T0)]), results, "existing-month"
+        )
+        # then it is stored while the first is still open, never waiting on a lock
+        while second.is_alive():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                waiting = cursor.fetchone()[0]
+            assert not waiting, "the second batch waited for the first"
+            time.sleep(0.01)
+        assert isinstance(results["existing-month"], batches.BatchOutcome)
+        assert results["existing-month"].response["accepted"] == 1
+    finally:
+        release.set()
+        first.join(60)
+    assert results["new-month"].response["accepted"] == 1
+    _committed(lambda: _drop(partitions.partition_name(month)))
+
+
+def _drop(table: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {table}")
