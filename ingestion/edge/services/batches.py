@@ -10,7 +10,8 @@ batch and the map. A batch needing more new months than ``EDGE_MAX_NEW_MONTHS_PE
 refused (``TooManyNewMonths``, 413) before any is made. Then, in one transaction:
 
 1. claim the idempotency key (insert the batch row; a key already stored answers from it);
-2. upsert the sensors the batch declares;
+2. lock the node's existing sensors the batch writes, in id order (so two batches of one
+   node cannot lock them in crossing orders), and upsert the sensors it declares;
 3. ``COPY`` the valid readings into a session temporary table and move them into the readings
    table with ``INSERT ... ON CONFLICT DO NOTHING`` (the natural key decides what is new);
 4. move the sensors' and the node's newest-reading times forward, store the answer (one
@@ -81,6 +82,8 @@ WHERE {SENSOR_TABLE}.node_id = EXCLUDED.node_id
                         COALESCE(EXCLUDED.location, {SENSOR_TABLE}.location))
 RETURNING external_id, id
 """  # nosec B608 # table names are constants; values are bound
+# Taken before any other sensor row lock of the batch (the declaration's upsert, FINISH).
+LOCK_SENSORS = f"SELECT id FROM {SENSOR_TABLE} WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE"  # nosec B608 # table name is a constant
 # Session-lived, emptied at every commit; the move below empties it too, so a second batch
 # inside one outer transaction (tests) starts empty.
 CREATE_STAGE = (
@@ -114,8 +117,8 @@ UPDATE {BATCH_TABLE} SET readings = %(readings)s, accepted = %(accepted)s,
 WHERE id = %(batch)s
 """  # nosec B608 # table names are constants; values are bound
 
-# Deadlocks between batches are retried: they can only come from two batches of one node
-# touching the same sensors at once, and the loser's transaction was rolled back whole.
+# Deadlocks between batches are retried (sensor rows are locked in id order first, so none
+# is expected), and the loser's transaction was rolled back whole.
 RETRYABLE_SQLSTATES = {"40P01", "40001"}
 MAX_FINITE = sys.float_info.max
 MAX_ATTEMPTS = 3
@@ -289,6 +292,10 @@ def _ingest(
             return _replay(cursor, node=node, key=idempotency_key, body_sha256=body_sha256)
         batch_id = claimed[0]
 
+        written = {sid for sid in checked.newest_by_sensor if sid > 0}
+        locked = sorted(written | {known[d.external_id] for d in sensors if d.external_id in known})
+        if locked:
+            cursor.execute(LOCK_SENSORS, [locked])
         if sensors:
             declared = _sensors_declare(cursor, node=node, sensors=sensors, known=known)
             _resolve_provisional(checked, {provisional[n]: declared[n] for n in provisional})

@@ -215,3 +215,47 @@ def test_a_batch_that_created_a_partition_does_not_hold_back_other_batches(monke
 def _drop(table: str) -> None:
     with connection.cursor() as cursor:
         cursor.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def test_two_batches_of_one_node_lock_its_sensors_in_id_order_before_writing(monkeypatch):
+    # given a node's two sensors, and a first batch naming them paused after its readings
+    # until the second waits on a lock (noting which batches had staged readings by then)
+    node = _committed(lambda: node_make(f"concurrent-{uuid.uuid4().hex[:8]}"))
+    one, two = f"c-{uuid.uuid4().hex[:8]}", f"c-{uuid.uuid4().hex[:8]}"
+    _committed(lambda: ingest(node, [], sensors=[declare(one), declare(two)]))
+    staged: list[str] = []
+    staged_when_waiting: list[str] = []
+    paused = threading.Event()
+    original_copy_text, original_json = batches._copy_text, batches._json
+
+    def copy_text(rows: Any) -> str:
+        staged.append(threading.current_thread().name)
+        return original_copy_text(rows)
+
+    def hold(value: Any) -> str:
+        if threading.current_thread().name == "first":
+            paused.set()
+            _wait_until_a_backend_waits_on_a_lock()
+            staged_when_waiting.extend(staged)
+        return original_json(value)
+
+    monkeypatch.setattr(batches, "_copy_text", copy_text)
+    monkeypatch.setattr(batches, "_json", hold)
+    first_readings = [reading(0, one, T0), reading(1, two, T0)]
+    # (the second names them the other way round, at other times: no reading in common)
+    later = T0 + dt.timedelta(hours=2)
+    second_readings = [reading(0, two, later), reading(1, one, later)]
+
+    # when the second comes while the first is open
+    results: dict[str, Any] = {}
+    first = _in_thread(lambda: ingest(node, first_readings, key="a"), results, "first")
+    assert paused.wait(30)
+    second = _in_thread(lambda: ingest(node, second_readings, key="b"), results, "second")
+    first.join(60)
+    second.join(60)
+
+    # then the second waited on the sensors before staging any reading, and both are stored
+    outcomes = [results["first"], results["second"]]
+    assert all(isinstance(o, batches.BatchOutcome) for o in outcomes), outcomes
+    assert staged_when_waiting == ["first"]
+    assert [o.response["accepted"] for o in outcomes] == [2, 2]
