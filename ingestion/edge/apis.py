@@ -454,9 +454,10 @@ CHANGES_ANSWER = {
         "then keep the cursor for next time. The feed is gapless: a change that commits "
         "late is never skipped.\n\n"
         "Each answer has an `ETag`; `If-None-Match` with it and the answer's cursor gives "
-        "304 while nothing has changed. Sent gzipped when `Accept-Encoding` allows it. A "
-        "cursor this server did not give out for the node's region: 400 `cursor` (start "
-        "again without one). " + RATE_LIMIT_NOTE
+        "304 while the feed has not moved past that cursor (changes elsewhere move it: a "
+        "200 with no entries and a new cursor to keep). Sent gzipped when `Accept-Encoding` "
+        "allows it. A cursor this server did not give out for the node's region: 400 "
+        "`cursor` (start again without one). " + RATE_LIMIT_NOTE
     ),
     parameters=[
         OpenApiParameter("cursor", OpenApiTypes.STR, description="From the previous answer."),
@@ -537,7 +538,9 @@ class ChangesApi(EdgeApi):
             page = selectors.edge_changes_list(node=node, cursor=cursor, limit=limit)
         except selectors.CursorInvalid as exc:
             return _error(400, "cursor", str(exc), field="cursor")
-        if cursor is not None and not page.changes and not page.has_more:
+        # 304 only when the cursor stays where it was: a page of other regions' changes is
+        # empty too, but its cursor moves on, and the device must keep the new one.
+        if page.cursor == cursor and not page.changes and not page.has_more:
             etag = selectors.changes_etag(node=node, cursor=cursor)
             if etag_matches(if_none_match=request.headers.get("If-None-Match", ""), etag=etag):
                 not_modified = HttpResponse(status=304)

@@ -354,6 +354,37 @@ def test_changes_over_http_answer_304_until_something_changes(committed):
     assert changed["ETag"] != etag
 
 
+def test_changes_elsewhere_move_the_cursor_on_instead_of_a_304(committed):
+    # given a device that pulled its region to the end, with that answer's ETag
+    world = World()
+    world.place(name="one")
+    key = edge_key_create(node=world.node, scopes=[KeyScope.PULL_PLACES]).secret
+    cache.delete_pattern(f"{KEY_PREFIX}:*")  # type: ignore[attr-defined]  # django-redis
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+    _feed_caught_up()
+    cursor, etag = None, ""
+    while True:
+        response = client.get(CHANGES, {"cursor": cursor} if cursor else {})
+        body, etag = response.json(), response["ETag"]
+        cursor = body["cursor"]
+        if not body["has_more"]:
+            break
+    # when only places of another region change
+    world.place(region=world.elsewhere, name="elsewhere")
+    _feed_caught_up()
+    again = client.get(CHANGES, {"cursor": cursor}, HTTP_IF_NONE_MATCH=etag)
+    # then the answer is no 304: it has no entries but a cursor past those changes
+    assert again.status_code == 200
+    assert again.json()["changes"] == []
+    assert again.json()["cursor"] != cursor
+    assert again["ETag"] != etag
+    # and from that cursor, with its ETag, nothing has changed: 304
+    moved = again.json()["cursor"]
+    assert (
+        client.get(CHANGES, {"cursor": moved}, HTTP_IF_NONE_MATCH=again["ETag"]).status_code == 304
+    )
+
+
 @pytest.mark.django_db  # needs no commit (and makes this module set up the test database)
 def test_changes_over_http_refuse_a_bad_cursor_or_limit(settings):
     settings.EDGE_RATE = None
