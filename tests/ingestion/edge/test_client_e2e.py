@@ -495,3 +495,109 @@ def test_pull_keeps_a_copy_of_the_regions_places(edge, django_db_blocker, tmp_pa
     assert third.returncode == 0, third.stdout + third.stderr
     assert client_rows(db, local)[0] == (places[0].pk, "K0, renamed")
     assert len(client_rows(db, local)) == 4
+
+
+def test_a_sensor_of_another_node_is_rejected_on_the_device_and_the_rest_stored(
+    edge, django_db_blocker, tmp_path
+):
+    tag = uuid.uuid4().hex[:8]
+    mine, theirs = f"mine-{tag}", f"theirs-{tag}"
+
+    def sensor_file(path: Path, sensors: list[str]) -> Path:
+        lines = ["sensor_id;sensor_type;location;lat;lon;timestamp;P1;P2"]
+        lines += [
+            f"{sensors[row % len(sensors)]};SDS011;1;57.1;-2.1;2019-03-01T00:{row:02d}:00;{row};1"
+            for row in range(12)
+        ]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    # given sensor `theirs` registered to another node (it sent a reading first)
+    def make_other() -> tuple[EdgeNode, Region, str]:
+        with django_db_blocker.unblock():
+            region = region_make(f"EC{uuid.uuid4().hex[:8]}", code_system="edge-client-e2e")
+            node = edge_node_create(name=f"edge-client-{uuid.uuid4().hex[:8]}", region=region)
+            return node, region, edge_key_create(node=node).secret
+
+    other, other_region, other_key = _committed(make_other)
+    try:
+        theirs_file = sensor_file(tmp_path / "theirs.csv", [theirs])
+        first = run_client(
+            "replay", str(theirs_file), "--db", str(tmp_path / "other.sqlite"),
+            "--url", edge.server.url, "--key", other_key, "--give-up-after", "30",
+        )  # fmt: skip
+        assert first.returncode == 0, first.stdout + first.stderr
+        # when this node's device sends readings of its own sensor and of `theirs`, in turns
+        db = tmp_path / "q.sqlite"
+        both = sensor_file(tmp_path / "both.csv", [mine, theirs])
+        result = run_client(
+            "replay", str(both), "--db", str(db), "--url", edge.server.url, "--key", edge.key,
+            "--batch", "8", "--give-up-after", "30",
+        )  # fmt: skip
+        # then the run ends well: `theirs` is rejected on the device, with the server's reason
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert client_rows(db, "SELECT sensor, state, count(*) FROM readings GROUP BY 1, 2") == [
+            (mine, "sent", 12),
+            (theirs, "rejected", 12),
+        ]
+        (reason,) = client_rows(db, "SELECT DISTINCT error FROM readings WHERE state = 'rejected'")
+        assert reason[0].startswith("sensor_of_other_node: ")
+        assert theirs in reason[0]
+        # and the server holds this node's readings of its own sensor, each once
+        stored = _stored_readings(edge.node)
+        assert len(stored) == 12
+        assert {key[0] for key, _ in stored} == {mine}
+        assert Sensor.objects.get(external_id=theirs).node_id == other.pk
+    finally:
+
+        def delete() -> None:
+            with django_db_blocker.unblock():
+                _delete_node(other, other_region)
+
+        _committed(delete)
+
+
+def test_a_node_moved_to_another_region_pulls_the_new_region_by_itself(
+    edge, django_db_blocker, tmp_path
+):
+    def make() -> tuple[Region, list[Place], list[Place]]:
+        with django_db_blocker.unblock():
+            region = region_make(f"EC{uuid.uuid4().hex[:8]}", code_system="edge-client-e2e")
+            dataset = dataset_get_or_create(slug=f"edge-client-{uuid.uuid4().hex[:8]}")
+
+            def make_in(where: Region, n: int) -> list[Place]:
+                data = {"location": Point(-2.5, 57.5), "region": where}
+                return [
+                    place_create(
+                        dataset=dataset, source_key=f"{where.pk}-{i}", data={"name": "K", **data}
+                    )
+                    for i in range(n)
+                ]
+
+            here, there = make_in(edge.region, 2), make_in(region, 3)
+            _feed_caught_up()
+            return region, here, there
+
+    new_region, here, there = _committed(make)
+    db = tmp_path / "places.sqlite"
+    args = ("pull", "--db", str(db), "--url", edge.server.url, "--key", edge.key)
+    local = "SELECT id FROM places ORDER BY id"
+    # given a device holding its region's places
+    assert run_client(*args).returncode == 0
+    assert client_rows(db, local) == [(p.pk,) for p in here]
+
+    # when its node is moved to another region, and it pulls
+    def move() -> None:
+        with django_db_blocker.unblock():
+            EdgeNode.objects.filter(pk=edge.node.pk).update(region=new_region)
+
+    _committed(move)
+    result = run_client(*args)
+    # then the stored cursor is refused, and the client says so and takes a fresh snapshot
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "refused our cursor" in result.stdout
+    assert client_rows(db, local) == [(p.pk,) for p in there]
+    # and the pulls were heartbeats too: a node that only pulls is seen
+    edge.node.refresh_from_db()
+    assert edge.node.last_heartbeat_at is not None
+    assert edge.node.software_version == client.VERSION
