@@ -576,8 +576,8 @@ HEARTBEAT_ANSWER = {
     description=(
         "Any key of the node may call it. Every field is optional; `clock` (the device's "
         "time, with a zone) gives back `clock_offset_seconds` (device minus server). A node "
-        "that sends neither heartbeats nor readings for `EDGE_SILENT_AFTER_SECONDS` is "
-        "marked silent. 400 `invalid` naming the field, 400 `json`. " + RATE_LIMIT_NOTE
+        "that makes no request (heartbeat, batch or pull) for `EDGE_SILENT_AFTER_SECONDS` "
+        "is marked silent. 400 `invalid` naming the field, 400 `json`. " + RATE_LIMIT_NOTE
     ),
     request={
         "application/json": {

@@ -18,7 +18,7 @@ SRID = 4326
 
 class NodeStatus(models.TextChoices):
     ACTIVE = "active", "Active"
-    SILENT = "silent", "Silent (no heartbeat or reading for too long)"
+    SILENT = "silent", "Silent (no request for too long)"
     DISABLED = "disabled", "Disabled (its keys are refused)"
 
 
@@ -53,7 +53,7 @@ class EdgeNode(models.Model):
     last_seen_at = models.DateTimeField(
         null=True,
         blank=True,
-        help_text="When the node last sent a heartbeat or a batch of readings (server time).",
+        help_text="When the node last made a request: heartbeat, batch or pull (server time).",
     )
     last_reading_at = models.DateTimeField(
         null=True, blank=True, help_text="Time of the newest reading the node has sent."

@@ -24,6 +24,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ingestion.edge.models import EdgeNode, EdgeNodeKey, KeyScope, NodeStatus
+from ingestion.edge.services.nodes import edge_node_seen
 from places.models import Region
 
 KEY_PATTERN = re.compile(r"edge_(?P<prefix>[a-z0-9]{8})_(?P<secret>[A-Za-z0-9_-]{43})")
@@ -140,7 +141,8 @@ def edge_key_authenticate(*, raw: str | None, scope: str | None) -> EdgeNodeKey:
 
     The hash comparison takes constant time. Revocation, expiry and the node's status are
     only reported once the key is proven, so an unknown key learns nothing about real ones.
-    The key's last use is written at most once a minute.
+    The key's last use, and the node's contact (``edge_node_seen``), are written at most once
+    a minute.
     """
     scheme, _, rest = (raw or "").strip().partition(" ")
     text = rest.strip() if scheme.lower() == "bearer" else (raw or "").strip()
@@ -175,10 +177,15 @@ def edge_key_authenticate(*, raw: str | None, scope: str | None) -> EdgeNodeKey:
         )
     if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
         # Conditional, so concurrent requests of one node write the row once a minute.
-        EdgeNodeKey.objects.filter(pk=key.pk).filter(
-            Q(last_used_at__isnull=True) | Q(last_used_at__lte=now - LAST_USED_RESOLUTION)
-        ).update(last_used_at=now)
+        written = (
+            EdgeNodeKey.objects.filter(pk=key.pk)
+            .filter(Q(last_used_at__isnull=True) | Q(last_used_at__lte=now - LAST_USED_RESOLUTION))
+            .update(last_used_at=now)
+        )
         key.last_used_at = now
+        if written:
+            # Any request is contact: a node that only pulls places is not silent.
+            edge_node_seen(node=key.node, now=now)
     return key
 
 

@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from django.db import connection
-from django.db.models import Case, F, Value, When
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from ingestion.edge.models import EdgeNode, NodeStatus
@@ -84,11 +84,22 @@ def edge_node_heartbeat(
     }
 
 
+def edge_node_seen(*, node: EdgeNode, now: dt.datetime) -> None:
+    """Record contact from ``node`` at ``now`` (any authenticated request): its last-seen
+    time moves forward and a silent node is active again (a disabled one stays disabled)."""
+    EdgeNode.objects.filter(pk=node.pk).filter(
+        Q(last_seen_at__isnull=True) | Q(last_seen_at__lt=now)
+    ).update(last_seen_at=now, status=REACTIVATE)
+    node.last_seen_at = now
+    if node.status == NodeStatus.SILENT:
+        node.status = NodeStatus.ACTIVE
+
+
 def edge_nodes_silent_mark(*, silent_after: dt.timedelta) -> list[int]:
-    """Mark active nodes silent when nothing (heartbeat or batch) came for ``silent_after``
-    (a node never heard from counts from its creation). PostgreSQL re-checks the condition on
-    a row that a contact updates meanwhile, so that node stays active. Returns the ids
-    marked."""
+    """Mark active nodes silent when no contact (any request of theirs: a heartbeat, a
+    batch, a pull) came for ``silent_after`` (a node never heard from counts from its
+    creation). PostgreSQL re-checks the condition on a row that a contact updates
+    meanwhile, so that node stays active. Returns the ids marked."""
     cutoff = timezone.now() - silent_after
     with connection.cursor() as cursor:
         cursor.execute(MARK_SILENT, [NodeStatus.SILENT.value, NodeStatus.ACTIVE.value, cutoff])

@@ -161,3 +161,31 @@ def test_a_node_name_is_taken_once():
 
     with pytest.raises(EdgeNodeNameTaken, match="box-1"):
         edge_node_create(name="box-1", region=region)
+
+
+def test_any_use_of_a_key_is_contact_from_its_node_and_wakes_a_silent_one():
+    # given a pull-only node marked silent a while ago
+    node = node_make()
+    created = edge_key_create(node=node, scopes=[PULL])
+    long_ago = timezone.now() - dt.timedelta(hours=3)
+    EdgeNode.objects.filter(pk=node.pk).update(status=NodeStatus.SILENT, last_seen_at=long_ago)
+
+    # when it uses its key (to pull places: no heartbeat, no batch)
+    edge_key_authenticate(raw=created.secret, scope=PULL)
+
+    # then the node was seen now and is active again
+    node.refresh_from_db()
+    assert node.status == NodeStatus.ACTIVE
+    assert node.last_seen_at is not None
+    assert node.last_seen_at > long_ago + dt.timedelta(hours=2)
+
+
+def test_a_disabled_node_stays_disabled_and_unseen_when_its_key_is_tried():
+    node = node_make()
+    created = edge_key_create(node=node)
+    EdgeNode.objects.filter(pk=node.pk).update(status=NodeStatus.DISABLED)
+
+    assert _code(created.secret) == "node_disabled"
+
+    node.refresh_from_db()
+    assert (node.status, node.last_seen_at) == (NodeStatus.DISABLED, None)
