@@ -12,6 +12,8 @@ heavy requests). 2 s tells "answers" from "held up" with room for a busy CI mach
 from __future__ import annotations
 
 import http.client
+import http.server
+import json
 import os
 import secrets
 import shutil
@@ -245,3 +247,107 @@ def test_slow_clients_and_heavy_requests_leave_health_and_small_calls_answering(
     assert with_places > 10_000
     assert min(heavy_done) > answered, "the heavy requests ended before the probes were sent"
     assert answered - started < 3 * DEADLINE_SECONDS
+
+
+@dataclass
+class NginxOnly:
+    port: int
+    seen: list[tuple[str, int]]  # (path, body bytes) of each request the upstream received
+
+
+@pytest.fixture
+def nginx_only() -> Iterator[NginxOnly]:
+    """nginx as bin/run configures it, in front of a stand-in upstream that records what
+    reaches it: what nginx itself refuses, nothing behind it sees."""
+    seen: list[tuple[str, int]] = []
+
+    class Upstream(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            seen.append((self.path, length))
+            body = json.dumps({"ok": True}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    nginx_port = _free_port()
+    prefix = Path(tempfile.mkdtemp(prefix="places-nginx-"))
+    prefix.chmod(0o755)
+    nginx = None
+    try:
+        conf = subprocess.run(
+            [
+                str(ROOT / "bin" / "nginx-conf"),
+                "--listen",
+                f"127.0.0.1:{nginx_port}",
+                "--upstream",
+                f"127.0.0.1:{upstream.server_address[1]}",
+                "--prefix",
+                str(prefix),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        log = prefix / "nginx.log"
+        with open(log, "wb") as out:
+            nginx = subprocess.Popen(
+                [shutil.which("nginx") or "nginx", "-p", str(prefix), "-c", conf, "-e", "stderr"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _wait_until_up(nginx_port, nginx, log)
+        seen.clear()  # the readiness probe's GETs
+        yield NginxOnly(port=nginx_port, seen=seen)
+    finally:
+        if nginx is not None:
+            _stop(nginx)
+        upstream.shutdown()
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+def _post_sized(port: int, path: str, size: int, *, send_body: bool) -> tuple[int, bytes]:
+    """POST with ``Content-Length: size``; the body itself only if ``send_body``."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.putrequest("POST", path, skip_host=True)
+        conn.putheader("Host", "127.0.0.1")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(size))
+        conn.endheaders()
+        if send_body:
+            conn.send(b" " * size)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_nginx_refuses_an_edge_body_past_its_limit_before_anything_is_spooled(nginx_only):
+    # when a body bigger than an edge batch may be is announced to the edge protocol
+    status, body = _post_sized(
+        nginx_only.port, "/api/v1/edge/observations/", 64 * 1024 * 1024, send_body=False
+    )
+    # then nginx answers 413 in the protocol's shape at once, and nothing reaches gunicorn
+    assert status == 413
+    assert json.loads(body)["code"] == "too_large"
+    assert nginx_only.seen == []
+    # while a body within the edge limit goes through
+    size = 8 * 1024 * 1024
+    edge = "/api/v1/edge/observations/"
+    assert _post_sized(nginx_only.port, edge, size, send_body=True)[0] == 200
+    # and other paths keep the upload limit (an import is bigger than a batch)
+    big = 12 * 1024 * 1024
+    assert _post_sized(nginx_only.port, "/api/v1/imports/", big, send_body=True)[0] == 200
+    assert nginx_only.seen == [("/api/v1/edge/observations/", size), ("/api/v1/imports/", big)]

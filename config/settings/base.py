@@ -363,6 +363,9 @@ EDGE_PARTITION_MONTHS_AHEAD = env.int("EDGE_PARTITION_MONTHS_AHEAD", default=2)
 # beyond.
 EDGE_MAX_NEW_MONTHS_PER_BATCH = env.int("EDGE_MAX_NEW_MONTHS_PER_BATCH", default=24)
 EDGE_RATE = env.str("EDGE_RATE", default="120/m") or None
+# Failed edge authentications per client address before its requests get 429 (the node's
+# rate applies only once a key is known); empty switches it off.
+EDGE_AUTH_FAILURE_RATE = env.str("EDGE_AUTH_FAILURE_RATE", default="30/m") or None
 
 # --- Logging and errors ------------------------------------------------------------------
 LOG_FORMAT = env.str("LOG_FORMAT", default="text")

@@ -120,7 +120,9 @@ AUTH_ERRORS = {
         "permission_denied",
     ),
     429: _error_schema(
-        "The node's rate limit (`EDGE_RATE`) is used up; `Retry-After` says for how long.",
+        "The node's rate limit (`EDGE_RATE`) is used up, or the client's address failed "
+        "authentication too often (`EDGE_AUTH_FAILURE_RATE`: then any key from it is refused "
+        "until the window ends); `Retry-After` says for how long.",
         "throttled",
     ),
 }

@@ -420,3 +420,27 @@ def test_the_rate_limit_is_per_node_with_headers_and_429_retry_after(settings, n
     second_key = edge_key_create(node=node).secret
     assert _post(second_key, {}, path=HEARTBEAT, idempotency_key=None).status_code == 429
     assert _post(other_key, {}, path=HEARTBEAT, idempotency_key=None).status_code == 200
+
+
+def test_failed_authentications_from_one_address_are_limited_before_any_key_lookup(
+    settings, node, key, django_assert_num_queries
+):
+    # given at most three failed authentications a minute per address
+    settings.EDGE_AUTH_FAILURE_RATE = "3/m"
+    wrong = "edge_abcdefgh_" + "A" * 43
+
+    def beat(raw: str, address: str):
+        client = Client(REMOTE_ADDR=address, HTTP_AUTHORIZATION=f"Bearer {raw}")
+        return client.post(HEARTBEAT, data=b"{}", content_type="application/json")
+
+    # when one address tries wrong keys
+    answers = [beat(wrong, "203.0.113.7") for _ in range(4)]
+    # then the first three are 401 and the fourth 429 with Retry-After
+    assert [a.status_code for a in answers] == [401, 401, 401, 429]
+    assert answers[-1].json()["code"] == "throttled"
+    assert 0 < int(answers[-1]["Retry-After"]) <= 60
+    # and from then on that address is refused without looking a key up, a right one too
+    with django_assert_num_queries(0):
+        assert _error(beat(key, "203.0.113.7")) == (429, "throttled")
+    # while another address with the right key is served
+    assert beat(key, "198.51.100.2").status_code == 200
