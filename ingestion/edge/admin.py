@@ -194,6 +194,12 @@ class SensorAdmin(FastChangeListMixin, IdSearchMixin, admin.ModelAdmin):
     raw_id_fields = ("node",)
     readonly_fields = ("last_reading_at", "created_at", "latest_readings")
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        # A sensor's node is chosen once: changing it would hand the sensor, and every reading
+        # it has sent, to another node (and its keys).
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return fields if obj is None else ("node", *fields)
+
     @admin.display(description="latest readings")
     def latest_readings(self, sensor: Sensor) -> SafeString | str:
         if sensor.pk is None:

@@ -188,3 +188,28 @@ def test_changing_nodes_without_the_key_permission_makes_no_key(client):
 
     assert "You may not create edge node keys." in response.content.decode()
     assert not EdgeNodeKey.objects.filter(node=node).exists()
+
+
+def test_a_sensors_node_cannot_be_changed_once_it_exists(admin_client):
+    # given a sensor of one node, and another node
+    node, other = node_make(), node_make()
+    ingest(node, [reading(0, "adm-9", T0)], sensors=[declare("adm-9")])
+    sensor = Sensor.objects.get(external_id="adm-9")
+    url = reverse("admin:ingestion_sensor_change", args=[sensor.pk])
+
+    # when staff open its page and post the form naming the other node
+    page = admin_client.get(url).content.decode()
+    response = admin_client.post(
+        url, {"external_id": "adm-9", "node": other.pk, "kind": "SDS011", "location": ""}
+    )
+
+    # then the node is shown, not offered, and stays the sensor's
+    assert 'name="node"' not in page
+    assert node.name in page
+    assert response.status_code == 302
+    assert Sensor.objects.get(pk=sensor.pk).node == node
+
+
+def test_a_new_sensor_is_given_its_node_in_the_add_form(admin_client):
+    page = admin_client.get(reverse("admin:ingestion_sensor_add")).content.decode()
+    assert 'name="node"' in page
