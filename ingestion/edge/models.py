@@ -58,6 +58,13 @@ class EdgeNode(models.Model):
     last_reading_at = models.DateTimeField(
         null=True, blank=True, help_text="Time of the newest reading the node has sent."
     )
+    batches_stored = models.BigIntegerField(
+        default=0,
+        db_default=0,
+        editable=False,
+        help_text="Batches of readings stored for the node (one more at each batch's commit, "
+        "whatever order batches commit in: the sensors layer's cache follows their sum).",
+    )
     queue_depth = models.BigIntegerField(
         null=True, blank=True, help_text="Readings waiting on the device (last heartbeat)."
     )

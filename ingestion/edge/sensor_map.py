@@ -28,7 +28,7 @@ from rest_framework import serializers
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 
-from ingestion.edge.models import Observation, ObservationBatch, Parameter, Sensor
+from ingestion.edge.models import EdgeNode, Observation, Parameter, Sensor
 from places.serving.responses import PublicBytesView, QueryParamsGuard, cached_bytes_response
 
 PARAMETER = "pm2_5"
@@ -103,10 +103,13 @@ LATEST_SINCE = LATEST.format(
     observation=Observation._meta.db_table,
     since="AND time >= %(since)s",
 )
-# What the answer shows besides readings: the sensors' ids, kinds and places (a few thousand
-# rows; the admin may move a sensor without any new reading).
+# The readings: the batches stored, summed over the nodes (each batch adds one to its node
+# in the transaction that stores it, so a batch that commits after a later-claimed one still
+# moves the sum; the largest batch id would not). What the answer shows besides readings:
+# the sensors' ids, kinds and places (a few thousand rows; the admin may move a sensor
+# without any new reading).
 VERSION = f"""
-SELECT (SELECT coalesce(max(id), 0) FROM {ObservationBatch._meta.db_table}),
+SELECT (SELECT coalesce(sum(batches_stored), 0) FROM {EdgeNode._meta.db_table}),
        (SELECT md5(coalesce(string_agg(
             concat_ws(' ', id, kind, ST_AsEWKB(location)), ',' ORDER BY id), ''))
         FROM {Sensor._meta.db_table})
@@ -128,8 +131,8 @@ def sensor_latest_pm25(*, max_age: dt.timedelta | None = None) -> list[SensorRea
 
 
 def sensor_map_version() -> str:
-    """Names the data the layer shows: the newest batch (every reading arrives in one, by
-    the batch service) and a digest of the sensors."""
+    """Names the data the layer shows: how many batches are stored (every reading arrives
+    in one, by the batch service) and a digest of the sensors."""
     with connection.cursor() as cursor:
         cursor.execute(VERSION)
         batch, sensors = cursor.fetchone()

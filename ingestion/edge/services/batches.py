@@ -100,14 +100,15 @@ ORDER BY sensor_id, parameter_id, time
 ON CONFLICT DO NOTHING
 """  # nosec B608 # table names are constants; values are bound
 # The sensors' and the node's newest reading (only ever forward), the node's contact (a
-# silent node is active again), and the answer: one round trip.
+# silent node is active again) and count of batches (the sensors layer's version), and the
+# answer: one round trip.
 FINISH = f"""
 WITH sensors AS (
     UPDATE {SENSOR_TABLE} AS s SET last_reading_at = v.newest
     FROM unnest(%(sensor_ids)s::bigint[], %(sensor_newest)s::timestamptz[]) AS v(id, newest)
     WHERE s.id = v.id AND (s.last_reading_at IS NULL OR s.last_reading_at < v.newest)
 ), node AS (
-    UPDATE {NODE_TABLE} SET last_seen_at = now(),
+    UPDATE {NODE_TABLE} SET last_seen_at = now(), batches_stored = batches_stored + 1,
         last_reading_at = GREATEST(last_reading_at, %(newest)s::timestamptz),
         status = CASE WHEN status = 'silent' THEN 'active' ELSE status END
     WHERE id = %(node)s

@@ -13,9 +13,8 @@ from django.db import connection
 from django.urls import reverse
 
 from ingestion.edge import sensor_map
-from ingestion.edge.models import EdgeNode, Observation, ObservationBatch, Parameter, Sensor
-from ingestion.edge.services.partitions import month_start, observation_partitions_ensure_months
-from tests.ingestion.edge.factories import node_make
+from ingestion.edge.models import EdgeNode, Parameter, Sensor
+from tests.ingestion.edge.factories import ingest, node_make, reading
 
 pytestmark = pytest.mark.django_db
 
@@ -34,16 +33,16 @@ def _sensor(node: EdgeNode, external_id: str, *, kind: str = "SDS011", located: 
 
 
 def _readings(sensor: Sensor, *values: tuple[dt.datetime, float], parameter: str = "pm2_5"):
-    """Readings in a batch of their own, their months' partitions created by the service."""
-    observation_partitions_ensure_months(months=[month_start(t) for t, _ in values])
-    batch = ObservationBatch.objects.create(
-        node=sensor.node, idempotency_key=f"map-{next(_keys)}", body_sha256="0" * 64
+    """Readings in a batch of their own, stored by the batch service."""
+    outcome = ingest(
+        sensor.node,
+        [
+            reading(i, sensor.external_id, t, value=v, parameter=parameter)
+            for i, (t, v) in enumerate(values)
+        ],
+        key=f"map-{next(_keys)}",
     )
-    parameter_id = Parameter.objects.get(code=parameter).pk
-    Observation.objects.bulk_create(
-        Observation(sensor=sensor, parameter_id=parameter_id, time=t, value=v, batch=batch)
-        for t, v in values
-    )
+    assert outcome.response["accepted"] == len(values), outcome.response
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
+from ingestion.edge import sensor_map
 from ingestion.edge.models import Observation, ObservationBatch
 from ingestion.edge.services import batches, partitions
 from tests.ingestion.edge.factories import declare, ingest, node_make, reading
@@ -259,3 +260,42 @@ def test_two_batches_of_one_node_lock_its_sensors_in_id_order_before_writing(mon
     assert all(isinstance(o, batches.BatchOutcome) for o in outcomes), outcomes
     assert staged_when_waiting == ["first"]
     assert [o.response["accepted"] for o in outcomes] == [2, 2]
+
+
+def test_the_sensors_layer_version_moves_when_an_earlier_claimed_batch_commits_last(
+    monkeypatch,
+):
+    # given a batch that claimed its id first and is paused before committing
+    node = _committed(lambda: node_make(f"concurrent-{uuid.uuid4().hex[:8]}"))
+    sensor, other = f"c-{uuid.uuid4().hex[:8]}", f"c-{uuid.uuid4().hex[:8]}"
+    _committed(lambda: ingest(node, [], sensors=[declare(sensor), declare(other)]))
+    release, paused = threading.Event(), threading.Event()
+    original = batches._json
+
+    def hold(value: Any) -> str:
+        if threading.current_thread().name == "early":
+            paused.set()
+            release.wait(60)
+        return original(value)
+
+    monkeypatch.setattr(batches, "_json", hold)
+    results: dict[str, Any] = {}
+    early = _in_thread(
+        lambda: ingest(node, [reading(0, sensor, T0 + dt.timedelta(days=3))]), results, "early"
+    )
+    try:
+        assert paused.wait(30)
+        # and a batch claimed after it (another sensor) that commits first, seen by the layer
+        _committed(lambda: ingest(node, [reading(0, other, T0 + dt.timedelta(days=2))]))
+        before = sensor_map.sensor_map_version()
+    finally:
+        release.set()
+        early.join(60)
+    assert isinstance(results["early"], batches.BatchOutcome), results
+
+    # when the early batch commits last, then the layer's version moves
+    assert (
+        results["early"].response["batch"]
+        < ObservationBatch.objects.filter(node=node).latest("id").pk
+    )
+    assert sensor_map.sensor_map_version() != before
