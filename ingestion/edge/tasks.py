@@ -36,7 +36,8 @@ def edge_batches_count_pending() -> int:
 @shared_task(name="ingestion.edge.tasks.edge_partitions_maintain")
 def edge_partitions_maintain() -> dict[str, list[str]]:
     """Create the readings partitions EDGE_PARTITION_MONTHS_AHEAD months ahead and drop those
-    wholly older than EDGE_RETENTION_DAYS (beat, daily; a second run does nothing)."""
+    wholly older than EDGE_RETENTION_DAYS, a day late (beat, daily; a second run does
+    nothing)."""
     return partitions.observation_partitions_maintain(
         months_ahead=settings.EDGE_PARTITION_MONTHS_AHEAD,
         retention_days=settings.EDGE_RETENTION_DAYS,

@@ -36,6 +36,10 @@ EXISTING = (
     "WHERE i.inhparent = %s::regclass"
 )
 DROP = "DROP TABLE IF EXISTS {name}"
+# A batch checks reading times against retention before it inserts them, and holds no lock
+# on their partitions: a month is dropped only once it has been past retention this long,
+# far longer than any batch takes, so a batch never finds the partition it checked gone.
+DROP_GRACE = dt.timedelta(days=1)
 
 
 def month_start(value: dt.datetime) -> dt.date:
@@ -99,7 +103,8 @@ def observation_partitions_maintain(
     *, months_ahead: int, retention_days: int, now: dt.datetime | None = None
 ) -> dict[str, list[str]]:
     """Create this month's partition and ``months_ahead`` more; drop partitions wholly older
-    than ``retention_days`` (0 keeps everything). Idempotent: a second run does nothing."""
+    than ``retention_days`` (0 keeps everything) by ``DROP_GRACE``. Idempotent: a second run
+    does nothing."""
     now = now or timezone.now()
     first = month_start(now)
     months = [first]
@@ -108,7 +113,7 @@ def observation_partitions_maintain(
     created = observation_partitions_ensure_months(months=months)
     dropped: list[str] = []
     if retention_days > 0:
-        cutoff = now - dt.timedelta(days=retention_days)
+        cutoff = now - dt.timedelta(days=retention_days) - DROP_GRACE
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(EXISTING, [TABLE])
             for (name,) in sorted(cursor.fetchall()):

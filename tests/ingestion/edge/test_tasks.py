@@ -18,6 +18,7 @@ from ingestion.edge.services.partitions import (
     next_month,
     observation_partitions,
     observation_partitions_ensure_months,
+    observation_partitions_maintain,
     partition_name,
 )
 from tests.ingestion.edge.factories import declare, ingest, node_make, reading
@@ -77,6 +78,35 @@ def test_retention_keeps_the_month_that_straddles_the_cutoff(settings):
     tasks.edge_partitions_maintain()
 
     assert partition_name(straddling) in observation_partitions()
+
+
+def test_a_month_just_past_retention_waits_a_day_for_batches_that_accepted_it(
+    settings, monkeypatch
+):
+    # given a retention of 30 days, and a batch checked a minute before March 2019 passed it
+    # (its reading, a few seconds before the month's end, was still within retention)
+    settings.EDGE_RETENTION_DAYS = 30
+    end = dt.datetime(2019, 4, 1, tzinfo=dt.UTC)
+    checked_at = end + dt.timedelta(days=30) - dt.timedelta(minutes=1)
+    monkeypatch.setattr(timezone, "now", lambda: checked_at)
+    late_march = reading(0, "ret-1", end - dt.timedelta(seconds=5))
+    outcome = ingest(node_make(), [late_march], sensors=[declare("ret-1")])
+    monkeypatch.undo()
+    assert outcome.response["accepted"] == 1
+    march = partition_name(dt.date(2019, 3, 1))
+
+    # when retention runs an hour after the month passed it
+    result = observation_partitions_maintain(
+        months_ahead=0, retention_days=30, now=checked_at + dt.timedelta(hours=1)
+    )
+    # then the month stays (a batch that accepted a reading in it may not have committed)
+    assert march not in result["dropped"]
+    assert march in observation_partitions()
+    # and goes once it has been past retention for a day
+    result = observation_partitions_maintain(
+        months_ahead=0, retention_days=30, now=checked_at + dt.timedelta(days=1, minutes=2)
+    )
+    assert march in result["dropped"]
 
 
 def test_silent_task_marks_quiet_nodes_and_twice_marks_nothing_more(settings):
