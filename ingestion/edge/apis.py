@@ -1,14 +1,13 @@
 """The edge protocol v1 (``/api/v1/edge/``): devices push readings and pull their region.
 
 Thin views: the key is checked by ``auth``, the body read by ``parsing``, the batch stored by
-``services.batches``, the change feed read by ``selectors``. Every error is
-``{"detail": ..., "code": ...}`` (400s name the ``field`` too); every answer to a node
-carries its ``RateLimit-*`` headers.
+``services.batches``, the change feed read by ``selectors`` and answered by ``serving``.
+Every error is ``{"detail": ..., "code": ...}`` (400s name the ``field`` too); every answer
+to a node carries its ``RateLimit-*`` headers.
 """
 
 from __future__ import annotations
 
-import gzip
 import re
 from typing import Any
 
@@ -27,7 +26,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ingestion.edge import parsing, selectors
+from ingestion.edge import parsing, selectors, serving
 from ingestion.edge.auth import EdgeKeyAuthentication, EdgeNodeUser, IsEdgeNode
 from ingestion.edge.models import KeyScope
 from ingestion.edge.services.batches import (
@@ -39,14 +38,9 @@ from ingestion.edge.services.batches import (
 )
 from ingestion.edge.services.nodes import HeartbeatInvalid, edge_node_heartbeat
 from ingestion.edge.throttling import EdgeNodeThrottle
-from places.serving.responses import accepts_gzip, etag_matches
 
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-LIMIT = re.compile(r"[0-9]{1,4}")
 JSON_TYPES = {"application/json"}
-# Change-feed answers smaller than this go uncompressed: gzip would save little.
-GZIP_MIN_BYTES = 1024
-GZIP_LEVEL = 5
 
 
 def _error(status: int, code: str, detail: str, **extra: Any) -> Response:
@@ -522,44 +516,16 @@ class ChangesApi(EdgeApi):
 
     def get(self, request: Request) -> HttpResponse:
         node = self.node_user(request).node
-        cursor = request.query_params.get("cursor") or None
-        raw_limit = request.query_params.get("limit")
-        limit = selectors.DEFAULT_LIMIT
-        if raw_limit is not None:
-            # ASCII digits only: str.isdigit() also accepts "²" and "١", which int() refuses
-            # or reads as another number.
-            if not LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= selectors.MAX_LIMIT:
-                return _error(
-                    400,
-                    "limit",
-                    f"limit must be a whole number from 1 to {selectors.MAX_LIMIT}.",
-                    field="limit",
-                )
-            limit = int(raw_limit)
         try:
-            page = selectors.edge_changes_list(node=node, cursor=cursor, limit=limit)
-        except selectors.CursorInvalid as exc:
-            return _error(400, "cursor", str(exc), field="cursor")
-        # 304 only when the cursor stays where it was: a page of other regions' changes is
-        # empty too, but its cursor moves on, and the device must keep the new one.
-        if page.cursor == cursor and not page.changes and not page.has_more:
-            etag = selectors.changes_etag(node=node, cursor=cursor)
-            if etag_matches(if_none_match=request.headers.get("If-None-Match", ""), etag=etag):
-                not_modified = HttpResponse(status=304)
-                not_modified["ETag"] = etag
-                return not_modified
-        body = JSONRenderer().render(page.body())
-        headers = {
-            "ETag": selectors.changes_etag(node=node, cursor=page.cursor),
-            "Cache-Control": "private, no-cache",
-            "Vary": "Accept-Encoding",
-        }
-        # A snapshot page of 5,000 places is about a megabyte of JSON, a sixth of it gzipped:
-        # devices on slow links ask for gzip.
-        if len(body) >= GZIP_MIN_BYTES and accepts_gzip(request.headers.get("Accept-Encoding", "")):
-            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
-            headers["Content-Encoding"] = "gzip"
-        return HttpResponse(body, content_type="application/json", headers=headers)
+            return serving.changes_respond(
+                node=node,
+                cursor=request.query_params.get("cursor") or None,
+                raw_limit=request.query_params.get("limit"),
+                if_none_match=request.headers.get("If-None-Match", ""),
+                accept_encoding=request.headers.get("Accept-Encoding", ""),
+            )
+        except serving.ChangesQueryInvalid as exc:
+            return _error(400, exc.field, exc.message, field=exc.field)
 
 
 HEARTBEAT_ANSWER = {
