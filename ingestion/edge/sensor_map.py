@@ -113,7 +113,7 @@ SELECT (SELECT coalesce(sum(batches_stored), 0) FROM {EdgeNode._meta.db_table}),
        (SELECT md5(coalesce(string_agg(
             concat_ws(' ', id, kind, ST_AsEWKB(location)), ',' ORDER BY id), ''))
         FROM {Sensor._meta.db_table})
-"""
+"""  # nosec B608 # table names are constants
 
 
 def sensor_latest_pm25(*, max_age: dt.timedelta | None = None) -> list[SensorReading]:
