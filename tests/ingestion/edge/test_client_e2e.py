@@ -455,10 +455,15 @@ def _feed_caught_up() -> None:
 def test_pull_keeps_a_copy_of_the_regions_places(edge, django_db_blocker, tmp_path):
     def make() -> list[Place]:
         with django_db_blocker.unblock():
-            dataset = dataset_get_or_create(slug=f"edge-client-{uuid.uuid4().hex[:8]}")
+            tag = uuid.uuid4().hex[:8]
+            dataset = dataset_get_or_create(slug=f"edge-client-{tag}")
             inside = {"location": Point(-2.5, 57.5), "region": edge.region}
+            # Keys of their own: these places outlive the test (the change log keeps them) and
+            # other tests look for keys shared between datasets.
             return [
-                place_create(dataset=dataset, source_key=f"k{i}", data={"name": f"K{i}", **inside})
+                place_create(
+                    dataset=dataset, source_key=f"{tag}-k{i}", data={"name": f"K{i}", **inside}
+                )
                 for i in range(5)
             ]
 
@@ -563,13 +568,16 @@ def test_a_node_moved_to_another_region_pulls_the_new_region_by_itself(
     def make() -> tuple[Region, list[Place], list[Place]]:
         with django_db_blocker.unblock():
             region = region_make(f"EC{uuid.uuid4().hex[:8]}", code_system="edge-client-e2e")
-            dataset = dataset_get_or_create(slug=f"edge-client-{uuid.uuid4().hex[:8]}")
+            tag = uuid.uuid4().hex[:8]
+            dataset = dataset_get_or_create(slug=f"edge-client-{tag}")
 
             def make_in(where: Region, n: int) -> list[Place]:
                 data = {"location": Point(-2.5, 57.5), "region": where}
                 return [
                     place_create(
-                        dataset=dataset, source_key=f"{where.pk}-{i}", data={"name": "K", **data}
+                        dataset=dataset,
+                        source_key=f"{tag}-{where.pk}-{i}",
+                        data={"name": "K", **data},
                     )
                     for i in range(n)
                 ]
