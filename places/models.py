@@ -324,6 +324,10 @@ class ChangeOperation(models.TextChoices):
     UPDATE = "update", "Update"
     RETIRE = "retire", "Retire"
     MERGE = "merge", "Merge"
+    # Undo by a curator: of one change (only the fields it touched), or of every change after
+    # an earlier version. They are changes of their own, so history only ever grows.
+    REVERT = "revert", "Revert"
+    RESTORE = "restore", "Restore"
 
 
 class ChangeSource(models.TextChoices):
@@ -387,6 +391,19 @@ class PlaceChange(models.Model):
     )
     device_id = models.CharField(max_length=100, blank=True)
     comment = models.TextField(blank=True)
+    # What a revert undid, or for a restore the change that made the version gone back to.
+    # An id checked by Django, like the log's other references (see ``place``).
+    reverts = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="reverted_by",
+        db_constraint=False,
+        db_index=False,
+        help_text="For a revert, the change it undid; for a restore, the change that made "
+        "the version the place went back to.",
+    )
     at = models.DateTimeField(db_default=Now(), db_index=True)
     xact_id = models.BigIntegerField(db_default=TxidCurrent(), editable=False)
 
@@ -397,6 +414,10 @@ class PlaceChange(models.Model):
             models.Index(fields=["dataset", "seq"], name="change_dataset_seq"),
             models.Index(fields=["xact_id", "seq"], name="change_feed"),
             models.Index(fields=["user"], name="change_user", condition=Q(user__isnull=False)),
+            # "Reverted by #n" on a history page; only reverts and restores have one.
+            models.Index(
+                fields=["reverts"], name="change_reverts", condition=Q(reverts__isnull=False)
+            ),
         ]
 
     def __str__(self) -> str:
