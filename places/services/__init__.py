@@ -1,9 +1,17 @@
-"""Writes of the places app: places (curators, devices), regions, attribute partitions.
+"""Writes of the places app: places (curators, devices) and their history (revert, restore),
+regions, attribute partitions.
 
 Callers import from here (``from places import services``); the modules are split by what
 they keep.
 """
 
+from places.services.history import (
+    HistoryError,
+    RevertConflict,
+    change_revert,
+    place_restore,
+    place_unretire,
+)
 from places.services.partitions import (
     ATTRIBUTE_DEFAULT_PARTITION,
     ATTRIBUTE_TABLE,
@@ -31,12 +39,17 @@ __all__ = [
     "ATTRIBUTE_TABLE",
     "EDITABLE_FIELDS",
     "SUBDIVIDE_MAX_VERTICES",
+    "HistoryError",
     "PlaceVersionConflict",
     "RegionsRefreshed",
+    "RevertConflict",
+    "change_revert",
     "dataset_get_or_create",
     "place_attribute_partitions_ensure",
     "place_create",
+    "place_restore",
     "place_retire",
+    "place_unretire",
     "place_update",
     "region_save",
     "regions_hold_for_locating",

@@ -108,13 +108,15 @@ def place_update(
     comment: str = "",
     operation: str = ChangeOperation.UPDATE,
     expected_version: int | None = None,
+    reverts: PlaceChange | None = None,
 ) -> Place:
     """Apply ``data`` to ``place``; record old and new values of the fields that changed.
 
     The row is locked and re-read first, so two concurrent edits are serialised and each
     logs the values it actually replaced. With ``expected_version`` the edit is refused
     (``PlaceVersionConflict``) when someone else changed the place since it was read.
-    Nothing is written when nothing changed.
+    Nothing is written when nothing changed. ``reverts`` is logged as the change a revert
+    or restore goes back on (``places.services.history``).
     """
     unknown = set(data) - set(EDITABLE_FIELDS)
     if unknown:
@@ -150,6 +152,7 @@ def place_update(
         user=user,
         device_id=device_id,
         comment=comment,
+        reverts=reverts,
     )
     return current
 
@@ -186,6 +189,7 @@ def _record(
     user: Any = None,
     device_id: str = "",
     comment: str = "",
+    reverts: PlaceChange | None = None,
 ) -> PlaceChange:
     if user is not None and getattr(user, "is_authenticated", False):
         source = ChangeSource.USER
@@ -203,4 +207,5 @@ def _record(
         user=user if source == ChangeSource.USER else None,
         device_id=device_id,
         comment=comment,
+        reverts=reverts,
     )
