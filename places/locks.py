@@ -25,3 +25,5 @@ class AdvisoryLock(IntEnum):
     REGIONS = 0x5245474E  # "REGN"
     # Creating or dropping one month's partition of the edge readings table (key: yyyymm).
     EDGE_PARTITION = 0x45444750  # "EDGP"
+    # One analytics recompute at a time (single key).
+    ANALYTICS = 0x414E4C59  # "ANLY"

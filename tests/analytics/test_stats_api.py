@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
@@ -34,19 +32,6 @@ def test_stats_are_answered_from_the_cache_and_revalidated_by_etag(client, gb_im
     assert client.get(STATS, {"level": "district"}, HTTP_IF_NONE_MATCH=etag).status_code == 304
     # and another level is another entry
     assert client.get(STATS, {"level": "country"})["ETag"] != etag
-
-
-@pytest.fixture
-def replica_caught_up() -> Iterator[None]:
-    """The replica alias reads through the primary's connection, as a replica that has
-    replayed everything would (the test's own transaction is never committed, so a second
-    connection could not see it)."""
-    replica = connections[REPLICA]
-    connections[REPLICA] = connections["default"]
-    try:
-        yield
-    finally:
-        connections[REPLICA] = replica
 
 
 def test_a_new_place_moves_the_stats_and_their_etag(
