@@ -150,3 +150,7 @@ class ResultsVersion(models.Model):
 
     class Meta:
         constraints = [models.CheckConstraint(condition=Q(id=1), name="results_version_single")]
+
+
+# Download jobs live in their own module (analytics.downloads); Django finds models here.
+from analytics.models_downloads import DownloadJob  # noqa: E402, F401

@@ -367,6 +367,22 @@ EDGE_RATE = env.str("EDGE_RATE", default="120/m") or None
 # rate applies only once a key is known); empty switches it off.
 EDGE_AUTH_FAILURE_RATE = env.str("EDGE_AUTH_FAILURE_RATE", default="30/m") or None
 
+# Downloads (analytics.downloads): selections up to DOWNLOADS_SYNC_MAX_PLACES places are
+# written in the request, bigger ones by a task on the replica, DOWNLOADS_CHUNK_ROWS rows per
+# fetch and Parquet row group. A pending or running job silent for DOWNLOADS_STALE_SECONDS
+# is queued again (longer than any build); a file whose data version passed is kept
+# DOWNLOADS_KEEP_SECONDS after it was built (downloads under way), and expired or failed jobs
+# are forgotten after DOWNLOADS_FORGET_DAYS.
+DOWNLOADS_SYNC_MAX_PLACES = env.int("DOWNLOADS_SYNC_MAX_PLACES", default=10_000)
+DOWNLOADS_CHUNK_ROWS = env.int("DOWNLOADS_CHUNK_ROWS", default=50_000)
+DOWNLOADS_STALE_SECONDS = env.int("DOWNLOADS_STALE_SECONDS", default=3600)
+DOWNLOADS_KEEP_SECONDS = env.int("DOWNLOADS_KEEP_SECONDS", default=3600)
+DOWNLOADS_FORGET_DAYS = env.int("DOWNLOADS_FORGET_DAYS", default=30)
+CELERY_BEAT_SCHEDULE["downloads-maintain"] = {
+    "task": "analytics.tasks.downloads_maintain",
+    "schedule": crontab(minute="*/10"),
+}
+
 # --- Logging and errors ------------------------------------------------------------------
 LOG_FORMAT = env.str("LOG_FORMAT", default="text")
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

@@ -147,11 +147,14 @@ class PlaceListQuery(PlaceFiltersQuery):
         required=False, help_text="Opaque; take it from `next` (or the Link header)."
     )
     format = serializers.ChoiceField(
-        choices=list(FORMATS),
+        # parquet: the whole selection as one GeoParquet file (analytics.download_apis).
+        choices=[*FORMATS, "parquet"],
         required=False,
         help_text=(
             "geojson (default), geojsonseq (RFC 8142), ndjson (one Feature per line) or csv "
-            "(id, lon, lat, then the properties). The Accept header works too."
+            "(id, lon, lat, then the properties). The Accept header works too. parquet: the "
+            "whole selection as one GeoParquet file, without limit, cursor or fields (see "
+            "/api/v1/downloads/places/)."
         ),
     )
 
