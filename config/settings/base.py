@@ -157,9 +157,23 @@ DATABASES = {
     "default": _database(DATABASE_URL),
     "replica": _database(REPLICA_DATABASE_URL or DATABASE_URL, read_only=True),
 }
-# The test run has one database; the replica alias reads the same one.
+# A replica that does not answer must not hold an analytics task (or /health/ready/) for long.
+DATABASES["replica"]["OPTIONS"]["connect_timeout"] = env.int("REPLICA_CONNECT_TIMEOUT", default=3)
+# Tests: the replica alias reads the test database by its name and is never created, flushed
+# or migrated: on the streaming replica, which replays it from the primary, when
+# REPLICA_DATABASE_URL is set (make test sets it), else on the primary itself.
 DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
 DATABASE_ROUTERS = ["config.routers.PrimaryReplicaRouter"]
+# When analytics may read from the replica (analytics.replica.read_source): lagging more than
+# either bound, or down, analytics fall back to the primary ("primary", in a read-only
+# transaction) or raise ReplicaUnavailable for the task to retry later ("retry"). A task that
+# needs its own earlier write waits up to ANALYTICS_REPLICA_WAIT_SECONDS for its replay.
+ANALYTICS_REPLICA_MAX_LAG_SECONDS = env.float("ANALYTICS_REPLICA_MAX_LAG_SECONDS", default=30.0)
+ANALYTICS_REPLICA_MAX_LAG_BYTES = env.int(
+    "ANALYTICS_REPLICA_MAX_LAG_BYTES", default=256 * 1024 * 1024
+)
+ANALYTICS_REPLICA_FALLBACK = env.str("ANALYTICS_REPLICA_FALLBACK", default="primary")
+ANALYTICS_REPLICA_WAIT_SECONDS = env.float("ANALYTICS_REPLICA_WAIT_SECONDS", default=10.0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache and Celery (two Redis instances) -----------------------------------------------
