@@ -4,7 +4,7 @@ the results version moved in the same transaction (it keys the API's caches and 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -91,3 +91,59 @@ def snapshot(alias: str) -> Iterator[None]:
         with connection.cursor() as cursor:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         yield
+
+
+def rows_copy_upsert(
+    *,
+    table: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    conflict: Sequence[str],
+    source: ReadSource,
+    replace: bool = False,
+) -> int:
+    """Write ``rows`` (read from the source) into ``table`` on the primary: COPY into a
+    temporary table, then one INSERT … ON CONFLICT DO UPDATE, the provenance from ``source``
+    on every row and the results version moved, all in one transaction. ``replace`` empties
+    the table first (a full recompute). Returns the rows written.
+
+    ``table`` and the column names are this module's callers' constants, never input.
+    """
+    names = ", ".join(columns)
+    updates = ", ".join(
+        f"{c} = EXCLUDED.{c}"
+        for c in (*columns, "computed_on", "data_version", "region_version", "computed_at")
+        if c not in conflict
+    )
+    written = 0
+    with transaction.atomic(using="default"), connections["default"].cursor() as cursor:
+        # A caller's open transaction (tests) may still hold the previous call's table.
+        cursor.execute("DROP TABLE IF EXISTS analytics_incoming")
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE analytics_incoming ON COMMIT DROP AS "  # nosec B608
+            f"SELECT {names} FROM {table} WITH NO DATA"
+        )
+        with cursor.copy(f"COPY analytics_incoming ({names}) FROM STDIN") as copy:  # nosec B608
+            for row in rows:
+                copy.write_row(row)
+                written += 1
+        if replace:
+            cursor.execute(f"DELETE FROM {table}")  # nosec B608
+        cursor.execute(
+            f"INSERT INTO {table} ({names}, computed_on, data_version, region_version, "  # nosec B608
+            f"computed_at) SELECT {names}, %(computed_on)s, %(data_version)s, "
+            f"%(region_version)s, now() FROM analytics_incoming "
+            f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {updates}",
+            provenance(source),
+        )
+        if written or replace:
+            results_bump()
+    return written
+
+
+def primary_lsn() -> str:
+    """The primary's current write-ahead-log position: a reader that must see what was just
+    committed waits for the replica to replay up to it (``read_source(wait_for_lsn=…)``)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT pg_current_wal_lsn()::text")
+        return str(cursor.fetchone()[0])
