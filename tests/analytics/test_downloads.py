@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import geopandas
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pyogrio
@@ -173,6 +174,42 @@ def test_parquet_read_by_gdal_has_the_database_geometries(client, chapels, clear
         )
     )
     assert geometries == {pk: row[2] for pk, row in db_rows(chapels).items()}
+
+
+def test_geopandas_reads_the_crs_the_geometries_and_filters_by_the_covering(
+    client, chapels, clear_cache, tmp_path
+):
+    # given the selection's file on disk
+    response = client.get(DOWNLOAD, {"format": "parquet", "dataset": "dl-chapels"})
+    path = tmp_path / "places.parquet"
+    path.write_bytes(response.content)
+    # when geopandas (its own reader of the specification) reads it
+    frame = geopandas.read_parquet(path)
+    # then the CRS is WGS 84 longitude first, and the geometries are PostGIS's
+    assert frame.crs.equals("OGC:CRS84")
+    expected = db_rows(chapels)
+    assert dict(zip(frame["id"], frame.geometry.to_wkb(), strict=True)) == {
+        pk: row[2] for pk, row in expected.items()
+    }
+    # (the second geometry column is decoded too, from its entry in the metadata)
+    footprints = {
+        pk: geometry.wkb
+        for pk, geometry in zip(frame["id"], frame["footprint"], strict=True)
+        if geometry is not None
+    }
+    assert footprints == {pk: row[3] for pk, row in expected.items() if row[3] is not None}
+    assert len(footprints) == 1
+    # and a box filter through the bbox covering keeps the places PostGIS finds in that box
+    box = (-0.13, 51.50, -0.09, 51.52)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id FROM places_place WHERE dataset_id = %s AND "
+            "ST_Intersects(location, ST_MakeEnvelope(%s, %s, %s, %s, 4326))",
+            [chapels.pk, *box],
+        )
+        inside = {row[0] for row in cursor.fetchall()}
+    assert 0 < len(inside) < len(expected)
+    assert set(geopandas.read_parquet(path, bbox=box)["id"]) == inside
 
 
 def test_csv_has_lon_lat_and_the_footprint_as_wkt(client, chapels, clear_cache):
