@@ -36,6 +36,9 @@ from ingestion.models import ImportJob, ImportMode, ImportRejection, ImportState
 from ingestion.readers import UnreadableFile
 from ingestion.services import inspection, jobs
 from ingestion.services.imports.consistency import consistency_summary
+from places import access
+from places.access import Action
+from places.admin_access import DatasetScopedAdminMixin
 from places.admin_base import FastChangeListMixin, IdSearchMixin, ReadOnlyAdminMixin
 from places.models import Dataset
 
@@ -156,7 +159,9 @@ class ReadOnlyAdmin(ReadOnlyAdminMixin, FastChangeListMixin, admin.ModelAdmin):
 
 
 @admin.register(ImportJob)
-class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
+class ImportJobAdmin(DatasetScopedAdminMixin, FastChangeListMixin, admin.ModelAdmin):
+    # Importers of a dataset run its jobs; everyone with a role in it sees them.
+    change_action = Action.IMPORT
     list_display = (
         "id",
         "original_name",
@@ -219,6 +224,12 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
         if not self.has_add_permission(request):
             raise PermissionDenied
         form = UploadForm(request.POST or None, request.FILES or None)
+        # Only into datasets the user imports into; a new dataset is the admin role's.
+        ids = access.dataset_ids_for(request.user, Action.IMPORT)
+        if ids is not None:
+            form.fields["dataset"].queryset = Dataset.objects.filter(pk__in=ids).order_by("name")
+        if not access.is_admin(request.user):
+            del form.fields["new_dataset"]
         if request.method == "POST" and form.is_valid():
             try:
                 # A new dataset exists only if the file is taken: a refusal rolls it back.
@@ -383,12 +394,15 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
             request,
             job_id,
             "queued for a dry run",
-            lambda job: jobs.import_job_dry_run_queue(job=job),
+            lambda job: jobs.import_job_dry_run_queue(job=job, user=request.user),
         )
 
     def apply_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
         return self._step(
-            request, job_id, "queued to apply", lambda job: jobs.import_job_apply_queue(job=job)
+            request,
+            job_id,
+            "queued to apply",
+            lambda job: jobs.import_job_apply_queue(job=job, user=request.user),
         )
 
     def cancel_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
@@ -399,7 +413,7 @@ class ImportJobAdmin(FastChangeListMixin, admin.ModelAdmin):
             request,
             job_id,
             "resume",
-            lambda job: jobs.import_job_resume(job=job),
+            lambda job: jobs.import_job_resume(job=job, user=request.user),
         )
 
     def progress_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
@@ -499,7 +513,8 @@ def _job_changes(job_id: int, operation: str) -> dict[str, str | int]:
 
 
 @admin.register(ImportRejection)
-class ImportRejectionAdmin(IdSearchMixin, ReadOnlyAdmin):
+class ImportRejectionAdmin(DatasetScopedAdminMixin, IdSearchMixin, ReadOnlyAdmin):
+    dataset_path = "job__dataset"
     list_display = ("job", "row_number", "layer", "reason", "detail")
     list_filter = ("reason",)
     search_fields = ("detail",)

@@ -17,9 +17,10 @@ from django.utils.html import format_html, format_html_join
 from kombu.exceptions import OperationalError as BrokerError
 
 from ingestion import tasks as ingestion_tasks
-from places import services
+from places import access, services
+from places.access import Action
+from places.admin_access import DatasetScopedAdminMixin, DatasetScopedInlineMixin
 from places.admin_base import FastChangeListMixin, GeoAdmin, IdSearchMixin, ReadOnlyAdminMixin
-from places.login_throttle import ThrottledAuthenticationForm
 from places.models import (
     AreaVersion,
     Dataset,
@@ -32,12 +33,13 @@ from places.models import (
     SyncEvery,
 )
 
-# The login page says when failed logins are throttled (places.login_throttle).
-admin.site.login_form = ThrottledAuthenticationForm
-
 
 @admin.register(Dataset)
-class DatasetAdmin(admin.ModelAdmin):
+class DatasetAdmin(DatasetScopedAdminMixin, admin.ModelAdmin):
+    # Listed to those with a role in them; settings are the admin role's; sync is an import.
+    dataset_path = "pk"
+    change_action = Action.MANAGE
+    action_rights = {"sync": Action.IMPORT}
     list_display = ("name", "slug", "licence", "snapshot_date", "sync_every", "updated_at")
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
@@ -84,7 +86,9 @@ class DatasetAdmin(admin.ModelAdmin):
 
     def has_sync_permission(self, request: HttpRequest) -> bool:
         # A sync applies an import job (a snapshot retires places): a permission of its own.
-        return request.user.has_perm("places.sync_dataset")
+        return request.user.has_perm("places.sync_dataset") and access.can_somewhere(
+            request.user, Action.IMPORT
+        )
 
     def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         # A source URL typed without a scheme is taken as https (Django 6's default).
@@ -179,7 +183,7 @@ class RegionPartAdmin(ReadOnlyAdminMixin, GeoAdmin):
         return super().get_queryset(request).select_related("region").defer("region__geom")
 
 
-class PlaceAttributeInline(admin.TabularInline):
+class PlaceAttributeInline(DatasetScopedInlineMixin, admin.TabularInline):
     model = PlaceAttribute
     extra = 0
     fields = ("key", "value_num", "value_text", "unit", "observed_on", "source")
@@ -219,7 +223,7 @@ class PlaceAdminForm(forms.ModelForm):
 
 
 @admin.register(Place)
-class PlaceAdmin(GeoAdmin):
+class PlaceAdmin(DatasetScopedAdminMixin, GeoAdmin):
     form = PlaceAdminForm
     list_display = (
         "__str__",
@@ -355,7 +359,8 @@ class PlaceAdmin(GeoAdmin):
 
 
 @admin.register(PlaceAttribute)
-class PlaceAttributeAdmin(FastChangeListMixin, admin.ModelAdmin):
+class PlaceAttributeAdmin(DatasetScopedAdminMixin, FastChangeListMixin, admin.ModelAdmin):
+    delete_action = Action.EDIT  # as in the place page's inline
     list_display = ("place", "key", "value_num", "value_text", "unit", "observed_on")
     list_filter = ("key",)
     search_fields = ("=key",)
@@ -364,7 +369,13 @@ class PlaceAttributeAdmin(FastChangeListMixin, admin.ModelAdmin):
 
 
 @admin.register(PlaceChange)
-class PlaceChangeAdmin(ReadOnlyAdminMixin, IdSearchMixin, FastChangeListMixin, admin.ModelAdmin):
+class PlaceChangeAdmin(
+    DatasetScopedAdminMixin,
+    ReadOnlyAdminMixin,
+    IdSearchMixin,
+    FastChangeListMixin,
+    admin.ModelAdmin,
+):
     """The audit trail: read-only, as the table itself refuses updates and deletes."""
 
     list_display = ("seq", "place", "operation", "source", "user", "import_job_id", "at")
@@ -377,7 +388,7 @@ class PlaceChangeAdmin(ReadOnlyAdminMixin, IdSearchMixin, FastChangeListMixin, a
 
 
 @admin.register(DataVersion)
-class DataVersionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class DataVersionAdmin(DatasetScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     """Per-dataset data versions (moved by the change-log trigger); keys of caches and ETags."""
 
     list_display = ("dataset", "version", "changed_at")
@@ -385,7 +396,9 @@ class DataVersionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(AreaVersion)
-class AreaVersionAdmin(ReadOnlyAdminMixin, FastChangeListMixin, admin.ModelAdmin):
+class AreaVersionAdmin(
+    DatasetScopedAdminMixin, ReadOnlyAdminMixin, FastChangeListMixin, admin.ModelAdmin
+):
     """Per-area data versions (moved by the change-log trigger); keys of map caches."""
 
     list_display = ("dataset", "cell", "version")

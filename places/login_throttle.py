@@ -1,77 +1,55 @@
-"""Failed logins are counted in Redis, per client address and per user name, and a client or
-a user name with ``LOGIN_FAILURE_LIMIT`` failures inside ``LOGIN_FAILURE_WINDOW_SECONDS`` is
-refused before any password is hashed until the window ends.
+"""Login lockout: django-axes counts failed logins, and this module is what we tell it.
 
-Every password check goes through ``ThrottledModelBackend`` (``AUTHENTICATION_BACKENDS``),
-so the rule holds for the admin's login and for any login added later; the admin's form
-checks first so that it can say why (``ThrottledAuthenticationForm``). Failures are counted
-from Django's ``user_login_failed`` signal, whoever asked for the check. Each window is
-fixed: it starts at the first failure and is not extended by later ones, so a refused user
-can always try again when it ends. A successful login clears its user name's count (not its
-address's: one's own account must not reset the count of guesses at others).
+The rule (``config/settings/base.py``, the ``AXES_*`` block): ``LOGIN_FAILURE_LIMIT`` failed
+logins per client address, or per user name, lock that address or that name out for
+``LOGIN_FAILURE_WINDOW_SECONDS`` after the last failure. Counts live in Redis (axes' cache
+handler), so they cost no database write and every web process shares them. Every password
+check goes through ``AxesStandaloneBackend`` first, which refuses a locked-out client before any
+password is hashed, and refuses a check made without a request (there is no way around the
+count). A successful login does not clear the address's count: logging into one's own account
+must not reset the count of guesses at others.
+
+Here: the client's address as the API throttle sees it, the user name as counted (case and
+surrounding spaces ignored), and the page a locked-out client gets (429, saying why and for
+how long). Failures, lockouts and logins are also written to the security audit trail
+(``places.services.audit``), from the signals connected in ``places.apps``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
+from axes.helpers import get_client_cache_keys
 from django.conf import settings
-from django.contrib.admin.forms import AdminAuthenticationForm
-from django.contrib.auth import get_user_model
-from django.contrib.auth.backends import ModelBackend
+from django.contrib import admin
 from django.core.cache import cache
-from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
 from rest_framework.throttling import BaseThrottle
 
-KEY_PREFIX = "login-failures"
+from places.models_access import SecurityEventKind
+from places.services.audit import security_event
 
 
-def _keys(*, request: HttpRequest | None, username: str | None) -> list[str]:
-    keys = []
-    if request is not None:
-        # The client address as the API throttle sees it (NUM_PROXIES hops from the end of
-        # X-Forwarded-For), so both agree on who the client is behind a proxy.
-        keys.append(f"{KEY_PREFIX}:ip:{BaseThrottle().get_ident(request)}")  # type: ignore[arg-type]
-    if username:
-        # Hashed: a user name is free text, and keys must be short and safe.
-        digest = hashlib.sha256(username.strip().casefold().encode()).hexdigest()[:32]
-        keys.append(f"{KEY_PREFIX}:user:{digest}")
-    return keys
+def client_address(request: HttpRequest) -> str:
+    """The client address as the API throttle sees it (NUM_PROXIES hops from the end of
+    X-Forwarded-For), so both agree on who the client is behind a proxy."""
+    return BaseThrottle().get_ident(request) or ""  # type: ignore[arg-type]
 
 
-def login_throttle_wait(*, request: HttpRequest | None, username: str | None) -> int:
-    """Seconds until this client and user name may try a password again; 0 when they may now.
-
-    Costs one Redis round trip per key and no password hash.
-    """
-    limit = settings.LOGIN_FAILURE_LIMIT
-    wait = 0
-    for key in _keys(request=request, username=username):
-        failures = cache.get(key) or 0
-        if failures >= limit:
-            ttl = cache.ttl(key)  # type: ignore[attr-defined]  # django-redis
-            wait = max(wait, ttl if ttl and ttl > 0 else settings.LOGIN_FAILURE_WINDOW_SECONDS)
-    return wait
+def username_of(request: HttpRequest, credentials: dict[str, Any] | None) -> str:
+    """The user name a failure counts against: " Curator" and "curator" are one name."""
+    name = (credentials or {}).get("username")
+    if name is None and request is not None and request.method == "POST":
+        name = request.POST.get("username")
+    return (name or "").strip().casefold()
 
 
-def login_failure_record(*, request: HttpRequest | None, username: str | None) -> None:
-    """Count one failed login against the client's address and the user name, atomically
-    (Redis INCR), in a window that starts at the first failure."""
-    for key in _keys(request=request, username=username):
-        cache.add(key, 0, timeout=settings.LOGIN_FAILURE_WINDOW_SECONDS)
-        try:
-            cache.incr(key)
-        except ValueError:  # the window ended between add and incr: this failure opens one
-            cache.add(key, 1, timeout=settings.LOGIN_FAILURE_WINDOW_SECONDS)
-
-
-def login_failures_clear(*, username: str) -> None:
-    """Forget the failures of a user name (after that user logged in)."""
-    for key in _keys(request=None, username=username):
-        cache.delete(key)
+def lockout_wait(request: HttpRequest, credentials: dict[str, Any] | None = None) -> int:
+    """Seconds until the longest of this client's lockouts ends (the address's or the name's)."""
+    ttls = [cache.ttl(key) for key in get_client_cache_keys(request, credentials)]  # type: ignore[attr-defined]
+    return max([t for t in ttls if t and t > 0], default=settings.LOGIN_FAILURE_WINDOW_SECONDS)
 
 
 def throttled_message(seconds: int) -> str:
@@ -82,47 +60,38 @@ def throttled_message(seconds: int) -> str:
     )
 
 
-class ThrottledModelBackend(ModelBackend):
-    """Django's model backend, refusing without a password check while the client or the
-    user name is throttled. ``PermissionDenied`` makes ``authenticate`` stop at once."""
-
-    def authenticate(
-        self,
-        request: HttpRequest | None,
-        username: str | None = None,
-        password: str | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        name = username or kwargs.get(get_user_model().USERNAME_FIELD)
-        if login_throttle_wait(request=request, username=name):
-            raise PermissionDenied("login throttled")
-        return super().authenticate(request, username=username, password=password, **kwargs)
-
-
-class ThrottledAuthenticationForm(AdminAuthenticationForm):
-    """The admin's login form, saying so when the login is throttled."""
-
-    error_messages = {
-        **AdminAuthenticationForm.error_messages,
-        "throttled": "%(message)s",
+def lockout_response(
+    request: HttpRequest, original_response: Any = None, credentials: Any = None
+) -> HttpResponse:
+    """The admin's page for a locked-out client (axes' AXES_LOCKOUT_CALLABLE): 429."""
+    context = {
+        **admin.site.each_context(request),
+        "title": "Login locked",
+        "message": throttled_message(lockout_wait(request, credentials)),
     }
-
-    def clean(self) -> dict[str, Any]:
-        wait = login_throttle_wait(request=self.request, username=self.cleaned_data.get("username"))
-        if wait:
-            raise ValidationError(
-                self.error_messages["throttled"],
-                code="throttled",
-                params={"message": throttled_message(wait)},
-            )
-        return super().clean()
+    # Rendered now: the middleware after axes' reads the content of what it returns.
+    response = render(request, "admin/login_locked_out.html", context, status=429)
+    response["Retry-After"] = str(lockout_wait(request, credentials))
+    return response
 
 
 def on_login_failed(
     sender: Any, credentials: dict[str, Any], request: Any = None, **_: Any
 ) -> None:
-    login_failure_record(request=request, username=credentials.get(get_user_model().USERNAME_FIELD))
+    security_event(
+        SecurityEventKind.LOGIN_FAILED,
+        None,
+        request=request,
+        username=username_of(request, credentials),
+        locked_out=bool(getattr(request, "axes_locked_out", False)),
+    )
+
+
+def on_locked_out(sender: Any, request: Any = None, username: Any = None, **_: Any) -> None:
+    security_event(
+        SecurityEventKind.LOCKED_OUT, None, request=request, username=str(username or "")
+    )
 
 
 def on_logged_in(sender: Any, request: Any, user: Any, **_: Any) -> None:
-    login_failures_clear(username=user.get_username())
+    security_event(SecurityEventKind.LOGIN, user, request=request)

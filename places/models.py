@@ -465,3 +465,18 @@ class AreaVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.dataset_id}/{self.cell}@{self.version}"
+
+
+# Roles and the security audit trail have a module of their own (places.access reads them).
+from places.models_access import (  # noqa: E402
+    DatasetRole as DatasetRole,
+)
+from places.models_access import (  # noqa: E402
+    Role as Role,
+)
+from places.models_access import (  # noqa: E402
+    SecurityEvent as SecurityEvent,
+)
+from places.models_access import (  # noqa: E402
+    SecurityEventKind as SecurityEventKind,
+)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from datetime import timedelta
 
 from celery.schedules import crontab
 from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
@@ -283,11 +284,26 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
-# Every password check is throttled: LOGIN_FAILURE_LIMIT failures per client address or per
-# user name within the window refuse further attempts, unhashed, until it ends.
-AUTHENTICATION_BACKENDS = ["places.login_throttle.ThrottledModelBackend"]
+# Login lockout by django-axes (places.login_throttle): LOGIN_FAILURE_LIMIT failures per client
+# address or per user name lock it out for LOGIN_FAILURE_WINDOW_SECONDS after the last one;
+# every password check goes through axes' backend first, refused unhashed while locked out.
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10)
 LOGIN_FAILURE_WINDOW_SECONDS = env.int("LOGIN_FAILURE_WINDOW_SECONDS", default=15 * 60)
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last: it answers for locked-out requests
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"  # counts in Redis, no row per failure
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(seconds=LOGIN_FAILURE_WINDOW_SECONDS)
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]  # each on its own
+AXES_CLIENT_IP_CALLABLE = "places.login_throttle.client_address"
+AXES_USERNAME_CALLABLE = "places.login_throttle.username_of"
+AXES_LOCKOUT_CALLABLE = "places.login_throttle.lockout_response"
+AXES_RESET_ON_SUCCESS = False  # one's own login must not reset the count of guesses at others
+AXES_ENABLE_ADMIN = False  # the cache handler keeps no rows; the audit trail has the events
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

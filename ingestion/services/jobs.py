@@ -43,6 +43,8 @@ from ingestion.selectors import (
     import_job_mapping_problems,
     import_job_resumable,
 )
+from places import access
+from places.access import Action
 from places.models import Dataset
 
 logger = logging.getLogger(__name__)
@@ -91,8 +93,12 @@ def import_job_create(
     the user corrects it on the job's page, and it is checked again before anything runs.
     ``layers`` names the layers to import (a zip of shapefiles, a GeoPackage); all of them
     when it is not given. The mapping is proposed from, and checked against, the columns of
-    the chosen layers together.
+    the chosen layers together. A ``user`` given must be an importer of the dataset
+    (``places.access``): ``PermissionDenied`` otherwise; no user means the system (beat, a
+    shell command run without ``--user``).
     """
+    if user is not None:
+        access.require(user, Action.IMPORT, dataset)
     size = path.stat().st_size
     if size == 0:
         raise UnreadableFile("the file is empty")
@@ -325,8 +331,11 @@ def import_job_mapping_set(
     return locked
 
 
-def import_job_dry_run_queue(*, job: ImportJob) -> ImportJob:
-    """Queue a dry run (counts and samples, nothing changed) of an inspected job."""
+def import_job_dry_run_queue(*, job: ImportJob, user: Any = None) -> ImportJob:
+    """Queue a dry run (counts and samples, nothing changed) of an inspected job; a ``user``
+    given must be an importer of the job's dataset."""
+    if user is not None:
+        access.require(user, Action.IMPORT, job.dataset_id)
     if job.state not in MAPPING_EDITABLE:  # checked again under the lock
         raise ImportJobStateError(_refusal(job, "dry-run"))
     problems = import_job_mapping_problems(job=job)
@@ -335,12 +344,15 @@ def import_job_dry_run_queue(*, job: ImportJob) -> ImportJob:
     return _queue(job=job, dry_run=True, allowed=MAPPING_EDITABLE)
 
 
-def import_job_apply_queue(*, job: ImportJob) -> ImportJob:
+def import_job_apply_queue(*, job: ImportJob, user: Any = None) -> ImportJob:
     """Queue the apply of a job whose dry run is ready; the dry run's report is kept.
 
     The apply computes everything again, batch by batch: places may have changed since the
-    dry run, and the final counts are the ones that count.
+    dry run, and the final counts are the ones that count. A ``user`` given must be an
+    importer of the job's dataset.
     """
+    if user is not None:
+        access.require(user, Action.IMPORT, job.dataset_id)
     return _queue(job=job, dry_run=False, allowed=(ImportState.DRY_RUN_READY,))
 
 
@@ -365,12 +377,14 @@ def import_job_cancel(*, job: ImportJob) -> ImportJob:
     return locked
 
 
-def import_job_resume(*, job: ImportJob, enqueue: bool = True) -> ImportJob:
+def import_job_resume(*, job: ImportJob, enqueue: bool = True, user: Any = None) -> ImportJob:
     """Queue a job that stopped part-way (failed while running, or cancelled while running)
     to go on from its checkpoint: the batches that committed are not applied again, its
     counts keep adding up, and a dry run is simply run again. The file is staged again if
     its staging rows are gone. ``enqueue=False`` leaves the run to the caller (a command's
-    ``--sync``)."""
+    ``--sync``). A ``user`` given must be an importer of the job's dataset."""
+    if user is not None:
+        access.require(user, Action.IMPORT, job.dataset_id)
     with transaction.atomic():
         locked = _locked(job)
         if not import_job_resumable(job=locked):

@@ -27,7 +27,7 @@ from ingestion import tasks
 from ingestion.models import ImportJob, ImportMode, ImportState
 from ingestion.services.imports import import_job_execute
 from ingestion.services.sync import dataset_sync, datasets_sync_due
-from places.models import Dataset, Place, PlaceStatus, SyncEvery
+from places.models import Dataset, DatasetRole, Place, PlaceStatus, SyncEvery
 
 pytestmark = pytest.mark.django_db
 
@@ -358,8 +358,12 @@ def test_the_command_fails_on_a_source_error(source):
         call_command("sync_dataset", "synced")
 
 
-def _staff(username: str, *codenames: str) -> User:
+def _staff(username: str, *codenames: str, importer_of: tuple[Dataset, ...] = ()) -> User:
+    """Staff with these model permissions, importer of these datasets (places.access needs
+    both)."""
     user = User.objects.create_user(username, password="pw", is_staff=True)
+    for dataset in importer_of:
+        DatasetRole.objects.create(user=user, dataset=dataset, role="importer")
     for codename in codenames:
         user.user_permissions.add(Permission.objects.get(codename=codename))
     return User.objects.get(pk=user.pk)
@@ -371,7 +375,9 @@ def test_sync_now_queues_a_check_for_holders_of_the_sync_permission(client, sour
     plain = Dataset.objects.create(name="plain", slug="plain")
     sent: list[int] = []
     monkeypatch.setattr(tasks.dataset_sync_run, "delay", sent.append)
-    client.force_login(_staff("syncer", "view_dataset", "sync_dataset"))
+    client.force_login(
+        _staff("syncer", "view_dataset", "sync_dataset", importer_of=(dataset, plain))
+    )
     # when they run "sync now" on both
     response = client.post(
         reverse("admin:places_dataset_changelist"),
@@ -426,7 +432,7 @@ def test_sync_now_says_so_when_the_task_queue_is_down(client, source, monkeypatc
         raise BrokerError("connection refused")
 
     monkeypatch.setattr(tasks.dataset_sync_run, "delay", unreachable)
-    client.force_login(_staff("syncer", "view_dataset", "sync_dataset"))
+    client.force_login(_staff("syncer", "view_dataset", "sync_dataset", importer_of=(dataset,)))
     # when "sync now" runs
     response = client.post(
         reverse("admin:places_dataset_changelist"),

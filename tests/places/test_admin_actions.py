@@ -11,13 +11,13 @@ import pytest
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import get_permission_codename
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import Group, Permission, User
 from django.contrib.gis.geos import Point
 from django.db.models import Model
 from django.test import RequestFactory
 from django.urls import reverse
 
-from places.models import Dataset, Place, PlaceChange
+from places.models import Dataset, DatasetRole, Place, PlaceChange
 from places.services import dataset_get_or_create, place_create
 
 pytestmark = pytest.mark.django_db
@@ -38,8 +38,18 @@ def _our_actions() -> list[tuple[type[Model], str]]:
 ACTIONS = _our_actions()
 
 
-def _staff(username: str, *, model: type[Model], perms: tuple[str, ...]) -> User:
+def _staff(
+    username: str,
+    *,
+    model: type[Model],
+    perms: tuple[str, ...],
+    role: tuple[str, Dataset] | None = None,
+) -> User:
+    """Staff with these model permissions and, when given, one role in one dataset (both are
+    needed: places.access)."""
     user = User.objects.create_user(username, password="pw", is_staff=True)
+    if role is not None:
+        DatasetRole.objects.create(user=user, role=role[0], dataset=role[1])
     opts = model._meta
     for perm in perms:
         user.user_permissions.add(
@@ -101,7 +111,8 @@ def _post_action(client, url: str, action: str, pks: list[int], **extra: str):
 
 def test_view_only_staff_cannot_retire_places(client, active_place):
     # given a staff user who may only view places
-    client.force_login(_staff("viewer", model=Place, perms=("view",)))
+    viewer = _staff("viewer", model=Place, perms=("view",), role=("viewer", active_place.dataset))
+    client.force_login(viewer)
     url = reverse("admin:places_place_changelist")
     assert b"retire_selected" not in client.get(url).content
     # when they post the retire action anyway
@@ -115,7 +126,9 @@ def test_view_only_staff_cannot_retire_places(client, active_place):
 
 def test_staff_who_may_change_places_can_retire_them(client, active_place):
     # given a staff user who may change places
-    curator = _staff("curator", model=Place, perms=("view", "change"))
+    curator = _staff(
+        "curator", model=Place, perms=("view", "change"), role=("curator", active_place.dataset)
+    )
     client.force_login(curator)
     url = reverse("admin:places_place_changelist")
     # when they retire a place from the list
@@ -131,13 +144,15 @@ def test_view_only_staff_cannot_delete_datasets_and_deleters_can(client):
     # given an empty dataset and a staff user who may only view datasets
     dataset = dataset_get_or_create(slug="to-delete")
     url = reverse("admin:places_dataset_changelist")
-    client.force_login(_staff("viewer", model=Dataset, perms=("view",)))
+    client.force_login(_staff("viewer", model=Dataset, perms=("view",), role=("viewer", dataset)))
     # when they confirm the delete action
     _post_action(client, url, "delete_selected", [dataset.pk], post="yes")
     # then the dataset is still there
     assert Dataset.objects.filter(pk=dataset.pk).exists()
-    # and a user who may delete datasets does delete it
-    client.force_login(_staff("deleter", model=Dataset, perms=("view", "delete")))
+    # and a user who may delete datasets (the admin role: places.access) does delete it
+    deleter = _staff("deleter", model=Dataset, perms=("view", "delete"))
+    deleter.groups.add(Group.objects.get(name="admin"))
+    client.force_login(deleter)
     response = _post_action(client, url, "delete_selected", [dataset.pk], post="yes")
     assert response.status_code == 302
     assert not Dataset.objects.filter(pk=dataset.pk).exists()

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
@@ -23,6 +25,8 @@ from ingestion.mapping import CONTENT_KEY_NOTE
 from ingestion.models import ImportMode
 from ingestion.readers import UnreadableFile
 from ingestion.services import jobs
+from places import access
+from places.models import Dataset
 
 
 class Command(BaseCommand):
@@ -56,11 +60,28 @@ class Command(BaseCommand):
             help="Do nothing when this exact file was already imported into the dataset.",
         )
         parser.add_argument("--timeout", type=int, default=1800, help="Seconds to wait.")
+        parser.add_argument(
+            "--user",
+            default=None,
+            metavar="USERNAME",
+            help="Import as this user, who must be an importer of the dataset (or an admin); "
+            "without it the command imports as the system.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         path: Path = options["file"]
         if not path.is_file():
             raise CommandError(f"no such file: {path}")
+        user = None
+        if options["user"]:
+            user = get_user_model().objects.filter(username=options["user"]).first()
+            if user is None:
+                raise CommandError(f"--user: no such user: {options['user']}")
+            if not Dataset.objects.filter(slug=options["dataset"]).exists() and not (
+                access.is_admin(user)
+            ):
+                # Creating a dataset is the admin role's; an importer imports into theirs.
+                raise CommandError(f"--user: {user} may not create dataset {options['dataset']}")
         dataset = dataset_from_options(options)
         if options["skip_if_imported"] and not options["dry_run"]:
             previous = selectors.import_job_last_applied(
@@ -78,6 +99,7 @@ class Command(BaseCommand):
                 job = jobs.import_job_create(
                     path=path,
                     dataset=dataset,
+                    user=user,
                     dry_run=options["dry_run"],
                     mode=options["mode"],
                     mapping=mapping,
@@ -87,6 +109,8 @@ class Command(BaseCommand):
                     transaction.on_commit(lambda: tasks.import_job_run.delay(job.pk))
         except UnreadableFile as exc:
             raise CommandError(f"{path.name}: {exc}") from None
+        except PermissionDenied as exc:
+            raise CommandError(f"--user: {exc}") from None
         where = "running in this process" if options["sync"] else "queued"
         self.stdout.write(f"{path.name}: job #{job.pk} ({job.format}) {where}")
         # What the key's note adds to the content key's, which the outcome states (job_print).

@@ -21,6 +21,8 @@ from ingestion.services.imports.progress import ImportCounts
 from ingestion.services.imports.samples import dry_run_samples
 from ingestion.services.imports.snapshot import COUNT_MISSING, RETIRE_MISSING
 from ingestion.services.imports.stage import CLEAR_STAGE
+from places.models_access import SecurityEventKind
+from places.services.audit import security_event
 from places.services.regions import regions_hold_for_locating
 
 # Two probes of the primary key rather than a scan for job_id <> %(job)s.
@@ -48,6 +50,19 @@ def finish_apply(
                 job.retired = cursor.rowcount
         job.state = ImportState.DONE
         _close(job, counts, checkpoint, started)
+        # In the apply's own transaction: the trail names an import only if it committed.
+        security_event(
+            SecurityEventKind.IMPORT_APPLIED,
+            job.created_by,
+            dataset=job.dataset_id,
+            job=job.pk,
+            file=job.original_name,
+            mode=job.mode,
+            added=job.added,
+            updated=job.updated,
+            retired=job.retired,
+            rejected=job.rejected,
+        )
         if job.mode == ImportMode.SNAPSHOT:
             # While the staged rows are here: the file against the dataset as it now is.
             job.report["consistency"] = consistency_report(cursor, job=job)
