@@ -9,7 +9,7 @@ as the audit.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -227,7 +227,8 @@ class ImportJobAdmin(DatasetScopedAdminMixin, FastChangeListMixin, admin.ModelAd
         # Only into datasets the user imports into; a new dataset is the admin role's.
         ids = access.dataset_ids_for(request.user, Action.IMPORT)
         if ids is not None:
-            form.fields["dataset"].queryset = Dataset.objects.filter(pk__in=ids).order_by("name")
+            choice = cast(forms.ModelChoiceField, form.fields["dataset"])
+            choice.queryset = Dataset.objects.filter(pk__in=ids).order_by("name")
         if not access.is_admin(request.user):
             del form.fields["new_dataset"]
         if request.method == "POST" and form.is_valid():
