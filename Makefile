@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
 
-.PHONY: help run test test-fast bench bench-ab bench-deps deps system-deps services db lint check clean
+.PHONY: help run test test-fast bench bench-ab bench-deps deps system-deps services db lint check clean basemap
 
 help:
 	@echo "make run    install what is missing, load sample data, run web + worker + beat"
@@ -25,6 +26,16 @@ $(VENV_STAMP): requirements/base.txt requirements/local.txt
 	@touch $@
 
 deps: system-deps $(VENV_STAMP)
+
+# playwright-core, which drives Debian's chromium in the map's browser tests (tests/browser/).
+$(NODE_STAMP): package.json package-lock.json | system-deps
+	@npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The offline basemap from the Natural Earth files (output committed; a test checks a rebuild
+# gives the same bytes).
+basemap: $(VENV_STAMP)
+	$(PY) bin/build-basemap
 
 services:
 	@bin/services-up
@@ -52,7 +63,7 @@ check: db
 		SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
 		$(PY) manage.py check --deploy --fail-level WARNING
 
-test: lint check
+test: lint check $(NODE_STAMP)
 	$(PY) -m pytest
 
 # No system packages, lint or checks; skips tests marked worker or slow (see pyproject.toml).

@@ -212,3 +212,102 @@ def region_version(*, using: str = "default") -> str:
     with connections[using].cursor() as cursor:
         cursor.execute(REGION_VERSION)
         return cursor.fetchone()[0][:16]
+
+
+# --- The public map and place page -------------------------------------------------------
+
+PLACE_DENOMINATIONS = """
+SELECT d FROM places_place, unnest(denominations) AS d
+WHERE status = 'active'
+GROUP BY d ORDER BY count(*) DESC, d LIMIT %s
+"""
+
+# Nearest first by the GiST index (KNN on the planar distance), then measured on the sphere.
+PLACES_NEARBY = """
+SELECT id, ST_DistanceSphere(location, %(point)s) AS metres
+FROM places_place
+WHERE status = 'active' AND id <> %(id)s
+ORDER BY location <-> %(point)s
+LIMIT %(limit)s
+"""
+
+# What the public change history shows of a change: the field, and its old and new values
+# only for the fields the public API shows anyway (free tags and source values are named).
+PUBLIC_CHANGE_FIELDS = frozenset(
+    {
+        "name",
+        "religion",
+        "denominations",
+        "location",
+        "status",
+        "start_date",
+        "end_date",
+        "start_date_raw",
+        "end_date_raw",
+        "merged_into",
+        "country",
+        "region",
+    }
+)
+
+
+def place_denominations(*, limit: int = 200) -> list[str]:
+    """The most common normalised denominations of active places, most common first."""
+    with connection.cursor() as cursor:
+        cursor.execute(PLACE_DENOMINATIONS, [limit])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def place_public_get(*, place_id: int) -> Place | None:
+    """One place with its dataset, country and region, or None."""
+    return place_detail_queryset().filter(pk=place_id).first()
+
+
+@dataclass(frozen=True)
+class NearbyPlace:
+    place: Place
+    metres: float
+
+
+def place_nearby_list(*, place: Place, limit: int = 10) -> list[NearbyPlace]:
+    """The ``limit`` active places nearest to ``place`` (itself excluded), nearest first."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            PLACES_NEARBY, {"point": place.location.ewkt, "id": place.pk, "limit": limit}
+        )
+        rows = cursor.fetchall()
+    found = Place.objects.select_related("dataset").in_bulk([row[0] for row in rows])
+    return [NearbyPlace(place=found[pk], metres=metres) for pk, metres in rows if pk in found]
+
+
+@dataclass(frozen=True)
+class PublicChange:
+    at: Any
+    operation: str
+    source: str
+    place_version: int
+    fields: list[tuple[str, Any, Any, bool]]  # name, old, new, values shown
+
+
+def place_public_history(*, place: Place, limit: int = 50) -> list[PublicChange]:
+    """The place's changes, newest first, without who made them (user, device, import job):
+    what changed and when, the values only for fields the public API shows."""
+    changes = PlaceChange.objects.filter(place=place).order_by("-seq")[:limit]
+    history = []
+    for change in changes:
+        fields = []
+        for name, values in sorted((change.changes or {}).items()):
+            shown = name in PUBLIC_CHANGE_FIELDS and isinstance(values, dict)
+            old = values.get("old") if shown else None
+            new = values.get("new") if shown else None
+            fields.append((name, old, new, shown))
+        history.append(
+            PublicChange(
+                at=change.at,
+                operation=change.get_operation_display(),
+                source=change.get_source_display(),
+                place_version=change.place_version,
+                fields=fields,
+            )
+        )
+    return history

@@ -8,6 +8,7 @@ from places import health, views
 urlpatterns = [
     path("", views.home, name="home"),
     path("map/", views.map_view, name="map"),
+    path("places/<int:place_id>/", views.place_detail, name="place-detail"),
     # Browsers ask for /favicon.ico on pages that name no icon (the admin's, for one).
     path("favicon.ico", views.FaviconRedirect.as_view(), name="favicon"),
     path("health/live/", health.live, name="health-live"),

@@ -1,103 +1,406 @@
-// The Places map: our own vector tiles (clusters below zoom 10, every place above), drawn
-// with WebGL by MapLibre. Everything comes from this server; no external tiles or fonts.
+// The Places map: our own vector tiles (clusters below zoom 10, every place above) over an
+// offline Natural Earth basemap or the style MAP_STYLE_URL names, drawn with WebGL by MapLibre.
+// The URL keeps the view and the filters, so a link or a reload shows the same map.
 (function () {
   "use strict";
 
-  const COLOURS = {
-    christian: "#3a6fb0", muslim: "#2e8b57", jewish: "#c9a227", hindu: "#e4572e",
-    sikh: "#f28e2b", buddhist: "#9c6ade", bahai: "#17becf", jain: "#bcbd22",
-    shinto: "#d62728", taoist: "#8c564b", zoroastrian: "#7f7f7f", multifaith: "#e377c2",
-  };
+  const config = JSON.parse(document.getElementById("map-config").textContent);
+  const RELIGIONS = config.religions;  // code -> label
+  const DATASETS = config.datasets;  // slug -> {name, licence, attribution, source_url}
+  const DATASET_BY_ID = {};
+  Object.entries(DATASETS).forEach(([slug, d]) => { DATASET_BY_ID[d.id] = slug; });
+
+  // Okabe–Ito colours: told apart with every common colour-vision deficiency. The rarer
+  // religions share black; unknown and other are grey.
+  const PALETTE = [
+    ["christian", "#0072B2"], ["muslim", "#009E73"], ["jewish", "#E69F00"], ["hindu", "#D55E00"],
+    ["sikh", "#F0E442"], ["buddhist", "#CC79A7"], ["bahai", "#56B4E9"],
+  ];
+  const RARE = ["jain", "shinto", "taoist", "zoroastrian", "multifaith"];
+  const RARE_COLOUR = "#000000";
+  const NO_COLOUR = "#8a8a8a";
   const colour = ["match", ["get", "religion"]];
-  Object.entries(COLOURS).forEach(([religion, hex]) => colour.push(religion, hex));
-  colour.push("#999999");
+  PALETTE.forEach(([religion, hex]) => colour.push(religion, hex));
+  colour.push(RARE, RARE_COLOUR, NO_COLOUR);
 
   const container = document.getElementById("map");
   const status = document.getElementById("status");
-  const select = document.getElementById("religion");
-  const tileJson = (religion) => "/tiles/places.json" + (religion ? "?religion=" + encodeURIComponent(religion) : "");
+  const filterInputs = {
+    religion: document.getElementById("religion"),
+    denomination: document.getElementById("denomination"),
+    dataset: document.getElementById("dataset"),
+    status: document.getElementById("status-filter"),
+  };
+  const DEFAULT_STATUS = "active";
 
-  // ?bbox=west,south,east,north (an import job's page links so) opens the map on that box.
-  const bbox = (new URLSearchParams(window.location.search).get("bbox") || "").split(",").map(Number);
-  const bounds = bbox.length === 4 && bbox.every(Number.isFinite) ? [[bbox[0], bbox[1]], [bbox[2], bbox[3]]] : undefined;
+  // --- The URL: ?lat=&lon=&z= and the filters; ?bbox=w,s,e,n (import pages link so) too. ---
+  const params = new URLSearchParams(window.location.search);
+  Object.entries(filterInputs).forEach(([name, input]) => {
+    const value = params.get(name);
+    if (value === null) return;
+    if (input.tagName === "SELECT" && ![...input.options].some((o) => o.value === value)) return;
+    input.value = value;
+  });
+  if (!filterInputs.denomination.checkValidity()) filterInputs.denomination.value = "";
 
+  function number(name, low, high) {
+    const text = params.get(name);
+    const value = text === null || text === "" ? NaN : Number(text);
+    return Number.isFinite(value) && value >= low && value <= high ? value : null;
+  }
+  const lat = number("lat", -85, 85);
+  const lon = number("lon", -180, 180);
+  const zoom = number("z", 0, 18);
+  const bbox = (params.get("bbox") || "").split(",").map(Number);
+  const view = lat !== null && lon !== null
+    ? { center: [lon, lat], zoom: zoom === null ? 12 : zoom }
+    : bbox.length === 4 && bbox.every(Number.isFinite)
+      ? { bounds: [[bbox[0], bbox[1]], [bbox[2], bbox[3]]], fitBoundsOptions: { padding: 40, maxZoom: 14 } }
+      : { center: [-1.6, 53.2], zoom: 5 };
+
+  function filters() {
+    const query = new URLSearchParams();
+    Object.entries(filterInputs).forEach(([name, input]) => {
+      const value = input.value.trim();
+      if (value && !(name === "status" && value === DEFAULT_STATUS)) query.set(name, value);
+    });
+    return query;
+  }
+
+  function writeUrl() {
+    const centre = map.getCenter();
+    const query = new URLSearchParams();
+    query.set("lat", centre.lat.toFixed(5));
+    query.set("lon", centre.wrap().lng.toFixed(5));
+    query.set("z", String(Math.round(map.getZoom() * 100) / 100));
+    filters().forEach((value, name) => query.set(name, value));
+    const url = window.location.pathname + "?" + query.toString();
+    if (url !== window.location.pathname + window.location.search) {
+      window.history.replaceState(null, "", url);
+    }
+  }
+
+  const tileJson = () => {
+    const query = filters().toString();
+    return "/tiles/places.json" + (query ? "?" + query : "");
+  };
+
+  // --- The map ---
+  const basemap = window.PlacesBasemap.style(config.basemap);
+  const own = {
+    sources: {
+      regions: { type: "vector", url: "/tiles/regions.json?level=district" },
+      places: { type: "vector", url: tileJson() },
+    },
+    layers: [
+      { id: "districts", type: "line", source: "regions", "source-layer": "regions", minzoom: 6,
+        paint: { "line-color": "#9a8f80", "line-width": 0.6, "line-opacity": 0.7 } },
+      { id: "clusters", type: "circle", source: "places", "source-layer": "clusters",
+        paint: {
+          "circle-color": colour, "circle-opacity": 0.85,
+          "circle-radius": ["interpolate", ["linear"], ["sqrt", ["get", "count"]], 1, 4, 30, 22],
+          "circle-stroke-color": "#1a1a1a", "circle-stroke-width": 0.6,
+        } },
+      { id: "cluster-counts", type: "symbol", source: "places", "source-layer": "clusters",
+        filter: [">", ["get", "count"], 1],
+        layout: {
+          "icon-image": ["concat", "count:", ["case", [">=", ["get", "count"], 10000],
+            ["concat", ["to-string", ["round", ["/", ["get", "count"], 1000]]], "k"],
+            ["to-string", ["get", "count"]]]],
+          "icon-allow-overlap": false, "icon-ignore-placement": false,
+          "symbol-sort-key": ["-", 0, ["get", "count"]],
+        } },
+      { id: "places", type: "circle", source: "places", "source-layer": "places",
+        paint: {
+          "circle-color": colour,
+          "circle-radius": ["interpolate", ["linear"], ["zoom"], 10, 3.5, 16, 8],
+          "circle-stroke-color": "#1a1a1a", "circle-stroke-width": 0.8,
+        } },
+    ],
+  };
+
+  const offline = !config.styleUrl;
   const map = new maplibregl.Map({
     container: "map",
-    center: [-1.6, 53.2],
-    zoom: 5,
-    bounds: bounds,
-    fitBoundsOptions: { padding: 40, maxZoom: 14 },
+    ...view,
     maxZoom: 18,
-    style: {
-      version: 8,
-      sources: {
-        countries: { type: "geojson", data: container.dataset.basemap, attribution: "Made with Natural Earth" },
-        regions: { type: "vector", url: "/tiles/regions.json?level=district" },
-        places: { type: "vector", url: tileJson("") },
-      },
-      layers: [
-        { id: "sea", type: "background", paint: { "background-color": "#dbe7ef" } },
-        { id: "land", type: "fill", source: "countries", paint: { "fill-color": "#f3f1ea", "fill-outline-color": "#a0a0a0" } },
-        { id: "districts", type: "line", source: "regions", "source-layer": "regions", minzoom: 6,
-          paint: { "line-color": "#9a8f80", "line-width": 0.6 } },
-        { id: "clusters", type: "circle", source: "places", "source-layer": "clusters",
-          paint: {
-            "circle-color": colour, "circle-opacity": 0.75,
-            "circle-radius": ["interpolate", ["linear"], ["sqrt", ["get", "count"]], 1, 2.5, 30, 18],
-          } },
-        { id: "places", type: "circle", source: "places", "source-layer": "places",
-          paint: {
-            "circle-color": colour,
-            "circle-radius": ["interpolate", ["linear"], ["zoom"], 10, 2.5, 16, 7],
-            "circle-stroke-color": "#ffffff", "circle-stroke-width": 0.6,
-          } },
-      ],
-    },
+    attributionControl: { compact: false },
+    style: offline
+      ? { version: 8, sources: { ...basemap.sources, ...own.sources },
+          layers: [...basemap.layers, ...own.layers, ...basemap.labels] }
+      : config.styleUrl,
   });
+  if (!offline) {
+    // A deployment's own style: our places go on top of whatever it draws.
+    map.once("style.load", () => {
+      Object.entries(own.sources).forEach(([id, source]) => map.addSource(id, source));
+      own.layers.forEach((layer) => map.addLayer(layer));
+    });
+  }
+  window.PlacesBasemap.drawText(map);
   map.addControl(new maplibregl.NavigationControl(), "top-right");
+  map.addControl(new maplibregl.ScaleControl(), "bottom-left");
   window.placesMap = map;  // for browser tests and the curious
 
-  // What is drawn, for the status line and for tests (never frame rates).
+  map.on("moveend", writeUrl);
+  map.once("load", writeUrl);
+
+  // --- Legend ---
+  const legend = document.getElementById("legend");
+  function legendItem(hex, text) {
+    const item = document.createElement("li");
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = hex;
+    item.append(swatch, text);
+    legend.append(item);
+  }
+  PALETTE.forEach(([religion, hex]) => legendItem(hex, RELIGIONS[religion] || religion));
+  legendItem(RARE_COLOUR, RARE.map((r) => RELIGIONS[r] || r).join(", "));
+  legendItem(NO_COLOUR, [RELIGIONS.other, RELIGIONS.unknown].join(", ") + " or not given");
+
+  // --- What is drawn: the status line, the list for screen readers, and browser tests ---
+  const inView = document.getElementById("in-view-list");
+  const IN_VIEW_MAX = 50;
   map.on("idle", () => {
+    if (!map.getLayer("places")) return;
     const drawn = map.queryRenderedFeatures({ layers: ["places", "clusters"] });
     const places = drawn.reduce((n, f) => n + (f.layer.id === "clusters" ? f.properties.count : 1), 0);
-    status.textContent = drawn.length + " symbols for " + places.toLocaleString() + " places in view (zoom " + map.getZoom().toFixed(1) + ")";
+    status.textContent = (drawn.length ? "" : "Nothing here with these filters. ") +
+      places.toLocaleString("en-GB") + " places in view (" + drawn.length + " symbols, zoom " + map.getZoom().toFixed(1) + ")";
     container.dataset.drawnFeatures = String(drawn.length);
     container.dataset.drawnPlaces = String(places);
+    const points = drawn.filter((f) => f.layer.id === "places");
+    inView.replaceChildren();
+    if (!points.length) {
+      const item = document.createElement("li");
+      item.textContent = drawn.length ? "Zoom in (to 10 or more) to list the places one by one." : "No places in view.";
+      inView.append(item);
+      return;
+    }
+    const seen = new Set();
+    points.filter((f) => !seen.has(f.id) && seen.add(f.id))
+      .sort((a, b) => (a.properties.name || "").localeCompare(b.properties.name || ""))
+      .slice(0, IN_VIEW_MAX)
+      .forEach((feature) => {
+        const item = document.createElement("li");
+        const button = document.createElement("button");
+        button.type = "button";
+        button.textContent = (feature.properties.name || "(no name yet)") + " — " +
+          (RELIGIONS[feature.properties.religion] || feature.properties.religion);
+        button.addEventListener("click", () => {
+          const [x, y] = feature.geometry.coordinates;
+          openPopupAt({ lng: x, lat: y }, map.project([x, y]));
+        });
+        item.append(button);
+        inView.append(item);
+      });
+    if (seen.size > IN_VIEW_MAX) {
+      const item = document.createElement("li");
+      item.textContent = "and " + (seen.size - IN_VIEW_MAX) + " more: zoom in to list them.";
+      inView.append(item);
+    }
   });
 
-  select.addEventListener("change", () => {
-    map.getSource("places").setUrl(tileJson(select.value));
-  });
+  // --- Filters ---
+  function applyFilters() {
+    if (!filterInputs.denomination.checkValidity()) {
+      status.textContent = "Denomination: lower-case letters, digits and _ only.";
+      return;
+    }
+    if (map.getSource("places")) map.getSource("places").setUrl(tileJson());
+    writeUrl();
+  }
+  Object.values(filterInputs).forEach((input) => input.addEventListener("change", applyFilters));
 
+  // --- Popups: every place under the pointer, with labels, dataset and licence, dates ---
+  const denominationLabel = (code) => code.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
+  let popup = null;
+
+  function text(tag, content, className) {
+    const element = document.createElement(tag);
+    element.textContent = content;
+    if (className) element.className = className;
+    return element;
+  }
+
+  function link(href, content) {
+    const a = document.createElement("a");
+    a.href = href;
+    a.textContent = content;
+    return a;
+  }
+
+  function dates(p) {
+    const start = p.start_date || p.start_date_raw;
+    const end = p.end_date || p.end_date_raw;
+    if (start && end) return "From " + start + " to " + end;
+    if (start) return "Since " + start;
+    if (end) return "Until " + end;
+    return "";
+  }
+
+  function placeBox(feature, heading) {
+    const p = feature.properties;
+    const box = document.createElement("section");
+    box.className = "place";
+    box.append(text(heading, p.name || "(no name yet)"));
+    const facts = document.createElement("dl");
+    const add = (term, value) => { if (value) facts.append(text("dt", term), text("dd", value)); };
+    add("Religion", RELIGIONS[p.religion] || p.religion);
+    add("Denomination", (p.denominations || []).map(denominationLabel).join(", "));
+    const dataset = DATASETS[p.dataset];
+    add("Dataset", dataset ? dataset.name + (dataset.licence ? " (" + dataset.licence + ")" : "") : p.dataset);
+    if (dataset && dataset.attribution) add("Attribution", dataset.attribution);
+    add("Dates", dates(p));
+    if (p.status && p.status !== DEFAULT_STATUS) add("Status", p.status);
+    box.append(facts);
+    const links = document.createElement("p");
+    links.className = "links";
+    links.append(link("/places/" + feature.id + "/", "Place page"), " · ",
+      link("/api/v1/places/" + feature.id + "/", "API"));
+    if (config.isStaff) links.append(" · ", link("/admin/places/place/" + feature.id + "/change/", "Edit in admin"));
+    box.append(links);
+    return box;
+  }
+
+  // Everything within a few pixels of the point, from the API (tiles thin dense areas and
+  // carry no dates or licences): places on one spot are all listed, none picked silently.
+  function openPopupAt(lngLat, point) {
+    const r = 6;
+    const sw = map.unproject([point.x - r, point.y + r]);
+    const ne = map.unproject([point.x + r, point.y - r]);
+    const query = filters();
+    query.set("bbox", [sw.lng, sw.lat, ne.lng, ne.lat].map((v) => v.toFixed(6)).join(","));
+    query.set("limit", "50");
+    if (popup) popup.remove();
+    const box = document.createElement("div");
+    box.className = "places-popup";
+    box.setAttribute("aria-live", "polite");
+    box.append(text("p", "Loading…"));
+    popup = new maplibregl.Popup({ maxWidth: "22rem", focusAfterOpen: true })
+      .setLngLat(lngLat).setDOMContent(box).addTo(map);
+    fetch("/api/v1/places/?" + query.toString(), { headers: { Accept: "application/geo+json" } })
+      .then((response) => {
+        if (!response.ok) throw new Error("the server answered " + response.status);
+        return response.json();
+      })
+      .then((collection) => {
+        const features = collection.features
+          .sort((a, b) => (a.properties.name || "").localeCompare(b.properties.name || "") || a.id - b.id);
+        box.replaceChildren();
+        if (!features.length) {
+          box.append(text("p", "No place here."));
+          return;
+        }
+        if (features.length > 1) box.append(text("h2", features.length + " places here", "count"));
+        features.forEach((f) => box.append(placeBox(f, features.length > 1 ? "h3" : "h2")));
+        popup.setLngLat(features.length === 1 ? features[0].geometry.coordinates : lngLat);
+      })
+      .catch((error) => { box.replaceChildren(text("p", "Could not load the places: " + error.message)); });
+  }
+
+  map.on("click", "places", (event) => openPopupAt(event.lngLat, event.point));
   map.on("click", "clusters", (event) => {
     map.easeTo({ center: event.lngLat, zoom: Math.min(map.getZoom() + 2, 12) });
   });
-  map.on("click", "places", (event) => {
-    const feature = event.features[0];
-    const name = feature.properties.name || "(no name yet)";
-    const box = document.createElement("div");
-    const title = document.createElement("strong");
-    title.textContent = name;
-    box.append(title, document.createElement("br"), feature.properties.religion, document.createElement("br"));
-    const api = document.createElement("a");
-    api.href = "/api/v1/places/" + feature.id + "/";
-    api.textContent = "API";
-    const admin = document.createElement("a");
-    admin.href = "/admin/places/place/" + feature.id + "/change/";
-    admin.textContent = "edit";
-    box.append(api, " · ", admin);
-    new maplibregl.Popup().setLngLat(event.lngLat).setDOMContent(box).addTo(map);
+  // A cluster's count and most common religion on hover.
+  const hover = new maplibregl.Popup({ closeButton: false, closeOnClick: false, className: "hover" });
+  map.on("mousemove", "clusters", (event) => {
+    const p = event.features[0].properties;
+    hover.setLngLat(event.lngLat)
+      .setText(p.count.toLocaleString("en-GB") + (p.count === 1 ? " place: " : " places, mostly ") +
+        (RELIGIONS[p.religion] || p.religion))
+      .addTo(map);
   });
-  // Sensors (PM2.5): off until switched on, so a visit that does not want them fetches
+  map.on("mouseleave", "clusters", () => hover.remove());
+
+  // --- Search: coordinates fly there; anything else is a name (the API's q) ---
+  const searchForm = document.getElementById("search");
+  const searchInput = document.getElementById("search-input");
+  const searchStatus = document.getElementById("search-status");
+  const results = document.getElementById("search-results");
+  const COORDINATES = /^\s*(-?\d{1,3}(?:\.\d+)?)\s*[,;\s]\s*(-?\d{1,3}(?:\.\d+)?)\s*$/;
+  let marker = null;
+
+  function flyToPlace(feature) {
+    const [x, y] = feature.geometry.coordinates;
+    map.flyTo({ center: [x, y], zoom: Math.max(map.getZoom(), 16) });
+    map.once("moveend", () => openPopupAt({ lng: x, lat: y }, map.project([x, y])));
+  }
+
+  searchForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const query = searchInput.value.trim();
+    results.replaceChildren();
+    if (!query) return;
+    const match = query.match(COORDINATES);
+    if (match) {
+      let [a, b] = [Number(match[1]), Number(match[2])];
+      // Latitude first, as maps and phones copy them; a first number beyond ±90 is a longitude.
+      if (Math.abs(a) > 90 && Math.abs(b) <= 90) [a, b] = [b, a];
+      if (Math.abs(a) > 90 || Math.abs(b) > 180) {
+        searchStatus.textContent = "Latitude must be within ±90 and longitude within ±180.";
+        return;
+      }
+      if (marker) marker.remove();
+      marker = new maplibregl.Marker({ color: "#b3261e" }).setLngLat([b, a]).addTo(map);
+      map.flyTo({ center: [b, a], zoom: Math.max(map.getZoom(), 15) });
+      searchStatus.textContent = "Showing " + a + ", " + b + ".";
+      return;
+    }
+    const search = filters();
+    search.set("q", query);
+    search.set("limit", "10");
+    search.set("fields", "name,religion,dataset");
+    searchStatus.textContent = "Searching…";
+    fetch("/api/v1/places/?" + search.toString(), { headers: { Accept: "application/geo+json" } })
+      .then((response) => {
+        if (!response.ok) throw new Error("the server answered " + response.status);
+        return response.json();
+      })
+      .then((collection) => {
+        const found = collection.features;
+        searchStatus.textContent = found.length
+          ? (found.length === 10 ? "The first 10 places" : found.length + (found.length === 1 ? " place" : " places")) + " named like “" + query + "”."
+          : "No place named like “" + query + "” with these filters.";
+        found.forEach((feature) => {
+          const item = document.createElement("li");
+          const button = document.createElement("button");
+          button.type = "button";
+          const dataset = DATASETS[feature.properties.dataset];
+          button.textContent = (feature.properties.name || "(no name yet)") + " — " +
+            (RELIGIONS[feature.properties.religion] || feature.properties.religion) +
+            (dataset ? ", " + dataset.name : "");
+          button.addEventListener("click", () => flyToPlace(feature));
+          item.append(button);
+          results.append(item);
+        });
+        if (found.length) flyToPlace(found[0]);
+      })
+      .catch((error) => { searchStatus.textContent = "The search failed: " + error.message; });
+  });
+
+  // --- The panel folds away on small screens ---
+  const toggle = document.getElementById("panel-toggle");
+  const panelBody = document.getElementById("panel-body");
+  function setPanel(open) {
+    panelBody.hidden = !open;
+    toggle.setAttribute("aria-expanded", String(open));
+    toggle.textContent = open ? "Hide panel" : "Show panel";
+  }
+  toggle.addEventListener("click", () => setPanel(panelBody.hidden));
+  if (window.matchMedia("(max-width: 600px)").matches) setPanel(false);
+
+  // --- Sensors (PM2.5): off until switched on, so a visit that does not want them fetches
   // nothing; each switch on fetches the latest readings again. Bands come from the server
-  // (UK DAQI for PM2.5); only their colours live here.
+  // (UK DAQI for PM2.5); only their colours live here. ---
   const BAND_COLOURS = { low: "#2ca25f", moderate: "#f0b400", high: "#e34a33", very_high: "#8e24aa" };
   const bandColour = ["match", ["get", "band"]];
   Object.entries(BAND_COLOURS).forEach(([band, hex]) => bandColour.push(band, hex));
   bandColour.push("#999999");
   const sensorsToggle = document.getElementById("sensors");
-  const legend = document.getElementById("sensor-legend");
+  const sensorLegend = document.getElementById("sensor-legend");
   const sensorStatus = document.getElementById("sensor-status");
   const bandLabels = {};
 
@@ -135,7 +438,7 @@
   }
 
   sensorsToggle.addEventListener("change", () => {
-    legend.hidden = !sensorsToggle.checked;
+    sensorLegend.hidden = !sensorsToggle.checked;
     if (!sensorsToggle.checked) {
       if (map.getLayer("sensors")) map.setLayoutProperty("sensors", "visibility", "none");
       return;

@@ -1,6 +1,8 @@
+import pytest
 from django.contrib.staticfiles import finders
 
 
+@pytest.mark.django_db  # the map page lists the datasets and denominations for its filters
 def test_favicon_ico_redirects_to_the_icon_pages_link(client):
     response = client.get("/favicon.ico")
     assert response.status_code == 302

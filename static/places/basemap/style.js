@@ -1,0 +1,79 @@
+// The offline basemap (Natural Earth, built by bin/build-basemap) and the text images the map
+// draws its labels with. MapLibre draws text from glyph files we do not ship; a label here is
+// an image drawn once with the browser's own fonts (on "styleimagemissing"), so nothing is
+// fetched from another server and every script the system fonts cover is shown.
+(function () {
+  "use strict";
+
+  const WATER = "#c6dbea";
+  const LAND = "#f5f2ea";
+
+  // Sources and layers of the basemap, under whatever the page draws on top.
+  function style(urls) {
+    return {
+      sources: {
+        land: { type: "geojson", data: urls.land, attribution: "Made with Natural Earth", maxzoom: 10, tolerance: 0.5 },
+        borders: { type: "geojson", data: urls.borders, maxzoom: 10, tolerance: 0.5 },
+        towns: { type: "geojson", data: urls.towns, maxzoom: 10 },
+      },
+      layers: [
+        { id: "water", type: "background", paint: { "background-color": WATER } },
+        { id: "land", type: "fill", source: "land", paint: { "fill-color": LAND } },
+        { id: "coast", type: "line", source: "land",
+          paint: { "line-color": "#7c9cb5", "line-width": ["interpolate", ["linear"], ["zoom"], 2, 0.5, 10, 1.5] } },
+        { id: "borders", type: "line", source: "borders",
+          paint: { "line-color": "#8d8273", "line-dasharray": [3, 2],
+                   "line-width": ["interpolate", ["linear"], ["zoom"], 2, 0.5, 10, 1.2] } },
+      ],
+      // Town names go above the places so that they stay readable; added after them.
+      labels: [0, 3, 5].map((minzoom, i) => ({
+        id: "town-labels-" + i, type: "symbol", source: "towns", minzoom: minzoom,
+        filter: ["all", [">=", ["get", "rank"], [0, 3, 5][i]], ["<", ["get", "rank"], [3, 5, 11][i]]],
+        layout: {
+          "icon-image": ["concat", "label:", ["get", "name"]],
+          "icon-anchor": "bottom", "icon-offset": [0, -2],
+          "symbol-sort-key": ["-", 0, ["get", "population"]],
+          "icon-padding": 2,
+        },
+      })),
+    };
+  }
+
+  // Draws "label:<text>" (a town's name) and "count:<text>" (a cluster's count) on demand.
+  function drawText(map) {
+    const ratio = Math.min(window.devicePixelRatio || 1, 2);
+    map.on("styleimagemissing", (event) => {
+      const id = event.id;
+      const colon = id.indexOf(":");
+      if (colon < 0) return;
+      const kind = id.slice(0, colon);
+      const text = id.slice(colon + 1);
+      if (kind !== "label" && kind !== "count") return;
+      const size = kind === "count" ? 11 : 12;
+      const font = (kind === "count" ? "700 " : "500 ") + size * ratio + "px system-ui, 'DejaVu Sans', sans-serif";
+      const canvas = document.createElement("canvas");
+      const context = canvas.getContext("2d");
+      context.font = font;
+      const halo = 2 * ratio;
+      const width = Math.ceil(context.measureText(text).width + 2 * halo) || 1;
+      const height = Math.ceil(size * ratio * 1.3 + 2 * halo);
+      canvas.width = width;
+      canvas.height = height;
+      context.font = font;
+      context.textBaseline = "middle";
+      context.lineJoin = "round";
+      context.lineWidth = halo * 2;
+      // Cluster counts: white on a dark halo (readable on every religion's colour);
+      // town names: dark grey on a light halo, contrast above WCAG AA on land and water.
+      context.strokeStyle = kind === "count" ? "rgba(20, 20, 20, 0.85)" : "rgba(255, 255, 255, 0.9)";
+      context.fillStyle = kind === "count" ? "#ffffff" : "#333333";
+      context.strokeText(text, halo, height / 2);
+      context.fillText(text, halo, height / 2);
+      if (!map.hasImage(id)) {
+        map.addImage(id, context.getImageData(0, 0, width, height), { pixelRatio: ratio });
+      }
+    });
+  }
+
+  window.PlacesBasemap = { style: style, drawText: drawText };
+})();

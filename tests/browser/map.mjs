@@ -1,0 +1,241 @@
+// Drives Debian's Chromium through the map page and the place page, as a person would, and
+// prints what it saw as one JSON report; tests/places/test_map_browser.py runs it against a
+// live server and asserts. Nothing here judges: it only looks, clicks and measures.
+//
+//   node tests/browser/map.mjs SCENARIO.json    (SCENARIO: {"base": "http://127.0.0.1:PORT", ...})
+//
+// Every wait is for a state (the map idle, a popup filled), never for a time: the machine may
+// be loaded. Requests to any other origin are aborted and listed; console errors are listed.
+import { readFileSync } from "node:fs";
+import { chromium } from "playwright-core";
+
+const scenario = JSON.parse(readFileSync(process.argv[2], "utf-8"));
+const base = new URL(scenario.base);
+const WAIT = { timeout: scenario.timeout_ms || 90000 };
+const report = { console_errors: [], external_requests: [], failed_requests: [] };
+
+const browser = await chromium.launch({
+  executablePath: scenario.chromium || "/usr/bin/chromium",
+  headless: true,
+  // The developers' guide's flags: no sandbox (root in CI), no background traffic, WebGL
+  // through SwiftShader (no GPU here).
+  args: ["--no-sandbox", "--disable-background-networking", "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader"],
+});
+
+async function newPage(viewport) {
+  const context = await browser.newContext({ viewport: viewport || { width: 1200, height: 800 } });
+  await context.route("**/*", (route) => {
+    const url = new URL(route.request().url());
+    if (url.origin === base.origin) return route.continue();
+    report.external_requests.push(url.href);
+    return route.abort();
+  });
+  const page = await context.newPage();
+  page.on("console", (message) => {
+    if (message.type() === "error") report.console_errors.push(page.url() + ": " + message.text());
+  });
+  page.on("pageerror", (error) => report.console_errors.push(page.url() + ": " + error.message));
+  page.on("requestfailed", (request) => {
+    // MapLibre cancels the tiles a move has made useless: that is no failure.
+    const error = request.failure().errorText;
+    if (error !== "net::ERR_ABORTED") report.failed_requests.push(request.url() + " " + error);
+  });
+  page.on("response", (response) => {
+    if (response.status() >= 400) report.failed_requests.push(response.url() + " " + response.status());
+  });
+  return page;
+}
+
+// The next "idle" of the map: every tile and source loaded, no move, the last frame drawn.
+async function idle(page) {
+  await page.waitForFunction(() => window.placesMap && window.placesMap.isStyleLoaded(), null, WAIT);
+  await page.evaluate(() => new Promise((resolve) => {
+    const map = window.placesMap;
+    map.once("idle", () => resolve());
+    map.triggerRepaint();
+  }));
+}
+
+async function open(page, path) {
+  await page.goto(new URL(path, base).href, { waitUntil: "load", ...WAIT });
+  await idle(page);
+}
+
+// With scenario.screenshots (a folder), each view is kept as a PNG for a person to look at.
+async function keep(page, name) {
+  if (scenario.screenshots) await page.screenshot({ path: `${scenario.screenshots}/${name}.png` });
+}
+
+const view = (page) => page.evaluate(() => {
+  const map = window.placesMap;
+  const c = map.getCenter();
+  return { lon: c.lng, lat: c.lat, zoom: map.getZoom(), bounds: map.getBounds().toArray(),
+    url: location.pathname + location.search };
+});
+
+const drawn = (page) => page.evaluate(() => {
+  const map = window.placesMap;
+  const features = map.queryRenderedFeatures({ layers: ["clusters"] });
+  const biggest = features.reduce((a, f) => (!a || f.properties.count > a.properties.count ? f : a), null);
+  const label = biggest && (biggest.properties.count >= 10000
+    ? Math.round(biggest.properties.count / 1000) + "k" : String(biggest.properties.count));
+  return {
+    places: Number(document.getElementById("map").dataset.drawnPlaces),
+    symbols: Number(document.getElementById("map").dataset.drawnFeatures),
+    clusters: features.length,
+    biggest_cluster: biggest && { count: biggest.properties.count, label: label,
+      label_drawn: map.hasImage("count:" + label) },
+    status: document.getElementById("status").textContent,
+  };
+});
+
+// Pixels of the page's screenshot by kind: a place's blue (Christian, most of the data),
+// water and land (decoded by the page's own canvas: no image library needed here).
+async function pixels(page) {
+  const png = (await page.screenshot()).toString("base64");
+  return page.evaluate(async (data) => {
+    const image = new Image();
+    image.src = "data:image/png;base64," + data;
+    await image.decode();
+    const canvas = document.createElement("canvas");
+    canvas.width = image.width;
+    canvas.height = image.height;
+    const context = canvas.getContext("2d");
+    context.drawImage(image, 0, 0);
+    const rgba = context.getImageData(0, 0, image.width, image.height).data;
+    const near = (i, [r, g, b]) => Math.abs(rgba[i] - r) + Math.abs(rgba[i + 1] - g) + Math.abs(rgba[i + 2] - b) < 12;
+    const counts = { total: image.width * image.height, place_blue: 0, water: 0, land: 0 };
+    for (let i = 0; i < rgba.length; i += 4) {
+      if (rgba[i + 2] - rgba[i] > 90 && rgba[i + 2] > 120) counts.place_blue += 1;
+      else if (near(i, [0xc6, 0xdb, 0xea])) counts.water += 1;
+      else if (near(i, [0xf5, 0xf2, 0xea])) counts.land += 1;
+    }
+    return counts;
+  }, png);
+}
+
+async function clickAt(page, lon, lat) {
+  const point = await page.evaluate(([x, y]) => window.placesMap.project([x, y]), [lon, lat]);
+  const box = await page.locator("#map canvas").boundingBox();
+  await page.mouse.click(box.x + point.x, box.y + point.y);
+  return popup(page);
+}
+
+async function popup(page) {
+  await page.waitForFunction(() => {
+    const box = document.querySelector(".places-popup");
+    return box && !/Loading…/.test(box.textContent);
+  }, null, WAIT);
+  return page.evaluate(() => {
+    const box = document.querySelector(".places-popup");
+    return {
+      text: box.innerText,
+      places: box.querySelectorAll("section.place").length,
+      headings: [...box.querySelectorAll("section.place > h2, section.place > h3")].map((h) => h.textContent),
+      links: [...box.querySelectorAll("a")].map((a) => a.getAttribute("href")),
+    };
+  });
+}
+
+const steps = {};
+try {
+  const page = await newPage();
+
+  // 1. A cold load: WebGL, drawn pixels, cluster counts with their labels.
+  await open(page, "/map/?dataset=" + scenario.dataset);
+  steps.webgl = await page.evaluate(() => {
+    const gl = window.placesMap.painter.context.gl;
+    return { version: gl.getParameter(gl.VERSION), webgl2: gl instanceof WebGL2RenderingContext };
+  });
+  steps.overview = { ...(await drawn(page)), ...(await view(page)), pixels: await pixels(page) };
+  await keep(page, "overview");
+
+  // 2. A filter changes the count, and the URL.
+  await page.selectOption("#religion", scenario.religion);
+  await idle(page);
+  steps.filtered = { ...(await drawn(page)), ...(await view(page)) };
+  await page.selectOption("#religion", "");
+  await idle(page);
+  steps.unfiltered = { ...(await drawn(page)), ...(await view(page)) };
+
+  // 3. A shared link shows the same view, before and after a reload; a move rewrites it.
+  const shared = scenario.shared_url;
+  await open(page, shared);
+  steps.shared = await view(page);
+  await page.reload({ waitUntil: "load" });
+  await idle(page);
+  steps.shared_reloaded = await view(page);
+  await page.evaluate(() => window.placesMap.jumpTo({ center: [-1.54321, 53.79876], zoom: 9.25 }));
+  await idle(page);
+  steps.moved = await view(page);
+  await page.reload({ waitUntil: "load" });
+  await idle(page);
+  steps.moved_reloaded = await view(page);
+
+  // 4. Places on one spot: the popup lists them all.
+  const stacked = scenario.stacked;
+  await open(page, `/map/?lat=${stacked.lat}&lon=${stacked.lon}&z=17`);
+  steps.stacked_popup = await clickAt(page, stacked.lon, stacked.lat);
+  await keep(page, "stacked");
+
+  // 5. A known place: labels, denomination, dataset and licence, links.
+  const known = scenario.known;
+  await open(page, `/map/?lat=${known.lat}&lon=${known.lon}&z=17&dataset=${scenario.dataset}`);
+  steps.known_popup = await clickAt(page, known.lon, known.lat);
+
+  // 6. Search by name flies to the first match and opens its popup; coordinates fly there.
+  await open(page, "/map/?dataset=" + scenario.dataset);
+  await page.fill("#search-input", scenario.search);
+  await page.press("#search-input", "Enter");
+  steps.search_popup = await popup(page);
+  await idle(page);
+  steps.search_view = await view(page);
+  await keep(page, "search");
+  steps.search_results = await page.locator("#search-results li").allInnerTexts();
+  await page.fill("#search-input", "51.51380, -0.09840");
+  await page.press("#search-input", "Enter");
+  await page.waitForFunction(() => /Showing/.test(document.getElementById("search-status").textContent), null, WAIT);
+  await page.evaluate(() => new Promise((resolve) => {
+    const map = window.placesMap;
+    if (!map.isMoving()) resolve(); else map.once("moveend", () => resolve());
+  }));
+  await idle(page);
+  steps.coordinates_view = await view(page);
+
+  // 7. Keyboard: the first Tab reaches the skip link, which leads to the search box.
+  await open(page, "/map/");
+  await page.keyboard.press("Tab");
+  steps.first_tab = await page.evaluate(() => document.activeElement.textContent);
+  await page.keyboard.press("Enter");
+  steps.after_skip = await page.evaluate(() => document.activeElement.id);
+  await page.locator("#in-view summary").click();
+  steps.in_view_list = (await page.locator("#in-view-list li").allInnerTexts()).slice(0, 3);
+
+  // 8. The place page: server-rendered facts and a small map.
+  await open(page, `/places/${known.id}/`);
+  await keep(page, "place_page");
+  steps.place_page = await page.evaluate(() => ({
+    title: document.querySelector("h1").textContent,
+    nearby: document.querySelectorAll(".nearby li a").length,
+    history_rows: document.querySelectorAll(".history tbody tr").length,
+    drawn: window.placesMap.queryRenderedFeatures({ layers: ["places"] }).length,
+  }));
+
+  // 9. A phone: the panel starts folded and opens from its button.
+  const phone = await newPage({ width: 390, height: 740 });
+  await open(phone, "/map/");
+  steps.phone = await phone.evaluate(() => ({
+    expanded: document.getElementById("panel-toggle").getAttribute("aria-expanded"),
+    body_hidden: document.getElementById("panel-body").hidden,
+  }));
+  await keep(phone, "phone");
+  await phone.click("#panel-toggle");
+  steps.phone.after_click = await phone.evaluate(() => document.getElementById("panel-body").hidden);
+} catch (error) {
+  report.error = String(error && error.stack || error);
+} finally {
+  report.steps = steps;
+  await browser.close();
+  process.stdout.write(JSON.stringify(report) + "\n");
+}

@@ -1,0 +1,301 @@
+"""The map page and the place page in a real browser: Debian's Chromium, driven by
+playwright-core (tests/browser/map.mjs), against gunicorn serving the test database with the
+GB sample imported.
+
+One browser run (about a minute on a loaded machine) feeds every test here: the script looks,
+clicks and measures, and prints a JSON report; the tests compare it with the database. The
+run waits for states (the map idle, a popup filled), never for times.
+
+``make test`` installs what it needs (``bin/install-system-deps``: chromium; ``npm ci``:
+playwright-core). Without them these tests fail, saying so: they are not skipped.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.gis.geos import Polygon
+from django.db import connection
+
+from places.models import Dataset, Place, PlaceStatus
+from tests.db import database_url
+
+pytestmark = [pytest.mark.slow]
+
+ROOT = Path(settings.BASE_DIR)
+SCRIPT = ROOT / "tests" / "browser" / "map.mjs"
+CHROMIUM = "/usr/bin/chromium"
+# In the GB sample: two places on one spot, and a place with a denomination.
+STACKED_NAMES = {"Edgware Road Mosque", "Former St Mark's School,"}
+KNOWN_NAME = "Westminster Abbey"
+FILTER_RELIGION = "jewish"
+LICENCE = "ODbL 1.0"
+ATTRIBUTION = "© OpenStreetMap contributors"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _live(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/health/live/", headers={"Host": "127.0.0.1"})
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def _needs() -> None:
+    missing = []
+    if not Path(CHROMIUM).exists():
+        missing.append(f"{CHROMIUM} (bin/install-system-deps installs Debian's chromium)")
+    if shutil.which("node") is None:
+        missing.append("node (bin/install-system-deps installs nodejs)")
+    if not (ROOT / "node_modules" / "playwright-core").is_dir():
+        missing.append("node_modules/playwright-core (npm ci, as make test runs it)")
+    if missing:
+        pytest.fail("the browser tests need " + "; ".join(missing))
+
+
+@pytest.fixture(scope="module")
+def server(gb_import, django_db_blocker, tmp_path_factory) -> Iterator[str]:
+    """gunicorn as bin/run starts it (config/gunicorn.py), on the test database."""
+    _needs()
+    with django_db_blocker.unblock():
+        database = connection.settings_dict["NAME"]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": database_url(dbname=database),
+        "SECRET_KEY": secrets.token_urlsafe(40),
+        "LOG_LEVEL": "WARNING",
+    }
+    port = _free_port()
+    log = tmp_path_factory.mktemp("map-browser") / "gunicorn.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "python:config.gunicorn",
+             "--bind", f"127.0.0.1:{port}", "--access-logfile", "/dev/null"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while not _live(port):
+            if process.poll() is not None:
+                pytest.fail(f"gunicorn exited:\n{log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("gunicorn did not answer within 90 s")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def places(gb_import, django_db_blocker) -> Iterator[dict[str, Any]]:
+    """The sample's places the browser visits, read from the database. The session's GB
+    dataset is given a licence and an attribution for the popup to show (committed, for the
+    server's processes to see), and its own back afterwards."""
+    dataset_id = gb_import.dataset_id
+    with django_db_blocker.unblock():
+        before = Dataset.objects.filter(pk=dataset_id).values("licence", "attribution").get()
+        Dataset.objects.filter(pk=dataset_id).update(licence=LICENCE, attribution=ATTRIBUTION)
+        dataset = Dataset.objects.get(pk=dataset_id)
+        known = Place.objects.select_related("dataset").get(dataset=dataset, name=KNOWN_NAME)
+        stacked = list(Place.objects.filter(dataset=dataset, name__in=STACKED_NAMES))
+    try:
+        assert {p.name for p in stacked} == STACKED_NAMES
+        assert stacked[0].location == stacked[1].location
+        yield {"dataset": dataset, "known": known, "stacked": stacked[0]}
+    finally:
+        with django_db_blocker.unblock():
+            Dataset.objects.filter(pk=dataset_id).update(**before)
+
+
+SHARED_URL = "/map/?lat=51.51844&lon=-0.16645&z=14.5&religion=muslim&dataset={dataset}"
+
+
+@pytest.fixture(scope="module")
+def report(server, places, tmp_path_factory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("map-browser-run")
+    known, stacked = places["known"], places["stacked"]
+    scenario = {
+        "base": server,
+        "chromium": CHROMIUM,
+        "dataset": places["dataset"].slug,
+        "religion": FILTER_RELIGION,
+        "shared_url": SHARED_URL.format(dataset=places["dataset"].slug),
+        "stacked": {"lon": stacked.location.x, "lat": stacked.location.y},
+        "known": {"lon": known.location.x, "lat": known.location.y, "id": known.pk},
+        "search": KNOWN_NAME,
+        "screenshots": str(folder),
+    }
+    (folder / "scenario.json").write_text(json.dumps(scenario))
+    run = subprocess.run(
+        ["node", str(SCRIPT), str(folder / "scenario.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "error" not in result, result["error"]
+    return result
+
+
+def _in_bounds(bounds: list[list[float]], **filters: Any) -> int:
+    (west, south), (east, north) = bounds
+    box = Polygon.from_bbox((west, south, east, north))
+    box.srid = 4326
+    return Place.objects.filter(status=PlaceStatus.ACTIVE, location__within=box, **filters).count()
+
+
+def test_pages_draw_with_webgl_without_console_errors_or_requests_elsewhere(report):
+    # then
+    assert report["steps"]["webgl"]["webgl2"] is True
+    assert report["console_errors"] == []
+    assert report["external_requests"] == []
+    assert report["failed_requests"] == []
+
+
+def test_the_first_view_draws_places_on_land_and_water(report):
+    pixels = report["steps"]["overview"]["pixels"]
+    # then: a blank or failed canvas has none of these
+    assert pixels["place_blue"] > 5_000
+    assert pixels["water"] > 50_000
+    assert pixels["land"] > 50_000
+
+
+@pytest.mark.django_db
+def test_cluster_counts_add_up_to_the_places_in_view_and_are_written_on_them(report, places):
+    overview = report["steps"]["overview"]
+    # then: every place of the dataset in the view is in exactly one drawn cluster
+    expected = _in_bounds(overview["bounds"], dataset=places["dataset"])
+    assert expected > 30_000
+    assert overview["places"] == expected
+    assert overview["clusters"] > 100
+    biggest = overview["biggest_cluster"]
+    assert biggest["count"] > 1
+    assert biggest["label_drawn"] is True
+
+
+@pytest.mark.django_db
+def test_a_religion_filter_changes_the_count_and_the_url(report, places):
+    steps = report["steps"]
+    filtered = steps["filtered"]
+    # then
+    expected = _in_bounds(filtered["bounds"], dataset=places["dataset"], religion=FILTER_RELIGION)
+    assert 0 < filtered["places"] == expected < steps["overview"]["places"]
+    assert f"religion={FILTER_RELIGION}" in filtered["url"]
+    assert steps["unfiltered"]["places"] == steps["overview"]["places"]
+    assert "religion=" not in steps["unfiltered"]["url"]
+
+
+def test_a_shared_link_and_a_reload_reproduce_the_view_and_filters(report, places):
+    steps = report["steps"]
+    shared = SHARED_URL.format(dataset=places["dataset"].slug)
+    # then: the link is kept as it was given, and shows what it says
+    assert steps["shared"]["url"] == shared
+    assert steps["shared_reloaded"]["url"] == shared
+    assert (steps["shared_reloaded"]["lon"], steps["shared_reloaded"]["lat"]) == pytest.approx(
+        (-0.16645, 51.51844), abs=1e-6
+    )
+    assert steps["shared_reloaded"]["zoom"] == 14.5
+    # a move rewrites it; the reload lands on the same view
+    moved = "/map/?lat=53.79876&lon=-1.54321&z=9.25&religion=muslim&dataset=" + (
+        places["dataset"].slug
+    )
+    assert steps["moved"]["url"] == moved
+    assert steps["moved_reloaded"]["url"] == moved
+    assert steps["moved_reloaded"]["zoom"] == 9.25
+
+
+def test_every_place_on_a_shared_spot_is_in_the_popup(report, places):
+    popup = report["steps"]["stacked_popup"]
+    # then
+    assert popup["places"] == 2
+    assert set(popup["headings"]) == STACKED_NAMES
+    assert "2 places here" in popup["text"]
+    assert "Muslim" in popup["text"]
+
+
+def test_a_places_popup_shows_labels_denomination_dataset_licence_and_links(report, places):
+    known = places["known"]
+    popup = report["steps"]["known_popup"]
+    # then: labels, not codes
+    assert popup["headings"] == [KNOWN_NAME]
+    lines = popup["text"].splitlines()
+    assert "Christian" in lines
+    assert "christian" not in lines
+    assert known.denominations == ["anglican"]
+    assert "Anglican" in lines
+    assert f"{known.dataset.name} ({LICENCE})" in lines
+    assert ATTRIBUTION in lines
+    assert f"/places/{known.pk}/" in popup["links"]
+
+
+def test_search_by_name_flies_to_the_place_and_opens_it(report, places):
+    known = places["known"]
+    steps = report["steps"]
+    # then
+    assert steps["search_popup"]["headings"] == [KNOWN_NAME]
+    assert (steps["search_view"]["lon"], steps["search_view"]["lat"]) == pytest.approx(
+        (known.location.x, known.location.y), abs=1e-5
+    )
+    assert steps["search_view"]["zoom"] >= 16
+    assert steps["search_results"][0].startswith(KNOWN_NAME)
+
+
+def test_search_by_coordinates_flies_there(report):
+    view = report["steps"]["coordinates_view"]
+    # then
+    assert (view["lat"], view["lon"]) == pytest.approx((51.5138, -0.0984), abs=1e-5)
+    assert "lat=51.51380&lon=-0.09840" in view["url"]
+
+
+def test_the_keyboard_reaches_the_search_first(report):
+    steps = report["steps"]
+    # then
+    assert steps["first_tab"] == "Skip to the search"
+    assert steps["after_skip"] == "search-input"
+    assert steps["in_view_list"]
+
+
+def test_the_place_page_shows_the_place_on_its_map(report, places):
+    page = report["steps"]["place_page"]
+    # then
+    assert page["title"] == KNOWN_NAME
+    assert page["nearby"] == 10
+    assert page["history_rows"] >= 1
+    assert page["drawn"] >= 1
+
+
+def test_on_a_phone_the_panel_starts_folded_and_opens(report):
+    phone = report["steps"]["phone"]
+    # then
+    assert phone["expanded"] == "false"
+    assert phone["body_hidden"] is True
+    assert phone["after_click"] is False
