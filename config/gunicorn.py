@@ -34,11 +34,21 @@ Why these values:
   The proxy in front takes a streamed answer off gunicorn as fast as it is written
   (``config/nginx.conf``: buffered, spooled to disk past the buffers), so a client that
   reads slowly holds neither a thread nor the page's database snapshot.
+- **metrics of every worker**: each worker counts its own requests, so ``/metrics``, answered
+  by whichever worker takes it, must add up all of them: prometheus_client's multiprocess
+  mode, in ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary directory when it is not set),
+  emptied when gunicorn starts (old files would add a previous run's counts) and told when
+  a worker exits (its live gauges go, its counts stay). Set before any worker imports
+  prometheus_client, which reads it once.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
 
 wsgi_app = "config.wsgi"
 bind = [os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")]
@@ -60,3 +70,27 @@ limit_request_fields = 50
 limit_request_field_size = 8190
 
 accesslog = "-"
+
+# A directory of our own when none is given: two gunicorns on one machine must not share one.
+_own_multiproc_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _own_multiproc_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="places-metrics-")
+
+
+# The hooks run in the master, which loads no Django: standard library and prometheus_client.
+def on_starting(server: Any) -> None:
+    path = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    if _own_multiproc_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -11,7 +11,7 @@ class PlacesConfig(AppConfig):
         from django.contrib.auth.signals import user_logged_in, user_login_failed
         from django.db.models.signals import m2m_changed
 
-        from places import login_throttle
+        from places import login_throttle, metrics
         from places.services import access
 
         # The security audit trail: logins, failed logins (axes counts them for the lockout)
@@ -23,3 +23,5 @@ class PlacesConfig(AppConfig):
         m2m_changed.connect(
             access.on_groups_changed, sender=User.groups.through, dispatch_uid="audit-roles"
         )
+        # Queue lengths, connections and backups read at each scrape; Celery tasks timed.
+        metrics.metrics_register()

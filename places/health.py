@@ -23,8 +23,10 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_safe
-from django_prometheus.exports import ExportToDjangoView
 from kombu import Connection
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from places.metrics import metrics_exposition
 
 logger = logging.getLogger(__name__)
 CHECK_TIMEOUT_SECONDS = 2
@@ -190,8 +192,8 @@ def metrics_client_allowed(request: HttpRequest) -> bool:
 
 @require_safe
 def metrics(request: HttpRequest) -> HttpResponse:
-    """django-prometheus's exposition, for allowed networks only (404 to anyone else, so
-    the public site does not even show that it exists)."""
+    """Every process's metrics (``places.metrics``), for allowed networks only (404 to anyone
+    else, so the public site does not even show that it exists)."""
     if not metrics_client_allowed(request):
         raise Http404
-    return ExportToDjangoView(request)
+    return HttpResponse(metrics_exposition(), content_type=CONTENT_TYPE_LATEST)

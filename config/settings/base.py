@@ -355,6 +355,14 @@ METRICS_ALLOWED_NETWORKS = [
         ],
     )
 ]
+# A Celery worker serves its pool's task durations and import counts on this port (0: off);
+# PROMETHEUS_MULTIPROC_DIR must be set for a prefork pool (places.metrics).
+CELERY_METRICS_PORT = env.int("CELERY_METRICS_PORT", default=0)
+CELERY_METRICS_ADDRESS = env.str("CELERY_METRICS_ADDRESS", default="127.0.0.1")
+# /metrics reports backup ages from `pgbackrest info` for this stanza (empty: no backup
+# metrics); PGBACKREST_CONFIG names its configuration file when not the default one.
+PGBACKREST_STANZA = env.str("PGBACKREST_STANZA", default="")
+PGBACKREST_CONFIG = env.str("PGBACKREST_CONFIG", default="")
 SPECTACULAR_SETTINGS = {
     "TITLE": "Places API",
     "DESCRIPTION": (

@@ -38,7 +38,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from places import selectors
+from places import metrics, selectors
 from places.geo import BBox
 
 # While one request builds a body, others asking for the same key wait for it rather than
@@ -138,16 +138,24 @@ def _stored(value: Any) -> tuple[bytes, dict[str, str]] | None:
 
 
 def cached_build(
-    *, cache_key: str, ttl: int, build: Callable[[], Built], canonical: bool = False
+    *,
+    cache_key: str,
+    ttl: int,
+    build: Callable[[], Built],
+    canonical: bool = False,
+    endpoint: str = "",
 ) -> tuple[bytes, dict]:
     """The gzipped body (and headers) under ``cache_key``, built at most once at a time.
 
     A built body is stored unless it is bigger than ``CACHE_MAX_BODY_BYTES`` (gzipped) and
     the request is not ``canonical``; requests for the same key then build it one after
-    another, never side by side.
+    another, never side by side. An ``endpoint`` given counts the answer as a hit or a miss
+    under that name (``places.metrics``); a body another request built while this one
+    waited is a hit.
     """
     found = _stored(cache.get(cache_key))
     if found is not None:
+        _count(endpoint, "hit")
         return found
     lock_key = f"{cache_key}:building"
     if not cache.add(lock_key, 1, timeout=BUILD_LOCK_SECONDS):
@@ -156,9 +164,11 @@ def cached_build(
             time.sleep(BUILD_POLL_SECONDS)
             found = _stored(cache.get(cache_key))
             if found is not None:
+                _count(endpoint, "hit")
                 return found
             if cache.add(lock_key, 1, timeout=BUILD_LOCK_SECONDS):
                 break  # the builder gave up or died: this request builds
+    _count(endpoint, "miss")
     try:
         built = build()
         raw, headers = built if isinstance(built, tuple) else (built, {})
@@ -171,6 +181,17 @@ def cached_build(
     finally:
         cache.delete(lock_key)
     return compressed, headers
+
+
+def _count(endpoint: str, result: str) -> None:
+    if endpoint:
+        metrics.cache_request_observe(endpoint=endpoint, result=result)
+
+
+def _endpoint(request: Request) -> str:
+    """The URL pattern's name the metrics count a cacheable answer under."""
+    match = getattr(request, "resolver_match", None)
+    return (match.url_name if match else None) or "unnamed"
 
 
 def _validators(request: Request, *, key: str, vary: str) -> tuple[str, dict[str, str]]:
@@ -224,9 +245,13 @@ def cached_bytes_response(
     big body is worth storing (see the module docstring); leave it off for free-form queries.
     """
     cache_key, headers = _validators(request, key=key, vary=vary)
+    endpoint = _endpoint(request)
     if _not_modified(request, headers):
+        _count(endpoint, "not_modified")
         return HttpResponse(status=304, headers=headers)
-    compressed, extra = cached_build(cache_key=cache_key, ttl=ttl, build=build, canonical=canonical)
+    compressed, extra = cached_build(
+        cache_key=cache_key, ttl=ttl, build=build, canonical=canonical, endpoint=endpoint
+    )
     return _stored_response(
         request, compressed=compressed, headers=headers | extra, content_type=content_type
     )
@@ -306,14 +331,18 @@ def streamed_bytes_response(
     second request could not wait for the first one's.
     """
     cache_key, headers = _validators(request, key=key, vary=vary)
+    endpoint = _endpoint(request)
     if _not_modified(request, headers):
+        _count(endpoint, "not_modified")
         return HttpResponse(status=304, headers=headers)
     found = _stored(cache.get(cache_key))
     if found is not None:
+        _count(endpoint, "hit")
         compressed, extra = found
         return _stored_response(
             request, compressed=compressed, headers=headers | extra, content_type=content_type
         )
+    _count(endpoint, "miss")
     stream = open_stream()
     try:
         send_gzip = accepts_gzip(request.headers.get("Accept-Encoding", ""))

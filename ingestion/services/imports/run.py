@@ -31,6 +31,7 @@ from ingestion.services.imports.progress import (
     import_job_stop_if_cancelled,
 )
 from ingestion.services.imports.stage import CLEAR_STAGE, stage_file, still_staged
+from places import metrics
 from places.locks import AdvisoryLock
 from places.models import Place
 from places.selectors import region_version, table_row_estimate
@@ -146,6 +147,16 @@ def _execute_locked(job_id: int) -> ImportJob | None:
         job.rejected,
         extra={"import_job": job.pk},
     )
+    # A run that failed went through _end, which counted it.
+    if job.state == ImportState.CANCELLED:
+        metrics.import_job_observe(state=job.state)
+    elif job.state in (ImportState.DONE, ImportState.DRY_RUN_READY):
+        metrics.import_job_observe(
+            state=job.state,
+            dry_run=job.dry_run,
+            rows=job.rows_read,
+            seconds=float((job.report or {}).get("seconds") or 0),
+        )
     return job
 
 
@@ -205,6 +216,7 @@ def _fail(job_id: int, message: str) -> None:
 def _end(job_id: int, state: str, message: str) -> None:
     """End a job outside a run's own finish: its committed batches stay, staging goes."""
     ImportJob.objects.filter(pk=job_id).update(state=state, error=message, finished_at=Now())
+    metrics.import_job_observe(state=state)
     try:
         with connection.cursor() as cursor:
             cursor.execute(CLEAR_STAGE, {"job": job_id})

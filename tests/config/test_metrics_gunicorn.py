@@ -1,0 +1,163 @@
+"""/metrics under gunicorn as deployed (config/gunicorn.py, two workers): every worker's
+requests are in the answer whichever worker gives it, a worker that dies keeps its counts in
+the sum, files of an earlier run are gone, and a client from outside is refused."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from tests.db import database_url
+
+pytestmark = [pytest.mark.slow, pytest.mark.worker, pytest.mark.django_db]
+
+ROOT = Path(settings.BASE_DIR)
+READY_REQUESTS = 'django_http_requests_total_by_view_transport_method_total{method="GET",transport="http",view="health-ready"}'  # noqa: E501
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Gunicorn:
+    port: int
+    process: subprocess.Popen
+    multiproc_dir: Path
+    log: Path
+
+    def get(self, path: str, **headers: str) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("GET", path, headers={"Host": "127.0.0.1", **headers})
+            response = conn.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            conn.close()
+
+    def worker_pids(self) -> set[int]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return {int(pid) for pid in children.read_text().split()}
+
+
+@pytest.fixture
+def gunicorn(tmp_path) -> Iterator[Gunicorn]:
+    multiproc_dir = tmp_path / "prometheus"
+    multiproc_dir.mkdir()
+    # A file an earlier run left, unreadable as a metrics file: the scrape would fail on it.
+    (multiproc_dir / "counter_1.db").write_bytes(b"left by an earlier run")
+    port, log = _free_port(), tmp_path / "gunicorn.log"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": database_url(dbname=connection.settings_dict["NAME"]),
+        "SECRET_KEY": secrets.token_urlsafe(40),
+        "LOG_LEVEL": "WARNING",
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir),
+        # One thread each: a worker holding a kept-alive connection takes no other, so two
+        # open connections are served by two different workers.
+        "WEB_CONCURRENCY": "2",
+        "GUNICORN_THREADS": "1",
+    }
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "python:config.gunicorn",
+             "--bind", f"127.0.0.1:{port}", "--access-logfile", "/dev/null"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    server = Gunicorn(port=port, process=process, multiproc_dir=multiproc_dir, log=log)
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"gunicorn exited:\n{log.read_text()[-3000:]}")
+        try:
+            if server.get("/health/live/")[0] == 200 and len(server.worker_pids()) == 2:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail("gunicorn did not start")
+        time.sleep(0.1)
+    yield server
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _sample(body: str, line_start: str) -> float:
+    for line in body.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _ready_on_two_workers(server: Gunicorn, each: int) -> None:
+    """``each`` readiness requests on each of two kept-alive connections (two workers)."""
+    connections = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=10) for _ in "ab"]
+    try:
+        for _ in range(each):
+            for conn in connections:
+                conn.request("GET", "/health/ready/", headers={"Host": "127.0.0.1"})
+                response = conn.getresponse()
+                response.read()
+                assert response.status == 200
+    finally:
+        for conn in connections:
+            conn.close()
+
+
+def test_metrics_add_up_every_workers_requests_and_keep_a_dead_workers(gunicorn):
+    # given the earlier run's file is gone once gunicorn started
+    assert not (gunicorn.multiproc_dir / "counter_1.db").exists()
+    # when two workers answer 5 readiness requests each
+    _ready_on_two_workers(gunicorn, each=5)
+    # then both wrote their counts, and /metrics (answered by one of them) has all ten
+    writers = {
+        int(m.group(1))
+        for f in gunicorn.multiproc_dir.glob("counter_*.db")
+        if (m := re.fullmatch(r"counter_(\d+)\.db", f.name))
+    }
+    assert writers == gunicorn.worker_pids()
+    status, body = gunicorn.get("/metrics")
+    assert status == 200
+    assert _sample(body, READY_REQUESTS) == 10
+    # and the figures read at scrape time are there, the answering process's own are not
+    assert 'places_celery_queue_length{queue="default"}' in body
+    assert "places_db_max_connections " in body
+    assert "process_cpu_seconds_total" not in body
+
+    # when a worker is killed (gunicorn starts another)
+    victim = min(gunicorn.worker_pids())
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while victim in gunicorn.worker_pids() or len(gunicorn.worker_pids()) != 2:
+        assert time.monotonic() < deadline, "gunicorn did not replace the killed worker"
+        time.sleep(0.1)
+    # then its requests still count
+    assert _sample(gunicorn.get("/metrics")[1], READY_REQUESTS) == 10
+
+
+def test_metrics_refuse_a_request_forwarded_for_an_outside_address(gunicorn):
+    # given a request that a proxy forwarded for a public address, then it is a 404
+    assert gunicorn.get("/metrics", **{"X-Forwarded-For": "203.0.113.9"})[0] == 404
+    # and the same request without it, from loopback, is answered
+    assert gunicorn.get("/metrics")[0] == 200
