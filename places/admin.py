@@ -10,10 +10,9 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.gis.geos import Point
 from django.db.models import QuerySet, URLField
 from django.http import HttpRequest
-from django.urls import reverse
-from django.utils.html import format_html, format_html_join
 from kombu.exceptions import OperationalError as BrokerError
 
 from ingestion import tasks as ingestion_tasks
@@ -21,7 +20,20 @@ from places import access, services
 from places.access import Action
 from places.admin_access import DatasetScopedAdminMixin, DatasetScopedInlineMixin
 from places.admin_base import FastChangeListMixin, GeoAdmin, IdSearchMixin, ReadOnlyAdminMixin
+from places.admin_history import (
+    AUDIT_LIST_DISPLAY,
+    AUDIT_LIST_FILTER,
+    AUDIT_SEARCH_HELP,
+    ChangeAuditMixin,
+    CountryFilter,
+    NameFilter,
+    PlaceHistoryAdminMixin,
+    RecentlyChangedFilter,
+    RegionFilter,
+    history_table,
+)
 from places.models import (
+    SRID,
     AreaVersion,
     Dataset,
     DataVersion,
@@ -190,19 +202,43 @@ class PlaceAttributeInline(DatasetScopedInlineMixin, admin.TabularInline):
 
 
 class PlaceAdminForm(forms.ModelForm):
-    """Carries the version the curator opened, so a stale form cannot undo newer changes."""
+    """Carries the version the curator opened, so a stale form cannot undo newer changes.
+
+    Longitude and latitude can be typed: a click on a small map lands kilometres off.
+    """
 
     opened_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
+    longitude = forms.FloatField(
+        required=False,
+        min_value=-180,
+        max_value=180,
+        help_text="Typed coordinates (WGS84, decimal degrees) win over the map.",
+    )
+    latitude = forms.FloatField(required=False, min_value=-90, max_value=90)
 
     class Meta:
         model = Place
         fields = ("dataset", "source_key", *services.EDITABLE_FIELDS)
+        # Names and raw values are one line of text, not paragraphs.
+        widgets = {
+            field: forms.TextInput(attrs={"size": 60})
+            for field in (
+                "name",
+                "religion_raw",
+                "denomination_raw",
+                "start_date_raw",
+                "end_date_raw",
+            )
+        }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.instance.pk:
             self.fields["opened_version"].initial = self.instance.version
         location = self.instance.location if self.instance.pk else None
+        if location is not None:
+            self.fields["longitude"].initial = location.x
+            self.fields["latitude"].initial = location.y
         if location is not None and "footprint" in self.fields:
             # A place without a footprint: its empty map opens at the place, not at 0°, 0°.
             self.fields["footprint"].widget.attrs.update(
@@ -211,6 +247,19 @@ class PlaceAdminForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
+        # Typed coordinates count when changed; both left empty (a form posted without
+        # them) keep the map's point.
+        lon, lat = cleaned.get("longitude"), cleaned.get("latitude")
+        self.typed_location = False
+        if {"longitude", "latitude"} & set(self.changed_data) and (lon, lat) != (None, None):
+            if lon is None or lat is None:
+                missing = "longitude" if lon is None else "latitude"
+                if missing not in self.errors:
+                    self.add_error(missing, "Give both longitude and latitude.")
+            else:
+                cleaned["location"] = Point(lon, lat, srid=SRID)
+                self.typed_location = True
+                self.errors.pop("location", None)
         opened = cleaned.get("opened_version")
         if self.instance.pk and opened is not None:
             current = Place.objects.filter(pk=self.instance.pk).values_list("version", flat=True)
@@ -223,7 +272,7 @@ class PlaceAdminForm(forms.ModelForm):
 
 
 @admin.register(Place)
-class PlaceAdmin(DatasetScopedAdminMixin, GeoAdmin):
+class PlaceAdmin(PlaceHistoryAdminMixin, DatasetScopedAdminMixin, GeoAdmin):
     form = PlaceAdminForm
     list_display = (
         "__str__",
@@ -235,7 +284,15 @@ class PlaceAdmin(DatasetScopedAdminMixin, GeoAdmin):
         "version",
         "updated_at",
     )
-    list_filter = ("status", "religion", "dataset")
+    list_filter = (
+        "status",
+        "religion",
+        "dataset",
+        CountryFilter,
+        RegionFilter,
+        NameFilter,
+        RecentlyChangedFilter,
+    )
     search_fields = ("name",)
     search_help_text = "Part of a name, a key such as osm:way/123, or a place id."
     raw_id_fields = ("country", "region", "merged_into")
@@ -244,13 +301,16 @@ class PlaceAdmin(DatasetScopedAdminMixin, GeoAdmin):
     fieldsets = (
         (None, {"fields": ("name", "dataset", "source_key", "status", "merged_into")}),
         ("Religion", {"fields": ("religion", "religion_raw", "denominations", "denomination_raw")}),
-        ("Where", {"fields": ("location", "footprint", "country", "region")}),
+        (
+            "Where",
+            {"fields": (("longitude", "latitude"), "location", "footprint", "country", "region")},
+        ),
         ("When", {"fields": (("start_date", "start_date_raw"), ("end_date", "end_date_raw"))}),
         ("Other", {"fields": ("tags", "version", "created_at", "updated_at", "opened_version")}),
         ("History", {"fields": ("history",)}),
     )
     inlines = (PlaceAttributeInline,)
-    actions = ("retire_selected",)
+    actions = ("retire_selected", "unretire_selected")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Place]:
         return super().get_queryset(request).defer("source_values", "region__geom")
@@ -279,7 +339,15 @@ class PlaceAdmin(DatasetScopedAdminMixin, GeoAdmin):
         # defaults behind them cannot be shown before the row exists).
         hidden = {"version", "created_at", "updated_at", "history"}
         return [
-            (title, {**options, "fields": [f for f in options["fields"] if f not in hidden]})
+            (
+                title,
+                {
+                    **options,
+                    "fields": [
+                        f for f in options["fields"] if isinstance(f, tuple) or f not in hidden
+                    ],
+                },
+            )
             for title, options in self.fieldsets
             if any(f not in hidden for f in options["fields"])
         ]
@@ -295,25 +363,8 @@ class PlaceAdmin(DatasetScopedAdminMixin, GeoAdmin):
 
     @admin.display(description="Latest changes")
     def history(self, obj: Place) -> str:
-        if not obj.pk:
-            return "-"
-        changes = obj.changes.order_by("-seq")[:20]
-        rows = format_html_join(
-            "",
-            "<tr><td><a href='{}'>#{}</a></td><td>{}</td><td>{}</td><td>v{}</td><td>{}</td></tr>",
-            (
-                (
-                    reverse("admin:places_placechange_change", args=[c.seq]),
-                    c.seq,
-                    c.at.strftime("%Y-%m-%d %H:%M"),
-                    c.operation,
-                    c.place_version,
-                    ", ".join(sorted(c.changes)),
-                )
-                for c in changes
-            ),
-        )
-        return format_html("<table>{}</table>", rows) if rows else "-"
+        # The same table as the History page (old → new, author), newest ten.
+        return history_table(obj) if obj.pk else "-"
 
     def save_model(self, request: HttpRequest, obj: Place, form: Any, change: bool) -> None:
         if not change:
@@ -333,6 +384,8 @@ class PlaceAdmin(DatasetScopedAdminMixin, GeoAdmin):
             obj.pk = created.pk
             return
         data = {f: form.cleaned_data[f] for f in form.changed_data if f in services.EDITABLE_FIELDS}
+        if getattr(form, "typed_location", False):
+            data["location"] = form.cleaned_data["location"]
         # The form checked the version already; the service checks it again under the row lock.
         services.place_update(
             place=obj,
@@ -340,22 +393,6 @@ class PlaceAdmin(DatasetScopedAdminMixin, GeoAdmin):
             user=request.user,
             expected_version=form.cleaned_data.get("opened_version"),
         )
-
-    # Retiring changes places: Django offers and runs the action only for users who may
-    # change them (has_change_permission), never for view-only staff.
-    @admin.action(
-        description="Retire selected places (keeps them, with an end date)",
-        permissions=["change"],
-    )
-    def retire_selected(self, request: HttpRequest, queryset: QuerySet[Place]) -> None:
-        limit = 1000
-        active = queryset.filter(status="active")
-        count = 0
-        for place in active[:limit]:
-            services.place_retire(place=place, user=request.user)
-            count += 1
-        more = " Only the first 1000 were retired; run the action again." if count == limit else ""
-        self.message_user(request, f"Retired {count} place(s).{more}", messages.SUCCESS)
 
 
 @admin.register(PlaceAttribute)
@@ -370,21 +407,23 @@ class PlaceAttributeAdmin(DatasetScopedAdminMixin, FastChangeListMixin, admin.Mo
 
 @admin.register(PlaceChange)
 class PlaceChangeAdmin(
+    ChangeAuditMixin,
     DatasetScopedAdminMixin,
     ReadOnlyAdminMixin,
     IdSearchMixin,
     FastChangeListMixin,
     admin.ModelAdmin,
 ):
-    """The audit trail: read-only, as the table itself refuses updates and deletes."""
+    """The audit trail: read-only, as the table itself refuses updates and deletes. Its
+    filters and columns (author, old → new) are in ``places.admin_history``."""
 
-    list_display = ("seq", "place", "operation", "source", "user", "import_job_id", "at")
-    list_filter = ("operation", "source")
+    list_display = AUDIT_LIST_DISPLAY
+    list_filter = AUDIT_LIST_FILTER
+    list_select_related = ("place", "user", "dataset")
     search_fields = ("comment",)
-    search_help_text = "A place id lists that place's changes."
+    search_help_text = AUDIT_SEARCH_HELP
     id_search_field = "place_id"
     raw_id_fields = ("place", "user")
-    list_select_related = ("place", "user")
 
 
 @admin.register(DataVersion)

@@ -17,6 +17,7 @@ from django.contrib.gis.geos import GEOSGeometry
 from django.db import transaction
 from django.db.models import Field
 
+from places import selectors
 from places.models import ChangeOperation, Place, PlaceChange, PlaceStatus, Region
 from places.services.places import EDITABLE_FIELDS, place_log_key, place_update
 from places.services.regions import regions_hold_for_locating
@@ -110,20 +111,7 @@ def change_revert(
     old = {key: change.changes[key].get("old") for key in keys}
     data = _data(old)
     _lock(change.place_id, locating="location" in keys)
-    later_changes = (
-        PlaceChange.objects.filter(
-            place_id=change.place_id,
-            place_version__gt=change.place_version,
-            changes__has_any_keys=keys,
-        )
-        .order_by("seq")
-        .values_list("seq", "changes")
-    )
-    later: dict[str, list[int]] = {}
-    for seq, changes in later_changes:
-        for key in keys:
-            if key in changes:
-                later.setdefault(key, []).append(seq)
+    later = selectors.change_later_touching(change=change)
     if later and not force:
         raise RevertConflict(change=change, later=later)
     place = Place.objects.get(pk=change.place_id)

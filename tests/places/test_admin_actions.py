@@ -131,8 +131,10 @@ def test_staff_who_may_change_places_can_retire_them(client, active_place):
     )
     client.force_login(curator)
     url = reverse("admin:places_place_changelist")
-    # when they retire a place from the list
-    response = _post_action(client, url, "retire_selected", [active_place.pk])
+    # when they retire a place from the list and confirm it with a reason
+    response = _post_action(
+        client, url, "retire_selected", [active_place.pk], confirm="yes", reason="closed"
+    )
     # then it is retired, and the change log names them
     assert response.status_code == 302
     active_place.refresh_from_db()
