@@ -22,8 +22,8 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_seriali
 from rest_framework import serializers
 from rest_framework.request import Request
 
-from analytics import downloads
 from analytics.download_tasks import download_job_build
+from analytics.downloads import files, selectors, services
 from analytics.models_downloads import DownloadFormat, DownloadJob, DownloadStatus
 from analytics.replica import ReplicaUnavailable
 from places import selectors as places_selectors
@@ -98,11 +98,11 @@ def _dataset_headers(request: Request, datasets: list[dict[str, str]]) -> dict[s
 
 
 def _file_name(fmt: str) -> str:
-    return f"places.{downloads.EXTENSIONS[fmt]}"
+    return f"places.{files.EXTENSIONS[fmt]}"
 
 
 def job_data(request: Request, job: DownloadJob) -> dict[str, Any]:
-    done, estimate = downloads.download_job_progress(job)
+    done, estimate = services.download_job_progress(job)
     ready = job.status == DownloadStatus.READY
     return {
         "id": job.pk,
@@ -143,8 +143,8 @@ def selection_response(request: Request, *, query: PlaceQuery, fmt: str) -> Http
     """The answer for a selection in ``fmt``: the file itself when the selection is small,
     else its job (see the module docstring)."""
     cap = settings.DOWNLOADS_SYNC_MAX_PLACES
-    selection = downloads.Selection(query=query)
-    count = downloads.selection_count_capped(query=query, cap=cap)
+    selection = selectors.Selection(query=query)
+    count = selectors.selection_count_capped(query=query, cap=cap)
     if count <= cap:
         version = places_version(query.dataset_id, bbox=query.bbox)
         key = (
@@ -153,7 +153,7 @@ def selection_response(request: Request, *, query: PlaceQuery, fmt: str) -> Http
         )
 
         def build() -> tuple[bytes, dict[str, str]]:
-            small = downloads.selection_bytes(selection=selection, fmt=fmt)
+            small = files.selection_bytes(selection=selection, fmt=fmt)
             headers = _dataset_headers(request, small.datasets)
             headers["Content-Disposition"] = f'attachment; filename="{_file_name(fmt)}"'
             return small.body, headers
@@ -163,11 +163,11 @@ def selection_response(request: Request, *, query: PlaceQuery, fmt: str) -> Http
             key=key,
             ttl=SMALL_TTL,
             build=build,
-            content_type=downloads.MEDIA_TYPES[fmt],
+            content_type=files.MEDIA_TYPES[fmt],
             vary="Accept-Encoding, Accept",
         )
     try:
-        job, queue = downloads.download_job_request(
+        job, queue = services.download_job_request(
             selection=selection, fmt=fmt, rows_estimate=count
         )
     except ReplicaUnavailable:
@@ -259,7 +259,7 @@ class DownloadFileApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
                 {"detail": "This file's data version has passed; ask for the selection again."},
                 status=410,
             )
-        path = downloads.download_job_path(job) if job.file_name else None
+        path = services.download_job_path(job) if job.file_name else None
         if job.status != DownloadStatus.READY or path is None or not path.exists():
             return JsonResponse(
                 {"detail": f"The file is not ready (status {job.status})."}, status=409
@@ -278,7 +278,7 @@ class DownloadFileApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
             path.open("rb"),
             as_attachment=True,
             filename=_file_name(job.format),
-            content_type=downloads.MEDIA_TYPES[job.format],
+            content_type=files.MEDIA_TYPES[job.format],
         )
         for name, value in headers.items():
             response[name] = value

@@ -1,4 +1,4 @@
-"""Celery tasks of the downloads (``analytics.downloads``): thin, idempotent wrappers.
+"""Celery tasks of the downloads (``analytics.downloads.services``): thin, idempotent wrappers.
 
 Named under ``analytics.tasks`` so that the task routes send them to the ``analytics`` queue
 with the other tasks that read the replica.
@@ -10,7 +10,7 @@ import logging
 
 from celery import shared_task
 
-from analytics import downloads
+from analytics.downloads import services
 from analytics.replica import ReplicaUnavailable
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
     retry_kwargs={"max_retries": 10},
 )
 def download_job_build(job_id: int) -> str | None:
-    job = downloads.download_job_build(job_id=job_id)
+    job = services.download_job_build(job_id=job_id)
     return job.status if job else None
 
 
@@ -36,8 +36,8 @@ def download_job_build(job_id: int) -> str | None:
 def downloads_maintain() -> list[int]:
     """Run by beat: remove the files of versions that have passed, and queue again the jobs
     whose task was lost (each is claimed by one build). Safe to run twice at once."""
-    cleaned = downloads.downloads_clean()
-    for job_id in downloads.download_jobs_stale():
+    cleaned = services.downloads_clean()
+    for job_id in services.download_jobs_stale():
         logger.warning("download job %s went silent; queued again", job_id)
         download_job_build.delay(job_id)
     return cleaned

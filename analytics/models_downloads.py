@@ -29,7 +29,9 @@ class DownloadStatus(models.TextChoices):
 
 
 class DownloadJob(models.Model):
-    selection = models.JSONField(help_text="The filters, as analytics.downloads.Selection.")
+    selection = models.JSONField(
+        help_text="The filters, as analytics.downloads.selectors.Selection."
+    )
     selection_key = models.CharField(max_length=40)
     format = models.CharField(max_length=8, choices=DownloadFormat.choices)
     data_version = models.CharField(max_length=64)

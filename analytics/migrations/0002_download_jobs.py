@@ -18,7 +18,7 @@ class Migration(migrations.Migration):
             name='DownloadJob',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('selection', models.JSONField(help_text='The filters, as analytics.downloads.Selection.')),
+                ('selection', models.JSONField(help_text='The filters, as analytics.downloads.selectors.Selection.')),
                 ('selection_key', models.CharField(max_length=40)),
                 ('format', models.CharField(choices=[('parquet', 'GeoParquet'), ('csv', 'CSV')], max_length=8)),
                 ('data_version', models.CharField(max_length=64)),

@@ -407,12 +407,13 @@ EDGE_AUTH_FAILURE_RATE = env.str("EDGE_AUTH_FAILURE_RATE", default="30/m") or No
 
 # Downloads (analytics.downloads): selections up to DOWNLOADS_SYNC_MAX_PLACES places are
 # written in the request, bigger ones by a task on the replica, DOWNLOADS_CHUNK_ROWS rows per
-# fetch and Parquet row group. A pending or running job silent for DOWNLOADS_STALE_SECONDS
-# is queued again (longer than any build); a file whose data version passed is kept
-# DOWNLOADS_KEEP_SECONDS after it was built (downloads under way), and expired or failed jobs
-# are forgotten after DOWNLOADS_FORGET_DAYS.
+# fetch and Parquet row group (a row costs about 1.6 KB in Python until its chunk is Arrow:
+# 10,000 hold some 16 MB, whatever the selection's size). A pending or running job silent
+# for DOWNLOADS_STALE_SECONDS is queued again (longer than any build); a file whose data
+# version passed is kept DOWNLOADS_KEEP_SECONDS after it was built (downloads under way),
+# and expired or failed jobs are forgotten after DOWNLOADS_FORGET_DAYS.
 DOWNLOADS_SYNC_MAX_PLACES = env.int("DOWNLOADS_SYNC_MAX_PLACES", default=10_000)
-DOWNLOADS_CHUNK_ROWS = env.int("DOWNLOADS_CHUNK_ROWS", default=50_000)
+DOWNLOADS_CHUNK_ROWS = env.int("DOWNLOADS_CHUNK_ROWS", default=10_000)
 DOWNLOADS_STALE_SECONDS = env.int("DOWNLOADS_STALE_SECONDS", default=3600)
 DOWNLOADS_KEEP_SECONDS = env.int("DOWNLOADS_KEEP_SECONDS", default=3600)
 DOWNLOADS_FORGET_DAYS = env.int("DOWNLOADS_FORGET_DAYS", default=30)

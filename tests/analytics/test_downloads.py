@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,13 +21,14 @@ import pytest
 from django.contrib.gis.geos import MultiPolygon, Point, Polygon
 from django.db import connection, connections
 
-from analytics import downloads
 from analytics.download_tasks import download_job_build, downloads_maintain
+from analytics.downloads import files, selectors, services
 from analytics.models_downloads import DownloadJob, DownloadStatus
 from config.routers import REPLICA
 from places.models import Dataset, Place
 from places.services import dataset_get_or_create, place_create, place_update
 from places.serving.fields import PROPERTIES, csv_header
+from places.serving.query import PlaceQuery
 
 pytestmark = pytest.mark.django_db(databases=["default", "replica"])
 
@@ -268,14 +270,14 @@ def test_big_selection_is_built_by_the_task_with_progress(
     assert asked.json()["file"] is None
     # and a spy that reads the job's status after each chunk is fetched
     seen: list[tuple[str, int, int]] = []
-    batch = downloads._parquet_batch
+    batch = files._parquet_batch
 
     def spy(rows: list[tuple]) -> pa.RecordBatch:
         status = client.get(asked["Location"]).json()
         seen.append((status["status"], status["rows_done"], status["rows_estimate"]))
         return batch(rows)
 
-    monkeypatch.setattr(downloads, "_parquet_batch", spy)
+    monkeypatch.setattr(files, "_parquet_batch", spy)
     # when the task runs (called directly, as a worker would)
     assert download_job_build(job.pk) == DownloadStatus.READY
     # then the status showed the rows done against the exact count as it went
@@ -292,9 +294,9 @@ def test_big_selection_is_built_by_the_task_with_progress(
     assert sorted(table.column("id").to_pylist()) == sorted(db_rows(chapels))
     assert table.schema.metadata[b"places:data_version"].decode() == job.data_version
     # and a second run of the task changes nothing
-    path = downloads.download_job_path(DownloadJob.objects.get(pk=job.pk))
+    path = services.download_job_path(DownloadJob.objects.get(pk=job.pk))
     written = path.stat().st_mtime_ns
-    monkeypatch.setattr(downloads, "_parquet_batch", batch)
+    monkeypatch.setattr(files, "_parquet_batch", batch)
     assert download_job_build(job.pk) == DownloadStatus.READY
     assert path.stat().st_mtime_ns == written
     assert client.get(done["file"], HTTP_IF_NONE_MATCH=file["ETag"]).status_code == 304
@@ -322,14 +324,14 @@ def test_same_selection_and_version_reuse_the_file_and_a_change_makes_a_new_one(
     assert changed.json()["id"] != first["id"]
     download_job_build(changed.json()["id"])
     newer = DownloadJob.objects.get(pk=changed.json()["id"])
-    names = pq.read_table(downloads.download_job_path(newer)).column("name").to_pylist()
+    names = pq.read_table(services.download_job_path(newer)).column("name").to_pylist()
     assert "Bevis Marks Synagogue" in names
     # and the periodic clean-up removes the old version's file; its link says it is gone
     old = DownloadJob.objects.get(pk=first["id"])
     settings.DOWNLOADS_KEEP_SECONDS = 0
     assert downloads_maintain() == [old.pk]
-    assert not downloads.download_job_path(old).exists()
-    assert downloads.download_job_path(newer).exists()
+    assert not services.download_job_path(old).exists()
+    assert services.download_job_path(newer).exists()
     assert client.get(f"/api/v1/downloads/{old.pk}/file/").status_code == 410
 
 
@@ -346,4 +348,55 @@ def test_a_job_whose_data_moved_before_its_build_expires(
     job = DownloadJob.objects.get(pk=job_id)
     assert job.file_name == ""
     assert client.get(f"/api/v1/downloads/{job_id}/file/").status_code == 410
-    assert not list((Path(settings.MEDIA_ROOT) / downloads.FOLDER).glob("*.part"))
+    assert not list((Path(settings.MEDIA_ROOT) / services.FOLDER).glob("*.part"))
+
+
+def test_a_big_selection_is_read_in_chunks_so_memory_stays_flat(gb_import, settings, tmp_path):
+    # given the GB import (tens of thousands of places) and a writer measured twice
+    selection = selectors.Selection(query=PlaceQuery(dataset_id=gb_import.dataset_id))
+
+    def peak_while_writing(chunk_rows: int) -> tuple[int, int]:
+        settings.DOWNLOADS_CHUNK_ROWS = chunk_rows
+        with selectors.read_snapshot("default"):
+            versions = selectors.selection_versions(query=selection.query, using="default")
+            facts = selectors.selection_facts(query=selection.query, using="default")
+            tracemalloc.start()
+            try:
+                with (tmp_path / f"{chunk_rows}.parquet").open("wb") as out:
+                    rows = files.selection_write(
+                        out=out,
+                        selection=selection,
+                        fmt="parquet",
+                        facts=facts,
+                        versions=versions,
+                        using="default",
+                    )
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        return rows, peak
+
+    # when it writes the selection 2,000 rows at a time, and all of it at once
+    rows, chunked = peak_while_writing(2_000)
+    same_rows, whole = peak_while_writing(1_000_000)
+    # then the chunked write held a fraction of what the whole selection takes
+    assert rows == same_rows > 20_000
+    assert chunked * 5 < whole, (chunked, whole)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_the_tasks_file_is_the_file_answered_at_once(
+    client, chapels, clear_cache, replica_caught_up, settings, fmt
+):
+    # given the selection answered at once
+    at_once = client.get(DOWNLOAD, {"format": fmt, "dataset": "dl-chapels"})
+    assert at_once.status_code == 200
+    # when the same selection counts as big, through the places list for parquet
+    settings.DOWNLOADS_SYNC_MAX_PLACES = 2
+    url = LIST if fmt == "parquet" else DOWNLOAD
+    asked = client.get(url, {"format": fmt, "dataset": "dl-chapels"})
+    assert asked.status_code == 202
+    assert download_job_build(asked.json()["id"]) == DownloadStatus.READY
+    # then the task's file holds the same bytes
+    built = client.get(client.get(asked["Location"]).json()["file"])
+    assert body(built) == at_once.content
