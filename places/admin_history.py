@@ -29,7 +29,8 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from places import selectors, services
+from places import access, selectors, services
+from places.access import Action
 from places.models import (
     ChangeOperation,
     ChangeSource,
@@ -201,7 +202,10 @@ class PlaceHistoryAdminMixin:
             if change
             else self.has_view_or_change_permission(request, place)  # type: ignore[attr-defined]
         )
-        if not allowed:
+        # Going back on changes is a right of its own per dataset (places.access).
+        if not allowed or (
+            change and not access.can(request.user, Action.REVERT, place.dataset_id)
+        ):
             raise PermissionDenied
         return place
 
@@ -358,7 +362,11 @@ class PlaceHistoryAdminMixin:
     )
     def unretire_selected(self, request: HttpRequest, queryset: QuerySet[Place]) -> None:
         done, refused = 0, []
-        for place in queryset.filter(status=PlaceStatus.RETIRED).order_by("pk")[:BULK_LIMIT]:
+        retired = queryset.filter(status=PlaceStatus.RETIRED)
+        allowed = access.dataset_ids_for(request.user, Action.REVERT)
+        if allowed is not None:
+            retired = retired.filter(dataset_id__in=allowed)
+        for place in retired.order_by("pk")[:BULK_LIMIT]:
             try:
                 services.place_unretire(place=place, user=request.user)
                 done += 1

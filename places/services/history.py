@@ -4,7 +4,8 @@ The change log keeps old and new values per field for every write (curators, imp
 maintenance, devices), so going back needs nothing but the log. A revert or restore is a
 change of its own, written through ``place_update``: it is logged with its author and the
 change it goes back on (``PlaceChange.reverts``), and the change-log triggers move the data
-versions, so caches, ETags and the edge change feed follow it like any other edit.
+versions, so caches, ETags and the edge change feed follow it like any other edit. Each one
+is also an event of the security audit trail (``places.services.audit``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from django.db.models import Field
 
 from places import selectors
 from places.models import ChangeOperation, Place, PlaceChange, PlaceStatus, Region
+from places.models_access import SecurityEventKind
+from places.services.audit import security_event
 from places.services.places import EDITABLE_FIELDS, place_log_key, place_update
 from places.services.regions import regions_hold_for_locating
 
@@ -124,7 +127,26 @@ def change_revert(
         operation=ChangeOperation.REVERT,
         reverts=change,
     )
-    return _latest_change(place) if place.version != before else None
+    return _audited(place, before, user=user, reverted=change)
+
+
+def _audited(place: Place, before: int, *, user: Any, reverted: PlaceChange) -> PlaceChange | None:
+    """The change just logged for ``place`` (None if nothing changed), with its event in the
+    security audit trail: reverts and restores are among what admins review there."""
+    if place.version == before:
+        return None
+    logged = _latest_change(place)
+    security_event(
+        SecurityEventKind.REVERT,
+        user,
+        dataset=place.dataset_id,
+        place=place.pk,
+        change=logged.seq,
+        operation=logged.operation,
+        reverts=reverted.seq,
+        fields=sorted(logged.changes),
+    )
+    return logged
 
 
 @transaction.atomic
@@ -159,7 +181,7 @@ def place_restore(
         operation=ChangeOperation.RESTORE,
         reverts=target,
     )
-    return _latest_change(restored) if restored.version != before else None
+    return _audited(restored, before, user=user, reverted=target)
 
 
 @transaction.atomic

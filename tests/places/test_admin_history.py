@@ -328,3 +328,34 @@ def test_typed_coordinates_out_of_range_are_refused_naming_the_field(admin_clien
     assert "latitude" in response.context["adminform"].form.errors
     place.refresh_from_db()
     assert place.location.y == 52
+
+
+def test_revert_and_restore_need_the_revert_right_in_the_places_dataset(client, place):
+    from django.contrib.auth.models import User
+
+    from places.services.access import dataset_role_grant
+
+    # given a rename, and a user who is curator of another dataset only
+    place_update(place=place, data={"name": "Wrong"})
+    user = User.objects.create_user("hist-curator", password="pw")
+    dataset_role_grant(user=user, dataset=dataset_get_or_create(slug="elsewhere"), role="curator")
+    client.force_login(user)
+    revert = reverse("admin:places_place_revert", args=[place.pk, _at(place, 2).seq])
+    restore = reverse("admin:places_place_restore", args=[place.pk, 1])
+    # then the place does not exist for them
+    assert client.get(revert).status_code == 404
+    # as a viewer of the place's dataset they see its history but may not go back on it
+    dataset_role_grant(user=user, dataset=place.dataset, role="viewer")
+    user = User.objects.get(pk=user.pk)
+    client.force_login(user)
+    assert client.get(_history(place)).status_code == 200
+    assert client.get(revert).status_code == 403
+    assert client.post(restore, {}).status_code == 403
+    place.refresh_from_db()
+    assert place.name == "Wrong"
+    # as its curator they may
+    dataset_role_grant(user=user, dataset=place.dataset, role="curator")
+    client.force_login(User.objects.get(pk=user.pk))
+    assert client.post(revert, {}).status_code == 302
+    place.refresh_from_db()
+    assert place.name == "St Anne"

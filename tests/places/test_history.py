@@ -14,7 +14,7 @@ from django.db import connection
 from ingestion.models import ImportMode
 from ingestion.services.imports import import_job_execute
 from ingestion.services.jobs import import_job_create
-from places.models import DataVersion, Place, PlaceChange, Region
+from places.models import DataVersion, Place, PlaceChange, Region, SecurityEvent
 from places.selectors import data_version
 from places.services import (
     HistoryError,
@@ -184,6 +184,10 @@ def test_revert_writes_back_only_the_fields_the_change_touched(place, admin_user
     assert revert.place_version == 4
     assert revert.changes == {"name": {"old": "Wrong name", "new": "St Anne"}}
     assert revert.comment == f"revert of change #{renamed.seq}"
+    # and the security audit trail has it
+    event = SecurityEvent.objects.get(kind="revert", details__change=revert.seq)
+    assert (event.user, event.dataset_id) == (admin_user, place.dataset_id)
+    assert event.details["reverts"] == renamed.seq
 
 
 def test_revert_is_refused_naming_the_fields_a_later_change_touched(place, admin_user):
@@ -268,6 +272,8 @@ def test_restore_brings_back_the_place_as_of_an_earlier_version(place, admin_use
     )
     assert set(restore.changes) == {"name", "religion", "denominations", "tags"}
     assert restore.comment == "restore of version 2"
+    event = SecurityEvent.objects.get(kind="revert", details__change=restore.seq)
+    assert event.details["operation"] == "restore"
 
 
 def test_restore_refuses_a_version_that_is_not_earlier(place, admin_user):
