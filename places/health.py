@@ -4,7 +4,8 @@
 ``/health/ready/`` checks every dependency a request or task may need and names each one in
 its JSON body, so that an operator sees at once which one failed; a process runs the checks
 at most once per ``READY_CACHE_SECONDS``, however many probes arrive. Both answer GET and
-HEAD only. ``/metrics`` answers only requests that come, through every hop, from
+HEAD only. The analytics replica is reported beside the checks (its state and lag) and never
+fails them. ``/metrics`` answers only requests that come, through every hop, from
 ``METRICS_ALLOWED_NETWORKS`` (Prometheus inside the cluster), and is a 404 to anyone else.
 """
 
@@ -75,12 +76,25 @@ def _check_migrations() -> None:
 
 def readiness_checks() -> dict[str, Callable[[], None]]:
     checks: dict[str, Callable[[], None]] = {"database": lambda: _check_database("default")}
-    if settings.REPLICA_DATABASE_URL:
-        checks["replica"] = lambda: _check_database("replica")
     checks["cache"] = _check_cache
     checks["broker"] = _check_broker
     checks["migrations"] = _check_migrations
     return checks
+
+
+def replica_report() -> dict[str, object]:
+    """The analytics replica's state and lag ("absent", "down", "streaming", ...), reported
+    beside the checks but never one of them: analytics fall back or wait (analytics.replica),
+    the map does not need it, so a replica that is down must not take the site out."""
+    from analytics.replica import replica_status
+
+    started = time.perf_counter()
+    try:
+        report = replica_status().as_json()
+    except Exception as exc:  # whatever went wrong, readiness still answers
+        report = {"state": "down", "error": f"{type(exc).__name__}: {exc}"[:300]}
+    report["ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return report
 
 
 def run_readiness_checks() -> tuple[bool, Results]:
@@ -111,16 +125,17 @@ class CachedReadiness:
     def __init__(self, *, seconds: float) -> None:
         self.seconds = seconds
         self._lock = threading.Lock()
-        self._last: tuple[float, bool, Results] | None = None
+        self._last: tuple[float, bool, Results, dict[str, object]] | None = None
 
-    def get(self) -> tuple[bool, Results]:
+    def get(self) -> tuple[bool, Results, dict[str, object]]:
         with self._lock:
             now = time.monotonic()
             if self._last is not None and now - self._last[0] < self.seconds:
-                return self._last[1], self._last[2]
+                return self._last[1], self._last[2], self._last[3]
             healthy, results = run_readiness_checks()
-            self._last = (time.monotonic(), healthy, results)
-            return healthy, results
+            replica = replica_report()
+            self._last = (time.monotonic(), healthy, results, replica)
+            return healthy, results, replica
 
     def forget(self) -> None:
         with self._lock:
@@ -137,8 +152,8 @@ def live(request: HttpRequest) -> JsonResponse:
 
 @require_safe
 def ready(request: HttpRequest) -> JsonResponse:
-    healthy, results = READINESS.get()
-    body = {"status": "ok" if healthy else "fail", "checks": results}
+    healthy, results, replica = READINESS.get()
+    body = {"status": "ok" if healthy else "fail", "checks": results, "replica": replica}
     response = JsonResponse(body, status=200 if healthy else 503)
     response["Cache-Control"] = "no-store"
     return response

@@ -20,6 +20,7 @@ from ingestion.services.jobs import import_job_create
 from ingestion.services.regions import PRESETS, region_load
 from places.models import Dataset
 from places.services import dataset_get_or_create
+from tests.db import replica_caught_up
 
 SAMPLE_DIR = Path(settings.BASE_DIR) / "ingestion" / "sample_data"
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -41,6 +42,7 @@ def sample_regions(django_db_setup: None, django_db_blocker) -> dict[str, Datase
         districts = dataset_get_or_create(slug="ons-lad-2024")
         region_load(path=COUNTRIES, source=PRESETS["ne-countries"], dataset=countries)
         region_load(path=DISTRICTS, source=PRESETS["ons-lad"], dataset=districts)
+        replica_caught_up()
     return {"countries": countries, "districts": districts}
 
 
@@ -52,6 +54,7 @@ def gb_import(sample_regions: dict[str, Dataset], django_db_blocker) -> ImportJo
         job = import_job_create(path=GB_CSV, dataset=dataset)
         finished = import_job_execute(job_id=job.pk)
         assert finished is not None
+        replica_caught_up()  # the analytics tests read it through the replica
         return finished
 
 

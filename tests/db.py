@@ -7,9 +7,11 @@ process) build it from ``settings.DATABASES`` here, so the suite runs against wh
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import quote
 
+import psycopg
 from django.conf import settings
 
 
@@ -39,3 +41,21 @@ def database_url(*, dbname: str | None = None, alias: str = "default") -> str:
     port = f":{database['PORT']}" if database.get("PORT") else ""
     at = "@" if credentials else ""
     return f"postgis://{credentials}{at}{host}{port}/{dbname or database['NAME']}"
+
+
+def replica_caught_up(*, timeout: float = 30.0) -> None:
+    """Wait until the streaming replica (when REPLICA_DATABASE_URL is set) has replayed all
+    the primary has written so far: data a session fixture committed is then there for the
+    tests that read it through the replica alias."""
+    if not settings.REPLICA_DATABASE_URL:
+        return
+    with psycopg.connect(**database_kwargs(), autocommit=True) as primary:
+        lsn = primary.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    with psycopg.connect(**database_kwargs(alias="replica"), autocommit=True) as replica:
+        deadline = time.monotonic() + timeout
+        while not replica.execute(
+            "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [str(lsn)]
+        ).fetchone()[0]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the replica had not replayed {lsn} after {timeout} s")
+            time.sleep(0.02)
