@@ -33,6 +33,7 @@ and the edge collector's ``edge_*``):
 ``places_wal_archive_last_success_timestamp_seconds``  pg_stat_archiver, when archiving is on
 ``places_wal_archive_last_failure_timestamp_seconds``  idem (0 when it never failed)
 ``places_wal_archive_failed_total``           idem
+``places_wal_archive_ready_segments``         segments waiting to be archived (pg_monitor)
 ``places_backup_info_up``                     1 when ``pgbackrest info`` answered
 ``places_backup_last_success_timestamp_seconds``  {type}: newest backup of each type
 ============================================  =============================================
@@ -56,7 +57,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import connections
+from django.db import DatabaseError, connections, transaction
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -202,6 +203,7 @@ SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backe
          - current_setting('superuser_reserved_connections')::int,
        current_setting('archive_mode')
 """
+READY_SEGMENTS_SQL = "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"
 ARCHIVER_SQL = """
 SELECT failed_count,
        extract(epoch FROM last_archived_time),
@@ -214,10 +216,11 @@ def _database_families() -> Iterator[Metric]:
     with connections["default"].cursor() as cursor:
         cursor.execute(DB_CONNECTIONS_SQL)
         used, usable, archive_mode = cursor.fetchone()
-        archiver = None
+        archiver, ready = None, None
         if archive_mode != "off":
             cursor.execute(ARCHIVER_SQL)
             archiver = cursor.fetchone()
+            ready = _ready_segments(cursor)
     yield GaugeMetricFamily(
         "places_db_connections", "Client connections open on the database server.", value=used
     )
@@ -239,12 +242,28 @@ def _database_families() -> Iterator[Metric]:
         "When archiving a WAL segment last failed on the primary (0: never).",
         value=float(last_failed or 0),
     )
-    failures = GaugeMetricFamily(
+    yield GaugeMetricFamily(
         "places_wal_archive_failed_total",
         "WAL segments whose archiving failed since the statistics were reset.",
         value=failed,
     )
-    yield failures
+    if ready is not None:
+        yield GaugeMetricFamily(
+            "places_wal_archive_ready_segments",
+            "Completed WAL segments not archived yet (what a lost primary would lose).",
+            value=ready,
+        )
+
+
+def _ready_segments(cursor: Any) -> int | None:
+    """Segments waiting for archive_command, or None when this role may not list them
+    (pg_ls_archive_statusdir needs pg_monitor)."""
+    try:
+        with transaction.atomic(using="default"):  # a refusal must not end the caller's
+            cursor.execute(READY_SEGMENTS_SQL)
+            return int(cursor.fetchone()[0])
+    except DatabaseError:
+        return None
 
 
 def pgbackrest_info() -> list[dict[str, Any]]:
