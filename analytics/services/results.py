@@ -101,21 +101,29 @@ def rows_copy_upsert(
     conflict: Sequence[str],
     source: ReadSource,
     replace: bool = False,
+    prune: bool = False,
 ) -> int:
     """Write ``rows`` (read from the source) into ``table`` on the primary: COPY into a
-    temporary table, then one INSERT … ON CONFLICT DO UPDATE, the provenance from ``source``
-    on every row and the results version moved, all in one transaction. ``replace`` empties
-    the table first (a full recompute). Returns the rows written.
+    temporary table, then one INSERT … ON CONFLICT DO UPDATE of the rows whose values differ,
+    with the provenance from ``source``, all in one transaction. ``replace`` empties the table
+    first (a full recompute); ``prune`` deletes the rows the source no longer gives (the rows
+    are the whole set). The results version moves only when a row changed, so an unchanged
+    rerun keeps the API's caches. Returns the rows read.
 
     ``table`` and the column names are this module's callers' constants, never input.
     """
     names = ", ".join(columns)
+    values = [c for c in columns if c not in conflict]
     updates = ", ".join(
         f"{c} = EXCLUDED.{c}"
-        for c in (*columns, "computed_on", "data_version", "region_version", "computed_at")
-        if c not in conflict
+        for c in (*values, "computed_on", "data_version", "region_version", "computed_at")
     )
-    written = 0
+    differs = (
+        f"({', '.join(f'{table}.{c}' for c in values)}) IS DISTINCT FROM "
+        f"({', '.join(f'EXCLUDED.{c}' for c in values)})"
+    )
+    keys = ", ".join(conflict)
+    read = 0
     with transaction.atomic(using="default"), connections["default"].cursor() as cursor:
         # A caller's open transaction (tests) may still hold the previous call's table.
         cursor.execute("DROP TABLE IF EXISTS analytics_incoming")
@@ -126,19 +134,28 @@ def rows_copy_upsert(
         with cursor.copy(f"COPY analytics_incoming ({names}) FROM STDIN") as copy:  # nosec B608
             for row in rows:
                 copy.write_row(row)
-                written += 1
+                read += 1
+        changed = 0
         if replace:
             cursor.execute(f"DELETE FROM {table}")  # nosec B608
+            changed += cursor.rowcount
+        elif prune:
+            cursor.execute(
+                f"DELETE FROM {table} t WHERE ({keys}) NOT IN "  # nosec B608
+                f"(SELECT {keys} FROM analytics_incoming)"
+            )
+            changed += cursor.rowcount
         cursor.execute(
             f"INSERT INTO {table} ({names}, computed_on, data_version, region_version, "  # nosec B608
             f"computed_at) SELECT {names}, %(computed_on)s, %(data_version)s, "
             f"%(region_version)s, now() FROM analytics_incoming "
-            f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {updates}",
+            f"ON CONFLICT ({keys}) DO UPDATE SET {updates} WHERE {differs}",
             provenance(source),
         )
-        if written or replace:
+        changed += cursor.rowcount
+        if changed:
             results_bump()
-    return written
+    return read
 
 
 def primary_lsn() -> str:

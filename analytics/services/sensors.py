@@ -196,7 +196,7 @@ def sensor_rollups_recompute(*, full: bool = False, now: dt.datetime | None = No
         rows=_rows(source=source, sql=NEAREST_SENSORS, params={"radius": radius}),
         conflict=("place_id",),
         source=source,
-        replace=True,
+        prune=True,
     )
     run = SensorRun(
         since=since,
