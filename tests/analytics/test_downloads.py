@@ -400,3 +400,18 @@ def test_the_tasks_file_is_the_file_answered_at_once(
     # then the task's file holds the same bytes
     built = client.get(client.get(asked["Location"]).json()["file"])
     assert body(built) == at_once.content
+
+
+def test_the_worker_finds_the_download_tasks_on_the_analytics_queue():
+    # given the module Celery's autodiscovery imports for this app
+    from analytics import tasks
+    from config.celery import app
+
+    # then it brings the downloads' tasks (nothing else is sure to import them in a
+    # worker), which are routed to the analytics queue, and beat runs the clean-up
+    assert tasks.download_tasks.download_job_build.name == "analytics.tasks.download_job_build"
+    for name in ("analytics.tasks.download_job_build", "analytics.tasks.downloads_maintain"):
+        assert app.amqp.router.route({}, name)["queue"].name == "analytics"
+    assert "analytics.tasks.downloads_maintain" in {
+        entry["task"] for entry in app.conf.beat_schedule.values()
+    }
