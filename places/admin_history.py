@@ -45,8 +45,10 @@ from places.services.places import place_log_key
 HISTORY_PER_PAGE = 50
 # The change page shows the newest few; the history page pages through the rest.
 HISTORY_ON_CHANGE_PAGE = 10
-# Places one retire or undo run changes; each is its own logged change.
+# Places one undo run changes, each a revert of its own with its conflict check.
 BULK_LIMIT = 1000
+# Places one retire run changes: one statement (services.places_retire), each logged.
+RETIRE_LIMIT = 50_000
 VALUE_CHARS = 120
 
 
@@ -328,17 +330,20 @@ class PlaceHistoryAdminMixin:
         form = RetireForm(request.POST if "confirm" in request.POST else None)
         if form.is_bound and form.is_valid():
             reason = form.cleaned_data["reason"]
-            count = 0
-            for place in active.order_by("pk")[:BULK_LIMIT]:
-                services.place_retire(place=place, user=request.user, comment=reason)
-                count += 1
-            more = (
-                f" Only the first {BULK_LIMIT} were retired; run the action again for the rest."
-                if count == BULK_LIMIT
-                else ""
-            )
+            chosen = list(active.order_by("pk").values_list("pk", flat=True)[:RETIRE_LIMIT])
+            count = services.places_retire(place_ids=chosen, user=request.user, comment=reason)
+            notes = []
+            if count < len(chosen):
+                notes.append(
+                    f"{len(chosen) - count} changed meanwhile or start after today and were "
+                    "left alone."
+                )
+            if len(chosen) == RETIRE_LIMIT:
+                notes.append(f"Only the first {RETIRE_LIMIT} were taken; run the action again.")
             self.message_user(  # type: ignore[attr-defined]
-                request, f"Retired {count} place(s): {reason}.{more}", messages.SUCCESS
+                request,
+                " ".join([f"Retired {count} place(s): {reason}.", *notes]),
+                messages.SUCCESS,
             )
             return None
         count = active.count()
@@ -348,7 +353,7 @@ class PlaceHistoryAdminMixin:
             "title": "Retire places?",
             "form": form,
             "count": count,
-            "limit": BULK_LIMIT,
+            "limit": RETIRE_LIMIT,
             "examples": list(active.order_by("pk")[:10]),
             "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
             "select_across": request.POST.get("select_across", "0"),

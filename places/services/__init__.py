@@ -24,6 +24,7 @@ from places.services.places import (
     place_create,
     place_retire,
     place_update,
+    places_retire,
 )
 from places.services.regions import (
     SUBDIVIDE_MAX_VERTICES,
@@ -51,6 +52,7 @@ __all__ = [
     "place_retire",
     "place_unretire",
     "place_update",
+    "places_retire",
     "region_save",
     "regions_hold_for_locating",
     "regions_hold_for_writing",

@@ -26,6 +26,7 @@ from places.services import (
     place_retire,
     place_unretire,
     place_update,
+    places_retire,
     region_save,
 )
 from tests.conftest import FIXTURES
@@ -86,6 +87,42 @@ def test_retirement_logs_status_end_date_reason_and_curator(place, admin_user):
         "status": {"old": "active", "new": "retired"},
         "end_date": {"old": None, "new": "2020-05-01"},
     }
+
+
+def test_retiring_many_places_logs_each_with_the_reason_and_skips_inactive_ones(place, admin_user):
+    # given an active place with an end date already, and a retired one
+    dated = place_create(
+        dataset=place.dataset,
+        source_key="h2",
+        data={"location": Point(-1, 53), "end_date": dt.date(2019, 1, 1)},
+    )
+    retired = place_create(dataset=place.dataset, source_key="h3", data={"location": Point(0, 52)})
+    place_retire(place=retired)
+    before = data_version(dataset_ids=[place.dataset_id])
+    # when all three are retired at once
+    count = places_retire(
+        place_ids=[place.pk, dated.pk, retired.pk], user=admin_user, comment="closed"
+    )
+    # then the two active ones are, each logged with old and new, the curator and the reason
+    assert count == 2
+    logged = {
+        c.place_id: c for c in PlaceChange.objects.filter(operation="retire", comment="closed")
+    }
+    assert set(logged) == {place.pk, dated.pk}
+    today = dt.date.today().isoformat()
+    assert logged[place.pk].changes == {
+        "status": {"old": "active", "new": "retired"},
+        "end_date": {"old": None, "new": today},
+    }
+    assert logged[dated.pk].changes == {"status": {"old": "active", "new": "retired"}}
+    assert {(c.user, c.source, c.place_version) for c in logged.values()} == {
+        (admin_user, "user", 2)
+    }
+    assert data_version(dataset_ids=[place.dataset_id]) != before
+    # and each retirement can be undone
+    place_unretire(place=place, user=admin_user)
+    place.refresh_from_db()
+    assert (place.status, place.end_date) == ("active", None)
 
 
 def test_import_update_logs_old_and_new_and_its_job_and_a_curator_reverts_it(
