@@ -176,6 +176,12 @@ def selection_response(request: Request, *, query: PlaceQuery, fmt: str) -> Http
             status=503,
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
+    except services.DownloadsBusy:
+        return JsonResponse(
+            {"detail": "Too many downloads are being built; try again shortly."},
+            status=429,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     if queue:
         transaction.on_commit(lambda: download_job_build.delay(job.pk))
     return _job_response(request, job)
@@ -198,6 +204,7 @@ SELECTION_RESPONSES = {
     202: OpenApiResponse(JOB, description="A big selection: its job, being built."),
     303: OpenApiResponse(JOB, description="A big selection whose file is ready (Location)."),
     304: None,
+    429: OpenApiResponse(OpenApiTypes.OBJECT, description="Too many downloads being built."),
     503: OpenApiResponse(OpenApiTypes.OBJECT, description="The replica is unavailable."),
 }
 

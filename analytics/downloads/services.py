@@ -3,6 +3,7 @@ beat. One job per selection, format and data version (``analytics.models_downloa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from datetime import timedelta
@@ -34,28 +35,46 @@ def download_job_path(job: DownloadJob) -> Path:
     return Path(settings.MEDIA_ROOT) / job.file_name
 
 
+class DownloadsBusy(Exception):
+    """``DOWNLOADS_MAX_ACTIVE_JOBS`` jobs are pending or running: a new one must wait."""
+
+
 def download_job_request(
     *, selection: Selection, fmt: str, rows_estimate: int
 ) -> tuple[DownloadJob, bool]:
     """The job of this selection and format at the versions the read source shows now, made
-    if there is none, and whether it needs a task (new, or failed and worth another try).
+    if there is none, and whether it needs a task (new, or failed or expired and worth
+    another try: a lagging source can show a version again after a build saw a newer one).
 
     The caller queues ``download_job_build`` for it after commit. Raises
-    ``ReplicaUnavailable`` when the read source says to retry later.
+    ``ReplicaUnavailable`` when the read source says to retry later, and ``DownloadsBusy``
+    rather than make a job beyond ``DOWNLOADS_MAX_ACTIVE_JOBS`` (anyone may ask for one, and
+    each distinct selection is a job of its own).
     """
     source = read_source()
     versions = selection_versions(query=selection.query, using=source.alias)
-    job, created = DownloadJob.objects.get_or_create(
-        selection_key=selection.key(),
-        format=fmt,
-        data_version=versions[0],
-        region_version=versions[1],
-        defaults={"selection": selection.to_json(), "rows_estimate": rows_estimate},
-    )
-    if created:
-        return job, True
+    key = {
+        "selection_key": selection.key(),
+        "format": fmt,
+        "data_version": versions[0],
+        "region_version": versions[1],
+    }
+    job = DownloadJob.objects.filter(**key).first()
+    if job is None:
+        active = DownloadJob.objects.filter(
+            status__in=[DownloadStatus.PENDING, DownloadStatus.RUNNING]
+        ).count()
+        if active >= settings.DOWNLOADS_MAX_ACTIVE_JOBS:
+            raise DownloadsBusy
+        job, created = DownloadJob.objects.get_or_create(
+            **key, defaults={"selection": selection.to_json(), "rows_estimate": rows_estimate}
+        )
+        if created:
+            return job, True
     retried = DownloadJob.objects.filter(
-        pk=job.pk, status=DownloadStatus.FAILED, attempts__lt=MAX_ATTEMPTS
+        pk=job.pk,
+        status__in=[DownloadStatus.FAILED, DownloadStatus.EXPIRED],
+        attempts__lt=MAX_ATTEMPTS,
     ).update(status=DownloadStatus.PENDING, error="", updated_at=Now())
     if retried:
         job.refresh_from_db()
@@ -98,7 +117,8 @@ def download_job_build(*, job_id: int) -> DownloadJob | None:
     job.file_name = f"{FOLDER}/places-{job.pk}-{job.data_version}.{EXTENSIONS[job.format]}"
     final = download_job_path(job)
     final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.with_name(final.name + ".part")
+    # Each attempt writes its own partial file: a worker thought lost may still be writing.
+    partial = final.with_name(f"{final.name}.part{job.attempts}")
 
     estimate = job.rows_estimate
 
@@ -182,8 +202,9 @@ def download_job_current(job: DownloadJob) -> bool:
 
 def downloads_clean() -> list[int]:
     """Expire the files of jobs whose versions have passed (kept ``DOWNLOADS_KEEP_SECONDS``
-    after they were built, for downloads under way), delete expired and failed jobs after
-    ``DOWNLOADS_FORGET_DAYS``, and return the ids of the jobs cleaned.
+    after they were built, for downloads under way), remove partial files of builds whose
+    worker died, delete expired and failed jobs after ``DOWNLOADS_FORGET_DAYS``, and return
+    the ids of the jobs whose files were removed.
 
     Safe to run twice at once: a file already gone is no error, and each update is
     conditional on the status it found.
@@ -198,6 +219,12 @@ def downloads_clean() -> list[int]:
         ):
             download_job_path(job).unlink(missing_ok=True)
             cleaned.append(job.pk)
+    # Partial files of builds whose worker died (a finished build renames its own).
+    stale = timezone.now() - timedelta(seconds=settings.DOWNLOADS_STALE_SECONDS)
+    for partial in (Path(settings.MEDIA_ROOT) / FOLDER).glob("*.part*"):
+        with contextlib.suppress(FileNotFoundError):
+            if partial.stat().st_mtime < stale.timestamp():
+                partial.unlink()
     forget = timezone.now() - timedelta(days=settings.DOWNLOADS_FORGET_DAYS)
     DownloadJob.objects.filter(
         status__in=[DownloadStatus.EXPIRED, DownloadStatus.FAILED], updated_at__lt=forget

@@ -417,6 +417,8 @@ DOWNLOADS_CHUNK_ROWS = env.int("DOWNLOADS_CHUNK_ROWS", default=10_000)
 DOWNLOADS_STALE_SECONDS = env.int("DOWNLOADS_STALE_SECONDS", default=3600)
 DOWNLOADS_KEEP_SECONDS = env.int("DOWNLOADS_KEEP_SECONDS", default=3600)
 DOWNLOADS_FORGET_DAYS = env.int("DOWNLOADS_FORGET_DAYS", default=30)
+# Jobs pending or running at once; a request for another selection gets 429 beyond.
+DOWNLOADS_MAX_ACTIVE_JOBS = env.int("DOWNLOADS_MAX_ACTIVE_JOBS", default=20)
 CELERY_BEAT_SCHEDULE["downloads-maintain"] = {
     "task": "analytics.tasks.downloads_maintain",
     "schedule": crontab(minute="*/10"),

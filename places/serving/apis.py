@@ -115,6 +115,7 @@ def _format(request: Request, requested: str | None) -> str:
         202: OpenApiTypes.OBJECT,
         303: OpenApiTypes.OBJECT,
         304: None,
+        429: OpenApiTypes.OBJECT,
         503: OpenApiTypes.OBJECT,
     },
     examples=[

@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import tracemalloc
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import geopandas
@@ -20,6 +22,7 @@ import pyogrio
 import pytest
 from django.contrib.gis.geos import MultiPolygon, Point, Polygon
 from django.db import connection, connections
+from django.utils import timezone
 
 from analytics.download_tasks import download_job_build, downloads_maintain
 from analytics.downloads import files, selectors, services
@@ -415,3 +418,48 @@ def test_the_worker_finds_the_download_tasks_on_the_analytics_queue():
     assert "analytics.tasks.downloads_maintain" in {
         entry["task"] for entry in app.conf.beat_schedule.values()
     }
+
+
+def test_beyond_the_active_jobs_limit_a_new_selection_is_a_429(
+    client, chapels, clear_cache, replica_caught_up, big_from_three, settings
+):
+    # given one job pending, the most allowed
+    settings.DOWNLOADS_MAX_ACTIVE_JOBS = 1
+    first = client.get(DOWNLOAD, {"dataset": "dl-chapels"})
+    assert first.status_code == 202
+    # when another selection is asked for
+    other = client.get(DOWNLOAD, {"dataset": "dl-chapels", "format": "csv"})
+    # then it must wait, and the pending one is still answered
+    assert other.status_code == 429
+    assert other["Retry-After"]
+    assert client.get(DOWNLOAD, {"dataset": "dl-chapels"}).json()["id"] == first.json()["id"]
+    assert DownloadJob.objects.count() == 1
+
+
+def test_a_job_whose_worker_went_silent_is_built_again_and_its_partial_file_removed(
+    client, chapels, clear_cache, replica_caught_up, big_from_three, settings
+):
+    # given a job taken by a worker that died two hours ago, leaving half a file
+    job_id = client.get(DOWNLOAD, {"dataset": "dl-chapels"}).json()["id"]
+    two_hours_ago = timezone.now() - timedelta(hours=2)
+    DownloadJob.objects.filter(pk=job_id).update(
+        status=DownloadStatus.RUNNING, attempts=1, updated_at=two_hours_ago
+    )
+    folder = Path(settings.MEDIA_ROOT) / services.FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    left = folder / f"places-{job_id}-dead.parquet.part1"
+    left.write_bytes(b"PAR1 half")
+    os.utime(left, (two_hours_ago.timestamp(), two_hours_ago.timestamp()))
+    # when beat's maintenance looks for silent jobs and the build runs again
+    assert services.download_jobs_stale() == [job_id]
+    assert download_job_build(job_id) == DownloadStatus.READY
+    services.downloads_clean()
+    # then the job is built on its second attempt and the dead worker's file is gone
+    job = DownloadJob.objects.get(pk=job_id)
+    assert job.attempts == 2
+    assert pq.read_table(services.download_job_path(job)).num_rows == 3
+    assert not left.exists()
+    # and a job that is running and not silent is left to its worker
+    DownloadJob.objects.filter(pk=job_id).update(status=DownloadStatus.RUNNING)
+    assert services.download_jobs_stale() == []
+    assert download_job_build(job_id) == DownloadStatus.RUNNING
