@@ -244,7 +244,8 @@ def test_a_long_aggregate_on_the_replica_survives_updates_and_vacuum_on_the_prim
             try:
                 with psycopg.connect(**replica_kwargs, autocommit=True) as standby:
                     outcome["sum"] = standby.execute(
-                        f"SELECT sum(v) FROM (SELECT v, pg_sleep(0.00025) FROM {table}) s"
+                        f"SELECT sum(v) FROM (SELECT v, CASE WHEN id % 100 = 0 THEN "
+                        f"pg_sleep(0.025) END FROM {table}) s"
                     ).fetchone()[0]
             except psycopg.Error as error:
                 outcome["error"] = error
@@ -270,9 +271,9 @@ def test_a_long_aggregate_on_the_replica_survives_updates_and_vacuum_on_the_prim
         # then the aggregate finished with the figures of its snapshot, not cancelled
         assert "error" not in outcome, outcome.get("error")
         assert outcome["sum"] == ROWS
-        assert rounds >= 2
+        assert rounds >= 2, rounds
         # because the replica's feedback kept the rows its snapshot sees from being vacuumed
-        assert max(not_removable, default=0) >= ROWS
+        assert max(not_removable, default=0) >= ROWS, not_removable
         with psycopg.connect(**replica_kwargs, autocommit=True) as standby:
             assert _standby_conflicts(standby) == conflicts_before
     finally:
