@@ -1,6 +1,7 @@
 """/metrics under gunicorn as deployed (config/gunicorn.py, two workers): every worker's
 requests are in the answer whichever worker gives it, a worker that dies keeps its counts in
-the sum, files of an earlier run are gone, and a client from outside is refused."""
+the sum, files of an earlier run are gone, and a client from outside is refused. A Celery
+worker's prefork pool is summed the same way on its metrics port (CELERY_METRICS_PORT)."""
 
 from __future__ import annotations
 
@@ -161,3 +162,57 @@ def test_metrics_refuse_a_request_forwarded_for_an_outside_address(gunicorn):
     assert gunicorn.get("/metrics", **{"X-Forwarded-For": "203.0.113.9"})[0] == 404
     # and the same request without it, from loopback, is answered
     assert gunicorn.get("/metrics")[0] == 200
+
+
+def test_a_prefork_worker_serves_its_pools_task_durations(tmp_path):
+    # given a Celery worker of two pool processes with its metrics port, and a task waiting
+    from config.celery import app
+
+    port, multiproc_dir = _free_port(), tmp_path / "worker-prometheus"
+    queue = "edge"
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(queue)
+    task = "ingestion.edge.tasks.edge_batches_count_pending"
+    for _ in range(3):
+        app.send_task(task, queue=queue)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": database_url(dbname=connection.settings_dict["NAME"]),
+        "SECRET_KEY": secrets.token_urlsafe(40),
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir),
+        "CELERY_METRICS_PORT": str(port),
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queue,
+         "--pool", "prefork", "--concurrency", "2", "--without-gossip", "--without-mingle",
+         "--loglevel", "WARNING"],
+        cwd=ROOT, env=env, start_new_session=True,
+    )  # fmt: skip
+    count = f'places_celery_task_duration_seconds_count{{queue="{queue}",task="{task}"}}'
+    try:
+        # when its pool has run the three tasks, then its port reports all three
+        deadline = time.monotonic() + 90
+        while True:
+            assert worker.poll() is None, "the worker exited"
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/metrics")
+                body = conn.getresponse().read().decode()
+                conn.close()
+            except OSError:
+                body = ""
+            if _sample(body, count) >= 3:
+                break
+            assert time.monotonic() < deadline, f"no task durations on the worker's port:\n{body}"
+            time.sleep(0.2)
+        assert _sample(body, count) == 3
+        success = f'places_celery_tasks_total{{queue="{queue}",state="SUCCESS",task="{task}"}}'
+        assert _sample(body, success) == 3
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
