@@ -27,6 +27,7 @@ from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.http import urlencode
 from django.utils.text import Truncator
 
 from places import access, selectors, services
@@ -49,6 +50,8 @@ HISTORY_ON_CHANGE_PAGE = 10
 BULK_LIMIT = 1000
 # Places one retire run changes: one statement (services.places_retire), each logged.
 RETIRE_LIMIT = 50_000
+# What a place's history can be filtered by: the log keys of the fields.
+HISTORY_FIELDS = tuple(place_log_key(f) for f in services.EDITABLE_FIELDS)
 VALUE_CHARS = 120
 
 
@@ -228,11 +231,23 @@ class PlaceHistoryAdminMixin:
         """Django's History button: the change log of the place, not the admin's own
         LogEntry list (which knew nothing of imports, devices or region upkeep)."""
         place = self._place(request, object_id, change=False)
+        field = request.GET.get("field", "")
+        source = request.GET.get("source", "")
         history = selectors.place_history_page(
-            place_id=place.pk, page=request.GET.get("p", 1), per_page=HISTORY_PER_PAGE
+            place_id=place.pk,
+            page=request.GET.get("p", 1),
+            per_page=HISTORY_PER_PAGE,
+            field=field if field in HISTORY_FIELDS else "",
+            source=source if source in ChangeSource.values else "",
         )
+        kept = {k: v for k, v in (("field", field), ("source", source)) if v}
         context = {
             **self._context(request, place, f"History of {place}"),
+            "fields": HISTORY_FIELDS,
+            "sources": ChangeSource.choices,
+            "field": field,
+            "source": source,
+            "kept": urlencode(kept),
             "rows": page_rows(place, history),
             "page": history.page,
             "can_change": self.has_change_permission(request, place),  # type: ignore[attr-defined]
@@ -485,8 +500,7 @@ class ChangedFieldFilter(admin.SimpleListFilter):
     parameter_name = "field"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> Any:
-        keys = [place_log_key(f) for f in services.EDITABLE_FIELDS]
-        return [(key, key) for key in keys]
+        return [(key, key) for key in HISTORY_FIELDS]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()

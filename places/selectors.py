@@ -323,14 +323,26 @@ class HistoryPage:
     region_names: dict[int, str]
 
 
-def place_history_page(*, place_id: int, page: Any = 1, per_page: int = 50) -> HistoryPage:
+def place_history_page(
+    *,
+    place_id: int,
+    page: Any = 1,
+    per_page: int = 50,
+    field: str = "",
+    source: str = "",
+) -> HistoryPage:
     """A page of the place's changes (newest first), with their users, the reverts and
-    restores that went back on them, and the names of the regions they mention.
+    restores that went back on them, and the names of the regions they mention; only the
+    changes of one field (by its log key) or one kind of author (``source``) when given.
 
     Reads one page through the (place, seq) index, so a place with thousands of changes
     costs what one with fifty does.
     """
     changes = PlaceChange.objects.filter(place_id=place_id).select_related("user").order_by("-seq")
+    if field:
+        changes = changes.filter(changes__has_key=field)
+    if source:
+        changes = changes.filter(source=source)
     shown = Paginator(changes, per_page).get_page(page)
     return HistoryPage(
         page=shown,

@@ -359,3 +359,19 @@ def test_revert_and_restore_need_the_revert_right_in_the_places_dataset(client, 
     assert client.post(revert, {}).status_code == 302
     place.refresh_from_db()
     assert place.name == "St Anne"
+
+
+def test_history_filters_by_field_and_author(admin_client, admin_user, place):
+    place_update(place=place, data={"name": "Curated"}, user=admin_user)
+    place_update(place=place, data={"religion": "other"}, device_id="edge-3")
+
+    def versions(**params) -> list[int]:
+        response = admin_client.get(_history(place), params)
+        return [row.change.place_version for row in response.context["rows"]]
+
+    assert versions() == [3, 2, 1]
+    assert versions(field="religion") == [3, 1]
+    assert versions(source="device") == [3]
+    assert versions(field="name", source="user") == [2, 1]
+    # an unknown field is no filter rather than an error
+    assert versions(field="nonsense") == [3, 2, 1]

@@ -348,6 +348,32 @@ def test_revert_and_restore_move_the_data_version(place, admin_user):
     assert data_version(dataset_ids=[place.dataset_id]) != after_revert
 
 
+def test_the_edge_feed_turns_an_unretirement_into_an_upsert_of_the_reverted_place(admin_user):
+    # The feed's reading of the log, without waiting for the server's transaction horizon
+    # (the committed test below does the whole path when the server is quiet).
+    from ingestion.edge.selectors import _apply, _Scope
+    from tests.ingestion.edge.factories import region_make
+
+    region = region_make()
+    dataset = dataset_get_or_create(slug="hist-edge-apply")
+    place = place_create(
+        dataset=dataset,
+        source_key="e1",
+        data={"name": "Kirk", "location": Point(-2.5, 57.5), "region": region},
+    )
+    scope = _Scope.of(region)
+    # the retirement reads as a tombstone
+    place_retire(place=place, user=admin_user)
+    gone: dict = {}
+    _apply(gone, [_latest(place)], scope=scope)
+    assert gone[place.pk]["op"] == "delete"
+    # and its undo as the place again
+    undo = place_unretire(place=place, user=admin_user)
+    back: dict = {}
+    _apply(back, [undo], scope=scope)
+    assert (back[place.pk]["op"], back[place.pk]["place"]["name"]) == ("upsert", "Kirk")
+
+
 @pytest.fixture
 def committed(django_db_setup, django_db_blocker, settings):
     settings.EDGE_RATE = None
