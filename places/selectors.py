@@ -245,11 +245,21 @@ PUBLIC_CHANGE_FIELDS = frozenset(
         "end_date",
         "start_date_raw",
         "end_date_raw",
-        "merged_into",
-        "country",
-        "region",
+        "merged_into_id",
+        "country_id",
+        "region_id",
     }
 )
+
+
+def _public_value(value: Any) -> Any:
+    """A logged value as a reader takes it: a point as latitude, longitude, lists joined."""
+    if isinstance(value, dict) and value.get("type") == "Point":
+        lon, lat = value["coordinates"][:2]
+        return f"{lat:.5f}, {lon:.5f}"
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)
+    return value
 
 
 def place_denominations(*, limit: int = 200) -> list[str]:
@@ -268,6 +278,11 @@ def place_public_get(*, place_id: int) -> Place | None:
 class NearbyPlace:
     place: Place
     metres: float
+
+    @property
+    def distance(self) -> str:
+        """Metres below a kilometre, else kilometres to one decimal."""
+        return f"{self.metres:.0f} m" if self.metres < 1000 else f"{self.metres / 1000:.1f} km"
 
 
 def place_nearby_list(*, place: Place, limit: int = 10) -> list[NearbyPlace]:
@@ -299,8 +314,8 @@ def place_public_history(*, place: Place, limit: int = 50) -> list[PublicChange]
         fields = []
         for name, values in sorted((change.changes or {}).items()):
             shown = name in PUBLIC_CHANGE_FIELDS and isinstance(values, dict)
-            old = values.get("old") if shown else None
-            new = values.get("new") if shown else None
+            old = _public_value(values.get("old")) if shown else None
+            new = _public_value(values.get("new")) if shown else None
             fields.append((name, old, new, shown))
         history.append(
             PublicChange(

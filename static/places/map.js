@@ -138,6 +138,7 @@
     });
   }
   window.PlacesBasemap.drawText(map);
+  if (offline) window.PlacesBasemap.loadAfter(map, "places", config.basemap);
   map.addControl(new maplibregl.NavigationControl(), "top-right");
   map.addControl(new maplibregl.ScaleControl(), "bottom-left");
   window.placesMap = map;  // for browser tests and the curious
@@ -325,8 +326,9 @@
 
   function flyToPlace(feature) {
     const [x, y] = feature.geometry.coordinates;
-    map.flyTo({ center: [x, y], zoom: Math.max(map.getZoom(), 16) });
+    // Listening first: with reduced motion the flight is a jump, over before flyTo returns.
     map.once("moveend", () => openPopupAt({ lng: x, lat: y }, map.project([x, y])));
+    map.flyTo({ center: [x, y], zoom: Math.max(map.getZoom(), 16) });
   }
 
   searchForm.addEventListener("submit", (event) => {

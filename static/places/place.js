@@ -30,6 +30,7 @@
     map.once("style.load", () => { map.addSource("places", source); map.addLayer(places); });
   }
   window.PlacesBasemap.drawText(map);
+  if (offline) window.PlacesBasemap.loadAfter(map, "places", config.basemap);
   map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-right");
   new maplibregl.Marker({ color: "#b3261e" }).setLngLat([config.lon, config.lat]).addTo(map);
   map.on("click", "places", (event) => {

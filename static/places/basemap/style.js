@@ -8,13 +8,18 @@
   const WATER = "#c6dbea";
   const LAND = "#f5f2ea";
 
-  // Sources and layers of the basemap, under whatever the page draws on top.
+  const EMPTY = { type: "FeatureCollection", features: [] };
+
+  // Sources and layers of the basemap, under whatever the page draws on top. The sources
+  // start empty: loadAfter() fills them once the page's own data is drawn, so that the
+  // worker cuts the places' tiles first (the land is two megabytes of GeoJSON to index).
   function style(urls) {
     return {
+      urls: urls,
       sources: {
-        land: { type: "geojson", data: urls.land, attribution: "Made with Natural Earth", maxzoom: 10, tolerance: 0.5 },
-        borders: { type: "geojson", data: urls.borders, maxzoom: 10, tolerance: 0.5 },
-        towns: { type: "geojson", data: urls.towns, maxzoom: 10 },
+        land: { type: "geojson", data: EMPTY, attribution: "Made with Natural Earth", maxzoom: 10, tolerance: 0.5 },
+        borders: { type: "geojson", data: EMPTY, maxzoom: 10, tolerance: 0.5 },
+        towns: { type: "geojson", data: EMPTY, maxzoom: 10 },
       },
       layers: [
         { id: "water", type: "background", paint: { "background-color": WATER } },
@@ -75,5 +80,20 @@
     });
   }
 
-  window.PlacesBasemap = { style: style, drawText: drawText };
+  // Fills the basemap once the source ``first`` has loaded (or failed), or at once without it.
+  function loadAfter(map, first, urls) {
+    let done = false;
+    const fill = () => {
+      if (done) return;
+      done = true;
+      ["land", "borders", "towns"].forEach((id) => {
+        if (map.getSource(id)) map.getSource(id).setData(urls[id]);
+      });
+    };
+    map.on("sourcedata", (event) => { if (event.sourceId === first && event.isSourceLoaded) fill(); });
+    map.on("error", fill);
+    map.once("idle", fill);
+  }
+
+  window.PlacesBasemap = { style: style, drawText: drawText, loadAfter: loadAfter };
 })();
