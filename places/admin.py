@@ -424,6 +424,7 @@ class PlaceChangeAdmin(
     search_help_text = AUDIT_SEARCH_HELP
     id_search_field = "place_id"
     raw_id_fields = ("place", "user")
+    readonly_fields = ("author", "change_diff")
 
 
 @admin.register(DataVersion)

@@ -27,6 +27,7 @@ from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html_join
 from django.utils.http import urlencode
 from django.utils.text import Truncator
 
@@ -537,6 +538,20 @@ class ChangeAuditMixin:
     @admin.display(description="author")
     def author(self, change: PlaceChange) -> str:
         return change_author(change)
+
+    @admin.display(description="old → new per field")
+    def change_diff(self, change: PlaceChange) -> str:
+        # The change's own page: every field in full, regions by name.
+        names = selectors.region_names_in(changes=[change])
+        return format_html_join(
+            "",
+            "<div><strong>{}</strong>: {} → {}</div>",
+            (
+                (key, shown_value(key, v.get("old"), names), shown_value(key, v.get("new"), names))
+                for key, v in sorted(change.changes.items())
+                if isinstance(v, dict)
+            ),
+        )
 
     @admin.display(description="old → new")
     def fields_changed(self, change: PlaceChange) -> str:

@@ -375,3 +375,39 @@ def test_history_filters_by_field_and_author(admin_client, admin_user, place):
     assert versions(field="name", source="user") == [2, 1]
     # an unknown field is no filter rather than an error
     assert versions(field="nonsense") == [3, 2, 1]
+
+
+def test_a_place_can_be_added_with_typed_coordinates_only(admin_client, sample_regions):
+    dataset = dataset_get_or_create(slug="admin-typed-add")
+    data = {
+        "name": "Typed chapel",
+        "dataset": dataset.pk,
+        "source_key": "curator:typed",
+        "status": "active",
+        "religion": "christian",
+        "religion_raw": "",
+        "denominations": "",
+        "denomination_raw": "",
+        "location": "",
+        "longitude": "-0.1265",
+        "latitude": "51.5088",
+        "footprint": "",
+        "tags": "{}",
+        "start_date_raw": "",
+        "end_date_raw": "",
+        "attributes-TOTAL_FORMS": "0",
+        "attributes-INITIAL_FORMS": "0",
+    }
+    response = admin_client.post(reverse("admin:places_place_add"), data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    place = Place.objects.get(dataset=dataset, source_key="curator:typed")
+    assert (place.location.x, place.location.y) == (-0.1265, 51.5088)
+    assert place.region.name == "Westminster"
+
+
+def test_a_change_page_shows_its_author_and_old_new_per_field(admin_client, admin_user, place):
+    place_update(place=place, data={"name": "Renamed"}, user=admin_user)
+    url = reverse("admin:places_placechange_change", args=[_at(place, 2).seq])
+    page = admin_client.get(url).content.decode()
+    assert "<strong>name</strong>: St Anne → Renamed" in page
+    assert f"curator {admin_user.username}" in page
