@@ -42,6 +42,10 @@ LEFT JOIN places_region c ON c.id = p.country_id
 LEFT JOIN places_region r ON r.id = p.region_id
 """
 
+# Dates and times travel as the numbers Arrow stores (days, microseconds since 1970): psycopg
+# parsing each timestamp's text into a datetime took half of a file's build.
+DAYS = "({} - DATE '1970-01-01')"
+MICROSECONDS = "(extract(epoch FROM {}) * 1000000)::bigint"
 # (column, SQL, Arrow type): the Parquet columns in order, before the geometries.
 PARQUET_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
     ("id", "p.id", pa.int64()),
@@ -58,14 +62,14 @@ PARQUET_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
     ("region_code", "r.code", pa.string()),
     ("region_name", "r.name", pa.string()),
     ("status", "p.status", pa.string()),
-    ("start_date", "p.start_date", pa.date32()),
+    ("start_date", DAYS.format("p.start_date"), pa.date32()),
     ("start_date_raw", "p.start_date_raw", pa.string()),
-    ("end_date", "p.end_date", pa.date32()),
+    ("end_date", DAYS.format("p.end_date"), pa.date32()),
     ("end_date_raw", "p.end_date_raw", pa.string()),
     # JSON text: every reader can parse it, where Parquet's JSON type is not read by all.
     ("tags", "p.tags::text", pa.string()),
     ("version", "p.version", pa.int64()),
-    ("updated_at", "p.updated_at", pa.timestamp("us", tz="UTC")),
+    ("updated_at", MICROSECONDS.format("p.updated_at"), pa.timestamp("us", tz="UTC")),
 )
 BBOX_TYPE = pa.struct(
     [("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()), ("ymax", pa.float64())]

@@ -12,7 +12,7 @@ import json
 import os
 import tracemalloc
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import geopandas
@@ -71,6 +71,8 @@ def chapels(sample_regions) -> Dataset:
     ]
     for key, name, religion, point, polygon in rows:
         data = {"name": name, "religion": religion, "location": point}
+        if key == "c":
+            data["start_date"] = date(1701, 9, 1)
         if polygon is not None:
             data["footprint"] = MultiPolygon(polygon, srid=4326)
         place_create(dataset=dataset, source_key=key, data=data)
@@ -147,6 +149,9 @@ def test_small_selection_is_a_geoparquet_file_at_once(client, chapels, clear_cac
         assert row["bbox"] == {"xmin": x, "ymin": y, "xmax": x, "ymax": y}
         assert row["footprint"] == footprint_wkb
         assert row["dataset"] == "dl-chapels"
+        place = Place.objects.get(pk=row["id"])
+        assert (row["start_date"], row["updated_at"]) == (place.start_date, place.updated_at)
+        assert row["denominations"] == place.denominations
     assert table.column("id").to_pylist() == sorted(expected)  # in id order
     # and the datasets' licence and attribution are in the file itself
     datasets = json.loads(metadata[b"places:datasets"])
