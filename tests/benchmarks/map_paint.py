@@ -24,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import environ
+import psycopg
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -34,6 +37,18 @@ DEFAULT_BENCH_DB = "postgis://postgres@127.0.0.1:5432/places_bench"
 DEFAULT_BENCH_REDIS = "redis://127.0.0.1:6379/10"
 BUDGET_MS = 2000
 logger = logging.getLogger("bench")
+
+
+def _connect_kwargs(url: str) -> dict[str, object]:
+    config = environ.Env.db_url_config(url)
+    kwargs = {
+        "host": config.get("HOST") or "127.0.0.1",
+        "port": config.get("PORT") or 5432,
+        "user": config.get("USER") or "postgres",
+        "password": config.get("PASSWORD") or None,
+        "dbname": config["NAME"],
+    }
+    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 def collectstatic(static_root: Path, env: dict[str, str]) -> None:
@@ -85,12 +100,17 @@ def main() -> None:
             timeout=900,
         )
     measured = json.loads(run.stdout.strip().splitlines()[-1])
+    with psycopg.connect(**_connect_kwargs(args.database_url)) as conn:
+        row = conn.execute("SELECT count(*) FROM places_place WHERE status = 'active'").fetchone()
+    active_places = row[0] if row else 0
     runs = measured["runs"]
     first = [r["first_points_ms"] for r in runs]
     idle = [r["idle_ms"] for r in runs]
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "loads": len(runs),
+        "database": environ.Env.db_url_config(args.database_url)["NAME"],
+        "active_places": active_places,
         "load_average_at_start": os.getloadavg()[0],
         "first_points_ms": {"median": statistics.median(first), "max": max(first)},
         "idle_ms": {"median": statistics.median(idle), "max": max(idle)},
@@ -107,7 +127,8 @@ def main() -> None:
     kinds = ", ".join(f"{k} {v / 1e3:,.0f} kB" for k, v in sorted(results["bytes_by_kind"].items()))
     (RESULTS / "map.md").write_text(
         "# Map first paint\n\n"
-        f"{results['when']}, {len(runs)} cold loads of /map/ (fresh browser context each) in "
+        f"{results['when']}, {len(runs)} cold loads of /map/ (fresh browser context each) over "
+        f"database {results['database']} ({results['active_places']:,} active places) in "
         "Debian's Chromium (SwiftShader WebGL), gunicorn with production settings and "
         "compressed static files; load average at start "
         f"{results['load_average_at_start']:.2f}.\n\n"
