@@ -1,4 +1,4 @@
-"""Aggregate reads for researchers, always from the replica alias.
+"""Reads for researchers: live aggregates from the replica alias, and the stored results.
 
 ``replica`` is the read replica when REPLICA_DATABASE_URL is set and a read-only session on
 the primary otherwise; either way these queries cannot write and never touch ``default``.
@@ -6,10 +6,13 @@ the primary otherwise; either way these queries cannot write and never touch ``d
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from django.db import connections
 
+from analytics.models import RegionSensorRollup, RegionSummary, SensorRollup
 from config.routers import REPLICA
 from places.models import RegionLevel
 
@@ -58,3 +61,100 @@ def region_place_counts(*, level: str) -> list[dict[str, Any]]:
             }
         )
     return result
+
+
+# --- Stored results (written by analytics.services; read on the primary, where they are
+# written, so an answer's key and its rows agree). --------------------------------------
+
+RANKING_ORDERS = {
+    # A value per region from its stored row; ``n`` is its places, or those of one religion.
+    "places": "n",
+    "per_100k_people": "n::float8 / nullif(population, 0) * 100000",
+    "per_1000_km2": "n / nullif(area_km2, 0) * 1000",
+    "share": "n::float8 / nullif(places, 0)",
+    "shannon": "shannon",
+    "simpson": "simpson",
+    "dated_places": "dated_places",
+    "unnamed_rate": "unnamed::float8 / nullif(places, 0)",
+    "unknown_religion_rate": "unknown_religion::float8 / nullif(places, 0)",
+    "outside_region_rate": "outside_region::float8 / nullif(places, 0)",
+    "duplicate_coordinates_rate": "duplicate_coordinates::float8 / nullif(places, 0)",
+}
+# The orders that count places (``n``), which a religion filter narrows to that religion.
+RELIGION_ORDERS = frozenset({"places", "per_100k_people", "per_1000_km2", "share"})
+
+RANKING = """
+SELECT region_id, value FROM (
+    SELECT region_id, code, {value} AS value
+    FROM (
+        SELECT s.*,
+               CASE WHEN %(religion)s::text IS NULL THEN s.places
+                    ELSE coalesce((s.by_religion ->> %(religion)s::text)::int, 0) END AS n
+        FROM analytics_regionsummary s WHERE s.level = %(level)s
+    ) counted
+) ranked
+ORDER BY value {direction} NULLS LAST, code
+LIMIT %(limit)s
+"""
+
+
+def region_summaries(
+    *, level: str | None = None, region_ids: Sequence[int] | None = None
+) -> list[RegionSummary]:
+    """Stored summaries of a level, or of the given regions in the order given."""
+    qs = RegionSummary.objects.all()
+    if level is not None:
+        qs = qs.filter(level=level)
+    if region_ids is not None:
+        found = {s.region_id: s for s in qs.filter(region_id__in=region_ids)}
+        return [found[rid] for rid in region_ids if rid in found]
+    return list(qs.order_by("code"))
+
+
+def region_ranking(
+    *, level: str, order: str, religion: str | None, descending: bool, limit: int
+) -> list[tuple[RegionSummary, float | None]]:
+    """Regions of ``level`` by one figure of their stored summaries, best first (nulls,
+    e.g. an unknown population, last), ties by code. ``order`` is a key of RANKING_ORDERS."""
+    sql = RANKING.format(value=RANKING_ORDERS[order], direction="DESC" if descending else "ASC")
+    with connections["default"].cursor() as cursor:
+        cursor.execute(sql, {"level": level, "religion": religion, "limit": limit})
+        ranked = cursor.fetchall()
+    found = RegionSummary.objects.in_bulk([rid for rid, _ in ranked])
+    return [(found[rid], value) for rid, value in ranked if rid in found]
+
+
+def region_sensor_series(
+    *,
+    region_id: int,
+    parameter_id: int,
+    interval: str,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+) -> list[RegionSensorRollup]:
+    qs = RegionSensorRollup.objects.filter(
+        region_id=region_id, parameter_id=parameter_id, interval=interval
+    )
+    if since is not None:
+        qs = qs.filter(bucket__gte=since)
+    if until is not None:
+        qs = qs.filter(bucket__lt=until)
+    return list(qs.order_by("bucket"))
+
+
+def sensor_series(
+    *,
+    sensor_id: int,
+    parameter_id: int,
+    interval: str,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+) -> list[SensorRollup]:
+    qs = SensorRollup.objects.filter(
+        sensor_id=sensor_id, parameter_id=parameter_id, interval=interval
+    )
+    if since is not None:
+        qs = qs.filter(bucket__gte=since)
+    if until is not None:
+        qs = qs.filter(bucket__lt=until)
+    return list(qs.order_by("bucket"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.core.cache import cache
 from django.db import transaction
 from kombu.exceptions import OperationalError as BrokerError
@@ -31,7 +31,7 @@ RETRY_SECONDS = 60
     max_retries=10,
     ignore_result=True,
 )
-def analytics_recompute(self, full: bool = False) -> None:  # type: ignore[no-untyped-def]
+def analytics_recompute(self: Task, full: bool = False) -> None:
     """Recompute what moved (everything when ``full``). Idempotent: a rerun finds nothing
     moved. Retried later when the replica may not be read, or when another recompute holds
     the lock (it may have read before the data this one was queued for)."""

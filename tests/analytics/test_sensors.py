@@ -12,14 +12,10 @@ from django.contrib.gis.geos import Point
 from analytics.models import PlaceNearestSensor, RegionSensorRollup, SensorRollup
 from analytics.services.sensors import sensor_rollups_recompute
 from ingestion.edge.models import Sensor
-from ingestion.edge.services.batches import SensorDeclaration
-from places.models import Region
 from places.services import dataset_get_or_create, place_create
-from tests.ingestion.edge.factories import ingest, node_make, reading
+from tests.analytics.conftest import DAY
 
 pytestmark = pytest.mark.django_db(databases=["default", "replica"])
-
-DAY = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -29,31 +25,6 @@ def _percentile(values: list[float], q: float) -> float:
     low = int(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-@pytest.fixture
-def sensors(gb_import, replica_caught_up) -> dict:
-    """Two PM2.5 sensors in Westminster, every 10 minutes through one day; the first misses
-    half of its 09:00 hour."""
-    westminster = Region.objects.get(code="E09000033")
-    spot = westminster.geom.point_on_surface
-    node = node_make(region=westminster)
-    declared = [
-        SensorDeclaration(external_id=f"aq-{n}", kind="SDS011", lon=spot.x + n * 1e-3, lat=spot.y)
-        for n in (1, 2)
-    ]
-    values: dict[str, list[tuple[dt.datetime, float]]] = {"aq-1": [], "aq-2": []}
-    items = []
-    for step in range(144):
-        time = DAY + dt.timedelta(minutes=10 * step)
-        for n, name in enumerate(values):
-            if name == "aq-1" and time.hour == 9 and time.minute >= 30:
-                continue
-            value = float((step * 7 + n * 13) % 40) + 0.5
-            values[name].append((time, value))
-            items.append(reading(len(items), name, time, value=value, parameter="pm2_5"))
-    ingest(node, items, sensors=declared)
-    return {"values": values, "westminster": westminster, "spot": spot}
 
 
 def test_hourly_and_daily_rollups_match_the_readings(sensors):
