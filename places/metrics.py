@@ -48,7 +48,7 @@ import json
 import logging
 import os
 import shutil
-import subprocess  # nosec B404: runs the pgbackrest binary with fixed arguments, no shell
+import subprocess  # nosec B404 # runs pgbackrest with fixed arguments, no shell
 import threading
 import time
 from collections.abc import Iterator
@@ -57,7 +57,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, connections, transaction
+from django.db import connections
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -201,69 +201,70 @@ DB_CONNECTIONS_SQL = """
 SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
        current_setting('max_connections')::int
          - current_setting('superuser_reserved_connections')::int,
-       current_setting('archive_mode')
+       current_setting('archive_mode'),
+       pg_has_role(current_user, 'pg_monitor', 'USAGE')
 """
-READY_SEGMENTS_SQL = "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"
 ARCHIVER_SQL = """
 SELECT failed_count,
        extract(epoch FROM last_archived_time),
        extract(epoch FROM last_failed_time)
 FROM pg_stat_archiver
 """
+# Listing the archive status folder needs pg_monitor (superusers have every role).
+READY_SEGMENTS_SQL = "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"
 
 
-def _database_families() -> Iterator[Metric]:
-    with connections["default"].cursor() as cursor:
-        cursor.execute(DB_CONNECTIONS_SQL)
-        used, usable, archive_mode = cursor.fetchone()
-        archiver, ready = None, None
-        if archive_mode != "off":
-            cursor.execute(ARCHIVER_SQL)
-            archiver = cursor.fetchone()
-            ready = _ready_segments(cursor)
-    yield GaugeMetricFamily(
-        "places_db_connections", "Client connections open on the database server.", value=used
-    )
-    yield GaugeMetricFamily(
-        "places_db_max_connections",
-        "Connections clients may open (max_connections minus the superuser reserve).",
-        value=usable,
-    )
-    if archiver is None:
-        return
-    failed, last_archived, last_failed = archiver
-    yield GaugeMetricFamily(
-        "places_wal_archive_last_success_timestamp_seconds",
-        "When the primary last archived a WAL segment (0: never).",
-        value=float(last_archived or 0),
-    )
-    yield GaugeMetricFamily(
-        "places_wal_archive_last_failure_timestamp_seconds",
-        "When archiving a WAL segment last failed on the primary (0: never).",
-        value=float(last_failed or 0),
-    )
-    yield GaugeMetricFamily(
-        "places_wal_archive_failed_total",
-        "WAL segments whose archiving failed since the statistics were reset.",
-        value=failed,
-    )
-    if ready is not None:
-        yield GaugeMetricFamily(
-            "places_wal_archive_ready_segments",
-            "Completed WAL segments not archived yet (what a lost primary would lose).",
-            value=ready,
+def database_metric_families(cursor: Any) -> list[Metric]:
+    """Connections and, when the server archives WAL, its archiver's state, read with
+    ``cursor`` (any DB-API cursor on the primary)."""
+    cursor.execute(DB_CONNECTIONS_SQL)
+    used, usable, archive_mode, monitor = cursor.fetchone()
+    families: list[Metric] = [
+        GaugeMetricFamily(
+            "places_db_connections", "Client connections open on the database server.", value=used
+        ),
+        GaugeMetricFamily(
+            "places_db_max_connections",
+            "Connections clients may open (max_connections minus the superuser reserve).",
+            value=usable,
+        ),
+    ]
+    if archive_mode == "off":
+        return families
+    cursor.execute(ARCHIVER_SQL)
+    failed, last_archived, last_failed = cursor.fetchone()
+    families += [
+        GaugeMetricFamily(
+            "places_wal_archive_last_success_timestamp_seconds",
+            "When the primary last archived a WAL segment (0: never).",
+            value=float(last_archived or 0),
+        ),
+        GaugeMetricFamily(
+            "places_wal_archive_last_failure_timestamp_seconds",
+            "When archiving a WAL segment last failed on the primary (0: never).",
+            value=float(last_failed or 0),
+        ),
+        GaugeMetricFamily(
+            "places_wal_archive_failed_total",
+            "WAL segments whose archiving failed since the statistics were reset.",
+            value=failed,
+        ),
+    ]
+    if monitor:
+        cursor.execute(READY_SEGMENTS_SQL)
+        families.append(
+            GaugeMetricFamily(
+                "places_wal_archive_ready_segments",
+                "Completed WAL segments not archived yet (what a lost primary would lose).",
+                value=cursor.fetchone()[0],
+            )
         )
+    return families
 
 
-def _ready_segments(cursor: Any) -> int | None:
-    """Segments waiting for archive_command, or None when this role may not list them
-    (pg_ls_archive_statusdir needs pg_monitor)."""
-    try:
-        with transaction.atomic(using="default"):  # a refusal must not end the caller's
-            cursor.execute(READY_SEGMENTS_SQL)
-            return int(cursor.fetchone()[0])
-    except DatabaseError:
-        return None
+def _database_families() -> list[Metric]:
+    with connections["default"].cursor() as cursor:
+        return database_metric_families(cursor)
 
 
 def pgbackrest_info() -> list[dict[str, Any]]:
@@ -347,7 +348,7 @@ class ScrapeTimeCollector(Collector):
                 family.add_metric([queue], length)
             yield family
         try:
-            yield from list(_database_families())
+            yield from _database_families()
         except Exception:  # a scrape must still answer when the database cannot
             logger.exception("database metrics could not be read")
         if settings.PGBACKREST_STANZA:
