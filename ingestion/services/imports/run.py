@@ -17,6 +17,7 @@ from django.db import InterfaceError, OperationalError, connection
 from django.db.models import F
 from django.db.models.functions import Coalesce, Now
 
+from analytics.tasks import analytics_recompute_soon
 from ingestion.models import ImportJob, ImportState
 from ingestion.readers import UnreadableFile
 from ingestion.services.imports.apply import apply_batches
@@ -136,6 +137,8 @@ def _execute_locked(job_id: int) -> ImportJob | None:
     job = ImportJob.objects.get(pk=job_id)
     if job.state == ImportState.DONE:
         _analyze_after_bulk_load(job.added + job.updated)
+        if job.added + job.updated + job.retired:
+            analytics_recompute_soon()  # the regions whose places moved, once this commits
     logger.info(
         "import job %s %s: %s read, %s added, %s updated, %s unchanged, %s rejected",
         job.pk,
