@@ -166,7 +166,7 @@ def sensor_rollups_recompute(*, full: bool = False, now: dt.datetime | None = No
     upsert on its natural key, and a rerun computes the same values."""
     since: dt.datetime | None = None
     if not full:
-        hours = getattr(settings, "ANALYTICS_SENSOR_RECENT_HOURS", 48)
+        hours = settings.ANALYTICS_SENSOR_RECENT_HOURS
         start = (now or timezone.now()) - dt.timedelta(hours=hours)
         since = start.replace(hour=0, minute=0, second=0, microsecond=0)
     bound = since or dt.datetime(1, 1, 1, tzinfo=dt.UTC)
@@ -189,7 +189,7 @@ def sensor_rollups_recompute(*, full: bool = False, now: dt.datetime | None = No
         source=source,
         replace=full,
     )
-    radius = float(getattr(settings, "ANALYTICS_SENSOR_RADIUS_M", 5000))
+    radius = float(settings.ANALYTICS_SENSOR_RADIUS_M)
     nearest = rows_copy_upsert(
         table="analytics_placenearestsensor",
         columns=NEAREST_COLUMNS,

@@ -258,7 +258,22 @@ CELERY_BEAT_SCHEDULE = {
         "task": "ingestion.edge.tasks.edge_batches_count_pending",
         "schedule": 300.0,
     },
+    # Region summaries whose data moved and the recent days of sensor readings (analytics),
+    # and everything once a night (archives uploaded late, anything a key could miss).
+    "analytics-recompute": {
+        "task": "analytics.tasks.analytics_recompute",
+        "schedule": 600.0,
+    },
+    "analytics-recompute-full": {
+        "task": "analytics.tasks.analytics_recompute",
+        "schedule": crontab(minute=40, hour=2),
+        "kwargs": {"full": True},
+    },
 }
+# Analytics: a place's nearest sensor is looked for within this radius (metres, geodesic);
+# incremental rollups recompute the whole days since this many hours ago.
+ANALYTICS_SENSOR_RADIUS_M = env.float("ANALYTICS_SENSOR_RADIUS_M", default=5000.0)
+ANALYTICS_SENSOR_RECENT_HOURS = env.int("ANALYTICS_SENSOR_RECENT_HOURS", default=48)
 # Imports apply this many staged rows per transaction (each commit is a resumable checkpoint)
 # and are re-queued when their heartbeat (moved by every batch) is older than the stale limit.
 IMPORT_BATCH_ROWS = env.int("IMPORT_BATCH_ROWS", default=50_000)
