@@ -10,12 +10,15 @@ replica is never stopped, other test runs read from it.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -336,3 +339,35 @@ def test_metrics_say_the_replica_is_down(client, replica_down):
     body = client.get("/metrics").content.decode()
     assert re.search(r"^analytics_replica_up 0\.0$", body, re.M)
     assert "analytics_replica_lag_bytes " not in body
+
+
+REPLICA_UP = Path(settings.BASE_DIR) / "bin" / "replica-up"
+
+
+def _replica_up(*args: str, database_url: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(REPLICA_UP), *args],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@needs_replica
+def test_replica_up_leaves_a_streaming_replica_alone_and_names_its_url():
+    replica = settings.DATABASES[REPLICA]
+    if (replica.get("HOST"), str(replica.get("PORT"))) != ("127.0.0.1", "5433"):
+        pytest.skip("REPLICA_DATABASE_URL is not the local replica bin/replica-up keeps")
+    # when it runs again, it does nothing (and says nothing)
+    started = time.monotonic()
+    again = _replica_up(database_url="postgis://postgres@127.0.0.1:5432/places")
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
+    assert time.monotonic() - started < 10
+    # and its URL is the replica's address with DATABASE_URL's user and database
+    named = _replica_up("--url", database_url="postgis://someone@127.0.0.1:5432/some_db")
+    assert named.stdout.strip() == "postgis://someone@127.0.0.1:5433/some_db"
+    # but none for a primary elsewhere, which that replica does not copy
+    remote = _replica_up("--url", database_url="postgis://u:p@db.example.org:5432/places")
+    assert (remote.returncode, remote.stdout) == (0, "")
