@@ -378,6 +378,11 @@ CELERY_METRICS_ADDRESS = env.str("CELERY_METRICS_ADDRESS", default="127.0.0.1")
 # metrics); PGBACKREST_CONFIG names its configuration file when not the default one.
 PGBACKREST_STANZA = env.str("PGBACKREST_STANZA", default="")
 PGBACKREST_CONFIG = env.str("PGBACKREST_CONFIG", default="")
+# With PROMETHEUS_MULTIPROC_DIR set, every process writes its metrics into that folder from the
+# first count on (a one-off manage.py in the web's container too), so it must exist; gunicorn
+# and the Celery worker empty it when they start (places.metrics).
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Places API",
     "DESCRIPTION": (

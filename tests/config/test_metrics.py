@@ -3,6 +3,9 @@ cache: each figure is read back from the default registry, as /metrics exports i
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from ingestion.services.jobs import import_job_create
 from places import metrics
 from places.models import Dataset
 from places.services import dataset_get_or_create
+from tests.db import database_url
 
 pytestmark = pytest.mark.django_db
 
@@ -197,3 +201,24 @@ def test_backup_stop_times_take_the_newest_good_backup_of_each_type(settings):
 def test_queues_follow_the_task_routes():
     routed = {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()}
     assert set(metrics.celery_queues()) == routed | {settings.CELERY_TASK_DEFAULT_QUEUE}
+
+
+def test_a_one_off_command_with_a_multiprocess_folder_that_is_not_there_yet_runs(tmp_path):
+    # given PROMETHEUS_MULTIPROC_DIR naming a folder nobody made (a manage.py run in a
+    # container where gunicorn has not started)
+    folder = tmp_path / "not-yet" / "prometheus"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": database_url(dbname=connection.settings_dict["NAME"]),
+        "PROMETHEUS_MULTIPROC_DIR": str(folder),
+    }
+    # when it opens a database connection (django-prometheus counts it in a file there)
+    done = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c",
+         "from django.db import connection; connection.ensure_connection()"],
+        cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    # then it runs, and its counts are in the folder made for them
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list(folder.glob("counter_*.db"))
