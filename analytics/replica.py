@@ -19,7 +19,8 @@ Lag is measured from both ends: bytes are the primary's current WAL position min
 replica's replay position; seconds are 0 when nothing is left to replay, else the primary's
 ``pg_stat_replication.replay_lag`` for the replica's slot, else the age of the last replayed
 commit (``now() - pg_last_xact_replay_timestamp()`` alone grows while the primary is idle, so
-it is only used while bytes remain).
+it is only used while bytes remain). An estimate past the bound is checked before it counts:
+the time the replica takes to reach the primary's position, watched for up to a second.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 PRIMARY = "default"
 WAIT_POLL_SECONDS = 0.02
+# A lag estimate past the bound is checked by watching the replica reach the primary's
+# position for at most this long (see read_source).
+CATCH_UP_PROBE_SECONDS = 1.0
 
 # On the replica: what it is, what it has received and replayed, how old its last commit is.
 REPLICA_POSITIONS = """
@@ -87,6 +91,7 @@ class ReplicaStatus:
     lag_bytes: int | None = None
     lag_seconds: float | None = None
     replay_lsn: str | None = None
+    primary_lsn: str | None = None
     error: str = ""
 
     @property
@@ -148,7 +153,7 @@ def replica_status() -> ReplicaStatus:
         current, sender_lag = cursor.fetchone()
     state = "streaming" if receiver == "streaming" else "not_streaming"
     if replayed is None:  # nothing replayed yet since the standby started
-        return ReplicaStatus(state=state, replay_lsn=None)
+        return ReplicaStatus(state=state, primary_lsn=current)
     lag_bytes = max(0, lsn_to_int(current) - lsn_to_int(replayed))
     lag_seconds: float | None
     if lag_bytes == 0:
@@ -160,7 +165,11 @@ def replica_status() -> ReplicaStatus:
     else:
         lag_seconds = None
     return ReplicaStatus(
-        state=state, lag_bytes=lag_bytes, lag_seconds=lag_seconds, replay_lsn=replayed
+        state=state,
+        lag_bytes=lag_bytes,
+        lag_seconds=lag_seconds,
+        replay_lsn=replayed,
+        primary_lsn=current,
     )
 
 
@@ -247,12 +256,32 @@ def read_source(*, wait_for_lsn: str | None = None) -> ReadSource:
     max_bytes = settings.ANALYTICS_REPLICA_MAX_LAG_BYTES
     if status.lag_bytes is None or status.lag_bytes > max_bytes:
         return _unfit(f"replica lags {status.lag_bytes} bytes (at most {max_bytes})")
-    if status.lag_seconds is None or status.lag_seconds > max_seconds:
-        return _unfit(f"replica lags {status.lag_seconds} s (at most {max_seconds:g})")
+    lag_seconds = status.lag_seconds
+    if (lag_seconds is None or lag_seconds > max_seconds) and status.primary_lsn:
+        # Without the primary's measure, the estimate is the age of the last replayed commit,
+        # which an idle primary leaves old even when only a few bytes are on their way: what
+        # the replica takes to reach the primary's position is the lag that counts.
+        try:
+            probed = replica_catch_up_seconds(lsn=status.primary_lsn)
+        except DatabaseError as error:
+            _forget_replica_connection()
+            return _unfit(f"replica down: {error}"[:300])
+        lag_seconds = probed if probed is not None else lag_seconds
+    if lag_seconds is None or lag_seconds > max_seconds:
+        return _unfit(f"replica lags {lag_seconds} s (at most {max_seconds:g})")
     return _source(
         alias=REPLICA,
         on_replica=True,
         reason="replica",
-        lag_seconds=status.lag_seconds,
+        lag_seconds=lag_seconds,
         lag_bytes=status.lag_bytes,
     )
+
+
+def replica_catch_up_seconds(*, lsn: str) -> float | None:
+    """Seconds the replica took to replay ``lsn``, or None if it had not within
+    ``CATCH_UP_PROBE_SECONDS``."""
+    started = time.monotonic()
+    if replica_wait_for_lsn(lsn=lsn, timeout=CATCH_UP_PROBE_SECONDS):
+        return time.monotonic() - started
+    return None

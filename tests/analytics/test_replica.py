@@ -28,10 +28,12 @@ from django.db import DatabaseError, connections, router, transaction
 from django.test.utils import CaptureQueriesContext
 
 from analytics.replica import (
+    CATCH_UP_PROBE_SECONDS,
     ReplicaUnavailable,
     lsn_to_int,
     primary_lsn,
     read_source,
+    replica_catch_up_seconds,
     replica_status,
     replica_wait_for_lsn,
 )
@@ -219,6 +221,19 @@ def test_an_lsn_the_replica_has_not_replayed_is_waited_for_then_the_policy_appli
         read_source(wait_for_lsn=future)
     settings.ANALYTICS_REPLICA_FALLBACK = "primary"
     assert read_source(wait_for_lsn=future).alias == "default"
+
+
+@needs_replica
+def test_a_lag_estimate_is_checked_by_watching_the_replica_catch_up():
+    # a position already written is reached within the probe, and that time is the lag
+    caught_up = replica_catch_up_seconds(lsn=primary_lsn())
+    assert caught_up is not None
+    assert 0 <= caught_up < CATCH_UP_PROBE_SECONDS
+    # one far ahead is not, and the probe gives up after its second
+    ahead = lsn_to_int(primary_lsn()) + 2**30
+    started = time.monotonic()
+    assert replica_catch_up_seconds(lsn=f"{ahead >> 32:X}/{ahead & 0xFFFFFFFF:X}") is None
+    assert time.monotonic() - started >= CATCH_UP_PROBE_SECONDS
 
 
 ROWS = 20_000
