@@ -7,5 +7,3 @@ psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
 CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD :'password';
 SQL
 echo "host replication replicator all scram-sha-256" >> "$PGDATA/pg_hba.conf"
-mkdir -p /backup/wal
-chown postgres:postgres /backup/wal 2>/dev/null || true
