@@ -10,7 +10,7 @@ NODE_STAMP := node_modules/.installed
 # unless REPLICA_DATABASE_URL is set already (empty: no replica, all on the primary).
 WITH_REPLICA = REPLICA_DATABASE_URL="$${REPLICA_DATABASE_URL-$$(bin/replica-up --url)}"
 
-.PHONY: check-deploy help run test test-fast bench bench-ab bench-deps deps system-deps services db lint check clean basemap
+.PHONY: check-deploy help run test test-fast bench bench-ab bench-deps deps system-deps services db lint check clean basemap vendor-js
 
 help:
 	@echo "make run    install what is missing, load sample data, run web + worker + beat"
@@ -35,6 +35,10 @@ deps: system-deps $(VENV_STAMP)
 $(NODE_STAMP): package.json package-lock.json | system-deps
 	@npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
+
+# MapLibre GL JS from npm into static/vendor/maplibre (committed; a test checks the copy).
+vendor-js: $(NODE_STAMP)
+	bin/vendor-js
 
 # The offline basemap from the Natural Earth files (output committed; a test checks a rebuild
 # gives the same bytes).

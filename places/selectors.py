@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from django.core.cache import cache
 from django.core.paginator import Page, Paginator
 from django.db import connection, connections
 from django.db.models import Model, Q, QuerySet
@@ -262,11 +263,21 @@ def _public_value(value: Any) -> Any:
     return value
 
 
+DENOMINATIONS_CACHE_SECONDS = 600
+
+
 def place_denominations(*, limit: int = 200) -> list[str]:
-    """The most common normalised denominations of active places, most common first."""
-    with connection.cursor() as cursor:
-        cursor.execute(PLACE_DENOMINATIONS, [limit])
-        return [row[0] for row in cursor.fetchall()]
+    """The most common normalised denominations of active places, most common first; kept
+    in the cache for ten minutes (it reads every place, and the map page asks on each load
+    for the suggestions of its denomination box, which may lag that long)."""
+
+    def read() -> list[str]:
+        with connection.cursor() as cursor:
+            cursor.execute(PLACE_DENOMINATIONS, [limit])
+            return [row[0] for row in cursor.fetchall()]
+
+    found = cache.get_or_set(f"map:denominations:{limit}", read, DENOMINATIONS_CACHE_SECONDS)
+    return list(found or [])
 
 
 def place_public_get(*, place_id: int) -> Place | None:

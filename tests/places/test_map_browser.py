@@ -34,7 +34,9 @@ from django.db import connection
 from places.models import Dataset, Place, PlaceStatus
 from tests.db import database_url
 
-pytestmark = [pytest.mark.slow]
+# Every test here is marked for the database, so that pytest-django's ordering (database tests
+# first) keeps them together and the module's one browser run is not made twice.
+pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
 ROOT = Path(settings.BASE_DIR)
 SCRIPT = ROOT / "tests" / "browser" / "map.mjs"
@@ -189,7 +191,6 @@ def test_the_first_view_draws_places_on_land_and_water(report):
     assert pixels["land"] > 50_000
 
 
-@pytest.mark.django_db
 def test_cluster_counts_add_up_to_the_places_in_view_and_are_written_on_them(report, places):
     overview = report["steps"]["overview"]
     # then: every place of the dataset in the view is in exactly one drawn cluster
@@ -202,7 +203,6 @@ def test_cluster_counts_add_up_to_the_places_in_view_and_are_written_on_them(rep
     assert biggest["label_drawn"] is True
 
 
-@pytest.mark.django_db
 def test_a_religion_filter_changes_the_count_and_the_url(report, places):
     steps = report["steps"]
     filtered = steps["filtered"]
@@ -299,3 +299,14 @@ def test_on_a_phone_the_panel_starts_folded_and_opens(report):
     assert phone["expanded"] == "false"
     assert phone["body_hidden"] is True
     assert phone["after_click"] is False
+
+
+def test_the_committed_maplibre_is_the_npm_package_copied_by_bin_vendor_js(tmp_path):
+    # given: node_modules from package-lock.json (make test runs npm ci)
+    _needs()
+    # when
+    subprocess.run([str(ROOT / "bin" / "vendor-js"), str(tmp_path)], cwd=ROOT, check=True)
+    # then: the pages load exactly what npm pinned
+    committed = ROOT / "static" / "vendor" / "maplibre"
+    for name in ("maplibre-gl.js", "maplibre-gl.css", "LICENSE.txt", "README.md"):
+        assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name

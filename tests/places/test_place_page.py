@@ -124,7 +124,7 @@ def test_an_unknown_place_is_404(client):
     assert client.get("/places/999999999/").status_code == 404
 
 
-def test_the_map_page_offers_the_filters_and_the_config(client, abbey):
+def test_the_map_page_offers_the_filters_and_the_config(client, abbey, clear_cache):
     # when
     html = client.get("/map/").content.decode()
     # then
