@@ -43,8 +43,9 @@ def download_job_request(
     *, selection: Selection, fmt: str, rows_estimate: int
 ) -> tuple[DownloadJob, bool]:
     """The job of this selection and format at the versions the read source shows now, made
-    if there is none, and whether it needs a task (new, or failed or expired and worth
-    another try: a lagging source can show a version again after a build saw a newer one).
+    if there is none, and whether it needs a task: new; failed or expired and worth another
+    try (a lagging source can show a version again after a build saw a newer one); or built
+    but its file lost.
 
     The caller queues ``download_job_build`` for it after commit. Raises
     ``ReplicaUnavailable`` when the read source says to retry later, and ``DownloadsBusy``
@@ -76,6 +77,11 @@ def download_job_request(
         status__in=[DownloadStatus.FAILED, DownloadStatus.EXPIRED],
         attempts__lt=MAX_ATTEMPTS,
     ).update(status=DownloadStatus.PENDING, error="", updated_at=Now())
+    if job.status == DownloadStatus.READY and not download_job_path(job).exists():
+        # The file was lost (a volume not shared or emptied): build it again.
+        retried = DownloadJob.objects.filter(pk=job.pk, status=DownloadStatus.READY).update(
+            status=DownloadStatus.PENDING, attempts=0, updated_at=Now()
+        )
     if retried:
         job.refresh_from_db()
     return job, bool(retried)

@@ -468,3 +468,23 @@ def test_a_job_whose_worker_went_silent_is_built_again_and_its_partial_file_remo
     DownloadJob.objects.filter(pk=job_id).update(status=DownloadStatus.RUNNING)
     assert services.download_jobs_stale() == []
     assert download_job_build(job_id) == DownloadStatus.RUNNING
+
+
+def test_a_built_job_whose_file_was_lost_is_built_again_when_asked_for(
+    client, chapels, clear_cache, replica_caught_up, big_from_three
+):
+    # given a built job whose file disappeared (a volume emptied)
+    job_id = client.get(DOWNLOAD, {"dataset": "dl-chapels"}).json()["id"]
+    download_job_build(job_id)
+    services.download_job_path(DownloadJob.objects.get(pk=job_id)).unlink()
+    assert client.get(f"/api/v1/downloads/{job_id}/file/").status_code == 409
+    # when the selection is asked for again
+    again = client.get(DOWNLOAD, {"dataset": "dl-chapels"})
+    # then the same job is queued again, and its build brings the file back
+    assert (again.status_code, again.json()["id"], again.json()["status"]) == (
+        202,
+        job_id,
+        "pending",
+    )
+    assert download_job_build(job_id) == DownloadStatus.READY
+    assert client.get(f"/api/v1/downloads/{job_id}/file/").status_code == 200
