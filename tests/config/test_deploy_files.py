@@ -23,13 +23,14 @@ ROOT = Path(settings.BASE_DIR)
 DOCKER = ROOT / "docker"
 METRIC = re.compile(r"\b((?:places|django|analytics|edge)_[a-z0-9_]+)")
 # Exported only where the system behind them is set up: read from the module that makes them.
+SCRAPED = ROOT / "places" / "metrics" / "scraped.py"
 CONDITIONAL = {
-    "places_backup_info_up": ROOT / "places" / "metrics.py",
-    "places_backup_last_success_timestamp_seconds": ROOT / "places" / "metrics.py",
-    "places_wal_archive_last_success_timestamp_seconds": ROOT / "places" / "metrics.py",
-    "places_wal_archive_last_failure_timestamp_seconds": ROOT / "places" / "metrics.py",
-    "places_wal_archive_failed_total": ROOT / "places" / "metrics.py",
-    "places_wal_archive_ready_segments": ROOT / "places" / "metrics.py",
+    "places_backup_info_up": SCRAPED,
+    "places_backup_last_success_timestamp_seconds": SCRAPED,
+    "places_wal_archive_last_success_timestamp_seconds": SCRAPED,
+    "places_wal_archive_last_failure_timestamp_seconds": SCRAPED,
+    "places_wal_archive_failed_total": SCRAPED,
+    "places_wal_archive_ready_segments": SCRAPED,
     "analytics_replica_up": ROOT / "analytics" / "metrics.py",
     "analytics_replica_lag_seconds": ROOT / "analytics" / "metrics.py",
     "analytics_replica_lag_bytes": ROOT / "analytics" / "metrics.py",

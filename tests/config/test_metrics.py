@@ -20,6 +20,7 @@ from ingestion.services.imports import import_job_execute
 from ingestion.services.imports.run import MAX_ATTEMPTS
 from ingestion.services.jobs import import_job_create
 from places import metrics
+from places.metrics import scraped
 from places.models import Dataset
 from places.services import dataset_get_or_create
 from tests.db import database_url
@@ -168,7 +169,7 @@ def test_backup_metrics_exist_only_for_a_configured_stanza(settings, monkeypatch
     assert REGISTRY.get_sample_value("places_backup_info_up") is None
     # given a stanza that pgbackrest cannot answer for (not installed here, or no such
     # stanza): the failure is a metric of its own, for an alert
-    monkeypatch.setattr(metrics, "_backup_cached", None)
+    monkeypatch.setattr(scraped, "_backup_cached", None)
     settings.PGBACKREST_STANZA = "places-metrics-test-missing"
     settings.PGBACKREST_CONFIG = "/nonexistent/pgbackrest.conf"
     assert REGISTRY.get_sample_value("places_backup_info_up") == 0

@@ -25,6 +25,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from places import metrics
+from places.metrics import scraped
 
 pytestmark = pytest.mark.slow
 
@@ -187,7 +188,7 @@ def test_backup_times_come_from_pgbackrest_info(settings, monkeypatch):
         settings.PGBACKREST_CONFIG = str(conf)
         _pgbackrest(conf, "stanza-create")
         # given a stanza without any backup: info answers, no backup time yet
-        monkeypatch.setattr(metrics, "_backup_cached", None)
+        monkeypatch.setattr(scraped, "_backup_cached", None)
         assert REGISTRY.get_sample_value("places_backup_info_up") == 1
         assert (
             REGISTRY.get_sample_value(
@@ -199,7 +200,7 @@ def test_backup_times_come_from_pgbackrest_info(settings, monkeypatch):
         before = time.time()
         _pgbackrest(conf, "backup", "--type=full")
         # then, once the cached answer expires, its stop time is the full backup's
-        monkeypatch.setattr(metrics, "_backup_cached", None)
+        monkeypatch.setattr(scraped, "_backup_cached", None)
         stop = REGISTRY.get_sample_value(
             "places_backup_last_success_timestamp_seconds", {"type": "full"}
         )
