@@ -80,6 +80,16 @@
     }
   }
 
+  // Places per 1,000 km²: sequential ColorBrewer YlGnBu, read by lightness alone, so it
+  // holds for every colour-vision deficiency.
+  const DENSITY_BANDS = [[0, "#ffffcc"], [50, "#c7e9b4"], [200, "#7fcdbb"], [500, "#41b6c4"],
+    [1000, "#2c7fb8"], [2000, "#253494"]];
+  function densityColour() {
+    const step = ["step", ["coalesce", ["feature-state", "density"], -1], "rgba(0, 0, 0, 0)"];
+    DENSITY_BANDS.forEach(([from, hex]) => step.push(from, hex));
+    return step;
+  }
+
   const tileJson = () => {
     const query = filters().toString();
     return "/tiles/places.json" + (query ? "?" + query : "");
@@ -93,6 +103,11 @@
       places: { type: "vector", url: tileJson() },
     },
     layers: [
+      // A district's figure from the analytics API, joined by feature id (the region's id)
+      // through feature state; hidden until switched on.
+      { id: "density", type: "fill", source: "regions", "source-layer": "regions",
+        layout: { visibility: "none" },
+        paint: { "fill-color": densityColour(), "fill-opacity": 0.55 } },
       { id: "districts", type: "line", source: "regions", "source-layer": "regions", minzoom: 6,
         paint: { "line-color": "#9a8f80", "line-width": 0.6, "line-opacity": 0.7 } },
       { id: "clusters", type: "circle", source: "places", "source-layer": "clusters",
@@ -393,6 +408,46 @@
   }
   toggle.addEventListener("click", () => setPanel(panelBody.hidden));
   if (window.matchMedia("(max-width: 600px)").matches) setPanel(false);
+
+  // --- The density of places by district (analytics' region figures), off until asked ---
+  const densityToggle = document.getElementById("density");
+  const densityLegend = document.getElementById("density-legend");
+  const densityStatus = document.getElementById("density-status");
+  const densityBands = document.getElementById("density-bands");
+  DENSITY_BANDS.forEach(([from, hex], i) => {
+    const next = DENSITY_BANDS[i + 1];
+    const item = document.createElement("li");
+    const swatch = document.createElement("span");
+    swatch.className = "swatch square";
+    swatch.style.background = hex;
+    item.append(swatch, next ? from + "–" + next[0] : from + " or more");
+    densityBands.append(item);
+  });
+  let densityLoaded = false;
+  densityToggle.addEventListener("change", () => {
+    densityLegend.hidden = !densityToggle.checked;
+    map.setLayoutProperty("density", "visibility", densityToggle.checked ? "visible" : "none");
+    if (!densityToggle.checked || densityLoaded) return;
+    densityStatus.textContent = "Loading the districts' figures…";
+    fetch("/api/v1/stats/regions/?level=district", { headers: { Accept: "application/json" } })
+      .then((response) => {
+        if (!response.ok) throw new Error("the server answered " + response.status);
+        return response.json();
+      })
+      .then((rows) => {
+        let shown = 0;
+        rows.forEach((row) => {
+          if (row.per_1000_km2 === null) return;
+          map.setFeatureState({ source: "regions", sourceLayer: "regions", id: row.region_id },
+            { density: row.per_1000_km2 });
+          shown += 1;
+        });
+        densityLoaded = true;
+        container.dataset.densityRegions = String(shown);
+        densityStatus.textContent = shown + " districts with a figure.";
+      })
+      .catch((error) => { densityStatus.textContent = "The figures could not be loaded: " + error.message; });
+  });
 
   // --- Sensors (PM2.5): off until switched on, so a visit that does not want them fetches
   // nothing; each switch on fetches the latest readings again. Bands come from the server

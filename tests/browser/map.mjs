@@ -180,6 +180,24 @@ try {
   await idle(page);
   steps.unfiltered = { ...(await drawn(page)), ...(await view(page)) };
 
+  // The density of places by district from the analytics API, drawn as a choropleth.
+  await page.check("#density");
+  await page.waitForFunction(() => document.getElementById("map").dataset.densityRegions
+    || /could not/.test(document.getElementById("density-status").textContent), null, WAIT);
+  await idle(page);
+  steps.density = await page.evaluate(() => {
+    const map = window.placesMap;
+    const drawn = map.queryRenderedFeatures({ layers: ["density"] });
+    const withFigure = drawn.filter((f) => typeof map.getFeatureState(
+      { source: "regions", sourceLayer: "regions", id: f.id }).density === "number");
+    return {
+      regions: Number(document.getElementById("map").dataset.densityRegions || 0),
+      status: document.getElementById("density-status").textContent,
+      drawn: drawn.length, with_figure: withFigure.length,
+      legend: [...document.querySelectorAll("#density-bands li")].map((li) => li.textContent),
+    };
+  });
+  await page.uncheck("#density");
   mark("filter");
   // 3. A shared link shows the same view, before and after a reload; a move rewrites it.
   const shared = scenario.shared_url;

@@ -214,6 +214,15 @@ def test_a_religion_filter_changes_the_count_and_the_url(report, places):
     assert "religion=" not in steps["unfiltered"]["url"]
 
 
+def test_the_density_layer_colours_the_districts_from_the_analytics_figures(report):
+    density = report["steps"]["density"]
+    # then: the GB sample's districts (361 regions loaded, those with an area) are coloured
+    assert density["regions"] > 300
+    assert density["with_figure"] > 100
+    assert density["legend"][0] == "0–50"
+    assert density["legend"][-1] == "2000 or more"
+
+
 def test_a_shared_link_and_a_reload_reproduce_the_view_and_filters(report, places):
     steps = report["steps"]
     shared = SHARED_URL.format(dataset=places["dataset"].slug)
