@@ -27,6 +27,7 @@ from django.utils import timezone
 from analytics.download_tasks import download_job_build, downloads_maintain
 from analytics.downloads import files, selectors, services
 from analytics.models_downloads import DownloadJob, DownloadStatus
+from analytics.replica import replica_configured
 from config.routers import REPLICA
 from places.models import Dataset, Place
 from places.services import dataset_get_or_create, place_create, place_update
@@ -488,3 +489,23 @@ def test_a_built_job_whose_file_was_lost_is_built_again_when_asked_for(
     )
     assert download_job_build(job_id) == DownloadStatus.READY
     assert client.get(f"/api/v1/downloads/{job_id}/file/").status_code == 200
+
+
+def test_a_big_selection_is_built_on_the_streaming_replica(client, gb_import, clear_cache):
+    if not replica_configured():
+        pytest.skip("no REPLICA_DATABASE_URL: make test sets up the streaming replica")
+    # given the committed GB import, and a request for all of it
+    asked = client.get(DOWNLOAD, {"dataset": "osm-gb", "format": "csv"})
+    assert asked.status_code == 202
+    # when the task builds it
+    assert download_job_build(asked.json()["id"]) == DownloadStatus.READY
+    # then it was read on a server in recovery, and holds every place of the dataset
+    job = DownloadJob.objects.get(pk=asked.json()["id"])
+    assert job.computed_on == "replica"
+    with services.download_job_path(job).open(encoding="utf-8") as fh:
+        ids = [int(row["id"]) for row in csv.DictReader(fh)]
+    assert sorted(ids) == sorted(
+        Place.objects.filter(dataset_id=gb_import.dataset_id, status="active").values_list(
+            "pk", flat=True
+        )
+    )
