@@ -156,11 +156,3 @@ def rows_copy_upsert(
         if changed:
             results_bump()
     return read
-
-
-def primary_lsn() -> str:
-    """The primary's current write-ahead-log position: a reader that must see what was just
-    committed waits for the replica to replay up to it (``read_source(wait_for_lsn=…)``)."""
-    with connections["default"].cursor() as cursor:
-        cursor.execute("SELECT pg_current_wal_lsn()::text")
-        return str(cursor.fetchone()[0])

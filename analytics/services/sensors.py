@@ -35,8 +35,8 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
-from analytics.replica import ReadSource, read_source
-from analytics.services.results import primary_lsn, rows_copy_upsert, snapshot
+from analytics.replica import ReadSource, primary_lsn, read_source
+from analytics.services.results import rows_copy_upsert, snapshot
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,13 @@
 """/metrics under gunicorn as deployed (config/gunicorn.py, two workers): every worker's
 requests are in the answer whichever worker gives it, a worker that dies keeps its counts in
 the sum, files of an earlier run are gone, and a client from outside is refused. A Celery
-worker's prefork pool is summed the same way on its metrics port (CELERY_METRICS_PORT)."""
+worker's prefork pool is summed the same way on its metrics port (CELERY_METRICS_PORT). And
+Prometheus itself, scraping gunicorn with docker/prometheus/alerts.yml, groups the views."""
 
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import secrets
@@ -14,7 +16,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,3 +219,62 @@ def test_a_prefork_worker_serves_its_pools_task_durations(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
+
+
+def _prometheus_query(port: int, query: str) -> list[dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/api/v1/query?" + urllib.parse.urlencode({"query": query}))
+        return json.loads(conn.getresponse().read())["data"]["result"]
+    finally:
+        conn.close()
+
+
+def test_prometheus_scrapes_web_and_the_rules_group_its_views(gunicorn, tmp_path):
+    # given Prometheus (Debian's binary, bin/deploy-tools) scraping this gunicorn every
+    # second with docker/prometheus/alerts.yml
+    binary = ROOT / ".venv" / "prometheus" / "usr" / "bin" / "prometheus"
+    if not binary.exists():
+        pytest.fail("prometheus is missing: run bin/deploy-tools (make check-deploy does)")
+    port = _free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: ['{ROOT / 'docker' / 'prometheus' / 'alerts.yml'}']\n"
+        "scrape_configs:\n"
+        "  - job_name: places-web\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{gunicorn.port}']}}]\n"
+    )
+    prometheus = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        # when tiles and the places list are asked for while it scrapes
+        def answered(query: str, want: Callable[[list[dict]], bool]) -> bool:
+            for path in ("/tiles/places/0/0/0.pbf", "/api/v1/places/?limit=1"):
+                assert gunicorn.get(path)[0] == 200
+            try:
+                return want(_prometheus_query(port, query))
+            except (OSError, KeyError, ValueError):
+                return False
+
+        deadline = time.monotonic() + 60
+        groups: set[str] = set()
+        while not {"tiles", "api"} <= groups:
+            assert time.monotonic() < deadline, f"p95 groups seen: {groups}"
+            time.sleep(0.5)
+            answered("up", lambda result: True)
+            result = _prometheus_query(port, "places:request_latency_seconds:p95")
+            groups = {r["metric"].get("group", "") for r in result}
+        # then its recording rule finds both groups by their views, and the target's own
+        # figures are there: cache outcomes by endpoint, queue lengths
+        assert answered(
+            'places_cache_requests_total{endpoint="place-tile"}', lambda result: len(result) >= 1
+        )
+        assert answered('places_celery_queue_length{queue="default"}', lambda r: len(r) == 1)
+        assert answered('up{job="places-web"}', lambda r: r[0]["value"][1] == "1")
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
