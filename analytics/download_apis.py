@@ -10,6 +10,7 @@ shape answers.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from django.conf import settings
@@ -19,6 +20,7 @@ from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from kombu.exceptions import OperationalError as BrokerError
 from rest_framework import serializers
 from rest_framework.request import Request
 
@@ -37,6 +39,8 @@ from places.serving.responses import (
     etag_matches,
     places_version,
 )
+
+logger = logging.getLogger(__name__)
 
 SMALL_TTL = 3600
 RETRY_AFTER_SECONDS = 30
@@ -183,8 +187,16 @@ def selection_response(request: Request, *, query: PlaceQuery, fmt: str) -> Http
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
     if queue:
-        transaction.on_commit(lambda: download_job_build.delay(job.pk))
+        transaction.on_commit(lambda: _queue(job.pk))
     return _job_response(request, job)
+
+
+def _queue(job_id: int) -> None:
+    try:
+        download_job_build.delay(job_id)
+    except BrokerError:
+        # The job stays pending: beat's downloads_maintain queues it once it is stale.
+        logger.warning("download job %s not queued: broker unreachable", job_id)
 
 
 def refuse_paging(params: Any) -> dict[str, list[str]]:

@@ -24,6 +24,7 @@ from django.contrib.gis.geos import MultiPolygon, Point, Polygon
 from django.db import connection, connections
 from django.utils import timezone
 
+from analytics import download_apis
 from analytics.download_tasks import download_job_build, downloads_maintain
 from analytics.downloads import files, selectors, services
 from analytics.models_downloads import DownloadJob, DownloadStatus
@@ -509,3 +510,24 @@ def test_a_big_selection_is_built_on_the_streaming_replica(client, gb_import, cl
             "pk", flat=True
         )
     )
+
+
+@pytest.mark.slow  # the broker client tries to connect for a few seconds
+def test_an_unreachable_broker_leaves_the_job_pending_for_beat(caplog):
+    # given a broker nobody listens on, and no publish retries (fresh pools for it)
+    from config.celery import app
+
+    saved = {key: app.conf[key] for key in ("broker_url", "task_publish_retry")}
+    pools = (app._pool, app.amqp._producer_pool)
+    app.conf.update(broker_url="redis://127.0.0.1:9/0", task_publish_retry=False)
+    app._pool, app.amqp._producer_pool = None, None
+    try:
+        # when a job's task is queued
+        download_apis._queue(123456)
+    finally:
+        if app._pool is not None:
+            app._pool.force_close_all()
+        app.conf.update(saved)
+        app._pool, app.amqp._producer_pool = pools
+    # then the request goes on, saying why the job waits
+    assert "download job 123456 not queued: broker unreachable" in caplog.text
