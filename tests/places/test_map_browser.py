@@ -91,6 +91,11 @@ def server(gb_import, django_db_blocker, tmp_path_factory) -> Iterator[str]:
         "SECRET_KEY": secrets.token_urlsafe(40),
         "LOG_LEVEL": "WARNING",
     }
+    # Analytics (the density layer) read the replica alias. A server outside pytest has no
+    # test mirror: a REPLICA_DATABASE_URL (make test sets one) would name the development
+    # database there, so this server reads the test database on the primary.
+    for variable in ("REPLICA_DATABASE_URL", "REPLICA_DATABASE_URL_FILE"):
+        env.pop(variable, None)
     port = _free_port()
     log = tmp_path_factory.mktemp("map-browser") / "gunicorn.log"
     with open(log, "wb") as out:
