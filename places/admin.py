@@ -397,6 +397,7 @@ class PlaceAdmin(PlaceHistoryAdminMixin, DatasetScopedAdminMixin, GeoAdmin):
 
 @admin.register(PlaceAttribute)
 class PlaceAttributeAdmin(DatasetScopedAdminMixin, FastChangeListMixin, admin.ModelAdmin):
+    dataset_path = "place__dataset"  # its own dataset field names the source, if any
     delete_action = Action.EDIT  # as in the place page's inline
     list_display = ("place", "key", "value_num", "value_text", "unit", "observed_on")
     list_filter = ("key",)

@@ -13,6 +13,7 @@ import functools
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -77,6 +78,12 @@ class DatasetScopedAdminMixin:
         if obj is None:
             return access.can_somewhere(request.user, self.delete_action)
         return access.can(request.user, self.delete_action, _dataset_id(obj, self.dataset_path))
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        # A row added or moved (a raw id typed in) must land in a dataset the user may change.
+        if not access.can(request.user, self.change_action, _dataset_id(obj, self.dataset_path)):
+            raise PermissionDenied
+        super().save_model(request, obj, form, change)  # type: ignore[misc]
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         # New rows go only into datasets the user may change.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from celery.schedules import crontab
 from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
@@ -443,6 +444,19 @@ CELERY_BEAT_SCHEDULE["downloads-maintain"] = {
     "task": "analytics.tasks.downloads_maintain",
     "schedule": crontab(minute="*/10"),
 }
+
+# The map's basemap: a MapLibre style URL (e.g. an OpenStreetMap-based vector style) a
+# deployment serves or pays for; empty draws the offline Natural Earth basemap we ship. The
+# style's origin, and MAP_STYLE_ORIGINS (its tiles', glyphs' and sprites' hosts), are allowed
+# by the Content-Security-Policy.
+MAP_STYLE_URL = env.str("MAP_STYLE_URL", default="")
+MAP_STYLE_ORIGINS = env.list("MAP_STYLE_ORIGINS", default=[])
+if MAP_STYLE_URL:
+    _style = urlsplit(MAP_STYLE_URL)
+    _directives: dict[str, list[str]] = CONTENT_SECURITY_POLICY["DIRECTIVES"]  # type: ignore[assignment]
+    for _origin in [f"{_style.scheme}://{_style.netloc}", *MAP_STYLE_ORIGINS]:
+        for _directive in ("connect-src", "img-src"):
+            _directives[_directive].append(_origin)
 
 # --- Logging and errors ------------------------------------------------------------------
 LOG_FORMAT = env.str("LOG_FORMAT", default="text")
