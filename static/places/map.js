@@ -116,15 +116,6 @@
           "circle-radius": ["interpolate", ["linear"], ["sqrt", ["get", "count"]], 1, 4, 30, 22],
           "circle-stroke-color": "#1a1a1a", "circle-stroke-width": 0.6,
         } },
-      { id: "cluster-counts", type: "symbol", source: "places", "source-layer": "clusters",
-        filter: [">", ["get", "count"], 1],
-        layout: {
-          "icon-image": ["concat", "count:", ["case", [">=", ["get", "count"], 10000],
-            ["concat", ["to-string", ["round", ["/", ["get", "count"], 1000]]], "k"],
-            ["to-string", ["get", "count"]]]],
-          "icon-allow-overlap": false, "icon-ignore-placement": false,
-          "symbol-sort-key": ["-", 0, ["get", "count"]],
-        } },
       { id: "places", type: "circle", source: "places", "source-layer": "places",
         paint: {
           "circle-color": colour,
@@ -133,6 +124,19 @@
         } },
     ],
   };
+
+  // Cluster counts are drawn as images made on demand (no glyph server): hundreds of them
+  // took well over a second before the first points showed, so they come after the first
+  // idle, on top of the clusters.
+  const countsLayer = { id: "cluster-counts", type: "symbol", source: "places", "source-layer": "clusters",
+    filter: [">", ["get", "count"], 1],
+    layout: {
+      "icon-image": ["concat", "count:", ["case", [">=", ["get", "count"], 10000],
+        ["concat", ["to-string", ["round", ["/", ["get", "count"], 1000]]], "k"],
+        ["to-string", ["get", "count"]]]],
+      "icon-allow-overlap": false, "icon-ignore-placement": false,
+      "symbol-sort-key": ["-", 0, ["get", "count"]],
+    } };
 
   const offline = !config.styleUrl;
   const map = new maplibregl.Map({
@@ -158,6 +162,7 @@
   map.addControl(new maplibregl.ScaleControl(), "bottom-left");
   window.placesMap = map;  // for browser tests and the curious
 
+  map.once("idle", () => { if (!map.getLayer("cluster-counts")) map.addLayer(countsLayer, "places"); });
   map.on("moveend", writeUrl);
   map.once("load", writeUrl);
 

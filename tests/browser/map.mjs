@@ -69,9 +69,19 @@ async function jump(page, center, zoom) {
   await idle(page);
 }
 
+// After a load: idle, and on the map page idle again once the cluster counts (added after
+// the first idle) are drawn.
+async function settle(page) {
+  await idle(page);
+  if (await page.evaluate(() => Boolean(document.getElementById("map-config")))) {
+    await page.waitForFunction(() => window.placesMap.getLayer("cluster-counts"), null, WAIT);
+    await idle(page);
+  }
+}
+
 async function open(page, path) {
   await page.goto(new URL(path, base).href, { waitUntil: "load", ...WAIT });
-  await idle(page);
+  await settle(page);
 }
 
 // With scenario.screenshots (a folder), each view is kept as a PNG for a person to look at.
@@ -204,13 +214,13 @@ try {
   await open(page, shared);
   steps.shared = await view(page);
   await page.reload({ waitUntil: "load" });
-  await idle(page);
+  await settle(page);
   steps.shared_reloaded = await view(page);
   await page.evaluate(() => window.placesMap.jumpTo({ center: [-1.54321, 53.79876], zoom: 9.25 }));
   await idle(page);
   steps.moved = await view(page);
   await page.reload({ waitUntil: "load" });
-  await idle(page);
+  await settle(page);
   steps.moved_reloaded = await view(page);
 
   mark("shared");
