@@ -11,8 +11,8 @@ with a single reading has no typical interval, so no expected count or coverage.
 **Windows.** A full recompute rolls up every stored reading. An incremental one rolls up the
 days since ``ANALYTICS_SENSOR_RECENT_HOURS`` ago (whole days, so a day's figures are always
 computed from all of its readings): readings a device uploads later than that (an archive of
-last year) reach the rollups at the next full recompute. Rollups are kept after the raw
-readings' partitions are dropped by retention.
+last year) reach the rollups at the next full recompute. Both only add and update rows, never
+delete them, so rollups outlive the raw readings' partitions that retention drops.
 
 **Regions.** A sensor belongs to every region whose pieces hold its location (district,
 first-level region and country alike). A region's bucket mean is the mean of its sensors'
@@ -177,7 +177,6 @@ def sensor_rollups_recompute(*, full: bool = False, now: dt.datetime | None = No
         rows=_rows(source=source, sql=SENSOR_ROLLUPS, params={"since": bound}),
         conflict=("sensor_id", "parameter_id", "interval", "bucket"),
         source=source,
-        replace=full,
     )
     # What follows reads the rollups just written: on the replica only once it has them.
     source = read_source(wait_for_lsn=primary_lsn())
@@ -187,7 +186,6 @@ def sensor_rollups_recompute(*, full: bool = False, now: dt.datetime | None = No
         rows=_rows(source=source, sql=REGION_ROLLUPS, params={"since": bound}),
         conflict=("region_id", "parameter_id", "interval", "bucket"),
         source=source,
-        replace=full,
     )
     radius = float(settings.ANALYTICS_SENSOR_RADIUS_M)
     nearest = rows_copy_upsert(

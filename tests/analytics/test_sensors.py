@@ -11,7 +11,7 @@ from django.contrib.gis.geos import Point
 
 from analytics.models import PlaceNearestSensor, RegionSensorRollup, SensorRollup
 from analytics.services.sensors import sensor_rollups_recompute
-from ingestion.edge.models import Sensor
+from ingestion.edge.models import Observation, Sensor
 from places.services import dataset_get_or_create, place_create
 from tests.analytics.conftest import DAY
 
@@ -109,3 +109,16 @@ def test_recompute_twice_gives_the_same_rows(sensors):
     again = list(SensorRollup.objects.order_by("pk").values_list("pk", "count", "mean"))
     # then nothing doubles or moves
     assert again == first
+
+
+def test_rollups_outlive_the_readings_retention_drops(sensors):
+    # given rollups of both sensors
+    sensor_rollups_recompute(full=True)
+    kept = SensorRollup.objects.get(sensor__external_id="aq-2", interval="day", bucket=DAY)
+    # when the second sensor's readings are gone (retention drops whole months) and a full
+    # recompute runs
+    Observation.objects.filter(sensor__external_id="aq-2").delete()
+    sensor_rollups_recompute(full=True)
+    # then its rollups are still there, unchanged
+    again = SensorRollup.objects.get(sensor__external_id="aq-2", interval="day", bucket=DAY)
+    assert (again.pk, again.count, again.mean) == (kept.pk, kept.count, kept.mean)
