@@ -23,6 +23,7 @@ from typing import Any
 from axes.helpers import get_client_cache_keys
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth.backends import ModelBackend
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -75,19 +76,41 @@ def lockout_response(
     return response
 
 
+class CheckedModelBackend(ModelBackend):
+    """Django's model backend, after axes' in ``AUTHENTICATION_BACKENDS``. It marks the request
+    when a password was really checked, so that the audit trail logs failed logins and not the
+    attempts axes refused unchecked during a lockout."""
+
+    def authenticate(
+        self,
+        request: HttpRequest | None,
+        username: str | None = None,
+        password: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if request is not None:
+            request.places_password_checked = True  # type: ignore[attr-defined]
+        return super().authenticate(request, username=username, password=password, **kwargs)
+
+
 def on_login_failed(
     sender: Any, credentials: dict[str, Any], request: Any = None, **_: Any
 ) -> None:
+    if request is not None and not getattr(request, "places_password_checked", False):
+        # Refused unchecked while locked out: a flood of attempts must not become a flood of
+        # rows (the lockout itself is logged).
+        return
     security_event(
         SecurityEventKind.LOGIN_FAILED,
         None,
         request=request,
         username=username_of(request, credentials),
-        locked_out=bool(getattr(request, "axes_locked_out", False)),
     )
 
 
 def on_locked_out(sender: Any, request: Any = None, username: Any = None, **_: Any) -> None:
+    if request is not None and not getattr(request, "places_password_checked", False):
+        return  # axes says so again at each refused attempt; the lockout's start is logged
     security_event(
         SecurityEventKind.LOCKED_OUT, None, request=request, username=str(username or "")
     )

@@ -309,7 +309,7 @@ INSTALLED_APPS += ["axes"]
 MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last: it answers for locked-out requests
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    "places.login_throttle.CheckedModelBackend",  # Django's, marking a password checked
 ]
 AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"  # counts in Redis, no row per failure
 AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT

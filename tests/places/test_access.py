@@ -24,6 +24,8 @@ from places.services.audit import security_event
 
 pytestmark = pytest.mark.django_db
 
+# Rows of the trail committed by session fixtures (the sample import) may be there too.
+ROLE_KINDS = ("role_granted", "role_revoked")
 CSV = "id,name,lon,lat\nc1,One,-0.1,51.5\nc2,Two,-0.2,51.6\n"
 
 
@@ -170,7 +172,7 @@ def test_the_import_command_checks_the_user_given(own, other, tmp_path, sample_r
         "--sync",
         stdout=io.StringIO(),
     )
-    event = SecurityEvent.objects.get(kind="import_applied")
+    event = SecurityEvent.objects.get(kind="import_applied", dataset_id=own.pk)
     assert (event.username, event.dataset_id, event.details["added"]) == ("imp", own.pk, 2)
 
 
@@ -184,7 +186,11 @@ def test_grants_and_revokes_are_in_the_audit_trail(own):
     assert user.is_staff
     dataset_role_revoke(grant=grant, by=boss)
     # then one grant and one revoke are logged, naming who, whom, which role and dataset
-    events = list(SecurityEvent.objects.order_by("id").values_list("kind", "username", "details"))
+    events = list(
+        SecurityEvent.objects.filter(kind__in=ROLE_KINDS)
+        .order_by("id")
+        .values_list("kind", "username", "details")
+    )
     assert [(k, u, d["role"], d["subject"]) for k, u, d in events] == [
         ("role_granted", "boss", "curator", "new"),
         ("role_revoked", "boss", "curator", "new"),
@@ -197,7 +203,8 @@ def test_joining_and_leaving_the_admin_group_is_in_the_audit_trail():
     admins = Group.objects.get(name=Role.ADMIN)
     user.groups.add(admins)
     admins.user_set.remove(user)
-    assert list(SecurityEvent.objects.order_by("id").values_list("kind", "details__subject")) == [
+    events = SecurityEvent.objects.filter(kind__in=ROLE_KINDS).order_by("id")
+    assert list(events.values_list("kind", "details__subject")) == [
         ("role_granted", "rising"),
         ("role_revoked", "rising"),
     ]
@@ -209,9 +216,8 @@ def test_merges_and_reverts_have_a_hook(own):
     for kind in ("merge", "revert"):
         security_event(kind, curator, dataset=own, place=7, change=11)
     # then each is a row with its details
-    assert list(
-        SecurityEvent.objects.order_by("id").values_list("kind", "user", "dataset", "details")
-    ) == [
+    events = SecurityEvent.objects.filter(kind__in=("merge", "revert")).order_by("id")
+    assert list(events.values_list("kind", "user", "dataset", "details")) == [
         ("merge", curator.pk, own.pk, {"place": 7, "change": 11}),
         ("revert", curator.pk, own.pk, {"place": 7, "change": 11}),
     ]
@@ -236,4 +242,4 @@ def test_the_audit_trail_refuses_changes_in_sql(statement):
     ):
         cursor.execute(statement)
     # and it is still there as written
-    assert SecurityEvent.objects.get().username == "guess"
+    assert SecurityEvent.objects.filter(kind="login_failed").get().username == "guess"

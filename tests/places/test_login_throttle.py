@@ -139,9 +139,10 @@ def test_logins_failures_and_lockouts_are_in_the_audit_trail(client, curator, cl
     # given a login, then failures up to the lockout from another address
     assert _login(client, "curator", PASSWORD, address="198.51.100.20").status_code == 302
     client.logout()
-    for _ in range(LIMIT):
+    for _ in range(LIMIT + 5):
         _login(client, "Curator", "wrong", address="198.51.100.21")
-    # then the trail has the login with its user and address, each failure, and the lockout
+    # then the trail has the login with its user and address, each failure up to the lockout
+    # and the lockout (attempts refused while locked out add no rows)
     login = SecurityEvent.objects.get(kind="login")
     assert (login.user_id, login.username, login.ip_address) == (
         curator.pk,
