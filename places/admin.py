@@ -426,6 +426,8 @@ class PlaceChangeAdmin(
     id_search_field = "place_id"
     raw_id_fields = ("place", "user")
     readonly_fields = ("author", "change_diff")
+    # Newest first, as an audit is read; a filtered count then stops at the newest matches.
+    ordering = ("-seq",)
 
 
 @admin.register(DataVersion)

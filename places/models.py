@@ -418,6 +418,16 @@ class PlaceChange(models.Model):
             models.Index(
                 fields=["reverts"], name="change_reverts", condition=Q(reverts__isnull=False)
             ),
+            # The audit view's rare operations and people's changes, newest first. Partial, so
+            # an import's creates and updates (nearly every row) pay nothing for them.
+            models.Index(
+                fields=["seq"],
+                name="change_rare_operations",
+                condition=~Q(operation__in=["create", "update"]),
+            ),
+            models.Index(
+                fields=["seq"], name="change_by_people", condition=Q(source__in=["user", "device"])
+            ),
         ]
 
     def __str__(self) -> str:

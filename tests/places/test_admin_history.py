@@ -411,3 +411,21 @@ def test_a_change_page_shows_its_author_and_old_new_per_field(admin_client, admi
     page = admin_client.get(url).content.decode()
     assert "<strong>name</strong>: St Anne → Renamed" in page
     assert f"curator {admin_user.username}" in page
+
+
+def test_audit_view_lists_newest_first_and_caps_filtered_counts(
+    admin_client, admin_user, place, monkeypatch
+):
+    from places import admin_history
+
+    for name in ("Second", "Third", "Fourth"):
+        place_update(place=place, data={"name": name}, user=admin_user)
+    monkeypatch.setattr(admin_history, "AUDIT_COUNT_CAP", 2)
+    response = admin_client.get(
+        reverse("admin:places_placechange_changelist"),
+        {"dataset__id__exact": place.dataset_id, "field": "name"},
+    )
+    cl = response.context["cl"]
+    # four changes match: the list shows them newest first, and counts no further than the cap
+    assert [c.place_version for c in cl.result_list][:4] == [4, 3, 2, 1]
+    assert cl.result_count == 2
