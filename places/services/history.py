@@ -51,7 +51,8 @@ class RevertConflict(HistoryError):
 def _value(key: str, logged: Any) -> Any:
     """A logged value (JSON, geometry as GeoJSON, references by id) as the field takes it."""
     field = Place._meta.get_field(_FIELD_OF_KEY[key])
-    assert isinstance(field, Field)  # every editable field is a concrete one
+    if not isinstance(field, Field):  # every editable field is a concrete one
+        raise TypeError(f"{key} is not a concrete field of a place")
     if logged is None:
         if field.null or field.is_relation:
             return None
