@@ -77,6 +77,47 @@ $function$
         "public.places_placechange FOR EACH ROW EXECUTE FUNCTION "
         "places_placechange_append_only()",
     ),
+    # The security audit trail is append-only too, TRUNCATE included.
+    DbObject(
+        name="places_securityevent_append_only",
+        kind="function",
+        table="places_securityevent",
+        purpose="Refuses UPDATE, DELETE and TRUNCATE of security events (logins, lockouts, "
+        "role grants, merges, reverts, applied imports): an audit trail that an account with "
+        "write access could edit would prove nothing.",
+        migrations="places 0019",
+        definition="""
+CREATE OR REPLACE FUNCTION public.places_securityevent_append_only()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    RAISE EXCEPTION 'places_securityevent is append-only: % refused', TG_OP
+        USING ERRCODE = 'restrict_violation';
+END
+$function$
+""",
+    ),
+    DbObject(
+        name="securityevent_append_only",
+        kind="trigger",
+        table="places_securityevent",
+        purpose="Runs places_securityevent_append_only on every UPDATE or DELETE of a row.",
+        migrations="places 0019",
+        definition="CREATE TRIGGER securityevent_append_only BEFORE DELETE OR UPDATE ON "
+        "public.places_securityevent FOR EACH ROW EXECUTE FUNCTION "
+        "places_securityevent_append_only()",
+    ),
+    DbObject(
+        name="securityevent_no_truncate",
+        kind="trigger",
+        table="places_securityevent",
+        purpose="TRUNCATE skips row triggers: this statement trigger refuses it.",
+        migrations="places 0019",
+        definition="CREATE TRIGGER securityevent_no_truncate BEFORE TRUNCATE ON "
+        "public.places_securityevent FOR EACH STATEMENT EXECUTE FUNCTION "
+        "places_securityevent_append_only()",
+    ),
     # Data versions: the change log marks what a transaction touched; commit moves versions.
     DbObject(
         name="places_versions_mark_pending",

@@ -1,17 +1,15 @@
 """Per-dataset roles and the security audit trail.
 
-The role groups (viewer, contributor, curator, reviewer, importer, admin) are made here with
-their model permissions (``places.access.role_groups_sync``, idempotent: a later change of the
-table ships with a migration calling it again). The audit trail is append-only in the
-database itself, as the change log is: a trigger refuses UPDATE and DELETE for every client.
+The role groups are made by ``ingestion.0012_role_groups`` (their permissions include
+ingestion's models, and places' migrations must not depend on ingestion's). The audit trail is
+append-only in the database itself, as the change log is: a trigger refuses UPDATE and DELETE
+for every client.
 """
 
 import django.db.models.deletion
 import django.db.models.functions.datetime
 from django.conf import settings
 from django.db import migrations, models
-
-from places.access import role_groups_sync
 
 APPEND_ONLY = """
 CREATE FUNCTION places_securityevent_append_only() RETURNS trigger
@@ -37,18 +35,12 @@ DROP FUNCTION places_securityevent_append_only();
 """
 
 
-def groups_forward(apps, schema_editor):
-    role_groups_sync(apps)
-
-
 class Migration(migrations.Migration):
     dependencies = [
         ("places", "0018_placechange_reverts"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
         ("auth", "0012_alter_user_first_name_max_length"),
         ("contenttypes", "0002_remove_content_type_name"),
-        # The importer's and admin's groups take permissions of ingestion's models.
-        ("ingestion", "0011_edge_node_batches_stored"),
     ]
 
     operations = [
@@ -177,6 +169,4 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.RunSQL(APPEND_ONLY, DROP_APPEND_ONLY),
-        # Groups stay on the way back: they may have members by then.
-        migrations.RunPython(groups_forward, migrations.RunPython.noop),
     ]
