@@ -51,7 +51,8 @@ class Gunicorn:
         try:
             conn.request("GET", path, headers={"Host": "127.0.0.1", **headers})
             response = conn.getresponse()
-            return response.status, response.read().decode()
+            # A tile is binary: its bytes are only looked at as text, never compared.
+            return response.status, response.read().decode(errors="replace")
         finally:
             conn.close()
 
