@@ -10,13 +10,15 @@ NODE_STAMP := node_modules/.installed
 # unless REPLICA_DATABASE_URL is set already (empty: no replica, all on the primary).
 WITH_REPLICA = REPLICA_DATABASE_URL="$${REPLICA_DATABASE_URL-$$(bin/replica-up --url)}"
 
-.PHONY: check-deploy help run test test-fast bench bench-ab bench-deps deps system-deps services db lint check clean basemap vendor-js
+.PHONY: backup restore prod check-deploy help run test test-fast bench bench-ab bench-deps deps system-deps services db lint check clean basemap vendor-js
 
 help:
 	@echo "make run    install what is missing, load sample data, run web + worker + beat"
 	@echo "make test   install what is missing, then lint, checks and the whole test suite"
 	@echo "make test-fast  the edit-test loop: tests without worker processes or slow ones"
 	@echo "make check-deploy  validate docker/ offline: compose, hadolint, promtool, deploy checks"
+	@echo "make backup [BACKUP_TYPE=full|diff|incr]  pgBackRest backup + uploaded files (bin/backup)"
+	@echo "make restore TARGET_TIME='2026-12-04 09:30:00+00'  into a new cluster (bin/backup)"
 	@echo "make bench  benchmarks; results in tests/benchmarks/results/results.md"
 	@echo "make bench-ab  this tree against BENCH_AB_BASE, interleaved; results/ab.md"
 
@@ -88,6 +90,18 @@ check-deploy: $(VENV_STAMP)
 	DJANGO_SETTINGS_MODULE=config.settings.production ALLOWED_HOSTS=places.example.org \
 		SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
 		$(PY) manage.py check --deploy --fail-level WARNING
+
+# Backups of the local cluster (15/main) with pgBackRest, WAL archived at least every 60 s, and
+# hard-linked snapshots of MEDIA_ROOT; the first run turns archiving on (one restart). See
+# bin/backup for the settings and docker/README.md for the runbook.
+BACKUP_TYPE ?= incr
+backup: system-deps services
+	bin/backup backup $(BACKUP_TYPE)
+
+# Point-in-time recovery into a NEW cluster on a free port (the running one is not touched).
+restore: system-deps
+	@test -n "$(TARGET_TIME)" || { echo "make restore TARGET_TIME='2026-12-04 09:30:00+00'" >&2; exit 2; }
+	bin/backup restore "$(TARGET_TIME)"
 
 # No system packages, lint or checks; skips tests marked worker or slow (see pyproject.toml).
 test-fast: $(VENV_STAMP) services
