@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.views.generic import RedirectView
 
 from places import selectors
+from places.basemap import basemap_config
 from places.models import Place, PlaceStatus, Religion
 from places.serving.query import STATUS_CHOICES
 
@@ -36,13 +36,8 @@ def map_view(request: HttpRequest) -> HttpResponse:
             }
             for d in datasets
         },
-        "styleUrl": settings.MAP_STYLE_URL,
         "isStaff": request.user.is_staff,
-        "basemap": {
-            "land": static("places/basemap/ne_50m_land.geojson"),
-            "borders": static("places/basemap/ne_50m_borders.geojson"),
-            "towns": static("places/basemap/ne_50m_places.geojson"),
-        },
+        **basemap_config(),
     }
     context = {
         "religions": Religion.choices,
@@ -72,12 +67,7 @@ def place_detail(request: HttpRequest, place_id: int) -> HttpResponse:
             "lon": place.location.x,
             "lat": place.location.y,
             "id": place.pk,
-            "styleUrl": settings.MAP_STYLE_URL,
-            "basemap": {
-                "land": static("places/basemap/ne_50m_land.geojson"),
-                "borders": static("places/basemap/ne_50m_borders.geojson"),
-                "towns": static("places/basemap/ne_50m_places.geojson"),
-            },
+            **basemap_config(),
         },
     }
     return render(request, "place_detail.html", context)

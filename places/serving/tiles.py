@@ -1,10 +1,10 @@
 """Mapbox Vector Tiles built in PostGIS (``ST_AsMVT``): the map's hot path, as bytes.
 
 Below ``CLUSTER_BELOW_ZOOM`` a tile carries clusters (a 64×64 grid per tile: position,
-count, most common religion) in layer ``clusters``; from that zoom on it carries the
-places themselves in layer ``places``, at most ``MAX_FEATURES`` of them, thinned by a stable
-priority (a hash of the id) so that the same places stay visible from one request to the
-next. Every query finds its rows through the GiST index on ``location``.
+count, most common religion, count per religion) in layer ``clusters``; from that zoom on it
+carries the places themselves in layer ``places``, at most ``MAX_FEATURES`` of them, thinned
+by a stable priority (a hash of the id) so that the same places stay visible from one request
+to the next. Every query finds its rows through the GiST index on ``location``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,11 @@ SELECT ST_AsMVT(rows, 'places', {{extent}}, 'geom', 'id') FROM rows
 """  # nosec B608 # columns from TILE_COLUMNS; values are bound
 
 # Layer ``clusters``: what each cluster feature carries (the SELECT of ``rows`` below).
-CLUSTER_FIELDS = {"count": "Number", "religion": "String (most common)"}
+CLUSTER_FIELDS = {
+    "count": "Number",
+    "religion": "String (most common)",
+    "religions": "String: religion:count pairs, most first (christian:12,muslim:3)",
+}
 # Each place counts in exactly one tile: candidates come from the index (a box a little
 # larger than the tile), then a half-open test on the tile's own Web Mercator bounds decides.
 # Cells are counted from the tile's corner, so no cell straddles two tiles.
@@ -67,14 +71,22 @@ cells AS (
     WHERE ST_X(c.m) >= ST_XMin(b.tile) AND ST_X(c.m) < ST_XMax(b.tile)
       AND ST_Y(c.m) >= ST_YMin(b.tile) AND ST_Y(c.m) < ST_YMax(b.tile)
 ),
+per_religion AS (
+    SELECT cx, cy, religion::text AS religion, count(*) AS n,
+           sum(ST_X(location)) AS sx, sum(ST_Y(location)) AS sy
+    FROM cells GROUP BY cx, cy, religion
+),
+-- A cell's religions in one more small GROUP BY over at most a few rows per cell: what the
+-- hover lists. The centre is the places' mean position (ST_Centroid of the points).
 clusters AS (
-    SELECT count(*) AS count,
-           mode() WITHIN GROUP (ORDER BY religion) AS religion,
-           ST_Centroid(ST_Collect(location)) AS centre
-    FROM cells GROUP BY cx, cy
+    SELECT sum(n)::int AS count,
+           (array_agg(religion ORDER BY n DESC, religion))[1] AS religion,
+           string_agg(religion || ':' || n, ',' ORDER BY n DESC, religion) AS religions,
+           ST_SetSRID(ST_MakePoint(sum(sx) / sum(n), sum(sy) / sum(n)), 4326) AS centre
+    FROM per_religion GROUP BY cx, cy
 ),
 rows AS (
-    SELECT count, religion,
+    SELECT count, religion, religions,
            ST_AsMVTGeom(ST_Transform(centre, 3857), bounds.tile, {extent}, 64, true) AS geom
     FROM clusters, bounds
 )

@@ -325,16 +325,35 @@
   map.on("click", "clusters", (event) => {
     map.easeTo({ center: event.lngLat, zoom: Math.min(map.getZoom() + 2, 12) });
   });
-  // A cluster's count and most common religion on hover.
+  // A cluster's count and its religions on hover, most first, in the legend's colours (the
+  // tiles carry "christian:12,muslim:3").
+  const religionColour = (code) => (PALETTE.find(([r]) => r === code) || [null, RARE.includes(code) ? RARE_COLOUR : NO_COLOUR])[1];
   const hover = new maplibregl.Popup({ closeButton: false, closeOnClick: false, className: "hover" });
+  let hovered = null;
   map.on("mousemove", "clusters", (event) => {
     const p = event.features[0].properties;
-    hover.setLngLat(event.lngLat)
-      .setText(p.count.toLocaleString("en-GB") + (p.count === 1 ? " place: " : " places, mostly ") +
-        (RELIGIONS[p.religion] || p.religion))
-      .addTo(map);
+    hover.setLngLat(event.lngLat);
+    if (hovered !== p.religions + "/" + p.count) {
+      hovered = p.religions + "/" + p.count;
+      const box = document.createElement("div");
+      box.className = "cluster-religions";
+      box.append(text("strong", p.count.toLocaleString("en-GB") + (p.count === 1 ? " place" : " places")));
+      const list = document.createElement("ul");
+      (p.religions || p.religion + ":" + p.count).split(",").forEach((pair) => {
+        const [code, n] = pair.split(":");
+        const item = document.createElement("li");
+        const swatch = document.createElement("span");
+        swatch.className = "swatch";
+        swatch.style.background = religionColour(code);
+        item.append(swatch, (RELIGIONS[code] || code) + " " + Number(n).toLocaleString("en-GB"));
+        list.append(item);
+      });
+      box.append(list);
+      hover.setDOMContent(box);
+    }
+    if (!hover.isOpen()) hover.addTo(map);
   });
-  map.on("mouseleave", "clusters", () => hover.remove());
+  map.on("mouseleave", "clusters", () => { hover.remove(); hovered = null; });
 
   // --- Search: coordinates fly there; anything else is a name (the API's q) ---
   const searchForm = document.getElementById("search");

@@ -161,6 +161,46 @@ async function popup(page) {
   });
 }
 
+// Hovers the biggest cluster in view: what its hover lists (religion, count, swatch colour)
+// and what the tile says of the cluster under the pointer.
+async function hoverBiggestCluster(page) {
+  const point = await page.evaluate(() => {
+    const map = window.placesMap;
+    const clusters = map.queryRenderedFeatures({ layers: ["clusters"] });
+    const biggest = clusters.reduce((a, f) => (!a || f.properties.count > a.properties.count ? f : a), null);
+    const p = map.project(biggest.geometry.coordinates);
+    return { x: p.x, y: p.y };
+  });
+  const box = await page.locator("#map canvas").boundingBox();
+  await page.mouse.move(box.x + point.x, box.y + point.y);
+  await page.waitForSelector(".cluster-religions li", WAIT);
+  const seen = await page.evaluate((at) => {
+    const under = window.placesMap.queryRenderedFeatures([at.x, at.y], { layers: ["clusters"] })[0];
+    const hover = document.querySelector(".cluster-religions");
+    return {
+      tile: { count: under.properties.count, religions: under.properties.religions },
+      title: hover.querySelector("strong").textContent,
+      items: [...hover.querySelectorAll("li")].map((li) => ({
+        text: li.textContent, colour: getComputedStyle(li.querySelector(".swatch")).backgroundColor,
+      })),
+    };
+  }, point);
+  await page.mouse.move(box.x + box.width - 2, box.y + box.height - 2);
+  return seen;
+}
+
+// The offline basemap's water near a point: rivers within a few pixels, lakes under it.
+const waterAt = (page, lon, lat) => page.evaluate(([x, y]) => {
+  const map = window.placesMap;
+  const p = map.project([x, y]);
+  const near = [[p.x - 8, p.y - 8], [p.x + 8, p.y + 8]];
+  return {
+    rivers: map.queryRenderedFeatures(near, { layers: ["rivers"] }).length,
+    lakes: map.queryRenderedFeatures([p.x, p.y], { layers: ["lakes"] }).length,
+    zoom: map.getZoom(),
+  };
+}, [lon, lat]);
+
 const steps = {};
 const started = Date.now();
 const mark = (name) => { report.timings_ms[name] = Date.now() - started; };
@@ -181,6 +221,8 @@ try {
   steps.first_tab = await page.evaluate(() => document.activeElement.textContent);
   await page.keyboard.press("Enter");
   steps.after_skip = await page.evaluate(() => document.activeElement.id);
+  // A cluster's hover lists its religions.
+  steps.cluster_hover = await hoverBiggestCluster(page);
 
   mark("overview");
   // 2. A filter changes the count, and the URL.
@@ -210,6 +252,16 @@ try {
   });
   await page.uncheck("#density");
   mark("filter");
+  // Water on the offline basemap: the Thames in London, Lake Geneva, at a regional zoom and a
+  // close one (the basemap's tiles stop at 10 and are drawn larger from there).
+  steps.water = {};
+  for (const [name, lon, lat] of [["thames", -0.144, 51.485], ["geneva", 6.55, 46.45]]) {
+    for (const zoom of [7, 12]) {
+      await jump(page, [lon, lat], zoom);
+      steps.water[name + "_z" + zoom] = await waterAt(page, lon, lat);
+    }
+    await keep(page, "water_" + name);
+  }
   // 3. A shared link shows the same view, before and after a reload; a move rewrites it.
   const shared = scenario.shared_url;
   await open(page, shared);

@@ -31,7 +31,7 @@ from django.conf import settings
 from django.contrib.gis.geos import Polygon
 from django.db import connection
 
-from places.models import Dataset, Place, PlaceStatus
+from places.models import Dataset, Place, PlaceStatus, Religion
 from tests.db import database_url
 
 # Every test here is marked for the database, so that pytest-django's ordering (database tests
@@ -206,6 +206,32 @@ def test_cluster_counts_add_up_to_the_places_in_view_and_are_written_on_them(rep
     biggest = overview["biggest_cluster"]
     assert biggest["count"] > 1
     assert biggest["label_drawn"] is True
+
+
+def test_hovering_a_cluster_lists_its_religions_in_the_legends_colours(report):
+    hover = report["steps"]["cluster_hover"]
+    # then: one line per religion of the cluster under the pointer, most first, with counts
+    # adding up to the cluster's and each religion's swatch in its legend colour
+    pairs = [item.split(":") for item in hover["tile"]["religions"].split(",")]
+    assert len(pairs) > 1
+    assert hover["title"] == f"{hover['tile']['count']:,} places"
+    assert [item["text"] for item in hover["items"]] == [
+        f"{Religion(code).label} {int(n):,}" for code, n in pairs
+    ]
+    assert sum(int(n) for _, n in pairs) == hover["tile"]["count"]
+    colours = {item["text"].rsplit(" ", 1)[0]: item["colour"] for item in hover["items"]}
+    assert colours["Christian"] == "rgb(0, 114, 178)"  # Okabe–Ito blue, as in the legend
+    assert colours["Muslim"] == "rgb(0, 158, 115)"
+
+
+def test_the_offline_basemap_draws_rivers_and_lakes_at_every_zoom(report):
+    water = report["steps"]["water"]
+    # then: the Thames by London and Lake Geneva, zoomed out and close in
+    for zoom in (7, 12):
+        assert water[f"thames_z{zoom}"]["rivers"] >= 1, zoom
+        assert water[f"geneva_z{zoom}"]["lakes"] >= 1, zoom
+    # and no lake is drawn where there is none
+    assert water["thames_z12"]["lakes"] == 0
 
 
 def test_a_religion_filter_changes_the_count_and_the_url(report, places):

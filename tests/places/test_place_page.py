@@ -133,6 +133,7 @@ def test_the_map_page_offers_the_filters_and_the_config(client, abbey, clear_cac
     assert '<option value="any">' in html
     assert 'id="map-config"' in html
     assert "ne_50m_land.geojson" in html
+    assert "ne_50m_water.geojson" in html
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -167,4 +168,5 @@ def test_the_committed_basemap_is_what_bin_build_basemap_makes(tmp_path):
         "ne_50m_land.geojson",
         "ne_50m_borders.geojson",
         "ne_50m_places.geojson",
+        "ne_50m_water.geojson",
     }

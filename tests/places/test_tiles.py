@@ -9,6 +9,7 @@ import mapbox_vector_tile
 import pytest
 from django.contrib.gis.geos import Polygon
 from django.db import connection
+from django.db.models import Count
 
 from places.models import Place
 from places.selectors import data_version
@@ -67,6 +68,31 @@ def test_low_zoom_clusters_add_up_to_all_places(client, gb_import, clear_cache):
     total = sum(f["properties"]["count"] for f in layer["features"])
     assert total == Place.objects.filter(status="active").count()
     assert all(f["properties"]["religion"] for f in layer["features"])
+
+
+def test_clusters_count_their_places_per_religion_most_first(client, gb_import, clear_cache):
+    # when: the world in one tile, clustered
+    layer = _decode(client.get("/tiles/places/0/0/0.pbf"))["clusters"]
+    # then: each cluster lists its religions, most first, adding up to its count
+    per_religion: dict[str, int] = {}
+    for feature in layer["features"]:
+        p = feature["properties"]
+        pairs = [item.split(":") for item in p["religions"].split(",")]
+        counts = [int(n) for _, n in pairs]
+        assert sum(counts) == p["count"]
+        assert counts == sorted(counts, reverse=True)
+        assert pairs[0][0] == p["religion"]
+        for religion, n in pairs:
+            per_religion[religion] = per_religion.get(religion, 0) + int(n)
+    # and over all clusters they are the database's counts per religion
+    expected = dict(
+        Place.objects.filter(status="active")
+        .values_list("religion")
+        .annotate(n=Count("id"))
+        .values_list("religion", "n")
+    )
+    assert per_religion == expected
+    assert len(expected) >= 6
 
 
 def test_feature_cap_thins_by_a_stable_priority(client, gb_import, clear_cache, monkeypatch):

@@ -7,6 +7,7 @@
 
   const WATER = "#c6dbea";
   const LAND = "#f5f2ea";
+  const RIVER = "#8fb4d3";
 
   const EMPTY = { type: "FeatureCollection", features: [] };
 
@@ -19,11 +20,19 @@
       sources: {
         land: { type: "geojson", data: EMPTY, attribution: "Made with Natural Earth", maxzoom: 10, tolerance: 0.5 },
         borders: { type: "geojson", data: EMPTY, maxzoom: 10, tolerance: 0.5 },
+        water: { type: "geojson", data: EMPTY, maxzoom: 10, tolerance: 0.5 },
         towns: { type: "geojson", data: EMPTY, maxzoom: 10 },
       },
       layers: [
         { id: "water", type: "background", paint: { "background-color": WATER } },
         { id: "land", type: "fill", source: "land", paint: { "fill-color": LAND } },
+        // Lakes in the sea's colour over the land, outlined like the coast; rivers above them,
+        // thin when zoomed out and wider as the map comes closer.
+        { id: "lakes", type: "fill", source: "water", filter: ["==", ["get", "kind"], "lake"],
+          paint: { "fill-color": WATER, "fill-outline-color": "#7c9cb5" } },
+        { id: "rivers", type: "line", source: "water", filter: ["==", ["get", "kind"], "river"],
+          layout: { "line-join": "round", "line-cap": "round" },
+          paint: { "line-color": RIVER, "line-width": ["interpolate", ["linear"], ["zoom"], 2, 0.5, 6, 1.2, 12, 3] } },
         { id: "coast", type: "line", source: "land",
           paint: { "line-color": "#7c9cb5", "line-width": ["interpolate", ["linear"], ["zoom"], 2, 0.5, 10, 1.5] } },
         { id: "borders", type: "line", source: "borders",
@@ -86,8 +95,8 @@
     const fill = () => {
       if (done) return;
       done = true;
-      ["land", "borders", "towns"].forEach((id) => {
-        if (map.getSource(id)) map.getSource(id).setData(urls[id]);
+      ["land", "borders", "water", "towns"].forEach((id) => {
+        if (map.getSource(id) && urls[id]) map.getSource(id).setData(urls[id]);
       });
     };
     map.on("sourcedata", (event) => { if (event.sourceId === first && event.isSourceLoaded) fill(); });
