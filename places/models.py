@@ -490,3 +490,21 @@ from places.models_access import (  # noqa: E402
 from places.models_access import (  # noqa: E402
     SecurityEventKind as SecurityEventKind,
 )
+from places.models_curation import (  # noqa: E402
+    ApiToken as ApiToken,
+)
+from places.models_curation import (  # noqa: E402
+    PlaceFlag as PlaceFlag,
+)
+from places.models_curation import (  # noqa: E402
+    PlaceProposal as PlaceProposal,
+)
+from places.models_curation import (  # noqa: E402
+    ProposalStatus as ProposalStatus,
+)
+from places.models_curation import (  # noqa: E402
+    QualityFlag as QualityFlag,
+)
+from places.models_curation import (  # noqa: E402
+    QualityRefresh as QualityRefresh,
+)
