@@ -13,6 +13,7 @@ urlpatterns = [
     path("api/v1/", include("analytics.urls")),
     path("api/v1/edge/", include("ingestion.edge.urls")),
     path("api/v1/sensors/latest/", include("ingestion.edge.sensor_map")),
+    path("ogc/", include("places.ogc.urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # The split view serves its start-up script as a file: the docs need no inline script.

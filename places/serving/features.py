@@ -32,6 +32,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.db import connection, transaction
 from psycopg.abc import Buffer
@@ -246,17 +247,23 @@ def read_snapshot() -> Iterator[None]:
 def number_matched(*, query: PlaceQuery) -> tuple[int, bool]:
     """How many places match, and whether that is exact (see the module docstring)."""
     where, params = query.where()
+    return number_matched_where(where=where, params=params)
+
+
+def number_matched_where(*, where: str, params: dict[str, Any]) -> tuple[int, bool]:
+    """``number_matched`` for a condition on ``p`` built by the caller (``PlaceQuery``'s,
+    with more terms: the OGC API's filters)."""
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT count(*) FROM (SELECT 1 FROM places_place p WHERE {where} "
-            f"LIMIT {EXACT_COUNT_LIMIT + 1}) AS capped",  # nosec B608 # WHERE from PlaceQuery.where(); values are bound
+            f"LIMIT {EXACT_COUNT_LIMIT + 1}) AS capped",  # nosec B608 # WHERE built from bound parameters
             params,
         )
         counted = cursor.fetchone()[0]
     if counted <= EXACT_COUNT_LIMIT:
         return counted, True
     estimate = selectors.query_row_estimate(
-        sql=f"SELECT 1 FROM places_place p WHERE {where}",  # nosec B608 # from PlaceQuery.where()
+        sql=f"SELECT 1 FROM places_place p WHERE {where}",  # nosec B608 # values are bound
         params=params,
     )
     # The count already proved more than the limit; never report fewer.

@@ -1,0 +1,243 @@
+"""Pages of a collection's features as GeoJSON text written by PostgreSQL.
+
+Places reuse the places list's fast path: the condition of ``PlaceQuery`` (box, dataset,
+status), the feature SQL of ``places.serving.features`` (one list of fields) and its
+``numberMatched`` (exact up to 10,000, the planner's estimate above). What the OGC API adds
+(dates, filters, another sort order) is more terms on the same condition.
+
+Pages are keyset pages on (sort key, id), never offsets: the cursor names the last row of
+the previous page, so a deep page costs what the first does, and a write between two pages
+neither repeats nor skips a row that did not itself move.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from django.db import connection
+
+from places.geo import BBox
+from places.ogc.collections import PLACES, REGION_QUERYABLES, Collection
+from places.ogc.cql import SQL_TYPES, Condition
+from places.serving import features
+from places.serving.query import PlaceQuery
+
+DECIMALS = features.DECIMALS
+
+
+class CursorError(ValueError):
+    """A cursor this API did not hand out (or handed out for another sort order)."""
+
+
+@dataclass(frozen=True)
+class Sort:
+    key: str = "id"
+    descending: bool = False
+
+
+@dataclass(frozen=True)
+class ItemsQuery:
+    """A validated items request on one collection."""
+
+    collection: Collection
+    bbox: BBox | None = None
+    # The dated places whose span [start_date, end_date] meets [start, end] (None: open;
+    # a place without an end date is still standing).
+    dates: tuple[date | None, date | None] | None = None
+    condition: Condition = field(default_factory=Condition)
+    status: str | None = "active"
+    properties: tuple[str, ...] = ()
+    sort: Sort = Sort()
+    limit: int = 10
+
+    def place_query(self) -> PlaceQuery:
+        return PlaceQuery(bbox=self.bbox, dataset_id=self.collection.dataset_id, status=self.status)
+
+    def key(self) -> str:
+        """What the page depends on besides the data and the cursor, for cache keys."""
+        parts = [
+            self.collection.id,
+            self.place_query().key() if self.collection.kind == PLACES else str(self.bbox),
+            str(self.dates),
+            self.condition.sql,
+            json.dumps(self.condition.params, sort_keys=True, default=str),
+            ",".join(self.properties),
+            f"{self.sort.key}:{self.sort.descending}",
+            str(self.limit),
+        ]
+        return "|".join(parts)
+
+
+def cursor_encode(key: str, last_key: str, last_id: int) -> str:
+    text = json.dumps([key, last_key, last_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def cursor_decode(token: str, *, sort: Sort) -> tuple[str, int]:
+    """The (sort key as text, id) a page starts after."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        key, last_key, last_id = json.loads(raw)
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
+        raise CursorError("is not a cursor this API handed out") from None
+    if key != sort.key or not isinstance(last_key, str) or not isinstance(last_id, int):
+        raise CursorError("is not a cursor this API handed out for this sortby")
+    return last_key, last_id
+
+
+@dataclass(frozen=True)
+class Page:
+    features: str  # the features as JSON text, comma-separated
+    returned: int
+    more: bool
+    cursor: str | None  # of the next page
+    matched: int
+    exact: bool
+
+
+def _where(query: ItemsQuery) -> tuple[str, dict[str, Any]]:
+    """The condition on the collection's alias (``p`` or ``r``) and its parameters."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if query.collection.kind == PLACES:
+        where, params = query.place_query().where()
+        clauses.append(where)
+        if query.dates is not None:
+            start, end = query.dates
+            clauses.append("p.start_date IS NOT NULL")
+            if end is not None:
+                clauses.append("p.start_date <= %(dt_end)s")
+                params["dt_end"] = end
+            if start is not None:
+                # No end date: still standing.
+                clauses.append("(p.end_date IS NULL OR p.end_date >= %(dt_start)s)")
+                params["dt_start"] = start
+    elif query.bbox is not None:
+        parts = []
+        for i, (x0, y0, x1, y1) in enumerate(query.bbox.parts()):
+            parts.append(
+                f"ST_Intersects(r.geom, ST_MakeEnvelope(%(bx0_{i})s, %(by0_{i})s, "
+                f"%(bx1_{i})s, %(by1_{i})s, 4326))"
+            )
+            params.update({f"bx0_{i}": x0, f"by0_{i}": y0, f"bx1_{i}": x1, f"by1_{i}": y1})
+        clauses.append("(" + " OR ".join(parts) + ")")
+    clauses.append(query.condition.sql)
+    params.update(query.condition.params)
+    return " AND ".join(clauses), params
+
+
+def _region_feature_sql(properties: tuple[str, ...]) -> str:
+    pairs = ", ".join(f"'{name}', {REGION_QUERYABLES[name].sql}" for name in properties)
+    props = f"json_build_object({pairs})::text" if properties else "'{}'"
+    return (
+        """'{"type":"Feature","id":' || r.id || ',"geometry":' || """
+        f"ST_AsGeoJSON(r.geom, {DECIMALS}) || "
+        f"""',"properties":' || {props} || '}}'"""
+    )
+
+
+PAGE_SQL = """
+WITH region_summary AS MATERIALIZED ({regions}),
+rows AS MATERIALIZED (
+    SELECT {alias}.id, ({key})::text AS k, {row} AS line
+    FROM {table} {alias} {joins}
+    WHERE {where} {keyset}
+    ORDER BY {key} {direction}, {alias}.id {direction}
+    LIMIT %(limit_plus_one)s
+), page AS (
+    SELECT id, k, line, row_number() OVER (ORDER BY {key_in_rows} {direction}, id {direction}) AS n
+    FROM rows
+)
+SELECT (SELECT count(*) FROM rows),
+       count(*) FILTER (WHERE n <= %(limit)s),
+       string_agg(line, ',' ORDER BY n) FILTER (WHERE n <= %(limit)s),
+       max(k) FILTER (WHERE n = %(limit)s),
+       max(id) FILTER (WHERE n = %(limit)s)
+FROM page
+"""
+
+
+def items_page(*, query: ItemsQuery, after: tuple[str, int] | None) -> Page:
+    """One keyset page of the collection's features matching ``query``, after ``after``
+    (the previous page's last sort key and id), with ``numberMatched``."""
+    places = query.collection.kind == PLACES
+    alias = "p" if places else "r"
+    queryable = query.collection.queryables[query.sort.key]
+    where, filters = _where(query)
+    params = dict(filters)
+    if places:
+        row, joins = features._record_sql(list(query.properties), "geojson")
+        table = "places_place"
+    else:
+        row, joins, table = _region_feature_sql(query.properties), "", "places_region"
+    direction = "DESC" if query.sort.descending else "ASC"
+    keyset = ""
+    if after is not None:
+        op = "<" if query.sort.descending else ">"
+        keyset = (
+            f"AND ({queryable.sql}, {alias}.id) {op} "
+            f"(%(after_key)s::{SQL_TYPES[queryable.kind]}, %(after_id)s)"
+        )
+        params["after_key"], params["after_id"] = after
+    sql = PAGE_SQL.format(
+        regions=features.REGION_SUMMARIES if places else "SELECT 1 AS id",
+        alias=alias,
+        key=queryable.sql,
+        # Text sorts as text in rows (the key's own type keeps the order of the page).
+        key_in_rows="k" if queryable.kind == "string" else f"k::{SQL_TYPES[queryable.kind]}",
+        row=row,
+        table=table,
+        joins=joins,
+        where=where,
+        keyset=keyset,
+        direction=direction,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {**params, "limit": query.limit, "limit_plus_one": query.limit + 1})
+        found, returned, lines, last_key, last_id = cursor.fetchone()
+    more = found > query.limit
+    if places:
+        matched, exact = features.number_matched_where(where=where, params=filters)
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT count(*) FROM places_region r WHERE {where}",  # nosec B608 # values bound
+                filters,
+            )
+            matched, exact = cursor.fetchone()[0], True
+    return Page(
+        features=lines or "",
+        returned=returned,
+        more=more,
+        cursor=cursor_encode(query.sort.key, last_key, last_id) if more else None,
+        matched=matched,
+        exact=exact,
+    )
+
+
+def item_get(*, collection: Collection, feature_id: int, properties: tuple[str, ...]) -> str | None:
+    """One feature of the collection as GeoJSON text, whatever its status; None when the
+    collection has no such feature."""
+    if collection.kind == PLACES:
+        row, joins = features._record_sql(list(properties), "geojson")
+        where, params = PlaceQuery(dataset_id=collection.dataset_id, status=None).where()
+        # Columns from FIELDS, WHERE from PlaceQuery; values bound.
+        sql = (
+            f"WITH region_summary AS MATERIALIZED ({features.REGION_SUMMARIES}) "  # nosec B608
+            f"SELECT {row} FROM places_place p {joins} WHERE {where} AND p.id = %(fid)s"
+        )
+    else:
+        params = {}
+        sql = (
+            f"SELECT {_region_feature_sql(properties)} FROM places_region r "  # nosec B608 # constant columns
+            "WHERE r.id = %(fid)s"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {**params, "fid": feature_id})
+        row_found = cursor.fetchone()
+    return row_found[0] if row_found else None
