@@ -16,10 +16,11 @@ from django.http import HttpRequest
 from kombu.exceptions import OperationalError as BrokerError
 
 from ingestion import tasks as ingestion_tasks
-from places import access, services
+from places import access, admin_duplicates, services  # noqa: F401 (registers its admin)
 from places.access import Action
 from places.admin_access import DatasetScopedAdminMixin, DatasetScopedInlineMixin
 from places.admin_base import FastChangeListMixin, GeoAdmin, IdSearchMixin, ReadOnlyAdminMixin
+from places.admin_curation import CurationAdminMixin, QualityFlagFilter
 from places.admin_history import (
     AUDIT_LIST_DISPLAY,
     AUDIT_LIST_FILTER,
@@ -272,7 +273,7 @@ class PlaceAdminForm(forms.ModelForm):
 
 
 @admin.register(Place)
-class PlaceAdmin(PlaceHistoryAdminMixin, DatasetScopedAdminMixin, GeoAdmin):
+class PlaceAdmin(CurationAdminMixin, PlaceHistoryAdminMixin, DatasetScopedAdminMixin, GeoAdmin):
     form = PlaceAdminForm
     list_display = (
         "__str__",
@@ -292,6 +293,7 @@ class PlaceAdmin(PlaceHistoryAdminMixin, DatasetScopedAdminMixin, GeoAdmin):
         RegionFilter,
         NameFilter,
         RecentlyChangedFilter,
+        QualityFlagFilter,
     )
     search_fields = ("name",)
     search_help_text = "Part of a name, a key such as osm:way/123, or a place id."
@@ -310,7 +312,14 @@ class PlaceAdmin(PlaceHistoryAdminMixin, DatasetScopedAdminMixin, GeoAdmin):
         ("History", {"fields": ("history",)}),
     )
     inlines = (PlaceAttributeInline,)
-    actions = ("retire_selected", "unretire_selected")
+    actions = (
+        "retire_selected",
+        "unretire_selected",
+        "set_religion",
+        "replace_denomination",
+        "export_csv",
+        "export_geojson",
+    )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Place]:
         return super().get_queryset(request).defer("source_values", "region__geom")

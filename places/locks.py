@@ -27,3 +27,5 @@ class AdvisoryLock(IntEnum):
     EDGE_PARTITION = 0x45444750  # "EDGP"
     # One analytics recompute at a time (single key).
     ANALYTICS = 0x414E4C59  # "ANLY"
+    # One search for duplicates at a time (single key).
+    DUPLICATES = 0x44555053  # "DUPS"

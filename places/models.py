@@ -508,3 +508,12 @@ from places.models_curation import (  # noqa: E402
 from places.models_curation import (  # noqa: E402
     QualityRefresh as QualityRefresh,
 )
+from places.models_duplicates import (  # noqa: E402
+    DuplicateCandidate as DuplicateCandidate,
+)
+from places.models_duplicates import (  # noqa: E402
+    DuplicateReason as DuplicateReason,
+)
+from places.models_duplicates import (  # noqa: E402
+    DuplicateStatus as DuplicateStatus,
+)

@@ -1,10 +1,17 @@
 """Writes of the places app: places (curators, devices) and their history (revert, restore),
-regions, attribute partitions.
+duplicates and merges, regions, attribute partitions.
 
 Callers import from here (``from places import services``); the modules are split by what
 they keep.
 """
 
+from places.services.duplicates import (
+    DuplicateDecisionError,
+    DuplicatesFound,
+    duplicate_mark_not_duplicate,
+    duplicates_find,
+    duplicates_find_for_job,
+)
 from places.services.history import (
     HistoryError,
     RevertConflict,
@@ -12,6 +19,7 @@ from places.services.history import (
     place_restore,
     place_unretire,
 )
+from places.services.merge import MERGE_FIELDS, place_merge, place_merge_undo
 from places.services.partitions import (
     ATTRIBUTE_DEFAULT_PARTITION,
     ATTRIBUTE_TABLE,
@@ -39,15 +47,23 @@ __all__ = [
     "ATTRIBUTE_DEFAULT_PARTITION",
     "ATTRIBUTE_TABLE",
     "EDITABLE_FIELDS",
+    "MERGE_FIELDS",
     "SUBDIVIDE_MAX_VERTICES",
+    "DuplicateDecisionError",
+    "DuplicatesFound",
     "HistoryError",
     "PlaceVersionConflict",
     "RegionsRefreshed",
     "RevertConflict",
     "change_revert",
     "dataset_get_or_create",
+    "duplicate_mark_not_duplicate",
+    "duplicates_find",
+    "duplicates_find_for_job",
     "place_attribute_partitions_ensure",
     "place_create",
+    "place_merge",
+    "place_merge_undo",
     "place_restore",
     "place_retire",
     "place_unretire",

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.contrib.auth import get_user
 from django.db.models import QuerySet
 from django.http import HttpResponse, HttpResponseBase
+from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers
@@ -20,7 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from places import selectors
-from places.models import Dataset, Place, Region
+from places.models import Dataset, Place, PlaceStatus, Region
 from places.serving import features
 from places.serving.fields import PROPERTIES
 from places.serving.filters import RegionFilter
@@ -214,7 +215,15 @@ class PlaceListApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
         )
 
 
-@extend_schema(summary="One place with its footprint")
+@extend_schema(
+    summary="One place with its footprint",
+    description=(
+        "A place merged into another answers `301 Moved Permanently` to the place it was "
+        "merged into (`Location`), with its own feature, `status: merged` and "
+        "`superseded_by` in the body for clients that do not follow redirects."
+    ),
+    responses={200: PlaceDetailSerializer, 301: PlaceDetailSerializer, 304: None},
+)
 class PlaceDetailApi(QueryParamsGuard, generics.RetrieveAPIView):
     serializer_class = PlaceDetailSerializer
 
@@ -223,6 +232,14 @@ class PlaceDetailApi(QueryParamsGuard, generics.RetrieveAPIView):
 
     def retrieve(self, request: Request, *args: object, **kwargs: object) -> Response:
         place = self.get_object()
+        if place.status == PlaceStatus.MERGED and place.merged_into_id:
+            # The merged place keeps resolving: to the survivor, and permanently.
+            target = reverse("places:place-detail", kwargs={"pk": place.merged_into_id})
+            return Response(
+                self.get_serializer(place).data,
+                status=301,
+                headers={"Location": request.build_absolute_uri(target)},
+            )
         # Every write to a place moves its version, so (id, version) names this content.
         etag = f'W/"place-{place.pk}-{place.version}"'
         headers = {"ETag": etag, "Cache-Control": "no-cache"}

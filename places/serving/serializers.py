@@ -77,10 +77,17 @@ class PlaceDetailSerializer(GeoFeatureModelSerializer):
     )
     country = RegionSummarySerializer(read_only=True, allow_null=True)
     region = RegionSummarySerializer(read_only=True, allow_null=True)
+    superseded_by = serializers.IntegerField(
+        source="merged_into_id",
+        read_only=True,
+        allow_null=True,
+        help_text="For a merged place, the place it was merged into (its URL answers a 301 "
+        "there); null otherwise.",
+    )
 
     class Meta:
         model = Place
         geo_field = "location"
         id_field = "id"
         # Every listed property (places.serving.fields), then what only the detail shows.
-        fields = ["id", *PROPERTIES, "footprint", "merged_into", "created_at"]
+        fields = ["id", *PROPERTIES, "footprint", "merged_into", "superseded_by", "created_at"]

@@ -45,6 +45,7 @@ from places.models import (
     Dataset,
     DatasetRole,
     DataVersion,
+    DuplicateCandidate,
     PlaceAttribute,
     PlaceChange,
     Region,
@@ -153,6 +154,28 @@ MODELS = [
             ],
             "admin:places_place_restore": [
                 Rule(in_ds("curator"), obj="places.place.restore", kwarg="")
+            ],
+        },
+    ),
+    # Likely duplicates: listed to viewers of both places' datasets, decided (merge, "not a
+    # duplicate", undo) by curators of both; rows are written by the finder and services.
+    ModelRules(
+        "places.duplicatecandidate",
+        view=in_ds(*VIEW),
+        change=NOBODY,
+        add=NOBODY,
+        delete=NOBODY,
+        extra={
+            "admin:places_duplicatecandidate_merge": [
+                Rule(in_ds("curator"), obj="places.duplicatecandidate", kwarg="candidate_id"),
+                Rule(
+                    in_ds("curator"), "post", obj="places.duplicatecandidate", kwarg="candidate_id"
+                ),
+            ],
+            "admin:places_duplicatecandidate_undo": [
+                Rule(
+                    in_ds("curator"), "post", obj="places.duplicatecandidate", kwarg="candidate_id"
+                )
             ],
         },
     ),
@@ -355,6 +378,8 @@ ACTIONS: dict[tuple[str, str], Allowed] = {
     ("places.place", "retire_selected"): in_ds("curator"),
     ("places.place", "unretire_selected"): in_ds("curator"),
     ("places.place", "delete_selected"): NOBODY,
+    ("places.duplicatecandidate", "mark_not_duplicate"): in_ds("curator"),
+    ("places.duplicatecandidate", "delete_selected"): NOBODY,
     ("places.dataset", "sync_now"): in_ds("importer"),
     ("places.dataset", "delete_selected"): in_ds(),
     ("places.placeattribute", "delete_selected"): in_ds("curator"),
@@ -432,9 +457,22 @@ def _world() -> dict[tuple[str, str | None], Any]:
             inspection={"columns": ["id", "name"], "layers": []},
             options={"mapping": {"key": "{id}"}},
         )
+        twin = place_create(
+            dataset=dataset,
+            source_key=f"{ds}-2",
+            data={"name": f"{ds} chapel", "location": Point(10.5, 10.5)},
+        )
         objects |= {
             ("places.dataset", ds): dataset,
             ("places.place", ds): place,
+            ("places.duplicatecandidate", ds): DuplicateCandidate.objects.create(
+                place_a=place,
+                place_b=twin,
+                dataset_a=dataset,
+                dataset_b=dataset,
+                score=0.9,
+                reasons=["exact_coordinates"],
+            ),
             ("places.place.revert", ds): {
                 "object_id": place.pk,
                 "seq": PlaceChange.objects.filter(place=place).latest("seq").seq,

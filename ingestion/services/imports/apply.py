@@ -67,22 +67,31 @@ _SET_MOVED = ",\n        ".join(
 
 
 # The version guard skips a row a curator changed after the diff was taken; it is reported
-# as a conflict rather than overwritten with stale old values in the log.
+# as a conflict rather than overwritten with stale old values in the log. A key merged away
+# (key_id is not the place written) updates the survivor, which may be of another dataset:
+# the survivor keeps its own source values, the merged place's key takes the file's, and
+# the log names the key.
 UPDATE_CHANGED = f"""
 WITH upd AS (
     UPDATE places_place p SET
         {_SET_MOVED},
-        source_values = d.new_j,
+        source_values = CASE WHEN d.key_id = p.id THEN d.new_j ELSE p.source_values END,
         version = p.version + 1,
         updated_at = now()
     FROM import_diff d
     WHERE d.op = 'update' AND p.id = d.place_id AND p.version = d.old_version
-    RETURNING p.id, p.version
+    RETURNING p.id, p.version, p.dataset_id
+), merged_keys AS (
+    UPDATE places_place k SET source_values = d.new_j
+    FROM upd JOIN import_diff d ON d.place_id = upd.id AND d.op = 'update'
+    WHERE k.id = d.key_id AND d.key_id <> d.place_id
 )
 INSERT INTO places_placechange (place_id, dataset_id, operation, changes, place_version,
                                 source, import_job_id, device_id, comment)
-SELECT upd.id, %(dataset)s, 'update', d.changes, upd.version, 'import', %(job)s, '', ''
-FROM upd JOIN import_diff d ON d.place_id = upd.id
+SELECT upd.id, upd.dataset_id, 'update', d.changes, upd.version, 'import', %(job)s, '',
+       CASE WHEN d.key_id <> upd.id
+            THEN 'import of ' || d.source_key || ', a key merged into this place' ELSE '' END
+FROM upd JOIN import_diff d ON d.place_id = upd.id AND d.op = 'update'
 ORDER BY d.sid
 """  # nosec B608 # SQL from this module's constants; values are bound
 
@@ -92,7 +101,7 @@ ORDER BY d.sid
 REFRESH_SOURCE_VALUES = """
 UPDATE places_place p SET source_values = d.new_j
 FROM import_diff d
-WHERE d.op = 'unchanged' AND d.source_values IS DISTINCT FROM d.new_j AND p.id = d.place_id
+WHERE d.op = 'unchanged' AND d.source_values IS DISTINCT FROM d.new_j AND p.id = d.key_id
 """
 
 
@@ -231,7 +240,7 @@ def apply_batch(
             added=added,
             updated=updated,
             unchanged=by_op.get("unchanged", 0) + by_op.get("kept", 0),
-            conflicts=by_op.get("update", 0) - updated,
+            conflicts=by_op.get("update", 0) - updated + by_op.get("deferred", 0),
             by_fingerprint=by_op["fingerprint"],
         )
         committing = time.perf_counter()

@@ -128,14 +128,15 @@ DROP_BATCH = (
 # only fields whose source value moved are written, so curators' fixes survive. Each lateral
 # subquery is evaluated once per row (OFFSET 0 keeps it from being inlined into every
 # reference). ``import_diff`` keeps, per row of import_batch: op (create / update /
-# unchanged / kept), changes (the change-log entry), moved (fields whose source value
+# unchanged / kept / deferred), changes (the change-log entry), moved (fields whose source value
 # moved), new_j, cur_j and source_values. The fingerprint rides in source_values under
 # ``_fingerprint``; it is never a moved field nor logged.
 DIFF = f"""
 CREATE TEMP TABLE import_diff ON COMMIT DROP AS
 SELECT s.sid, s.row_number, s.source_key, n.new_j ->> 'name' AS name, s.denominations,
        l.geom, s.footprint, l.region_id, l.country_id, n.new_j,
-       p.id AS place_id, p.version AS old_version, p.source_values, c.cur_j, m.moved,
+       p.id AS place_id, p.key_id, p.version AS old_version, p.key_values AS source_values,
+       c.cur_j, m.moved,
        ch.changes,
        CASE WHEN p.id IS NULL THEN 'create'
             WHEN ch.changes IS NULL THEN 'unchanged'
@@ -148,13 +149,17 @@ CROSS JOIN LATERAL (
     SELECT {_new_json("s", "l")} AS new_j OFFSET 0) n
 -- A lateral probe of the unique key, so that no plan hashes all the dataset's places (the
 -- dataset given as a sub-select: statistics taken before the import began would make the
--- planner walk all the dataset's places for every row instead).
+-- planner walk all the dataset's places for every row instead). The key's place (k) gives
+-- the source values last delivered; the place written (p) is k itself, or for a key that
+-- was merged away the place it was merged into (``merged_into`` never names a merged place):
+-- a re-import updates the survivor and never brings the merged place back.
 LEFT JOIN LATERAL (
-    SELECT * FROM places_place p
-    WHERE p.dataset_id = (SELECT %(dataset)s::bigint) AND p.source_key = s.source_key
+    SELECT t.*, k.id AS key_id, k.source_values AS key_values FROM places_place k
+    JOIN places_place t ON t.id = COALESCE(k.merged_into_id, k.id)
+    WHERE k.dataset_id = (SELECT %(dataset)s::bigint) AND k.source_key = s.source_key
            OFFSET 0) p ON true
 CROSS JOIN LATERAL (
-    SELECT CASE WHEN p.id IS NOT NULL AND p.source_values IS DISTINCT FROM n.new_j
+    SELECT CASE WHEN p.id IS NOT NULL AND p.key_values IS DISTINCT FROM n.new_j
                 THEN {_fields_json("p", "p.location", "p.footprint", "p")} END AS cur_j
     OFFSET 0) c
 CROSS JOIN LATERAL (
@@ -163,7 +168,7 @@ CROSS JOIN LATERAL (
         WHEN c.cur_j IS NULL THEN '{{}}'::text[]  -- nothing moved
         ELSE COALESCE((SELECT array_agg(k) FROM unnest({_ALL_KEYS}) k
                        WHERE n.new_j -> k
-                             IS DISTINCT FROM COALESCE(p.source_values, c.cur_j) -> k),
+                             IS DISTINCT FROM COALESCE(p.key_values, c.cur_j) -> k),
                       '{{}}') END AS moved
     OFFSET 0) m
 CROSS JOIN LATERAL (
@@ -176,6 +181,18 @@ CROSS JOIN LATERAL (
     OFFSET 0) ch
 """  # nosec B608 # SQL from this module's constants; values are bound
 
+
+# Two rows of a batch may write one place: a merged-away key and the survivor's own key (or
+# two merged-away keys). The survivor's own row, else the first, is applied; the others wait
+# ("deferred", counted as conflicts) and, their key's source values left as they were, are
+# applied by the next import.
+DEFER_SHARED_SURVIVORS = """
+UPDATE import_diff d SET op = 'deferred'
+WHERE d.op = 'update' AND d.key_id <> d.place_id
+  AND EXISTS (SELECT 1 FROM import_diff o
+              WHERE o.op = 'update' AND o.place_id = d.place_id AND o.sid <> d.sid
+                AND (o.key_id = o.place_id OR o.sid < d.sid))
+"""
 
 DIFF_COUNTS = "SELECT op, count(*) FROM import_diff GROUP BY op"
 
@@ -225,6 +242,7 @@ def batch_diff(
         points_locate(cursor=cursor, points_table="import_points", located_table="import_located")
     with counts.timed("diff"):
         cursor.execute(DIFF, params)
+        cursor.execute(DEFER_SHARED_SURVIVORS)
     cursor.execute(DIFF_COUNTS)
     for op, n in cursor.fetchall():
         by_op[op] = by_op.get(op, 0) + n

@@ -36,6 +36,7 @@ from places import metrics
 from places.locks import AdvisoryLock
 from places.models import Place
 from places.selectors import region_version, table_row_estimate
+from places.tasks import duplicates_find_soon
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ def _execute_locked(job_id: int) -> ImportJob | None:
         _analyze_after_bulk_load(job.added + job.updated)
         if job.added + job.updated + job.retired:
             analytics_recompute_soon()  # the regions whose places moved, once this commits
+        if job.added + job.updated:
+            duplicates_find_soon(job_id=job.pk)  # the places it wrote, against all others
     logger.info(
         "import job %s %s: %s read, %s added, %s updated, %s unchanged, %s rejected",
         job.pk,

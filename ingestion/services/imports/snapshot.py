@@ -2,8 +2,9 @@
 
 Places of the dataset that came from an import (they have source values), are active and
 whose key no staged row of the job carries (a rejected row's key still counts as present)
-are missing. The apply retires them, the dry run counts them and samples a few: all three
-statements are built on ``MISSING_IN_SNAPSHOT``.
+are missing, unless the file carries the key of a place of the dataset merged into them
+(that key now stands for the survivor). The apply retires them, the dry run counts them
+and samples a few: all three statements are built on ``MISSING_IN_SNAPSHOT``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ MISSING_IN_SNAPSHOT = """
     WHERE p.dataset_id = %(dataset)s AND p.status = 'active' AND p.source_values IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM ingestion_importstage s
                       WHERE s.job_id = %(job)s AND s.source_key = p.source_key)
+      AND NOT EXISTS (SELECT 1 FROM places_place m
+                      JOIN ingestion_importstage s
+                        ON s.job_id = %(job)s AND s.source_key = m.source_key
+                      WHERE m.merged_into_id = p.id AND m.dataset_id = %(dataset)s)
 """
 
 RETIRE_MISSING = f"""
