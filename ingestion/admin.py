@@ -58,7 +58,8 @@ MAPPING_HELP = {
         "e.g. osm:{osm_type}/{osm_id} or {id}. {_kind} stands for node on point layers and "
         "area on polygon layers; {_content} for a digest of the row's own values and geometry "
         "(for files without an id column: a changed row gets a new key, so a re-import adds "
-        "it instead of updating it). A later row with an already used key is rejected."
+        "it instead of updating it); {_layer} for the row's layer name (ids numbered per "
+        "layer: {_layer}:{id}). A later row with an already used key is rejected."
     ),
     "name": "Column with the place's name (may be empty; curators fill names in).",
     "religion": "Column with the religion, normalised to the vocabulary; raw text is kept.",

@@ -20,6 +20,12 @@ ID_COLUMNS = ("id", "@id", "objectid", "fid", "gid", "ogc_fid", "uuid")
 # (ingestion.staging.values.source_keys), for files that have no id column.
 CONTENT_FIELD = "_content"
 CONTENT_KEY = "{" + CONTENT_FIELD + "}"
+# A key template field that is no column: the name of the row's layer. Files of several
+# layers (shapefiles in one zip, GeoPackage tables) usually number each layer's rows from 1,
+# so an id column is unique only together with its layer.
+LAYER_FIELD = "_layer"
+# Template fields that are no column of the file.
+NON_COLUMN_FIELDS = frozenset({"_kind", CONTENT_FIELD, LAYER_FIELD})
 CONTENT_KEY_NOTE = (
     "The key is derived from each row's content (its values and geometry), not read from an "
     "id column: re-importing a changed file cannot match rows by such a key, so a snapshot "
@@ -48,7 +54,8 @@ class ColumnMapping:
     ``key`` is a template over column names (``osm:{osm_type}/{osm_id}``); ``{_kind}`` stands
     for ``node`` on point layers and ``area`` on polygon layers (Geofabrik's convention for
     ids that come from nodes, and from ways or relations); ``{_content}`` for a digest of the
-    row's own values and geometry (see CONTENT_KEY_NOTE).
+    row's own values and geometry (see CONTENT_KEY_NOTE); ``{_layer}`` for the name of the
+    row's layer.
     """
 
     key: str
@@ -85,7 +92,7 @@ class ColumnMapping:
     def used_columns(self) -> set[str]:
         """Columns consumed by fields; the rest become tags (a packed class stays in tags)."""
         used = {v for k, v in self.as_dict().items() if k not in {"key", "packed_class"} and v}
-        used |= set(self.key_fields()) - {CONTENT_FIELD}
+        used |= set(self.key_fields()) - NON_COLUMN_FIELDS
         return used
 
     def content_key(self) -> bool:
@@ -155,7 +162,7 @@ def mapping_problems(
         key_columns = mapping.key_fields()
     except ValueError as exc:
         return {"key": str(exc)}
-    known = set(columns) | {"_kind", CONTENT_FIELD}
+    known = set(columns) | NON_COLUMN_FIELDS
     problems: dict[str, str] = {}
     if not mapping.key:
         problems["key"] = (

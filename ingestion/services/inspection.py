@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
@@ -21,7 +22,14 @@ from django.utils.text import get_valid_filename
 from pyogrio.errors import DataLayerError, DataSourceError
 from pyogrio.raw import open_arrow
 
-from ingestion.mapping import CONTENT_KEY_NOTE, ColumnMapping, key_propose, mapping_propose
+from ingestion.mapping import (
+    CONTENT_KEY_NOTE,
+    LAYER_FIELD,
+    NON_COLUMN_FIELDS,
+    ColumnMapping,
+    key_propose,
+    mapping_propose,
+)
 from ingestion.models import ImportJob, ImportState
 from ingestion.readers import CsvReader, GeoReader, Reader, UnreadableFile, open_reader
 from ingestion.services import jobs
@@ -155,8 +163,13 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
         return job
     # Every layer's columns: staff may choose any of the layers on the mapping form.
     columns = jobs.layers_columns(layers=[layer.columns for layer in layers])
+    chosen_layers = job.options.get("chosen_layers") or []
     proposed, key_note = key_proposal(
-        reader=reader, layer=layers[0].name, columns=columns, has_geometry=reader.has_geometry
+        reader=reader,
+        layers=[layer.name for layer in layers if layer.name in chosen_layers]
+        or [layer.name for layer in layers],
+        columns=columns,
+        has_geometry=reader.has_geometry,
     )
     inspection: dict[str, Any] = {
         "format": job.format,
@@ -226,19 +239,35 @@ def _heights_or_measures(layers: list[Any], inspection: dict[str, Any]) -> bool:
 
 
 def key_proposal(
-    *, reader: Reader, layer: str, columns: list[str], has_geometry: bool
+    *, reader: Reader, layers: list[str], columns: list[str], has_geometry: bool
 ) -> tuple[ColumnMapping, str | None]:
-    """The proposed mapping, its key checked against the layer's first batch, and a note on
-    the key for staff (None when the key is an id column whose values do not repeat there).
+    """The proposed mapping, its key checked against the first batch of the first layer and
+    across the first batches of all ``layers``, and a note on the key for staff (None when
+    the key is an id column whose values do not repeat there).
 
     A few repeats are errors in an id column, which the duplicate rule reports row by row;
     a column repeating on more than REPEATS_FOR_FALLBACK of the rows is probably no id at all,
-    so the next id column, or the content key, is proposed instead.
+    so the next id column, or the content key, is proposed instead. An id column unique in
+    each layer but repeating across them (each layer numbered from 1, as GIS tools write
+    them) is made unique by its layer: ``{_layer}:{id}``.
     """
     proposed = mapping_propose(columns, has_geometry=has_geometry)
     note: str | None = None
     if not proposed.content_key():
-        repeats, rows = _first_batch_key_repeats(reader, layer, proposed)
+        repeats, rows = _first_batch_key_repeats(reader, layers[0], proposed)
+        if not repeats and len(layers) > 1:
+            shared, total = _key_repeats_across_layers(reader, layers, proposed)
+            if shared:
+                key_columns = ", ".join(sorted(set(proposed.key_fields()) - NON_COLUMN_FIELDS))
+                proposed.key = f"{{{LAYER_FIELD}}}:{proposed.key}"
+                note = (
+                    f"The key column {key_columns} is unique within each layer but {shared} of "
+                    f"the first {total} rows of the {len(layers)} layers repeat another "
+                    f"layer's key (each layer is numbered on its own): the key proposed is "
+                    f"{proposed.key}, the layer's name and the id, which a re-import of the "
+                    "same layers matches again."
+                )
+                return proposed, note
         if repeats:
             repeating = set(proposed.key_fields()) - {"_kind"}
             note = (
@@ -257,22 +286,50 @@ def key_proposal(
     return proposed, note
 
 
-def _first_batch_key_repeats(reader: Reader, layer: str, mapping: ColumnMapping) -> tuple[int, int]:
-    """Rows of the first batch whose (non-empty) key repeats an earlier row's, and the rows
-    read. A batch that cannot be read counts as no repeats: the import reports it anyway."""
+def _key_repeats_across_layers(
+    reader: Reader, layers: list[str], mapping: ColumnMapping
+) -> tuple[int, int]:
+    """Keys of the layers' first batches that another layer's first batch has too, and the
+    rows read. Keys with ``{_kind}`` are not compared: the kind tells a Geofabrik file's
+    point and polygon layers apart, and it is filled in only when staging."""
+    if "_kind" in mapping.key_fields():
+        return 0, 0
+    seen: dict[str, str] = {}
+    shared = total = 0
+    for layer in layers:
+        keys = _first_batch_keys(reader, layer, mapping)
+        if keys is None:
+            continue
+        total += len(keys)
+        for key in set(keys.filter(pc.not_equal(keys, "")).to_pylist()):
+            if seen.setdefault(key, layer) != layer:
+                shared += 1
+    return shared, total
+
+
+def _first_batch_keys(reader: Reader, layer: str, mapping: ColumnMapping) -> pa.Array | None:
+    """The keys of a layer's first batch; None when it is empty or cannot be read."""
     batches = reader.batches(layer)
     try:
         batch = next(batches, None)
     except _READ_ERRORS:
-        return 0, 0
+        return None
     finally:
         batches.close()
     if batch is None or not batch.num_rows:
-        return 0, 0
+        return None
     texts = {name: text_array(values, batch.num_rows) for name, values in batch.arrays.items()}
     # ``_kind`` is the same for every row of a layer, so any value counts repeats alike.
-    keys = source_keys(texts, mapping, kind="", size=batch.num_rows)
-    return key_repeats(keys), batch.num_rows
+    return source_keys(texts, mapping, kind="", size=batch.num_rows, layer=layer)
+
+
+def _first_batch_key_repeats(reader: Reader, layer: str, mapping: ColumnMapping) -> tuple[int, int]:
+    """Rows of the first batch whose (non-empty) key repeats an earlier row's, and the rows
+    read. A batch that cannot be read counts as no repeats: the import reports it anyway."""
+    keys = _first_batch_keys(reader, layer, mapping)
+    if keys is None:
+        return 0, 0
+    return key_repeats(keys), len(keys)
 
 
 def _csv_row_count(reader: CsvReader, path: Path) -> tuple[int, bool]:

@@ -29,7 +29,12 @@ from django.utils.text import slugify
 from kombu.exceptions import OperationalError as BrokerError
 
 from ingestion import tasks
-from ingestion.mapping import CONTENT_FIELD, ColumnMapping, mapping_problems, mapping_propose
+from ingestion.mapping import (
+    NON_COLUMN_FIELDS,
+    ColumnMapping,
+    mapping_problems,
+    mapping_propose,
+)
 from ingestion.models import ImportJob, ImportMode, ImportState
 from ingestion.readers import (
     CsvReader,
@@ -121,7 +126,10 @@ def import_job_create(
         from ingestion.services.inspection import key_proposal
 
         proposed, key_note = key_proposal(
-            reader=reader, layer=picked[0].name, columns=columns, has_geometry=reader.has_geometry
+            reader=reader,
+            layers=[layer.name for layer in picked],
+            columns=columns,
+            has_geometry=reader.has_geometry,
         )
     chosen = ColumnMapping.from_dict({**proposed.as_dict(), **(mapping or {})})
     problems = mapping_problems(chosen, columns=columns, has_geometry=reader.has_geometry)
@@ -216,7 +224,7 @@ def _layer_key_problems(mapping: ColumnMapping, *, layers: dict[str, list[str]])
     if len(layers) < 2:
         return {}
     try:
-        needed = [name for name in mapping.key_fields() if name not in {"_kind", CONTENT_FIELD}]
+        needed = [name for name in mapping.key_fields() if name not in NON_COLUMN_FIELDS]
     except ValueError:
         return {}  # mapping_problems names it
     for layer, columns in layers.items():

@@ -57,13 +57,17 @@ def geometry_wkb(values: list[str]) -> tuple[list[bytes | None], list[tuple[str,
                 continue
             _MESSAGES.local.kept.clear()
             try:
-                geometry = GEOSGeometry(value)
+                geometry = GEOSGeometry(_EWKT_MEASURES.sub(r"\1 M", value))
             except (GEOSException, ValueError, TypeError) as exc:
                 why = _MESSAGES.local.kept[-1] if _MESSAGES.local.kept else str(exc)
                 problems[i] = (
                     "invalid_geometry",
                     f"not WKT, EWKT or hex WKB ({why[:120]}): {_preview(value)}",
                 )
+                continue
+            if geometry.empty:
+                # ``POINT EMPTY`` holds no position (and has no WKB): the row reads as one
+                # whose geometry cell is empty, so its lon/lat, if any, place it.
                 continue
             if geometry.srid not in (None, WGS84):
                 problems[i] = (
@@ -80,6 +84,15 @@ def geometry_wkb(values: list[str]) -> tuple[list[bytes | None], list[tuple[str,
     finally:
         _MESSAGES.local.kept = None
     return wkb, problems
+
+
+# PostGIS's EWKT writes a measured type as one word (``POINTM(1 2 3)``, what ST_AsEWKT
+# gives), which GEOS does not read; ISO WKT spells it ``POINT M (1 2 3)``, which it does.
+_EWKT_MEASURES = re.compile(
+    r"\b(POINT|LINESTRING|POLYGON|MULTIPOINT|MULTILINESTRING|MULTIPOLYGON|GEOMETRYCOLLECTION)M"
+    r"(?=\s*(?:\(|EMPTY\b))",
+    re.IGNORECASE | re.ASCII,
+)
 
 
 def _preview(value: str) -> str:

@@ -161,8 +161,13 @@ def _location(
     by_geometry = np.zeros(size, dtype=bool)
     if mapping.geometry:
         texts = strip(text_array(arrays.get(mapping.geometry), size))
-        by_geometry = pc.not_equal(texts, "").to_numpy(zero_copy_only=False).astype(bool)
         parsed, problems = geometry_wkb(texts.to_pylist())
+        # A value that is a geometry, or a rejected attempt at one, places (or rejects) its
+        # row; an empty cell and an EMPTY geometry leave it to longitude and latitude.
+        by_geometry = np.array(
+            [w is not None or p is not None for w, p in zip(parsed, problems, strict=True)],
+            dtype=bool,
+        )
         wkb = _hex_wkb(parsed)
         rejections.add_each(problems)
     lon, lon_ok, lon_finite, lon_text, lon_error = coordinates(
@@ -334,7 +339,7 @@ def stage_batch(
         return strip(text_array(arrays.get(name) if name else None, size))
 
     source_key = source_keys(
-        arrays, mapping, kind=geometry_kind, size=size, geometry=batch.wkb_array
+        arrays, mapping, kind=geometry_kind, size=size, geometry=batch.wkb_array, layer=layer
     )
     rejections = _Rejections(batch)
     where = _location(batch, arrays, mapping, rejections)

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingestion.mapping import CONTENT_FIELD, ColumnMapping
+from ingestion.mapping import CONTENT_FIELD, LAYER_FIELD, ColumnMapping
 from ingestion.normalize import date_parse
 from ingestion.staging.arrow_text import STRING, constant, strip, text_array
 
@@ -31,11 +31,12 @@ def source_keys(
     kind: str,
     size: int,
     geometry: pa.Array | None = None,
+    layer: str = "",
 ) -> pa.Array:
     """The key template filled in per row; empty when a key column is empty.
 
     ``{_content}`` is filled with content_digests of the row's values and ``geometry`` (WKB),
-    so identical rows share a key.
+    so identical rows share a key; ``{_layer}`` with ``layer``, the batch's layer name.
     """
     if not mapping.key:
         return constant("", size)
@@ -52,6 +53,8 @@ def source_keys(
             values = constant(kind, size)
         elif field_name == CONTENT_FIELD:
             values = content_digests(arrays, geometry, size=size)
+        elif field_name == LAYER_FIELD:
+            values = constant(layer, size)
         else:
             values = strip(text_array(arrays.get(field_name), size))
         complete = pc.and_(complete, pc.not_equal(values, ""))

@@ -264,3 +264,47 @@ def test_heights_or_measures_are_found_in_wkt_wkb_and_layer_types(value, expecte
 def test_mapping_help_names_what_the_geometry_column_takes():
     assert "WKT, EWKT or hex WKB" in MAPPING_HELP["geometry"]
     assert "Heights (Z) and measures (M) are dropped" in MAPPING_HELP["geometry"]
+
+
+def test_measured_geometries_in_ewkt_and_iso_spellings_import_flat_with_a_note(
+    sample_regions, tmp_path
+):
+    # given measured geometries as PostGIS's EWKT writes them (POINTM, with and without an
+    # SRID) and as ISO WKT spells them, and a polygon with measures
+    path = _write(
+        tmp_path,
+        "m.csv",
+        "id\tgeom\n"
+        "m1\tPOINTM(-1.5 53.8 7)\n"
+        "m2\tSRID=4326;POINTM(-1.51 53.81 8)\n"
+        "m3\tPOINT M (-1.52 53.82 9)\n"
+        f"m4\tPOLYGONM(({SQUARE[10:-2].replace(',', ' 1,')} 1))\n",
+    )
+    dataset = dataset_get_or_create(slug="wkt-m")
+    # when it is inspected, then imported
+    job = import_job_inspect(
+        job=import_job_create(path=path, dataset=dataset, wait_for_review=True)
+    )
+    imported = _run(path, "wkt-m")
+    # then nothing is refused, the note says measures are dropped, and places are 2D
+    assert job.inspection["geometry_notes"] == [DIMENSIONS_DROPPED]
+    assert (imported.added, imported.rejected) == (4, 0)
+    assert _place(imported, "m1").location.coords == (-1.5, 53.8)
+    assert _place(imported, "m2").location.coords == (-1.51, 53.81)
+    assert _place(imported, "m4").footprint is not None
+
+
+def test_an_empty_geometry_reads_as_an_empty_cell(sample_regions, tmp_path):
+    # given rows whose geometry is EMPTY, one with lon/lat beside it and one without
+    path = _write(
+        tmp_path,
+        "empty.csv",
+        "id,lon,lat,geom\ne1,-1.5,53.8,POINT EMPTY\ne2,,,POLYGONM EMPTY\n",
+    )
+    # when it is imported
+    job = _run(path, "empty-geometries")
+    # then lon/lat place the first, and the second is rejected for having no position,
+    # rather than the import failing
+    assert (job.state, job.added, job.rejected) == ("done", 1, 1)
+    assert _place(job, "e1").location.coords == (-1.5, 53.8)
+    assert job.rejections.get().reason == "missing_geometry"

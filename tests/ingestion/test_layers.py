@@ -19,6 +19,7 @@ from ingestion.models import ImportJob, ImportState
 from ingestion.readers import UnreadableFile, open_reader
 from ingestion.readers.safety import check_zip
 from ingestion.services.imports import import_job_execute
+from ingestion.services.inspection import import_job_inspect
 from ingestion.services.jobs import import_job_create
 from ingestion.tasks import import_job_run
 from places.models import Place
@@ -302,3 +303,49 @@ def test_a_snapshot_of_some_layers_is_refused_as_it_would_retire_the_others(tmp_
     # and a snapshot of every layer, or an upsert of one, is accepted
     assert import_job_create(path=path, dataset=dataset, mode="snapshot").pk
     assert import_job_create(path=path, dataset=dataset, mode="upsert", layers=layers[:1]).pk
+
+
+def test_ids_numbered_per_layer_are_keyed_with_their_layer_and_match_again_on_reimport(
+    sample_regions, tmp_path
+):
+    # given two shapefiles in one zip, each numbering its rows from 1 (as GIS tools do)
+    chapels = {"id": ["1", "2", "3"], "name": ["North Chapel", "South Chapel", "East Chapel"]}
+    temples = {"id": ["1", "2", "3"], "name": ["Temple A", "Temple B", "Temple C"]}
+    path = _zip(tmp_path, {"x/chapels": chapels, "y/temples": temples})
+    dataset = dataset_get_or_create(slug="per-layer-ids")
+
+    # when it is inspected (staff reviewing before the import)
+    job = import_job_inspect(
+        job=import_job_create(path=path, dataset=dataset, wait_for_review=True)
+    )
+
+    # then the key made unique by its layer is proposed, and the note says why
+    assert job.inspection["proposed_mapping"]["key"] == "{_layer}:{id}"
+    assert job.options["mapping"]["key"] == "{_layer}:{id}"
+    assert "unique within each layer" in job.inspection["key_note"]
+    assert "3 of the first 6 rows" in job.inspection["key_note"]
+
+    # when the file is imported straight away, and then once more as a snapshot
+    first = _run(path, "per-layer-ids")
+    again = _run(path, "per-layer-ids", mode="snapshot")
+
+    # then every row of both layers is a place, none rejected as a duplicate, and the
+    # re-import matches each of them instead of retiring and adding
+    assert (first.added, first.rejected) == (6, 0)
+    assert (again.added, again.retired, again.rejected) == (0, 0, 0)
+    keys = _keys("per-layer-ids")
+    assert len(keys) == 6
+    assert {key.split(":")[1] for key in keys} == {"1", "2", "3"}
+    assert len({key.split(":")[0] for key in keys}) == 2
+
+
+def test_ids_unique_across_layers_stay_the_plain_key(tmp_path):
+    # given two layers whose ids never meet
+    path = _zip(tmp_path, {"chapels": CHAPELS, "temples": TEMPLES})
+    dataset = dataset_get_or_create(slug="unique-layer-ids")
+
+    # when a job is made for it
+    job = import_job_create(path=path, dataset=dataset)
+
+    # then the id column alone is the key
+    assert job.options["mapping"]["key"] == "{id}"
