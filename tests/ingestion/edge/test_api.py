@@ -444,3 +444,67 @@ def test_failed_authentications_from_one_address_are_limited_before_any_key_look
         assert _error(beat(key, "203.0.113.7")) == (429, "throttled")
     # while another address with the right key is served
     assert beat(key, "198.51.100.2").status_code == 200
+
+
+def _million_readings() -> bytes:
+    """A batch of a million readings (about 80 MB of JSON), as one device's runaway queue."""
+    one = json.dumps(_reading()).encode()
+    sensors = json.dumps(_batch()["sensors"]).encode()
+    return b'{"sensors": ' + sensors + b', "readings": [' + b", ".join([one] * 1_000_000) + b"]}"
+
+
+def test_a_million_readings_with_the_default_limits_is_413_and_stores_nothing(node, key):
+    # given a million readings, sent as they are and gzipped (a small body on the wire)
+    body = _million_readings()
+    compressed = gzip.compress(body, compresslevel=1)
+    assert len(compressed) < len(body) // 20
+
+    # when each is posted with the default limits
+    plain = _post(key, body)
+    zipped = _post(key, compressed, idempotency_key="batch-2", CONTENT_ENCODING="gzip")
+
+    # then both are refused as too large before any reading is parsed, and nothing is stored
+    assert _error(plain) == (413, "too_large")
+    assert _error(zipped) == (413, "too_large")
+    assert _stored(node) == (0, 0)
+
+
+def test_one_reading_past_the_default_count_limit_is_413(settings, node, key):
+    # given the default limit of readings a batch (far under the byte limit at this size)
+    limit = settings.EDGE_MAX_BATCH_READINGS
+    readings = [_reading(minute=i % 60, value=float(i)) for i in range(limit + 1)]
+
+    # when one reading more than the limit is sent, then the limit itself
+    over = _post(key, _batch(*readings))
+    at = _post(key, _batch(*readings[:limit]), idempotency_key="batch-2")
+
+    # then the first is refused whole naming the limit, the second is taken
+    assert _error(over) == (413, "too_many_readings")
+    assert at.status_code == 200
+    assert _stored(node)[0] == 1
+
+
+def test_a_batch_is_acknowledged_and_kept_when_the_broker_refuses_its_follow_up(
+    monkeypatch, node, key, django_capture_on_commit_callbacks
+):
+    # given a broker that refuses every message, as Redis does when it is down
+    from kombu.exceptions import OperationalError
+
+    from ingestion.edge import tasks
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks.edge_batch_follow_up, "delay", refuse)
+
+    # when a batch is posted and its transaction commits
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = _post(key, _batch(_reading(), _reading(minute=1)))
+
+    # then the follow-up was tried and failed, yet the batch is acknowledged and stored;
+    # beat's sweep (edge_batches_count_pending) counts it later
+    assert callbacks
+    assert response.status_code == 200
+    assert response.json()["accepted"] == 2
+    assert _stored(node) == (1, 2)
+    assert ObservationBatch.objects.get(node=node).counted_at is None
