@@ -3,13 +3,16 @@
 
 from django.urls import path
 
-from places import health, views
+from places import apis, health, views
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("map/", views.map_view, name="map"),
     path("places/<int:place_id>/", views.place_detail, name="place-detail"),
     # Browsers ask for /favicon.ico on pages that name no icon (the admin's, for one).
+    # The review queue's API (proposals); reviewing is done in the admin.
+    path("api/v1/proposals/", apis.ProposalListApi.as_view(), name="proposal-list"),
+    path("api/v1/proposals/<int:pk>/", apis.ProposalDetailApi.as_view(), name="proposal-detail"),
     path("favicon.ico", views.FaviconRedirect.as_view(), name="favicon"),
     path("health/live/", health.live, name="health-live"),
     path("health/ready/", health.ready, name="health-ready"),

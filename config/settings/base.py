@@ -447,6 +447,11 @@ DOWNLOADS_KEEP_SECONDS = env.int("DOWNLOADS_KEEP_SECONDS", default=3600)
 DOWNLOADS_FORGET_DAYS = env.int("DOWNLOADS_FORGET_DAYS", default=30)
 # Jobs pending or running at once; a request for another selection gets 429 beyond.
 DOWNLOADS_MAX_ACTIVE_JOBS = env.int("DOWNLOADS_MAX_ACTIVE_JOBS", default=20)
+# Data-quality flags of datasets changed by imports or region upkeep (edits flag at once).
+CELERY_BEAT_SCHEDULE["quality-flags-refresh"] = {
+    "task": "places.tasks.quality_flags_refresh_due",
+    "schedule": crontab(minute="*/10"),
+}
 CELERY_BEAT_SCHEDULE["downloads-maintain"] = {
     "task": "analytics.tasks.downloads_maintain",
     "schedule": crontab(minute="*/10"),

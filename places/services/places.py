@@ -21,6 +21,7 @@ from places.models import (
     PlaceChange,
     PlaceStatus,
 )
+from places.services.quality import place_flags_refresh
 from places.services.regions import regions_hold_for_locating
 
 # The fields a dataset's rows give a place: imports compare, write and log exactly these
@@ -86,6 +87,7 @@ def place_create(
         if getattr(place, f) not in (None, "", [], {})
     }
     _record(place=place, operation=ChangeOperation.CREATE, changes=changes, user=user)
+    place_flags_refresh(place_ids=[place.pk], dataset_id=place.dataset_id)
     return place
 
 
@@ -129,6 +131,7 @@ def place_update(
     if expected_version is not None and current.version != expected_version:
         raise PlaceVersionConflict(expected=expected_version, current=current.version)
     changes: dict[str, dict[str, Any]] = {}
+    old_location = current.location
     for field, new in data.items():
         old = getattr(current, field)
         if _json_value(old) != _json_value(new):
@@ -155,6 +158,9 @@ def place_update(
         comment=comment,
         reverts=reverts,
     )
+    # Its old coordinates too: places left there may no longer share them.
+    moved = [old_location] if "location" in changes else []
+    place_flags_refresh(place_ids=[current.pk], dataset_id=current.dataset_id, also_at=moved)
     return current
 
 
@@ -226,7 +232,16 @@ def places_retire(*, place_ids: Sequence[int], user: Any = None, comment: str = 
                 "comment": comment,
             },
         )
-        return cursor.rowcount
+        retired = cursor.rowcount
+    # A retired place no longer makes the places at its coordinates duplicates.
+    by_dataset: dict[int, list[int]] = {}
+    for place_id, dataset_id in Place.objects.filter(pk__in=place_ids).values_list(
+        "pk", "dataset_id"
+    ):
+        by_dataset.setdefault(dataset_id, []).append(place_id)
+    for dataset_id, ids in by_dataset.items():
+        place_flags_refresh(place_ids=ids, dataset_id=dataset_id)
+    return retired
 
 
 def _record(

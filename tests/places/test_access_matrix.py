@@ -54,6 +54,7 @@ from places.models import (
 )
 from places.services import place_create
 from places.services.access import dataset_role_grant
+from places.services.review import proposal_create
 
 pytestmark = pytest.mark.django_db(databases=["default", "replica"])  # the stats API reads it
 
@@ -155,6 +156,8 @@ MODELS = [
             "admin:places_place_restore": [
                 Rule(in_ds("curator"), obj="places.place.restore", kwarg="")
             ],
+            # Counts of the datasets the user may view.
+            "admin:places_place_quality": [Rule(anywhere(*VIEW))],
         },
     ),
     # Likely duplicates: listed to viewers of both places' datasets, decided (merge, "not a
@@ -185,6 +188,23 @@ MODELS = [
         change=in_ds("curator"),
         add=anywhere("curator"),
         delete=in_ds("curator"),
+    ),
+    # Proposals: their proposer and the dataset's reviewers see them (the matrix's proposer is
+    # none of the roles); nobody edits or deletes one; contributors and curators propose.
+    ModelRules(
+        "places.placeproposal",
+        view=in_ds("reviewer"),
+        change=NOBODY,
+        add=NOBODY,  # proposed from a place's page
+        delete=NOBODY,
+        extra={
+            "admin:places_placeproposal_propose": [
+                Rule(in_ds("contributor", "curator"), obj="places.place", kwarg="place_id")
+            ],
+            "admin:places_placeproposal_review": [
+                Rule(in_ds("reviewer"), obj="places.placeproposal", kwarg="pk")
+            ],
+        },
     ),
     # The change log and data versions: read-only to everyone (the table refuses changes too).
     ModelRules("places.placechange", view=in_ds(*VIEW), change=NOBODY, add=NOBODY, delete=NOBODY),
@@ -355,6 +375,10 @@ URLS: dict[str, list[Rule]] = {
         ),
         PUBLIC,
     ),
+    # Proposals through the API: every signed-in user lists their own (here none), and reads
+    # only their own (the matrix's proposals are another user's).
+    "proposal-list": [Rule(LOGGED_IN)],
+    "proposal-detail": [Rule(NOBODY, obj="places.placeproposal", kwarg="pk")],
     # Edge devices authenticate with their keys; a user's session opens nothing there.
     **{name: [Rule(NOBODY)] for name in ("edge:observations", "edge:changes", "edge:heartbeat")},
     # The admin's own pages.
@@ -378,6 +402,11 @@ ACTIONS: dict[tuple[str, str], Allowed] = {
     ("places.place", "retire_selected"): in_ds("curator"),
     ("places.place", "unretire_selected"): in_ds("curator"),
     ("places.place", "delete_selected"): NOBODY,
+    ("places.place", "set_religion"): in_ds("curator"),
+    ("places.place", "replace_denomination"): in_ds("curator"),
+    ("places.place", "export_csv"): in_ds(*VIEW),
+    ("places.place", "export_geojson"): in_ds(*VIEW),
+    ("places.placeproposal", "delete_selected"): NOBODY,
     ("places.duplicatecandidate", "mark_not_duplicate"): in_ds("curator"),
     ("places.duplicatecandidate", "delete_selected"): NOBODY,
     ("places.dataset", "sync_now"): in_ds("importer"),
@@ -628,6 +657,18 @@ def test_every_url_and_admin_action_answers_every_role_as_the_table_says(monkeyp
             outcome="accepted", reason="matrix"
         ),
     }
+    # A proposal in each dataset by a contributor who is none of the roles tried.
+    proposer = User.objects.create_user("matrix-proposer")
+    for ds in DATASETS:
+        dataset_role_grant(
+            user=proposer, dataset=objects[("places.dataset", ds)], role="contributor"
+        )
+    for ds in DATASETS:
+        objects[("places.placeproposal", ds)] = proposal_create(
+            place=objects[("places.place", ds)],
+            user=User.objects.get(pk=proposer.pk),
+            values={"name": f"{ds} chapel renamed"},
+        )
     wrong: list[str] = []
     anonymous: dict[str, int] = {}  # public URLs: the anonymous answer, asked once
     for role in ROLES:
