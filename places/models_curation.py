@@ -150,14 +150,15 @@ class PlaceFlag(models.Model):
 
 
 class QualityRefresh(models.Model):
-    """The data version of a dataset its flags were last computed at, so that beat's
-    refresh recomputes only the datasets whose places changed since."""
+    """The last change-log entry a dataset's flags were computed after, so that beat's
+    refresh recomputes only datasets with changes the services did not flag as they wrote
+    them (imports, region maintenance)."""
 
     dataset = models.OneToOneField(
         "places.Dataset", primary_key=True, on_delete=models.CASCADE, related_name="+"
     )
-    data_version = models.BigIntegerField()
+    last_seq = models.BigIntegerField(help_text="The change log's seq when last computed.")
     refreshed_at = models.DateTimeField(db_default=Now())
 
     def __str__(self) -> str:
-        return f"{self.dataset_id} flags at version {self.data_version}"
+        return f"{self.dataset_id} flags after change #{self.last_seq}"

@@ -31,7 +31,10 @@ class Migration(migrations.Migration):
                         to="places.dataset",
                     ),
                 ),
-                ("data_version", models.BigIntegerField()),
+                (
+                    "last_seq",
+                    models.BigIntegerField(help_text="The change log's seq when last computed."),
+                ),
                 (
                     "refreshed_at",
                     models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
