@@ -308,3 +308,28 @@ def test_an_empty_geometry_reads_as_an_empty_cell(sample_regions, tmp_path):
     assert (job.state, job.added, job.rejected) == ("done", 1, 1)
     assert _place(job, "e1").location.coords == (-1.5, 53.8)
     assert job.rejections.get().reason == "missing_geometry"
+
+
+def test_plain_parquet_with_wkt_and_hex_text_and_no_id_imports_under_the_content_key(
+    sample_regions, tmp_path
+):
+    # given a plain Parquet file (no GeoParquet metadata) whose geometry is text, WKT in one
+    # row and hex WKB in the other, with no id column at all
+    parquet = tmp_path / "text.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "name": ["Chapel", "Temple"],
+                "the_geom": ["POINT (-1.5 53.8)", Point(-2.2, 53.5).wkb.hex()],
+            }
+        ),
+        parquet,
+    )
+    # when it is imported
+    job = _run(parquet, "parquet-text")
+    # then both rows are placed by their geometry, keyed by their content
+    assert job.options["mapping"]["key"] == "{_content}"
+    assert job.options["mapping"]["geometry"] == "the_geom"
+    assert (job.added, job.rejected) == (2, 0)
+    places = Place.objects.filter(dataset=job.dataset)
+    assert sorted(p.location.coords for p in places) == [(-2.2, 53.5), (-1.5, 53.8)]

@@ -44,6 +44,9 @@ class Route:
     content_length: int | None = None
     # Seconds between the body's bytes (a source that drips).
     drip: float = 0.0
+    last_modified: str = ""
+    # Where a 302 sends the client instead of a body.
+    redirect: str = ""
 
 
 @dataclass
@@ -67,7 +70,14 @@ def source() -> Iterator[Source]:
                 self.send_error(404)
                 return
             time.sleep(route.delay)
-            if route.etag and self.headers.get("If-None-Match") == route.etag:
+            if route.redirect:
+                self.send_response(302)
+                self.send_header("Location", route.redirect)
+                self.end_headers()
+                return
+            if (route.etag and self.headers.get("If-None-Match") == route.etag) or (
+                route.last_modified and self.headers.get("If-Modified-Since") == route.last_modified
+            ):
                 self.send_response(304)
                 self.end_headers()
                 return
@@ -76,6 +86,8 @@ def source() -> Iterator[Source]:
             self.send_header("Content-Length", str(length))
             if route.etag:
                 self.send_header("ETag", route.etag)
+            if route.last_modified:
+                self.send_header("Last-Modified", route.last_modified)
             self.end_headers()
             # The client gives up on a lying or slow source, as it should.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -443,3 +455,40 @@ def test_sync_now_says_so_when_the_task_queue_is_down(client, source, monkeypatc
     assert "The task queue could not be reached (connection refused); try again later." in (
         response.content.decode()
     )
+
+
+def test_a_source_with_only_last_modified_is_asked_with_it_and_answers_304(source):
+    # given a source that sends Last-Modified and no ETag, synced and applied once
+    stamp = "Wed, 02 Dec 2026 10:00:00 GMT"
+    source.routes["/places.csv"] = Route(body=V1, last_modified=stamp)
+    dataset = _dataset(source, "/places.csv")
+    _sync_and_apply(dataset)
+    jobs_before = ImportJob.objects.count()
+    # when it is checked again
+    outcome = dataset_sync(dataset=dataset, enqueue=False)
+    # then the request carried the date back, the source said "not modified", no job was made
+    assert source.requests[-1]["If-Modified-Since"] == stamp
+    assert outcome.status == "unchanged"
+    assert ImportJob.objects.count() == jobs_before
+
+
+def test_a_redirect_to_another_scheme_is_an_error_that_retires_nothing(source):
+    # given a synced dataset whose source now redirects to a local file
+    source.routes["/places.csv"] = Route(body=V1, etag='"v1"')
+    dataset = _dataset(source, "/places.csv")
+    _sync_and_apply(dataset)
+    source.routes["/places.csv"] = Route(redirect="file:///etc/passwd")
+    # when it is checked
+    outcome = dataset_sync(dataset=dataset, enqueue=False)
+    # then it is an error naming the redirect, no job is made, and the places stay
+    assert outcome.status == "error"
+    assert "file:///etc/passwd" in outcome.message
+    assert outcome.job is None
+    assert _active_keys(dataset) == ["a", "b", "c"]
+
+
+def test_beat_checks_the_due_datasets_every_quarter_hour():
+    entry = settings.CELERY_BEAT_SCHEDULE["sync-datasets"]
+    assert entry["task"] == "ingestion.tasks.datasets_sync"
+    assert entry["schedule"].minute == {0, 15, 30, 45}
+    assert callable(tasks.datasets_sync)
