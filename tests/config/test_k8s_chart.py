@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -357,3 +359,62 @@ def test_a_password_file_completes_a_database_url_that_has_none(tmp_path):
     assert (
         _database("postgis://places:own@db-rw:5432/places", password="s3cret")["PASSWORD"] == "own"
     )
+
+
+def _readme_blocks() -> list[str]:
+    text = (ROOT / "k8s" / "README.md").read_text()
+    return re.findall(r"^ *```(?:yaml)?\n(.*?)^ *```", text, flags=re.S | re.M)
+
+
+def test_the_runbook_restore_cluster_matches_the_schema():
+    # given the recovery Cluster of k8s/README.md's worked example
+    (block,) = [b for b in _readme_blocks() if "bootstrap:" in b and "recovery:" in b]
+    cluster = yaml.safe_load(textwrap.dedent(block))
+    # then it is a valid Cluster restoring from the chart's backup bucket to a time
+    assert _load_checker().check([cluster]) == []
+    assert cluster["spec"]["bootstrap"]["recovery"]["recoveryTarget"]["targetTime"]
+    production = yaml.safe_load((CHART / "environments" / "production.yaml").read_text())
+    store = cluster["spec"]["externalClusters"][0]["barmanObjectStore"]
+    assert store["destinationPath"] == production["database"]["backup"]["destinationPath"]
+
+
+def test_the_runbook_commands_render_and_name_objects_that_exist():
+    # given every helm install/upgrade command of k8s/README.md, rendered instead of applied
+    commands = [
+        line.strip()
+        for block in _readme_blocks()
+        for line in block.splitlines()
+        if line.strip().startswith("helm upgrade")
+    ]
+    assert len(commands) >= 3
+    names: set[str] = set()
+    for command in commands:
+        words = command.replace("sha256:...", "sha256:" + "0" * 64).split()
+        words = [w for w in words if w not in ("--install", "--wait", "--atomic")]
+        if "--timeout" in words:
+            del words[words.index("--timeout") : words.index("--timeout") + 2]
+        release, chart, rest = words[2], words[3], words[4:]
+        # when it is rendered with helm template
+        result = subprocess.run(
+            [_helm(), "template", release, str(ROOT / chart), *rest],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+        # then it renders
+        assert result.returncode == 0, (command, result.stderr)
+        for doc in yaml.safe_load_all(result.stdout):
+            if doc:
+                names.add(f"{doc['kind'].lower()}/{doc['metadata']['name']}")
+    names.add("cluster/places-db-restore")  # the worked example's own Cluster
+    # and every object a kubectl command of the runbook names is one of them
+    text = "\n".join(_readme_blocks()) + (ROOT / "k8s" / "README.md").read_text()
+    short = {"hpa": "horizontalpodautoscaler"}
+    named = set(re.findall(r"\b(deployment|job|cluster|scheduledbackup)/([a-z0-9-]+)", text))
+    for kind, listed in re.findall(r"get (hpa|cluster|scheduledbackup) ([a-z0-9 -]+)", text):
+        objects = itertools.takewhile(lambda word: not word.startswith("-"), listed.split())
+        named |= {(short.get(kind, kind), name) for name in objects}
+    assert named
+    missing = {f"{kind}/{name}" for kind, name in named} - names
+    assert not missing
