@@ -7,13 +7,14 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import socket
 import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.core.cache import cache
-from django.test import Client
+from django.test import Client, override_settings
 from django.utils import timezone
 
 from ingestion.edge.models import (
@@ -508,3 +509,22 @@ def test_a_batch_is_acknowledged_and_kept_when_the_broker_refuses_its_follow_up(
     assert response.json()["accepted"] == 2
     assert _stored(node) == (1, 2)
     assert ObservationBatch.objects.get(node=node).counted_at is None
+
+
+def test_a_batch_is_taken_and_stored_when_the_cache_redis_is_unreachable(settings, node, key):
+    # given the cache Redis (rate limits) on a port nothing listens on
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    caches = {**settings.CACHES}
+    caches["default"] = {**caches["default"], "LOCATION": f"redis://127.0.0.1:{port}/0"}
+
+    # when a batch is posted, and posted again under its key
+    with override_settings(CACHES=caches):
+        first = _post(key, _batch(_reading(), _reading(minute=1)))
+        replay = _post(key, _batch(_reading(), _reading(minute=1)))
+
+    # then both are answered from PostgreSQL alone: stored once, the replay the same answer
+    assert first.status_code == replay.status_code == 200
+    assert replay.json() == first.json()
+    assert _stored(node) == (1, 2)
