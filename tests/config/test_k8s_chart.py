@@ -8,6 +8,7 @@ fixture fetches it when missing). Rendering is offline: no cluster is involved."
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
@@ -15,6 +16,8 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -418,3 +421,52 @@ def test_the_runbook_commands_render_and_name_objects_that_exist():
     assert named
     missing = {f"{kind}/{name}" for kind, name in named} - names
     assert not missing
+
+
+@contextlib.contextmanager
+def _serving() -> Iterator[str]:
+    """The site served over HTTP from a thread (the pipeline's smoke test is a separate
+    process); the thread's own connection reads the test database outside the test's
+    transaction, which these endpoints need no rows of."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from django.core.wsgi import get_wsgi_application
+    from django.db import connections
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = make_server("127.0.0.1", 0, get_wsgi_application(), handler_class=QuietHandler)
+
+    def serve() -> None:
+        try:
+            server.serve_forever(poll_interval=0.05)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+
+
+@pytest.mark.django_db
+def test_the_pipeline_smoke_test_passes_on_a_running_site_and_fails_elsewhere():
+    smoke = [sys.executable, str(ROOT / "bin" / "smoke-test")]
+    with _serving() as url:
+        # when the release pipeline's smoke test runs against a live site
+        result = subprocess.run([*smoke, url], capture_output=True, text=True, timeout=60)
+        # then readiness, the API call and the tile all answer as expected
+        assert result.returncode == 0, result.stderr
+        assert "smoke test passed" in result.stdout
+        # and against a URL where none of them is served, it fails naming each
+        result = subprocess.run(
+            [*smoke, url + "/nowhere"], capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 1
+    assert result.stderr.count("smoke test failed") == 3
