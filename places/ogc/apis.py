@@ -8,6 +8,8 @@ the map serves a GIS client and the other way round.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from typing import Any
 
@@ -15,6 +17,7 @@ from django.http import Http404, HttpResponse, HttpResponseBase, QueryDict
 from django.shortcuts import render
 from django.templatetags.static import static
 from django.urls import reverse
+from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.exceptions import APIException, ValidationError
@@ -33,6 +36,7 @@ from places.ogc.collections import (
 from places.ogc.documents import GEOJSON, HTML, JSON, MVT, WEB_MERCATOR_QUAD
 from places.ogc.items import ItemsQuery, Page, item_get, items_page
 from places.ogc.params import (
+    ITEMS_PARAMS,
     PLACE_LIMITS,
     REGION_LIMITS,
     OgcError,
@@ -180,7 +184,7 @@ class LandingApi(OgcApi):
     @extend_schema(operation_id="ogc_landing")
     def get(self, request: Request) -> HttpResponse:
         fmt = self.fmt()
-        schema_url = request.build_absolute_uri(reverse("schema")) + "?format=json"
+        schema_url = self.url("api")
         docs_url = request.build_absolute_uri(reverse("api-docs"))
         document = documents.landing(self.url, schema_url=schema_url, docs_url=docs_url)
         return self.answer(document, fmt=fmt, title="Places — OGC API")
@@ -603,4 +607,50 @@ class TileApi(OgcApi):
 
         return cached_bytes_response(
             request, key=key, ttl=zoom_ttl(z), build=build, content_type=MVT, canonical=True
+        )
+
+
+OPENAPI_TYPE = "application/vnd.oai.openapi+json;version=3.0"
+
+
+@functools.cache
+def _whole_schema() -> dict[str, Any]:
+    # Built once per process (a second or more): the code, not the data, decides it.
+    return SchemaGenerator().get_schema(request=None, public=True)
+
+
+@extend_schema(exclude=True)
+class ApiDefinitionApi(OgcApi):
+    """The landing page's ``service-desc``: the OpenAPI definition of the ``/ogc/`` paths,
+    relative to ``/ogc/`` (its server), with each collection's items path written out with
+    that collection's queryables as parameters, where clients look for them (GDAL sends a
+    filter on a property it finds there to the server instead of reading everything)."""
+
+    def get(self, request: Request) -> HttpResponse:
+        self.fmt()
+        schema = copy.deepcopy(_whole_schema())
+        prefix = reverse("ogc-landing").rstrip("/")
+        paths = {
+            path.removeprefix(prefix) or "/": item
+            for path, item in schema["paths"].items()
+            if path.startswith(prefix + "/")
+        }
+        template = paths.get("/collections/{collection_id}/items", {}).get("get")
+        for found in collection_list() if template else []:
+            operation = {k: v for k, v in template.items() if k != "operationId"}
+            operation["operationId"] = f"ogc_items_{found.id}"
+            operation["parameters"] = [
+                p for p in template["parameters"] if p["name"] in ITEMS_PARAMS
+            ] + [
+                {"in": "query", "name": name, "schema": q.json_schema(), "required": False}
+                for name, q in found.queryables.items()
+                if q.kind != "geometry"
+            ]
+            paths[f"/collections/{found.id}/items"] = {"get": operation}
+        schema["paths"] = paths
+        schema["servers"] = [{"url": self.url("").rstrip("/")}]
+        return HttpResponse(
+            json.dumps(schema, default=str),
+            content_type=OPENAPI_TYPE,
+            headers={"Cache-Control": "no-cache"},
         )

@@ -9,6 +9,7 @@ TILESET = f"{COLLECTION}/tiles/<str:tile_matrix_set_id>"
 
 urlpatterns = [
     path("", apis.LandingApi.as_view(), name="ogc-landing"),
+    path("api", apis.ApiDefinitionApi.as_view(), name="ogc-api"),
     path("conformance", apis.ConformanceApi.as_view(), name="ogc-conformance"),
     path("collections", apis.CollectionsApi.as_view(), name="ogc-collections"),
     path(COLLECTION, apis.CollectionApi.as_view(), name="ogc-collection"),

@@ -64,8 +64,26 @@ def test_landing_page_links_the_definition_conformance_and_data(api):
     rels = {link["rel"]: link["href"] for link in body["links"]}
     assert rels["conformance"].endswith("/ogc/conformance")
     assert rels["data"].endswith("/ogc/collections")
-    assert "/api/schema/" in rels["service-desc"]
-    assert api.get(urlsplit(rels["service-desc"]).path, {"format": "json"}).status_code == 200
+    assert rels["service-desc"].endswith("/ogc/api")
+    assert api.get(urlsplit(rels["service-desc"]).path).status_code == 200
+
+
+def test_api_definition_is_relative_to_ogc_with_each_collections_queryables(api, gb_import):
+    # when
+    response = api.get("/ogc/api")
+    # then
+    assert response["Content-Type"] == "application/vnd.oai.openapi+json;version=3.0"
+    body = json.loads(response.content)
+    assert body["servers"][0]["url"].endswith("/ogc")
+    assert "/conformance" in body["paths"]
+    assert not [path for path in body["paths"] if path.startswith(("/ogc", "/api"))]
+    names = {p["name"] for p in body["paths"][f"/collections/{GB}/items"]["get"]["parameters"]}
+    assert {"bbox", "limit", "filter", "religion", "start_date"} <= names
+    region_names = {
+        p["name"] for p in body["paths"]["/collections/regions/items"]["get"]["parameters"]
+    }
+    assert "level" in region_names
+    assert "religion" not in region_names
 
 
 def test_conformance_declares_features_filters_and_tiles_but_not_crs(api):
