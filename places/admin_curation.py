@@ -18,7 +18,13 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.gis.geos import GEOSGeometry
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    StreamingHttpResponse,
+)
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -96,7 +102,7 @@ def _csv_rows(queryset: QuerySet[Place]) -> Iterator[str]:
 
     writer = csv.writer(Line())
     yield writer.writerow([*EXPORT_FIELDS, "longitude", "latitude", "flags"])
-    for place in _export_places(queryset):
+    for place, flags in _export_places(queryset):
         values = [
             "|".join(place.denominations) if f == "denominations" else getattr(place, f)
             for f in EXPORT_FIELDS
@@ -104,24 +110,24 @@ def _csv_rows(queryset: QuerySet[Place]) -> Iterator[str]:
         if values[1] is not None:
             values[1] = place.dataset.slug
         cells = ["" if v is None else safe_cell(str(v)) for v in values]
-        cells += [place.location.x, place.location.y, "|".join(place.flag_list)]
+        cells += [str(place.location.x), str(place.location.y), "|".join(flags)]
         yield writer.writerow(cells)
 
 
-def _export_places(queryset: QuerySet[Place]) -> Iterator[Any]:
+def _export_places(queryset: QuerySet[Place]) -> Iterator[tuple[Place, list[str]]]:
+    """The places of a selection with their flags (one query for each)."""
     flags: dict[int, list[str]] = {}
     places = list(queryset.select_related("dataset").defer("source_values", "footprint"))
     ids = [p.pk for p in places]
     for place_id, flag in PlaceFlag.objects.filter(place_id__in=ids).values_list("place", "flag"):
         flags.setdefault(place_id, []).append(flag)
     for place in places:
-        place.flag_list = sorted(flags.get(place.pk, []))
-        yield place
+        yield place, sorted(flags.get(place.pk, []))
 
 
 def _geojson_chunks(queryset: QuerySet[Place]) -> Iterator[str]:
     yield '{"type":"FeatureCollection","features":['
-    for n, place in enumerate(_export_places(queryset)):
+    for n, (place, flags) in enumerate(_export_places(queryset)):
         properties = {
             f: (place.dataset.slug if f == "dataset" else getattr(place, f))
             for f in EXPORT_FIELDS
@@ -131,7 +137,7 @@ def _geojson_chunks(queryset: QuerySet[Place]) -> Iterator[str]:
             "type": "Feature",
             "id": place.pk,
             "geometry": json.loads(place.location.geojson),
-            "properties": {**properties, "flags": place.flag_list},
+            "properties": {**properties, "flags": flags},
         }
         yield ("," if n else "") + json.dumps(feature, default=str)
     yield "]}"
@@ -275,13 +281,13 @@ class CurationAdminMixin:
         )
 
     @admin.action(description="Export selected places as CSV", permissions=["view"])
-    def export_csv(self, request: HttpRequest, queryset: QuerySet[Place]) -> HttpResponse:
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[Place]) -> HttpResponseBase:
         response = StreamingHttpResponse(_csv_rows(queryset), content_type="text/csv")
         response["Content-Disposition"] = 'attachment; filename="places.csv"'
         return response
 
     @admin.action(description="Export selected places as GeoJSON", permissions=["view"])
-    def export_geojson(self, request: HttpRequest, queryset: QuerySet[Place]) -> HttpResponse:
+    def export_geojson(self, request: HttpRequest, queryset: QuerySet[Place]) -> HttpResponseBase:
         response = StreamingHttpResponse(
             _geojson_chunks(queryset), content_type="application/geo+json"
         )

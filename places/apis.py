@@ -13,7 +13,7 @@ from typing import Any
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema
-from rest_framework import generics, serializers, status
+from rest_framework import generics, mixins, serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.pagination import LimitOffsetPagination
@@ -67,14 +67,14 @@ class ProposalPagination(LimitOffsetPagination):
     max_limit = 500
 
 
-class ProposalApiMixin:
+class ProposalApiBase(generics.GenericAPIView):
     authentication_classes = [ApiTokenAuthentication, SessionAuthentication]
     permission_classes = [IsAuthenticated]
     serializer_class = ProposalSerializer
 
     def get_queryset(self) -> Any:
-        request: Request = self.request  # type: ignore[attr-defined]
-        queryset = PlaceProposal.objects.filter(proposer=request.user).select_related(
+        request = self.request
+        queryset = PlaceProposal.objects.filter(proposer_id=request.user.pk).select_related(
             "proposer", "reviewer"
         )
         wanted = request.query_params.get("status")
@@ -87,11 +87,14 @@ class ProposalApiMixin:
         return queryset.order_by("-id")
 
 
-class ProposalListApi(ProposalApiMixin, generics.ListAPIView):
+class ProposalListApi(mixins.ListModelMixin, ProposalApiBase):
     """Your own proposals, newest first (``?status=pending|approved|rejected``); POST
     proposes an edit of a place for review."""
 
     pagination_class = ProposalPagination
+
+    def get(self, request: Request) -> Response:
+        return self.list(request)
 
     @extend_schema(request=ProposalCreateSerializer, responses={201: ProposalSerializer})
     def post(self, request: Request) -> Response:
@@ -114,5 +117,8 @@ class ProposalListApi(ProposalApiMixin, generics.ListAPIView):
         return Response(ProposalSerializer(proposal).data, status=status.HTTP_201_CREATED)
 
 
-class ProposalDetailApi(ProposalApiMixin, generics.RetrieveAPIView):
+class ProposalDetailApi(mixins.RetrieveModelMixin, ProposalApiBase):
     """One of your proposals: its status, reviewer and the reviewer's comment."""
+
+    def get(self, request: Request, pk: int) -> Response:
+        return self.retrieve(request, pk=pk)
