@@ -17,6 +17,7 @@ help:
 	@echo "make test   install what is missing, then lint, checks and the whole test suite"
 	@echo "make test-fast  the edit-test loop: tests without worker processes or slow ones"
 	@echo "make check-deploy  validate docker/, k8s/chart and .github/ offline: compose, hadolint, promtool, helm, deploy checks"
+	@echo "make prod   the production stack as local processes (bin/prod; docker/README.md)"
 	@echo "make backup [BACKUP_TYPE=full|diff|incr]  pgBackRest backup + uploaded files (bin/backup)"
 	@echo "make restore TARGET_TIME='2026-12-04 09:30:00+00'  into a new cluster (bin/backup)"
 	@echo "make bench  benchmarks; results in tests/benchmarks/results/results.md"
@@ -92,6 +93,12 @@ check-deploy: $(VENV_STAMP)
 	DJANGO_SETTINGS_MODULE=config.settings.production ALLOWED_HOSTS=places.example.org \
 		SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
 		$(PY) manage.py check --deploy --fail-level WARNING
+
+# The production topology as local processes: primary + replica, PgBouncer, the two Redis,
+# gunicorn with production settings behind nginx, a worker per queue, beat, Prometheus.
+# Ctrl-C stops them; docker/README.md is the runbook.
+prod: deps
+	@bin/prod
 
 # Backups of the local cluster (15/main) with pgBackRest, WAL archived at least every 60 s, and
 # hard-linked snapshots of MEDIA_ROOT; the first run turns archiving on (one restart). See

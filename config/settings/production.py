@@ -5,7 +5,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from config.security import secret_key_weakness
 from config.settings.base import *  # noqa: F403
-from config.settings.base import ALLOWED_HOSTS, DEBUG, SECRET_KEY, env
+from config.settings.base import ALLOWED_HOSTS, DATABASES, DEBUG, SECRET_KEY, env
 
 if not SECRET_KEY:
     raise ImproperlyConfigured(
@@ -42,3 +42,11 @@ CSRF_COOKIE_SECURE = True
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
+
+# Behind PgBouncer in transaction mode (make prod's web), a server-side cursor (Django's
+# .iterator()) would outlive its transaction's server connection: such a connection sets
+# DB_DISABLE_SERVER_SIDE_CURSORS. Session advisory locks break there too, which is why the
+# workers (imports) connect through PgBouncer's session pool instead (bin/pgbouncer-conf).
+DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool(
+    "DB_DISABLE_SERVER_SIDE_CURSORS", default=False
+)
