@@ -251,6 +251,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "ingestion.tasks.datasets_sync",
         "schedule": crontab(minute="*/15"),
     },
+    # Likely duplicates among all places, nightly (imports look at their own places at once).
+    "find-duplicates": {
+        "task": "places.tasks.duplicates_find",
+        "schedule": crontab(minute=41, hour=2),
+    },
     # Edge readings: month partitions ahead of the data, and past EDGE_RETENTION_DAYS dropped.
     "edge-partitions": {
         "task": "ingestion.edge.tasks.edge_partitions_maintain",

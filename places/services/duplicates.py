@@ -101,11 +101,7 @@ WITH seeds AS (
     SELECT s.id AS s, o.id AS o, 'same_source_key' AS reason
     FROM seeds s JOIN places_place o
       ON o.source_key = s.source_key AND o.dataset_id <> s.dataset_id AND o.status = '{ACTIVE}'
-    UNION ALL
-    SELECT s.id, o.id, 'exact_coordinates'
-    FROM seeds s JOIN places_place o
-      ON o.location ~= s.location AND ST_Equals(o.location, s.location)
-     AND o.id <> s.id AND o.status = '{ACTIVE}'
+
     UNION ALL
     SELECT s.id, o.id, 'point_in_footprint'
     FROM seeds s JOIN places_place o
@@ -117,14 +113,16 @@ WITH seeds AS (
       ON s.footprint IS NOT NULL AND ST_Intersects(s.footprint, o.location)
      AND o.id <> s.id AND o.status = '{ACTIVE}'
     UNION ALL
-    -- Degrees of longitude shrink with latitude: the probe's reach is widened to match.
-    SELECT s.id, o.id, 'near_similar_name'
+    -- Near, and at the same point: one probe (degrees of longitude shrink with latitude, so
+    -- its reach is widened to match).
+    SELECT s.id, o.id, 'near'
     FROM seeds s JOIN places_place o
       ON ST_DWithin(o.location, s.location,
                     {MAX_DISTANCE_M} / (111320 * cos(radians(least(abs(ST_Y(s.location)), 85)))))
-     AND o.id <> s.id AND o.status = '{ACTIVE}' AND s.name <> '' AND o.name <> ''
+     AND o.id <> s.id AND o.status = '{ACTIVE}'
 ), measured AS (
     SELECT least(r.s, r.o) AS a, greatest(r.s, r.o) AS b, r.reason,
+           ST_Equals(x.location, y.location) AS same_point,
            ST_Distance(x.location::geography, y.location::geography) AS dist,
            greatest({_kind_distance("x")}, {_kind_distance("y")}) AS reach,
            CASE WHEN x.name = '' OR y.name = '' THEN 0
@@ -135,12 +133,19 @@ WITH seeds AS (
     FROM raw r
     JOIN places_place x ON x.id = least(r.s, r.o)
     JOIN places_place y ON y.id = greatest(r.s, r.o)
+), reasoned AS (
+    -- A near pair is at the same point, alike in name within its reach, both or neither.
+    SELECT m.*, r.reason AS why FROM measured m
+    CROSS JOIN LATERAL unnest(CASE WHEN m.reason <> 'near' THEN ARRAY[m.reason] ELSE ARRAY[
+        CASE WHEN m.same_point THEN 'exact_coordinates' END,
+        CASE WHEN m.dist <= m.reach AND m.sim >= {NAME_SIMILARITY} THEN 'near_similar_name' END]
+        END) AS r(reason)
 ), kept AS (
-    SELECT m.*, CASE m.reason {_SCORE} END AS reason_score FROM measured m
-    WHERE m.reason IN ('same_source_key', 'exact_coordinates')
-       OR (m.reason = 'point_in_footprint' AND m.compatible)
-       OR (m.reason = 'near_similar_name' AND m.compatible AND m.dist <= m.reach
-           AND m.sim >= {NAME_SIMILARITY})
+    SELECT m.a, m.b, m.dist, m.sim, m.compatible, m.dataset_a, m.dataset_b, m.why AS reason,
+           CASE m.why {_SCORE} END AS reason_score
+    FROM reasoned m
+    WHERE m.why IN ('same_source_key', 'exact_coordinates')
+       OR (m.why IN ('point_in_footprint', 'near_similar_name') AND m.compatible)
 ), scored AS (
     SELECT a, b, min(dataset_a) AS dataset_a, min(dataset_b) AS dataset_b,
            array_agg(DISTINCT reason ORDER BY reason) AS reasons,

@@ -4,6 +4,7 @@ re-imports of a merged-away key that update the survivor."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -11,6 +12,7 @@ from django.contrib.gis.geos import Point
 from django.core.exceptions import PermissionDenied
 from django.test import Client
 
+from ingestion.edge import selectors as edge_selectors
 from ingestion.models import ImportMode
 from ingestion.services.imports import import_job_execute
 from ingestion.services.jobs import import_job_create
@@ -36,6 +38,7 @@ from places.services import (
     place_update,
 )
 from places.services.access import dataset_role_grant
+from tests.ingestion.edge.factories import region_make
 
 pytestmark = pytest.mark.django_db
 
@@ -398,3 +401,62 @@ def test_two_rows_writing_one_survivor_apply_the_survivors_own_and_defer_the_oth
     # and the next import applies it
     _import(changed, data)
     assert Place.objects.get(pk=keep.pk).name == "Shiloh Hall"
+
+
+# --- the edge change feed ----------------------------------------------------------------------
+
+
+def test_the_edge_feed_turns_a_merge_into_a_tombstone_pointing_to_the_survivor(admin_user):
+    # given two duplicates in a node's region (the feed's paging over committed changes is
+    # tested in tests/ingestion/edge/test_changes.py; here, what it makes of a merge's)
+    region = region_make()
+    data = dataset_get_or_create(slug="merge-edge")
+    keep = _place(data, "k", -2.5, 57.5, name="Bethel", region=region)
+    gone = _place(data, "g", -2.5, 57.5, name="Bethel Chapel", region=region)
+
+    # when a curator merges them, keeping the other's name
+    pair = place_merge(survivor=keep, merged=gone, take=["name"], user=admin_user)
+
+    # then the merge's changes become the survivor's new state and a tombstone naming it
+    entries: dict[int, dict[str, Any]] = {}
+    changes = list(PlaceChange.objects.filter(seq__in=pair.merge_changes).order_by("seq"))
+    edge_selectors._apply(entries, changes, scope=edge_selectors._Scope.of(region))
+    assert entries[gone.pk] == {
+        "op": "delete",
+        "id": gone.pk,
+        "reason": "merged",
+        "superseded_by": keep.pk,
+    }
+    assert (entries[keep.pk]["op"], entries[keep.pk]["place"]["name"]) == (
+        "upsert",
+        "Bethel Chapel",
+    )
+
+
+def test_the_list_shows_pairs_to_viewers_of_both_datasets_and_the_action_dismisses_them():
+    # given a pair across two datasets, a viewer of one and a curator of both
+    one, two = dataset_get_or_create(slug="merge-l1"), dataset_get_or_create(slug="merge-l2")
+    a, b = _place(one, "a", name="Providence"), _place(two, "b", name="Providence")
+    duplicates_find(place_ids=[a.pk])
+    pair = DuplicateCandidate.objects.get(place_a=a, place_b=b)
+    viewer = User.objects.create_user("merge-l-viewer")
+    dataset_role_grant(user=viewer, dataset=one, role="viewer")
+    looks, decides = Client(), Client()
+    looks.force_login(viewer)
+    decides.force_login(_curator("merge-l-curator", one, two))
+    changelist = "/admin/places/duplicatecandidate/"
+    row = f"/admin/places/duplicatecandidate/{pair.pk}/change/"
+
+    # when each opens the list
+    # then only the one who may view both datasets sees the pair
+    assert row not in looks.get(changelist).content.decode()
+    assert row in decides.get(changelist).content.decode()
+
+    # when the curator marks it "not a duplicate" from the list
+    decides.post(
+        changelist, {"action": "mark_not_duplicate", "_selected_action": [pair.pk], "index": 0}
+    )
+
+    # then it is remembered
+    pair.refresh_from_db()
+    assert pair.status == DuplicateStatus.NOT_DUPLICATE
