@@ -6,13 +6,15 @@ from functools import cached_property
 from typing import Any, cast
 
 from django.contrib.gis import admin
-from django.contrib.gis.forms.widgets import OpenLayersWidget
+from django.contrib.gis.db.models import PointField
+from django.contrib.gis.forms.widgets import BaseGeometryWidget, OpenLayersWidget
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.forms import Field
 from django.http import HttpRequest
 
 from places import selectors
+from places.basemap import basemap_config
 
 # Below this estimate an exact COUNT is cheap enough; above it the estimate is shown.
 EXACT_COUNT_BELOW = 20_000
@@ -53,6 +55,41 @@ class OfflineMapWidget(OpenLayersWidget):
         extend = False  # the parent's Media loads OpenLayers from a CDN
         css = {"all": ("vendor/ol/ol.css", "gis/css/ol3.css")}
         js = ("vendor/ol/ol.js", "gis/js/OLMapWidget.js")
+
+
+class LocationMapWidget(BaseGeometryWidget):
+    """A point on the map's own basemap (MapLibre over MAP_STYLE_URL or the offline Natural
+    Earth files, as on /map/), with the places around it.
+
+    A click on the map puts the point there, the marker can be dragged, and typed longitude
+    and latitude fields (``id_longitude``, ``id_latitude``) move it; the map writes into
+    them too, so what is typed and what is shown agree. The value is WKT in WGS84, rounded to
+    6 decimals (about 0.1 m) in the browser, the same in the field and the typed boxes. Its
+    script is a static file (no inline script: nothing needs the CSP nonce).
+    """
+
+    template_name = "places/widgets/location_map.html"
+    geom_type = "POINT"
+    map_srid = 4326
+
+    class Media:
+        css = {"all": ("vendor/maplibre/maplibre-gl.css", "places/location_widget.css")}
+        js = (
+            "vendor/maplibre/maplibre-gl.js",
+            "places/basemap/style.js",
+            "places/location_widget.js",
+        )
+
+    def get_context(self, name: str, value: Any, attrs: dict[str, Any] | None) -> dict[str, Any]:
+        context = super().get_context(name, value, attrs)
+        context["config_id"] = f"{context['id']}_config"
+        context["map_config"] = {
+            "id": context["id"],
+            "lonInput": "id_longitude",
+            "latInput": "id_latitude",
+            **basemap_config(),
+        }
+        return context
 
 
 class FastChangeListMixin:
@@ -97,6 +134,10 @@ class GeoAdmin(FastChangeListMixin, admin.GISModelAdmin):
     gis_widget_kwargs = {"attrs": {"default_zoom": 5}}
 
     def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if isinstance(db_field, PointField):
+            # Points on the map's own basemap; lines and areas keep OpenLayers' drawing tools.
+            kwargs["widget"] = LocationMapWidget()
+            return db_field.formfield(**kwargs)
         field = super().formfield_for_dbfield(db_field, request, **kwargs)
         if isinstance(field, Field) and isinstance(field.widget, OfflineMapWidget):
             # Reading the nonce is what adds it to this response's script-src.

@@ -327,6 +327,55 @@ try {
   }));
 
   mark("place_page");
+  // 10. The admin's location widget: the map's basemap; a click on the marker leaves the
+  // point, a click on the map moves it there, typed coordinates move it. Nothing is saved.
+  if (scenario.curator) {
+    await page.goto(new URL(`/admin/login/?next=/admin/places/place/${known.id}/change/`, base).href,
+      { waitUntil: "load", ...WAIT });
+    await page.fill("#id_username", scenario.curator.username);
+    await page.fill("#id_password", scenario.curator.password);
+    await Promise.all([page.waitForURL(/\/change\/$/, WAIT), page.click("input[type=submit]")]);
+    await page.waitForFunction(() => window.placesLocationMaps && window.placesLocationMaps.id_location, null, WAIT);
+    const widgetIdle = () => page.evaluate(() => new Promise((resolve) => {
+      const map = window.placesLocationMaps.id_location.map;
+      map.once("idle", () => resolve());
+      map.triggerRepaint();
+    }));
+    const widgetState = () => page.evaluate(() => {
+      const { marker } = window.placesLocationMaps.id_location;
+      return { value: document.getElementById("id_location").value, marker: marker.getLngLat(),
+        longitude: document.getElementById("id_longitude").value,
+        latitude: document.getElementById("id_latitude").value };
+    });
+    const mapBox = page.locator("#id_location_map");
+    await mapBox.scrollIntoViewIfNeeded();
+    await widgetIdle();
+    const widget = {};
+    widget.layers = await page.evaluate(() => window.placesLocationMaps.id_location.map.getStyle().layers.map((l) => l.id));
+    // The basemap fills in after the places' tiles: wait for the land to be drawn.
+    await page.waitForFunction(() => window.placesLocationMaps.id_location.map
+      .queryRenderedFeatures({ layers: ["land"] }).length > 0, null, WAIT);
+    widget.land_drawn = await page.evaluate(() => window.placesLocationMaps.id_location.map
+      .queryRenderedFeatures({ layers: ["land"] }).length);
+    widget.start = await widgetState();
+    await keep(page, "location_widget");
+    const pin = await page.evaluate(() => {
+      const r = window.placesLocationMaps.id_location.marker.getElement().getBoundingClientRect();
+      return { x: r.x + r.width / 2, y: r.y + r.height / 3 };
+    });
+    await page.mouse.click(pin.x, pin.y);
+    widget.marker_clicked = await widgetState();
+    const box = await page.locator("#id_location_map canvas").boundingBox();
+    const spot = { x: box.width / 2 + 90, y: box.height / 2 + 40 };
+    await page.mouse.click(box.x + spot.x, box.y + spot.y);
+    widget.map_clicked = await widgetState();
+    widget.map_clicked.at = await page.evaluate((p) => window.placesLocationMaps.id_location.map.unproject([p.x, p.y]), spot);
+    await page.fill("#id_longitude", "-0.1");
+    await page.fill("#id_latitude", "51.5");
+    widget.typed = await widgetState();
+    steps.location_widget = widget;
+    mark("location_widget");
+  }
   // 9. A phone: the panel starts folded and opens from its button.
   const phone = await newPage({ width: 390, height: 740 });
   await open(phone, "/map/");

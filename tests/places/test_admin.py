@@ -6,7 +6,6 @@ import json
 
 import pytest
 from django.contrib import admin
-from django.contrib.gis.geos import Point
 from django.urls import reverse
 
 from places.models import Dataset, Place, PlaceChange
@@ -61,7 +60,10 @@ def test_place_change_page_has_an_offline_map(admin_client, gb_import):
     assert response.status_code == 200
     html = response.content.decode()
     assert "vendor/ol/ol.js" in html
-    assert "ne_110m_countries.geojson" in html
+    # the footprint's OpenLayers map draws the map page's basemap files
+    footprint_script = html[html.index('id="id_footprint_div_map"') :]
+    for name in ("ne_50m_land", "ne_50m_water", "ne_50m_borders"):
+        assert f"/static/places/basemap/{name}.geojson" in footprint_script
     assert "cdn.jsdelivr" not in html
     assert "openstreetmap.org" not in html
     # the empty footprint map opens at the place, and no map zooms past the basemap's detail
@@ -69,6 +71,81 @@ def test_place_change_page_has_an_offline_map(admin_client, gb_import):
     assert f"default_lon: {place.location.x}," in footprint
     assert f"default_lat: {place.location.y}," in footprint
     assert "view.setZoom(7)" in html
+
+
+def test_the_location_widget_draws_the_maps_own_basemap(admin_client, gb_import, settings):
+    # given a place, and no MAP_STYLE_URL: the offline basemap
+    settings.MAP_STYLE_URL = ""
+    place = Place.objects.filter(dataset=gb_import.dataset).first()
+    # when its change page opens
+    response = admin_client.get(reverse("admin:places_place_change", args=[place.pk]))
+    html = response.content.decode()
+    # then the location is a MapLibre map with the map page's basemap scripts, from our files
+    for script in (
+        "vendor/maplibre/maplibre-gl.js",
+        "places/basemap/style.js",
+        "places/location_widget.js",
+    ):
+        assert f'src="/static/{script}"' in html
+    start = html.index('id="id_location_config"')
+    config = json.loads(html[html.index(">", start) + 1 : html.index("</script>", start)])
+    assert config["styleUrl"] == ""
+    assert config["basemap"]["water"].endswith("places/basemap/ne_50m_water.geojson")
+    assert config["basemap"]["land"].endswith("places/basemap/ne_50m_land.geojson")
+    assert (config["id"], config["lonInput"], config["latInput"]) == (
+        "id_location",
+        "id_longitude",
+        "id_latitude",
+    )
+    # its value is the place's WKT in WGS84, and the typed boxes hold the same point
+    assert f">{place.location.wkt}</textarea>" in html
+    form = response.context["adminform"].form
+    assert (form["longitude"].initial, form["latitude"].initial) == (
+        place.location.x,
+        place.location.y,
+    )
+    # the footprint (an area) keeps OpenLayers' drawing tools
+    assert 'id="id_footprint_map"' in html
+
+
+def test_the_location_widget_follows_map_style_url(admin_client, gb_import, settings):
+    # given a deployment's own style
+    settings.MAP_STYLE_URL = "https://tiles.example.org/style.json"
+    place = Place.objects.filter(dataset=gb_import.dataset).first()
+    # when its change page opens
+    response = admin_client.get(reverse("admin:places_place_change", args=[place.pk]))
+    # then the widget is given that style
+    assert '"styleUrl": "https://tiles.example.org/style.json"' in response.content.decode()
+
+
+def test_a_point_the_location_widget_writes_is_saved_where_it_shows(admin_client, gb_import):
+    # given a place's form, posted as the widget leaves it after a click: the WKT (no SRID,
+    # 6 decimals) in the location field and the same numbers in the typed boxes
+    place = Place.objects.filter(dataset=gb_import.dataset).exclude(name="").first()
+    url = reverse("admin:places_place_change", args=[place.pk])
+    form = admin_client.get(url).context["adminform"].form
+    data = {k: ("" if v is None else v) for k, v in form.initial.items()}
+    data.update(
+        {
+            "location": "POINT (-0.127586 51.500729)",
+            "longitude": "-0.127586",
+            "latitude": "51.500729",
+            "footprint": "",
+            "denominations": ",".join(place.denominations),
+            "tags": json.dumps(place.tags),
+            "attributes-TOTAL_FORMS": "0",
+            "attributes-INITIAL_FORMS": "0",
+        }
+    )
+    for key in ("country", "region", "merged_into"):
+        data[key] = data.get(key) or ""
+    # when
+    response = admin_client.post(url, data)
+    # then the point is exactly where the widget showed it
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    place.refresh_from_db()
+    assert (place.location.x, place.location.y) == (-0.127586, 51.500729)
+    assert place.location.srid == 4326
 
 
 def test_admin_edit_goes_to_the_change_log(admin_client, admin_user, gb_import):
@@ -164,8 +241,8 @@ def test_curator_adds_a_place_in_the_admin(admin_client, admin_user, gb_import):
         "religion_raw": "",
         "denominations": "methodist",
         "denomination_raw": "",
-        # The map widget posts Web Mercator, as the browser would.
-        "location": Point(-0.1, 51.5, srid=4326).transform(3857, clone=True).json,
+        # The location widget posts WGS84 WKT, as the browser would.
+        "location": "POINT (-0.1 51.5)",
         "footprint": "",
         "tags": "{}",
         "start_date_raw": "",

@@ -144,11 +144,27 @@ def places(gb_import, django_db_blocker) -> Iterator[dict[str, Any]]:
             Dataset.objects.filter(pk=dataset_id).update(**before)
 
 
+@pytest.fixture(scope="module")
+def curator(django_db_blocker) -> Iterator[dict[str, str]]:
+    """A superuser for the browser to sign in with (committed, for the server to see), removed
+    afterwards."""
+    from django.contrib.auth import get_user_model
+
+    credentials = {"username": "map-browser-curator", "password": secrets.token_urlsafe(16)}
+    with django_db_blocker.unblock():
+        get_user_model().objects.create_superuser(email="curator@example.org", **credentials)
+    try:
+        yield credentials
+    finally:
+        with django_db_blocker.unblock():
+            get_user_model().objects.filter(username=credentials["username"]).delete()
+
+
 SHARED_URL = "/map/?lat=51.51844&lon=-0.16645&z=14.5&religion=muslim&dataset={dataset}"
 
 
 @pytest.fixture(scope="module")
-def report(server, places, tmp_path_factory) -> dict[str, Any]:
+def report(server, places, curator, tmp_path_factory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("map-browser-run")
     known, stacked = places["known"], places["stacked"]
     scenario = {
@@ -160,6 +176,7 @@ def report(server, places, tmp_path_factory) -> dict[str, Any]:
         "stacked": {"lon": stacked.location.x, "lat": stacked.location.y},
         "known": {"lon": known.location.x, "lat": known.location.y, "id": known.pk},
         "search": KNOWN_NAME,
+        "curator": curator,
         "screenshots": str(folder),
     }
     (folder / "scenario.json").write_text(json.dumps(scenario))
@@ -331,6 +348,35 @@ def test_the_place_page_shows_the_place_on_its_map(report, places):
     assert page["nearby"] == 10
     assert page["history_rows"] >= 1
     assert page["drawn"] >= 1
+
+
+def test_the_admins_location_widget_draws_the_basemap_and_keeps_the_point_where_shown(
+    report, places
+):
+    known = places["known"]
+    widget = report["steps"]["location_widget"]
+    # then: the map page's basemap (land, water layers) under the place's marker
+    assert set(widget["layers"]) >= {"land", "lakes", "rivers", "coast", "borders"}
+    assert widget["land_drawn"] > 0
+    assert widget["start"]["value"] == known.location.wkt
+    assert (widget["start"]["marker"]["lng"], widget["start"]["marker"]["lat"]) == pytest.approx(
+        (known.location.x, known.location.y), abs=1e-9
+    )
+    # a click on the marker itself leaves the point where it was
+    assert widget["marker_clicked"]["value"] == widget["start"]["value"]
+    # a click on the map puts it there, in the field and the typed boxes alike (6 decimals)
+    clicked = widget["map_clicked"]
+    assert clicked["value"] == f"POINT ({clicked['longitude']} {clicked['latitude']})"
+    lon, lat = float(clicked["longitude"]), float(clicked["latitude"])
+    assert (lon, lat) == (round(lon, 6), round(lat, 6))
+    # (where the pointer was, to a pixel at zoom 14: the browser rounds the event's position)
+    assert (lon, lat) == pytest.approx((clicked["at"]["lng"], clicked["at"]["lat"]), abs=5e-5)
+    assert (lon, lat) != pytest.approx((known.location.x, known.location.y), abs=1e-4)
+    assert (clicked["marker"]["lng"], clicked["marker"]["lat"]) == pytest.approx((lon, lat))
+    # typed coordinates move the marker and the field
+    typed = widget["typed"]
+    assert typed["value"] == "POINT (-0.1 51.5)"
+    assert (typed["marker"]["lng"], typed["marker"]["lat"]) == pytest.approx((-0.1, 51.5))
 
 
 def test_on_a_phone_the_panel_starts_folded_and_opens(report):
