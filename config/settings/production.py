@@ -27,6 +27,10 @@ if "*" in ALLOWED_HOSTS:
         "ALLOWED_HOSTS=* is refused in production: list the host names the site answers to."
     )
 
+# Rotating SECRET_KEY: the previous keys here keep sessions and signed links valid meanwhile
+# (docker/README.md, "Rotate secrets").
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
+
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},

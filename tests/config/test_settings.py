@@ -198,3 +198,31 @@ def test_sentry_is_off_without_dsn_and_sends_no_personal_data_with_one():
     assert with_dsn.stdout.startswith("True False"), with_dsn.stderr
     assert "celery" in with_dsn.stdout
     assert "django" in with_dsn.stdout
+
+
+@pytest.mark.slow  # a new Python process with Django
+def test_production_reads_pooler_and_key_rotation_settings():
+    # given production settings as make prod gives its web (behind PgBouncer's transaction
+    # pool) during a SECRET_KEY rotation
+    old_key = secrets.token_urlsafe(50)
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(s.DATABASES['default']['DISABLE_SERVER_SIDE_CURSORS'], s.SECRET_KEY_FALLBACKS)"
+    )
+
+    def run(**env: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**BASE_ENV, "DJANGO_SETTINGS_MODULE": "config.settings.production",
+                 **PRODUCTION_ENV, **env},
+            cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    # when they are set, then no server-side cursors and the old key kept as a fallback
+    assert run(DB_DISABLE_SERVER_SIDE_CURSORS="true", SECRET_KEY_FALLBACKS=old_key) == (
+        f"True ['{old_key}']"
+    )
+    # and without them, server-side cursors and no fallback
+    assert run() == "False []"
