@@ -235,3 +235,19 @@ def test_merged_pairs_are_not_proposed_again(django_user_model):
     pair = DuplicateCandidate.objects.get(place_a=a, place_b=b)
     assert pair.status == DuplicateStatus.MERGED
     assert Place.objects.get(pk=b.pk).status == PlaceStatus.MERGED
+
+
+def test_an_import_that_wrote_places_queues_the_search_of_them(
+    sample_regions, tmp_path: Path, django_capture_on_commit_callbacks
+):
+    # given a file of one new place
+    file = tmp_path / "one.csv"
+    file.write_text("id,name,religion,lon,lat\nq1,Ebenezer,christian,-0.3,51.4\n")
+    data = dataset_get_or_create(slug="dups-queue")
+
+    # when it is imported (callbacks captured, not run: no task is sent)
+    with django_capture_on_commit_callbacks() as callbacks:
+        import_job_execute(job_id=import_job_create(path=file, dataset=data).pk)
+
+    # then the search of its places is among what runs once the import commits
+    assert any("duplicates_find_soon" in c.__qualname__ for c in callbacks)
