@@ -12,10 +12,10 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, mixins, serializers, status
 from rest_framework.authentication import SessionAuthentication
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -62,6 +62,19 @@ class ProposalCreateSerializer(serializers.Serializer):
     comment = serializers.CharField(required=False, allow_blank=True, default="")
 
 
+DETAIL = OpenApiResponse(
+    response={"type": "object", "properties": {"detail": {"type": "string"}}},
+    description="Not signed in (no or an unknown token): 401; not allowed: 403.",
+)
+FIELD_ERRORS = OpenApiResponse(
+    response={"type": "object", "additionalProperties": {}},
+    description="Bad input: the body names each field (or parameter) with its problem.",
+)
+STATUS = OpenApiParameter(
+    "status", str, enum=ProposalStatus.values, description="Only proposals in this state."
+)
+
+
 class ProposalPagination(LimitOffsetPagination):
     default_limit = 50
     max_limit = 500
@@ -93,10 +106,17 @@ class ProposalListApi(mixins.ListModelMixin, ProposalApiBase):
 
     pagination_class = ProposalPagination
 
+    @extend_schema(
+        parameters=[STATUS],
+        responses={200: ProposalSerializer(many=True), 400: FIELD_ERRORS, 401: DETAIL},
+    )
     def get(self, request: Request) -> Response:
         return self.list(request)
 
-    @extend_schema(request=ProposalCreateSerializer, responses={201: ProposalSerializer})
+    @extend_schema(
+        request=ProposalCreateSerializer,
+        responses={201: ProposalSerializer, 400: FIELD_ERRORS, 401: DETAIL, 403: DETAIL},
+    )
     def post(self, request: Request) -> Response:
         given = ProposalCreateSerializer(data=request.data)
         given.is_valid(raise_exception=True)
@@ -120,5 +140,11 @@ class ProposalListApi(mixins.ListModelMixin, ProposalApiBase):
 class ProposalDetailApi(mixins.RetrieveModelMixin, ProposalApiBase):
     """One of your proposals: its status, reviewer and the reviewer's comment."""
 
-    def get(self, request: Request, pk: int) -> Response:
-        return self.retrieve(request, pk=pk)
+    @extend_schema(
+        parameters=[OpenApiParameter("pk", int, OpenApiParameter.PATH)],
+        responses={200: ProposalSerializer, 401: DETAIL, 404: DETAIL},
+    )
+    def get(self, request: Request, pk: str) -> Response:
+        if not pk.isdigit():
+            raise NotFound(f"no proposal {pk!r}")
+        return self.retrieve(request, pk=int(pk))

@@ -12,7 +12,8 @@ urlpatterns = [
     # Browsers ask for /favicon.ico on pages that name no icon (the admin's, for one).
     # The review queue's API (proposals); reviewing is done in the admin.
     path("api/v1/proposals/", apis.ProposalListApi.as_view(), name="proposal-list"),
-    path("api/v1/proposals/<int:pk>/", apis.ProposalDetailApi.as_view(), name="proposal-detail"),
+    # Any id is routed, so that one that is not a number is the API's JSON 404, not a page.
+    path("api/v1/proposals/<str:pk>/", apis.ProposalDetailApi.as_view(), name="proposal-detail"),
     path("favicon.ico", views.FaviconRedirect.as_view(), name="favicon"),
     path("health/live/", health.live, name="health-live"),
     path("health/ready/", health.ready, name="health-ready"),
