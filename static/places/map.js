@@ -194,6 +194,27 @@
     const points = drawn.filter((f) => f.layer.id === "places");
     inView.replaceChildren();
     if (!points.length) {
+      // Zoomed out: the biggest clusters with their religions (what hovering one shows), each
+      // a button that zooms in on it, so keyboards and screen readers get them too.
+      const clusters = drawn.filter((f) => f.layer.id === "clusters")
+        .sort((a, b) => b.properties.count - a.properties.count).slice(0, IN_VIEW_MAX);
+      clusters.forEach((feature) => {
+        const p = feature.properties;
+        const item = document.createElement("li");
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "cluster";
+        button.textContent = p.count.toLocaleString("en-GB") + (p.count === 1 ? " place: " : " places: ") +
+          (p.religions || p.religion + ":" + p.count).split(",").map((pair) => {
+            const [code, n] = pair.split(":");
+            return (RELIGIONS[code] || code) + " " + Number(n).toLocaleString("en-GB");
+          }).join(", ");
+        button.addEventListener("click", () => {
+          map.easeTo({ center: feature.geometry.coordinates, zoom: Math.min(map.getZoom() + 2, 12) });
+        });
+        item.append(button);
+        inView.append(item);
+      });
       const item = document.createElement("li");
       item.textContent = drawn.length ? "Zoom in (to 10 or more) to list the places one by one." : "No places in view.";
       inView.append(item);

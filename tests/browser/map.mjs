@@ -221,8 +221,10 @@ try {
   steps.first_tab = await page.evaluate(() => document.activeElement.textContent);
   await page.keyboard.press("Enter");
   steps.after_skip = await page.evaluate(() => document.activeElement.id);
-  // A cluster's hover lists its religions.
+  // A cluster's hover lists its religions; the list of what is in view gives the same.
   steps.cluster_hover = await hoverBiggestCluster(page);
+  steps.cluster_list = await page.evaluate(() =>
+    [...document.querySelectorAll("#in-view-list button.cluster")].map((b) => b.textContent));
 
   mark("overview");
   // 2. A filter changes the count, and the URL.
@@ -375,6 +377,10 @@ try {
     widget.typed = await widgetState();
     steps.location_widget = widget;
     mark("location_widget");
+    // Signed in as a curator, a place's popup links to its admin page.
+    await open(page, `/map/?lat=${known.lat}&lon=${known.lon}&z=17`);
+    steps.curator_popup = await clickAt(page, known.lon, known.lat);
+    mark("curator_popup");
   }
   // 9. A phone: the panel starts folded and opens from its button.
   const phone = await newPage({ width: 390, height: 740 });

@@ -182,7 +182,7 @@ def report(server, places, curator, tmp_path_factory) -> dict[str, Any]:
     (folder / "scenario.json").write_text(json.dumps(scenario))
     run = subprocess.run(
         ["node", str(SCRIPT), str(folder / "scenario.json")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
@@ -239,6 +239,15 @@ def test_hovering_a_cluster_lists_its_religions_in_the_legends_colours(report):
     colours = {item["text"].rsplit(" ", 1)[0]: item["colour"] for item in hover["items"]}
     assert colours["Christian"] == "rgb(0, 114, 178)"  # Okabe–Ito blue, as in the legend
     assert colours["Muslim"] == "rgb(0, 158, 115)"
+
+
+def test_the_list_of_what_is_in_view_gives_the_clusters_religions_too(report):
+    steps = report["steps"]
+    biggest = steps["overview"]["biggest_cluster"]["count"]
+    # then: zoomed out, the list (for keyboards and screen readers) starts with the biggest
+    # cluster and its religions, most first
+    assert len(steps["cluster_list"]) == min(50, steps["overview"]["clusters"])
+    assert steps["cluster_list"][0].startswith(f"{biggest:,} places: Christian ")
 
 
 def test_the_offline_basemap_draws_rivers_and_lakes_at_every_zoom(report):
@@ -377,6 +386,14 @@ def test_the_admins_location_widget_draws_the_basemap_and_keeps_the_point_where_
     typed = widget["typed"]
     assert typed["value"] == "POINT (-0.1 51.5)"
     assert (typed["marker"]["lng"], typed["marker"]["lat"]) == pytest.approx((-0.1, 51.5))
+
+
+def test_a_curator_sees_the_admin_link_in_a_popup_and_visitors_do_not(report, places):
+    known = places["known"]
+    admin_link = f"/admin/places/place/{known.pk}/change/"
+    # then
+    assert admin_link in report["steps"]["curator_popup"]["links"]
+    assert admin_link not in report["steps"]["known_popup"]["links"]
 
 
 def test_on_a_phone_the_panel_starts_folded_and_opens(report):
