@@ -39,7 +39,7 @@ $(NODE_STAMP): package.json package-lock.json | system-deps
 	@npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-# MapLibre GL JS from npm into static/vendor/maplibre (committed; a test checks the copy).
+# MapLibre GL JS and Chart.js from npm into static/vendor/ (committed; tests check the copies).
 vendor-js: $(NODE_STAMP)
 	bin/vendor-js
 

@@ -1,4 +1,5 @@
-"""Stored analytics results, read-only, with a button that queues a full recompute."""
+"""Stored analytics results, read-only, with a button that queues a full recompute, and the
+staff's dashboard of charts drawn from the statistics API."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ from typing import Any
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
 from django.urls import path, reverse
 from django.views.decorators.http import require_POST
 
+from analytics import selectors
+from analytics.apis import SUMMARY_LEVELS
 from analytics.models import RegionSummary
 from analytics.tasks import analytics_recompute
 from places.admin_base import ReadOnlyAdminMixin
+from places.basemap import basemap_config
+from places.models import RegionLevel, Religion
 
 RECOMPUTE_PERMISSION = "analytics.change_regionsummary"
 
@@ -41,6 +47,11 @@ class RegionSummaryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 self.admin_site.admin_view(require_POST(self.recompute_view)),
                 name="analytics_regionsummary_recompute",
             ),
+            path(
+                "dashboard/",
+                self.admin_site.admin_view(self.dashboard_view),
+                name="analytics_dashboard",
+            ),
             *super().get_urls(),
         ]
 
@@ -61,3 +72,26 @@ class RegionSummaryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             "figures here change when a worker has run it.",
         )
         return HttpResponseRedirect(reverse("admin:analytics_regionsummary_changelist"))
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        """Charts of the stored results for any staff member (the figures are public through
+        the API; the page is the staff's way in). The page reads the same /api/v1/stats/
+        endpoints researchers do; only the choices it offers come from here."""
+        config = {
+            "figures": selectors.DASHBOARD_FIGURES,
+            "levels": dict(SUMMARY_LEVELS),
+            "religions": dict(Religion.choices),
+            "sensors": selectors.sensors_with_rollups(),
+            "extent": selectors.region_extent(level=RegionLevel.DISTRICT),
+            "api": reverse("analytics:summary-list"),
+            # Always the offline basemap: the page needs no other server, whatever
+            # MAP_STYLE_URL names for the public map.
+            "basemap": basemap_config()["basemap"],
+        }
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Analytics dashboard",
+            "opts": self.model._meta,
+            "dashboard_config": config,
+        }
+        return render(request, "admin/analytics/dashboard.html", context)

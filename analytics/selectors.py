@@ -10,11 +10,13 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from django.contrib.gis.db.models import Extent
 from django.db import connections
 
-from analytics.models import RegionSensorRollup, RegionSummary, SensorRollup
+from analytics.models import Interval, RegionSensorRollup, RegionSummary, SensorRollup
 from config.routers import REPLICA
-from places.models import RegionLevel
+from ingestion.edge.models import Sensor
+from places.models import Region, RegionLevel
 
 COUNTS_BY_REGION = """
 SELECT r.id, r.code, r.name, r.population, r.area_km2,
@@ -158,3 +160,34 @@ def sensor_series(
     if until is not None:
         qs = qs.filter(bucket__lt=until)
     return list(qs.order_by("bucket"))
+
+
+# --- The admin dashboard -----------------------------------------------------------------
+
+# Figures a choropleth can show, by their path in a summary's JSON (``summary_json``): the
+# dashboard reads them from the summaries list, so it shows exactly what the API answers.
+DASHBOARD_FIGURES: dict[str, str] = {
+    "per_1000_km2": "Places per 1,000 km²",
+    "per_100k_people": "Places per 100,000 people",
+    "places": "Places",
+    "diversity.shannon": "Religious diversity (Shannon index)",
+    "diversity.simpson": "Religious diversity (Simpson index)",
+    "quality.unknown_religion.rate": "Share of places with an unknown religion",
+    "quality.unnamed.rate": "Share of places with no name",
+    "quality.duplicate_coordinates.rate": "Share of places on another's coordinates",
+}
+
+
+def sensors_with_rollups() -> list[dict[str, Any]]:
+    """Sensors that have stored daily rollups of any parameter, for the dashboard's series
+    picker: rollups outlive their readings, so the sensors are found through them."""
+    ids = SensorRollup.objects.filter(interval=Interval.DAY).values("sensor_id").distinct()
+    found = Sensor.objects.filter(pk__in=ids).order_by("external_id")
+    return [{"id": s.pk, "external_id": s.external_id, "kind": s.kind} for s in found]
+
+
+def region_extent(*, level: str) -> tuple[float, float, float, float] | None:
+    """West, south, east, north around every region of ``level``: the dashboard's first
+    view of its map (None without regions)."""
+    found = Region.objects.filter(level=level).aggregate(extent=Extent("geom"))["extent"]
+    return tuple(found) if found else None
