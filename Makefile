@@ -125,6 +125,7 @@ bench: db bench-deps $(NODE_STAMP)
 	$(PY) tests/benchmarks/edge.py --seconds 20
 	$(PY) tests/benchmarks/map_paint.py
 	$(PY) tests/benchmarks/analytics.py
+	$(PY) tests/benchmarks/curation.py
 
 # This tree (B) against the code at BENCH_AB_BASE (A), measured in alternating rounds of one
 # run; BENCH_AB_ARGS passes options, e.g. make bench-ab BENCH_AB_ARGS="--skip-imports".
