@@ -75,6 +75,10 @@ def test_each_flag_is_computed_when_a_place_is_created(dataset, square):
     assert _flags(outside) == {"outside_region"}
     assert _flags(odd) == {"unrecognised_denomination"}
     assert _flags(dates) == {"start_after_end"}
+    # and computing the whole dataset again (beat's way) gives the same flags
+    before = set(PlaceFlag.objects.filter(dataset=dataset).values_list("place_id", "flag"))
+    assert quality_flags_refresh(dataset_id=dataset.pk) == 5
+    assert set(PlaceFlag.objects.filter(dataset=dataset).values_list("place_id", "flag")) == before
 
 
 def test_moving_a_place_refreshes_the_duplicate_flag_at_its_old_and_new_coordinates(dataset):
@@ -95,9 +99,9 @@ def test_moving_a_place_refreshes_the_duplicate_flag_at_its_old_and_new_coordina
 
 
 def test_writes_that_bypass_the_services_are_flagged_by_the_beat_refresh(dataset):
-    # given a dataset whose flags are up to date
+    # given datasets whose flags are up to date (the session's sample imports' too, if any)
     place = _place(dataset, "raw")
-    quality_flags_refresh(dataset_id=dataset.pk)
+    quality_flags_refresh_due()
     assert quality_flags_refresh_due() == []
     # when a set-based write (as imports make) empties a name and logs it as an import
     with connection.cursor() as cursor:
