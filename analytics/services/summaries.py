@@ -9,9 +9,10 @@ first-level region's those of its districts too. Only active places count.
 **A region's version key** (``REGION_KEYS``) is a digest of the region version (any region
 added, removed or rewritten, which may move places between regions or change a region's
 area, population or parent) and of the ``AreaVersion`` rows of every dataset in the grid
-cells its bounding box touches, widened by 0.1° on each side. Every committed change to a
-place moves the cells of its new and old position (``places.dbobjects``); a place counting
-for a region lies inside that region's boundary, so inside those cells: no change to a
+cells that the bounding boxes of its pieces (``RegionPart``; its outline's box where it has
+no pieces) touch, widened by 0.1° on each side. Every committed change to a place moves the
+cells of its new and old position (``places.dbobjects``); a place counting for a region lies
+inside that region's boundary, so inside one of its pieces and those cells: no change to a
 region's places can leave its key alone. The 0.1° (about 11 km) of margin covers places of a
 district whose country polygon is generalised more coarsely than the district (a coastal
 place can sit just outside the Natural Earth 1:50m outline); a place filed by hand under a
@@ -50,19 +51,30 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_LEVELS = ("country", "admin1", "district")
 
-# The cell arithmetic is places_area_cell's (places.dbobjects), on the corners of the bbox.
+# The cell arithmetic is places_area_cell's (places.dbobjects), on the corners of each box.
+# The boxes are those of the region's pieces (RegionPart, at most 64 vertices each), or of its
+# outline where it has none: one box around a whole country covers far more than the country
+# (the United States' reaches round the world with the Aleutians, France's from French Guiana
+# to Réunion, China's holds Bangladesh), and every place added in it recomputed the country.
 REGION_KEYS = """
-WITH box AS (
-    SELECT r.id,
-           greatest(0, floor((ST_YMin(r.geom) - 0.1 + 90) / 1.40625)::int) AS row0,
-           least(127, floor((ST_YMax(r.geom) + 0.1 + 90) / 1.40625)::int) AS row1,
-           greatest(0, floor((ST_XMin(r.geom) - 0.1 + 180) / 1.40625)::int) AS col0,
-           least(255, floor((ST_XMax(r.geom) + 0.1 + 180) / 1.40625)::int) AS col1
-    FROM places_region r
+WITH pieces AS (
+    SELECT rp.region_id AS id, rp.geom FROM places_regionpart rp
+    WHERE rp.level = ANY(%(levels)s)
+    UNION ALL
+    SELECT r.id, r.geom FROM places_region r
     WHERE r.level = ANY(%(levels)s)
+      AND NOT EXISTS (SELECT 1 FROM places_regionpart rp WHERE rp.region_id = r.id)
+),
+box AS (
+    SELECT id,
+           greatest(0, floor((ST_YMin(geom) - 0.1 + 90) / 1.40625)::int) AS row0,
+           least(127, floor((ST_YMax(geom) + 0.1 + 90) / 1.40625)::int) AS row1,
+           greatest(0, floor((ST_XMin(geom) - 0.1 + 180) / 1.40625)::int) AS col0,
+           least(255, floor((ST_XMax(geom) + 0.1 + 180) / 1.40625)::int) AS col1
+    FROM pieces
 ),
 cells AS (
-    SELECT box.id, y * 256 + x AS cell
+    SELECT DISTINCT box.id, y * 256 + x AS cell
     FROM box, generate_series(box.row0, box.row1) y, generate_series(box.col0, box.col1) x
 ),
 cell_versions AS (

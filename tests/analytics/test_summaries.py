@@ -194,3 +194,29 @@ def test_incremental_recompute_touches_only_regions_whose_data_moved(gb_import, 
     assert changed == {westminster.pk, westminster.parent_id}
     # and running again finds nothing to do
     assert region_summaries_recompute().recomputed == 0
+
+
+def test_a_place_inside_a_countrys_box_but_far_from_its_land_leaves_its_summary_alone(
+    gb_import, replica_caught_up
+):
+    # given summaries of every region, and a point in the North Atlantic that lies inside the
+    # bounding boxes of the United States (the Aleutians reach round the world), Russia and
+    # France (French Guiana to Réunion), far from the land of any
+    region_summaries_recompute(full=True)
+    point = Point(-40.0, 45.0, srid=4326)
+    boxed = Region.objects.filter(level="country", code__in=["USA", "RUS", "FRA"])
+    assert len(boxed) == 3
+    for country in boxed:
+        west, south, east, north = country.geom.extent
+        assert west <= point.x <= east, country.code
+        assert south <= point.y <= north, country.code
+    assert not Region.objects.filter(geom__dwithin=(point, 5.0)).exists()
+    # when a place is added there
+    place_create(
+        dataset=dataset_get_or_create(slug="incremental-test"),
+        source_key="at-sea",
+        data={"name": "At sea", "location": point},
+    )
+    run = region_summaries_recompute()
+    # then no region is recomputed: a key follows the region's pieces, not its box
+    assert run.recomputed == 0
