@@ -59,6 +59,8 @@ from places.serving.responses import (
 from places.serving.tile_apis import parse_tile
 
 ITEMS_TTL = 3600
+# Documents answered as JSON or HTML by the Accept header: a cache must keep them apart.
+NEGOTIATED = {"Cache-Control": "no-cache", "Vary": "Accept"}
 TILE_NAMES = {"z": "tileMatrix", "x": "tileCol", "y": "tileRow"}
 
 
@@ -92,7 +94,7 @@ class OgcApi(BytesNegotiation, PublicBytesView):
         return HttpResponse(
             json.dumps(document, separators=(",", ":")),
             content_type=json_type,
-            headers={"Cache-Control": "no-cache"},
+            headers=NEGOTIATED,
         )
 
 
@@ -131,7 +133,10 @@ def _html(
         "map_config": config,
         "has_map": features is not None,
     }
-    return render(request._request, "ogc/page.html", context)
+    response = render(request._request, "ogc/page.html", context)
+    for name, value in NEGOTIATED.items():
+        response[name] = value
+    return response
 
 
 def _collection(collection_id: str) -> Collection:
@@ -448,7 +453,7 @@ class ItemApi(OgcApi):
                 document={"links": document["links"], **document["properties"]},
                 features={"type": "FeatureCollection", "features": [document]},
             )
-        return HttpResponse(json.dumps(document), content_type=GEOJSON)
+        return HttpResponse(json.dumps(document), content_type=GEOJSON, headers=NEGOTIATED)
 
 
 @extend_schema(

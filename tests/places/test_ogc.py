@@ -422,6 +422,7 @@ def test_html_by_f_or_accept(api, gb_import, path):
     for response in (by_f, by_accept):
         assert response.status_code == 200
         assert response["Content-Type"].startswith("text/html")
+        assert "Accept" in response["Vary"]
     assert by_f.content == by_accept.content
 
 
