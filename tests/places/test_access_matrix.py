@@ -48,6 +48,7 @@ from places.models import (
     DuplicateCandidate,
     PlaceAttribute,
     PlaceChange,
+    QualityRefresh,
     Region,
     RegionPart,
     SecurityEvent,
@@ -55,6 +56,7 @@ from places.models import (
 from places.services import place_create
 from places.services.access import dataset_role_grant
 from places.services.review import proposal_create
+from places.services.tokens import api_token_create
 
 pytestmark = pytest.mark.django_db(databases=["default", "replica"])  # the stats API reads it
 
@@ -205,6 +207,18 @@ MODELS = [
                 Rule(in_ds("reviewer"), obj="places.placeproposal", kwarg="pk")
             ],
         },
+    ),
+    # Users' API tokens (digests only) and the flags' refresh state: the admin role reads them.
+    *(
+        ModelRules(
+            f"places.{name}",
+            view=anywhere(),
+            change=NOBODY,
+            add=NOBODY,
+            delete=NOBODY,
+            scoped=False,
+        )
+        for name in ("apitoken", "qualityrefresh")
     ),
     # The change log and data versions: read-only to everyone (the table refuses changes too).
     ModelRules("places.placechange", view=in_ds(*VIEW), change=NOBODY, add=NOBODY, delete=NOBODY),
@@ -418,8 +432,10 @@ ACTIONS: dict[tuple[str, str], Allowed] = {
     ("places.place", "delete_selected"): NOBODY,
     ("places.place", "set_religion"): in_ds("curator"),
     ("places.place", "replace_denomination"): in_ds("curator"),
-    ("places.place", "export_csv"): in_ds(*VIEW),
-    ("places.place", "export_geojson"): in_ds(*VIEW),
+    ("places.place", "export_csv"): in_ds("curator"),
+    ("places.place", "export_geojson"): in_ds("curator"),
+    ("places.apitoken", "delete_selected"): NOBODY,
+    ("places.qualityrefresh", "delete_selected"): NOBODY,
     ("places.placeproposal", "delete_selected"): NOBODY,
     ("places.duplicatecandidate", "mark_not_duplicate"): in_ds("curator"),
     ("places.duplicatecandidate", "delete_selected"): NOBODY,
@@ -677,6 +693,10 @@ def test_every_url_and_admin_action_answers_every_role_as_the_table_says(monkeyp
         dataset_role_grant(
             user=proposer, dataset=objects[("places.dataset", ds)], role="contributor"
         )
+    objects[("places.apitoken", None)] = api_token_create(user=proposer)[0]
+    objects[("places.qualityrefresh", None)] = QualityRefresh.objects.create(
+        dataset=objects[("places.dataset", "own")], last_seq=0
+    )
     for ds in DATASETS:
         objects[("places.placeproposal", ds)] = proposal_create(
             place=objects[("places.place", ds)],

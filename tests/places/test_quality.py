@@ -148,8 +148,10 @@ def test_the_places_list_filters_by_flag_and_the_quality_page_links_to_it(client
     client.force_login(_curator(dataset))
     # when the list is filtered by the flag and the dataset
     url = reverse("admin:places_place_changelist")
-    page = client.get(url, {"flag": "no_name", "dataset__id__exact": dataset.pk}).content.decode()
-    # then only the unnamed place is listed
+    response = client.get(url, {"flag": "no_name", "dataset__id__exact": dataset.pk})
+    page = response.content.decode()
+    # then only the unnamed place is listed, and counted (by the flags' index)
+    assert response.context["cl"].result_count == 1
     assert f"/{unnamed.pk}/change/" in page
     assert f"/{named.pk}/change/" not in page
     # and the quality page counts it with a link to that list
@@ -210,7 +212,7 @@ def test_bulk_fix_services_refuse_places_of_a_dataset_the_user_may_not_edit(data
 
 
 def test_a_selection_exports_as_csv_and_geojson_with_its_flags(client, dataset):
-    # given two places, one unnamed with a formula-like source key
+    # given two places, one unnamed with a formula-like source key (exports need the edit right)
     a = _place(dataset, "=cmd", name="", location=Point(1.5, 2.5))
     b = _place(dataset, "b", name="São Bento", location=Point(3, 4))
     client.force_login(_curator(dataset))
