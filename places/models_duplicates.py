@@ -88,6 +88,9 @@ class DuplicateCandidate(models.Model):
     )
 
     class Meta:
+        # Declared by the admin's "not a duplicate" action; who may merge is decided per
+        # dataset by places.access (the merge right in both places' datasets).
+        permissions = [("merge_duplicatecandidate", "Can merge duplicates or dismiss them")]
         constraints = [
             models.UniqueConstraint(fields=["place_a", "place_b"], name="duplicate_pair_unique"),
             models.CheckConstraint(condition=Q(place_a__lt=F("place_b")), name="duplicate_ordered"),

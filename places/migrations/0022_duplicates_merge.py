@@ -158,6 +158,9 @@ class Migration(migrations.Migration):
                 ),
             ],
             options={
+                "permissions": [
+                    ("merge_duplicatecandidate", "Can merge duplicates or dismiss them")
+                ],
                 "indexes": [
                     models.Index(
                         models.OrderBy(models.F("score"), descending=True),
