@@ -175,17 +175,22 @@ def test_openapi_schema_and_docs_work_offline(api):
     assert {"/api/v1/places/", "/api/v1/regions/", "/api/v1/datasets/"} <= set(paths)
     bbox = next(p for p in paths["/api/v1/places/"]["get"]["parameters"] if p["name"] == "bbox")
     assert "antimeridian" in bbox["description"]
-    # Every operation but the edge devices' is public: none lists a security requirement, so
-    # Swagger UI draws no lock on them (drf-spectacular lists the login schemes as optional).
-    # The edge protocol's operations need a node's key, and say so.
+    # Every operation but the edge devices' and the proposals' is public: none lists a
+    # security requirement, so Swagger UI draws no lock on them (drf-spectacular lists the
+    # login schemes as optional). The edge protocol's operations need a node's key, the
+    # review queue's a user's token or session, and say so.
     secured = {
         path: op["security"]
         for path, ops in paths.items()
         for op in ops.values()
         if "security" in op
     }
-    assert set(secured) == {path for path in paths if path.startswith("/api/v1/edge/")}
-    assert all(security == [{"edgeKey": []}] for security in secured.values())
+    edge = {path for path in paths if path.startswith("/api/v1/edge/")}
+    proposals = {path for path in paths if path.startswith("/api/v1/proposals/")}
+    assert proposals
+    assert set(secured) == edge | proposals
+    assert all(secured[path] == [{"edgeKey": []}] for path in edge)
+    assert all(secured[path] == [{"userToken": []}, {"cookieAuth": []}] for path in proposals)
     docs = api.get("/api/docs/")
     assert docs.status_code == 200
     assert b"cdn.jsdelivr" not in docs.content
