@@ -320,7 +320,8 @@ MODELS = [
         scoped=False,
     ),
     # Stored analytics: read-only; no role group holds analytics permissions, so only
-    # superusers see them and queue a recompute.
+    # superusers see them and queue a recompute. The dashboard charts the public statistics
+    # API: every staff member opens it.
     ModelRules(
         "analytics.regionsummary",
         view=SUPERUSER,
@@ -328,7 +329,10 @@ MODELS = [
         add=NOBODY,
         delete=NOBODY,
         scoped=False,
-        extra={"admin:analytics_regionsummary_recompute": [Rule(SUPERUSER, "post")]},
+        extra={
+            "admin:analytics_regionsummary_recompute": [Rule(SUPERUSER, "post")],
+            "admin:analytics_dashboard": [Rule(LOGGED_IN)],
+        },
     ),
     # Users and groups: superusers only (the admin role may look users up, not change them).
     ModelRules(
