@@ -29,7 +29,12 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 
 from ingestion.edge.models import EdgeNode, Observation, Parameter, Sensor
-from places.serving.responses import PublicBytesView, QueryParamsGuard, cached_bytes_response
+from places.serving.responses import (
+    BytesNegotiation,
+    PublicBytesView,
+    QueryParamsGuard,
+    cached_bytes_response,
+)
 
 PARAMETER = "pm2_5"
 SCALE = "UK DAQI (PM2.5)"
@@ -208,7 +213,7 @@ EXAMPLE = {
 }
 
 
-class SensorLatestApi(QueryParamsGuard, PublicBytesView):
+class SensorLatestApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
     """Public and cached like the places list: built once per version of the readings and
     sensors (``sensor_map_version``), answered 304 to a client that has it."""
 

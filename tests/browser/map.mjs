@@ -253,6 +253,23 @@ try {
     };
   });
   await page.uncheck("#density");
+  // The sensors layer, switched on over Aberdeen: circles in their PM2.5 band's colour.
+  if (scenario.sensors) {
+    await jump(page, scenario.sensors.center, 11);
+    await page.check("#sensors");
+    await page.waitForFunction(() => /with a reading|could not/.test(
+      document.getElementById("sensor-status").textContent), null, WAIT);
+    await idle(page);
+    steps.sensors = await page.evaluate(() => ({
+      status: document.getElementById("sensor-status").textContent,
+      legend: [...document.querySelectorAll("#sensor-bands li")].map((li) => li.textContent),
+      drawn: window.placesMap.queryRenderedFeatures({ layers: ["sensors"] }).map((f) => ({
+        sensor: f.properties.sensor, pm2_5: f.properties.pm2_5, band: f.properties.band,
+        colour: f.layer.paint["circle-color"],
+      })),
+    }));
+    await page.uncheck("#sensors");
+  }
   mark("filter");
   // Water on the offline basemap: the Thames in London, Lake Geneva, at a regional zoom and a
   // close one (the basemap's tiles stop at 10 and are drawn larger from there).

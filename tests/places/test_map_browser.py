@@ -12,6 +12,7 @@ playwright-core). Without them these tests fail, saying so: they are not skipped
 
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import json
 import os
@@ -31,6 +32,7 @@ from django.conf import settings
 from django.contrib.gis.geos import Polygon
 from django.db import connection
 
+from ingestion.edge import sensor_map
 from places.models import Dataset, Place, PlaceStatus, Religion
 from tests.db import database_url
 
@@ -163,8 +165,43 @@ def curator(django_db_blocker) -> Iterator[dict[str, str]]:
 SHARED_URL = "/map/?lat=51.51844&lon=-0.16645&z=14.5&religion=muslim&dataset={dataset}"
 
 
+# Two sensors in Aberdeen with PM2.5 readings in different bands (DAQI low and very high).
+SENSORS = {"map-browser-low": (-2.10, 57.15, 4.0), "map-browser-high": (-2.08, 57.16, 80.0)}
+
+
 @pytest.fixture(scope="module")
-def report(server, places, curator, tmp_path_factory) -> dict[str, Any]:
+def sensors(django_db_blocker) -> Iterator[dict[str, Any]]:
+    """A node with the two SENSORS and their readings (committed, for the server to see),
+    removed afterwards."""
+    from ingestion.edge.services.batches import SensorDeclaration
+    from tests.ingestion.edge.factories import ingest, node_make, reading
+    from tests.ingestion.edge.test_client_e2e import _delete_node
+
+    at = dt.datetime(2019, 3, 1, 7, tzinfo=dt.UTC)
+    with django_db_blocker.unblock():
+        node = node_make("map-browser-sensors")
+        outcome = ingest(
+            node,
+            [
+                reading(i, name, at, value=value, parameter="pm2_5")
+                for i, (name, (_, _, value)) in enumerate(SENSORS.items())
+            ],
+            sensors=[
+                SensorDeclaration(external_id=name, kind="SDS011", lon=lon, lat=lat)
+                for name, (lon, lat, _) in SENSORS.items()
+            ],
+        )
+        assert outcome.response["accepted"] == len(SENSORS), outcome.response
+        with_reading = len(sensor_map.sensor_latest_pm25())
+    try:
+        yield {"center": [-2.09, 57.155], "with_reading": with_reading}
+    finally:
+        with django_db_blocker.unblock():
+            _delete_node(node, node.region)
+
+
+@pytest.fixture(scope="module")
+def report(server, places, curator, sensors, tmp_path_factory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("map-browser-run")
     known, stacked = places["known"], places["stacked"]
     scenario = {
@@ -177,6 +214,7 @@ def report(server, places, curator, tmp_path_factory) -> dict[str, Any]:
         "known": {"lon": known.location.x, "lat": known.location.y, "id": known.pk},
         "search": KNOWN_NAME,
         "curator": curator,
+        "sensors": {"center": sensors["center"]},
         "screenshots": str(folder),
     }
     (folder / "scenario.json").write_text(json.dumps(scenario))
@@ -278,6 +316,20 @@ def test_the_density_layer_colours_the_districts_from_the_analytics_figures(repo
     assert density["with_figure"] > 100
     assert density["legend"][0] == "0–50"
     assert density["legend"][-1] == "2000 or more"
+
+
+def test_the_sensors_layer_draws_each_sensors_latest_pm25_in_its_bands_colour(report, sensors):
+    drawn = {f["sensor"]: f for f in report["steps"]["sensors"]["drawn"]}
+    # then: both sensors are circles with their readings, in their DAQI band's colour
+    assert drawn["map-browser-low"]["pm2_5"] == 4.0
+    assert drawn["map-browser-low"]["band"] == "low"
+    assert drawn["map-browser-high"]["pm2_5"] == 80.0
+    assert drawn["map-browser-high"]["band"] == "very_high"
+    assert drawn["map-browser-low"]["colour"] != drawn["map-browser-high"]["colour"]
+    # and the status counts every sensor with a reading, the legend names the four bands
+    status = report["steps"]["sensors"]["status"]
+    assert status == f"{sensors['with_reading']} sensors with a reading"
+    assert len(report["steps"]["sensors"]["legend"]) == 4
 
 
 def test_a_shared_link_and_a_reload_reproduce_the_view_and_filters(report, places):

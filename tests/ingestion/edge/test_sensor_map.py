@@ -135,6 +135,18 @@ def test_values_fall_in_the_uk_daqi_bands_for_pm25(value, index, band):
 # --- the API ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("accept", ["application/geo+json", "application/json", "*/*"])
+def test_the_api_answers_what_the_map_page_asks_for(node, client, clear_cache, accept):
+    # given a sensor with a reading
+    _readings(_sensor(node, "map-accept"), (dt.datetime(2019, 3, 14, 9, 30, tzinfo=UTC), 12.0))
+    # when it is asked for with the map page's Accept header (GeoJSON's own type), or others
+    response = client.get(URL, HTTP_ACCEPT=accept)
+    # then the GeoJSON is answered (DRF's negotiation answered GeoJSON's type with 406)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/geo+json"
+    assert any(f["properties"]["sensor"] == "map-accept" for f in response.json()["features"])
+
+
 def test_the_api_answers_geojson_with_band_kind_and_time(node, client, clear_cache):
     sensor = _sensor(node, "map-api", kind="SDS011")
     _readings(sensor, (dt.datetime(2019, 3, 14, 9, 30, tzinfo=UTC), 44.0))
