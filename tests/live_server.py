@@ -105,12 +105,14 @@ def gunicorn_serving(*, database: str, log: Path) -> Iterator[str]:
                 process.wait()
 
 
-def browser_run(*, script: Path, scenario: dict[str, Any], folder: Path) -> dict[str, Any]:
+def browser_run(
+    *, script: Path, scenario: dict[str, Any], folder: Path, timeout: int = 300
+) -> dict[str, Any]:
     """Run a tests/browser script on ``scenario`` and return its JSON report."""
     (folder / "scenario.json").write_text(json.dumps(scenario))
     run = subprocess.run(
         ["node", str(script), str(folder / "scenario.json")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])

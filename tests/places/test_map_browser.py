@@ -2,7 +2,7 @@
 playwright-core (tests/browser/map.mjs), against gunicorn serving the test database with the
 GB sample imported.
 
-One browser run (about a minute on a loaded machine) feeds every test here: the script looks,
+One browser run (one to four minutes, by the machine's load) feeds every test here: the script looks,
 clicks and measures, and prints a JSON report; the tests compare it with the database. The
 run waits for states (the map idle, a popup filled), never for times.
 
@@ -13,36 +13,24 @@ playwright-core). Without them these tests fail, saying so: they are not skipped
 from __future__ import annotations
 
 import datetime as dt
-import http.client
-import json
-import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.contrib.gis.geos import Polygon
 from django.db import connection
 
 from ingestion.edge import sensor_map
 from places.models import Dataset, Place, PlaceStatus, Religion
-from tests.db import database_url
+from tests.live_server import CHROMIUM, ROOT, browser_needs, browser_run, gunicorn_serving
 
 # Every test here is marked for the database, so that pytest-django's ordering (database tests
 # first) keeps them together and the module's one browser run is not made twice.
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
-ROOT = Path(settings.BASE_DIR)
 SCRIPT = ROOT / "tests" / "browser" / "map.mjs"
-CHROMIUM = "/usr/bin/chromium"
 # In the GB sample: two places on one spot, and a place with a denomination.
 STACKED_NAMES = {"Edgware Road Mosque", "Former St Mark's School,"}
 KNOWN_NAME = "Westminster Abbey"
@@ -51,78 +39,14 @@ LICENCE = "ODbL 1.0"
 ATTRIBUTION = "© OpenStreetMap contributors"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _live(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/health/live/", headers={"Host": "127.0.0.1"})
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
-
-
-def _needs() -> None:
-    missing = []
-    if not Path(CHROMIUM).exists():
-        missing.append(f"{CHROMIUM} (bin/install-system-deps installs Debian's chromium)")
-    if shutil.which("node") is None:
-        missing.append("node (bin/install-system-deps installs nodejs)")
-    if not (ROOT / "node_modules" / "playwright-core").is_dir():
-        missing.append("node_modules/playwright-core (npm ci, as make test runs it)")
-    if missing:
-        pytest.fail("the browser tests need " + "; ".join(missing))
-
-
 @pytest.fixture(scope="module")
 def server(gb_import, django_db_blocker, tmp_path_factory) -> Iterator[str]:
     """gunicorn as bin/run starts it (config/gunicorn.py), on the test database."""
-    _needs()
     with django_db_blocker.unblock():
         database = connection.settings_dict["NAME"]
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.test",
-        "DATABASE_URL": database_url(dbname=database),
-        "SECRET_KEY": secrets.token_urlsafe(40),
-        "LOG_LEVEL": "WARNING",
-    }
-    # Analytics (the density layer) read the replica alias. A server outside pytest has no
-    # test mirror: a REPLICA_DATABASE_URL (make test sets one) would name the development
-    # database there, so this server reads the test database on the primary.
-    for variable in ("REPLICA_DATABASE_URL", "REPLICA_DATABASE_URL_FILE"):
-        env.pop(variable, None)
-    port = _free_port()
     log = tmp_path_factory.mktemp("map-browser") / "gunicorn.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "python:config.gunicorn",
-             "--bind", f"127.0.0.1:{port}", "--access-logfile", "/dev/null"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90
-        while not _live(port):
-            if process.poll() is not None:
-                pytest.fail(f"gunicorn exited:\n{log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("gunicorn did not answer within 90 s")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    with gunicorn_serving(database=database, log=log) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -217,15 +141,8 @@ def report(server, places, curator, sensors, tmp_path_factory) -> dict[str, Any]
         "sensors": {"center": sensors["center"]},
         "screenshots": str(folder),
     }
-    (folder / "scenario.json").write_text(json.dumps(scenario))
-    run = subprocess.run(
-        ["node", str(SCRIPT), str(folder / "scenario.json")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert "error" not in result, result["error"]
-    return result
+    # The run takes about 4 minutes on a loaded machine: hover, water, admin and sensors.
+    return browser_run(script=SCRIPT, scenario=scenario, folder=folder, timeout=600)
 
 
 def _in_bounds(bounds: list[list[float]], **filters: Any) -> int:
@@ -458,7 +375,7 @@ def test_on_a_phone_the_panel_starts_folded_and_opens(report):
 
 def test_the_committed_maplibre_is_the_npm_package_copied_by_bin_vendor_js(tmp_path):
     # given: node_modules from package-lock.json (make test runs npm ci)
-    _needs()
+    browser_needs()
     # when
     subprocess.run([str(ROOT / "bin" / "vendor-js"), str(tmp_path)], cwd=ROOT, check=True)
     # then: the pages load exactly what npm pinned
