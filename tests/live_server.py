@@ -1,6 +1,7 @@
-"""The browser tests' harness: gunicorn serving the test database as bin/run starts it, and a
-playwright-core script (tests/browser/*.mjs) driving Debian's Chromium against it, which prints
-one JSON report for the tests to compare with the database and the API.
+"""Live-server harness: gunicorn serving the test database as bin/run starts it (for the
+browser and OGC-client tests), and a playwright-core script (tests/browser/*.mjs) driving
+Debian's Chromium against it, which prints one JSON report for the tests to compare with the
+database and the API.
 
 ``make test`` installs what they need (``bin/install-system-deps``: chromium; ``npm ci``:
 playwright-core). Without them these tests fail, saying so: they are not skipped.
@@ -63,13 +64,17 @@ def browser_needs() -> None:
 
 
 @contextmanager
-def gunicorn_serving(*, database: str, log: Path) -> Iterator[str]:
+def gunicorn_serving(
+    *, database: str, log: Path, access_log: Path | None = None, browser: bool = True
+) -> Iterator[str]:
     """gunicorn as bin/run starts it (config/gunicorn.py) on ``database``; yields its base URL.
+    ``access_log`` keeps what clients asked for; ``browser`` checks the browser is there.
 
     Analytics read the replica alias. A server outside pytest has no test mirror: a
     REPLICA_DATABASE_URL (make test sets one) would name the development database there, so
     this server reads the test database on the primary."""
-    browser_needs()
+    if browser:
+        browser_needs()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings.test",
@@ -83,7 +88,7 @@ def gunicorn_serving(*, database: str, log: Path) -> Iterator[str]:
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--config", "python:config.gunicorn",
-             "--bind", f"127.0.0.1:{port}", "--access-logfile", "/dev/null"],
+             "--bind", f"127.0.0.1:{port}", "--access-logfile", str(access_log or "/dev/null")],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
