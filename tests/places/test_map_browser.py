@@ -2,9 +2,9 @@
 playwright-core (tests/browser/map.mjs), against gunicorn serving the test database with the
 GB sample imported.
 
-One browser run (one to four minutes, by the machine's load) feeds every test here: the script looks,
-clicks and measures, and prints a JSON report; the tests compare it with the database. The
-run waits for states (the map idle, a popup filled), never for times.
+One browser run (one to four minutes, by the machine's load) feeds every test here: the
+script looks, clicks and measures, and prints a JSON report; the tests compare it with the
+database. The run waits for states (the map idle, a popup filled), never for times.
 
 ``make test`` installs what it needs (``bin/install-system-deps``: chromium; ``npm ci``:
 playwright-core). Without them these tests fail, saying so: they are not skipped.
