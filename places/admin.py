@@ -16,7 +16,7 @@ from django.http import HttpRequest
 from kombu.exceptions import OperationalError as BrokerError
 
 from ingestion import tasks as ingestion_tasks
-from places import access, admin_duplicates, services  # noqa: F401 (registers its admin)
+from places import access, admin_duplicates, selectors, services  # noqa: F401 (registers its admin)
 from places.access import Action
 from places.admin_access import DatasetScopedAdminMixin, DatasetScopedInlineMixin
 from places.admin_base import FastChangeListMixin, GeoAdmin, IdSearchMixin, ReadOnlyAdminMixin
@@ -296,7 +296,10 @@ class PlaceAdmin(CurationAdminMixin, PlaceHistoryAdminMixin, DatasetScopedAdminM
         QualityFlagFilter,
     )
     search_fields = ("name",)
-    search_help_text = "Part of a name, a key such as osm:way/123, or a place id."
+    search_help_text = (
+        "Words of a name (case and accents ignored: Sao Paulo finds São Paulo), a key such "
+        "as osm:way/123, or a place id."
+    )
     raw_id_fields = ("country", "region", "merged_into")
     list_select_related = ("dataset", "region")
     readonly_fields = ("version", "created_at", "updated_at", "history")
@@ -339,7 +342,8 @@ class PlaceAdmin(CurationAdminMixin, PlaceHistoryAdminMixin, DatasetScopedAdminM
             return queryset.filter(pk=int(term)), False
         if ":" in term and " " not in term:  # a source key, answered by its index
             return queryset.filter(source_key=term), False
-        return super().get_search_results(request, queryset, search_term)
+        # Names, case and accents ignored ("Sao Paulo" finds "São Paulo"), by their index.
+        return selectors.place_name_search(queryset, term), False
 
     def get_fieldsets(self, request: HttpRequest, obj: Place | None = None) -> Any:
         if obj is not None:

@@ -427,6 +427,33 @@ END $function$
         "REFERENCING OLD TABLE AS old_datasets FOR EACH STATEMENT EXECUTE FUNCTION "
         "places_dataset_unreferenced_check()",
     ),
+    # Accent-insensitive name search (the admin's): an immutable unaccent and its index.
+    DbObject(
+        name="places_unaccent",
+        kind="function",
+        table=_PLACES,
+        purpose="unaccent() with its dictionary named, so IMMUTABLE: an index may use it "
+        "(unaccent itself is only STABLE).",
+        migrations="places 0023",
+        definition="""
+CREATE OR REPLACE FUNCTION public.places_unaccent(text)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE STRICT
+AS $function$ SELECT public.unaccent('public.unaccent'::regdictionary, $1) $function$
+""",
+    ),
+    DbObject(
+        name="place_name_unaccent_trgm",
+        kind="index",
+        table=_PLACES,
+        purpose="Trigrams of the upper-cased, unaccented name: the admin's name search "
+        "(places.selectors.place_name_search) finds 'São Paulo' from 'Sao Paulo' by this "
+        "index on a million places.",
+        migrations="places 0023",
+        definition="CREATE INDEX place_name_unaccent_trgm ON public.places_place USING gin "
+        "(upper(places_unaccent(name)) gin_trgm_ops)",
+    ),
     # Indexes Django's models do not declare.
     DbObject(
         name="places_placeattribute_dataset_id",

@@ -269,3 +269,52 @@ def test_adding_a_dataset_shows_no_pending_timestamps(admin_client):
     dataset = Dataset.objects.get(slug="parish-register")
     page = admin_client.get(f"/admin/places/dataset/{dataset.pk}/change/").content.decode()
     assert "Created at" in page
+
+
+@pytest.mark.parametrize(
+    ("term", "found"),
+    [
+        ("Sao Paulo", {"São Paulo Cathedral", "Igreja de São Paulo"}),
+        ("sÃO pAULO", {"São Paulo Cathedral", "Igreja de São Paulo"}),
+        ("paulo igreja", {"Igreja de São Paulo"}),
+        ("Zurich", {"Grossmünster Zürich"}),
+        ("grossmunster", {"Grossmünster Zürich"}),
+        ("100%", {"100% Gospel Hall"}),
+        ("_", set()),
+        ('"de São"', {"Igreja de São Paulo"}),
+    ],
+)
+def test_place_name_search_ignores_case_and_accents(admin_client, term, found):
+    # given places whose names carry accents, a % and none of the term's case
+    dataset = Dataset.objects.create(name="Accents", slug="accents")
+    for i, name in enumerate(
+        ["São Paulo Cathedral", "Igreja de São Paulo", "Grossmünster Zürich", "100% Gospel Hall"]
+    ):
+        Place.objects.create(
+            dataset=dataset, source_key=f"a{i}", name=name, location="POINT(-46.6 -23.5)"
+        )
+    # when a curator searches the places list
+    response = admin_client.get(
+        reverse("admin:places_place_changelist"), {"q": term, "dataset__id__exact": dataset.pk}
+    )
+    # then exactly the names holding every word are listed (LIKE's % and _ are plain text)
+    assert response.status_code == 200
+    listed = {place.name for place in response.context["cl"].result_list}
+    assert listed == found
+
+
+def test_place_name_search_uses_the_unaccented_trigram_index(gb_import):
+    # given the search's query for a word
+    from django.db import connection
+
+    from places.selectors import place_name_search
+
+    query = place_name_search(Place.objects.all(), "Sao Paulo").values("pk").query
+    sql, params = query.sql_with_params()
+    # when PostgreSQL plans it with sequential scans discouraged (the test table is small)
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    # then the trigram index on the same expression answers it
+    assert "place_name_unaccent_trgm" in plan
