@@ -18,31 +18,16 @@
     const initial = match && [Number(match[1]), Number(match[2])].every(Number.isFinite)
       ? [Number(match[1]), Number(match[2])] : null;
 
-    const basemap = window.PlacesBasemap.style(config.basemap);
     const places = {
       id: "places", type: "circle", source: "places", "source-layer": "places",
       paint: { "circle-color": "#0072B2", "circle-radius": 4, "circle-opacity": 0.7,
                "circle-stroke-color": "#1a1a1a", "circle-stroke-width": 0.6 },
     };
-    const source = { type: "vector", url: "/tiles/places.json" };
-    const offline = !config.styleUrl;
-    const map = new maplibregl.Map({
+    const map = window.PlacesBasemap.placesMap(config, places, {
       container: widget.querySelector(".location-map"),
       center: initial || [-1.6, 53.2],
       zoom: initial ? 14 : 4,
-      maxZoom: 18,
-      cooperativeGestures: true,
-      style: offline
-        ? { version: 8, sources: { ...basemap.sources, places: source },
-            layers: [...basemap.layers, places, ...basemap.labels] }
-        : config.styleUrl,
     });
-    if (!offline) {
-      map.once("style.load", () => { map.addSource("places", source); map.addLayer(places); });
-    }
-    window.PlacesBasemap.drawText(map);
-    if (offline) window.PlacesBasemap.loadAfter(map, "places", config.basemap);
-    map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-right");
 
     const marker = new maplibregl.Marker({ color: "#b3261e", draggable: true });
     if (initial) marker.setLngLat(initial).addTo(map);

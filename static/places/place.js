@@ -4,7 +4,6 @@
   "use strict";
 
   const config = JSON.parse(document.getElementById("place-config").textContent);
-  const basemap = window.PlacesBasemap.style(config.basemap);
   const places = {
     id: "places", type: "circle", source: "places", "source-layer": "places",
     paint: {
@@ -13,25 +12,9 @@
       "circle-stroke-color": "#1a1a1a", "circle-stroke-width": 1,
     },
   };
-  const source = { type: "vector", url: "/tiles/places.json" };
-  const offline = !config.styleUrl;
-  const map = new maplibregl.Map({
-    container: "place-map",
-    center: [config.lon, config.lat],
-    zoom: 15,
-    maxZoom: 18,
-    cooperativeGestures: true,
-    style: offline
-      ? { version: 8, sources: { ...basemap.sources, places: source },
-          layers: [...basemap.layers, places, ...basemap.labels] }
-      : config.styleUrl,
+  const map = window.PlacesBasemap.placesMap(config, places, {
+    container: "place-map", center: [config.lon, config.lat], zoom: 15,
   });
-  if (!offline) {
-    map.once("style.load", () => { map.addSource("places", source); map.addLayer(places); });
-  }
-  window.PlacesBasemap.drawText(map);
-  if (offline) window.PlacesBasemap.loadAfter(map, "places", config.basemap);
-  map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-right");
   new maplibregl.Marker({ color: "#b3261e" }).setLngLat([config.lon, config.lat]).addTo(map);
   map.on("click", "places", (event) => {
     const id = event.features[0].id;

@@ -104,5 +104,30 @@
     map.once("idle", fill);
   }
 
-  window.PlacesBasemap = { style: style, drawText: drawText, loadAfter: loadAfter };
+  // A small map of the places (the vector tiles, drawn as ``placesLayer``) on the basemap:
+  // MAP_STYLE_URL's style when one is set, else the offline files (filled after the places).
+  // The place page and the admin's location widget use it; /map/ builds its own.
+  function placesMap(config, placesLayer, options) {
+    const basemap = style(config.basemap);
+    const source = { type: "vector", url: "/tiles/places.json" };
+    const offline = !config.styleUrl;
+    const map = new maplibregl.Map({
+      ...options,
+      maxZoom: 18,
+      cooperativeGestures: true,
+      style: offline
+        ? { version: 8, sources: { ...basemap.sources, places: source },
+            layers: [...basemap.layers, placesLayer, ...basemap.labels] }
+        : config.styleUrl,
+    });
+    if (!offline) {
+      map.once("style.load", () => { map.addSource("places", source); map.addLayer(placesLayer); });
+    }
+    drawText(map);
+    if (offline) loadAfter(map, "places", config.basemap);
+    map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-right");
+    return map;
+  }
+
+  window.PlacesBasemap = { style: style, drawText: drawText, loadAfter: loadAfter, placesMap: placesMap };
 })();
