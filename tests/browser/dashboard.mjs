@@ -7,7 +7,7 @@
 //
 // Every wait is for a state (a chart drawn, the map idle), never for a time.
 import { readFileSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { launch, watchedPage } from "./watched.mjs";
 
 const scenario = JSON.parse(readFileSync(process.argv[2], "utf-8"));
 const base = new URL(scenario.base);
@@ -15,15 +15,7 @@ const WAIT = { timeout: scenario.timeout_ms || 90000 };
 const report = { console_errors: [], external_requests: [], failed_requests: [], steps: {} };
 const steps = report.steps;
 
-const browser = await chromium.launch({
-  executablePath: scenario.chromium || "/usr/bin/chromium",
-  headless: true,
-  // As tests/browser/map.mjs: no sandbox (root in CI), WebGL through SwiftShader, and
-  // anything not for the test server sent to a proxy that is not there.
-  args: ["--no-sandbox", "--disable-background-networking", "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-    "--proxy-server=http://127.0.0.1:9", `--proxy-bypass-list=${base.hostname}`],
-});
+const browser = await launch(scenario, base);
 
 // What a chart drew: its labels, each dataset's numbers, how many bars or points it laid out
 // with a visible size, and how many pixels of its canvas are painted.
@@ -107,22 +99,7 @@ async function choropleth(page) {
 
 try {
   const context = await browser.newContext({ viewport: { width: 1400, height: 1000 }, reducedMotion: "reduce" });
-  context.on("request", (request) => {
-    const url = new URL(request.url());
-    if (url.protocol.startsWith("http") && url.origin !== base.origin) report.external_requests.push(url.href);
-  });
-  const page = await context.newPage();
-  page.on("console", (message) => {
-    if (message.type() === "error") report.console_errors.push(page.url() + ": " + message.text());
-  });
-  page.on("pageerror", (error) => report.console_errors.push(page.url() + ": " + error.message));
-  page.on("requestfailed", (request) => {
-    const error = request.failure().errorText;
-    if (error !== "net::ERR_ABORTED") report.failed_requests.push(request.url() + " " + error);
-  });
-  page.on("response", (response) => {
-    if (response.status() >= 400) report.failed_requests.push(response.url() + " " + response.status());
-  });
+  const page = await watchedPage(context, base, report);
 
   // 1. Signed in (the scenario's session cookie), the admin index and the summaries' list
   // lead to the dashboard.

@@ -7,24 +7,14 @@
 // Every wait is for a state (the map idle, a popup filled), never for a time: the machine may
 // be loaded. Requests to any other origin are aborted and listed; console errors are listed.
 import { readFileSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { launch, watchedPage } from "./watched.mjs";
 
 const scenario = JSON.parse(readFileSync(process.argv[2], "utf-8"));
 const base = new URL(scenario.base);
 const WAIT = { timeout: scenario.timeout_ms || 90000 };
 const report = { console_errors: [], external_requests: [], failed_requests: [] };
 
-const browser = await chromium.launch({
-  executablePath: scenario.chromium || "/usr/bin/chromium",
-  headless: true,
-  // The developers' guide's flags: no sandbox (root in CI), no background traffic, WebGL
-  // through SwiftShader (no GPU here).
-  args: ["--no-sandbox", "--disable-background-networking", "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-    // Anything not for the test server goes to a proxy that is not there and fails at once:
-    // nothing leaves the machine, and no request waits on an interception round trip.
-    "--proxy-server=http://127.0.0.1:9", `--proxy-bypass-list=${base.hostname}`],
-});
+const browser = await launch(scenario, base);
 
 async function newPage(viewport) {
   // Reduced motion, as some people ask for: MapLibre jumps instead of flying, which keeps
@@ -32,24 +22,7 @@ async function newPage(viewport) {
   const context = await browser.newContext({
     viewport: viewport || { width: 1200, height: 800 }, reducedMotion: "reduce",
   });
-  context.on("request", (request) => {
-    const url = new URL(request.url());
-    if (url.protocol.startsWith("http") && url.origin !== base.origin) report.external_requests.push(url.href);
-  });
-  const page = await context.newPage();
-  page.on("console", (message) => {
-    if (message.type() === "error") report.console_errors.push(page.url() + ": " + message.text());
-  });
-  page.on("pageerror", (error) => report.console_errors.push(page.url() + ": " + error.message));
-  page.on("requestfailed", (request) => {
-    // MapLibre cancels the tiles a move has made useless: that is no failure.
-    const error = request.failure().errorText;
-    if (error !== "net::ERR_ABORTED") report.failed_requests.push(request.url() + " " + error);
-  });
-  page.on("response", (response) => {
-    if (response.status() >= 400) report.failed_requests.push(response.url() + " " + response.status());
-  });
-  return page;
+  return watchedPage(context, base, report);
 }
 
 // The next "idle" of the map: every tile and source loaded, no move, the last frame drawn.
