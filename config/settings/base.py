@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from celery.schedules import crontab
@@ -301,8 +302,47 @@ STATIC_ROOT = env.path("STATIC_ROOT", default=str(BASE_DIR / ".run" / "staticfil
 STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=str(BASE_DIR / ".run" / "media"))
 MEDIA_URL = "/media/"
+
+
+# Uploaded import files go to the local disk under MEDIA_ROOT (one machine, or a volume all
+# pods mount), or, when UPLOADS_S3_BUCKET is set, to an S3-compatible bucket through
+# django-storages, so that web (which receives a file) and the ingestion workers (which import
+# it, on other pods) share no filesystem (ingestion.services.stored_files, k8s/README.md).
+# Credentials: UPLOADS_S3_ACCESS_KEY_ID and UPLOADS_S3_SECRET_ACCESS_KEY (or their _FILE);
+# unset, boto3 finds its own (an IAM role of the pod or instance, AWS_* variables).
+def uploads_storage() -> dict[str, Any]:
+    """The default storage's STORAGES entry, from the UPLOADS_S3_* variables."""
+    bucket = env.str("UPLOADS_S3_BUCKET", default="")
+    endpoint = env.str("UPLOADS_S3_ENDPOINT_URL", default="")
+    if not bucket:
+        return {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    return {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": bucket,
+            # Empty for AWS itself; MinIO, Ceph, Garage... name theirs.
+            "endpoint_url": endpoint or None,
+            "region_name": env.str("UPLOADS_S3_REGION", default="") or None,
+            "access_key": secret("UPLOADS_S3_ACCESS_KEY_ID", "") or None,
+            "secret_key": secret("UPLOADS_S3_SECRET_ACCESS_KEY", "") or None,
+            # A key prefix, so that one bucket can serve several deployments.
+            "location": env.str("UPLOADS_S3_PREFIX", default=""),
+            # Bucket-style host names need wildcard DNS that self-hosted stores rarely have.
+            "addressing_style": env.str(
+                "UPLOADS_S3_ADDRESSING_STYLE",
+                default="path" if endpoint else "auto",
+            ),
+            "signature_version": "s3v4",
+            # Never replace a stored file: two uploads of one name keep both (as on disk).
+            "file_overwrite": False,
+            # Private objects: the bucket's policy decides, no public ACL is ever set.
+            "default_acl": None,
+        },
+    }
+
+
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": uploads_storage(),
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 

@@ -5,7 +5,14 @@ from django.core.exceptions import ImproperlyConfigured
 
 from config.security import secret_key_weakness
 from config.settings.base import *  # noqa: F403
-from config.settings.base import ALLOWED_HOSTS, DATABASES, DEBUG, SECRET_KEY, env
+from config.settings.base import (
+    ALLOWED_HOSTS,
+    DATABASES,
+    DEBUG,
+    SECRET_KEY,
+    env,
+    uploads_storage,
+)
 
 if not SECRET_KEY:
     raise ImproperlyConfigured(
@@ -32,7 +39,7 @@ if "*" in ALLOWED_HOSTS:
 SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": uploads_storage(),
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -33,6 +33,7 @@ from ingestion.mapping import (
 from ingestion.models import ImportJob, ImportState
 from ingestion.readers import CsvReader, GeoReader, Reader, UnreadableFile, open_reader
 from ingestion.services import jobs
+from ingestion.services.stored_files import import_job_local_file
 from ingestion.staging.arrow_text import text_array
 from ingestion.staging.geometry_text import has_heights_or_measures
 from ingestion.staging.values import key_repeats, source_keys
@@ -107,7 +108,13 @@ def import_job_upload(*, upload: UploadedFile, dataset: Dataset, mode: str, user
         except (EOFError, OSError, zlib.error) as exc:
             # A corrupt or truncated gzip breaks the format check itself.
             raise UnreadableFile(f"the file cannot be read: {exc}") from None
-    return import_job_inspect(job=job)
+        # Inspected from this local copy, so a file stored in a bucket is not fetched back,
+        # under the stored copy's name (a GeoJSON's layer is named after its file).
+        stored = Path(folder) / Path(job.file.name or path.name).name
+        if stored != path:
+            os.symlink(path, stored)
+        _inspect_state_check(job)
+        return _inspect(job, path=stored)
 
 
 def _safe_name(name: str) -> str:
@@ -121,14 +128,36 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
     """Record what the file holds: format, layers, columns, encoding, row count, sample rows
     and the proposed mapping; ``uploaded`` → ``inspected`` (inspecting again is harmless).
 
-    A file whose rows cannot be read fails the job with the reason.
+    A file whose rows cannot be read fails the job with the reason, and so does a stored
+    copy that is gone or is not the uploaded file (``stored_files``).
     """
+    _inspect_state_check(job)
+    try:
+        with import_job_local_file(job=job) as path:
+            return _inspect(job, path=path)
+    except UnreadableFile as exc:  # from the stored copy; _inspect handles the file's own
+        return _inspection_failed(job, f"the file cannot be read: {exc}")
+
+
+def _inspect_state_check(job: ImportJob) -> None:
     if job.state not in (ImportState.UPLOADED, ImportState.INSPECTED):
         raise jobs.ImportJobStateError(
             f"job #{job.pk} is {job.get_state_display().lower()}; only a job that has not run "
             "yet can be inspected"
         )
-    path = Path(job.file.path)
+
+
+def _inspection_failed(job: ImportJob, message: str) -> ImportJob:
+    logger.info("import job %s: inspection failed: %s", job.pk, message)
+    ImportJob.objects.filter(
+        pk=job.pk, state__in=(ImportState.UPLOADED, ImportState.INSPECTED)
+    ).update(state=ImportState.FAILED, error=message[:2000], finished_at=Now())
+    job.refresh_from_db()
+    return job
+
+
+def _inspect(job: ImportJob, *, path: Path) -> ImportJob:
+    """import_job_inspect's work on the file at ``path``, a local copy of the stored one."""
     try:
         reader = open_reader(path, job.format)
         layers = reader.layers()
@@ -154,13 +183,7 @@ def import_job_inspect(*, job: ImportJob) -> ImportJob:
                 else _batch_sample(reader, layers[0].name)
             )
     except _READ_ERRORS as exc:
-        message = f"the file cannot be read: {exc}"
-        logger.info("import job %s: inspection failed: %s", job.pk, message)
-        ImportJob.objects.filter(
-            pk=job.pk, state__in=(ImportState.UPLOADED, ImportState.INSPECTED)
-        ).update(state=ImportState.FAILED, error=message[:2000], finished_at=Now())
-        job.refresh_from_db()
-        return job
+        return _inspection_failed(job, f"the file cannot be read: {exc}")
     # Every layer's columns: staff may choose any of the layers on the mapping form.
     columns = jobs.layers_columns(layers=[layer.columns for layer in layers])
     chosen_layers = job.options.get("chosen_layers") or []

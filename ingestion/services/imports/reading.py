@@ -49,11 +49,12 @@ class FileBatch:
     row_numbers: np.ndarray | None = None
 
 
-def file_batches(job: ImportJob, *, lines: bool = True) -> Iterator[FileBatch]:
-    """The file's batches in staging order, each with the sid of its first row (a second
-    read of the file sees the same rows under the same sids), and for CSV with each row's
-    file line unless ``lines`` is false (a reader after sids only)."""
-    reader = open_reader(Path(job.file.path), job.format)
+def file_batches(job: ImportJob, *, path: Path, lines: bool = True) -> Iterator[FileBatch]:
+    """The batches of the job's file at ``path`` (a local copy of the stored file:
+    ``ingestion.services.stored_files``) in staging order, each with the sid of its first
+    row (a second read of the file sees the same rows under the same sids), and for CSV with
+    each row's file line unless ``lines`` is false (a reader after sids only)."""
+    reader = open_reader(path, job.format)
     total = 0
     # Layers are listed again from the stored copy: a GeoJSON layer is named after its file.
     layers = reader.layers()
@@ -102,13 +103,13 @@ def file_batches(job: ImportJob, *, lines: bool = True) -> Iterator[FileBatch]:
         )
 
 
-def stage_chunks(job: ImportJob) -> Iterator[tuple[bytes, int, pa.Array, int]]:
+def stage_chunks(job: ImportJob, *, path: Path) -> Iterator[tuple[bytes, int, pa.Array, int]]:
     """Every batch as CSV for COPY, with its row count, the keys of its valid rows that may
     repeat an earlier row's (their original values staged) and its number of unsplittable
     CSV records (no database access: this runs in the prefetch thread)."""
     mapping = ColumnMapping.from_dict(job.options["mapping"])
     seen = RepeatedKeys()
-    for item in file_batches(job):
+    for item in file_batches(job, path=path):
         if item.malformed is not None:
             rows = malformed_rows(
                 item.malformed,
@@ -138,14 +139,14 @@ def stage_chunks(job: ImportJob) -> Iterator[tuple[bytes, int, pa.Array, int]]:
         yield stage_csv(rows), item.batch.num_rows, repeats, unsplit
 
 
-def raw_chunks(job: ImportJob, wanted: np.ndarray) -> Iterator[bytes]:
+def raw_chunks(job: ImportJob, wanted: np.ndarray, *, path: Path) -> Iterator[bytes]:
     """The original values of the rows with sids ``wanted`` (sorted), as CSV (sid, raw).
 
     The file is read only as far as the last wanted row: closing the reader there also
     spares the CSV reader's closing pass that numbers unsplittable records (staged with
     their text already).
     """
-    for item in file_batches(job, lines=False):
+    for item in file_batches(job, path=path, lines=False):
         if item.malformed is not None:
             continue
         end = item.first_sid + item.batch.num_rows

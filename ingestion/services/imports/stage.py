@@ -8,6 +8,8 @@ original values. The checkpoint records that staging is complete.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,7 @@ from ingestion.services.imports.progress import (
     import_job_stop_if_cancelled,
 )
 from ingestion.services.imports.reading import prefetch, raw_chunks, stage_chunks
+from ingestion.services.stored_files import import_job_local_file
 from ingestion.staging import STAGE_COLUMNS
 
 COPY_STAGE = f"COPY ingestion_importstage ({', '.join(STAGE_COLUMNS)}) FROM STDIN (FORMAT csv)"
@@ -184,7 +187,19 @@ CLEAR_REJECTIONS = "DELETE FROM ingestion_importrejection WHERE job_id = %(job)s
 
 
 def stage_file(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any]) -> None:
-    """Stream the file into the staging table, then validate it as a whole."""
+    """Stream the file into the staging table, then validate it as a whole.
+
+    A file stored in a bucket is fetched once, for the staging read and the read of
+    rejected rows' values after it, and its local copy removed at the end
+    (``ingestion.services.stored_files``).
+    """
+    with ExitStack() as stack:
+        with counts.timed("fetch_file"):
+            path = stack.enter_context(import_job_local_file(job=job))
+        _stage(job, counts, checkpoint, path=path)
+
+
+def _stage(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any], *, path: Path) -> None:
     params = {"job": job.pk}
     # Staging starts over: the checkpoint stops saying it is complete (a run that dies
     # before validation ends must not take half-checked rows for staged ones), and what an
@@ -195,7 +210,7 @@ def stage_file(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any])
         ImportJob.objects.filter(pk=job.pk).update(checkpoint=checkpoint)
         cursor.execute(CLEAR_STAGE, params)
     with counts.timed("read_and_copy"):
-        counts.rows_read, repeated, malformed = _copy_into_stage(job)
+        counts.rows_read, repeated, malformed = _copy_into_stage(job, path=path)
     if malformed:
         with counts.timed("renumber"), connection.cursor() as cursor:
             cursor.execute(RENUMBER_AFTER_MALFORMED, params)
@@ -225,7 +240,7 @@ def stage_file(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any])
             with counts.timed("duplicates"):
                 cursor.execute(STAGE_DUPLICATES, {**params, "keys": repeated})
         with counts.timed("raw_values"):
-            _fill_raw_values(cursor, job)
+            _fill_raw_values(cursor, job, path=path)
         with counts.timed("rejections"):
             cursor.execute(CLEAR_REJECTIONS, params)
             cursor.execute(SAVE_REJECTIONS, params)
@@ -242,7 +257,7 @@ def stage_file(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any])
         )
 
 
-def _fill_raw_values(cursor: Any, job: ImportJob) -> None:
+def _fill_raw_values(cursor: Any, job: ImportJob, *, path: Path) -> None:
     """Original values for the rows SQL rejected that staging did not keep them for (a
     geometry PostGIS refused, a Geofabrik class that is no place of worship), read again
     from the file. Staging keeps them for the rows it rejected itself and for every row that
@@ -254,13 +269,13 @@ def _fill_raw_values(cursor: Any, job: ImportJob) -> None:
     cursor.execute("DROP TABLE IF EXISTS pg_temp.import_raw")
     cursor.execute("CREATE TEMP TABLE import_raw (sid bigint, raw text) ON COMMIT DROP")
     with cursor.cursor.copy("COPY import_raw (sid, raw) FROM STDIN (FORMAT csv)") as copy:
-        for chunk in raw_chunks(job, wanted):
+        for chunk in raw_chunks(job, wanted, path=path):
             copy.write(chunk)
     cursor.execute(FILL_RAW, {"job": job.pk})
     cursor.execute("DROP TABLE pg_temp.import_raw")
 
 
-def _copy_into_stage(job: ImportJob) -> tuple[int, list[str], int]:
+def _copy_into_stage(job: ImportJob, *, path: Path) -> tuple[int, list[str], int]:
     """Stream the file into the staging table with COPY, a reader batch per commit.
 
     The next batch is read and turned into CSV in a second thread while PostgreSQL takes
@@ -271,7 +286,7 @@ def _copy_into_stage(job: ImportJob) -> tuple[int, list[str], int]:
     """
     total = malformed = 0
     keys: list[pa.Array] = []
-    for chunk, rows, repeats, unsplit in prefetch(stage_chunks(job), depth=2):
+    for chunk, rows, repeats, unsplit in prefetch(stage_chunks(job, path=path), depth=2):
         with transaction.atomic(), connection.cursor() as cursor:
             with cursor.cursor.copy(COPY_STAGE) as copy:  # the psycopg cursor under Django's
                 copy.write(chunk)
