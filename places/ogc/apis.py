@@ -23,11 +23,13 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.request import Request
 
+from ingestion.edge.sensor_map import sensor_map_version
 from places import selectors
 from places.models import RegionLevel
-from places.ogc import documents
+from places.ogc import documents, sensors
 from places.ogc.collections import (
     PLACES,
+    SENSORS,
     Collection,
     collection_extent,
     collection_get,
@@ -146,6 +148,13 @@ def _collection(collection_id: str) -> Collection:
     return found
 
 
+def _tiled_collection(collection_id: str) -> Collection:
+    found = _collection(collection_id)
+    if not found.has_tiles:
+        raise Http404(f"The collection {found.id!r} has no tiles.")
+    return found
+
+
 OGC_ERROR = {
     "type": "object",
     "properties": {
@@ -165,7 +174,7 @@ COLLECTION_ID = OpenApiParameter(
     "collection_id",
     OpenApiTypes.STR,
     OpenApiParameter.PATH,
-    description="`places`, `places-<dataset slug>` or `regions`.",
+    description="`places`, `places-<dataset slug>`, `regions` or `sensors`.",
 )
 
 
@@ -288,7 +297,8 @@ ITEMS_PARAMETERS = [
         OpenApiTypes.STR,
         description=(
             "A date, date-time or interval (`1900-01-01/..`). Places: the dated places (with "
-            "a start date) whose span from start_date to end_date (or start_date alone) meets it."
+            "a start date) whose span from start_date to end_date (or start_date alone) meets it. "
+            "Sensors: those with a reading in it (a date is the whole UTC day)."
         ),
     ),
     OpenApiParameter(
@@ -297,7 +307,8 @@ ITEMS_PARAMETERS = [
         {"type": "integer", "minimum": 1, "maximum": PLACE_LIMITS[1], "default": PLACE_LIMITS[0]},
         description=(
             f"Features per page: places 1–{PLACE_LIMITS[1]:,} (default {PLACE_LIMITS[0]}), "
-            f"regions 1–{REGION_LIMITS[1]} (default {REGION_LIMITS[0]})."
+            f"regions 1–{REGION_LIMITS[1]} (default {REGION_LIMITS[0]}), "
+            f"sensors 1–{sensors.LIMITS[1]:,} (default {sensors.LIMITS[0]})."
         ),
     ),
     OpenApiParameter("cursor", OpenApiTypes.STR, description="Opaque: follow the `next` link."),
@@ -348,11 +359,12 @@ class ItemsApi(OgcApi):
         found = _collection(collection_id)
         fmt = output_format(request.query_params, request.headers.get("Accept", ""))
         query, after = items_query(request.query_params, collection=found)
-        version = (
-            places_version(found.dataset_id, bbox=query.bbox)
-            if found.kind == PLACES
-            else selectors.region_version()
-        )
+        if found.kind == PLACES:
+            version = places_version(found.dataset_id, bbox=query.bbox)
+        elif found.kind == SENSORS:
+            version = sensor_map_version()
+        else:
+            version = selectors.region_version()
         items_url = self.url(f"collections/{found.id}/items")
 
         def page_url(params: QueryDict, fmt_: str) -> str:
@@ -517,7 +529,7 @@ class TilesetListApi(OgcApi):
     @extend_schema(operation_id="ogc_tilesets")
     def get(self, request: Request, collection_id: str) -> HttpResponse:
         fmt = self.fmt()
-        found = _collection(collection_id)
+        found = _tiled_collection(collection_id)
         return self.answer(documents.tileset_list(self.url, found), fmt=fmt, title="Tilesets")
 
 
@@ -531,7 +543,7 @@ class TilesetApi(OgcApi):
     @extend_schema(operation_id="ogc_tileset")
     def get(self, request: Request, collection_id: str, tile_matrix_set_id: str) -> HttpResponse:
         fmt = self.fmt()
-        found = _collection(collection_id)
+        found = _tiled_collection(collection_id)
         _tms(tile_matrix_set_id)
         return self.answer(documents.tileset(self.url, found), fmt=fmt, title="Tileset")
 
@@ -580,7 +592,7 @@ class TileApi(OgcApi):
         tile_row: str,
         tile_col: str,
     ) -> HttpResponse:
-        found = _collection(collection_id)
+        found = _tiled_collection(collection_id)
         _tms(tile_matrix_set_id)
         params = request.query_params
         refuse_unknown(params, {"f", "level"} if found.kind != PLACES else {"f"})

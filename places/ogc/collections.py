@@ -6,6 +6,7 @@ collection id       what it holds
 ``places``          every place (the ``places`` fast path: ``PlaceQuery`` and its SQL)
 ``places-<slug>``   the places of one dataset (the same, with ``dataset_id`` set)
 ``regions``         the regions (countries, their subdivisions and districts)
+``sensors``         the edge nodes' sensors (``places.ogc.sensors``)
 ==================  =====================================================================
 
 Place collections show active places unless a request names a status (``status=any`` for
@@ -21,13 +22,16 @@ from django.core.cache import cache
 from django.db import connection
 from django.db.models import Exists, OuterRef
 
+from ingestion.edge.sensor_map import sensor_map_version
 from places import selectors
 from places.models import Dataset, Place, PlaceStatus, RegionLevel, Religion
+from places.ogc import sensors
 from places.ogc.cql import Queryable
 from places.serving.query import ANY_STATUS
 
 PLACES = "places"
 REGIONS = "regions"
+SENSORS = "sensors"
 DATASET_PREFIX = "places-"
 
 
@@ -103,16 +107,27 @@ class Collection:
     id: str
     title: str
     description: str
-    kind: str  # PLACES or REGIONS
+    kind: str  # PLACES, REGIONS or SENSORS
     dataset: Dataset | None = None
+    # The sensors' queryables, read from the parameters table when the collection is built.
+    sensor_queryables: tuple[Queryable, ...] = ()
 
     @property
     def queryables(self) -> dict[str, Queryable]:
+        if self.kind == SENSORS:
+            return {q.name: q for q in self.sensor_queryables}
         return PLACE_QUERYABLES if self.kind == PLACES else REGION_QUERYABLES
 
     @property
     def sortables(self) -> tuple[str, ...]:
+        if self.kind == SENSORS:
+            return sensors.SORTABLES
         return PLACE_SORTABLES if self.kind == PLACES else REGION_SORTABLES
+
+    @property
+    def has_tiles(self) -> bool:
+        """Sensors have no tiles of their own (the map draws them from their GeoJSON)."""
+        return self.kind != SENSORS
 
     @property
     def dataset_id(self) -> int | None:
@@ -151,12 +166,26 @@ ALL_REGIONS = Collection(
 )
 
 
+def _sensors_collection() -> Collection:
+    return Collection(
+        id=SENSORS,
+        title="Sensors",
+        description=(
+            "The edge nodes' sensors, with their node and the values of their newest reading "
+            "(one property per measured parameter). `datetime` selects the sensors with a "
+            "reading in the interval."
+        ),
+        kind=SENSORS,
+        sensor_queryables=tuple(sensors.sensor_queryables().values()),
+    )
+
+
 def collection_list() -> list[Collection]:
-    """All places, one collection per dataset (by slug), then the regions."""
+    """All places, one collection per dataset (by slug), the regions, then the sensors."""
     # Datasets of regions only (boundaries) hold no places: no collection of their own.
     having = Place.objects.filter(dataset_id=OuterRef("pk"))
     datasets = [_dataset_collection(d) for d in selectors.dataset_list().filter(Exists(having))]
-    return [ALL_PLACES, *datasets, ALL_REGIONS]
+    return [ALL_PLACES, *datasets, ALL_REGIONS, _sensors_collection()]
 
 
 def collection_get(*, collection_id: str) -> Collection | None:
@@ -164,6 +193,8 @@ def collection_get(*, collection_id: str) -> Collection | None:
         return ALL_PLACES
     if collection_id == REGIONS:
         return ALL_REGIONS
+    if collection_id == SENSORS:
+        return _sensors_collection()
     if collection_id.startswith(DATASET_PREFIX):
         slug = collection_id.removeprefix(DATASET_PREFIX)
         dataset = selectors.dataset_list().filter(slug=slug).first()
@@ -175,7 +206,9 @@ def collection_get(*, collection_id: str) -> Collection | None:
 @dataclass(frozen=True)
 class Extent:
     bbox: tuple[float, float, float, float] | None
-    start: str | None  # ISO dates of the dated places' first start and last end (None: open)
+    # ISO dates of the dated places' first start and last end (None: open); for sensors the
+    # times of the first and the newest reading.
+    start: str | None
     end: str | None
 
     def as_json(self) -> dict[str, Any]:
@@ -212,10 +245,11 @@ EXTENT_TTL = 24 * 3600
 
 
 def collection_extent(*, collection: Collection) -> Extent:
-    """The collection's box and, for places, the span of the dated places' dates.
+    """The collection's box and, for places, the span of the dated places' dates (for
+    sensors, of their readings).
 
     One scan of the collection, cached per data version: a write to the collection's places
-    (or to any region) makes the next request read it again.
+    (or to any region, or a batch of readings) makes the next request read it again.
     """
     if collection.kind == PLACES:
         ids = [collection.dataset_id] if collection.dataset_id is not None else None
@@ -227,15 +261,20 @@ def collection_extent(*, collection: Collection) -> Extent:
                 "status": PlaceStatus.ACTIVE.value,
             },
         )
+    elif collection.kind == SENSORS:
+        version = sensor_map_version()
     else:
         version = selectors.region_version()
         sql, params = REGION_EXTENT, {}
     key = f"ogc:extent:{collection.id}:{version}"
     found = cache.get(key)
     if found is None:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            x0, y0, x1, y1, start, end = cursor.fetchone()
+        if collection.kind == SENSORS:
+            x0, y0, x1, y1, start, end = sensors.sensor_extent_row()
+        else:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                x0, y0, x1, y1, start, end = cursor.fetchone()
         box = (x0, y0, x1, y1) if x0 is not None else None
         found = Extent(bbox=box, start=start, end=end)
         cache.set(key, found, timeout=EXTENT_TTL)

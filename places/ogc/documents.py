@@ -117,13 +117,19 @@ def collection(url: Url, found: Collection, extent: Extent) -> dict[str, Any]:
                 "application/schema+json",
                 "Queryable properties",
             ),
-            link(
-                url(f"{base}/tiles"),
-                "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector",
-                JSON,
-                "Vector tilesets",
-            ),
-        ],
+        ]
+        + (
+            [
+                link(
+                    url(f"{base}/tiles"),
+                    "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector",
+                    JSON,
+                    "Vector tilesets",
+                )
+            ]
+            if found.has_tiles
+            else []
+        ),
     }
 
 

@@ -16,14 +16,15 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from django.db import connection
 
 from places.geo import BBox
-from places.ogc.collections import PLACES, REGION_QUERYABLES, Collection
-from places.ogc.cql import SQL_TYPES, Condition
+from places.ogc.collections import PLACES, SENSORS, Collection
+from places.ogc.cql import SQL_TYPES, Condition, Queryable
+from places.ogc.sensors import SENSOR_TABLE, sensor_times_where
 from places.serving import features
 from places.serving.query import PlaceQuery
 
@@ -49,6 +50,8 @@ class ItemsQuery:
     # The dated places whose span [start_date, end_date] meets [start, end] (None: open;
     # a place without an end date is still standing).
     dates: tuple[date | None, date | None] | None = None
+    # Sensors: those with a reading in [start, end) (None: open).
+    times: tuple[datetime | None, datetime | None] | None = None
     condition: Condition = field(default_factory=Condition)
     status: str | None = "active"
     properties: tuple[str, ...] = ()
@@ -64,6 +67,7 @@ class ItemsQuery:
             self.collection.id,
             self.place_query().key() if self.collection.kind == PLACES else str(self.bbox),
             str(self.dates),
+            str(self.times),
             self.condition.sql,
             json.dumps(self.condition.params, sort_keys=True, default=str),
             ",".join(self.properties),
@@ -117,28 +121,40 @@ def _where(query: ItemsQuery) -> tuple[str, dict[str, Any]]:
                 # No end date: still standing.
                 clauses.append("(p.end_date IS NULL OR p.end_date >= %(dt_start)s)")
                 params["dt_start"] = start
-    elif query.bbox is not None:
-        parts = []
-        for i, (x0, y0, x1, y1) in enumerate(query.bbox.parts()):
-            parts.append(
-                f"ST_Intersects(r.geom, ST_MakeEnvelope(%(bx0_{i})s, %(by0_{i})s, "
-                f"%(bx1_{i})s, %(by1_{i})s, 4326))"
-            )
-            params.update({f"bx0_{i}": x0, f"by0_{i}": y0, f"bx1_{i}": x1, f"by1_{i}": y1})
-        clauses.append("(" + " OR ".join(parts) + ")")
+    else:
+        geometry = "s.location" if query.collection.kind == SENSORS else "r.geom"
+        if query.bbox is not None:
+            parts = []
+            for i, (x0, y0, x1, y1) in enumerate(query.bbox.parts()):
+                parts.append(
+                    f"ST_Intersects({geometry}, ST_MakeEnvelope(%(bx0_{i})s, %(by0_{i})s, "
+                    f"%(bx1_{i})s, %(by1_{i})s, 4326))"
+                )
+                params.update({f"bx0_{i}": x0, f"by0_{i}": y0, f"bx1_{i}": x1, f"by1_{i}": y1})
+            clauses.append("(" + " OR ".join(parts) + ")")
+        if query.times is not None:
+            where, more = sensor_times_where(*query.times)
+            clauses.append(where)
+            params.update(more)
     clauses.append(query.condition.sql)
     params.update(query.condition.params)
     return " AND ".join(clauses), params
 
 
-def _region_feature_sql(properties: tuple[str, ...]) -> str:
-    pairs = ", ".join(f"'{name}', {REGION_QUERYABLES[name].sql}" for name in properties)
+def _feature_sql(alias: str, queryables: dict[str, Queryable], properties: tuple[str, ...]) -> str:
+    """A feature as GeoJSON text built from the queryables' SQL (regions and sensors)."""
+    pairs = ", ".join(f"'{name}', {queryables[name].sql}" for name in properties)
     props = f"json_build_object({pairs})::text" if properties else "'{}'"
+    # A sensor may have no location: GeoJSON's null geometry.
+    geometry = f"coalesce(ST_AsGeoJSON({queryables['geometry'].sql}, {DECIMALS}), 'null')"
     return (
-        """'{"type":"Feature","id":' || r.id || ',"geometry":' || """
-        f"ST_AsGeoJSON(r.geom, {DECIMALS}) || "
+        f"""'{{"type":"Feature","id":' || {alias}.id || ',"geometry":' || {geometry} || """
         f"""',"properties":' || {props} || '}}'"""
     )
+
+
+# Per kind: the table, its alias.
+TABLES = {PLACES: ("places_place", "p"), SENSORS: (SENSOR_TABLE, "s")}
 
 
 PAGE_SQL = """
@@ -166,15 +182,15 @@ def items_page(*, query: ItemsQuery, after: tuple[str, int] | None) -> Page:
     """One keyset page of the collection's features matching ``query``, after ``after``
     (the previous page's last sort key and id), with ``numberMatched``."""
     places = query.collection.kind == PLACES
-    alias = "p" if places else "r"
-    queryable = query.collection.queryables[query.sort.key]
+    table, alias = TABLES.get(query.collection.kind, ("places_region", "r"))
+    queryables = query.collection.queryables
+    queryable = queryables[query.sort.key]
     where, filters = _where(query)
     params = dict(filters)
     if places:
         row, joins = features._record_sql(list(query.properties), "geojson")
-        table = "places_place"
     else:
-        row, joins, table = _region_feature_sql(query.properties), "", "places_region"
+        row, joins = _feature_sql(alias, queryables, query.properties), ""
     direction = "DESC" if query.sort.descending else "ASC"
     keyset = ""
     if after is not None:
@@ -204,9 +220,10 @@ def items_page(*, query: ItemsQuery, after: tuple[str, int] | None) -> Page:
     if places:
         matched, exact = features.number_matched_where(where=where, params=filters)
     else:
+        # Regions and sensors are thousands of rows: counted.
         with connection.cursor() as cursor:
             cursor.execute(
-                f"SELECT count(*) FROM places_region r WHERE {where}",  # nosec B608 # values bound
+                f"SELECT count(*) FROM {table} {alias} WHERE {where}",  # nosec B608 # values bound
                 filters,
             )
             matched, exact = cursor.fetchone()[0], True
@@ -233,9 +250,11 @@ def item_get(*, collection: Collection, feature_id: int, properties: tuple[str, 
         )
     else:
         params = {}
+        table, alias = TABLES.get(collection.kind, ("places_region", "r"))
+        row = _feature_sql(alias, collection.queryables, properties)
         sql = (
-            f"SELECT {_region_feature_sql(properties)} FROM places_region r "  # nosec B608 # constant columns
-            "WHERE r.id = %(fid)s"
+            f"SELECT {row} FROM {table} {alias} "  # nosec B608 # constant columns
+            f"WHERE {alias}.id = %(fid)s"
         )
     with connection.cursor() as cursor:
         cursor.execute(sql, {**params, "fid": feature_id})

@@ -8,14 +8,15 @@ parameter. Unknown parameters are refused too (the standard allows it, and a typ
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.http import QueryDict
 
 from places.geo import BBox, BBoxError, parse_bbox
-from places.ogc.collections import PLACES, REGION_PROPERTIES, Collection
+from places.ogc import sensors
+from places.ogc.collections import PLACES, REGION_PROPERTIES, SENSORS, Collection
 from places.ogc.cql import Condition, FilterError, cql2_text_condition, equality_condition
 from places.ogc.items import CursorError, ItemsQuery, Sort, cursor_decode
 from places.serving.fields import PROPERTIES
@@ -135,6 +136,43 @@ def parse_datetime(text: str) -> tuple[date | None, date | None]:
     return day, day
 
 
+def _moment(text: str) -> tuple[datetime, datetime] | None:
+    """The instants [first, after) an RFC 3339 date or date-time stands for: a whole day
+    (UTC), or one moment (to the microsecond PostgreSQL keeps). A date-time without an
+    offset is taken as UTC."""
+    if text in ("", ".."):
+        return None
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            day = datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)
+            return day, day + timedelta(days=1)
+        moment = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise OgcError(
+            f"{text[:40]!r} is not an RFC 3339 date or date-time", parameter="datetime"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment, moment + timedelta(microseconds=1)
+
+
+def parse_datetime_times(text: str) -> tuple[datetime | None, datetime | None]:
+    """An instant or an interval as the half-open span of times [start, end) it covers
+    (either open); an interval's ends are both inside it."""
+    if "/" in text:
+        start_text, _, end_text = text.partition("/")
+        first, last = _moment(start_text), _moment(end_text)
+        start = first[0] if first else None
+        end = last[1] if last else None
+        if start is not None and end is not None and start >= end:
+            raise OgcError("the interval ends before it starts", parameter="datetime")
+        return start, end
+    found = _moment(text)
+    if found is None:
+        raise OgcError("an instant must be a date or date-time", parameter="datetime")
+    return found
+
+
 def parse_sortby(text: str, collection: Collection) -> Sort:
     keys = [part.strip() for part in text.split(",") if part.strip()]
     if len(keys) != 1:
@@ -151,6 +189,8 @@ def parse_sortby(text: str, collection: Collection) -> Sort:
 
 
 def collection_properties(collection: Collection) -> tuple[str, ...]:
+    if collection.kind == SENSORS:
+        return sensors.sensor_properties(collection.queryables)
     return PROPERTIES if collection.kind == PLACES else REGION_PROPERTIES
 
 
@@ -167,7 +207,9 @@ def parse_properties(text: str, collection: Collection) -> tuple[str, ...]:
 
 
 def _limit(text: str | None, collection: Collection) -> int:
-    default, maximum = PLACE_LIMITS if collection.kind == PLACES else REGION_LIMITS
+    default, maximum = {PLACES: PLACE_LIMITS, SENSORS: sensors.LIMITS}.get(
+        collection.kind, REGION_LIMITS
+    )
     if text is None:
         return default
     if not re.fullmatch(r"[0-9]{1,9}", text) or not 1 <= int(text) <= maximum:
@@ -195,9 +237,12 @@ def items_query(
         values["bbox"] = parse_bbox_param(text, crs)
     text = one(params, "datetime")
     if text is not None:
-        if collection.kind != PLACES:
+        if collection.kind == PLACES:
+            values["dates"] = parse_datetime(text)
+        elif collection.kind == SENSORS:
+            values["times"] = parse_datetime_times(text)
+        else:
             raise OgcError("this collection has no dates", parameter="datetime")
-        values["dates"] = parse_datetime(text)
     pairs: list[tuple[str, str]] = []
     status: str | None = DEFAULT_STATUS
     for name in filters:

@@ -100,13 +100,13 @@ def test_conformance_declares_features_filters_and_tiles_but_not_crs(api):
 
 def expected_collection_ids() -> list[str]:
     """All places, a collection per dataset that holds places (other tests of the session
-    commit places of datasets of their own), by slug, and the regions."""
+    commit places of datasets of their own), by slug, the regions and the sensors."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT 'places-' || slug FROM places_dataset d WHERE EXISTS "
             "(SELECT 1 FROM places_place p WHERE p.dataset_id = d.id) ORDER BY slug"
         )
-        return ["places", *(row[0] for row in cursor.fetchall()), "regions"]
+        return ["places", *(row[0] for row in cursor.fetchall()), "regions", "sensors"]
 
 
 def test_collections_are_all_places_each_dataset_with_places_and_regions(api, gb_import):

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import secrets
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ import pytest
 from django.db import connection
 from owslib.ogcapi.features import Features
 
+from ingestion.edge.models import Sensor
 from tests.live_server import gunicorn_serving
 from tests.places.test_ogc import expected_collection_ids
 
@@ -99,6 +103,7 @@ def test_gdal_lists_the_collections(server):
     assert "1: places (title: Places) (Point)" in run.stdout
     assert f"{GB} (title: " in run.stdout
     assert "regions (title: Regions) (Multi Polygon)" in run.stdout
+    assert "sensors (title: Sensors)" in run.stdout
 
 
 def test_gdal_reads_every_feature_of_a_dataset_once(server, gb_import, tmp_path):
@@ -180,3 +185,98 @@ def test_owslib_bbox_and_filter_equal_postgis(server, gb_import):
     found = owslib_read(client, filter=f"S_INTERSECTS(geometry, BBOX({','.join(map(str, box))}))")
     # then
     assert [f["id"] for f in found] == active_ids(gb_import.dataset_id, box)
+
+
+# --- Sensors ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sensors(server, django_db_blocker) -> Iterator[dict[str, int]]:
+    """The sensors of test_ogc_sensors on a node of their own, committed for the server to
+    see, and removed afterwards."""
+    from tests.ingestion.edge.test_client_e2e import _delete_node
+    from tests.places.test_ogc_sensors import sensors_make
+
+    with django_db_blocker.unblock():
+        ids = sensors_make("ogc-clients-sensors")
+        node = Sensor.objects.get(pk=next(iter(ids.values()))).node
+    try:
+        yield ids
+    finally:
+        with django_db_blocker.unblock():
+            _delete_node(node, node.region)
+
+
+def sensor_ids_in(sql: str, params: list | None = None) -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params or [])
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+def ogr_sensor_ids(server: Server, tmp_path: Path, *args: str) -> list[int]:
+    """The sensor ids GDAL reads, two a page so that it follows several next links."""
+    out = tmp_path / f"sensors-{secrets.token_hex(4)}.geojsons"
+    run = subprocess.run(
+        [OGR2OGR, "-f", "GeoJSONSeq", "-preserve_fid", "-oo", "PAGE_SIZE=2", *args, str(out),
+         f"OAPIF:{server}/ogc", "sensors"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    return [json.loads(line.strip("\x1e"))["id"] for line in out.read_text().splitlines() if line]
+
+
+def test_gdal_reads_every_sensor_once_and_a_bbox_equal_to_postgis(server, sensors, tmp_path):
+    # when
+    every = ogr_sensor_ids(server, tmp_path)
+    box = (-4.0, 55.0, -1.0, 58.0)
+    inside = ogr_sensor_ids(server, tmp_path, "-spat", *map(str, box))
+    # then
+    assert len(every) == len(set(every))
+    assert sorted(every) == sensor_ids_in("SELECT id FROM ingestion_sensor")
+    assert set(sensors.values()) <= set(every)
+    assert sorted(inside) == sensor_ids_in(
+        "SELECT id FROM ingestion_sensor WHERE "
+        "ST_Intersects(location, ST_MakeEnvelope(%s, %s, %s, %s, 4326))",
+        list(box),
+    )
+    assert {sensors["ogc-aberdeen"], sensors["ogc-edinburgh"]} <= set(inside)
+    # GDAL sends the box to the server: the pages asked for carry it
+    asked = server.access_log.read_text()
+    assert re.search(r"/ogc/collections/sensors/items\?\S*bbox=-4,55,-1,58", asked)
+
+
+@pytest.mark.parametrize(
+    ("text", "start", "end"),
+    [
+        ("2019-03-02/2019-03-31", "2019-03-02", "2019-04-01"),
+        ("2019-04-05", "2019-04-05", "2019-04-06"),
+        ("../2019-03-01T07:00:03Z", None, "2019-03-01T07:00:03.000001Z"),
+    ],
+)
+def test_owslib_datetime_equals_the_readings(server, sensors, text, start, end):
+    # given
+    client = Features(f"{server}/ogc/")
+    # when
+    found = client.collection_items("sensors", datetime_=text, limit=1000)
+    # then
+    expected = sensor_ids_in(
+        "SELECT DISTINCT sensor_id FROM ingestion_observation WHERE "
+        "(%s::timestamptz IS NULL OR time >= %s::timestamptz) AND time < %s::timestamptz",
+        [start, start, end],
+    )
+    assert [f["id"] for f in found["features"]] == expected
+    assert expected
+    assert found["numberMatched"] == len(expected)
+
+
+def test_a_bad_datetime_is_400_naming_the_parameter(server, sensors):
+    # when
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(  # noqa: S310 # nosec B310 # the test's own server
+            f"{server}/ogc/collections/sensors/items?datetime=2019-02-30", timeout=30
+        )
+    # then
+    assert refused.value.code == 400
+    body = json.loads(refused.value.read())
+    assert body["parameter"] == "datetime"
+    assert body["code"] == "InvalidParameterValue"
