@@ -150,7 +150,7 @@ def selection_response(request: Request, *, query: PlaceQuery, fmt: str) -> Http
     selection = selectors.Selection(query=query)
     count = selectors.selection_count_capped(query=query, cap=cap)
     if count <= cap:
-        version = places_version(query.dataset_id, bbox=query.bbox)
+        version = places_version(query.dataset_ids, bbox=query.bbox)
         key = (
             f"download:{fmt}:{version}:{places_selectors.region_version()}:{query.key()}"
             f":{request.build_absolute_uri('/')}"

@@ -12,7 +12,7 @@ from typing import Any
 from django.core.cache import cache
 from django.core.paginator import Page, Paginator
 from django.db import connection, connections
-from django.db.models import Func, Model, Q, QuerySet, TextField, Value
+from django.db.models import Exists, Func, Model, OuterRef, Q, QuerySet, TextField, Value
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Upper
 from django.utils.text import smart_split, unescape_string_literal
@@ -77,11 +77,19 @@ def dataset_list() -> QuerySet[Dataset]:
     return Dataset.objects.order_by("slug")
 
 
-def dataset_attributions() -> list[str]:
-    """Every dataset's attribution text that is not empty, each once, sorted."""
-    return sorted(
-        set(Dataset.objects.exclude(attribution="").values_list("attribution", flat=True))
-    )
+def dataset_list_with_places() -> QuerySet[Dataset]:
+    """Datasets that hold places (of any status), by slug: the map's layers. Datasets of
+    regions alone are left out, as switching them would change nothing there."""
+    return dataset_list().filter(Exists(Place.objects.filter(dataset_id=OuterRef("pk"))))
+
+
+def dataset_attributions(*, dataset_ids: Sequence[int] | None = None) -> list[str]:
+    """The datasets' attribution texts that are not empty (every dataset's when
+    ``dataset_ids`` is None), each once, sorted."""
+    datasets = Dataset.objects.exclude(attribution="")
+    if dataset_ids is not None:
+        datasets = datasets.filter(pk__in=dataset_ids)
+    return sorted(set(datasets.values_list("attribution", flat=True)))
 
 
 def query_row_estimate(

@@ -13,7 +13,7 @@ from django.db import connections, transaction
 
 from places import selectors as places_selectors
 from places.geo import BBox
-from places.serving.query import PlaceQuery
+from places.serving.query import PlaceQuery, dataset_ids_of
 
 SELECTION_FACTS = """
 SELECT count(*),
@@ -59,6 +59,11 @@ class Selection:
             values["bbox"] = BBox(*values["bbox"])
         if values.get("updated_since") is not None:
             values["updated_since"] = datetime.fromisoformat(values["updated_since"])
+        # Jobs stored before several datasets could be asked for hold one ``dataset_id``.
+        if "dataset_id" in values:
+            values["dataset_ids"] = dataset_ids_of(values.pop("dataset_id"))
+        if values.get("dataset_ids") is not None:
+            values["dataset_ids"] = tuple(values["dataset_ids"])
         return cls(query=PlaceQuery(**values))
 
     def key(self) -> str:
@@ -68,10 +73,10 @@ class Selection:
 
 def selection_versions(*, query: PlaceQuery, using: str) -> tuple[str, str]:
     """The data and region versions a file of ``query`` shows, as ``using`` sees them: the
-    places of its dataset (all when none) inside its box, and every region (each row names
+    places of its datasets (all when none) inside its box, and every region (each row names
     its country and region)."""
     data = places_selectors.data_version(
-        dataset_ids=[query.dataset_id] if query.dataset_id is not None else None,
+        dataset_ids=list(query.dataset_ids) if query.dataset_ids is not None else None,
         bbox=query.bbox,
         using=using,
     )

@@ -50,7 +50,7 @@ from places.ogc.params import (
     refuse_unknown,
 )
 from places.serving import tiles
-from places.serving.query import PlaceQuery
+from places.serving.query import PlaceQuery, dataset_ids_of
 from places.serving.responses import (
     BytesNegotiation,
     PublicBytesView,
@@ -360,7 +360,7 @@ class ItemsApi(OgcApi):
         fmt = output_format(request.query_params, request.headers.get("Accept", ""))
         query, after = items_query(request.query_params, collection=found)
         if found.kind == PLACES:
-            version = places_version(found.dataset_id, bbox=query.bbox)
+            version = places_version(dataset_ids_of(found.dataset_id), bbox=query.bbox)
         elif found.kind == SENSORS:
             version = sensor_map_version()
         else:
@@ -606,8 +606,8 @@ class TileApi(OgcApi):
             raise OgcError(str(next(iter(detail[name]))), parameter=TILE_NAMES[name]) from None
         if found.kind == PLACES:
             # The same query and cache key as /tiles/places/ (PlaceTileApi): one cached tile.
-            filters = PlaceQuery(dataset_id=found.dataset_id)
-            version = places_version(filters.dataset_id, bbox=tiles.tile_bbox(z=z, x=x, y=y))
+            filters = PlaceQuery(dataset_ids=dataset_ids_of(found.dataset_id))
+            version = places_version(filters.dataset_ids, bbox=tiles.tile_bbox(z=z, x=x, y=y))
             key = f"places:{version}:{filters.key()}:{z}/{x}/{y}"
 
             def build() -> bytes:

@@ -26,7 +26,7 @@ from places.ogc.collections import PLACES, SENSORS, Collection
 from places.ogc.cql import SQL_TYPES, Condition, Queryable
 from places.ogc.sensors import SENSOR_TABLE, sensor_times_where
 from places.serving import features
-from places.serving.query import PlaceQuery
+from places.serving.query import PlaceQuery, dataset_ids_of
 
 DECIMALS = features.DECIMALS
 
@@ -59,7 +59,11 @@ class ItemsQuery:
     limit: int = 10
 
     def place_query(self) -> PlaceQuery:
-        return PlaceQuery(bbox=self.bbox, dataset_id=self.collection.dataset_id, status=self.status)
+        return PlaceQuery(
+            bbox=self.bbox,
+            dataset_ids=dataset_ids_of(self.collection.dataset_id),
+            status=self.status,
+        )
 
     def key(self) -> str:
         """What the page depends on besides the data and the cursor, for cache keys."""
@@ -242,7 +246,9 @@ def item_get(*, collection: Collection, feature_id: int, properties: tuple[str, 
     collection has no such feature."""
     if collection.kind == PLACES:
         row, joins = features._record_sql(list(properties), "geojson")
-        where, params = PlaceQuery(dataset_id=collection.dataset_id, status=None).where()
+        where, params = PlaceQuery(
+            dataset_ids=dataset_ids_of(collection.dataset_id), status=None
+        ).where()
         # Columns from FIELDS, WHERE from PlaceQuery; values bound.
         sql = (
             f"WITH region_summary AS MATERIALIZED ({features.REGION_SUMMARIES}) "  # nosec B608

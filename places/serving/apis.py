@@ -149,7 +149,7 @@ class PlaceListApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
         limit = data.get("limit") or settings.PLACES_API_PAGE_SIZE
         after = data.get("cursor", 0)
         # The next link is absolute, so the host is part of what the body shows.
-        version = places_version(filters.dataset_id, bbox=filters.bbox)
+        version = places_version(filters.dataset_ids, bbox=filters.bbox)
         key = (
             f"list:{version}:{filters.key()}:{','.join(properties)}"
             f":{fmt}:{after}:{limit}:{request.build_absolute_uri('/')}"

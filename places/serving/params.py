@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import empty
 
@@ -38,6 +39,51 @@ class QueryParams(serializers.Serializer):
         return super().run_validation(data)
 
 
+@extend_schema_field({"type": "array", "items": {"type": "string", "minLength": 1}})
+class DatasetsField(serializers.Field):
+    """One dataset's slug or several: ``dataset=a,b``, the parameter repeated
+    (``dataset=a&dataset=b``) or both, validated into the datasets' ids.
+
+    The ids come back sorted and each once (``PlaceQuery`` keeps them so), so the order a
+    client names datasets in changes neither the answer nor its cache key. Every slug must
+    name a dataset: a typo is a 400 naming it rather than an empty map.
+    """
+
+    default_error_messages = {
+        "empty": "an empty slug in the list; name each dataset once, e.g. dataset=a,b",
+        "unknown": "no dataset {slugs}",
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault(
+            "help_text",
+            "Dataset slugs: one, several separated by commas (`osm-gb,wikidata`), or the "
+            "parameter repeated. Places of any of them; all datasets when left out.",
+        )
+        super().__init__(**kwargs)
+
+    def get_value(self, dictionary: Any) -> Any:
+        # A query string may repeat the parameter; DRF's Field would keep only the last one.
+        if hasattr(dictionary, "getlist") and self.field_name in dictionary:
+            return ",".join(dictionary.getlist(self.field_name))
+        return super().get_value(dictionary)
+
+    def to_internal_value(self, data: Any) -> tuple[int, ...]:
+        if isinstance(data, list | tuple):
+            data = ",".join(str(item) for item in data)
+        slugs = [slug.strip() for slug in str(data).split(",")]
+        if not all(slugs):
+            self.fail("empty")
+        found = dict(Dataset.objects.filter(slug__in=set(slugs)).values_list("slug", "id"))
+        unknown = sorted(set(slugs) - set(found))
+        if unknown:
+            self.fail("unknown", slugs=", ".join(unknown))
+        return tuple(sorted(set(found.values())))
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
 class PlaceFiltersQuery(QueryParams):
     """Filters shared by places/, viewport/ and the places tiles: one meaning everywhere."""
 
@@ -48,9 +94,7 @@ class PlaceFiltersQuery(QueryParams):
         help_text="One normalised denomination, e.g. `anglican` or `roman_catholic`.",
         error_messages={"invalid": "must be a normalised denomination such as roman_catholic"},
     )
-    dataset = serializers.SlugRelatedField(
-        slug_field="slug", queryset=Dataset.objects.all(), required=False, help_text="Slug."
-    )
+    dataset = DatasetsField(required=False)
     country = serializers.SlugRelatedField(
         slug_field="code",
         queryset=Region.objects.filter(level=RegionLevel.COUNTRY).only("id", "code"),
@@ -85,7 +129,7 @@ class PlaceFiltersQuery(QueryParams):
             bbox=bbox,
             religion=data.get("religion"),
             denomination=data.get("denomination"),
-            dataset_id=data["dataset"].pk if data.get("dataset") else None,
+            dataset_ids=data.get("dataset"),
             country_id=data["country"].pk if data.get("country") else None,
             region_id=data["region"].pk if data.get("region") else None,
             status=None if data["status"] == ANY_STATUS else data["status"],

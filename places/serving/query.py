@@ -29,19 +29,34 @@ def like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
+def dataset_ids_of(dataset_id: int | None) -> tuple[int, ...] | None:
+    """The ``dataset_ids`` filter for one dataset, or for all of them when None."""
+    return None if dataset_id is None else (dataset_id,)
+
+
 @dataclass(frozen=True)
 class PlaceQuery:
-    """Validated filters; ``status=None`` means places of any status."""
+    """Validated filters; ``status=None`` means places of any status, ``dataset_ids=None``
+    places of every dataset.
+
+    ``dataset_ids`` is kept sorted and without repeats, whatever order it was given in: the
+    same set of datasets is the same query, with the same cache key.
+    """
 
     bbox: BBox | None = None
     religion: str | None = None
     denomination: str | None = None
-    dataset_id: int | None = None
+    dataset_ids: tuple[int, ...] | None = None
     country_id: int | None = None
     region_id: int | None = None
     status: str | None = DEFAULT_STATUS
     updated_since: datetime | None = None
     q: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset_ids is not None:
+            # Frozen: the normal form is set once, here.
+            object.__setattr__(self, "dataset_ids", tuple(sorted(set(self.dataset_ids))))
 
     def where(self, *, box: bool = True) -> tuple[str, dict[str, Any]]:
         """The condition on ``p`` and its parameters; ``box=False`` leaves the bbox to the
@@ -59,7 +74,6 @@ class PlaceQuery:
             clauses.append("(" + " OR ".join(parts) + ")")
         simple = {
             "religion": "p.religion = %(religion)s",
-            "dataset_id": "p.dataset_id = %(dataset_id)s",
             "country_id": "p.country_id = %(country_id)s",
             "region_id": "p.region_id = %(region_id)s",
             "status": "p.status = %(status)s",
@@ -70,6 +84,15 @@ class PlaceQuery:
             if value is not None:
                 clauses.append(clause)
                 params[name] = value
+        if self.dataset_ids is not None:
+            # One dataset keeps the plain equality of the hot single-dataset path; several
+            # are one array parameter, so the statement is the same for any number of them.
+            if len(self.dataset_ids) == 1:
+                clauses.append("p.dataset_id = %(dataset_id)s")
+                params["dataset_id"] = self.dataset_ids[0]
+            else:
+                clauses.append("p.dataset_id = ANY(%(dataset_ids)s)")
+                params["dataset_ids"] = list(self.dataset_ids)
         if self.denomination is not None:
             clauses.append("p.denominations @> ARRAY[%(denomination)s]::text[]")
             params["denomination"] = self.denomination

@@ -25,7 +25,7 @@ import gzip
 import hashlib
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,11 +120,11 @@ def zoom_ttl(zoom: int) -> int:
     return 24 * 3600 if zoom < 6 else 3600 if zoom < 10 else 600
 
 
-def places_version(dataset_id: int | None, *, bbox: BBox | None = None) -> str:
-    """Data version of what a places request shows: one dataset or all of them, in the
-    request's box when it has one (so edits elsewhere leave its cache alone)."""
+def places_version(dataset_ids: Sequence[int] | None, *, bbox: BBox | None = None) -> str:
+    """Data version of what a places request shows: some datasets or all of them (None), in
+    the request's box when it has one (so edits elsewhere leave its cache alone)."""
     return selectors.data_version(
-        dataset_ids=[dataset_id] if dataset_id is not None else None, bbox=bbox
+        dataset_ids=list(dataset_ids) if dataset_ids is not None else None, bbox=bbox
     )
 
 

@@ -6,6 +6,7 @@ See ``places.serving.responses`` for how data versions key the cache and the ETa
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from django.http import HttpResponse
@@ -78,7 +79,7 @@ class PlaceTileApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
         query = PlaceFiltersQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         filters = query.place_query()
-        version = places_version(filters.dataset_id, bbox=tiles.tile_bbox(z=tz, x=tx, y=ty))
+        version = places_version(filters.dataset_ids, bbox=tiles.tile_bbox(z=tz, x=tx, y=ty))
         key = f"places:{version}:{filters.key()}:{tz}/{tx}/{ty}"
         return cached_bytes_response(
             request,
@@ -113,7 +114,11 @@ class RegionTileApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
 
 
 def _tilejson(
-    request: Request, path: str, layers: list[dict[str, Any]], version: str
+    request: Request,
+    path: str,
+    layers: list[dict[str, Any]],
+    version: str,
+    dataset_ids: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     # The tile URLs carry the data version, so clients and CDNs may cache tiles for good;
     # the TileJSON itself is revalidated on every use.
@@ -122,7 +127,10 @@ def _tilejson(
     # Joined by hand: build_absolute_uri would percent-encode the {z}/{x}/{y} placeholders.
     template = request.build_absolute_uri("/").rstrip("/") + path + "?" + query.urlencode()
     # MapLibre renders attribution as HTML: dataset text must not be able to inject markup.
-    attribution = "; ".join(sorted({escape(text) for text in selectors.dataset_attributions()}))
+    # Only the datasets shown are credited (every one when the request names none).
+    attribution = "; ".join(
+        sorted({escape(text) for text in selectors.dataset_attributions(dataset_ids=dataset_ids)})
+    )
     return {
         "tilejson": "3.0.0",
         "tiles": [template],
@@ -144,9 +152,10 @@ class PlaceTileJsonApi(QueryParamsGuard, APIView):
         query = PlaceFiltersQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         layers = tiles.place_vector_layers()
-        version = places_version(query.place_query().dataset_id)
+        dataset_ids = query.place_query().dataset_ids
+        version = places_version(dataset_ids)
         return Response(
-            _tilejson(request, "/tiles/places/{z}/{x}/{y}.pbf", layers, version),
+            _tilejson(request, "/tiles/places/{z}/{x}/{y}.pbf", layers, version, dataset_ids),
             headers={"Cache-Control": "no-cache"},
         )
 

@@ -58,7 +58,7 @@ class ViewportApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
         )
         zoom = data["zoom"]
         filters = query.place_query(bbox=data["bbox"])
-        version = places_version(filters.dataset_id, bbox=filters.bbox)
+        version = places_version(filters.dataset_ids, bbox=filters.bbox)
         key = f"viewport:{version}:{filters.key()}:{zoom}:{fmt}"
 
         def build() -> bytes:

@@ -363,7 +363,7 @@ def test_a_job_whose_data_moved_before_its_build_expires(
 
 def test_a_big_selection_is_read_in_chunks_so_memory_stays_flat(gb_import, settings, tmp_path):
     # given the GB import (tens of thousands of places) and a writer measured twice
-    selection = selectors.Selection(query=PlaceQuery(dataset_id=gb_import.dataset_id))
+    selection = selectors.Selection(query=PlaceQuery(dataset_ids=(gb_import.dataset_id,)))
 
     def peak_while_writing(chunk_rows: int) -> tuple[int, int]:
         settings.DOWNLOADS_CHUNK_ROWS = chunk_rows
