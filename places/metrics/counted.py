@@ -30,6 +30,12 @@ TASKS = Counter(
     ["queue", "task", "state"],
 )
 IMPORT_JOBS = Counter("places_import_jobs", "Import jobs ended, by final state.", ["state"])
+# Every final state's series from the process's start, at 0 (ingestion.models.ImportState;
+# a test checks the list): a series first seen at 1 has no increase() for Prometheus, so the
+# first failed job after a worker starts would never fire PlacesImportsFailing.
+IMPORT_JOB_STATES = ("done", "dry_run_ready", "failed", "cancelled")
+for _state in IMPORT_JOB_STATES:
+    IMPORT_JOBS.labels(state=_state)
 IMPORT_ROWS = Counter(
     "places_import_rows", "Rows read by import runs that finished (apply or dry run).", ["kind"]
 )

@@ -253,6 +253,43 @@ def test_secrets_are_mounted_files_never_environment_values(objects):
             assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
 
 
+def test_uploads_in_a_bucket_need_no_shared_volume():
+    # given the default: uploads on a ReadWriteMany volume that web and the workers mount
+    default = [d for d in yaml.safe_load_all(render("production").stdout) if d]
+    claim = _of_kind(default, "PersistentVolumeClaim")["places-media"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    # when a bucket is named
+    result = render(
+        "production",
+        *("--set", "uploads.s3.bucket=places-uploads"),
+        *("--set", "uploads.s3.endpointURL=http://minio.storage:9000"),
+        *("--set", "uploads.s3.port=9000"),
+    )
+    assert result.returncode == 0, result.stderr
+    objects = [d for d in yaml.safe_load_all(result.stdout) if d]
+    # then no volume is claimed for media and no pod mounts one
+    assert "places-media" not in _of_kind(objects, "PersistentVolumeClaim")
+    for name, pod in _pod_specs(objects).items():
+        assert "media" not in {v["name"] for v in pod.get("volumes", [])}, name
+    # and the app reads the bucket from its ConfigMap, the credentials from mounted files
+    config = _of_kind(objects, "ConfigMap")["places-config"]["data"]
+    assert config["UPLOADS_S3_BUCKET"] == "places-uploads"
+    assert config["UPLOADS_S3_ENDPOINT_URL"] == "http://minio.storage:9000"
+    for name in ("places-web", "places-worker-ingestion"):
+        env = _env(
+            _of_kind(objects, "Deployment")[name]["spec"]["template"]["spec"]["containers"][0]
+        )
+        assert env["UPLOADS_S3_SECRET_ACCESS_KEY_FILE"]["value"] == (
+            "/run/secrets/places/UPLOADS_S3_SECRET_ACCESS_KEY"
+        )
+        assert "UPLOADS_S3_ACCESS_KEY_ID_FILE" in env
+    # and web and the workers may reach the store on its port, beat may not
+    policies = _of_kind(objects, "NetworkPolicy")
+    for policy, allowed in (("places-web", True), ("places-workers", True), ("places-beat", False)):
+        ports = {p["port"] for r in policies[policy]["spec"]["egress"] for p in r["ports"]}
+        assert (9000 in ports) is allowed, policy
+
+
 def test_images_are_pinned_and_latest_is_refused():
     # given production with a digest, as the pipeline deploys it
     digest = "sha256:" + "a" * 64

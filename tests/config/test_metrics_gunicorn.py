@@ -18,14 +18,20 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from django.conf import settings
 from django.db import connection
 
+from ingestion.services.imports.run import FINAL_STATES
+from places.metrics.counted import IMPORT_JOB_STATES
 from tests.db import database_url
+
+T = TypeVar("T")
 
 pytestmark = [pytest.mark.slow, pytest.mark.worker, pytest.mark.django_db]
 
@@ -222,18 +228,10 @@ def test_a_prefork_worker_serves_its_pools_task_durations(tmp_path):
             worker.wait()
 
 
-def _prometheus_query(port: int, query: str) -> list[dict]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/api/v1/query?" + urllib.parse.urlencode({"query": query}))
-        return json.loads(conn.getresponse().read())["data"]["result"]
-    finally:
-        conn.close()
-
-
-def test_prometheus_scrapes_web_and_the_rules_group_its_views(gunicorn, tmp_path):
-    # given Prometheus (Debian's binary, bin/deploy-tools) scraping this gunicorn every
-    # second with docker/prometheus/alerts.yml
+@contextmanager
+def _prometheus(tmp_path: Path, web_port: int) -> Iterator[int]:
+    """Prometheus (Debian's binary, bin/deploy-tools) scraping gunicorn on ``web_port`` and
+    evaluating docker/prometheus/alerts.yml every second; yields its API port."""
     binary = ROOT / ".venv" / "prometheus" / "usr" / "bin" / "prometheus"
     if not binary.exists():
         pytest.fail("prometheus is missing: run bin/deploy-tools (make check-deploy does)")
@@ -244,7 +242,7 @@ def test_prometheus_scrapes_web_and_the_rules_group_its_views(gunicorn, tmp_path
         f"rule_files: ['{ROOT / 'docker' / 'prometheus' / 'alerts.yml'}']\n"
         "scrape_configs:\n"
         "  - job_name: places-web\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{gunicorn.port}']}}]\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{web_port}']}}]\n"
     )
     prometheus = subprocess.Popen(
         [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
@@ -252,6 +250,45 @@ def test_prometheus_scrapes_web_and_the_rules_group_its_views(gunicorn, tmp_path
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
+        yield port
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+
+
+def _prometheus_get(port: int, path: str) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        return json.loads(conn.getresponse().read())["data"]
+    finally:
+        conn.close()
+
+
+def _prometheus_query(port: int, query: str) -> list[dict]:
+    return _prometheus_get(port, "/api/v1/query?" + urllib.parse.urlencode({"query": query}))[
+        "result"
+    ]
+
+
+def _poll(what: str, timeout: float, probe: Callable[[], T]) -> T:
+    """``probe()`` until it gives something true (errors count as not yet): a deadline for
+    Prometheus's next scrape and evaluation, not a timing under test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if found := probe():
+                return found
+        except (OSError, KeyError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.5)
+
+
+def test_prometheus_scrapes_web_and_the_rules_group_its_views(gunicorn, tmp_path):
+    # given Prometheus scraping this gunicorn every second with docker/prometheus/alerts.yml
+    with _prometheus(tmp_path, gunicorn.port) as port:
         # when tiles and the places list are asked for while it scrapes
         def answered(query: str, want: Callable[[list[dict]], bool]) -> bool:
             for path in ("/tiles/places/0/0/0.pbf", "/api/v1/places/?limit=1"):
@@ -276,6 +313,77 @@ def test_prometheus_scrapes_web_and_the_rules_group_its_views(gunicorn, tmp_path
         )
         assert answered('places_celery_queue_length{queue="default"}', lambda r: len(r) == 1)
         assert answered('up{job="places-web"}', lambda r: r[0]["value"][1] == "1")
-    finally:
-        prometheus.terminate()
-        prometheus.wait(timeout=30)
+
+
+# An import job that fails for real in a process of the app: its stored upload is gone when
+# it runs (a media volume lost or cleaned), so reading it fails and the job ends "failed".
+# The rows are deleted again at once: the counter, in the multiprocess files, stays.
+FAILING_IMPORT = """
+import os
+from pathlib import Path
+from ingestion.models import ImportJob
+from ingestion.services.imports import import_job_execute
+from ingestion.services.jobs import import_job_create
+from places.models import Dataset
+from places.services import dataset_get_or_create
+
+dataset = dataset_get_or_create(slug="alerts-firing")
+job = import_job_create(path=Path(os.environ["FAILING_UPLOAD"]), dataset=dataset)
+os.remove(job.file.path)
+try:
+    import_job_execute(job_id=job.pk)
+except FileNotFoundError:
+    pass  # counted and marked failed first; a Celery task would log it and give up
+print(ImportJob.objects.get(pk=job.pk).state)
+ImportJob.objects.filter(pk=job.pk).delete()
+Dataset.objects.filter(pk=dataset.pk).delete()
+"""
+
+
+def _firing(port: int, name: str) -> list[dict]:
+    alerts = _prometheus_get(port, "/api/v1/alerts")["alerts"]
+    return [a for a in alerts if a["labels"]["alertname"] == name and a["state"] == "firing"]
+
+
+def test_a_failed_import_fires_places_imports_failing_in_prometheus(gunicorn, tmp_path):
+    # given Prometheus scraping gunicorn with the real rules, and the failed-jobs series at 0
+    # from gunicorn's start (what lets increase() see the first failure)
+    assert set(IMPORT_JOB_STATES) == {str(state) for state in FINAL_STATES}
+    series = 'places_import_jobs_total{state="failed"}'
+    with _prometheus(tmp_path, gunicorn.port) as port:
+        _poll(f"{series} at 0", 60, lambda: _prometheus_query(port, series))
+        assert [r["value"][1] for r in _prometheus_query(port, series)] == ["0"]
+        assert _firing(port, "PlacesImportsFailing") == []
+
+        # when an import job fails in another process of the app writing the same
+        # multiprocess folder (as a worker's pool processes do for its metrics port)
+        upload = tmp_path / "chapels.csv"
+        upload.write_text(
+            "id,name,religion,denomination,lon,lat\nf1,Chapel,Christian,methodist,-1.5,51.5\n"
+        )
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "config.settings.test",
+            "DATABASE_URL": database_url(dbname=connection.settings_dict["NAME"]),
+            "SECRET_KEY": secrets.token_urlsafe(40),
+            "LOG_LEVEL": "CRITICAL",
+            "MEDIA_ROOT": str(tmp_path / "media"),
+            "PROMETHEUS_MULTIPROC_DIR": str(gunicorn.multiproc_dir),
+            "FAILING_UPLOAD": str(upload),
+        }
+        done = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", FAILING_IMPORT],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.split()[-1] == "failed"
+
+        # then gunicorn's /metrics counts it, and Prometheus's alerts API has the alert
+        # firing with the rule's labels and summary
+        firing = _poll(
+            "PlacesImportsFailing to fire", 90, lambda: _firing(port, "PlacesImportsFailing")
+        )
+        assert len(firing) == 1
+        assert firing[0]["labels"] == {"alertname": "PlacesImportsFailing", "severity": "warning"}
+        assert "import job(s) failed in the last hour" in firing[0]["annotations"]["summary"]
+        assert _sample(gunicorn.get("/metrics")[1], series) == 1

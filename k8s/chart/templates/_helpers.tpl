@@ -81,11 +81,27 @@ envFrom:
   - configMapRef:
       name: {{ .root.Values.name }}-config
 env:
-{{- range .root.Values.secrets.keys }}
+{{- range (include "places.secretKeys" .root | fromJsonArray) }}
   - name: {{ . }}_FILE
     value: /run/secrets/places/{{ . }}
 {{- end }}
 {{- include "places.databaseEnv" . | nindent 2 }}
+{{- end }}
+
+{{/* Keys of secrets.name the app reads as files: secrets.keys, and the bucket's credentials
+when uploads go to S3 with credentials from the Secret. */}}
+{{- define "places.secretKeys" -}}
+{{- $keys := .Values.secrets.keys }}
+{{- $s3 := .Values.uploads.s3 }}
+{{- if and $s3.bucket $s3.credentialsFromSecret }}
+{{- $keys = concat $keys (list "UPLOADS_S3_ACCESS_KEY_ID" "UPLOADS_S3_SECRET_ACCESS_KEY") | uniq }}
+{{- end }}
+{{- toJson $keys }}
+{{- end }}
+
+{{/* "true" when uploads live on the shared media volume (no bucket named). */}}
+{{- define "places.mediaVolume" -}}
+{{- if not .Values.uploads.s3.bucket }}true{{ end }}
 {{- end }}
 
 {{- define "places.secretMounts" -}}
@@ -124,6 +140,20 @@ CSRF_TRUSTED_ORIGINS: {{ printf "https://%s" .Values.host | quote }}
 REDIS_URL: {{ printf "redis://%s-redis-cache:6379/0" .Values.name | quote }}
 CELERY_BROKER_URL: {{ printf "redis://%s-redis-broker:6379/1" .Values.name | quote }}
 MEDIA_ROOT: /app/.run/media
+{{- with .Values.uploads.s3 }}
+{{- if .bucket }}
+UPLOADS_S3_BUCKET: {{ .bucket | quote }}
+{{- with .endpointURL }}
+UPLOADS_S3_ENDPOINT_URL: {{ . | quote }}
+{{- end }}
+{{- with .region }}
+UPLOADS_S3_REGION: {{ . | quote }}
+{{- end }}
+{{- with .prefix }}
+UPLOADS_S3_PREFIX: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
 # The root filesystem is read-only; whatever writes under $HOME gets the /tmp emptyDir.
 HOME: /tmp
 PROMETHEUS_MULTIPROC_DIR: /tmp/prometheus
@@ -166,6 +196,17 @@ PROMETHEUS_MULTIPROC_DIR: /tmp/prometheus
     {{- end }}
   ports:
     - port: 443
+      protocol: TCP
+{{- end }}
+{{- if and .database $v.uploads.s3.bucket }}
+# The uploads' bucket.
+- to:
+    {{- range ($v.uploads.s3.egressCIDRs | default $v.networkPolicy.objectStorageCIDRs) }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  ports:
+    - port: {{ $v.uploads.s3.port }}
       protocol: TCP
 {{- end }}
 {{- end }}
