@@ -41,6 +41,7 @@ from places.models import (
     Place,
     PlaceAttribute,
     PlaceChange,
+    PlaceStatus,
     Region,
     RegionPart,
     SyncEvery,
@@ -202,10 +203,20 @@ class PlaceAttributeInline(DatasetScopedInlineMixin, admin.TabularInline):
     fields = ("key", "value_num", "value_text", "unit", "observed_on", "source")
 
 
+# Set only by merging duplicates (places.services.merge), which logs the merge, points
+# earlier merges at the survivor and can be undone: never by hand in a form.
+MERGE_ONLY_FIELDS = ("merged_into",)
+MERGE_STATUS_HELP = (
+    "Active or retired. Merged is set only by merging duplicates (Places › Duplicate "
+    "candidates), where a merge can also be undone."
+)
+
+
 class PlaceAdminForm(forms.ModelForm):
     """Carries the version the curator opened, so a stale form cannot undo newer changes.
 
     Longitude and latitude can be typed: a click on a small map lands kilometres off.
+    Status can be active or retired here, never merged (``MERGE_ONLY_FIELDS``).
     """
 
     opened_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
@@ -219,7 +230,11 @@ class PlaceAdminForm(forms.ModelForm):
 
     class Meta:
         model = Place
-        fields = ("dataset", "source_key", *services.EDITABLE_FIELDS)
+        fields = (
+            "dataset",
+            "source_key",
+            *(f for f in services.EDITABLE_FIELDS if f not in MERGE_ONLY_FIELDS),
+        )
         # Names and raw values are one line of text, not paragraphs.
         widgets = {
             field: forms.TextInput(attrs={"size": 60})
@@ -236,6 +251,10 @@ class PlaceAdminForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if self.instance.pk:
             self.fields["opened_version"].initial = self.instance.version
+        status = self.fields.get("status")  # absent when read-only (a merged place)
+        if isinstance(status, forms.ChoiceField):
+            status.choices = [c for c in PlaceStatus.choices if c[0] != PlaceStatus.MERGED]
+            status.help_text = MERGE_STATUS_HELP
         location = self.instance.location if self.instance.pk else None
         if location is not None:
             self.fields["longitude"].initial = location.x
@@ -300,9 +319,9 @@ class PlaceAdmin(CurationAdminMixin, PlaceHistoryAdminMixin, DatasetScopedAdminM
         "Words of a name (case and accents ignored: Sao Paulo finds São Paulo), a key such "
         "as osm:way/123, or a place id."
     )
-    raw_id_fields = ("country", "region", "merged_into")
+    raw_id_fields = ("country", "region")
     list_select_related = ("dataset", "region")
-    readonly_fields = ("version", "created_at", "updated_at", "history")
+    readonly_fields = ("version", "created_at", "updated_at", "history", *MERGE_ONLY_FIELDS)
     fieldsets = (
         (None, {"fields": ("name", "dataset", "source_key", "status", "merged_into")}),
         ("Religion", {"fields": ("religion", "religion_raw", "denominations", "denomination_raw")}),
@@ -350,7 +369,7 @@ class PlaceAdmin(CurationAdminMixin, PlaceHistoryAdminMixin, DatasetScopedAdminM
             return self.fieldsets
         # A place being added has no version, timestamps or history yet (and the database
         # defaults behind them cannot be shown before the row exists).
-        hidden = {"version", "created_at", "updated_at", "history"}
+        hidden = {"version", "created_at", "updated_at", "history", *MERGE_ONLY_FIELDS}
         return [
             (
                 title,
@@ -367,9 +386,11 @@ class PlaceAdmin(CurationAdminMixin, PlaceHistoryAdminMixin, DatasetScopedAdminM
 
     def get_readonly_fields(self, request: HttpRequest, obj: Place | None = None) -> tuple:
         # The natural key is fixed once the place exists: the change log and imports rely on it.
-        if obj is not None:
-            return (*self.readonly_fields, "dataset", "source_key")
-        return self.readonly_fields
+        if obj is None:
+            return self.readonly_fields
+        fixed = (*self.readonly_fields, "dataset", "source_key")
+        # A merged place leaves that state only by an undo of the merge, on its pair's page.
+        return (*fixed, "status") if obj.status == PlaceStatus.MERGED else fixed
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -1,7 +1,8 @@
 """Curators' review of likely duplicates: the list, the merge page, "not a duplicate", undo.
 
 Rights are per dataset (``places.access``) and need both places' datasets: a pair is listed
-to those who may view both, merged or dismissed by those who may merge in both. The rows
+to those who may view both, merged or dismissed by those who may merge in both and hold the
+merge permission of their role (``places.access.MERGE_PERMISSION``). The rows
 are written only by the finder and the services (``places.services.duplicates``, ``merge``),
 so the admin's own add, change and delete are off.
 """
@@ -171,7 +172,8 @@ class DuplicateCandidateAdmin(FastChangeListMixin, admin.ModelAdmin):
             return queryset.filter(Q(place_a_id=int(term)) | Q(place_b_id=int(term))), False
         return queryset.none() if term else queryset, False
 
-    # The pair's rights are the datasets' (places.access), not Django's model permissions.
+    # Seeing pairs is the datasets' right (places.access); deciding them needs the merge
+    # permission as well (has_merge_permission).
     def has_module_permission(self, request: HttpRequest) -> bool:
         return access.can_somewhere(request.user, Action.VIEW)
 
@@ -190,6 +192,10 @@ class DuplicateCandidateAdmin(FastChangeListMixin, admin.ModelAdmin):
         return False
 
     def has_merge_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Both, as everywhere in the admin: the role's model permission (its group) and the
+        # merge right in the datasets.
+        if not request.user.has_perm(access.MERGE_PERMISSION):
+            return False
         if obj is None:
             return access.can_somewhere(request.user, Action.MERGE)
         return _both(request.user, Action.MERGE, obj)

@@ -88,8 +88,9 @@ class DuplicateCandidate(models.Model):
     )
 
     class Meta:
-        # Declared by the admin's "not a duplicate" action; who may merge is decided per
-        # dataset by places.access (the merge right in both places' datasets).
+        # Held by the curator's and admin's role groups (ingestion 0013); the admin's merge
+        # page, undo and "not a duplicate" ask for it and for the merge right in both places'
+        # datasets (places.access).
         permissions = [("merge_duplicatecandidate", "Can merge duplicates or dismiss them")]
         constraints = [
             models.UniqueConstraint(fields=["place_a", "place_b"], name="duplicate_pair_unique"),
