@@ -278,8 +278,7 @@ class DownloadFileApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
                 {"detail": "This file's data version has passed; ask for the selection again."},
                 status=410,
             )
-        path = services.download_job_path(job) if job.file_name else None
-        if job.status != DownloadStatus.READY or path is None or not path.exists():
+        if job.status != DownloadStatus.READY or not services.download_file_exists(job):
             return JsonResponse(
                 {"detail": f"The file is not ready (status {job.status})."}, status=409
             )
@@ -294,7 +293,7 @@ class DownloadFileApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
         ):
             return HttpResponse(status=304, headers=headers)
         response = FileResponse(
-            path.open("rb"),
+            services.download_file_open(job),
             as_attachment=True,
             filename=_file_name(job.format),
             content_type=files.MEDIA_TYPES[job.format],

@@ -22,6 +22,9 @@ from places.models import Dataset
 from places.services import dataset_get_or_create
 from tests.db import replica_caught_up
 
+# A real S3 API (moto's server) and a bucket as the default storage: tests/s3.py.
+pytest_plugins = ["tests.s3"]
+
 SAMPLE_DIR = Path(settings.BASE_DIR) / "ingestion" / "sample_data"
 FIXTURES = Path(__file__).parent / "fixtures"
 GB_CSV = SAMPLE_DIR / "osm_pow_gb_excl_wales.csv.gz"

@@ -6,11 +6,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 from datetime import timedelta
 from pathlib import Path
+from typing import IO
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.files import File
+from django.core.files.storage import default_storage
 from django.db.models import F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -24,6 +29,7 @@ from analytics.downloads.selectors import (
 )
 from analytics.models_downloads import DownloadJob, DownloadStatus
 from analytics.replica import read_source
+from ingestion.services.stored_files import storage_local_path, stored_file_stream
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +38,29 @@ MAX_ATTEMPTS = 3
 
 
 def download_job_path(job: DownloadJob) -> Path:
+    """The job's file on the local disk, under ``MEDIA_ROOT`` (when files are stored there)."""
     return Path(settings.MEDIA_ROOT) / job.file_name
+
+
+def _files_in_bucket() -> bool:
+    """Files are stored in a bucket (UPLOADS_S3_BUCKET), not under MEDIA_ROOT: the worker
+    that builds a file and the web process that serves it share no disk."""
+    return storage_local_path(storage=default_storage, name=FOLDER) is None
+
+
+def download_file_exists(job: DownloadJob) -> bool:
+    return bool(job.file_name) and default_storage.exists(job.file_name)
+
+
+def download_file_open(job: DownloadJob) -> IO[bytes]:
+    """The built file for reading, streamed from a bucket rather than copied first."""
+    return stored_file_stream(storage=default_storage, name=job.file_name)
+
+
+def download_file_delete(job: DownloadJob) -> None:
+    """Remove the job's file; one already gone is no error."""
+    if job.file_name:
+        default_storage.delete(job.file_name)
 
 
 class DownloadsBusy(Exception):
@@ -77,7 +105,7 @@ def download_job_request(
         status__in=[DownloadStatus.FAILED, DownloadStatus.EXPIRED],
         attempts__lt=MAX_ATTEMPTS,
     ).update(status=DownloadStatus.PENDING, error="", updated_at=Now())
-    if job.status == DownloadStatus.READY and not download_job_path(job).exists():
+    if job.status == DownloadStatus.READY and not download_file_exists(job):
         # The file was lost (a volume not shared or emptied): build it again.
         retried = DownloadJob.objects.filter(pk=job.pk, status=DownloadStatus.READY).update(
             status=DownloadStatus.PENDING, attempts=0, updated_at=Now()
@@ -122,6 +150,11 @@ def download_job_build(*, job_id: int) -> DownloadJob | None:
     selection = Selection.from_json(job.selection)
     job.file_name = f"{FOLDER}/places-{job.pk}-{job.data_version}.{EXTENSIONS[job.format]}"
     final = download_job_path(job)
+    scratch = None
+    if _files_in_bucket():
+        # Written on the worker's own disk, then stored in the bucket whole.
+        scratch = Path(tempfile.mkdtemp(prefix="places-download-"))
+        final = scratch / final.name
     final.parent.mkdir(parents=True, exist_ok=True)
     # Each attempt writes its own partial file: a worker thought lost may still be writing.
     partial = final.with_name(f"{final.name}.part{job.attempts}")
@@ -153,6 +186,9 @@ def download_job_build(*, job_id: int) -> DownloadJob | None:
                     )
         if not moved:
             os.replace(partial, final)
+            size = final.stat().st_size
+            if scratch is not None:
+                _store_in_bucket(job=job, path=final)
     except Exception as exc:
         partial.unlink(missing_ok=True)
         logger.exception("download job %s failed", job_id)
@@ -162,6 +198,8 @@ def download_job_build(*, job_id: int) -> DownloadJob | None:
         raise
     finally:
         cache.delete(progress_key(job_id))
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     if moved:
         DownloadJob.objects.filter(pk=job_id).update(
             status=DownloadStatus.EXPIRED,
@@ -173,7 +211,7 @@ def download_job_build(*, job_id: int) -> DownloadJob | None:
     DownloadJob.objects.filter(pk=job_id).update(
         status=DownloadStatus.READY,
         file_name=job.file_name,
-        size_bytes=final.stat().st_size,
+        size_bytes=size,
         rows_done=rows,
         rows_estimate=rows,
         datasets=facts.datasets,
@@ -182,6 +220,16 @@ def download_job_build(*, job_id: int) -> DownloadJob | None:
         updated_at=Now(),
     )
     return DownloadJob.objects.get(pk=job_id)
+
+
+def _store_in_bucket(*, job: DownloadJob, path: Path) -> None:
+    """Put the built file in the bucket under the job's name. A copy an earlier attempt
+    stored is replaced: no one reads a job's file before the job is ready."""
+    default_storage.delete(job.file_name)
+    with path.open("rb") as fh:
+        stored = default_storage.save(job.file_name, File(fh))
+    if stored != job.file_name:  # the bucket kept an object the delete did not remove
+        raise RuntimeError(f"the bucket stored {stored!r} instead of {job.file_name!r}")
 
 
 def progress_key(job_id: int) -> str:
@@ -223,7 +271,7 @@ def downloads_clean() -> list[int]:
         if DownloadJob.objects.filter(pk=job.pk, status=DownloadStatus.READY).update(
             status=DownloadStatus.EXPIRED, updated_at=Now()
         ):
-            download_job_path(job).unlink(missing_ok=True)
+            download_file_delete(job)
             cleaned.append(job.pk)
     # Partial files of builds whose worker died (a finished build renames its own).
     stale = timezone.now() - timedelta(seconds=settings.DOWNLOADS_STALE_SECONDS)

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 from django.core.files.storage import Storage
 
@@ -72,27 +72,30 @@ def import_job_local_file(*, job: ImportJob) -> Iterator[Path]:
         yield path
 
 
+def stored_file_stream(*, storage: Storage, name: str) -> IO[bytes]:
+    """``name`` opened for reading as a stream. django-storages' S3File would first copy the
+    whole object into a spooled temporary file of its own (a second copy of up to 2 GiB on
+    disk) before the first byte; the body of its boto3 object is read as it arrives.
+    Raises ``FileNotFoundError`` when there is no such file."""
+    opened = storage.open(name, "rb")
+    obj = getattr(opened, "obj", None)
+    if obj is None:
+        return opened
+    opened.close()
+    return obj.get()["Body"]
+
+
 def _download(*, storage: Storage, name: str, target: Path) -> tuple[int, str]:
     """Stream ``name`` from ``storage`` into ``target``; its size and SHA-256."""
     digest = hashlib.sha256()
     size = 0
     try:
-        source = storage.open(name, "rb")
+        source = stored_file_stream(storage=storage, name=name)
     except FileNotFoundError:
         raise UnreadableFile(f"the stored file {name!r} is gone; upload it again") from None
     with source, open(target, "wb") as out:
-        for chunk in _chunks(source):
+        for chunk in iter(lambda: source.read(DOWNLOAD_CHUNK_BYTES), b""):
             digest.update(chunk)
             out.write(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
-
-
-def _chunks(source: Any) -> Iterator[bytes]:
-    # django-storages' S3File would first copy the whole object into a spooled temporary
-    # file of its own (a second copy of up to 2 GiB on disk); its boto3 object streams it.
-    obj = getattr(source, "obj", None)
-    if obj is not None:
-        yield from obj.get()["Body"].iter_chunks(DOWNLOAD_CHUNK_BYTES)
-        return
-    yield from source.chunks(DOWNLOAD_CHUNK_BYTES)
