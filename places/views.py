@@ -41,7 +41,7 @@ def map_view(request: HttpRequest) -> HttpResponse:
     }
     context = {
         "religions": Religion.choices,
-        "datasets": datasets,
+        "datasets": selectors.dataset_list_with_places(),
         "denominations": selectors.place_denominations(),
         "statuses": STATUS_CHOICES,
         "map_config": config,

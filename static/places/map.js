@@ -28,10 +28,12 @@
   const filterInputs = {
     religion: document.getElementById("religion"),
     denomination: document.getElementById("denomination"),
-    dataset: document.getElementById("dataset"),
     status: document.getElementById("status-filter"),
   };
   const DEFAULT_STATUS = "active";
+  // One box per dataset that holds places, each a layer switched on and off.
+  const datasetBoxes = [...document.querySelectorAll("#datasets input[type=checkbox]")];
+  const PLACE_LAYERS = ["clusters", "places", "cluster-counts"];
 
   // --- The URL: ?lat=&lon=&z= and the filters; ?bbox=w,s,e,n (import pages link so) too. ---
   const params = new URLSearchParams(window.location.search);
@@ -42,6 +44,20 @@
     input.value = value;
   });
   if (!filterInputs.denomination.checkValidity()) filterInputs.denomination.value = "";
+  // ?dataset=a,b ticks those datasets alone; ?dataset= (empty) none. Once the link or a click
+  // has named datasets, the URL keeps naming them, so that it means the same when a dataset
+  // is added later. A link naming none we know is ignored, as a religion we do not know is.
+  let datasetsNamed = false;
+  const namedDatasets = params.get("dataset");
+  if (namedDatasets !== null) {
+    const wanted = new Set(namedDatasets.split(",").map((slug) => slug.trim()).filter(Boolean));
+    if (!wanted.size || datasetBoxes.some((box) => wanted.has(box.value))) {
+      datasetBoxes.forEach((box) => { box.checked = wanted.has(box.value); });
+      datasetsNamed = true;
+    }
+  }
+  const tickedDatasets = () => datasetBoxes.filter((box) => box.checked).map((box) => box.value);
+  const noDataset = () => datasetBoxes.length > 0 && tickedDatasets().length === 0;
 
   function number(name, low, high) {
     const text = params.get(name);
@@ -58,14 +74,21 @@
       ? { bounds: [[bbox[0], bbox[1]], [bbox[2], bbox[3]]], fitBoundsOptions: { padding: 40, maxZoom: 14 } }
       : { center: [-1.6, 53.2], zoom: 5 };
 
+  // The API's filters. With every dataset ticked none is named (one query for all of them);
+  // with none ticked there is nothing to ask for (see noDataset).
   function filters() {
     const query = new URLSearchParams();
     Object.entries(filterInputs).forEach(([name, input]) => {
       const value = input.value.trim();
       if (value && !(name === "status" && value === DEFAULT_STATUS)) query.set(name, value);
     });
+    const ticked = tickedDatasets();
+    if (ticked.length && ticked.length < datasetBoxes.length) query.set("dataset", ticked.join(","));
     return query;
   }
+
+  // Commas stay commas in links: dataset=a,b rather than dataset=a%2Cb (slugs have none).
+  const queryText = (query) => query.toString().replace(/%2C/gi, ",");
 
   function writeUrl() {
     const centre = map.getCenter();
@@ -74,7 +97,8 @@
     query.set("lon", centre.wrap().lng.toFixed(5));
     query.set("z", String(Math.round(map.getZoom() * 100) / 100));
     filters().forEach((value, name) => query.set(name, value));
-    const url = window.location.pathname + "?" + query.toString();
+    if (datasetsNamed) query.set("dataset", tickedDatasets().join(","));
+    const url = window.location.pathname + "?" + queryText(query);
     if (url !== window.location.pathname + window.location.search) {
       window.history.replaceState(null, "", url);
     }
@@ -91,7 +115,7 @@
   }
 
   const tileJson = () => {
-    const query = filters().toString();
+    const query = queryText(filters());
     return "/tiles/places.json" + (query ? "?" + query : "");
   };
 
@@ -111,12 +135,14 @@
       { id: "districts", type: "line", source: "regions", "source-layer": "regions", minzoom: 6,
         paint: { "line-color": "#9a8f80", "line-width": 0.6, "line-opacity": 0.7 } },
       { id: "clusters", type: "circle", source: "places", "source-layer": "clusters",
+        layout: { visibility: noDataset() ? "none" : "visible" },
         paint: {
           "circle-color": colour, "circle-opacity": 0.85,
           "circle-radius": ["interpolate", ["linear"], ["sqrt", ["get", "count"]], 1, 4, 30, 22],
           "circle-stroke-color": "#1a1a1a", "circle-stroke-width": 0.6,
         } },
       { id: "places", type: "circle", source: "places", "source-layer": "places",
+        layout: { visibility: noDataset() ? "none" : "visible" },
         paint: {
           "circle-color": colour,
           "circle-radius": ["interpolate", ["linear"], ["zoom"], 10, 3.5, 16, 8],
@@ -162,7 +188,15 @@
   map.addControl(new maplibregl.ScaleControl(), "bottom-left");
   window.placesMap = map;  // for browser tests and the curious
 
-  map.once("idle", () => { if (!map.getLayer("cluster-counts")) map.addLayer(countsLayer, "places"); });
+  // With no dataset ticked the places' layers are hidden rather than asked for.
+  function showPlaces() {
+    const visibility = noDataset() ? "none" : "visible";
+    PLACE_LAYERS.forEach((id) => { if (map.getLayer(id)) map.setLayoutProperty(id, "visibility", visibility); });
+  }
+  map.once("idle", () => {
+    if (!map.getLayer("cluster-counts")) map.addLayer(countsLayer, "places");
+    showPlaces();
+  });
   map.on("moveend", writeUrl);
   map.once("load", writeUrl);
 
@@ -187,7 +221,7 @@
     if (!map.getLayer("places")) return;
     const drawn = map.queryRenderedFeatures({ layers: ["places", "clusters"] });
     const places = drawn.reduce((n, f) => n + (f.layer.id === "clusters" ? f.properties.count : 1), 0);
-    status.textContent = (drawn.length ? "" : "Nothing here with these filters. ") +
+    status.textContent = (noDataset() ? "No dataset switched on. " : drawn.length ? "" : "Nothing here with these filters. ") +
       places.toLocaleString("en-GB") + " places in view (" + drawn.length + " symbols, zoom " + map.getZoom().toFixed(1) + ")";
     container.dataset.drawnFeatures = String(drawn.length);
     container.dataset.drawnPlaces = String(places);
@@ -250,10 +284,15 @@
       status.textContent = "Denomination: lower-case letters, digits and _ only.";
       return;
     }
-    if (map.getSource("places")) map.getSource("places").setUrl(tileJson());
+    if (map.getSource("places") && !noDataset()) map.getSource("places").setUrl(tileJson());
+    showPlaces();
     writeUrl();
   }
   Object.values(filterInputs).forEach((input) => input.addEventListener("change", applyFilters));
+  datasetBoxes.forEach((box) => box.addEventListener("change", () => {
+    datasetsNamed = true;
+    applyFilters();
+  }));
 
   // --- Popups: every place under the pointer, with labels, dataset and licence, dates ---
   const denominationLabel = (code) => code.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
@@ -322,7 +361,7 @@
     box.append(text("p", "Loading…"));
     popup = new maplibregl.Popup({ maxWidth: "22rem", focusAfterOpen: true })
       .setLngLat(lngLat).setDOMContent(box).addTo(map);
-    fetch("/api/v1/places/?" + query.toString(), { headers: { Accept: "application/geo+json" } })
+    fetch("/api/v1/places/?" + queryText(query), { headers: { Accept: "application/geo+json" } })
       .then((response) => {
         if (!response.ok) throw new Error("the server answered " + response.status);
         return response.json();
@@ -411,12 +450,16 @@
       searchStatus.textContent = "Showing " + a + ", " + b + ".";
       return;
     }
+    if (noDataset()) {
+      searchStatus.textContent = "Switch a dataset on to search its places.";
+      return;
+    }
     const search = filters();
     search.set("q", query);
     search.set("limit", "10");
     search.set("fields", "name,religion,dataset");
     searchStatus.textContent = "Searching…";
-    fetch("/api/v1/places/?" + search.toString(), { headers: { Accept: "application/geo+json" } })
+    fetch("/api/v1/places/?" + queryText(search), { headers: { Accept: "application/geo+json" } })
       .then((response) => {
         if (!response.ok) throw new Error("the server answered " + response.status);
         return response.json();

@@ -208,6 +208,28 @@ try {
   await idle(page);
   steps.unfiltered = { ...(await drawn(page)), ...(await view(page)) };
 
+  // Datasets switched on and off, one box each: unticking one changes what is drawn and the
+  // URL, and a reload keeps both.
+  if (scenario.second_dataset) {
+    const datasets = async () => ({
+      ...(await drawn(page)), ...(await view(page)),
+      boxes: await page.evaluate(() => [...document.querySelectorAll("#datasets input")].map((box) => {
+        const source = document.getElementById(box.id + "-source");
+        return { slug: box.value, checked: box.checked, source: source ? source.textContent : "" };
+      })),
+      attribution: await page.evaluate(() => document.querySelector(".maplibregl-ctrl-attrib").textContent),
+    });
+    await open(page, "/map/");
+    steps.datasets_all = await datasets();
+    await page.uncheck("#dataset-" + scenario.second_dataset);
+    await idle(page);
+    steps.datasets_one_off = await datasets();
+    await page.reload({ waitUntil: "load" });
+    await settle(page);
+    steps.datasets_reloaded = await datasets();
+    mark("datasets");
+  }
+
   // The density of places by district from the analytics API, drawn as a choropleth.
   await page.check("#density");
   await page.waitForFunction(() => document.getElementById("map").dataset.densityRegions

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.contrib.gis.geos import Polygon
+from django.contrib.gis.geos import Point, Polygon
 from django.db import connection
 
 from ingestion.edge import sensor_map
@@ -88,6 +88,37 @@ def curator(django_db_blocker) -> Iterator[dict[str, str]]:
 
 SHARED_URL = "/map/?lat=51.51844&lon=-0.16645&z=14.5&religion=muslim&dataset={dataset}"
 
+# A second dataset of places across England, for the map's dataset boxes.
+SECOND = {"slug": "map-browser-second", "licence": "CC0 1.0", "attribution": "A second survey"}
+SECOND_GRID = [(-2.4 + 0.4 * i, 51.8 + 0.4 * j) for i in range(6) for j in range(5)]
+
+
+@pytest.fixture(scope="module")
+def second_dataset(gb_import, django_db_blocker) -> Iterator[Dataset]:
+    """SECOND's places on SECOND_GRID (committed, for the server to see); retired afterwards,
+    as places are never deleted, so that later tests see no more active places than before."""
+    from places.services import dataset_get_or_create, place_create, place_retire
+
+    with django_db_blocker.unblock():
+        dataset = dataset_get_or_create(
+            slug=SECOND["slug"],
+            defaults={"licence": SECOND["licence"], "attribution": SECOND["attribution"]},
+        )
+        made = [
+            place_create(
+                dataset=dataset,
+                source_key=f"grid-{lon:.1f}-{lat:.1f}",
+                data={"name": f"Grid {lon:.1f} {lat:.1f}", "location": Point(lon, lat)},
+            )
+            for lon, lat in SECOND_GRID
+        ]
+    try:
+        yield dataset
+    finally:
+        with django_db_blocker.unblock():
+            for place in made:
+                place_retire(place=Place.objects.get(pk=place.pk))
+
 
 # Two sensors in Aberdeen with PM2.5 readings in different bands (DAQI low and very high).
 SENSORS = {"map-browser-low": (-2.10, 57.15, 4.0), "map-browser-high": (-2.08, 57.16, 80.0)}
@@ -125,7 +156,7 @@ def sensors(django_db_blocker) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def report(server, places, curator, sensors, tmp_path_factory) -> dict[str, Any]:
+def report(server, places, curator, sensors, second_dataset, tmp_path_factory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("map-browser-run")
     known, stacked = places["known"], places["stacked"]
     scenario = {
@@ -139,6 +170,7 @@ def report(server, places, curator, sensors, tmp_path_factory) -> dict[str, Any]
         "search": KNOWN_NAME,
         "curator": curator,
         "sensors": {"center": sensors["center"]},
+        "second_dataset": second_dataset.slug,
         "screenshots": str(folder),
     }
     # The run takes about 4 minutes on a loaded machine: hover, water, admin and sensors.
@@ -224,6 +256,44 @@ def test_a_religion_filter_changes_the_count_and_the_url(report, places):
     assert f"religion={FILTER_RELIGION}" in filtered["url"]
     assert steps["unfiltered"]["places"] == steps["overview"]["places"]
     assert "religion=" not in steps["unfiltered"]["url"]
+
+
+def test_a_box_per_dataset_switches_it_off_and_a_reload_keeps_it_so(report, second_dataset):
+    steps = report["steps"]
+    every, one_off, reloaded = (
+        steps["datasets_all"],
+        steps["datasets_one_off"],
+        steps["datasets_reloaded"],
+    )
+    # then: one box per dataset holding places, all ticked, each with its licence and
+    # attribution, and the view counts the places of every dataset
+    with_places = list(
+        Dataset.objects.filter(places__isnull=False)
+        .distinct()
+        .order_by("slug")
+        .values_list("slug", flat=True)
+    )
+    assert [box["slug"] for box in every["boxes"]] == with_places
+    assert all(box["checked"] for box in every["boxes"])
+    second = next(box for box in every["boxes"] if box["slug"] == second_dataset.slug)
+    assert second["source"] == f"{SECOND['licence']} · {SECOND['attribution']}"
+    assert "dataset=" not in every["url"]
+    assert every["places"] == _in_bounds(every["bounds"])
+    # unticking the second dataset draws the others' places alone, and the URL names them
+    others = [slug for slug in with_places if slug != second_dataset.slug]
+    assert f"dataset={','.join(others)}" in one_off["url"]
+    expected = _in_bounds(one_off["bounds"], dataset__slug__in=others)
+    assert one_off["places"] == expected
+    assert every["places"] - one_off["places"] == len(SECOND_GRID)
+    # and a reload shows the same boxes, places and URL
+    assert reloaded["url"] == one_off["url"]
+    assert [(b["slug"], b["checked"]) for b in reloaded["boxes"]] == [
+        (slug, slug != second_dataset.slug) for slug in with_places
+    ]
+    assert reloaded["places"] == one_off["places"]
+    # and the map credits only the datasets it shows
+    assert SECOND["attribution"] in every["attribution"]
+    assert SECOND["attribution"] not in reloaded["attribution"]
 
 
 def test_the_density_layer_colours_the_districts_from_the_analytics_figures(report):

@@ -125,10 +125,22 @@ def test_an_unknown_place_is_404(client):
 
 
 def test_the_map_page_offers_the_filters_and_the_config(client, abbey, clear_cache):
+    # given a dataset without places (regions alone, say)
+    dataset_get_or_create(slug="page-empty")
     # when
     html = client.get("/map/").content.decode()
     # then
-    assert '<option value="page-test">Page test places</option>' in html
+    # one box per dataset that holds places, ticked, with its licence and attribution
+    assert (
+        '<input type="checkbox" id="dataset-page-test" name="dataset" value="page-test" '
+        'checked aria-describedby="dataset-page-test-source">' in html
+    )
+    assert '<label for="dataset-page-test">Page test places</label>' in html
+    assert (
+        '<p id="dataset-page-test-source" class="hint">ODbL 1.0 · © OpenStreetMap contributors</p>'
+        in html
+    )
+    assert 'value="page-empty"' not in html
     assert '<option value="anglican">' in html
     assert '<option value="any">' in html
     assert 'id="map-config"' in html
