@@ -542,7 +542,10 @@ class CappedCountPaginator(EstimatedCountPaginator):
         qs = cast(QuerySet[Any], self.object_list)
         if not qs.query.where:
             return super().count
-        return qs[:AUDIT_COUNT_CAP].count()
+        # Unordered, so counting stops at the cap: a sliced count keeps the list's ORDER BY,
+        # and to sort, PostgreSQL joined and read every match first (the places list by a
+        # data-quality flag and status: all 59,583 flagged of a million places, 0.4 s).
+        return qs.order_by()[:AUDIT_COUNT_CAP].count()
 
 
 class ChangeAuditMixin:

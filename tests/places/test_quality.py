@@ -233,3 +233,38 @@ def test_a_selection_exports_as_csv_and_geojson_with_its_flags(client, dataset):
     assert features[a.pk]["geometry"] == {"type": "Point", "coordinates": [1.5, 2.5]}
     assert features[a.pk]["properties"]["flags"] == ["no_name"]
     assert features[b.pk]["properties"]["dataset"] == "quality"
+
+
+def test_a_refresh_leaves_the_planner_fresh_statistics_of_the_flags(dataset):
+    # given places with unknown religion, flagged by a full refresh of their dataset
+    for i in range(30):
+        _place(dataset, f"u{i}", religion="unknown", location=Point(i, 1))
+    # when the dataset's flags are computed again
+    quality_flags_refresh(dataset_id=dataset.pk)
+    # then the planner knows how many flag rows there are (the list by flag plans on it)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples FROM pg_class WHERE relname = 'places_placeflag'")
+        estimated = cursor.fetchone()[0]
+    assert estimated == PlaceFlag.objects.count()
+
+
+def test_the_list_by_flag_and_another_filter_is_counted_unordered_up_to_the_cap(
+    admin_client, dataset
+):
+    from django.test.utils import CaptureQueriesContext
+
+    from places.admin_history import AUDIT_COUNT_CAP
+
+    # given flagged places
+    unknown = [_place(dataset, f"c{i}", religion="unknown", location=Point(i, 2)) for i in range(3)]
+    # when the list is filtered by the flag and by status
+    url = reverse("admin:places_place_changelist")
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(url, {"flag": "unknown_religion", "status__exact": "active"})
+    # then the places are listed and counted
+    assert response.context["cl"].result_count == len(unknown)
+    # by a count that stops at the cap without sorting what it counts
+    counts = [q["sql"] for q in queries if q["sql"].startswith("SELECT COUNT(*)")]
+    assert len(counts) == 1
+    assert f"LIMIT {AUDIT_COUNT_CAP}" in counts[0]
+    assert "ORDER BY" not in counts[0]
