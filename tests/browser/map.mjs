@@ -227,6 +227,13 @@ try {
     await page.reload({ waitUntil: "load" });
     await settle(page);
     steps.datasets_reloaded = await datasets();
+    // Every box unticked: nothing drawn, and a reload keeps it so.
+    for (const box of await page.locator("#datasets input").all()) await box.uncheck();
+    await idle(page);
+    steps.datasets_none = await datasets();
+    await page.reload({ waitUntil: "load" });
+    await settle(page);
+    steps.datasets_none_reloaded = await datasets();
     mark("datasets");
   }
 

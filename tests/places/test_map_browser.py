@@ -296,6 +296,17 @@ def test_a_box_per_dataset_switches_it_off_and_a_reload_keeps_it_so(report, seco
     assert SECOND["attribution"] not in reloaded["attribution"]
 
 
+def test_with_every_dataset_switched_off_nothing_is_drawn_and_a_reload_keeps_it(report):
+    steps = report["steps"]
+    # then
+    for seen in (steps["datasets_none"], steps["datasets_none_reloaded"]):
+        assert not any(box["checked"] for box in seen["boxes"])
+        assert seen["places"] == seen["symbols"] == 0
+        assert seen["status"].startswith("No dataset switched on. 0 places in view")
+        assert seen["url"].endswith("&dataset=")
+    assert steps["datasets_all"]["places"] > 0
+
+
 def test_the_density_layer_colours_the_districts_from_the_analytics_figures(report):
     density = report["steps"]["density"]
     # then: the GB sample's districts (361 regions loaded, those with an area) are coloured
