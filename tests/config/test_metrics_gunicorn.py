@@ -2,7 +2,8 @@
 requests are in the answer whichever worker gives it, a worker that dies keeps its counts in
 the sum, files of an earlier run are gone, and a client from outside is refused. A Celery
 worker's prefork pool is summed the same way on its metrics port (CELERY_METRICS_PORT). And
-Prometheus itself, scraping gunicorn with docker/prometheus/alerts.yml, groups the views."""
+Prometheus itself, scraping gunicorn with docker/prometheus/alerts.yml, groups the views, and
+fires PlacesImportsFailing when an import job of the app fails."""
 
 from __future__ import annotations
 
