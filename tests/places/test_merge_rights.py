@@ -100,7 +100,9 @@ def test_the_change_form_ignores_a_posted_merged_into_and_refuses_the_merged_sta
         None,
     )
     latest = PlaceChange.objects.filter(place=place).latest("seq")
-    assert set(latest.changes) == {"name"}
+    # (the save may also set the country from regions other tests left in the database)
+    assert "name" in latest.changes
+    assert not {"merged_into", "status"} & set(latest.changes)
     # and the page shows merged_into as text, with no input for it
     page = admin_client.get(reverse("admin:places_place_change", args=[place.pk]))
     assert 'name="merged_into"' not in page.content.decode()
