@@ -101,8 +101,10 @@ prod: deps
 	@bin/prod
 
 # Backups of the local cluster (15/main) with pgBackRest, WAL archived at least every 60 s, and
-# hard-linked snapshots of MEDIA_ROOT; the first run turns archiving on (one restart). See
-# bin/backup for the settings and docker/README.md for the runbook.
+# hard-linked snapshots of MEDIA_ROOT. The first run turns archiving on, which needs one
+# restart: bin/backup restarts only a cluster nobody is connected to, or with BACKUP_RESTART=1;
+# otherwise it lists the sessions and exits 3 (the settings are written for the next start).
+# See bin/backup for the settings and docker/README.md for the runbook.
 BACKUP_TYPE ?= incr
 backup: system-deps services
 	bin/backup backup $(BACKUP_TYPE)
@@ -122,6 +124,7 @@ bench-deps:
 # BENCH_ARGS passes options to the runner, e.g. make bench BENCH_ARGS="--places 100000".
 bench: db bench-deps $(NODE_STAMP)
 	$(PY) tests/benchmarks/run.py $(BENCH_ARGS)
+	$(PY) tests/benchmarks/ogc.py
 	$(PY) tests/benchmarks/edge.py --seconds 20
 	$(PY) tests/benchmarks/map_paint.py
 	$(PY) tests/benchmarks/analytics.py
