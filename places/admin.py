@@ -41,6 +41,7 @@ from places.models import (
     Place,
     PlaceAttribute,
     PlaceChange,
+    PlaceSource,
     PlaceStatus,
     Region,
     RegionPart,
@@ -344,7 +345,7 @@ class PlaceAdmin(CurationAdminMixin, PlaceHistoryAdminMixin, DatasetScopedAdminM
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Place]:
-        return super().get_queryset(request).defer("source_values", "region__geom")
+        return super().get_queryset(request).defer("region__geom")
 
     def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
         # An import job's page links here for the places that job added, updated or retired
@@ -482,3 +483,16 @@ class AreaVersionAdmin(
     list_filter = ("dataset",)
     list_select_related = ("dataset",)
     search_help_text = "Cell = row × 256 + column of a 1.40625° world grid."
+
+
+@admin.register(PlaceSource)
+class PlaceSourceAdmin(DatasetScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    """What each place's dataset last delivered, as the next import compares it: read-only
+    (imports write it); kept apart from the place row, which the map reads."""
+
+    dataset_path = "place__dataset"
+    list_display = ("place",)
+    list_select_related = ("place",)
+    raw_id_fields = ("place",)
+    search_fields = ("place__source_key",)
+    search_help_text = "The place's key in its dataset, e.g. osm:node/42."

@@ -128,7 +128,7 @@ def _csv_rows(queryset: QuerySet[Place]) -> Iterator[str]:
 def _export_places(queryset: QuerySet[Place]) -> Iterator[tuple[Place, list[str]]]:
     """The places of a selection with their flags (one query for each)."""
     flags: dict[int, list[str]] = {}
-    places = list(queryset.select_related("dataset").defer("source_values", "footprint"))
+    places = list(queryset.select_related("dataset").defer("footprint"))
     ids = [p.pk for p in places]
     for place_id, flag in PlaceFlag.objects.filter(place_id__in=ids).values_list("place", "flag"):
         flags.setdefault(place_id, []).append(flag)
@@ -416,7 +416,7 @@ class PlaceProposalAdmin(FastChangeListMixin, admin.ModelAdmin):
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[PlaceProposal]:
-        queryset = super().get_queryset(request).defer("place__source_values", "place__footprint")
+        queryset = super().get_queryset(request).defer("place__footprint")
         ids = access.dataset_ids_for(request.user, Action.REVIEW)
         if ids is None:
             return queryset
@@ -491,7 +491,7 @@ class PlaceProposalAdmin(FastChangeListMixin, admin.ModelAdmin):
 
     def propose_view(self, request: HttpRequest, place_id: int) -> HttpResponse:
         """A place's fields to change, sent for review."""
-        place = Place.objects.filter(pk=place_id).defer("source_values").first()
+        place = Place.objects.filter(pk=place_id).first()
         if place is None:
             raise Http404("No such place.")
         if not access.can(request.user, Action.PROPOSE, place.dataset_id):
@@ -565,7 +565,7 @@ class PlaceProposalAdmin(FastChangeListMixin, admin.ModelAdmin):
                 error = str(exc)
             except ValidationError as exc:
                 error = " ".join(exc.messages)
-        place = Place.objects.defer("source_values").get(pk=proposal.place_id)
+        place = Place.objects.get(pk=proposal.place_id)
         conflicts = {c.field for c in review.proposal_conflicts(proposal=proposal, place=place)}
         rows = [
             {

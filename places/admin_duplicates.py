@@ -149,16 +149,7 @@ class DuplicateCandidateAdmin(FastChangeListMixin, admin.ModelAdmin):
     change_form_template = "admin/places/duplicatecandidate/change_form.html"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[DuplicateCandidate]:
-        queryset = (
-            super()
-            .get_queryset(request)
-            .defer(
-                "place_a__source_values",
-                "place_a__footprint",
-                "place_b__source_values",
-                "place_b__footprint",
-            )
-        )
+        queryset = super().get_queryset(request).defer("place_a__footprint", "place_b__footprint")
         ids = access.dataset_ids_for(request.user, Action.VIEW)
         if ids is None:
             return queryset

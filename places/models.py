@@ -230,13 +230,7 @@ class Place(models.Model):
         related_name="merged_from",
         db_index=False,  # partial index in Meta: only merged places have one
     )
-    source_values = models.JSONField(
-        null=True,
-        blank=True,
-        editable=False,
-        help_text="Field values as the dataset last delivered them. An import changes only "
-        "fields whose source value moved, so a curator's fix survives re-imports.",
-    )
+    # What the dataset last delivered is in PlaceSource, a table of its own (issue 14).
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     updated_at = models.DateTimeField(db_default=Now(), editable=False)
     version = models.PositiveIntegerField(
@@ -290,6 +284,35 @@ class Place(models.Model):
 
     def __str__(self) -> str:
         return self.name or f"(unnamed {self.source_key})"
+
+
+class PlaceSource(models.Model):
+    """Field values as the place's dataset last delivered them, for the next import's diff.
+
+    An import changes only fields whose source value moved, so a curator's fix survives
+    re-imports. Kept apart from ``Place`` because only imports read it: inline, it was two
+    thirds of every place row, and the map, the tiles and the lists read place rows by the
+    hundred thousand (migration 0025 measured the effect). The row fingerprint of the file
+    row rides under ``_fingerprint``. Places a curator created have none.
+    """
+
+    # No database constraint: an import writes a place and its source values in one
+    # statement, and a constraint would check each row on its own at commit (as for the
+    # place's own references, migration 0014). Django deletes the row with its place.
+    place = models.OneToOneField(
+        Place,
+        primary_key=True,
+        on_delete=models.CASCADE,
+        related_name="source",
+        db_constraint=False,
+    )
+    source_values = models.JSONField(
+        help_text="Field values as the dataset last delivered them (``_fingerprint``: the "
+        "file row's fingerprint)."
+    )
+
+    def __str__(self) -> str:
+        return f"source values of place {self.place_id}"
 
 
 class PlaceAttribute(models.Model):
@@ -472,6 +495,9 @@ class AreaVersion(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["dataset", "cell"], name="areaversion_dataset_cell")
         ]
+        # Every cached map view and tile of all datasets reads its cells' versions by cell
+        # (``places.selectors.data_version``); without it that read scanned the table.
+        indexes = [models.Index(fields=["cell"], name="areaversion_cell")]
 
     def __str__(self) -> str:
         return f"{self.dataset_id}/{self.cell}@{self.version}"

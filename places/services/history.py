@@ -72,7 +72,7 @@ def _value(key: str, logged: Any) -> Any:
 
 
 def _heavy(model: type[Place] | type[Region]) -> tuple[str, ...]:
-    return ("geom",) if model is Region else ("source_values", "footprint")
+    return ("geom",) if model is Region else ("footprint",)
 
 
 def _data(values: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import psycopg
 from django.db import connection
 
 from places.geo import BBox
@@ -79,43 +80,52 @@ def viewport_query(*, query: PlaceQuery, zoom: int) -> Viewport:
         return _clusters(cursor, condition, args, cell=360 / (2**zoom * 8))
 
 
-# Each column comes back as one bytea of fixed-width big-endian values (the *send
-# functions), read by numpy without parsing 100,000 numbers as text. The rows are sorted
-# once, in the subquery; aggregates over a sorted subquery keep its order.
+# One fixed-width record per place (big-endian int64 id, float32 lon, float32 lat, uint8
+# religion code), all in one bytea read in binary (no hex text) and split into columns by
+# numpy. One aggregate instead of one per column, float32 already in SQL (the payload's own
+# precision: the same rounding as numpy's), and no ORDER BY: the parallel scan hands rows to
+# one aggregate unsorted and numpy sorts the ids, which was cheaper than the sort and the
+# ordered gather in SQL. The bytes sent are the same as when SQL sorted.
 POINTS_SQL = """
 SELECT count(*),
-       coalesce(string_agg(int8send(id), ''::bytea), ''::bytea),
-       coalesce(string_agg(float8send(x), ''::bytea), ''::bytea),
-       coalesce(string_agg(float8send(y), ''::bytea), ''::bytea),
-       coalesce(string_agg(set_byte('\\x00'::bytea, 0, code), ''::bytea), ''::bytea)
-FROM (
-    SELECT p.id, ST_X(p.location) AS x, ST_Y(p.location) AS y,
-           coalesce(array_position(%(legend)s::text[], p.religion::text), %(unknown)s) - 1
-               AS code
-    FROM places_place p
-    WHERE {condition}
-    ORDER BY p.id
-    LIMIT {limit}
-) AS rows
+       coalesce(string_agg(
+           int8send(p.id) || float4send(ST_X(p.location)::float4)
+           || float4send(ST_Y(p.location)::float4)
+           || set_byte('\\x00'::bytea, 0,
+                       coalesce(array_position(%(legend)s::text[], p.religion::text),
+                                %(unknown)s) - 1),
+           ''::bytea), ''::bytea)
+FROM (SELECT p.id, p.location, p.religion FROM places_place p WHERE {condition}
+      LIMIT {limit}) AS p
 """
+POINT_RECORD = np.dtype([("id", ">i8"), ("lon", ">f4"), ("lat", ">f4"), ("religion", "u1")])
 
 
 def _points(cursor: Any, condition: str, args: dict[str, Any]) -> Viewport | None:
     """Every place in the box, or None when there are more than ``MAX_POINTS``."""
-    cursor.execute(
-        POINTS_SQL.format(condition=condition, limit=MAX_POINTS + 1),
-        {**args, "legend": LEGEND, "unknown": UNKNOWN_CODE + 1},
-    )
-    n, ids, lon, lat, codes = cursor.fetchone()
+    # Django's cursors bind on the client, which cannot ask for binary results: this one
+    # statement goes through a plain psycopg cursor on the same connection (and transaction).
+    with psycopg.Cursor(cursor.connection) as raw:
+        raw.execute(
+            POINTS_SQL.format(condition=condition, limit=MAX_POINTS + 1),
+            {**args, "legend": LEGEND, "unknown": UNKNOWN_CODE + 1},
+            binary=True,
+        )
+        row = raw.fetchone()
+    if row is None:  # an aggregate always answers one row
+        raise RuntimeError("the points query returned no row")
+    n, records = row
     if n > MAX_POINTS:
         return None
+    rows = np.frombuffer(records, dtype=POINT_RECORD)
+    rows = rows[np.argsort(rows["id"], kind="stable")]
     return Viewport(
         kind="points",
         total=n,
-        ids=np.frombuffer(bytes(ids), dtype=">i8"),
-        lon=np.frombuffer(bytes(lon), dtype=">f8"),
-        lat=np.frombuffer(bytes(lat), dtype=">f8"),
-        religion=np.frombuffer(bytes(codes), dtype="u1"),
+        ids=rows["id"],
+        lon=rows["lon"],
+        lat=rows["lat"],
+        religion=rows["religion"],
     )
 
 

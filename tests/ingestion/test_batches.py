@@ -187,7 +187,7 @@ def test_reimport_passes_unchanged_rows_by_fingerprint(sample_regions):
     assert (again.added, again.updated, again.unchanged) == (0, 0, 4)
     assert again.report["unchanged_by_fingerprint"] == 4
     place = Place.objects.get(dataset=dataset, source_key="p1")
-    assert place.source_values["_fingerprint"]
+    assert place.source.source_values["_fingerprint"]
     assert "_fingerprint" not in PlaceChange.objects.filter(place=place).get().changes
 
 

@@ -18,7 +18,7 @@ from ingestion.services import imports
 from ingestion.services.imports import import_job_execute
 from ingestion.services.imports import stage as stage_phase
 from ingestion.services.jobs import import_job_create
-from places.models import Place, PlaceChange, PlaceStatus
+from places.models import Place, PlaceChange, PlaceSource, PlaceStatus
 from places.services import dataset_get_or_create, place_update
 from tests.conftest import FIXTURES
 
@@ -279,7 +279,7 @@ def test_snapshot_mode_retires_places_missing_from_the_file(sample_regions, tmp_
 def test_curator_fix_survives_when_the_place_had_no_source_values(sample_regions, admin_user):
     # given a place whose source values were never recorded (older data, or curator-made)
     job = _run(FIXTURES / "nasty_places.csv", "no-source-values")
-    Place.objects.filter(dataset=job.dataset).update(source_values=None)
+    PlaceSource.objects.filter(place__dataset=job.dataset).delete()
     # when the unchanged file is imported, a curator fixes a name, and it is imported again
     _run(FIXTURES / "nasty_places.csv", "no-source-values")
     place = Place.objects.get(dataset=job.dataset, source_key="p9")

@@ -48,6 +48,7 @@ from places.models import (
     DuplicateCandidate,
     PlaceAttribute,
     PlaceChange,
+    PlaceSource,
     QualityRefresh,
     Region,
     RegionPart,
@@ -224,6 +225,8 @@ MODELS = [
     ModelRules("places.placechange", view=in_ds(*VIEW), change=NOBODY, add=NOBODY, delete=NOBODY),
     ModelRules("places.dataversion", view=anywhere(), change=NOBODY, add=NOBODY, delete=NOBODY),
     ModelRules("places.areaversion", view=anywhere(), change=NOBODY, add=NOBODY, delete=NOBODY),
+    # What each place's dataset last delivered: the imports' record, read by the admins only.
+    ModelRules("places.placesource", view=anywhere(), change=NOBODY, add=NOBODY, delete=NOBODY),
     ModelRules(
         "ingestion.importjob",
         view=in_ds(*VIEW),
@@ -452,6 +455,7 @@ ACTIONS: dict[tuple[str, str], Allowed] = {
     ("places.placechange", "delete_selected"): NOBODY,
     ("places.dataversion", "delete_selected"): NOBODY,
     ("places.areaversion", "delete_selected"): NOBODY,
+    ("places.placesource", "delete_selected"): NOBODY,
     ("places.securityevent", "delete_selected"): NOBODY,
     ("ingestion.importjob", "delete_selected"): NOBODY,
     ("ingestion.importrejection", "delete_selected"): NOBODY,
@@ -551,6 +555,9 @@ def _world() -> dict[tuple[str, str | None], Any]:
             ("places.areaversion", ds): AreaVersion.objects.get_or_create(
                 dataset=dataset, cell=0, defaults={"version": 1}
             )[0],
+            ("places.placesource", ds): PlaceSource.objects.create(
+                place=place, source_values={"name": f"{ds} church"}
+            ),
             ("ingestion.importjob", ds): job,
             ("ingestion.importrejection", ds): ImportRejection.objects.create(
                 job=job, row_number=2, reason="missing_key"

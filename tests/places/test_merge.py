@@ -313,10 +313,10 @@ def test_a_reimport_of_a_merged_away_key_updates_the_survivor_and_never_resurrec
     assert "k2" in change.comment
     # and the merged place stays merged, unchanged but for the source values it remembers
     assert (gone.status, gone.merged_into_id, gone.name) == (PlaceStatus.MERGED, keep.pk, "Bethany")
-    assert gone.source_values["name"] == "Bethany Chapel"
+    assert gone.source.source_values["name"] == "Bethany Chapel"
     assert Place.objects.filter(dataset=data).count() == 2
     # and the survivor keeps its own key's source values
-    assert keep.source_values["name"] == "Bethany"
+    assert keep.source.source_values["name"] == "Bethany"
 
     # when the same file comes again, nothing is written
     again = _import(tmp_path / "2.csv", data)

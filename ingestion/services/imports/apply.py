@@ -39,18 +39,22 @@ WITH ins AS (
     INSERT INTO places_place (
         dataset_id, source_key, name, religion, religion_raw, denominations, denomination_raw,
         location, footprint, country_id, region_id, tags, start_date, start_date_raw,
-        end_date, end_date_raw, status, source_values)
+        end_date, end_date_raw, status)
     SELECT %(dataset)s, d.source_key, {NEW_VALUES["name"]}, {NEW_VALUES["religion"]},
            {NEW_VALUES["religion_raw"]}, d.denominations, {NEW_VALUES["denomination_raw"]},
            d.geom, d.footprint, d.country_id, d.region_id, {NEW_VALUES["tags"]},
            {NEW_VALUES["start_date"]}, {NEW_VALUES["start_date_raw"]}, {NEW_VALUES["end_date"]},
-           {NEW_VALUES["end_date_raw"]}, 'active', d.new_j
+           {NEW_VALUES["end_date_raw"]}, 'active'
     FROM import_diff d WHERE d.op = 'create'
     -- Neighbours on the map become neighbours on disk: a map view then reads a few
     -- pages instead of one page per place. PostGIS sorts geometries along a Hilbert
     -- curve, three times faster than sorting by geohash text.
     ORDER BY d.geom, d.sid
     RETURNING id, source_key, version
+), sources AS (
+    INSERT INTO places_placesource (place_id, source_values)
+    SELECT ins.id, d.new_j FROM ins JOIN import_diff d ON d.source_key = ins.source_key
+    ORDER BY ins.id
 )
 INSERT INTO places_placechange (place_id, dataset_id, operation, changes, place_version,
                                 source, import_job_id, device_id, comment)
@@ -75,16 +79,19 @@ UPDATE_CHANGED = f"""
 WITH upd AS (
     UPDATE places_place p SET
         {_SET_MOVED},
-        source_values = CASE WHEN d.key_id = p.id THEN d.new_j ELSE p.source_values END,
         version = p.version + 1,
         updated_at = now()
     FROM import_diff d
     WHERE d.op = 'update' AND p.id = d.place_id AND p.version = d.old_version
     RETURNING p.id, p.version, p.dataset_id
-), merged_keys AS (
-    UPDATE places_place k SET source_values = d.new_j
+), sources AS (
+    -- The key's place takes the file's values: the place written, or the merged place
+    -- whose key this is (the survivor keeps its own).
+    INSERT INTO places_placesource (place_id, source_values)
+    SELECT d.key_id, d.new_j
     FROM upd JOIN import_diff d ON d.place_id = upd.id AND d.op = 'update'
-    WHERE k.id = d.key_id AND d.key_id <> d.place_id
+    ORDER BY d.key_id
+    ON CONFLICT (place_id) DO UPDATE SET source_values = EXCLUDED.source_values
 )
 INSERT INTO places_placechange (place_id, dataset_id, operation, changes, place_version,
                                 source, import_job_id, device_id, comment)
@@ -99,9 +106,11 @@ ORDER BY d.sid
 # Remember what the source says for places whose values already match it (including places
 # that never had source values, e.g. created by a curator): later curator fixes then survive.
 REFRESH_SOURCE_VALUES = """
-UPDATE places_place p SET source_values = d.new_j
-FROM import_diff d
-WHERE d.op = 'unchanged' AND d.source_values IS DISTINCT FROM d.new_j AND p.id = d.key_id
+INSERT INTO places_placesource (place_id, source_values)
+SELECT d.key_id, d.new_j FROM import_diff d
+WHERE d.op = 'unchanged' AND d.source_values IS DISTINCT FROM d.new_j
+ORDER BY d.key_id
+ON CONFLICT (place_id) DO UPDATE SET source_values = EXCLUDED.source_values
 """
 
 

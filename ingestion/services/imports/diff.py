@@ -99,7 +99,8 @@ BATCH_TABLE = """CREATE TEMP TABLE import_batch ON COMMIT DROP AS
               s.footprint, s.fields, s.fingerprint || ':' || %(stamp)s AS fingerprint
        FROM ingestion_importstage s
        LEFT JOIN LATERAL (
-           SELECT p.source_values FROM places_place p
+           SELECT ps.source_values FROM places_place p
+           JOIN places_placesource ps ON ps.place_id = p.id
            WHERE p.dataset_id = (SELECT %(dataset)s::bigint) AND p.source_key = s.source_key
            OFFSET 0) p ON true
        WHERE s.job_id = %(job)s AND s.sid > %(after)s AND s.sid <= %(upto)s
@@ -154,8 +155,9 @@ CROSS JOIN LATERAL (
 -- was merged away the place it was merged into (``merged_into`` never names a merged place):
 -- a re-import updates the survivor and never brings the merged place back.
 LEFT JOIN LATERAL (
-    SELECT t.*, k.id AS key_id, k.source_values AS key_values FROM places_place k
+    SELECT t.*, k.id AS key_id, ks.source_values AS key_values FROM places_place k
     JOIN places_place t ON t.id = COALESCE(k.merged_into_id, k.id)
+    LEFT JOIN places_placesource ks ON ks.place_id = k.id
     WHERE k.dataset_id = (SELECT %(dataset)s::bigint) AND k.source_key = s.source_key
            OFFSET 0) p ON true
 CROSS JOIN LATERAL (

@@ -1,17 +1,18 @@
 """Snapshot mode's one rule: which of the dataset's places a file misses.
 
-Places of the dataset that came from an import (they have source values), are active and
-whose key no staged row of the job carries (a rejected row's key still counts as present)
-are missing, unless the file carries the key of a place of the dataset merged into them
-(that key now stands for the survivor). The apply retires them, the dry run counts them
-and samples a few: all three statements are built on ``MISSING_IN_SNAPSHOT``.
+Places of the dataset that came from an import (they have source values, ``PlaceSource``),
+are active and whose key no staged row of the job carries (a rejected row's key still counts
+as present) are missing, unless the file carries the key of a place of the dataset merged
+into them (that key now stands for the survivor). The apply retires them, the dry run counts
+them and samples a few: all three statements are built on ``MISSING_IN_SNAPSHOT``.
 """
 
 from __future__ import annotations
 
 MISSING_IN_SNAPSHOT = """
     SELECT p.id, p.end_date AS old_end FROM places_place p
-    WHERE p.dataset_id = %(dataset)s AND p.status = 'active' AND p.source_values IS NOT NULL
+    WHERE p.dataset_id = %(dataset)s AND p.status = 'active'
+      AND EXISTS (SELECT 1 FROM places_placesource ps WHERE ps.place_id = p.id)
       AND NOT EXISTS (SELECT 1 FROM ingestion_importstage s
                       WHERE s.job_id = %(job)s AND s.source_key = p.source_key)
       AND NOT EXISTS (SELECT 1 FROM places_place m
