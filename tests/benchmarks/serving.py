@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import psycopg
 import redis
 
 from places.geo import parse_bbox
@@ -144,6 +145,32 @@ def _floor_chunks(query: PlaceQuery, limit: int) -> int:
                 fmt="geojson",
             )
     return len(ids)
+
+
+# The least any server pays to hand out a view's points: PostgreSQL reads the same places'
+# ids, positions and religions and psycopg receives them, binary, in this process (no
+# aggregation into columns, no Django, no gzip, no HTTP).
+POINTS_FLOOR_SQL = """
+SELECT p.id, ST_X(p.location)::float4, ST_Y(p.location)::float4, p.religion
+FROM places_place p WHERE {condition}
+"""
+
+
+def _points_floor(query: PlaceQuery, samples: int, database_url: str) -> dict[str, Any]:
+    """Median and p95 of reading a box's points as plainly as PostgreSQL can (see above)."""
+    condition, params = query.where()
+    times = []
+    dsn = "postgresql://" + database_url.split("://", 1)[1]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET jit = off")
+        for i in range(samples + 1):
+            started = time.perf_counter()
+            with conn.cursor(binary=True) as cursor:
+                cursor.execute(POINTS_FLOOR_SQL.format(condition=condition), params)
+                n = len(cursor.fetchall())
+            if i:  # the first read is a warm-up, as for every figure
+                times.append((time.perf_counter() - started) * 1000)
+    return {**measure.summarise(times), "points": n}
 
 
 def _big_page_against_floors(
@@ -320,6 +347,14 @@ def run(
                 places=_viewport_points(result["last"]),
                 expected=legal.places,
             )
+        floor = _points_floor(PlaceQuery(bbox=parse_bbox(legal.text)), samples, database_url)
+        rows["legal_view_floor"] = {
+            "label": "floor: PostgreSQL reads that view's points (psycopg, binary, no HTTP)",
+            "box": "densest_legal_view",
+            **floor,
+            "places": floor["points"],
+            "expected": legal.places,
+        }
 
         limit = _largest_limit(host, port)
         first_page = f"/api/v1/places/?bbox={big.text}&limit={limit}"
@@ -420,8 +455,16 @@ def run(
             for j in range(1, shifts + 1)
             for b in small
         ]
+
+        # The floor's req/s, /health/live/ under the same four clients, before and after the
+        # two runs: the targets compare each run with the mean of both.
+        def floor_run() -> dict[str, Any]:
+            return measure.wrk(
+                host, port, ["/health/live/"], connections=4, threads=2, seconds=wrk_seconds
+            )
+
+        concurrency = {"floor_before": floor_run()}
         flush()
-        concurrency = {}
         concurrency["uncached"] = measure.wrk(
             host, port, jittered, connections=4, threads=2, seconds=wrk_seconds
         )
@@ -430,6 +473,7 @@ def run(
         concurrency["cached"] = measure.wrk(
             host, port, small_paths, connections=4, threads=2, seconds=wrk_seconds
         )
+        concurrency["floor_after"] = floor_run()
         out["concurrency"] = concurrency
         out["load"] = load_run()
         out["rss_kib"]["ours"] = worker_peak_rss_kib(web.pid)
