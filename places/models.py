@@ -310,6 +310,13 @@ class PlaceSource(models.Model):
         help_text="Field values as the dataset last delivered them (``_fingerprint``: the "
         "file row's fingerprint)."
     )
+    # A re-import's first question for every row is whether this fingerprint is the file
+    # row's: a text column answers it without reading the JSON.
+    fingerprint = models.TextField(
+        blank=True,
+        help_text="The fingerprint of the file row these values came from (with the regions' "
+        "version), as in source_values; an unchanged row of the next import stops here.",
+    )
 
     def __str__(self) -> str:
         return f"source values of place {self.place_id}"

@@ -12,8 +12,9 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 COPY_OUT = """
-INSERT INTO places_placesource (place_id, source_values)
-SELECT id, source_values FROM places_place WHERE source_values IS NOT NULL
+INSERT INTO places_placesource (place_id, source_values, fingerprint)
+SELECT id, source_values, coalesce(source_values ->> '_fingerprint', '')
+FROM places_place WHERE source_values IS NOT NULL
 """
 
 COPY_BACK = """
@@ -45,6 +46,15 @@ class Migration(migrations.Migration):
                     models.JSONField(
                         help_text="Field values as the dataset last delivered them "
                         "(``_fingerprint``: the file row's fingerprint)."
+                    ),
+                ),
+                (
+                    "fingerprint",
+                    models.TextField(
+                        blank=True,
+                        help_text="The fingerprint of the file row these values came from "
+                        "(with the regions' version), as in source_values; an unchanged row "
+                        "of the next import stops here.",
                     ),
                 ),
             ],

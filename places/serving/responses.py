@@ -48,11 +48,12 @@ BUILD_LOCK_SECONDS = 30
 BUILD_WAIT_SECONDS = 10.0
 BUILD_POLL_SECONDS = 0.02
 
-# Measured on the 100K-place view (issue 14): gzip level 6 took 109 ms for the 1.7 MB binary
-# body and 208 ms for its 3 MB JSON, level 1 22 and 54 ms, for 0.3% more bytes (binary) and
-# 10% more (JSON). Above this size the first visitor's wait wins; below it level 6 costs
-# a few milliseconds once per data version.
-BIG_BODY_BYTES = 256 * 1024
+# Measured on the 1M generated places (issue 14): gzip level 6 took 109 ms for the 100K view's
+# 1.7 MB binary body and 208 ms for its 3 MB JSON, level 1 22 and 54 ms, for 0.3% more bytes
+# (binary) and 10% more (JSON); for the densest zoom-10 tile (198 KB of MVT) 7.7 ms against
+# 2.0 ms for 8% more, a third of that tile's whole answer. Above this size the first
+# visitor's wait wins; below it level 6 costs a millisecond or two once per data version.
+BIG_BODY_BYTES = 64 * 1024
 # zlib's window bits for a gzip container (header and trailer) around the deflate stream.
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 

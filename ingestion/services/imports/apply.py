@@ -52,8 +52,9 @@ WITH ins AS (
     ORDER BY d.geom, d.sid
     RETURNING id, source_key, version
 ), sources AS (
-    INSERT INTO places_placesource (place_id, source_values)
-    SELECT ins.id, d.new_j FROM ins JOIN import_diff d ON d.source_key = ins.source_key
+    INSERT INTO places_placesource (place_id, source_values, fingerprint)
+    SELECT ins.id, d.new_j, coalesce(d.new_j ->> '_fingerprint', '')
+    FROM ins JOIN import_diff d ON d.source_key = ins.source_key
     ORDER BY ins.id
 )
 INSERT INTO places_placechange (place_id, dataset_id, operation, changes, place_version,
@@ -87,11 +88,12 @@ WITH upd AS (
 ), sources AS (
     -- The key's place takes the file's values: the place written, or the merged place
     -- whose key this is (the survivor keeps its own).
-    INSERT INTO places_placesource (place_id, source_values)
-    SELECT d.key_id, d.new_j
+    INSERT INTO places_placesource (place_id, source_values, fingerprint)
+    SELECT d.key_id, d.new_j, coalesce(d.new_j ->> '_fingerprint', '')
     FROM upd JOIN import_diff d ON d.place_id = upd.id AND d.op = 'update'
     ORDER BY d.key_id
-    ON CONFLICT (place_id) DO UPDATE SET source_values = EXCLUDED.source_values
+    ON CONFLICT (place_id) DO UPDATE
+        SET source_values = EXCLUDED.source_values, fingerprint = EXCLUDED.fingerprint
 )
 INSERT INTO places_placechange (place_id, dataset_id, operation, changes, place_version,
                                 source, import_job_id, device_id, comment)
@@ -106,11 +108,12 @@ ORDER BY d.sid
 # Remember what the source says for places whose values already match it (including places
 # that never had source values, e.g. created by a curator): later curator fixes then survive.
 REFRESH_SOURCE_VALUES = """
-INSERT INTO places_placesource (place_id, source_values)
-SELECT d.key_id, d.new_j FROM import_diff d
+INSERT INTO places_placesource (place_id, source_values, fingerprint)
+SELECT d.key_id, d.new_j, coalesce(d.new_j ->> '_fingerprint', '') FROM import_diff d
 WHERE d.op = 'unchanged' AND d.source_values IS DISTINCT FROM d.new_j
 ORDER BY d.key_id
-ON CONFLICT (place_id) DO UPDATE SET source_values = EXCLUDED.source_values
+ON CONFLICT (place_id) DO UPDATE
+    SET source_values = EXCLUDED.source_values, fingerprint = EXCLUDED.fingerprint
 """
 
 
