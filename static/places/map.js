@@ -98,19 +98,59 @@
     query.set("z", String(Math.round(map.getZoom() * 100) / 100));
     filters().forEach((value, name) => query.set(name, value));
     if (datasetsNamed) query.set("dataset", tickedDatasets().join(","));
+    // The districts' figure, while they are coloured by it.
+    if (densityToggle.checked) query.set("figure", figureSelect.value);
     const url = window.location.pathname + "?" + queryText(query);
     if (url !== window.location.pathname + window.location.search) {
       window.history.replaceState(null, "", url);
     }
   }
 
-  // Places per 1,000 km²: sequential ColorBrewer YlGnBu, read by lightness alone, so it
-  // holds for every colour-vision deficiency.
+  // Districts coloured by one figure of the analytics API. Places per 1,000 km² (the default)
+  // keeps fixed bands, comparable from visit to visit; the other figures are cut into
+  // quantile classes of their values, each holding about as many districts. Every ramp is
+  // sequential ColorBrewer YlGnBu, read by lightness alone, so it holds for every
+  // colour-vision deficiency; a district without the figure is grey, told apart by its hue.
   const DENSITY_BANDS = [[0, "#ffffcc"], [50, "#c7e9b4"], [200, "#7fcdbb"], [500, "#41b6c4"],
     [1000, "#2c7fb8"], [2000, "#253494"]];
-  function densityColour() {
-    const step = ["step", ["coalesce", ["feature-state", "density"], -1], "rgba(0, 0, 0, 0)"];
-    DENSITY_BANDS.forEach(([from, hex]) => step.push(from, hex));
+  const QUANTILE_RAMP = ["#ffffcc", "#a1dab4", "#41b6c4", "#2c7fb8", "#253494"];
+  const NO_FIGURE_COLOUR = "#bdbdbd";
+  const NO_FIGURE = -1;  // the feature state of a district the figure is missing for
+  const SHARE = { scale: 100, digits: 1, suffix: "%", source: "summaries" };
+  // Each figure is its own feature-state key (its name), filled once from its endpoint:
+  // "regions" is the live /stats/regions/, "summaries" the stored /stats/summaries/.
+  const FIGURES = {
+    density: { label: "Places per 1,000 km²", title: "Places per 1,000 km²", source: "regions",
+      value: (row) => row.per_1000_km2, id: (row) => row.region_id, why: "area unknown" },
+    per_100k_people: { label: "Places per 100,000 people", title: "Places per 100,000 people",
+      source: "regions", value: (row) => row.per_100k_people, id: (row) => row.region_id,
+      digits: 1, why: "population unknown" },
+    shannon: { label: "Religious diversity (Shannon)",
+      title: "Shannon index of the places' religions (0: all of one religion)",
+      source: "summaries", value: (s) => s.diversity.shannon, digits: 2 },
+    simpson: { label: "Religious diversity (Simpson)",
+      title: "Simpson index: the chance two places differ in religion",
+      source: "summaries", value: (s) => s.diversity.simpson, digits: 2 },
+    unknown_religion: { ...SHARE, label: "Share of unknown religion",
+      title: "Places of unknown religion, % of the district's places",
+      value: (s) => s.quality.unknown_religion.rate },
+    unnamed: { ...SHARE, label: "Share without a name",
+      title: "Places without a name, % of the district's places",
+      value: (s) => s.quality.unnamed.rate },
+    duplicate_coordinates: { ...SHARE, label: "Share on duplicate coordinates",
+      title: "Places sharing their coordinates with another, % of the district's places",
+      value: (s) => s.quality.duplicate_coordinates.rate },
+    outside_region: { ...SHARE, label: "Share outside their district",
+      title: "Places whose point lies outside their district, % of the district's places",
+      value: (s) => s.quality.outside_region.rate },
+  };
+  const DEFAULT_FIGURE = "density";
+
+  // A fill colour by the figure's feature state: transparent until loaded, grey without it.
+  function figureColour(name, breaks, ramp) {
+    const step = ["step", ["coalesce", ["feature-state", name], NO_FIGURE - 1], "rgba(0, 0, 0, 0)",
+      NO_FIGURE, NO_FIGURE_COLOUR];
+    breaks.forEach((from, i) => step.push(from, ramp[i]));
     return step;
   }
 
@@ -131,7 +171,8 @@
       // through feature state; hidden until switched on.
       { id: "density", type: "fill", source: "regions", "source-layer": "regions",
         layout: { visibility: "none" },
-        paint: { "fill-color": densityColour(), "fill-opacity": 0.55 } },
+        paint: { "fill-color": figureColour(DEFAULT_FIGURE, DENSITY_BANDS.map(([from]) => from),
+          DENSITY_BANDS.map(([, hex]) => hex)), "fill-opacity": 0.55 } },
       { id: "districts", type: "line", source: "regions", "source-layer": "regions", minzoom: 6,
         paint: { "line-color": "#9a8f80", "line-width": 0.6, "line-opacity": 0.7 } },
       { id: "clusters", type: "circle", source: "places", "source-layer": "clusters",
@@ -497,45 +538,135 @@
   toggle.addEventListener("click", () => setPanel(panelBody.hidden));
   if (window.matchMedia("(max-width: 600px)").matches) setPanel(false);
 
-  // --- The density of places by district (analytics' region figures), off until asked ---
+  // --- The districts coloured by a figure of analytics' (places per 1,000 km² unless another
+  // is chosen), off until asked; ?figure=NAME switches it on with that figure. ---
   const densityToggle = document.getElementById("density");
+  const figureSelect = document.getElementById("figure");
   const densityLegend = document.getElementById("density-legend");
   const densityStatus = document.getElementById("density-status");
+  const densityTitle = document.getElementById("density-title");
   const densityBands = document.getElementById("density-bands");
-  DENSITY_BANDS.forEach(([from, hex], i) => {
-    const next = DENSITY_BANDS[i + 1];
+  const densityMissing = document.getElementById("density-missing");
+  Object.entries(FIGURES).forEach(([name, figure]) => {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = figure.label;
+    figureSelect.append(option);
+  });
+  const figureParam = params.get("figure");
+  if (figureParam !== null && Object.hasOwn(FIGURES, figureParam)) {
+    figureSelect.value = figureParam;
+    densityToggle.checked = true;
+  }
+
+  // Each endpoint fetched once; each figure's states set once, with its classes kept.
+  const figureSources = {};
+  const drawnFigures = {};
+  function fetchSource(source) {
+    if (!figureSources[source]) {
+      const url = source === "regions" ? "/api/v1/stats/regions/?level=district"
+        : "/api/v1/stats/summaries/?level=district";
+      figureSources[source] = fetch(url, { headers: { Accept: "application/json" } })
+        .then((response) => {
+          if (!response.ok) throw new Error("the server answered " + response.status);
+          return response.json();
+        })
+        .then((body) => (source === "regions" ? body : body.results))
+        .catch((error) => { delete figureSources[source]; throw error; });
+    }
+    return figureSources[source];
+  }
+
+  // Breaks at the 0, 1/5, 2/5… quantiles of the values (repeats dropped): the lowest value
+  // starts the first class, each break the next.
+  function quantileBreaks(values) {
+    const sorted = values.slice().sort((a, b) => a - b);
+    const breaks = [];
+    QUANTILE_RAMP.forEach((_, k) => {
+      const at = sorted[Math.floor((sorted.length * k) / QUANTILE_RAMP.length)];
+      if (!breaks.length || at > breaks[breaks.length - 1]) breaks.push(at);
+    });
+    return breaks;
+  }
+
+  function loadFigure(name) {
+    if (drawnFigures[name]) return Promise.resolve(drawnFigures[name]);
+    const figure = FIGURES[name];
+    const id = figure.id || ((summary) => summary.region.id);
+    return fetchSource(figure.source).then((rows) => {
+      const values = [];
+      let missing = 0;
+      rows.forEach((row) => {
+        const value = figure.value(row);
+        const known = typeof value === "number";
+        if (known) values.push(value);
+        else missing += 1;
+        map.setFeatureState({ source: "regions", sourceLayer: "regions", id: id(row) },
+          { [name]: known ? value : NO_FIGURE });
+      });
+      const banded = name === DEFAULT_FIGURE;
+      drawnFigures[name] = {
+        values, missing,
+        breaks: banded ? DENSITY_BANDS.map(([from]) => from) : quantileBreaks(values),
+        ramp: banded ? DENSITY_BANDS.map(([, hex]) => hex) : QUANTILE_RAMP,
+      };
+      return drawnFigures[name];
+    });
+  }
+
+  function swatchItem(hex, content) {
     const item = document.createElement("li");
     const swatch = document.createElement("span");
     swatch.className = "swatch square";
     swatch.style.background = hex;
-    item.append(swatch, next ? from + "–" + next[0] : from + " or more");
-    densityBands.append(item);
-  });
-  let densityLoaded = false;
-  densityToggle.addEventListener("change", () => {
+    item.append(swatch, content);
+    return item;
+  }
+
+  function showLegend(name, drawn) {
+    const figure = FIGURES[name];
+    const scale = figure.scale || 1;
+    const format = (v) => (figure.digits === undefined ? String(v * scale)
+      : (v * scale).toFixed(figure.digits)) + (figure.suffix || "");
+    densityTitle.textContent = figure.title;
+    const max = Math.max(...drawn.values);
+    densityBands.replaceChildren(...drawn.breaks.map((from, i) => {
+      const next = drawn.breaks[i + 1];
+      // Fixed bands end open ("2000 or more"); quantile classes at the highest value.
+      const range = next !== undefined ? format(from) + "–" + format(next)
+        : name === DEFAULT_FIGURE ? format(from) + " or more" : format(from) + "–" + format(max);
+      return swatchItem(drawn.ramp[i], range);
+    }));
+    densityMissing.replaceChildren(swatchItem(NO_FIGURE_COLOUR, "No figure: " + drawn.missing +
+      (drawn.missing === 1 ? " district" : " districts") + (figure.why ? " (" + figure.why + ")" : "")));
+  }
+
+  function showFigure() {
+    const name = figureSelect.value;
     densityLegend.hidden = !densityToggle.checked;
     map.setLayoutProperty("density", "visibility", densityToggle.checked ? "visible" : "none");
-    if (!densityToggle.checked || densityLoaded) return;
-    densityStatus.textContent = "Loading the districts' figures…";
-    fetch("/api/v1/stats/regions/?level=district", { headers: { Accept: "application/json" } })
-      .then((response) => {
-        if (!response.ok) throw new Error("the server answered " + response.status);
-        return response.json();
-      })
-      .then((rows) => {
-        let shown = 0;
-        rows.forEach((row) => {
-          if (row.per_1000_km2 === null) return;
-          map.setFeatureState({ source: "regions", sourceLayer: "regions", id: row.region_id },
-            { density: row.per_1000_km2 });
-          shown += 1;
-        });
-        densityLoaded = true;
-        container.dataset.densityRegions = String(shown);
-        densityStatus.textContent = shown + " districts with a figure.";
+    writeUrl();
+    if (!densityToggle.checked) return;
+    if (!drawnFigures[name]) densityStatus.textContent = "Loading the districts' figures…";
+    loadFigure(name)
+      .then((drawn) => {
+        if (figureSelect.value !== name) return;  // another figure chosen while loading
+        map.setPaintProperty("density", "fill-color", figureColour(name, drawn.breaks, drawn.ramp));
+        showLegend(name, drawn);
+        container.dataset.densityRegions = String(drawn.values.length);
+        container.dataset.figure = name;
+        densityStatus.textContent = drawn.values.length + " districts with a figure.";
       })
       .catch((error) => { densityStatus.textContent = "The figures could not be loaded: " + error.message; });
+  }
+
+  densityToggle.addEventListener("change", showFigure);
+  // Choosing a figure shows it: that is what choosing one asks for.
+  figureSelect.addEventListener("change", () => {
+    densityToggle.checked = true;
+    showFigure();
   });
+  if (densityToggle.checked) map.once("load", showFigure);
 
   // --- Sensors (PM2.5): off until switched on, so a visit that does not want them fetches
   // nothing; each switch on fetches the latest readings again. Bands come from the server

@@ -178,6 +178,62 @@ const steps = {};
 const started = Date.now();
 const mark = (name) => { report.timings_ms[name] = Date.now() - started; };
 report.timings_ms = {};
+
+// The districts coloured by the figure NAME: the choice, the legend, and the feature state of
+// every district drawn (the value the fill is painted by).
+async function figureSeen(page, name) {
+  await page.waitForFunction((n) => document.getElementById("map").dataset.figure === n
+    || /could not/.test(document.getElementById("density-status").textContent), name, WAIT);
+  await idle(page);
+  return page.evaluate((n) => {
+    const map = window.placesMap;
+    const states = {};
+    map.queryRenderedFeatures({ layers: ["density"] }).forEach((f) => {
+      const value = map.getFeatureState({ source: "regions", sourceLayer: "regions", id: f.id })[n];
+      if (value !== undefined) states[f.id] = value;
+    });
+    const items = (id) => [...document.querySelectorAll(`#${id} li`)].map((li) => li.textContent);
+    return {
+      chosen: document.getElementById("figure").value,
+      checked: document.getElementById("density").checked,
+      visibility: map.getLayoutProperty("density", "visibility"),
+      fill: JSON.stringify(map.getPaintProperty("density", "fill-color")),
+      title: document.getElementById("density-title").textContent,
+      legend: items("density-bands"), missing: items("density-missing"),
+      status: document.getElementById("density-status").textContent,
+      url: location.pathname + location.search, states,
+    };
+  }, name);
+}
+
+// A figure chosen from the list (found by its label), then the page reloaded.
+async function figureRun(page, name) {
+  await open(page, "/map/");
+  const select = page.getByLabel("Figure", { exact: true });
+  await select.focus();
+  const focused = await page.evaluate(() => document.activeElement.id);
+  await select.selectOption(name);
+  const chosen = await figureSeen(page, name);
+  await keep(page, "figure");
+  await page.reload({ waitUntil: "load" });
+  await settle(page);
+  return { focused, chosen, reloaded: await figureSeen(page, name) };
+}
+
+// scenario.only = "figure": that step alone, for its test, which needs none of the others.
+if (scenario.only === "figure") {
+  try {
+    steps.figure = await figureRun(await newPage(), scenario.figure);
+  } catch (error) {
+    report.error = String(error && error.stack || error);
+  } finally {
+    report.steps = steps;
+    await browser.close();
+    // Written before leaving: the rest of the script is not run.
+    await new Promise((resolve) => process.stdout.write(JSON.stringify(report) + "\n", resolve));
+  }
+  process.exit(0);
+}
 try {
   const page = await newPage();
 

@@ -2,9 +2,10 @@
 playwright-core (tests/browser/map.mjs), against gunicorn serving the test database with the
 GB sample imported.
 
-One browser run (one to four minutes, by the machine's load) feeds every test here: the
-script looks, clicks and measures, and prints a JSON report; the tests compare it with the
-database. The run waits for states (the map idle, a popup filled), never for times.
+One browser run (one to four minutes, by the machine's load) feeds every test here but the
+districts' figure test, which has a short run of its own: the script looks, clicks and
+measures, and prints a JSON report; the tests compare it with the database and the API. The
+run waits for states (the map idle, a popup filled), never for times.
 
 ``make test`` installs what it needs (``bin/install-system-deps``: chromium; ``npm ci``:
 playwright-core). Without them these tests fail, saying so: they are not skipped.
@@ -13,15 +14,21 @@ playwright-core). Without them these tests fail, saying so: they are not skipped
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 import subprocess
+import urllib.request
 from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import pytest
 from django.contrib.gis.geos import Point, Polygon
 from django.db import connection
 
+from analytics.models import RegionSummary
+from analytics.services.results import results_bump
+from analytics.services.summaries import region_summaries_recompute
 from ingestion.edge import sensor_map
 from places.models import Dataset, Place, PlaceStatus, Religion
 from tests.live_server import CHROMIUM, ROOT, browser_needs, browser_run, gunicorn_serving
@@ -314,6 +321,84 @@ def test_the_density_layer_colours_the_districts_from_the_analytics_figures(repo
     assert density["with_figure"] > 100
     assert density["legend"][0] == "0–50"
     assert density["legend"][-1] == "2000 or more"
+
+
+# The figure the districts' test chooses: stored summaries, with values spread enough for five
+# quantile classes in the GB sample.
+FIGURE = "shannon"
+
+
+@pytest.fixture(scope="module")
+def stored_summaries(gb_import, django_db_blocker) -> Iterator[None]:
+    """Every region's stored summary (committed, for the server to see); those this made are
+    removed afterwards, so that later tests find the results as they were."""
+    with django_db_blocker.unblock():
+        before = list(RegionSummary.objects.values_list("pk", flat=True))
+        region_summaries_recompute(full=True)
+    try:
+        yield
+    finally:
+        with django_db_blocker.unblock():
+            RegionSummary.objects.exclude(pk__in=before).delete()
+            results_bump()
+
+
+@pytest.fixture(scope="module")
+def figure_report(server, stored_summaries, tmp_path_factory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("map-browser-figure")
+    scenario = {"base": server, "chromium": CHROMIUM, "only": "figure", "figure": FIGURE}
+    scenario["screenshots"] = str(folder)
+    return browser_run(script=SCRIPT, scenario=scenario, folder=folder, timeout=300)
+
+
+def _fixed(value: float, digits: int) -> str:
+    """JavaScript's toFixed: the float's exact value rounded, halves away from zero."""
+    return str(Decimal(value).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+def test_the_districts_take_a_chosen_figures_colours_and_legend_and_a_reload_keeps_it(
+    figure_report, server
+):
+    # given: the figure per district as the API gives it, and its quantile classes
+    url = f"{server}/api/v1/stats/summaries/?level=district"
+    with urllib.request.urlopen(url, timeout=30) as answer:  # noqa: S310 # nosec B310 # our server
+        summaries = json.load(answer)["results"]
+    by_region = {s["region"]["id"]: s["diversity"][FIGURE] for s in summaries}
+    known = sorted(v for v in by_region.values() if v is not None)
+    assert len(set(known)) > 20
+    breaks: list[float] = []
+    for k in range(5):
+        at = known[len(known) * k // 5]
+        if not breaks or at > breaks[-1]:
+            breaks.append(at)
+    ends = [*breaks[1:], known[-1]]
+    missing = len(by_region) - len(known)
+    steps = figure_report["steps"]["figure"]
+    # then: the list is reached by its label, and the choice shows the figure's classes
+    assert steps["focused"] == "figure"
+    for seen in (steps["chosen"], steps["reloaded"]):
+        assert seen["chosen"] == FIGURE
+        assert seen["checked"] is True
+        assert seen["visibility"] == "visible"
+        assert seen["title"].startswith("Shannon index")
+        classes = zip(breaks, ends, strict=True)
+        assert seen["legend"] == [f"{_fixed(a, 2)}–{_fixed(b, 2)}" for a, b in classes]
+        assert len(seen["legend"]) >= 3  # a fifth of the districts or more share 0: fewer than 5
+        plural = "district" if missing == 1 else "districts"
+        assert seen["missing"] == [f"No figure: {missing} {plural}"]
+        assert seen["status"] == f"{len(known)} districts with a figure."
+        # the fill is painted by the figure's feature state, which holds each drawn
+        # district's value from the API (-1: no figure)
+        assert '["feature-state","shannon"]' in seen["fill"]
+        assert len(seen["states"]) > 100
+        for region_id, value in seen["states"].items():
+            expected = by_region.get(int(region_id))
+            assert value == (-1 if expected is None else expected), region_id
+        assert f"figure={FIGURE}" in seen["url"]
+    # and the reload kept the URL as it was
+    assert steps["reloaded"]["url"] == steps["chosen"]["url"]
+    assert figure_report["console_errors"] == []
+    assert figure_report["external_requests"] == []
 
 
 def test_the_sensors_layer_draws_each_sensors_latest_pm25_in_its_bands_colour(report, sensors):
