@@ -230,7 +230,16 @@ class Place(models.Model):
         related_name="merged_from",
         db_index=False,  # partial index in Meta: only merged places have one
     )
-    # What the dataset last delivered is in PlaceSource, a table of its own (issue 14).
+    # What the dataset last delivered is in PlaceSource, a table of its own (issue 14); the
+    # place keeps 8 bytes of it, so that a re-import's first question for every row (is this
+    # file row the one the place was made from?) reads the place's key and nothing else.
+    source_fingerprint = models.BigIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="64-bit hash (hashtextextended) of the fingerprint of the file row the place "
+        "was last imported from, with the regions' version; empty for curator-made places.",
+    )
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     updated_at = models.DateTimeField(db_default=Now(), editable=False)
     version = models.PositiveIntegerField(
@@ -309,13 +318,6 @@ class PlaceSource(models.Model):
     source_values = models.JSONField(
         help_text="Field values as the dataset last delivered them (``_fingerprint``: the "
         "file row's fingerprint)."
-    )
-    # A re-import's first question for every row is whether this fingerprint is the file
-    # row's: a text column answers it without reading the JSON.
-    fingerprint = models.TextField(
-        blank=True,
-        help_text="The fingerprint of the file row these values came from (with the regions' "
-        "version), as in source_values; an unchanged row of the next import stops here.",
     )
 
     def __str__(self) -> str:

@@ -12,9 +12,11 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 COPY_OUT = """
-INSERT INTO places_placesource (place_id, source_values, fingerprint)
-SELECT id, source_values, coalesce(source_values ->> '_fingerprint', '')
-FROM places_place WHERE source_values IS NOT NULL
+INSERT INTO places_placesource (place_id, source_values)
+SELECT id, source_values FROM places_place WHERE source_values IS NOT NULL;
+UPDATE places_place SET source_fingerprint = hashtextextended(source_values ->> '_fingerprint', 0)
+WHERE source_values ? '_fingerprint'
+
 """
 
 COPY_BACK = """
@@ -48,16 +50,19 @@ class Migration(migrations.Migration):
                         "(``_fingerprint``: the file row's fingerprint)."
                     ),
                 ),
-                (
-                    "fingerprint",
-                    models.TextField(
-                        blank=True,
-                        help_text="The fingerprint of the file row these values came from "
-                        "(with the regions' version), as in source_values; an unchanged row "
-                        "of the next import stops here.",
-                    ),
-                ),
             ],
+        ),
+        migrations.AddField(
+            model_name="place",
+            name="source_fingerprint",
+            field=models.BigIntegerField(
+                blank=True,
+                editable=False,
+                help_text="64-bit hash (hashtextextended) of the fingerprint of the file row "
+                "the place was last imported from, with the regions' version; empty for "
+                "curator-made places.",
+                null=True,
+            ),
         ),
         migrations.RunSQL(COPY_OUT, COPY_BACK),
         migrations.RemoveField(model_name="place", name="source_values"),

@@ -39,12 +39,12 @@ WITH ins AS (
     INSERT INTO places_place (
         dataset_id, source_key, name, religion, religion_raw, denominations, denomination_raw,
         location, footprint, country_id, region_id, tags, start_date, start_date_raw,
-        end_date, end_date_raw, status)
+        end_date, end_date_raw, status, source_fingerprint)
     SELECT %(dataset)s, d.source_key, {NEW_VALUES["name"]}, {NEW_VALUES["religion"]},
            {NEW_VALUES["religion_raw"]}, d.denominations, {NEW_VALUES["denomination_raw"]},
            d.geom, d.footprint, d.country_id, d.region_id, {NEW_VALUES["tags"]},
            {NEW_VALUES["start_date"]}, {NEW_VALUES["start_date_raw"]}, {NEW_VALUES["end_date"]},
-           {NEW_VALUES["end_date_raw"]}, 'active'
+           {NEW_VALUES["end_date_raw"]}, 'active', hashtextextended(d.new_j ->> '_fingerprint', 0)
     FROM import_diff d WHERE d.op = 'create'
     -- Neighbours on the map become neighbours on disk: a map view then reads a few
     -- pages instead of one page per place. PostGIS sorts geometries along a Hilbert
@@ -52,9 +52,8 @@ WITH ins AS (
     ORDER BY d.geom, d.sid
     RETURNING id, source_key, version
 ), sources AS (
-    INSERT INTO places_placesource (place_id, source_values, fingerprint)
-    SELECT ins.id, d.new_j, coalesce(d.new_j ->> '_fingerprint', '')
-    FROM ins JOIN import_diff d ON d.source_key = ins.source_key
+    INSERT INTO places_placesource (place_id, source_values)
+    SELECT ins.id, d.new_j FROM ins JOIN import_diff d ON d.source_key = ins.source_key
     ORDER BY ins.id
 )
 INSERT INTO places_placechange (place_id, dataset_id, operation, changes, place_version,
@@ -80,6 +79,9 @@ UPDATE_CHANGED = f"""
 WITH upd AS (
     UPDATE places_place p SET
         {_SET_MOVED},
+        source_fingerprint = CASE
+            WHEN d.key_id = p.id THEN hashtextextended(d.new_j ->> '_fingerprint', 0)
+            ELSE p.source_fingerprint END,
         version = p.version + 1,
         updated_at = now()
     FROM import_diff d
@@ -88,12 +90,15 @@ WITH upd AS (
 ), sources AS (
     -- The key's place takes the file's values: the place written, or the merged place
     -- whose key this is (the survivor keeps its own).
-    INSERT INTO places_placesource (place_id, source_values, fingerprint)
-    SELECT d.key_id, d.new_j, coalesce(d.new_j ->> '_fingerprint', '')
+    INSERT INTO places_placesource (place_id, source_values)
+    SELECT d.key_id, d.new_j
     FROM upd JOIN import_diff d ON d.place_id = upd.id AND d.op = 'update'
     ORDER BY d.key_id
-    ON CONFLICT (place_id) DO UPDATE
-        SET source_values = EXCLUDED.source_values, fingerprint = EXCLUDED.fingerprint
+    ON CONFLICT (place_id) DO UPDATE SET source_values = EXCLUDED.source_values
+), merged_keys AS (
+    UPDATE places_place k SET source_fingerprint = hashtextextended(d.new_j ->> '_fingerprint', 0)
+    FROM upd JOIN import_diff d ON d.place_id = upd.id AND d.op = 'update'
+    WHERE k.id = d.key_id AND d.key_id <> d.place_id
 )
 INSERT INTO places_placechange (place_id, dataset_id, operation, changes, place_version,
                                 source, import_job_id, device_id, comment)
@@ -108,12 +113,16 @@ ORDER BY d.sid
 # Remember what the source says for places whose values already match it (including places
 # that never had source values, e.g. created by a curator): later curator fixes then survive.
 REFRESH_SOURCE_VALUES = """
-INSERT INTO places_placesource (place_id, source_values, fingerprint)
-SELECT d.key_id, d.new_j, coalesce(d.new_j ->> '_fingerprint', '') FROM import_diff d
+WITH fingerprints AS (
+    UPDATE places_place p SET source_fingerprint = hashtextextended(d.new_j ->> '_fingerprint', 0)
+    FROM import_diff d
+    WHERE d.op = 'unchanged' AND d.source_values IS DISTINCT FROM d.new_j AND p.id = d.key_id
+)
+INSERT INTO places_placesource (place_id, source_values)
+SELECT d.key_id, d.new_j FROM import_diff d
 WHERE d.op = 'unchanged' AND d.source_values IS DISTINCT FROM d.new_j
 ORDER BY d.key_id
-ON CONFLICT (place_id) DO UPDATE
-    SET source_values = EXCLUDED.source_values, fingerprint = EXCLUDED.fingerprint
+ON CONFLICT (place_id) DO UPDATE SET source_values = EXCLUDED.source_values
 """
 
 

@@ -99,14 +99,13 @@ BATCH_TABLE = """CREATE TEMP TABLE import_batch ON COMMIT DROP AS
               s.footprint, s.fields, s.fingerprint || ':' || %(stamp)s AS fingerprint
        FROM ingestion_importstage s
        LEFT JOIN LATERAL (
-           SELECT ps.fingerprint FROM places_place p
-           JOIN places_placesource ps ON ps.place_id = p.id
+           SELECT p.source_fingerprint FROM places_place p
            WHERE p.dataset_id = (SELECT %(dataset)s::bigint) AND p.source_key = s.source_key
            OFFSET 0) p ON true
        WHERE s.job_id = %(job)s AND s.sid > %(after)s AND s.sid <= %(upto)s
          AND s.reject IS NULL
-         AND (%(keep_all)s
-              OR p.fingerprint IS DISTINCT FROM s.fingerprint || ':' || %(stamp)s)"""
+         AND (%(keep_all)s OR p.source_fingerprint
+              IS DISTINCT FROM hashtextextended(s.fingerprint || ':' || %(stamp)s, 0))"""
 
 # Every valid staged row of the batch, changed or not (the difference is the rows the
 # fingerprint found unchanged).
