@@ -128,6 +128,7 @@ bench: db bench-deps $(NODE_STAMP)
 	$(PY) tests/benchmarks/edge.py --seconds 20
 	$(PY) tests/benchmarks/map_paint.py
 	$(PY) tests/benchmarks/analytics.py
+	$(WITH_REPLICA) $(PY) tests/benchmarks/replica_lag.py
 	$(PY) tests/benchmarks/curation.py
 
 # This tree (B) against the code at BENCH_AB_BASE (A), measured in alternating rounds of one
