@@ -264,6 +264,14 @@ class RegionSummaryListApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
         )
 
 
+def _region_summary_or_404(region_id: int) -> Any:
+    """The stored summary of one region; 404 when it has none (or the id cannot be one)."""
+    found = selectors.region_summaries(region_ids=[region_id]) if region_id < BIGINT else []
+    if not found:
+        raise NotFound("no summary for this region")
+    return found[0]
+
+
 @_results_schema(
     "One region's summary",
     "The figures of one region (see the summaries list); 404 when the region has none yet.",
@@ -276,10 +284,7 @@ class RegionSummaryApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
         query = FormatQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         data = query.validated_data
-        found = selectors.region_summaries(region_ids=[region_id]) if region_id < BIGINT else []
-        if not found:
-            raise NotFound("no summary for this region")
-        summary = found[0]
+        summary = _region_summary_or_404(region_id)
         return results_response(
             request,
             name=f"summary:{region_id}",
@@ -432,10 +437,7 @@ class RegionSeriesApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
         query = SeriesQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         data = query.validated_data
-        found = selectors.region_summaries(region_ids=[region_id]) if region_id < BIGINT else []
-        if not found:
-            raise NotFound("no summary for this region")
-        summary = found[0]
+        summary = _region_summary_or_404(region_id)
         region = {"id": summary.region_id, "code": summary.code, "name": summary.name}
         interval = data["interval"]
         parameter = None if interval == "decade" else _parameter(data)
