@@ -13,10 +13,14 @@ from django.db import migrations, models
 
 COPY_OUT = """
 INSERT INTO places_placesource (place_id, source_values)
-SELECT id, source_values FROM places_place WHERE source_values IS NOT NULL;
-UPDATE places_place SET source_fingerprint = hashtextextended(source_values ->> '_fingerprint', 0)
-WHERE source_values ? '_fingerprint'
+SELECT id, source_values FROM places_place WHERE source_values IS NOT NULL
 
+"""
+
+# After the JSON has left the place rows, so that the rewritten rows are the narrow ones.
+FILL_FINGERPRINT = """
+UPDATE places_place p SET source_fingerprint = hashtextextended(s.source_values ->> '_fingerprint', 0)
+FROM places_placesource s WHERE s.place_id = p.id AND s.source_values ? '_fingerprint'
 """
 
 COPY_BACK = """
@@ -52,6 +56,8 @@ class Migration(migrations.Migration):
                 ),
             ],
         ),
+        migrations.RunSQL(COPY_OUT, COPY_BACK),
+        migrations.RemoveField(model_name="place", name="source_values"),
         migrations.AddField(
             model_name="place",
             name="source_fingerprint",
@@ -64,6 +70,5 @@ class Migration(migrations.Migration):
                 null=True,
             ),
         ),
-        migrations.RunSQL(COPY_OUT, COPY_BACK),
-        migrations.RemoveField(model_name="place", name="source_values"),
+        migrations.RunSQL(FILL_FINGERPRINT, migrations.RunSQL.noop),
     ]

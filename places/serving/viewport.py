@@ -80,17 +80,17 @@ def viewport_query(*, query: PlaceQuery, zoom: int) -> Viewport:
         return _clusters(cursor, condition, args, cell=360 / (2**zoom * 8))
 
 
-# One fixed-width record per place (big-endian int64 id, float32 lon, float32 lat, uint8
+# One fixed-width record per place (big-endian int64 id, float64 lon, float64 lat, uint8
 # religion code), all in one bytea read in binary (no hex text) and split into columns by
-# numpy. One aggregate instead of one per column, float32 already in SQL (the payload's own
-# precision: the same rounding as numpy's), and no ORDER BY: the parallel scan hands rows to
-# one aggregate unsorted and numpy sorts the ids, which was cheaper than the sort and the
-# ordered gather in SQL. The bytes sent are the same as when SQL sorted.
+# numpy. One aggregate instead of one per column, and no ORDER BY: the parallel scan hands
+# rows to one aggregate unsorted and numpy sorts the ids, which was cheaper than the sort
+# and the ordered gather in SQL. Positions stay float64 (the JSON rounds them to 6
+# decimals; the binary payload narrows them to float32 in numpy), so both bodies are the
+# same as when SQL sorted.
 POINTS_SQL = """
 SELECT count(*),
        coalesce(string_agg(
-           int8send(p.id) || float4send(ST_X(p.location)::float4)
-           || float4send(ST_Y(p.location)::float4)
+           int8send(p.id) || float8send(ST_X(p.location)) || float8send(ST_Y(p.location))
            || set_byte('\\x00'::bytea, 0,
                        coalesce(array_position(%(legend)s::text[], p.religion::text),
                                 %(unknown)s) - 1),
@@ -98,7 +98,7 @@ SELECT count(*),
 FROM (SELECT p.id, p.location, p.religion FROM places_place p WHERE {condition}
       LIMIT {limit}) AS p
 """
-POINT_RECORD = np.dtype([("id", ">i8"), ("lon", ">f4"), ("lat", ">f4"), ("religion", "u1")])
+POINT_RECORD = np.dtype([("id", ">i8"), ("lon", ">f8"), ("lat", ">f8"), ("religion", "u1")])
 
 
 def _points(cursor: Any, condition: str, args: dict[str, Any]) -> Viewport | None:
