@@ -26,7 +26,7 @@ from places.ogc.collections import PLACES, SENSORS, Collection
 from places.ogc.cql import SQL_TYPES, Condition, Queryable
 from places.ogc.sensors import SENSOR_TABLE, sensor_times_where
 from places.serving import features
-from places.serving.query import PlaceQuery, dataset_ids_of
+from places.serving.query import PlaceQuery, bbox_condition, dataset_ids_of
 
 DECIMALS = features.DECIMALS
 
@@ -128,14 +128,9 @@ def _where(query: ItemsQuery) -> tuple[str, dict[str, Any]]:
     else:
         geometry = "s.location" if query.collection.kind == SENSORS else "r.geom"
         if query.bbox is not None:
-            parts = []
-            for i, (x0, y0, x1, y1) in enumerate(query.bbox.parts()):
-                parts.append(
-                    f"ST_Intersects({geometry}, ST_MakeEnvelope(%(bx0_{i})s, %(by0_{i})s, "
-                    f"%(bx1_{i})s, %(by1_{i})s, 4326))"
-                )
-                params.update({f"bx0_{i}": x0, f"by0_{i}": y0, f"bx1_{i}": x1, f"by1_{i}": y1})
-            clauses.append("(" + " OR ".join(parts) + ")")
+            clause, box_params = bbox_condition(geometry, query.bbox)
+            clauses.append(clause)
+            params.update(box_params)
         if query.times is not None:
             where, more = sensor_times_where(*query.times)
             clauses.append(where)

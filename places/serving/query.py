@@ -34,6 +34,19 @@ def dataset_ids_of(dataset_id: int | None) -> tuple[int, ...] | None:
     return None if dataset_id is None else (dataset_id,)
 
 
+def bbox_condition(geometry: str, bbox: BBox) -> tuple[str, dict[str, Any]]:
+    """``geometry`` (an SQL expression) meets the box, exactly and through its GiST index;
+    a box across the antimeridian is tested as its two parts. Parameters ``bx0_0`` …"""
+    parts, params = [], {}
+    for i, (x0, y0, x1, y1) in enumerate(bbox.parts()):
+        parts.append(
+            f"ST_Intersects({geometry}, ST_MakeEnvelope("
+            f"%(bx0_{i})s, %(by0_{i})s, %(bx1_{i})s, %(by1_{i})s, 4326))"
+        )
+        params.update({f"bx0_{i}": x0, f"by0_{i}": y0, f"bx1_{i}": x1, f"by1_{i}": y1})
+    return "(" + " OR ".join(parts) + ")", params
+
+
 @dataclass(frozen=True)
 class PlaceQuery:
     """Validated filters; ``status=None`` means places of any status, ``dataset_ids=None``
@@ -64,14 +77,9 @@ class PlaceQuery:
         clauses: list[str] = []
         params: dict[str, Any] = {}
         if box and self.bbox is not None:
-            parts = []
-            for i, (x0, y0, x1, y1) in enumerate(self.bbox.parts()):
-                parts.append(
-                    f"ST_Intersects(p.location, ST_MakeEnvelope("
-                    f"%(bx0_{i})s, %(by0_{i})s, %(bx1_{i})s, %(by1_{i})s, 4326))"
-                )
-                params.update({f"bx0_{i}": x0, f"by0_{i}": y0, f"bx1_{i}": x1, f"by1_{i}": y1})
-            clauses.append("(" + " OR ".join(parts) + ")")
+            clause, box_params = bbox_condition("p.location", self.bbox)
+            clauses.append(clause)
+            params.update(box_params)
         simple = {
             "religion": "p.religion = %(religion)s",
             "country_id": "p.country_id = %(country_id)s",

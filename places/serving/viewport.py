@@ -104,8 +104,9 @@ POINT_RECORD = np.dtype([("id", ">i8"), ("lon", ">f8"), ("lat", ">f8"), ("religi
 def _points(cursor: Any, condition: str, args: dict[str, Any]) -> Viewport | None:
     """Every place in the box, or None when there are more than ``MAX_POINTS``."""
     # Django's cursors bind on the client, which cannot ask for binary results: this one
-    # statement goes through a plain psycopg cursor on the same connection (and transaction).
-    with psycopg.Cursor(cursor.connection) as raw:
+    # statement goes through a plain psycopg cursor on the same connection (and transaction),
+    # its errors turned into Django's as for any other query.
+    with connection.wrap_database_errors, psycopg.Cursor(cursor.connection) as raw:
         raw.execute(
             POINTS_SQL.format(condition=condition, limit=MAX_POINTS + 1),
             {**args, "legend": LEGEND, "unknown": UNKNOWN_CODE + 1},
