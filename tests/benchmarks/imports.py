@@ -324,7 +324,10 @@ def _empty_places() -> None:
             "TRUNCATE places_placechange, places_placeattribute, places_placesource, "
             "places_place, "
             "ingestion_importrejection, "
-            "ingestion_importjob, ingestion_importstage, places_dataversion"
+            "ingestion_importjob, ingestion_importstage, places_dataversion "
+            # and what refers to places (flags, duplicate candidates, proposals): without it
+            # PostgreSQL refuses to empty places_place at all.
+            "CASCADE"
         )
         cursor.execute("VACUUM ANALYZE places_place")
 
