@@ -7,7 +7,8 @@ and migrated, then:
 
 1. **Places, points**: the Natural Earth countries and the GB sample (34,613 places, each a
    point) imported through the real importer; measured: ``places_place`` (heap, TOAST,
-   indexes) and ``places_placechange``, the change log (its rows for those places).
+   indexes), ``places_placesource`` (what the dataset delivered, for the next import's diff)
+   and ``places_placechange``, the change log (its rows for those places).
 2. **Places, footprints**: the Greater London Geofabrik shapefile (2,130 polygons, 782
    points) imported as a second dataset; the growth of the same tables per place it added.
 3. **Readings**: ``--readings`` readings stored through the edge ingest service
@@ -52,7 +53,7 @@ DEFAULT_REDIS = "redis://127.0.0.1:6379/12"
 SAMPLE = ROOT / "ingestion" / "sample_data"
 PARAMETERS = ("pm10", "pm2_5")
 GIB = 1024**3
-PLACE_TABLES = ("places_place", "places_placechange")
+PLACE_TABLES = ("places_place", "places_placesource", "places_placechange")
 logger = logging.getLogger("bench")
 
 # Every leaf of a partitioned table's tree, or the table itself when it is not partitioned
