@@ -146,8 +146,9 @@ def _database(url: str, *, read_only: bool = False, password: str = "") -> dict:
         # The URL names no password (Kubernetes: it lives in the operator's Secret, mounted as
         # the file DATABASE_PASSWORD_FILE), so the URLs themselves can sit in a ConfigMap.
         config["PASSWORD"] = password
-    # Metrics per query (django-prometheus) on top of the PostGIS backend.
-    config["ENGINE"] = "django_prometheus.db.backends.postgis"
+    # Metrics per query (django-prometheus) on top of the PostGIS backend, and a health check
+    # that asks the socket before it spends a round trip (config/database/base.py).
+    config["ENGINE"] = "config.database"
     options = PG_SESSION_OPTIONS
     if read_only:
         # Analytics must never write; on the primary fallback this makes a stray write fail.

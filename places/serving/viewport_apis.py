@@ -11,7 +11,7 @@ from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework.request import Request
 
 from places.serving import viewport
-from places.serving.params import ViewportQuery
+from places.serving.params import ViewportQuery, filters_validated
 from places.serving.responses import (
     BytesNegotiation,
     PublicBytesView,
@@ -50,14 +50,12 @@ BIN_TYPE = "application/vnd.places.viewport"
 )
 class ViewportApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
     def get(self, request: Request) -> HttpResponse:
-        query = ViewportQuery(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        data = query.validated_data
-        fmt = data.get("format") or (
+        query = filters_validated(ViewportQuery, request.query_params)
+        fmt = query.data.get("format") or (
             "bin" if BIN_TYPE in request.headers.get("Accept", "") else "json"
         )
-        zoom = data["zoom"]
-        filters = query.place_query(bbox=data["bbox"])
+        zoom = query.data["zoom"]
+        filters = query.filters
         version = places_version(filters.dataset_ids, bbox=filters.bbox)
         key = f"viewport:{version}:{filters.key()}:{zoom}:{fmt}"
 
