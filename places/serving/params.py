@@ -7,6 +7,7 @@ meaning of every filter on every read path.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +28,15 @@ from places.serving.fields import PROPERTIES
 from places.serving.query import ANY_STATUS, DEFAULT_STATUS, STATUS_CHOICES, PlaceQuery
 
 
+def _shares_safely(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether fields made from these constructor arguments may share them: not when one is
+    a field (a child, which its parent binds to itself) or the default is a mutable
+    container (which a field would hand out, one object to every request)."""
+    if any(isinstance(value, serializers.Field) for value in [*args, *kwargs.values()]):
+        return False
+    return not isinstance(kwargs.get("default"), list | dict | set)
+
+
 class QueryParams(serializers.Serializer):
     """Query parameters: one given with no value (``level=``) is refused, naming it, unless
     its field allows a blank; DRF would otherwise take it as left out and quietly apply the
@@ -36,12 +46,18 @@ class QueryParams(serializers.Serializer):
         # DRF deep-copies each declared field (its choices, querysets, messages) for every
         # new serializer, a third of a cached viewport answer's time in Python (0.4 ms of
         # 2.0, issue 14). A field made afresh from its own constructor arguments is the same
-        # field; the arguments it shares are not changed by any field (a queryset is cloned
-        # by get_queryset, choices and messages are copied into the field's own dicts).
-        return {
-            name: field.__class__(*field._args, **field._kwargs)
-            for name, field in self._declared_fields.items()
-        }
+        # field, as long as those arguments are never changed by a field: true of choices,
+        # querysets (cloned by get_queryset), messages and validators (copied into the
+        # field's own), not of a child field (bound to its parent) or a mutable default,
+        # which still get DRF's deep copy.
+        fields: dict[str, serializers.Field] = {}
+        for name, field in self._declared_fields.items():
+            spec: Any = field
+            if _shares_safely(spec._args, spec._kwargs):
+                fields[name] = spec.__class__(*spec._args, **spec._kwargs)
+            else:
+                fields[name] = copy.deepcopy(field)
+        return fields
 
     def run_validation(self, data: Any = empty) -> Any:
         if hasattr(data, "get"):
@@ -278,12 +294,9 @@ class ViewportQuery(PlaceFiltersQuery):
         return attrs
 
 
-# The parameters whose validation reads the database (a dataset slug, a country code, a
-# region id are looked up), whose answer can change. Every other parameter is validated from
-# the query string and the settings alone, or ignored (a tile URL's `v`).
-DATABASE_PARAMS = frozenset({"dataset", "country", "region"})
 # Query strings remembered per process: a map pans over the same few hundred views and
-# tiles. Each entry is a few hundred bytes.
+# tiles. An entry holds the parameters the query class declares (others are ignored) and
+# their values, a few hundred bytes to a few KB.
 VALIDATED_MEMO_SIZE = 2048
 
 
@@ -296,16 +309,36 @@ class Validated:
     filters: PlaceQuery
 
 
-def filters_validated(query_class: type[PlaceFiltersQuery], query_params: QueryDict) -> Validated:
-    """``query_class`` run over the request's parameters (a 400 naming each bad one).
+@functools.cache
+def database_params(query_class: type[PlaceFiltersQuery]) -> frozenset[str]:
+    """The parameters whose validation reads the database (a dataset slug, a country code,
+    a region id), whose answer can change; every other one is validated from the query
+    string and the settings alone."""
+    return frozenset(
+        name
+        for name, field in query_class._declared_fields.items()
+        if isinstance(field, serializers.RelatedField | DatasetsField)
+    )
 
-    A query naming none of ``DATABASE_PARAMS`` is validated once per process and remembered:
-    the same string always gives the same answer, and DRF's validation was a fifth of a
-    gunicorn worker's Python time on cached map answers (issue 14). Refusals are never
-    remembered, and the order of the parameters does not matter.
+
+def filters_validated(query_class: type[PlaceFiltersQuery], query_params: QueryDict) -> Validated:
+    """``query_class`` (the places filters, or the viewport's) run over the request's
+    parameters: a 400 naming each bad one.
+
+    A query naming none of its ``database_params`` is validated once per process and
+    remembered: the same parameters always give the same answer, and DRF's validation was a
+    fifth of a gunicorn worker's Python time on cached map answers (issue 14). Refusals are
+    never remembered; the order of the parameters and those the class does not declare
+    (a tile URL's `v`) do not matter.
     """
-    items = tuple(sorted((name, tuple(values)) for name, values in query_params.lists()))
-    if not any(name in DATABASE_PARAMS for name, _ in items):
+    # Other query classes read the request (context) while they validate.
+    if query_class not in (PlaceFiltersQuery, ViewportQuery):
+        raise TypeError(f"{query_class.__name__} cannot be validated without its request")
+    declared = query_class._declared_fields
+    items = tuple(
+        sorted((name, tuple(values)) for name, values in query_params.lists() if name in declared)
+    )
+    if database_params(query_class).isdisjoint(name for name, _ in items):
         return _validated_remembered(query_class, items)
     return _validated(query_class, items)
 

@@ -47,8 +47,10 @@ for (let i = 0; i < loads; i += 1) {
       } catch {
         return false;  // the style itself is not read yet
       }
-      const gl = map.painter.context.gl;
-      const ratio = window.devicePixelRatio || 1;
+      const canvas = map.getCanvas();
+      // The context MapLibre made (asking again returns it), and its own pixel ratio.
+      const gl = canvas.getContext("webgl2") || canvas.getContext("webgl");
+      const ratio = gl.drawingBufferWidth / canvas.clientWidth;
       return features.slice(0, 20).some((feature) => {
         const point = map.project(feature.geometry.coordinates);
         const x = Math.round(point.x * ratio);

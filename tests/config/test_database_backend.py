@@ -58,6 +58,7 @@ def test_the_backend_checks_health_without_a_round_trip_on_a_live_connection(
 ):
     assert connection.settings_dict["ENGINE"] == "config.database"
     assert connection.settings_dict["CONN_HEALTH_CHECKS"] is True
+    assert connection.settings_dict["CONN_MAX_AGE"] > 0  # persistent, as deployed
     pid = _backend_pid(connection)
     for _ in range(3):
         _between_requests(connection)
@@ -79,4 +80,18 @@ def test_a_connection_the_server_closed_is_replaced_before_the_first_query(conne
             time.sleep(0.05)
     # then: the next request's first query runs on a new session, not into an error
     assert _backend_pid(connection) != pid
+    assert round_trips == [1]
+
+
+def test_a_connection_left_unused_for_long_gets_the_round_trip(
+    connection, round_trips, monkeypatch
+):
+    # A NAT or load balancer may drop an idle flow without a word: only a round trip tells.
+    from config.database import base
+
+    pid = _backend_pid(connection)
+    monkeypatch.setattr(base, "IDLE_CHECK_SECONDS", 0.0)
+    time.sleep(0.01)
+    _between_requests(connection)
+    assert _backend_pid(connection) == pid
     assert round_trips == [1]

@@ -10,8 +10,10 @@ from rest_framework.exceptions import ValidationError
 from places.services import dataset_get_or_create
 from places.serving.params import (
     PlaceFiltersQuery,
+    PlaceListQuery,
     ViewportQuery,
     _validated_remembered,
+    database_params,
     filters_validated,
 )
 
@@ -83,3 +85,45 @@ def test_the_viewport_answers_from_remembered_parameters_like_from_fresh_ones(cl
     bad = client.get("/api/v1/viewport/?bbox=-0.2,51.45,0.0,51.55&zoom=x")
     assert bad.status_code == 400
     assert "zoom" in bad.json()
+
+
+def test_the_database_params_are_the_fields_that_look_things_up():
+    assert database_params(PlaceFiltersQuery) == {"dataset", "country", "region"}
+    assert database_params(ViewportQuery) == {"dataset", "country", "region"}
+
+
+def test_repeated_and_undeclared_parameters_give_what_the_serializer_gives():
+    # the last value of a repeated single-valued parameter wins, as in DRF; `v` (a tile
+    # URL's data version) and junk are not part of the query
+    text = "zoom=3&bbox=-0.2,51.45,0.0,51.55&zoom=12&v=abc&junk=1"
+    direct = _serializer(ViewportQuery, text)
+    ours = filters_validated(ViewportQuery, QueryDict(text))
+    assert dict(ours.data) == dict(direct.validated_data)
+    assert ours.data["zoom"] == 12
+    # and another `v` finds the same entry
+    filters_validated(ViewportQuery, QueryDict(text.replace("v=abc", "v=def")))
+    assert _validated_remembered.cache_info().hits == 1
+
+
+def test_query_classes_that_read_the_request_are_refused():
+    with pytest.raises(TypeError):
+        filters_validated(PlaceListQuery, QueryDict("limit=10"))
+
+
+def test_fields_made_for_two_serializers_share_nothing_they_could_change():
+    one, two = ViewportQuery().fields, ViewportQuery().fields
+    for name in one:
+        assert one[name] is not two[name]
+        assert one[name].validators is not two[name].validators
+        assert one[name].error_messages is not two[name].error_messages
+
+
+def test_a_cached_tile_is_served_from_remembered_parameters(client):
+    path = "/tiles/places/5/15/10.pbf?religion=christian&v=1"
+    first = client.get(path)
+    again = client.get(path.replace("v=1", "v=2"))
+    assert first.status_code == again.status_code == 200
+    assert _validated_remembered.cache_info().hits >= 1
+    bad = client.get("/tiles/places/5/15/10.pbf?religion=nonsense")
+    assert bad.status_code == 400
+    assert "religion" in bad.json()
