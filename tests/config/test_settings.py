@@ -130,6 +130,19 @@ def test_app_connections_run_with_jit_off():
 
 
 @pytest.mark.django_db(databases=["default", "replica"])
+def test_the_app_plans_no_parallel_query_and_analytics_do():
+    # Many short map queries at once: parallel workers would compete with other requests.
+    from django.db import connections
+
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SHOW max_parallel_workers_per_gather")
+        assert cursor.fetchone()[0] == "0"
+    with connections["replica"].cursor() as cursor:
+        cursor.execute("SHOW max_parallel_workers_per_gather")
+        assert cursor.fetchone()[0] == "2"
+
+
+@pytest.mark.django_db(databases=["default", "replica"])
 def test_replica_alias_is_read_only():
     from django.db import connections
     from django.db.utils import InternalError
