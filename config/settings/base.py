@@ -138,16 +138,17 @@ X_FRAME_OPTIONS = "DENY"
 # application connection turns it off. A viewport of 100,000 points sorts about 5 MB, just
 # over PostgreSQL's default work_mem of 4 MB, which would spill the sort to disk.
 #
-# No parallel query for the app's own connections: the map's answers are many short queries
-# at once, and a parallel plan starts worker processes for each of them that then compete
-# with the other requests for the same cores. Measured on the million places (issue 14):
-# a 1,000-place view 1.7–1.9 ms without against 2–9 ms median (p90 20 ms) with parallel
-# plans. Analytics, long aggregates on the replica, keep PostgreSQL's default of 2.
+# Parallel query only where it pays: PostGIS declares its functions costly, so the planner
+# started a parallel worker even for a 1,000-place view, and under many short map queries at
+# once those workers competed with the other requests for the same cores. A higher setup
+# cost keeps small queries serial and big ones parallel. Measured in one session on the
+# million places (issue 14): 1,000-place views 1.7 ms median (p90 2.1 ms) against 2.1–8.7
+# ms (p90 16–18 ms) at PostgreSQL's default of 1000; the 100K-place view 84 ms either way
+# (106–128 ms with parallel query off altogether).
 PG_SESSION_OPTIONS = (
     f"-c jit=off -c work_mem={env.str('PG_WORK_MEM', default='32MB')}"
-    f" -c max_parallel_workers_per_gather={env.int('PG_PARALLEL_WORKERS', default=0)}"
+    f" -c parallel_setup_cost={env.int('PG_PARALLEL_SETUP_COST', default=50000)}"
 )
-ANALYTICS_PARALLEL_WORKERS = env.int("ANALYTICS_PG_PARALLEL_WORKERS", default=2)
 
 
 def _database(url: str, *, read_only: bool = False, password: str = "") -> dict:
@@ -163,7 +164,6 @@ def _database(url: str, *, read_only: bool = False, password: str = "") -> dict:
     if read_only:
         # Analytics must never write; on the primary fallback this makes a stray write fail.
         options += " -c default_transaction_read_only=on"
-        options += f" -c max_parallel_workers_per_gather={ANALYTICS_PARALLEL_WORKERS}"
     config["OPTIONS"] = {**config.get("OPTIONS", {}), "options": options}
     config["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
     config["CONN_HEALTH_CHECKS"] = True

@@ -130,16 +130,16 @@ def test_app_connections_run_with_jit_off():
 
 
 @pytest.mark.django_db(databases=["default", "replica"])
-def test_the_app_plans_no_parallel_query_and_analytics_do():
+def test_app_connections_plan_parallel_query_only_for_big_queries():
     # Many short map queries at once: parallel workers would compete with other requests.
     from django.db import connections
 
-    with connections["default"].cursor() as cursor:
-        cursor.execute("SHOW max_parallel_workers_per_gather")
-        assert cursor.fetchone()[0] == "0"
-    with connections["replica"].cursor() as cursor:
-        cursor.execute("SHOW max_parallel_workers_per_gather")
-        assert cursor.fetchone()[0] == "2"
+    for alias in ("default", "replica"):
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SHOW parallel_setup_cost")
+            assert cursor.fetchone()[0] == "50000"
+            cursor.execute("SHOW max_parallel_workers_per_gather")
+            assert cursor.fetchone()[0] == "2"
 
 
 @pytest.mark.django_db(databases=["default", "replica"])
