@@ -28,13 +28,22 @@ from places.serving.fields import PROPERTIES
 from places.serving.query import ANY_STATUS, DEFAULT_STATUS, STATUS_CHOICES, PlaceQuery
 
 
-def _shares_safely(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Whether fields made from these constructor arguments may share them: not when one is
-    a field (a child, which its parent binds to itself) or the default is a mutable
-    container (which a field would hand out, one object to every request)."""
-    if any(isinstance(value, serializers.Field) for value in [*args, *kwargs.values()]):
-        return False
-    return not isinstance(kwargs.get("default"), list | dict | set)
+@functools.cache
+def _shareable_fields(query_class: type[serializers.Serializer]) -> frozenset[str]:
+    """The declared fields of ``query_class`` whose constructor arguments new fields may
+    share: not one holding a field (a child, which its parent binds to itself) or a mutable
+    default (which a field would hand out, one object to every request). Decided once per
+    class."""
+    shareable = set()
+    for name, field in query_class._declared_fields.items():
+        spec: Any = field
+        values = [*spec._args, *spec._kwargs.values()]
+        if any(isinstance(value, serializers.Field) for value in values):
+            continue
+        if isinstance(spec._kwargs.get("default"), list | dict | set):
+            continue
+        shareable.add(name)
+    return frozenset(shareable)
 
 
 class QueryParams(serializers.Serializer):
@@ -50,10 +59,11 @@ class QueryParams(serializers.Serializer):
         # querysets (cloned by get_queryset), messages and validators (copied into the
         # field's own), not of a child field (bound to its parent) or a mutable default,
         # which still get DRF's deep copy.
+        shareable = _shareable_fields(type(self))
         fields: dict[str, serializers.Field] = {}
         for name, field in self._declared_fields.items():
             spec: Any = field
-            if _shares_safely(spec._args, spec._kwargs):
+            if name in shareable:
                 fields[name] = spec.__class__(*spec._args, **spec._kwargs)
             else:
                 fields[name] = copy.deepcopy(field)

@@ -113,6 +113,8 @@
   // colour-vision deficiency; a district without the figure is grey, told apart by its hue.
   const DENSITY_BANDS = [[0, "#ffffcc"], [50, "#c7e9b4"], [200, "#7fcdbb"], [500, "#41b6c4"],
     [1000, "#2c7fb8"], [2000, "#253494"]];
+  const DENSITY_BREAKS = DENSITY_BANDS.map(([from]) => from);
+  const DENSITY_RAMP = DENSITY_BANDS.map(([, hex]) => hex);
   const QUANTILE_RAMP = ["#ffffcc", "#a1dab4", "#41b6c4", "#2c7fb8", "#253494"];
   const NO_FIGURE_COLOUR = "#bdbdbd";
   const NO_FIGURE = -1;  // the feature state of a district the figure is missing for
@@ -171,8 +173,8 @@
       // through feature state; hidden until switched on.
       { id: "density", type: "fill", source: "regions", "source-layer": "regions",
         layout: { visibility: "none" },
-        paint: { "fill-color": figureColour(DEFAULT_FIGURE, DENSITY_BANDS.map(([from]) => from),
-          DENSITY_BANDS.map(([, hex]) => hex)), "fill-opacity": 0.55 } },
+        paint: { "fill-color": figureColour(DEFAULT_FIGURE, DENSITY_BREAKS, DENSITY_RAMP),
+          "fill-opacity": 0.55 } },
       { id: "districts", type: "line", source: "regions", "source-layer": "regions", minzoom: 6,
         paint: { "line-color": "#9a8f80", "line-width": 0.6, "line-opacity": 0.7 } },
       { id: "clusters", type: "circle", source: "places", "source-layer": "clusters",
@@ -607,8 +609,8 @@
       const banded = name === DEFAULT_FIGURE;
       drawnFigures[name] = {
         values, missing,
-        breaks: banded ? DENSITY_BANDS.map(([from]) => from) : quantileBreaks(values),
-        ramp: banded ? DENSITY_BANDS.map(([, hex]) => hex) : QUANTILE_RAMP,
+        breaks: banded ? DENSITY_BREAKS : quantileBreaks(values),
+        ramp: banded ? DENSITY_RAMP : QUANTILE_RAMP,
       };
       return drawnFigures[name];
     });

@@ -22,7 +22,7 @@ from ingestion.services.imports.checkpoint import (
     checkpoint_pending_batches,
     checkpoint_record_batch,
 )
-from ingestion.services.imports.diff import NEW_VALUES, batch_diff
+from ingestion.services.imports.diff import NEW_FINGERPRINT, NEW_VALUES, batch_diff
 from ingestion.services.imports.progress import (
     ImportCancelled,
     ImportCounts,
@@ -44,7 +44,7 @@ WITH ins AS (
            {NEW_VALUES["religion_raw"]}, d.denominations, {NEW_VALUES["denomination_raw"]},
            d.geom, d.footprint, d.country_id, d.region_id, {NEW_VALUES["tags"]},
            {NEW_VALUES["start_date"]}, {NEW_VALUES["start_date_raw"]}, {NEW_VALUES["end_date"]},
-           {NEW_VALUES["end_date_raw"]}, 'active', hashtextextended(d.new_j ->> '_fingerprint', 0)
+           {NEW_VALUES["end_date_raw"]}, 'active', {NEW_FINGERPRINT}
     FROM import_diff d WHERE d.op = 'create'
     -- Neighbours on the map become neighbours on disk: a map view then reads a few
     -- pages instead of one page per place. PostGIS sorts geometries along a Hilbert
@@ -80,7 +80,7 @@ WITH upd AS (
     UPDATE places_place p SET
         {_SET_MOVED},
         source_fingerprint = CASE
-            WHEN d.key_id = p.id THEN hashtextextended(d.new_j ->> '_fingerprint', 0)
+            WHEN d.key_id = p.id THEN {NEW_FINGERPRINT}
             ELSE p.source_fingerprint END,
         version = p.version + 1,
         updated_at = now()
@@ -96,7 +96,7 @@ WITH upd AS (
     ORDER BY d.key_id
     ON CONFLICT (place_id) DO UPDATE SET source_values = EXCLUDED.source_values
 ), merged_keys AS (
-    UPDATE places_place k SET source_fingerprint = hashtextextended(d.new_j ->> '_fingerprint', 0)
+    UPDATE places_place k SET source_fingerprint = {NEW_FINGERPRINT}
     FROM upd JOIN import_diff d ON d.place_id = upd.id AND d.op = 'update'
     WHERE k.id = d.key_id AND d.key_id <> d.place_id
 )
@@ -112,9 +112,9 @@ ORDER BY d.sid
 
 # Remember what the source says for places whose values already match it (including places
 # that never had source values, e.g. created by a curator): later curator fixes then survive.
-REFRESH_SOURCE_VALUES = """
+REFRESH_SOURCE_VALUES = f"""
 WITH fingerprints AS (
-    UPDATE places_place p SET source_fingerprint = hashtextextended(d.new_j ->> '_fingerprint', 0)
+    UPDATE places_place p SET source_fingerprint = {NEW_FINGERPRINT}
     FROM import_diff d
     WHERE d.op = 'unchanged' AND d.source_values IS DISTINCT FROM d.new_j AND p.id = d.key_id
 )
@@ -123,7 +123,7 @@ SELECT d.key_id, d.new_j FROM import_diff d
 WHERE d.op = 'unchanged' AND d.source_values IS DISTINCT FROM d.new_j
 ORDER BY d.key_id
 ON CONFLICT (place_id) DO UPDATE SET source_values = EXCLUDED.source_values
-"""
+"""  # nosec B608 # SQL from this module's constants
 
 
 def apply_batches(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, Any]) -> None:

@@ -83,6 +83,16 @@ def _create_changes(new_j: str) -> str:
 _ALL_KEYS = "ARRAY[" + ", ".join(f"'{k}'" for k in _KEYS) + "]::text[]"
 
 
+def fingerprint_hash(fingerprint: str) -> str:
+    """SQL for ``Place.source_fingerprint`` from a fingerprint text expression: the batch's
+    probe and the writes of ``apply`` must hash alike, or no row would ever look unchanged."""
+    return f"hashtextextended({fingerprint}, 0)"
+
+
+# The fingerprint a diffed row's place keeps (it rides in new_j under ``_fingerprint``).
+NEW_FINGERPRINT = fingerprint_hash("d.new_j ->> '_fingerprint'")
+
+
 # A range scan of the staging table's primary key: the planner, misled by a whole file's
 # rows, would otherwise read them all for every batch.
 SEQSCAN_OFF = "SET LOCAL enable_seqscan = off"
@@ -93,7 +103,7 @@ SEQSCAN_ON = "SET LOCAL enable_seqscan = on"
 # none when its place's source values were made from a row with the same fingerprint under
 # the same regions: then nothing can have moved, and a re-import of an unchanged file ends
 # here, without point in polygon or JSON (a dry run, ``keep_all``, diffs every row).
-BATCH_TABLE = """CREATE TEMP TABLE import_batch ON COMMIT DROP AS
+BATCH_TABLE = f"""CREATE TEMP TABLE import_batch ON COMMIT DROP AS
        SELECT s.sid, s.row_number, s.source_key, s.denominations,
               COALESCE(s.geom, ST_SetSRID(ST_MakePoint(s.lon, s.lat), 4326)) AS geom,
               s.footprint, s.fields, s.fingerprint || ':' || %(stamp)s AS fingerprint
@@ -105,7 +115,7 @@ BATCH_TABLE = """CREATE TEMP TABLE import_batch ON COMMIT DROP AS
        WHERE s.job_id = %(job)s AND s.sid > %(after)s AND s.sid <= %(upto)s
          AND s.reject IS NULL
          AND (%(keep_all)s OR p.source_fingerprint
-              IS DISTINCT FROM hashtextextended(s.fingerprint || ':' || %(stamp)s, 0))"""
+              IS DISTINCT FROM {fingerprint_hash("s.fingerprint || ':' || %(stamp)s")})"""  # nosec B608 # constant SQL; values bound
 
 # Every valid staged row of the batch, changed or not (the difference is the rows the
 # fingerprint found unchanged).
