@@ -16,8 +16,10 @@ Why these values:
   clients that send slowly: a thread reads its request to the end. That is the buffering
   proxy's job (nginx in ``bin/run``, the Ingress controller in Kubernetes), which hands
   gunicorn only complete requests.
-- **Database connections**: each thread has its own (``CONN_MAX_AGE``), so a web process
-  holds up to ``WEB_CONCURRENCY x GUNICORN_THREADS`` connections (8 by default).
+- **Database connections**: each thread has its own (``CONN_MAX_AGE``), and each worker
+  one more that listens for data version changes (``places.version_watch``), so a web
+  process holds up to ``WEB_CONCURRENCY x (GUNICORN_THREADS + 1)`` connections (10 by
+  default).
 - **timeout 30 s**: a worker whose main loop stops (a C call that never returns) is killed
   and replaced after 30 s; the Kubernetes liveness probe allows 45 s (3 x 15 s).
 - **keepalive 5 s**: the proxy in front reuses its connections; an idle one is closed after

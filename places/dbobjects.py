@@ -290,6 +290,46 @@ $function$
         "public.places_areaversion_pending DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
         "EXECUTE FUNCTION places_areaversion_commit()",
     ),
+    DbObject(
+        name="places_versions_notify",
+        kind="function",
+        table="",
+        purpose="Sends NOTIFY places_data_versions, delivered at commit and once per "
+        "transaction: web processes forget the versions they remembered "
+        "(places.version_watch).",
+        migrations="places 0026",
+        definition="""
+CREATE OR REPLACE FUNCTION public.places_versions_notify()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    PERFORM pg_notify('places_data_versions', '');
+    RETURN NULL;
+END
+$function$
+""",
+    ),
+    DbObject(
+        name="dataversion_notify",
+        kind="trigger",
+        table="places_dataversion",
+        purpose="Runs places_versions_notify once per statement that changes dataset versions.",
+        migrations="places 0026",
+        definition="CREATE TRIGGER dataversion_notify AFTER INSERT OR DELETE OR UPDATE OR "
+        "TRUNCATE ON public.places_dataversion FOR EACH STATEMENT EXECUTE FUNCTION "
+        "places_versions_notify()",
+    ),
+    DbObject(
+        name="areaversion_notify",
+        kind="trigger",
+        table="places_areaversion",
+        purpose="Runs places_versions_notify once per statement that changes area versions.",
+        migrations="places 0026",
+        definition="CREATE TRIGGER areaversion_notify AFTER INSERT OR DELETE OR UPDATE OR "
+        "TRUNCATE ON public.places_areaversion FOR EACH STATEMENT EXECUTE FUNCTION "
+        "places_versions_notify()",
+    ),
     # Places' dataset, country and region: checked per statement instead of foreign keys.
     DbObject(
         name="places_place_references_check",

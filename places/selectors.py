@@ -17,6 +17,7 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Upper
 from django.utils.text import smart_split, unescape_string_literal
 
+from places import version_watch
 from places.geo import BBox
 from places.locate import LOCATE_POINT
 from places.models import AREA_CELL_DEGREES, Dataset, Place, PlaceChange, Region
@@ -195,6 +196,22 @@ def data_version(
     read the data, so a lagging replica's answer is keyed on the replica's version.
     """
     cells = area_cells(bbox) if bbox is not None else None
+    if using == "default" and version_watch.enabled() and not connection.in_atomic_block:
+        # Outside a transaction there are no own pending writes to see: the version read
+        # since the last commit anywhere is still the version (places.version_watch).
+        key = (
+            tuple(dataset_ids) if dataset_ids is not None else None,
+            tuple(cells) if cells is not None else None,
+        )
+        return version_watch.WATCH.version(
+            key, lambda: _data_version_read(dataset_ids=dataset_ids, cells=cells, using=using)
+        )
+    return _data_version_read(dataset_ids=dataset_ids, cells=cells, using=using)
+
+
+def _data_version_read(
+    *, dataset_ids: list[int] | None, cells: list[int] | None, using: str
+) -> str:
     clauses, params = [], []
     if dataset_ids is not None:
         clauses.append("dataset_id = ANY(%s)")

@@ -74,5 +74,8 @@ def _close_connections_before_teardown(django_db_setup: None, django_db_blocker)
     yield
     from django.db import connections
 
+    from places import version_watch
+
+    version_watch.WATCH.stop()  # its listening connection would keep the database in use
     with django_db_blocker.unblock():
         connections.close_all()

@@ -24,12 +24,18 @@ from __future__ import annotations
 
 import select
 import time
+from collections.abc import Callable
 
 import psycopg
 from django_prometheus.db.backends.postgis import base
 
 # Longer idle than this and the check is Django's round trip, whatever the socket says.
 IDLE_CHECK_SECONDS = 10.0
+
+# Called after every commit on any connection of this process. places.version_watch adds
+# one: a process must read its own writes at once, not when PostgreSQL's notification of
+# them arrives.
+AFTER_COMMIT: list[Callable[[], None]] = []
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -53,6 +59,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def close(self) -> None:
         super().close()
         self._last_cursor_at = None
+
+    def commit(self) -> None:
+        super().commit()
+        for hook in AFTER_COMMIT:
+            hook()
 
     def _quiet(self) -> bool:
         """Whether the connection sits idle between transactions with nothing from the

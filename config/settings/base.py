@@ -179,6 +179,12 @@ DATABASES = {
         REPLICA_DATABASE_URL or DATABASE_URL, read_only=True, password=DATABASE_PASSWORD
     ),
 }
+# Web processes remember data versions between the commits that move them, each told by a
+# connection listening for them (places.version_watch): empty listens on the default
+# database's own settings; a URL names another way to the same database (PgBouncer's session
+# pool: its transaction pool drops a LISTEN at the end of the transaction); "off" reads every
+# version from PostgreSQL, as each request did before.
+DATA_VERSION_LISTEN_URL = secret("DATA_VERSION_LISTEN_URL", "") or ""
 # A replica that does not answer must not hold an analytics task (or /health/ready/) for long.
 DATABASES["replica"]["OPTIONS"]["connect_timeout"] = env.int("REPLICA_CONNECT_TIMEOUT", default=3)
 # Tests: the replica alias reads the test database by its name and is never created, flushed
@@ -208,7 +214,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = secret("REDIS_URL", "redis://127.0.0.1:6380/0")
 CACHES = {
     "default": {
-        "BACKEND": "django_prometheus.cache.backends.redis.RedisCache",
+        # django-redis with django-prometheus's metrics; its clear() also empties the web
+        # process's copy of recent bodies (places.serving.local_cache).
+        "BACKEND": "places.serving.local_cache.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="places"),
         "OPTIONS": {
@@ -223,6 +231,9 @@ CACHES = {
 # by everyone who asks for that content (tiles, statistics): a body for a free-form query
 # (a box, a filter, a page size) is built and sent but not stored (places.serving.responses).
 CACHE_MAX_BODY_BYTES = env.int("CACHE_MAX_BODY_BYTES", default=1024 * 1024)
+# Each web process keeps the small bodies it last sent, up to this many bytes (gzipped), and
+# asks Redis only for others (places.serving.local_cache); 0 switches the copy off.
+CACHE_LOCAL_BYTES = env.int("CACHE_LOCAL_BYTES", default=16 * 1024 * 1024)
 
 CELERY_BROKER_URL = secret("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
 CELERY_TASK_IGNORE_RESULT = True

@@ -40,6 +40,7 @@ from rest_framework.views import APIView
 
 from places import metrics, selectors
 from places.geo import BBox
+from places.serving.local_cache import LOCAL_BODIES
 
 # While one request builds a body, others asking for the same key wait for it rather than
 # run the same heavy query (a cache stampede after each import). The lock expires on its own
@@ -158,8 +159,13 @@ def cached_build(
     under that name (``places.metrics``); a body another request built while this one
     waited is a hit.
     """
+    found = LOCAL_BODIES.get(cache_key)
+    if found is not None:
+        _count(endpoint, "hit")
+        return found
     found = _stored(cache.get(cache_key))
     if found is not None:
+        LOCAL_BODIES.put(cache_key, *found)
         _count(endpoint, "hit")
         return found
     lock_key = f"{cache_key}:building"
@@ -182,6 +188,7 @@ def cached_build(
         compressed = gzip.compress(raw, compresslevel=level) if raw else b""
         if canonical or len(compressed) <= settings.CACHE_MAX_BODY_BYTES:
             cache.set(cache_key, (compressed, headers), timeout=ttl)
+            LOCAL_BODIES.put(cache_key, compressed, headers)
     finally:
         cache.delete(lock_key)
     return compressed, headers
