@@ -112,5 +112,11 @@ class PlaceQuery:
 
     def key(self) -> str:
         """A short, stable text naming these filters, for cache keys."""
-        text = "|".join(f"{f.name}={getattr(self, f.name)!s}" for f in fields(self))
-        return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:20]
+        # Worked out once per instance: validated filters are remembered per process
+        # (places.serving.params) and asked for their key on every cached answer.
+        known = self.__dict__.get("_key")
+        if known is None:
+            text = "|".join(f"{f.name}={getattr(self, f.name)!s}" for f in fields(self))
+            known = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:20]
+            self.__dict__["_key"] = known  # frozen: past the dataclass's __setattr__
+        return known

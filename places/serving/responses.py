@@ -224,7 +224,7 @@ def _validators(request: Request, *, key: str, vary: str) -> tuple[str, dict[str
 
 def _not_modified(request: Request, headers: dict[str, str]) -> bool:
     header = request.headers.get("If-None-Match", "")
-    return etag_matches(if_none_match=header, etag=headers["ETag"])
+    return bool(header) and etag_matches(if_none_match=header, etag=headers["ETag"])
 
 
 def _stored_response(
