@@ -196,7 +196,12 @@ def data_version(
     read the data, so a lagging replica's answer is keyed on the replica's version.
     """
     cells = area_cells(bbox) if bbox is not None else None
-    if using == "default" and version_watch.enabled() and not connection.in_atomic_block:
+    if (
+        using == "default"
+        and version_watch.enabled()
+        and connection.get_autocommit()
+        and not connection.in_atomic_block
+    ):
         # Outside a transaction there are no own pending writes to see: the version read
         # since the last commit anywhere is still the version (places.version_watch).
         key = (

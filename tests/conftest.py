@@ -70,12 +70,15 @@ def clear_cache() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _close_connections_before_teardown(django_db_setup: None, django_db_blocker) -> Iterator[None]:
-    """Close every alias (the replica mirror too) so the test database can be dropped."""
-    yield
+    """Listen for data versions as a gunicorn worker does (config/wsgi.py), on the test
+    database; at the end, stop and close every alias (the replica mirror too) so the test
+    database can be dropped."""
     from django.db import connections
 
     from places import version_watch
 
+    version_watch.start()
+    yield
     version_watch.WATCH.stop()  # its listening connection would keep the database in use
     with django_db_blocker.unblock():
         connections.close_all()

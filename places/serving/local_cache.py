@@ -8,15 +8,20 @@ Redis only for others.
 
 Nothing can go stale here that could not go stale in Redis: a body's key holds the data
 version of everything it shows (``places.serving.responses``), so an edit gives its answers
-new keys and the old entries are simply not asked for again, then pushed out by newer ones.
-Only bodies Redis also stores are kept, so the rules on what may be stored hold here too.
-Clearing the cache (``cache.clear()``, which tests and operators use to make every answer be
-built anew) clears this process's copy as well: ``RedisCache`` below is the cache backend.
+new keys and the old entries are simply not asked for again, then pushed out by newer ones;
+an entry also expires with its Redis time to live (at most ``LOCAL_MAX_SECONDS``). Only
+bodies Redis also stores are kept, so the rules on what may be stored hold here too. The
+copy is read only while the process's data version listener is trusted
+(``places.version_watch``), which is also how every process learns to empty its copy:
+``cache.clear()`` (``RedisCache`` below is the cache backend) empties Redis and this
+process's copy; ``places.version_watch.copies_clear_everywhere()``, or ``NOTIFY
+places_data_versions, 'clear'`` after emptying Redis by hand, empties every web process's.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -26,44 +31,76 @@ from django_prometheus.cache.backends import redis as prometheus_redis
 # Bigger bodies (a 100,000-place view is about 800 KB) are few and cost Redis little per
 # byte: the copy is for the many small ones.
 LOCAL_MAX_BODY_BYTES = 256 * 1024
+# What an entry costs beyond its body, its key and its headers' text: the tuple, the dict,
+# the ordered dict's node (measured with tracemalloc: about 350 bytes). Counted, so that
+# many empty tiles (a zero-byte body each) cannot grow the copy past its budget.
+ENTRY_OVERHEAD_BYTES = 400
+# An entry is dropped after this long even while in use, as Redis would drop it: a body's
+# key holds its data version, but a few headers (a download's licences) do not.
+LOCAL_MAX_SECONDS = 300
 
 
 class LocalBodies:
-    """Least recently used (key → compressed body and headers), bounded in bytes."""
+    """Least recently used (key → compressed body and headers), bounded in bytes (bodies,
+    keys, headers and each entry's own cost) and in age."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[bytes, dict[str, str]]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[bytes, dict[str, str], float, int]] = OrderedDict()
         self._bytes = 0
 
     def get(self, key: str) -> tuple[bytes, dict[str, str]] | None:
+        """The body and headers kept under ``key`` (a copy of the headers), if fresh."""
+        if settings.CACHE_LOCAL_BYTES <= 0:
+            return None
         with self._lock:
             found = self._entries.get(key)
-            if found is not None:
-                self._entries.move_to_end(key)
-            return found
+            if found is None:
+                return None
+            body, headers, expires_at, _ = found
+            if time.monotonic() >= expires_at:
+                self._drop(key)
+                return None
+            self._entries.move_to_end(key)
+        return body, dict(headers)
 
-    def put(self, key: str, body: bytes, headers: dict[str, str]) -> None:
+    def put(self, key: str, body: bytes, headers: dict[str, str], *, ttl: float) -> None:
+        """Keep ``body`` for at most ``ttl`` seconds (and ``LOCAL_MAX_SECONDS``), pushing out
+        the least recently used entries beyond ``CACHE_LOCAL_BYTES``."""
         budget = settings.CACHE_LOCAL_BYTES
-        if len(body) > min(budget, LOCAL_MAX_BODY_BYTES):
+        cost = (
+            len(body)
+            + len(key)
+            + sum(len(k) + len(v) for k, v in headers.items())
+            + ENTRY_OVERHEAD_BYTES
+        )
+        if budget <= 0 or len(body) > LOCAL_MAX_BODY_BYTES or cost > budget or ttl <= 0:
             return
+        expires_at = time.monotonic() + min(ttl, LOCAL_MAX_SECONDS)
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= len(old[0])
-            self._entries[key] = (body, headers)
-            self._bytes += len(body)
+            self._drop(key)
+            self._entries[key] = (body, dict(headers), expires_at, cost)
+            self._bytes += cost
             while self._bytes > budget:
-                _, (evicted, _) = self._entries.popitem(last=False)
-                self._bytes -= len(evicted)
+                self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: str) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= old[3]
 
     def clear(self) -> None:
+        """Empty the copy."""
         with self._lock:
             self._entries.clear()
             self._bytes = 0
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     @property
     def size_bytes(self) -> int:
+        """What the entries cost, as counted against ``CACHE_LOCAL_BYTES``."""
         return self._bytes
 
 

@@ -38,7 +38,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from places import metrics, selectors
+from places import metrics, selectors, version_watch
 from places.geo import BBox
 from places.serving.local_cache import LOCAL_BODIES
 
@@ -159,13 +159,16 @@ def cached_build(
     under that name (``places.metrics``); a body another request built while this one
     waited is a hit.
     """
-    found = LOCAL_BODIES.get(cache_key)
+    # The process's copy only while it hears PostgreSQL: that is how a "clear" reaches it.
+    local = version_watch.WATCH.trusted()
+    found = LOCAL_BODIES.get(cache_key) if local else None
     if found is not None:
         _count(endpoint, "hit")
         return found
     found = _stored(cache.get(cache_key))
     if found is not None:
-        LOCAL_BODIES.put(cache_key, *found)
+        if local:
+            LOCAL_BODIES.put(cache_key, *found, ttl=_ttl_left(cache_key, ttl))
         _count(endpoint, "hit")
         return found
     lock_key = f"{cache_key}:building"
@@ -188,10 +191,17 @@ def cached_build(
         compressed = gzip.compress(raw, compresslevel=level) if raw else b""
         if canonical or len(compressed) <= settings.CACHE_MAX_BODY_BYTES:
             cache.set(cache_key, (compressed, headers), timeout=ttl)
-            LOCAL_BODIES.put(cache_key, compressed, headers)
+            if local:
+                LOCAL_BODIES.put(cache_key, compressed, headers, ttl=ttl)
     finally:
         cache.delete(lock_key)
     return compressed, headers
+
+
+def _ttl_left(cache_key: str, ttl: int) -> float:
+    """Seconds the Redis entry under ``cache_key`` has left (``ttl`` if Redis cannot say)."""
+    left = cache.ttl(cache_key)  # type: ignore[attr-defined]  # django-redis
+    return float(left) if isinstance(left, int) and left > 0 else float(ttl)
 
 
 def _count(endpoint: str, result: str) -> None:

@@ -271,11 +271,16 @@ def run(
             for _ in range(rounds):
                 for side, server in servers.items():
                     times[probe.key][side].append(
-                        _round(server, probe, samples=samples, flush=cache.flushdb)
+                        _round(
+                            server,
+                            probe,
+                            samples=samples,
+                            flush=lambda: measure.caches_emptied(cache, database_url),
+                        )
                     )
             row = _row(probe, times[probe.key])
             logger.info("%s: A %s ms, B %s ms", probe.key, row["A"]["p50_ms"], row["B"]["p50_ms"])
-        cache.flushdb()
+        measure.caches_emptied(cache, database_url)
         answers = _answers_compared(servers, timed + compared)
         rss = {side: worker_peak_rss_kib(server.pid) for side, server in servers.items()}
     return {

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 ROTATE_LUA = Path(__file__).with_name("rotate.lua")
+# Long enough for the gunicorn workers' listeners to read a notification (they would not use
+# their copies while it waits unread anyway, places.version_watch).
+CLEAR_SETTLE_SECONDS = 0.02
 GZIP = {"Accept-Encoding": "gzip"}
 
 
@@ -187,3 +190,24 @@ def mvt_features(tile: bytes) -> dict[str, int]:
             name = next(v for n, v in fields if n == 1)
             counts[bytes(name).decode()] = sum(1 for n, _ in fields if n == 2)
     return counts
+
+
+def caches_emptied(redis_client: Any, database_url: str) -> None:
+    """Empty the served app's Redis cache and every gunicorn worker's copy of recent bodies
+    (``places.serving.local_cache``), so that the next answer is built: a worker keeps its
+    copy across a Redis flush until told by ``NOTIFY places_data_versions, 'clear'``."""
+    import environ
+    import psycopg
+
+    redis_client.flushdb()
+    config = environ.Env.db_url_config(database_url)
+    with psycopg.connect(
+        host=config.get("HOST") or "127.0.0.1",
+        port=config.get("PORT") or 5432,
+        user=config.get("USER") or "postgres",
+        password=config.get("PASSWORD") or None,
+        dbname=config["NAME"],
+        autocommit=True,
+    ) as conn:
+        conn.execute("SELECT pg_notify('places_data_versions', 'clear')")
+    time.sleep(CLEAR_SETTLE_SECONDS)

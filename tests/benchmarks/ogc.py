@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     django.setup()
     import redis
 
-    from tests.benchmarks import picks
+    from tests.benchmarks import measure, picks
     from tests.benchmarks.dataset import Parameters
     from tests.benchmarks.load import DATASET_SLUG, bench_data_ensure
     from tests.benchmarks.servers import gunicorn_server, tipg_server
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         for round_ in range(args.rounds):
             for name in order if round_ % 2 == 0 else order[::-1]:
                 if name.startswith("ours"):
-                    cache.flushdb()
+                    measure.caches_emptied(cache, bench_url)
                 seconds, found = read(commands[name], log_dir / f"{name}.geojsons")
                 times.setdefault(name, []).append(seconds)
                 if sorted(found) != sorted(ids[name]):

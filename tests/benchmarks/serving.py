@@ -256,7 +256,7 @@ def run(
     cache = redis.Redis.from_url(redis_url)
 
     def flush() -> None:
-        cache.flushdb()
+        measure.caches_emptied(cache, database_url)
 
     lon, lat = picks.positions()
     big = picks.box_holding(lon, lat, places=box_places)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import time
 
 import pytest
 from django.core.cache import cache
 from django_redis import get_redis_connection
 
-from places.serving import viewport
+from places import version_watch
+from places.serving import local_cache, viewport
 from places.serving.local_cache import LOCAL_BODIES, LocalBodies
 
 pytestmark = pytest.mark.django_db
@@ -19,7 +21,11 @@ GZIP = {"HTTP_ACCEPT_ENCODING": "gzip"}
 
 @pytest.fixture
 def builds(monkeypatch) -> list[int]:
-    """How many times the viewport's SQL ran."""
+    """How many times the viewport's SQL ran (once the session's listener hears: the copy
+    is used only then)."""
+    deadline = time.monotonic() + 15
+    while not version_watch.WATCH.trusted() and time.monotonic() < deadline:
+        time.sleep(0.01)
     counted: list[int] = []
     real = viewport.viewport_query
 
@@ -68,7 +74,7 @@ def test_a_body_redis_may_not_store_is_not_kept_either(
     # then every request builds it again
     client.get(VIEW, **GZIP)
     assert builds == [1, 1]
-    assert LOCAL_BODIES.size_bytes == 0
+    assert len(LOCAL_BODIES) == 0
 
 
 def test_switched_off_nothing_is_kept(client, gb_import, clear_cache, settings, builds):
@@ -77,25 +83,78 @@ def test_switched_off_nothing_is_kept(client, gb_import, clear_cache, settings, 
     _forget_redis_only()
     client.get(VIEW, **GZIP)
     assert builds == [1, 1]
-    assert LOCAL_BODIES.size_bytes == 0
+    assert len(LOCAL_BODIES) == 0
+    # not even empty bodies (a tile with nothing in it)
+    LOCAL_BODIES.put("bytes:empty", b"", {}, ttl=60)
+    assert len(LOCAL_BODIES) == 0
+
+
+def test_without_a_listener_that_hears_the_copy_is_not_used(
+    client, gb_import, clear_cache, monkeypatch, builds
+):
+    # given a process whose data version listener is down (it could not hear a "clear")
+    monkeypatch.setattr(version_watch.WATCH, "trusted", lambda: False)
+    client.get(VIEW, **GZIP)
+    _forget_redis_only()
+    client.get(VIEW, **GZIP)
+    assert builds == [1, 1]
+
+
+def _cost(key: str, body: bytes) -> int:
+    return len(key) + len(body) + local_cache.ENTRY_OVERHEAD_BYTES
 
 
 def test_the_copy_keeps_the_most_recently_used_within_its_bytes(settings):
-    settings.CACHE_LOCAL_BYTES = 3000
+    one = _cost("a", b"a" * 1000)
+    settings.CACHE_LOCAL_BYTES = 3 * one
     bodies = LocalBodies()
     for key in "abc":
-        bodies.put(key, key.encode() * 1000, {"ETag": key})
-    assert bodies.size_bytes == 3000
+        bodies.put(key, key.encode() * 1000, {}, ttl=60)
+    assert bodies.size_bytes == 3 * one
     # using "a" makes "b" the least recently used: the next body pushes "b" out
-    assert bodies.get("a") == (b"a" * 1000, {"ETag": "a"})
-    bodies.put("d", b"d" * 1000, {})
+    assert bodies.get("a") == (b"a" * 1000, {})
+    bodies.put("d", b"d" * 1000, {}, ttl=60)
     assert bodies.get("b") is None
     assert {k for k in "acd" if bodies.get(k)} == {"a", "c", "d"}
-    assert bodies.size_bytes == 3000
+    assert bodies.size_bytes == 3 * one
     # a body bigger than the whole copy is not kept, and pushes nothing out
-    bodies.put("huge", b"x" * 3001, {})
+    bodies.put("huge", b"x" * 3 * one, {}, ttl=60)
     assert bodies.get("huge") is None
-    assert bodies.size_bytes == 3000
-    # the same key again replaces its body and its bytes
-    bodies.put("a", b"a" * 10, {})
-    assert bodies.size_bytes == 2010
+    assert len(bodies) == 3
+    # the same key again replaces its body and its cost
+    bodies.put("a", b"a" * 10, {}, ttl=60)
+    assert bodies.size_bytes == 2 * one + _cost("a", b"a" * 10)
+
+
+def test_empty_bodies_count_too(settings):
+    # many empty tiles (a zero-byte body each) cannot grow the copy past its budget
+    settings.CACHE_LOCAL_BYTES = 10 * local_cache.ENTRY_OVERHEAD_BYTES
+    bodies = LocalBodies()
+    for i in range(1000):
+        bodies.put(f"k{i}", b"", {"ETag": "x"}, ttl=60)
+    assert 0 < len(bodies) < 10
+    assert bodies.size_bytes <= settings.CACHE_LOCAL_BYTES
+
+
+def test_an_entry_expires_with_its_time_to_live(settings, monkeypatch):
+    settings.CACHE_LOCAL_BYTES = 1 << 20
+    now = [1000.0]
+    monkeypatch.setattr(local_cache.time, "monotonic", lambda: now[0])
+    bodies = LocalBodies()
+    bodies.put("short", b"s", {}, ttl=5)
+    bodies.put("long", b"l", {}, ttl=10**6)
+    now[0] += 6
+    assert bodies.get("short") is None
+    assert bodies.get("long") is not None
+    # however long Redis keeps it, the copy keeps it at most LOCAL_MAX_SECONDS
+    now[0] += local_cache.LOCAL_MAX_SECONDS
+    assert bodies.get("long") is None
+    assert len(bodies) == 0
+
+
+def test_the_headers_handed_out_are_a_copy(settings):
+    settings.CACHE_LOCAL_BYTES = 1 << 20
+    bodies = LocalBodies()
+    bodies.put("k", b"b", {"ETag": "x"}, ttl=60)
+    bodies.get("k")[1]["ETag"] = "changed"
+    assert bodies.get("k") == (b"b", {"ETag": "x"})

@@ -6,15 +6,17 @@ listener only then. Each works on a dataset of its own, at a spot no other test 
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
+import psycopg
 import pytest
 from django.contrib.gis.geos import Point
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 
 from config.database import base as database
 from places import version_watch
@@ -22,6 +24,7 @@ from places.geo import BBox
 from places.models import Dataset, Place
 from places.selectors import data_version
 from places.services import dataset_get_or_create, place_create, place_update
+from places.serving.local_cache import LOCAL_BODIES
 
 SPOT = (-140.5, -40.5)  # the South Pacific: no fixture's place is near it
 BOX = BBox(SPOT[0] - 0.1, SPOT[1] - 0.1, SPOT[0] + 0.1, SPOT[1] + 0.1)
@@ -49,7 +52,8 @@ def spot(django_db_setup, django_db_blocker) -> Iterator[tuple[Dataset, Place]]:
         place = place_create(
             dataset=dataset, source_key="a", data={"name": "A", "location": Point(*SPOT)}
         )
-        assert _until(version_watch.WATCH.trusted), "the listener never started"
+        # the session's listener (tests/conftest.py, as gunicorn's workers start theirs)
+        assert _until(version_watch.WATCH.trusted), "the listener does not hear"
         yield dataset, place
         connection.close()
 
@@ -94,16 +98,49 @@ def test_a_remembered_version_costs_no_query_and_a_commit_elsewhere_moves_it(
     assert after == _sql_version(dataset)
 
 
-def test_a_process_sees_its_own_commit_at_once(spot, django_assert_num_queries):
+def test_a_process_forgets_at_its_own_commit_without_waiting_for_postgresql(spot):
     dataset, place = spot
     before = data_version(dataset_ids=[dataset.pk], bbox=BOX)
-    # when this process commits an edit itself
-    place_update(place=place, data={"name": "A, renamed here"})
-    # then the very next read is PostgreSQL's, without waiting for the notification
-    with django_assert_num_queries(1):
-        after = data_version(dataset_ids=[dataset.pk], bbox=BOX)
+    calls: list[int] = []
+
+    def generation_at_commit() -> None:
+        # runs inside commit(), right after the watch's own hook: no notification can have
+        # been counted yet unless the hook moved the generation itself
+        calls.append(version_watch.WATCH.generation)
+
+    generation = version_watch.WATCH.generation
+    database.AFTER_COMMIT.append(generation_at_commit)
+    try:
+        place_update(place=place, data={"name": "A, renamed here"})
+    finally:
+        database.AFTER_COMMIT.remove(generation_at_commit)
+    assert version_watch.WATCH.forget in database.AFTER_COMMIT
+    assert len(calls) == 1
+    assert calls[0] > generation
+    after = data_version(dataset_ids=[dataset.pk], bbox=BOX)
     assert after != before
     assert after == _sql_version(dataset)
+
+
+def test_a_dataset_wide_version_follows_commits_elsewhere(spot, django_assert_num_queries):
+    # no box: the version is read from places_dataversion alone, whose own trigger tells
+    dataset, place = spot
+    before = data_version(dataset_ids=[dataset.pk])
+    with django_assert_num_queries(0):
+        assert data_version(dataset_ids=[dataset.pk]) == before
+    _edit_from_elsewhere(place, "A, renamed for the whole dataset")
+    assert _until(lambda: data_version(dataset_ids=[dataset.pk]) != before)
+
+
+def test_a_clear_from_anywhere_empties_the_copy_of_bodies(spot):
+    LOCAL_BODIES.put("bytes:probe", b"body", {}, ttl=60)
+    assert LOCAL_BODIES.get("bytes:probe") is not None
+    generation = version_watch.WATCH.generation
+    # when another connection asks every web process to drop its copies
+    with psycopg.connect(**_params(), autocommit=True) as other:
+        other.execute("SELECT pg_notify(%s, %s)", [version_watch.CHANNEL, version_watch.CLEAR])
+    assert _until(lambda: version_watch.WATCH.generation > generation)
+    assert LOCAL_BODIES.get("bytes:probe") is None
 
 
 def test_inside_a_transaction_every_read_is_postgresqls_and_sees_its_own_writes(
@@ -129,7 +166,7 @@ def test_switched_off_every_read_is_postgresqls(spot, settings, django_assert_nu
 
 def test_a_lost_listener_is_not_trusted_and_comes_back(spot, monkeypatch):
     dataset, place = spot
-    monkeypatch.setattr(version_watch, "RETRY_SECONDS", 0.2)
+    monkeypatch.setattr(version_watch.WATCH, "retry_seconds", 0.2)
     generation = version_watch.WATCH.generation
     # when the listening session is terminated (a restart, a failover, a killed backend)
     with connection.cursor() as cursor:
@@ -150,9 +187,44 @@ def test_a_lost_listener_is_not_trusted_and_comes_back(spot, monkeypatch):
     assert _until(lambda: data_version(dataset_ids=[dataset.pk], bbox=BOX) != before)
 
 
+def _params() -> dict:
+    params = connections["default"].get_connection_params()
+    return {k: v for k, v in params.items() if k in {"dbname", "user", "password", "host", "port"}}
+
+
+class _DeafConnection(psycopg.Connection):
+    """As behind a transaction pool: a LISTEN that does not stay with the session."""
+
+    def execute(self, query, params=None, **kwargs):  # type: ignore[no-untyped-def]
+        if isinstance(query, str) and query.startswith("LISTEN"):
+            query = "SELECT 1"
+        return super().execute(query, params, **kwargs)
+
+
+def test_a_listener_that_does_not_hear_is_never_trusted(django_db_setup):
+    deaf = version_watch.VersionWatch(
+        connect=lambda: version_watch._listen_connection(_DeafConnection),
+        check_seconds=0.2,
+        retry_seconds=0.1,
+    )
+    hearing = version_watch.VersionWatch(
+        connect=version_watch._listen_connection, check_seconds=0.2, retry_seconds=0.1
+    )
+    deaf.start()
+    hearing.start()
+    try:
+        # the one that hears proves it within a moment; the deaf one answers every check
+        # (SELECT works) but its own notification never comes back
+        assert _until(hearing.trusted, seconds=5)
+        assert not _until(deaf.trusted, seconds=2)
+    finally:
+        deaf.stop()
+        hearing.stop()
+
+
 def _watch_on(sock: socket.socket) -> version_watch.VersionWatch:
     watch = version_watch.VersionWatch(connect=lambda: pytest.fail("not to connect"))
-    watch._pid = __import__("os").getpid()
+    watch._pid = os.getpid()
     watch._fd = sock.fileno()
     watch._alive_at = time.monotonic()
     return watch
@@ -175,11 +247,12 @@ def test_a_notification_not_yet_read_is_not_trusted():
         watch._busy = True
         assert not watch.trusted()
         watch._busy = False
-        watch._alive_at = time.monotonic() - version_watch.TRUST_SECONDS - 1
+        watch._alive_at = time.monotonic() - watch.trust_seconds - 1
         assert not watch.trusted()
 
 
 def test_a_version_read_while_a_commit_was_told_is_not_remembered():
+    # given a watch trusted on a quiet socket
     ours, server = socket.socketpair()
     with ours, server:
         watch = _watch_on(ours)
@@ -188,7 +261,7 @@ def test_a_version_read_while_a_commit_was_told_is_not_remembered():
         def read_across_a_commit() -> str:
             # the notification of a commit is counted while this read runs
             reads.append("old")
-            watch._moved(alive=True)
+            watch._moved()
             return "old"
 
         assert watch.version("key", read_across_a_commit) == "old"
