@@ -77,6 +77,9 @@ def _close_connections_before_teardown(django_db_setup: None, django_db_blocker)
 
     from places import version_watch
 
+    # Importing config.wsgi (test_schemathesis does, while collecting) started it before the
+    # test database existed: listen anew, on the test database.
+    version_watch.WATCH.stop()
     version_watch.start()
     yield
     version_watch.WATCH.stop()  # its listening connection would keep the database in use

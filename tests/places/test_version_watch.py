@@ -54,6 +54,13 @@ def spot(django_db_setup, django_db_blocker) -> Iterator[tuple[Dataset, Place]]:
         )
         # the session's listener (tests/conftest.py, as gunicorn's workers start theirs)
         assert _until(version_watch.WATCH.trusted), "the listener does not hear"
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = %s AND datname = current_database()",
+                [version_watch.APPLICATION_NAME],
+            )
+            assert cursor.fetchone() == (1,), "the listener listens on another database"
         yield dataset, place
         connection.close()
 
