@@ -197,9 +197,10 @@ $function$
         name="places_dataversion_commit",
         kind="function",
         table="places_dataversion_pending",
-        purpose="At commit, gives the dataset a new version from places_dataversion_seq "
-        "and deletes the pending mark (the version row is held only for that instant).",
-        migrations="places 0010",
+        purpose="At commit, gives the dataset a new version from places_dataversion_seq, "
+        "deletes the pending mark (the version row is held only for that instant) and "
+        "notifies places_data_versions (places.version_watch).",
+        migrations="places 0010, 0026",
         definition="""
 CREATE OR REPLACE FUNCTION public.places_dataversion_commit()
  RETURNS trigger
@@ -211,6 +212,7 @@ BEGIN
     ON CONFLICT (dataset_id) DO UPDATE
         SET version = EXCLUDED.version, changed_at = EXCLUDED.changed_at;
     DELETE FROM places_dataversion_pending WHERE xact = NEW.xact AND dataset_id = NEW.dataset_id;
+    PERFORM pg_notify('places_data_versions', '');
     RETURN NULL;
 END
 $function$
@@ -260,13 +262,16 @@ $function$
         kind="function",
         table="places_areaversion_pending",
         purpose="At commit, moves all of a transaction's cells at once in (dataset, cell) "
-        "order, so two committing transactions cannot deadlock on version rows.",
-        migrations="places 0011",
+        "order, so two committing transactions cannot deadlock on version rows; the invocation "
+        "that moved cells notifies places_data_versions (places.version_watch).",
+        migrations="places 0011, 0026",
         definition="""
 CREATE OR REPLACE FUNCTION public.places_areaversion_commit()
  RETURNS trigger
  LANGUAGE plpgsql
 AS $function$
+DECLARE
+    moved bigint;
 BEGIN
     -- The first invocation of a transaction moves all of its cells; the rest find none.
     INSERT INTO places_areaversion (dataset_id, cell, version)
@@ -274,6 +279,10 @@ BEGIN
     FROM (SELECT dataset_id, cell FROM places_areaversion_pending
           WHERE xact = NEW.xact ORDER BY dataset_id, cell) AS touched
     ON CONFLICT (dataset_id, cell) DO UPDATE SET version = EXCLUDED.version;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    IF moved > 0 THEN
+        PERFORM pg_notify('places_data_versions', '');
+    END IF;
     DELETE FROM places_areaversion_pending WHERE xact = NEW.xact;
     RETURN NULL;
 END
@@ -295,8 +304,9 @@ $function$
         kind="function",
         table="",
         purpose="Sends NOTIFY places_data_versions, delivered at commit and once per "
-        "transaction: web processes forget the versions they remembered "
-        "(places.version_watch).",
+        "transaction, when version rows leave otherwise than by a commit moving them "
+        "(a dataset deleted, a table truncated): web processes forget the versions they "
+        "remembered (places.version_watch).",
         migrations="places 0026",
         definition="""
 CREATE OR REPLACE FUNCTION public.places_versions_notify()
@@ -314,20 +324,20 @@ $function$
         name="dataversion_notify",
         kind="trigger",
         table="places_dataversion",
-        purpose="Runs places_versions_notify once per statement that changes dataset versions.",
+        purpose="Runs places_versions_notify once per statement that deletes dataset versions.",
         migrations="places 0026",
-        definition="CREATE TRIGGER dataversion_notify AFTER INSERT OR DELETE OR UPDATE OR "
-        "TRUNCATE ON public.places_dataversion FOR EACH STATEMENT EXECUTE FUNCTION "
+        definition="CREATE TRIGGER dataversion_notify AFTER DELETE OR TRUNCATE ON "
+        "public.places_dataversion FOR EACH STATEMENT EXECUTE FUNCTION "
         "places_versions_notify()",
     ),
     DbObject(
         name="areaversion_notify",
         kind="trigger",
         table="places_areaversion",
-        purpose="Runs places_versions_notify once per statement that changes area versions.",
+        purpose="Runs places_versions_notify once per statement that deletes area versions.",
         migrations="places 0026",
-        definition="CREATE TRIGGER areaversion_notify AFTER INSERT OR DELETE OR UPDATE OR "
-        "TRUNCATE ON public.places_areaversion FOR EACH STATEMENT EXECUTE FUNCTION "
+        definition="CREATE TRIGGER areaversion_notify AFTER DELETE OR TRUNCATE ON "
+        "public.places_areaversion FOR EACH STATEMENT EXECUTE FUNCTION "
         "places_versions_notify()",
     ),
     # Places' dataset, country and region: checked per statement instead of foreign keys.
