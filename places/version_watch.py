@@ -243,22 +243,22 @@ class VersionWatch:
         poller.register(pgconn.socket, select.POLLIN | select.POLLPRI)
         sent_at: float | None = None  # when the proof now awaited was asked for
         next_proof_at = time.monotonic()
-        token = ""
+        awaited = ""
         while not stopping.is_set():
             now = time.monotonic()
             if sent_at is None and now >= next_proof_at:
                 # Ask for the proof: a notification to ourselves. It is committed after
                 # every commit told before it, so it comes back after their notifications.
                 # PostgreSQL may hand it back with the statement's own answer.
-                token, sent_at = uuid.uuid4().hex, now
+                awaited, sent_at = uuid.uuid4().hex, now
                 with self._reading():
                     row = conn.execute(
-                        "SELECT pg_backend_pid(), pg_notify(%s, %s)", [own, token]
+                        "SELECT pg_backend_pid(), pg_notify(%s, %s)", [own, awaited]
                     ).fetchone()
                     if row is None or row[0] != server_pid:
                         # A transaction pool: the LISTEN stayed on another server session.
                         raise psycopg.OperationalError("the listener's session moved")
-                    if self._count(pgconn, own, token, sent_at):
+                    if self._count(pgconn, own, awaited, sent_at):
                         next_proof_at, sent_at = sent_at + self.check_seconds, None
                 continue
             if sent_at is not None and now - sent_at > self.trust_seconds:
@@ -270,12 +270,12 @@ class VersionWatch:
                 pgconn.consume_input()
                 if pgconn.status != psycopg.pq.ConnStatus.OK:
                     raise psycopg.OperationalError("the listening connection closed")
-                if self._count(pgconn, own, token, sent_at):
+                if self._count(pgconn, own, awaited, sent_at):
                     next_proof_at = (sent_at or now) + self.check_seconds
                     sent_at = None
 
     def _count(
-        self, pgconn: psycopg.pq.abc.PGconn, own: str, token: str, sent_at: float | None
+        self, pgconn: psycopg.pq.abc.PGconn, own: str, awaited: str, sent_at: float | None
     ) -> bool:
         """Count the notifications read so far (by psycopg during a statement, and on the
         socket); True when the awaited proof was among them."""
@@ -285,7 +285,7 @@ class VersionWatch:
         proved = False
         for channel, payload in received:
             if channel == own:
-                proved = proved or (sent_at is not None and payload == token)
+                proved = proved or (sent_at is not None and payload == awaited)
                 continue
             if payload == CLEAR:
                 LOCAL_BODIES.clear()
