@@ -5,15 +5,15 @@ of what it shows (``places.selectors.data_version``), read from PostgreSQL per r
 cached answer under four clients that read was the one database round trip left, and with
 it a cached answer reached 41 % of ``/health/live/``'s rate (issue 14).
 
-The version tables move only at commit (``places_dataversion_commit`` and
-``places_areaversion_commit``), and a statement trigger on each (``places_versions_notify``)
-sends ``NOTIFY places_data_versions`` then, which PostgreSQL delivers after the commit and
-only if it commits. Each web process (``config/wsgi.py`` calls ``start`` in every gunicorn
-worker) keeps one connection listening on that channel in a thread of its own. Every
-notification moves the process's *generation*; a version read under a generation is
-remembered for it, and a request that finds one for the current generation spends no round
-trip. Other processes (Celery workers, commands) never start it and read every version
-from PostgreSQL.
+The version tables move only at commit, in ``places_dataversion_commit`` and
+``places_areaversion_commit`` (deferred triggers of the pending tables), which send ``NOTIFY
+places_data_versions`` then; PostgreSQL delivers it after the commit and only if it commits.
+Version rows deleted otherwise (a dataset deleted) notify by statement trigger. Each web
+process (``config/wsgi.py`` calls ``start`` in every gunicorn worker) keeps one connection
+listening on that channel in a thread of its own. Every notification moves the process's
+*generation*; a version read under a generation is remembered for it, and a request that
+finds one for the current generation spends no round trip. Other processes (Celery workers,
+commands) never start it and read every version from PostgreSQL.
 
 What it costs: a cached answer may be older than a commit by the notification's delivery,
 milliseconds, instead of never. What keeps it safe:
@@ -30,10 +30,10 @@ milliseconds, instead of never. What keeps it safe:
   database than ``default`` (a replica cannot LISTEN), and every read while the listener is
   not known to hear PostgreSQL go to PostgreSQL as before.
 - The listener proves that it hears: every ``CHECK_SECONDS`` it notifies a channel of its
-  own and waits for that notification to come back on its connection. It comes back only
-  after every notification committed before it, and never through a transaction pool, which
-  drops a LISTEN with its transaction. Without such a proof for ``TRUST_SECONDS``, or with
-  the connection lost, remembering is off; a new connection moves the generation
+  own and waits for that notification to come back on its connection, which happens only
+  after every notification committed before it; the same statement checks that it runs on
+  the server session that holds both LISTENs. Without such a proof for ``TRUST_SECONDS``,
+  or with the connection lost, remembering is off; a new connection moves the generation
   (notifications may have been missed while it was away).
 
 A ``clear`` notification (``copies_clear_everywhere``) also empties every listening
@@ -41,10 +41,13 @@ process's copy of recent bodies (``places.serving.local_cache``): what ``cache.c
 does to Redis and to its own process, for all web processes at once.
 
 ``DATA_VERSION_LISTEN_URL`` names the database the thread listens on: empty for the
-``default`` database's own settings, ``off`` to read every version from PostgreSQL. Behind
-PgBouncer's transaction pool it must name a session pool or PostgreSQL itself (``bin/prod``
-and ``docker/compose.yaml`` do); otherwise the proof never comes back and nothing is
-remembered. Loads that switch triggers off (``session_replication_role = replica``,
+``default`` database's own settings, ``off`` to read every version from PostgreSQL. It must
+name a session pool or PostgreSQL itself (``bin/prod`` and ``docker/compose.yaml`` do), never
+a transaction pool: there the server session holding the LISTEN is lent to other clients,
+who would get its notifications. The check catches that only when it runs (its statement
+then lands on another session, or the LISTEN is gone), not between checks.
+
+Loads that switch triggers off (``session_replication_role = replica``,
 ``pg_restore --disable-triggers``) send nothing: run ``NOTIFY places_data_versions`` after
 them, or restart the web.
 """
@@ -128,7 +131,7 @@ class VersionWatch:
         if fd is None:
             return False
         poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLPRI)
+        poller.register(fd, select.POLLIN)
         if poller.poll(0) or self._busy:
             return False
         alive = self._alive_at
@@ -162,9 +165,17 @@ class VersionWatch:
     # --- the listening thread -------------------------------------------------------------
 
     def start(self) -> None:
-        """Start listening in this process (a gunicorn worker, after it loaded Django)."""
+        """Start listening in this process (a web process, once Django is set up)."""
         if self._pid == os.getpid():
             return
+        old = self._thread
+        if old is not None and old.is_alive() and old.ident is not None:
+            # A thread stopped in this process that has not ended yet: two would share the
+            # fields below. (A forked child inherits the object, never the thread.)
+            old.join(timeout=10)
+            if old.is_alive():
+                logger.warning("data version listener still running; not started again")
+                return
         # A forked child inherits the parent's state and maybe a held lock, not its thread.
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -181,6 +192,8 @@ class VersionWatch:
         thread = self._thread
         if thread is not None:
             thread.join(timeout=10)
+            if thread.is_alive():
+                logger.warning("data version listener did not end within 10 s")
         with self._lock:
             self._pid = 0
             self._memo.clear()
@@ -219,10 +232,12 @@ class VersionWatch:
                 conn = self._connect()
                 conn.add_notify_handler(lambda n: self._received.append((n.channel, n.payload)))
                 own = f"places_version_watch_{uuid.uuid4().hex[:16]}"
-                conn.execute(f"LISTEN {CHANNEL}")
-                conn.execute(f"LISTEN {own}")
-                # The server session that holds the LISTEN (a pooler's own pid differs).
-                server_pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+                # One simple query, so that both LISTENs and the pid are one server session's
+                # even behind a pooler (whose own pid would differ from the server's).
+                cursor = conn.execute(f"LISTEN {CHANNEL}; LISTEN {own}; SELECT pg_backend_pid()")
+                while cursor.description is None and cursor.nextset():
+                    pass
+                server_pid = cursor.fetchone()[0]  # type: ignore[index]
                 self._fd = conn.pgconn.socket
                 self._listen(conn, own, server_pid, stopping)
             except Exception as exc:  # any failure: deaf, then a new connection
@@ -240,7 +255,7 @@ class VersionWatch:
     ) -> None:
         pgconn = conn.pgconn
         poller = select.poll()
-        poller.register(pgconn.socket, select.POLLIN | select.POLLPRI)
+        poller.register(pgconn.socket, select.POLLIN)
         sent_at: float | None = None  # when the proof now awaited was asked for
         next_proof_at = time.monotonic()
         awaited = ""
@@ -253,10 +268,13 @@ class VersionWatch:
                 awaited, sent_at = uuid.uuid4().hex, now
                 with self._reading():
                     row = conn.execute(
-                        "SELECT pg_backend_pid(), pg_notify(%s, %s)", [own, awaited]
+                        "SELECT pg_backend_pid(), %s = ANY(ARRAY(SELECT pg_listening_channels())),"
+                        " pg_notify(%s, %s)",
+                        [CHANNEL, own, awaited],
                     ).fetchone()
-                    if row is None or row[0] != server_pid:
-                        # A transaction pool: the LISTEN stayed on another server session.
+                    if row is None or row[0] != server_pid or not row[1]:
+                        # A transaction pool: this statement ran on another server session
+                        # than the LISTEN, or on one that no longer listens.
                         raise psycopg.OperationalError("the listener's session moved")
                     if self._count(pgconn, own, awaited, sent_at):
                         next_proof_at, sent_at = sent_at + self.check_seconds, None
@@ -327,7 +345,15 @@ def _listen_connection(
     params.setdefault("connect_timeout", 5)
     params["application_name"] = APPLICATION_NAME
     # Keepalives find a peer that vanished without a word while nothing is being sent.
-    params.update(keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=2)
+    # A statement whose bytes are never acknowledged (the network gone) fails after 10 s
+    # instead of the kernel's quarter of an hour, and the thread connects anew.
+    params.update(
+        keepalives=1,
+        keepalives_idle=10,
+        keepalives_interval=5,
+        keepalives_count=2,
+        tcp_user_timeout=10_000,
+    )
     return connection_class.connect(**params, autocommit=True)
 
 

@@ -182,7 +182,7 @@ DATABASES = {
 # Web processes remember data versions between the commits that move them, each told by a
 # connection listening for them (places.version_watch): empty listens on the default
 # database's own settings; a URL names another way to the same database (PgBouncer's session
-# pool: its transaction pool drops a LISTEN at the end of the transaction); "off" reads every
+# pool: a transaction pool lends the session holding the LISTEN to others); "off" reads every
 # version from PostgreSQL, as each request did before.
 DATA_VERSION_LISTEN_URL = secret("DATA_VERSION_LISTEN_URL", "") or ""
 # A replica that does not answer must not hold an analytics task (or /health/ready/) for long.

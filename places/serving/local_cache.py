@@ -48,6 +48,8 @@ class LocalBodies:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, tuple[bytes, dict[str, str], float, int]] = OrderedDict()
         self._bytes = 0
+        # Moves at every clear(): a body fetched from Redis before a clear is not put back.
+        self.epoch = 0
 
     def get(self, key: str) -> tuple[bytes, dict[str, str]] | None:
         """The body and headers kept under ``key`` (a copy of the headers), if fresh."""
@@ -64,9 +66,18 @@ class LocalBodies:
             self._entries.move_to_end(key)
         return body, dict(headers)
 
-    def put(self, key: str, body: bytes, headers: dict[str, str], *, ttl: float) -> None:
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        ttl: float,
+        epoch: int | None = None,
+    ) -> None:
         """Keep ``body`` for at most ``ttl`` seconds (and ``LOCAL_MAX_SECONDS``), pushing out
-        the least recently used entries beyond ``CACHE_LOCAL_BYTES``."""
+        the least recently used entries beyond ``CACHE_LOCAL_BYTES``; not when ``epoch``
+        (read before the body was fetched) is no longer current."""
         budget = settings.CACHE_LOCAL_BYTES
         cost = (
             len(body)
@@ -78,6 +89,8 @@ class LocalBodies:
             return
         expires_at = time.monotonic() + min(ttl, LOCAL_MAX_SECONDS)
         with self._lock:
+            if epoch is not None and epoch != self.epoch:
+                return
             self._drop(key)
             self._entries[key] = (body, dict(headers), expires_at, cost)
             self._bytes += cost
@@ -94,6 +107,7 @@ class LocalBodies:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+            self.epoch += 1
 
     def __len__(self) -> int:
         return len(self._entries)

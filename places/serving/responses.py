@@ -165,10 +165,11 @@ def cached_build(
     if found is not None:
         _count(endpoint, "hit")
         return found
+    epoch = LOCAL_BODIES.epoch
     found = _stored(cache.get(cache_key))
     if found is not None:
         if local:
-            LOCAL_BODIES.put(cache_key, *found, ttl=_ttl_left(cache_key, ttl))
+            LOCAL_BODIES.put(cache_key, *found, ttl=_ttl_left(cache_key, ttl), epoch=epoch)
         _count(endpoint, "hit")
         return found
     lock_key = f"{cache_key}:building"
@@ -192,7 +193,7 @@ def cached_build(
         if canonical or len(compressed) <= settings.CACHE_MAX_BODY_BYTES:
             cache.set(cache_key, (compressed, headers), timeout=ttl)
             if local:
-                LOCAL_BODIES.put(cache_key, compressed, headers, ttl=ttl)
+                LOCAL_BODIES.put(cache_key, compressed, headers, ttl=ttl, epoch=epoch)
     finally:
         cache.delete(lock_key)
     return compressed, headers

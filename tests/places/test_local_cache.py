@@ -158,3 +158,15 @@ def test_the_headers_handed_out_are_a_copy(settings):
     bodies.put("k", b"b", {"ETag": "x"}, ttl=60)
     bodies.get("k")[1]["ETag"] = "changed"
     assert bodies.get("k") == (b"b", {"ETag": "x"})
+
+
+def test_a_body_fetched_before_a_clear_is_not_put_back(settings):
+    settings.CACHE_LOCAL_BYTES = 1 << 20
+    bodies = LocalBodies()
+    # a request reads the epoch, then fetches from Redis while another empties the copies
+    epoch = bodies.epoch
+    bodies.clear()
+    bodies.put("k", b"from before the clear", {}, ttl=60, epoch=epoch)
+    assert bodies.get("k") is None
+    bodies.put("k", b"after", {}, ttl=60, epoch=bodies.epoch)
+    assert bodies.get("k") == (b"after", {})
