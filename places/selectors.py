@@ -194,6 +194,9 @@ def data_version(
     at commit; the pending marks of the caller's own open transaction count too, so a
     transaction that wrote sees its own change. Read it ``using`` the connection that will
     read the data, so a lagging replica's answer is keyed on the replica's version.
+
+    In a web process, outside a transaction, a version read once is remembered until
+    PostgreSQL tells of a commit that moves versions (``places.version_watch``).
     """
     cells = area_cells(bbox) if bbox is not None else None
     if (

@@ -1,9 +1,11 @@
 """Public, cacheable byte responses shared by the places list, the viewport and the tiles.
 
 A response's cache key and ETag contain the data version of what it shows, which every
-commit that changes those places moves: a cached body is never older than the last write,
-and a client revalidating with ``If-None-Match`` gets 304 until something really changed.
-Bodies are gzipped once, when built, and kept compressed in Redis.
+commit that changes those places moves: a cached body is never older than the last write
+PostgreSQL has told this web process about (``places.version_watch``: milliseconds), and a
+client revalidating with ``If-None-Match`` gets 304 until something really changed. Bodies
+are gzipped once, when built, and kept compressed in Redis, the small ones also in the
+process (``places.serving.local_cache``).
 
 What is stored is bounded, because every distinct query string names its own entry: a body
 whose gzipped size exceeds ``CACHE_MAX_BODY_BYTES`` is stored only when the request is
