@@ -472,7 +472,8 @@ class DataVersion(models.Model):
     Maintained by triggers on ``PlaceChange`` (listed in ``places.dbobjects``), so no write
     path that logs can forget it. It moves at commit (a deferred trigger), holding the row only
     for an instant, and every commit yields a new value from one sequence: caches and ETags
-    keyed on it never serve data older than the last commit.
+    keyed on it never serve data older than the last commit a web process has been told of
+    (the commit notifies; ``places.version_watch``).
     """
 
     dataset = models.OneToOneField(
