@@ -157,7 +157,8 @@ class VersionWatch:
         return value
 
     def forget(self) -> None:
-        """Forget every remembered version: this process has just committed."""
+        """Forget every remembered version: this process has just committed, or PostgreSQL
+        told of a commit."""
         with self._lock:
             self.generation += 1
             self._memo.clear()
@@ -196,11 +197,6 @@ class VersionWatch:
                 logger.warning("data version listener did not end within 10 s")
         with self._lock:
             self._pid = 0
-            self._memo.clear()
-
-    def _moved(self) -> None:
-        with self._lock:
-            self.generation += 1
             self._memo.clear()
 
     def _deaf(self) -> None:
@@ -307,10 +303,10 @@ class VersionWatch:
                 continue
             if payload == CLEAR:
                 LOCAL_BODIES.clear()
-            self._moved()
+            self.forget()
         if proved:
             if self._alive_at is None:
-                self._moved()  # the first proof on a connection: before it, nothing was told
+                self.forget()  # the first proof on a connection: before it, nothing was told
             with self._lock:
                 self._alive_at = sent_at
         return proved

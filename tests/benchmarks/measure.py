@@ -196,18 +196,11 @@ def caches_emptied(redis_client: Any, database_url: str) -> None:
     """Empty the served app's Redis cache and every gunicorn worker's copy of recent bodies
     (``places.serving.local_cache``), so that the next answer is built: a worker keeps its
     copy across a Redis flush until told by ``NOTIFY places_data_versions, 'clear'``."""
-    import environ
     import psycopg
 
+    from tests.benchmarks.load import _connect_params
+
     redis_client.flushdb()
-    config = environ.Env.db_url_config(database_url)
-    with psycopg.connect(
-        host=config.get("HOST") or "127.0.0.1",
-        port=config.get("PORT") or 5432,
-        user=config.get("USER") or "postgres",
-        password=config.get("PASSWORD") or None,
-        dbname=config["NAME"],
-        autocommit=True,
-    ) as conn:
+    with psycopg.connect(**_connect_params(database_url), autocommit=True) as conn:
         conn.execute("SELECT pg_notify('places_data_versions', 'clear')")
     time.sleep(CLEAR_SETTLE_SECONDS)

@@ -270,7 +270,7 @@ def test_a_version_read_while_a_commit_was_told_is_not_remembered():
         def read_across_a_commit() -> str:
             # the notification of a commit is counted while this read runs
             reads.append("old")
-            watch._moved()
+            watch.forget()
             return "old"
 
         assert watch.version("key", read_across_a_commit) == "old"
