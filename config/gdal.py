@@ -59,12 +59,11 @@ def allow_only_drivers(allowed: Iterable[str]) -> list[str]:
     ``GDAL_SKIP`` can only name drivers to drop, and GDAL has dozens that read other files
     or URLs (VRT, WFS, HTTP, MEM's data pointers, ...), more with each release. pyogrio does
     not pass GDAL an allowed-driver list when it opens a file, so the list is enforced here,
-    on the driver manager the whole process shares: pyogrio (which registers the drivers
-    once, when it is imported) and GeoDjango load the same library. Idempotent; returns the
-    drivers that remain.
+    on the driver manager the whole process shares: pyogrio and GeoDjango load the same
+    library. Every driver is registered first (``GDALAllRegister``, which also runs when
+    pyogrio is imported and brings back deregistered ones), so that the result does not
+    depend on what ran before. Idempotent; returns the drivers that remain.
     """
-    import pyogrio  # noqa: F401 - registers the drivers, so that there is something to drop
-
     library, _ = pyogrio_gdal()
     if library is None:  # pragma: no cover - the wheel always ships its GDAL
         raise RuntimeError("the GDAL library inside the pyogrio wheel was not found")
@@ -77,6 +76,8 @@ def allow_only_drivers(allowed: Iterable[str]) -> list[str]:
     lib.GDALGetDescription.restype = ctypes.c_char_p
     lib.GDALDeregisterDriver.argtypes = [ctypes.c_void_p]
     lib.GDALDeregisterDriver.restype = None
+    lib.GDALAllRegister.restype = None
+    lib.GDALAllRegister()
     keep = set(allowed)
     remaining = []
     # Backwards: deregistering shifts the indices of the drivers after it.

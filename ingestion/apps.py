@@ -8,9 +8,10 @@ class IngestionConfig(AppConfig):
     def ready(self) -> None:
         # Edge-node gauges and counters, read from the database at each scrape of /metrics.
         from ingestion.edge.metrics import edge_metrics_register
-
-        # Importing the geo reader leaves GDAL with only the drivers uploads may use, in
-        # every process (web, worker, shell), before any code could open a file.
-        from ingestion.readers import geo  # noqa: F401
+        from ingestion.readers.drivers import lock_down
 
         edge_metrics_register()
+        # GDAL keeps only the drivers uploads may use, in every process (web, worker,
+        # shell), before any code could open a file; pyogrio itself is imported only where
+        # a geo file is read (ingestion.readers.drivers says why).
+        lock_down()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ingestion.readers.base import (
     BATCH_ROWS,
@@ -37,8 +38,9 @@ from ingestion.readers.base import (
     Layer,
     UnreadableFile,
 )
+from ingestion.readers.crs import srid_from_crs
 from ingestion.readers.delimited import CsvReader, detect_encoding, open_text_head
-from ingestion.readers.geo import ALLOWED_DRIVERS, GeoReader, srid_from_crs
+from ingestion.readers.drivers import ALLOWED_DRIVERS, GDAL_FORMATS
 from ingestion.readers.jsonarray import JsonArrayReader
 from ingestion.readers.parquet import ParquetReader
 from ingestion.readers.safety import GZIP_MAGIC, check_gzip, check_zip, wkb_problem
@@ -47,6 +49,7 @@ __all__ = [
     "ALLOWED_DRIVERS",
     "BATCH_ROWS",
     "FORMATS",
+    "GDAL_FORMATS",
     "MAX_CELL_BYTES",
     "MAX_COLUMNS",
     "MAX_EXPANDED_BYTES",
@@ -67,7 +70,25 @@ __all__ = [
 ]
 
 FORMATS = ("csv", "geojson", "geojsonseq", "gpkg", "json", "parquet", "shapefile")
-Reader = CsvReader | GeoReader | JsonArrayReader | ParquetReader
+if TYPE_CHECKING:
+    from ingestion.readers.geo import GeoReader
+
+    Reader = CsvReader | GeoReader | JsonArrayReader | ParquetReader
+
+
+def __getattr__(name: str) -> Any:
+    """``GeoReader`` (and ``Reader``, which names it) load pyogrio when first asked for: a
+    process that never opens a geo file never pays for GDAL's readers (``drivers``)."""
+    if name in {"GeoReader", "Reader"}:
+        from ingestion.readers.geo import GeoReader
+
+        return (
+            GeoReader
+            if name == "GeoReader"
+            else (CsvReader | GeoReader | JsonArrayReader | ParquetReader)
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _BOM_AND_SPACE = b"\xef\xbb\xbf \t\r\n"
 _GEOJSON_TYPES = (
@@ -152,6 +173,8 @@ def open_reader(path: Path, fmt: str | None = None) -> Reader:
         return JsonArrayReader(path)
     if fmt == "parquet":
         return ParquetReader(path)
-    if fmt in {"geojson", "geojsonseq", "shapefile", "gpkg"}:
+    if fmt in GDAL_FORMATS:
+        from ingestion.readers.geo import GeoReader
+
         return GeoReader(path, fmt)
     raise UnreadableFile(f"format {fmt!r} is not supported")

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Generator, Iterator
-from ctypes import POINTER, byref, c_char_p, c_int, c_void_p
 from itertools import islice
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 
-from config.gdal import allow_only_drivers, skip_vrt
+from config.gdal import skip_vrt
 from ingestion.readers.base import (
     BATCH_ROWS,
     MAX_CELL_BYTES,
@@ -25,21 +22,22 @@ from ingestion.readers.base import (
     first_line,
     too_large_detail,
 )
+from ingestion.readers.drivers import ALLOWED_DRIVERS, GDAL_FORMATS, lock_down
 from ingestion.readers.feature_ids import feature_id_column, feature_ids
 from ingestion.readers.safety import check_gzip, check_zip, is_gzip, reject_bad_wkb
 
 # GDAL_SKIP must be in the environment before GDAL registers its drivers.
 skip_vrt()
 
-import pyogrio  # noqa: E402
-import pyogrio.errors  # noqa: E402
-from pyogrio.raw import open_arrow  # noqa: E402
+# The one module that imports pyogrio (ruff's banned-api rule): see ingestion.readers.drivers.
+import pyogrio  # noqa: E402, TID251
+import pyogrio.errors  # noqa: E402, TID251
+from pyogrio.raw import open_arrow  # noqa: E402, TID251
 
-ALLOWED_DRIVERS = {"ESRI Shapefile", "GeoJSON", "GeoJSONSeq", "GPKG"}
-# Only these drivers stay registered in this process: GDAL cannot open anything else, whatever
-# an upload's bytes or name claim (IngestionConfig.ready does the same in every process).
-allow_only_drivers(ALLOWED_DRIVERS)
-GDAL_FORMATS = {"geojson", "geojsonseq", "shapefile", "gpkg"}
+# pyogrio's import registered every GDAL driver again: only the allowed ones stay, before
+# anything can open a file with it (IngestionConfig.ready did the same at start-up).
+lock_down()
+__all__ = ["ALLOWED_DRIVERS", "GDAL_ERRORS", "GDAL_FORMATS", "GeoReader"]
 # What GDAL raises for input it cannot read; anything else is a bug worth a traceback.
 GDAL_ERRORS = (
     pyogrio.errors.DataSourceError,
@@ -110,6 +108,22 @@ class GeoReader:
             raise UnreadableFile(f"the zip holds no shapefile {layer[:80]!r}")
         # A shapefile holds one layer, whatever its name.
         return f"{self.source}/{self.shapefiles[layer]}", 0
+
+    def first_records(self, layer: str, count: int) -> tuple[list[str], str, list[dict]]:
+        """A layer's fields, geometry column and first ``count`` features as dicts (WKB
+        geometries), in one read of the first batch; for the admin's sample of a file."""
+        source, within = self.layer_source(layer)
+        try:
+            with open_arrow(source, layer=within, batch_size=count, use_pyarrow=True) as (
+                meta,
+                arrow,
+            ):
+                geometry = meta.get("geometry_name") or "wkb_geometry"
+                names = [str(f) for f in meta["fields"]]
+                first = next(iter(arrow), None)
+        except GDAL_ERRORS as exc:
+            raise UnreadableFile(f"GDAL cannot read the file: {first_line(exc)}") from None
+        return names, geometry, (first.to_pylist()[:count] if first is not None else [])
 
     def _listed(self) -> list[tuple[str, str | None]]:
         if self.format != "shapefile":
@@ -210,64 +224,3 @@ def _next_ids(
                 rejects.setdefault(i, ("cell_too_large", too_large_detail(name, size)))
                 values[i] = cell_preview(value)
     return values
-
-
-def srid_from_crs(crs: str | None) -> int:
-    """EPSG code of a layer's CRS; WGS84 when the file states none (GeoJSON's rule)."""
-    if not crs:
-        return 4326
-    if m := re.fullmatch(r"EPSG:(\d{1,9})", crs.strip(), re.IGNORECASE | re.ASCII):
-        return int(m[1])
-    from django.contrib.gis.gdal import GDALException, SpatialReference, SRSException
-
-    try:
-        srs = SpatialReference(crs)
-    except (GDALException, SRSException, ValueError, TypeError):
-        srs = None
-    srid = None
-    if srs is not None:
-        try:
-            srs.identify_epsg()
-            srid = srs.srid
-        except (GDALException, SRSException):
-            srid = None
-        if srid is None:
-            srid = _closest_epsg(srs)
-    if srid is None:
-        raise UnreadableFile(f"cannot identify the coordinate system {crs[:80]!r}")
-    return int(srid)
-
-
-def _closest_epsg(srs: Any) -> int | None:
-    """The EPSG code GDAL's matcher is sure of (confidence ≥ 90), for a definition without id.
-
-    ``identify_epsg`` only recognises a few families; a PROJJSON or WKT of British National
-    Grid that lost its ``id`` needs GDAL's full matcher (``OSRFindMatches``), which Django
-    does not wrap. The functions are looked up afresh (``lgdal[name]``) so that Django's own
-    prototypes of the same symbols keep their types.
-    """
-    from django.contrib.gis.gdal.libgdal import lgdal
-    from django.contrib.gis.gdal.prototypes import srs as capi
-
-    find = lgdal["OSRFindMatches"]
-    find.argtypes = [c_void_p, POINTER(c_char_p), POINTER(c_int), POINTER(POINTER(c_int))]
-    find.restype = POINTER(c_void_p)
-    free_matches = lgdal["OSRFreeSRSArray"]
-    free_matches.argtypes, free_matches.restype = [POINTER(c_void_p)], None
-    free = lgdal["VSIFree"]  # what the CPLFree macro calls
-    free.argtypes, free.restype = [c_void_p], None
-    count = c_int(0)
-    confidence = POINTER(c_int)()
-    matches = find(srs.ptr, None, byref(count), byref(confidence))
-    try:
-        for i in range(count.value):
-            if confidence[i] >= 90 and capi.get_auth_name(matches[i], None) == "EPSG":
-                code = capi.get_auth_code(matches[i], None)
-                if code and code.isascii() and code.isdigit():
-                    return int(code)
-        return None
-    finally:
-        if matches:
-            free_matches(matches)
-        if confidence:
-            free(confidence)

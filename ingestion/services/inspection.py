@@ -10,7 +10,7 @@ import os
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,8 +19,6 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models.functions import Now
 from django.utils.text import get_valid_filename
-from pyogrio.errors import DataLayerError, DataSourceError
-from pyogrio.raw import open_arrow
 
 from ingestion.mapping import (
     CONTENT_KEY_NOTE,
@@ -31,13 +29,18 @@ from ingestion.mapping import (
     mapping_propose,
 )
 from ingestion.models import ImportJob, ImportState
-from ingestion.readers import CsvReader, GeoReader, Reader, UnreadableFile, open_reader
+from ingestion.readers import CsvReader, UnreadableFile, open_reader
+from ingestion.readers.drivers import GDAL_FORMATS
 from ingestion.services import jobs
 from ingestion.services.stored_files import import_job_local_file
 from ingestion.staging.arrow_text import text_array
 from ingestion.staging.geometry_text import has_heights_or_measures
 from ingestion.staging.values import key_repeats, source_keys
 from places.models import Dataset
+
+if TYPE_CHECKING:
+    from ingestion.readers import Reader
+    from ingestion.readers.geo import GeoReader
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +68,9 @@ ESTIMATE_SAMPLE_BYTES = 1 << 20
 REPEATS_FOR_FALLBACK = 0.1
 
 
+# GDAL's own errors reach here as UnreadableFile (GeoReader converts them).
 _READ_ERRORS = (
     UnreadableFile,
-    DataLayerError,
-    DataSourceError,
     pa.ArrowException,
     OSError,
     EOFError,
@@ -178,8 +180,9 @@ def _inspect(job: ImportJob, *, path: Path) -> ImportJob:
             row_count = None if None in layer_rows else sum(r or 0 for r in layer_rows)
             estimated = False
             sample_columns, sample_rows = (
-                _geo_sample(reader, layers[0].name)
-                if isinstance(reader, GeoReader)
+                # The format, not isinstance: naming GeoReader would load pyogrio here.
+                _geo_sample(cast("GeoReader", reader), layers[0].name)
+                if job.format in GDAL_FORMATS
                 else _batch_sample(reader, layers[0].name)
             )
     except _READ_ERRORS as exc:
@@ -445,16 +448,7 @@ def _geo_sample(reader: GeoReader, layer: str) -> tuple[list[str], list[list[str
     """The first features of a layer; geometries as (shortened) WKT in the file's CRS."""
     from django.contrib.gis.geos import GEOSException, GEOSGeometry
 
-    # Batches of the sample's size, of which only the first is read.
-    source, within = reader.layer_source(layer)
-    with open_arrow(source, layer=within, batch_size=SAMPLE_ROWS, use_pyarrow=True) as (
-        meta,
-        arrow,
-    ):
-        geometry = meta.get("geometry_name") or "wkb_geometry"
-        names = [str(f) for f in meta["fields"]]
-        first = next(iter(arrow), None)
-    records = first.to_pylist()[:SAMPLE_ROWS] if first is not None else []
+    names, geometry, records = reader.first_records(layer, SAMPLE_ROWS)
     # Feature ids GDAL keeps only as FIDs come from the reader, as in its batches.
     id_column = reader.feature_id_column(names)
     if id_column:

@@ -73,15 +73,8 @@ def test_formats_outside_the_list_are_unknown_to_gdal(
         pyogrio.read_info(path)
 
 
-@pytest.mark.slow  # a new Python process with Django
-def test_a_new_process_starts_with_the_short_list(tmp_path: Path) -> None:
-    """Django's app loading locks GDAL down in every process (web, worker, shell), before
-    any code of ours imports the readers."""
-    code = (
-        "import django; django.setup(); import pyogrio; "
-        "print(','.join(sorted(pyogrio.list_drivers())))"
-    )
-    out = subprocess.run(
+def _in_a_new_process(code: str) -> str:
+    return subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
@@ -89,4 +82,33 @@ def test_a_new_process_starts_with_the_short_list(tmp_path: Path) -> None:
         timeout=120,
         cwd=settings.BASE_DIR,
     ).stdout.strip()
-    assert out.split(",") == sorted(ALLOWED_DRIVERS)
+
+
+@pytest.mark.slow  # a new Python process with Django
+def test_a_new_process_starts_with_the_short_list() -> None:
+    """Django's app loading locks GDAL down in every process (web, worker, shell), before
+    any code of ours imports the readers; the web's code never loads pyogrio (its import
+    costs a worker 130 MiB and would register every driver again), and the reader that
+    does locks GDAL down again at once."""
+    out = _in_a_new_process(
+        "import sys, django; django.setup(); import config.urls; "
+        "from django.contrib.gis.gdal import Driver; "
+        "print('pyogrio' in sys.modules); "
+        "print(','.join(sorted(Driver(i).name for i in range(Driver.driver_count())))); "
+        "from ingestion.readers import GeoReader; import pyogrio; "
+        "print(','.join(sorted(pyogrio.list_drivers())))"
+    )
+    loaded, django_drivers, pyogrio_drivers = out.splitlines()[-3:]
+    assert loaded == "False"
+    assert django_drivers.split(",") == sorted(ALLOWED_DRIVERS)
+    assert pyogrio_drivers.split(",") == sorted(ALLOWED_DRIVERS)
+
+
+@pytest.mark.slow  # a new Python process with Django
+def test_importing_pyogrio_elsewhere_would_undo_the_lock() -> None:
+    """Why pyogrio is imported by ingestion.readers.geo alone (ruff's banned-api rule): its
+    import registers every driver again, the ones deregistered at start-up included."""
+    out = _in_a_new_process(
+        "import django; django.setup(); import pyogrio; print(len(pyogrio.list_drivers()))"
+    )
+    assert int(out.splitlines()[-1]) > len(ALLOWED_DRIVERS)
