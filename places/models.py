@@ -10,10 +10,10 @@ from django.conf import settings
 from django.contrib.gis.db import models
 from django.contrib.gis.db.models.functions import IsValid
 from django.contrib.postgres.fields import ArrayField
-from django.contrib.postgres.indexes import GinIndex, GistIndex, OpClass
+from django.contrib.postgres.indexes import GistIndex
 from django.core.validators import URLValidator
 from django.db.models import F, Func, Q
-from django.db.models.functions import Now, Upper
+from django.db.models.functions import Now
 
 SRID = 4326
 
@@ -287,8 +287,8 @@ class Place(models.Model):
             models.Index(fields=["updated_at"], name="place_updated_at"),
             # Curators look places up by their OSM id across datasets.
             models.Index(fields=["source_key"], name="place_source_key"),
-            # Name search (icontains compares UPPER(name)) in the admin and the API.
-            GinIndex(OpClass(Upper("name"), name="gin_trgm_ops"), name="place_name_trgm"),
+            # Name search (the admin's and the API's `q`) has one trigram index, on the
+            # upper-cased unaccented name (migration 0023, outside Django's state).
         ]
 
     def __str__(self) -> str:

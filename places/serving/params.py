@@ -162,7 +162,9 @@ class PlaceFiltersQuery(QueryParams):
         help_text="Only places changed at or after this ISO 8601 time (for incremental sync).",
     )
     q = serializers.CharField(
-        required=False, max_length=200, help_text="Case-insensitive substring of the name."
+        required=False,
+        max_length=200,
+        help_text="Substring of the name, case and accents ignored ('sao' finds 'São').",
     )
 
     def place_query(self, *, bbox: BBox | None = None) -> PlaceQuery:

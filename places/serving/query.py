@@ -105,8 +105,9 @@ class PlaceQuery:
             clauses.append("p.denominations @> ARRAY[%(denomination)s]::text[]")
             params["denomination"] = self.denomination
         if self.q:
-            # Same expression as the trigram index place_name_trgm, so the index is used.
-            clauses.append("UPPER(p.name) LIKE UPPER(%(q)s)")
+            # The name search of places.selectors.place_name_search (case and accents
+            # ignored), the expression its trigram index place_name_unaccent_trgm holds.
+            clauses.append("UPPER(places_unaccent(p.name)) LIKE UPPER(places_unaccent(%(q)s))")
             params["q"] = like_pattern(self.q)
         return " AND ".join(clauses) or "true", params
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 from django.contrib.gis.geos import Point, Polygon
 from django.core.cache import cache
+from django.db import connection
 from rest_framework.test import APIClient
 
 from places.models import Place
 from places.services import dataset_get_or_create, place_create
+from places.services.places import place_update
+from places.serving.query import PlaceQuery
 
 pytestmark = pytest.mark.django_db
 
@@ -136,6 +139,23 @@ def test_name_search_and_country_filter(api, gb_import):
     names = [f["properties"]["name"] for f in response.json()["features"]]
     assert names
     assert all("cathedral" in n.lower() for n in names)
+
+
+def test_name_search_ignores_accents_and_is_answered_by_the_trigram_index(api, pacific):
+    """`q` is the admin's name search (case and accents ignored), on its one trigram index."""
+    place = pacific[0]
+    place_update(place=place, data={"name": "Igreja de São Sebastião"})
+    for q in ("sao sebastiao", "SÃO SEBAST", "são"):
+        found = api.get("/api/v1/places/", {"q": q, "dataset": "pacific"}).json()["features"]
+        assert [f["id"] for f in found] == [place.pk], q
+    for q in ("sao paulo", "s_o"):  # a wildcard in the text is taken literally
+        assert not api.get("/api/v1/places/", {"q": q, "dataset": "pacific"}).json()["features"]
+    where, params = PlaceQuery(q="sao").where()
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(f"EXPLAIN SELECT p.id FROM places_place p WHERE {where}", params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "place_name_unaccent_trgm" in plan
 
 
 def test_place_detail_has_footprint_and_region(api, gb_import):
