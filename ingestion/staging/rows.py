@@ -88,7 +88,9 @@ def raw_values(arrays: dict[str, pa.Array], size: int | None = None) -> pa.Array
     )
 
 
-_NULL_TEXT = pa.scalar(None, pa.string())
+# A typed null made from an array, not pa.scalar(None): that call imports pandas when it is
+# installed (57 MiB in every process that loads this module, the web workers included).
+_NULL_TEXT = pa.nulls(1, pa.string())[0]
 
 
 class _Rejections:

@@ -88,12 +88,13 @@ def _in_a_new_process(code: str) -> str:
 def test_a_new_process_starts_with_the_short_list() -> None:
     """Django's app loading locks GDAL down in every process (web, worker, shell), before
     any code of ours imports the readers; the web's code never loads pyogrio (its import
-    costs a worker 130 MiB and would register every driver again), and the reader that
-    does locks GDAL down again at once."""
+    would register every driver again, and costs a worker 22 MiB, more with geopandas) nor
+    pandas (57 MiB, installed for the tests), and the reader that does locks GDAL down again
+    at once."""
     out = _in_a_new_process(
         "import sys, django; django.setup(); import config.urls; "
         "from django.contrib.gis.gdal import Driver; "
-        "print('pyogrio' in sys.modules); "
+        "print('pyogrio' in sys.modules or 'pandas' in sys.modules); "
         "print(','.join(sorted(Driver(i).name for i in range(Driver.driver_count())))); "
         "from ingestion.readers import GeoReader; import pyogrio; "
         "print(','.join(sorted(pyogrio.list_drivers())))"
