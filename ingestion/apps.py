@@ -6,12 +6,12 @@ class IngestionConfig(AppConfig):
     verbose_name = "Imports"
 
     def ready(self) -> None:
-        # Edge-node gauges and counters, read from the database at each scrape of /metrics.
         from ingestion.edge.metrics import edge_metrics_register
         from ingestion.readers.drivers import lock_down
 
-        edge_metrics_register()
         # GDAL keeps only the drivers uploads may use, in every process (web, worker,
         # shell), before any code could open a file; pyogrio itself is imported only where
         # a geo file is read (ingestion.readers.drivers says why).
         lock_down()
+        # Edge-node gauges and counters, read from the database at each scrape of /metrics.
+        edge_metrics_register()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ingestion.readers.base import (
     BATCH_ROWS,
@@ -56,11 +56,9 @@ __all__ = [
     "MAX_EXPANSION_RATIO",
     "Batch",
     "CsvReader",
-    "GeoReader",
     "JsonArrayReader",
     "Layer",
     "ParquetReader",
-    "Reader",
     "UnreadableFile",
     "detect_encoding",
     "detect_format",
@@ -71,23 +69,11 @@ __all__ = [
 
 FORMATS = ("csv", "geojson", "geojsonseq", "gpkg", "json", "parquet", "shapefile")
 if TYPE_CHECKING:
+    # GeoReader lives in ingestion.readers.geo, imported only where a geo file is read: that
+    # module loads pyogrio (see ingestion.readers.drivers).
     from ingestion.readers.geo import GeoReader
 
     Reader = CsvReader | GeoReader | JsonArrayReader | ParquetReader
-
-
-def __getattr__(name: str) -> Any:
-    """``GeoReader`` (and ``Reader``, which names it) load pyogrio when first asked for: a
-    process that never opens a geo file never pays for GDAL's readers (``drivers``)."""
-    if name in {"GeoReader", "Reader"}:
-        from ingestion.readers.geo import GeoReader
-
-        return (
-            GeoReader
-            if name == "GeoReader"
-            else (CsvReader | GeoReader | JsonArrayReader | ParquetReader)
-        )
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _BOM_AND_SPACE = b"\xef\xbb\xbf \t\r\n"

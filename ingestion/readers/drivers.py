@@ -1,12 +1,13 @@
 """The GDAL drivers uploads may be opened with, and GDAL locked down to them in every process.
 
-Importing pyogrio costs a process 130 MiB (GDAL's drivers, pyarrow) and, where the test
-requirements installed them, 80 more (pandas, geopandas, shapely). Only processes that open
-a geo file pay it: pyogrio is imported by ``ingestion.readers.geo`` and nowhere else (ruff's
-banned-api rule keeps it so), and that module locks GDAL down again right after the import,
-which registers every driver. Every process still starts locked down, whether or not it
-ever reads a file: ``IngestionConfig.ready`` calls ``lock_down`` on the GDAL library that
-GeoDjango has loaded, the same file as pyogrio's (``config.gdal``).
+Importing pyogrio costs a process 22 MiB beyond GDAL and pyarrow, which GeoDjango and the
+importer's modules load anyway, and, where the test requirements installed them, geopandas
+and shapely on top. Only processes that open a geo file pay it: pyogrio is imported by
+``ingestion.readers.geo`` and nowhere else (ruff's banned-api rule keeps it so), and that
+module locks GDAL down again right after the import, which registers every driver. Every
+process still starts locked down, whether or not it ever reads a file:
+``IngestionConfig.ready`` calls ``lock_down`` first thing, on pyogrio's GDAL library, which
+GeoDjango loads too (``config.gdal``), and on GeoDjango's if another.
 """
 
 from __future__ import annotations
@@ -17,7 +18,23 @@ GDAL_FORMATS = {"geojson", "geojsonseq", "shapefile", "gpkg"}
 
 
 def lock_down() -> list[str]:
-    """Leave GDAL with ``ALLOWED_DRIVERS`` only, in this process; returns what remains."""
-    from config.gdal import allow_only_drivers
+    """Leave GDAL with ``ALLOWED_DRIVERS`` only, in this process, in pyogrio's library and in
+    GeoDjango's (another file when ``GDAL_LIBRARY_PATH`` names one); returns what remains.
 
-    return allow_only_drivers(ALLOWED_DRIVERS)
+    Raises ``ImproperlyConfigured`` unless exactly the allowed drivers remain: with none
+    left, GeoDjango would register every driver again the first time it is asked for one.
+    """
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    from config.gdal import allow_only_drivers, pyogrio_gdal
+
+    libraries = {pyogrio_gdal()[0], getattr(settings, "GDAL_LIBRARY_PATH", None)}
+    remaining: list[str] = []
+    for library in sorted(name for name in libraries if name):
+        remaining = allow_only_drivers(ALLOWED_DRIVERS, library=library)
+        if set(remaining) != ALLOWED_DRIVERS:
+            raise ImproperlyConfigured(
+                f"GDAL ({library}) kept the drivers {remaining}, not {sorted(ALLOWED_DRIVERS)}"
+            )
+    return remaining

@@ -180,9 +180,9 @@ def _inspect(job: ImportJob, *, path: Path) -> ImportJob:
             row_count = None if None in layer_rows else sum(r or 0 for r in layer_rows)
             estimated = False
             sample_columns, sample_rows = (
-                # The format, not isinstance: naming GeoReader would load pyogrio here.
+                # Asked of the reader, not isinstance: naming GeoReader would load pyogrio.
                 _geo_sample(cast("GeoReader", reader), layers[0].name)
-                if job.format in GDAL_FORMATS
+                if reader.format in GDAL_FORMATS
                 else _batch_sample(reader, layers[0].name)
             )
     except _READ_ERRORS as exc:

@@ -16,7 +16,8 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from ingestion.readers import GeoReader, UnreadableFile, detect_format, srid_from_crs
+from ingestion.readers import UnreadableFile, detect_format, srid_from_crs
+from ingestion.readers.geo import GeoReader
 from places.models import Dataset, RegionLevel
 from places.services import regions_hold_for_writing, regions_refresh
 

@@ -23,10 +23,14 @@ ANY_STATUS = "any"
 STATUS_CHOICES = [*PlaceStatus.choices, (ANY_STATUS, "Any status")]
 
 
-def like_pattern(text: str) -> str:
-    """A LIKE pattern matching ``text`` anywhere, with LIKE's own wildcards taken literally."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+# Name search, the rule of places.selectors.place_name_search (case and accents ignored), as
+# SQL on ``p``: the expression its trigram index place_name_unaccent_trgm holds, LIKE the
+# text anywhere. LIKE's wildcards are escaped after unaccenting, as Django's ``contains``
+# does: unaccent folds full-width ％ ＿ ＼ into % _ \, which escaped first would be wildcards.
+NAME_CONTAINS = (
+    "UPPER(places_unaccent(p.name)) LIKE '%%' || replace(replace(replace("
+    "UPPER(places_unaccent(%(q)s)), '\\', '\\\\'), '%%', '\\%%'), '_', '\\_') || '%%'"
+)
 
 
 def dataset_ids_of(dataset_id: int | None) -> tuple[int, ...] | None:
@@ -105,10 +109,8 @@ class PlaceQuery:
             clauses.append("p.denominations @> ARRAY[%(denomination)s]::text[]")
             params["denomination"] = self.denomination
         if self.q:
-            # The name search of places.selectors.place_name_search (case and accents
-            # ignored), the expression its trigram index place_name_unaccent_trgm holds.
-            clauses.append("UPPER(places_unaccent(p.name)) LIKE UPPER(places_unaccent(%(q)s))")
-            params["q"] = like_pattern(self.q)
+            clauses.append(NAME_CONTAINS)
+            params["q"] = self.q
         return " AND ".join(clauses) or "true", params
 
     def key(self) -> str:
@@ -118,6 +120,10 @@ class PlaceQuery:
         known = self.__dict__.get("_key")
         if known is None:
             text = "|".join(f"{f.name}={getattr(self, f.name)!s}" for f in fields(self))
+            if self.q is not None:
+                # `q` ignores accents since 2026-12-04: answers cached under its old
+                # meaning (case only) are not served for the new one.
+                text += "|q:accents"
             known = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:20]
             self.__dict__["_key"] = known  # frozen: past the dataclass's __setattr__
         return known

@@ -13,8 +13,10 @@ import pyogrio.errors
 import pytest
 from django.conf import settings
 from django.contrib.gis.gdal import Driver
+from django.core.exceptions import ImproperlyConfigured
 
-from ingestion.readers import ALLOWED_DRIVERS, GeoReader, UnreadableFile
+from ingestion.readers import ALLOWED_DRIVERS, UnreadableFile, drivers
+from ingestion.readers.geo import GeoReader
 
 FEATURE = {
     "type": "Feature",
@@ -96,7 +98,7 @@ def test_a_new_process_starts_with_the_short_list() -> None:
         "from django.contrib.gis.gdal import Driver; "
         "print('pyogrio' in sys.modules or 'pandas' in sys.modules); "
         "print(','.join(sorted(Driver(i).name for i in range(Driver.driver_count())))); "
-        "from ingestion.readers import GeoReader; import pyogrio; "
+        "from ingestion.readers.geo import GeoReader; import pyogrio; "
         "print(','.join(sorted(pyogrio.list_drivers())))"
     )
     loaded, django_drivers, pyogrio_drivers = out.splitlines()[-3:]
@@ -113,3 +115,12 @@ def test_importing_pyogrio_elsewhere_would_undo_the_lock() -> None:
         "import django; django.setup(); import pyogrio; print(len(pyogrio.list_drivers()))"
     )
     assert int(out.splitlines()[-1]) > len(ALLOWED_DRIVERS)
+
+
+def test_lock_down_refuses_to_start_without_every_allowed_driver(monkeypatch) -> None:
+    """With an allowed driver missing the lock is not what it claims (and with none left,
+    GeoDjango would register them all again): start-up fails instead."""
+    monkeypatch.setattr(drivers, "ALLOWED_DRIVERS", {*ALLOWED_DRIVERS, "NoSuchDriver"})
+    with pytest.raises(ImproperlyConfigured, match="NoSuchDriver"):
+        drivers.lock_down()
+    assert set(pyogrio.list_drivers()) == ALLOWED_DRIVERS

@@ -17,7 +17,8 @@ import pytest
 
 from ingestion.mapping import CONTENT_KEY, CONTENT_KEY_NOTE
 from ingestion.models import ImportJob, ImportMode, ImportState
-from ingestion.readers import GeoReader, UnreadableFile, open_reader
+from ingestion.readers import UnreadableFile, open_reader
+from ingestion.readers.geo import GeoReader
 from ingestion.services import inspection, jobs
 from ingestion.services.imports import import_job_execute
 from places.models import Place, PlaceStatus

@@ -20,11 +20,11 @@ from ingestion.readers import (
     MAX_CELL_BYTES,
     MAX_COLUMNS,
     CsvReader,
-    GeoReader,
     UnreadableFile,
     detect_format,
     open_reader,
 )
+from ingestion.readers.geo import GeoReader
 from ingestion.services import jobs
 from ingestion.services.imports import import_job_execute
 from ingestion.services.jobs import import_job_create
