@@ -36,11 +36,14 @@ rows AS (
            ST_AsMVTGeom(ST_Transform(p.location, 3857), bounds.tile, {{extent}}, 64, true) AS geom
     FROM places_place p, bounds
     WHERE p.location && bounds.search AND {{where}}
-    ORDER BY hashint8(p.id), p.id
+    {{order}}
     LIMIT {{limit}}
 )
-SELECT ST_AsMVT(rows, 'places', {{extent}}, 'geom', 'id') FROM rows
+SELECT ST_AsMVT(rows, 'places', {{extent}}, 'geom', 'id'), count(*) FROM rows
 """  # nosec B608 # columns from TILE_COLUMNS; values are bound
+# The thinning order, needed only when a tile holds more than MAX_FEATURES places: sorting a
+# dense tile's places by it was a fifth of its SQL (2.5 of 16 ms for 6,552 places).
+THINNING_ORDER = "ORDER BY hashint8(p.id), p.id"
 
 # Layer ``clusters``: what each cluster feature carries (the SELECT of ``rows`` below).
 CLUSTER_FIELDS = {
@@ -149,11 +152,25 @@ def place_tile(*, z: int, x: int, y: int, filters: PlaceQuery) -> bytes:
     """The places tile z/x/y: clusters below ``CLUSTER_BELOW_ZOOM``, places from there on."""
     # The tile's own envelope is the box; a bbox in the filters is not used here.
     where, params = filters.where(box=False)
-    template = CLUSTERS_SQL if z < CLUSTER_BELOW_ZOOM else PLACES_SQL
-    sql = template.format(extent=EXTENT, grid=CLUSTER_GRID, limit=MAX_FEATURES, where=where)
+    params = {"z": z, "x": x, "y": y, **params}
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"z": z, "x": x, "y": y, **params})
-        return bytes(cursor.fetchone()[0] or b"")
+        if z < CLUSTER_BELOW_ZOOM:
+            cursor.execute(
+                CLUSTERS_SQL.format(extent=EXTENT, grid=CLUSTER_GRID, where=where), params
+            )
+            return bytes(cursor.fetchone()[0] or b"")
+        # Unsorted first, one place over the cap: a tile within it holds every place in any
+        # order. Only a fuller one (rare from zoom 10 on) is built again, thinned in order.
+        unsorted = PLACES_SQL.format(extent=EXTENT, limit=MAX_FEATURES + 1, where=where, order="")
+        cursor.execute(unsorted, params)
+        body, count = cursor.fetchone()
+        if count > MAX_FEATURES:
+            thinned = PLACES_SQL.format(
+                extent=EXTENT, limit=MAX_FEATURES, where=where, order=THINNING_ORDER
+            )
+            cursor.execute(thinned, params)
+            body, count = cursor.fetchone()
+        return bytes(body or b"")
 
 
 def region_tile(*, z: int, x: int, y: int, level: str) -> bytes:

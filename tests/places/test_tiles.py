@@ -105,9 +105,36 @@ def test_feature_cap_thins_by_a_stable_priority(client, gb_import, clear_cache, 
     assert first == again
 
 
+def test_a_tile_within_the_cap_holds_every_place_unsorted(gb_import, monkeypatch):
+    """Under the cap the tile is built without the thinning order: the same places as the
+    thinned tile with room for all of them; over it, the thinned tile itself."""
+    z, x, y = CITY_Z13
+    where, params = PlaceQuery(status="active").where(box=False)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            tiles.PLACES_SQL.format(
+                extent=tiles.EXTENT, limit=100_000, where=where, order=tiles.THINNING_ORDER
+            ),
+            {"z": z, "x": x, "y": y, **params},
+        )
+        ordered, count = cursor.fetchone()
+    assert 25 < count < tiles.MAX_FEATURES
+
+    def ids(body: bytes) -> list[int]:
+        return [f["id"] for f in mapbox_vector_tile.decode(body)["places"]["features"]]
+
+    unsorted = tiles.place_tile(z=z, x=x, y=y, filters=PlaceQuery(status="active"))
+    assert sorted(ids(unsorted)) == sorted(ids(bytes(ordered)))
+    monkeypatch.setattr(tiles, "MAX_FEATURES", count)  # exactly full: still unsorted
+    assert tiles.place_tile(z=z, x=x, y=y, filters=PlaceQuery(status="active")) == unsorted
+    monkeypatch.setattr(tiles, "MAX_FEATURES", count - 1)  # one over: thinned in order
+    thinned = tiles.place_tile(z=z, x=x, y=y, filters=PlaceQuery(status="active"))
+    assert ids(thinned) == ids(bytes(ordered))[: count - 1]
+
+
 def test_tile_uses_the_spatial_index(gb_import):
     where, params = PlaceQuery(status="active").where(box=False)
-    sql = tiles.PLACES_SQL.format(extent=4096, grid=64, limit=1000, where=where)
+    sql = tiles.PLACES_SQL.format(extent=4096, limit=1000, where=where, order=tiles.THINNING_ORDER)
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = on")
         cursor.execute("EXPLAIN " + sql, {"z": 14, "x": 8186, "y": 5448, **params})
