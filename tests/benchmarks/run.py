@@ -200,6 +200,7 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
         ratio("tipg_items_all", "places_all_pages_uncached"),
         ratio("tipg_items_all", "viewport_bin_uncached"),
         ratio("tipg_tile_dense", "tile_dense_uncached"),
+        ratio("tipg_tile_interleaved", "tile_dense_uncached_interleaved"),
     ]
     return dict(p for p in pairs if p)
 
@@ -235,14 +236,22 @@ def targets(serving: dict[str, Any], imports: dict[str, Any] | None = None) -> l
         )
     found += _concurrency_targets(serving)
     r = serving.get("ratios", {})
-    if "tipg_tile_dense/tile_dense_uncached" in r:
-        found.append(
-            {
-                "target": "dense z10 tile, uncached: faster than tipg's same tile (tipg / ours)",
-                "measured_ratio": r["tipg_tile_dense/tile_dense_uncached"],
-                "met": r["tipg_tile_dense/tile_dense_uncached"] > 1,
-            }
-        )
+    # Taken in the same rounds when tipg ran beside ours (the measurements apart, minutes
+    # from each other, are reported too).
+    for pair in (
+        "tipg_tile_interleaved/tile_dense_uncached_interleaved",
+        "tipg_tile_dense/tile_dense_uncached",
+    ):
+        if pair in r:
+            found.append(
+                {
+                    "target": "dense z10 tile, uncached: faster than tipg's same tile "
+                    "(tipg / ours" + (", same rounds)" if "interleaved" in pair else ")"),
+                    "measured_ratio": r[pair],
+                    "met": r[pair] > 1,
+                }
+            )
+            break
     return found + big_geojson_targets(serving) + import_targets(imports)
 
 

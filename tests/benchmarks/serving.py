@@ -231,6 +231,37 @@ def _big_page_against_floors(
     return found
 
 
+def _tile_against_tipg(
+    host: str, port: int, path: str, *, tipg: Server, tipg_path: str, samples: int, flush: Any
+) -> dict[str, dict[str, Any]]:
+    """Our tile uncached and tipg's same tile, request by request in the same rounds, after
+    one untimed round: measured minutes apart, the two met different machines (on this
+    shared one our p50 moved between 18 and 29 ms from run to run, tipg's between 26 and 36)."""
+    times: dict[str, list[float]] = {"ours": [], "tipg": []}
+    last: dict[str, measure.Answer] = {}
+    for i in range(samples + 1):
+        flush()
+        for key, (server_host, server_port, server_path) in {
+            "ours": (host, port, path),
+            "tipg": (tipg.host, tipg.port, tipg_path),
+        }.items():
+            answer = measure.fetch(server_host, server_port, server_path)
+            if answer.status != 200:
+                raise RuntimeError(f"{server_path}: HTTP {answer.status}: {answer.body[:300]!r}")
+            last[key] = answer
+            if i:  # the first round warms both
+                times[key].append(answer.ms)
+    return {
+        key: {
+            **measure.summarise(times[key]),
+            "bytes": len(last[key].body),
+            "encoding": last[key].headers.get("content-encoding", "identity"),
+            "last": last[key],
+        }
+        for key in times
+    }
+
+
 def _row(result: dict[str, Any], label: str, **extra: Any) -> dict[str, Any]:
     result = {k: v for k, v in result.items() if k != "last"}
     return {"label": label, **result, **extra}
@@ -386,6 +417,20 @@ def run(
                 flush=flush,
                 tipg=(tipg_peer, f"{tipg_items}&limit={limit}") if tipg_peer else None,
             )
+            tile_pair = (
+                _tile_against_tipg(
+                    host,
+                    port,
+                    f"/tiles/places/{tile.path}.pbf",
+                    tipg=tipg_peer,
+                    tipg_path=f"/collections/{TIPG_COLLECTION}/tiles/WebMercatorQuad/"
+                    f"{tile.path}?{TIPG_PARAMS}",
+                    samples=samples,
+                    flush=flush,
+                )
+                if tipg_peer
+                else None
+            )
         # The worker that answered the big page (and only such pages so far, besides the
         # views) shows what answering it costs in memory.
         out["rss_kib"]["after_big_geojson"] = worker_peak_rss_kib(web.pid)
@@ -405,6 +450,20 @@ def run(
                 box="box_100k",
                 features=_features(measured["tipg"]["last"]),
                 expected=min(limit, big.places),
+            )
+        if tile_pair:
+            rows["tile_dense_uncached_interleaved"] = _row(
+                tile_pair["ours"],
+                f"tile {tile.path} (places), uncached, in the same rounds as tipg's",
+                places=tile.places,
+                features=_mvt_features(tile_pair["ours"]["last"]),
+            )
+            rows["tipg_tile_interleaved"] = _row(
+                tile_pair["tipg"],
+                f"baseline: tipg tile {tile.path}, in the same rounds as ours",
+                places=tile.places,
+                features=_mvt_features(tile_pair["tipg"]["last"]),
+                expected=tile.places,
             )
         for key, label in [
             ("one_statement", "floor: PostgreSQL writes that page's JSON, one statement"),
