@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from django.conf import settings
+
+from tests.subprocesses import python_output
 
 
 @pytest.mark.slow  # a new Python process with Django
@@ -17,12 +15,4 @@ def test_a_web_worker_imports_every_view_before_its_first_request() -> None:
         "import sys; import config.wsgi; from places.version_watch import WATCH; WATCH.stop(); "
         "print('places.ogc.urls' in sys.modules, 'pygeofilter' in sys.modules)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-        cwd=settings.BASE_DIR,
-    ).stdout.strip()
-    assert out.splitlines()[-1] == "True True"
+    assert python_output(code).splitlines()[-1] == "True True"

@@ -4,19 +4,17 @@ the process, so a file that names or points at other files has nothing to open i
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pyogrio
 import pyogrio.errors
 import pytest
-from django.conf import settings
 from django.contrib.gis.gdal import Driver
 from django.core.exceptions import ImproperlyConfigured
 
 from ingestion.readers import ALLOWED_DRIVERS, UnreadableFile, drivers
 from ingestion.readers.geo import GeoReader
+from tests.subprocesses import python_output
 
 FEATURE = {
     "type": "Feature",
@@ -75,17 +73,6 @@ def test_formats_outside_the_list_are_unknown_to_gdal(
         pyogrio.read_info(path)
 
 
-def _in_a_new_process(code: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-        cwd=settings.BASE_DIR,
-    ).stdout.strip()
-
-
 @pytest.mark.slow  # a new Python process with Django
 def test_a_new_process_starts_with_the_short_list() -> None:
     """Django's app loading locks GDAL down in every process (web, worker, shell), before
@@ -93,7 +80,7 @@ def test_a_new_process_starts_with_the_short_list() -> None:
     would register every driver again, and costs a worker 22 MiB, more with geopandas) nor
     pandas (57 MiB, installed for the tests), and the reader that does locks GDAL down again
     at once."""
-    out = _in_a_new_process(
+    out = python_output(
         "import sys, django; django.setup(); import config.urls; "
         "from django.contrib.gis.gdal import Driver; "
         "print('pyogrio' in sys.modules or 'pandas' in sys.modules); "
@@ -111,7 +98,7 @@ def test_a_new_process_starts_with_the_short_list() -> None:
 def test_importing_pyogrio_elsewhere_would_undo_the_lock() -> None:
     """Why pyogrio is imported by ingestion.readers.geo alone (ruff's banned-api rule): its
     import registers every driver again, the ones deregistered at start-up included."""
-    out = _in_a_new_process(
+    out = python_output(
         "import django; django.setup(); import pyogrio; print(len(pyogrio.list_drivers()))"
     )
     assert int(out.splitlines()[-1]) > len(ALLOWED_DRIVERS)
