@@ -10,6 +10,7 @@ import pytest
 from django.contrib.gis.geos import Polygon
 from django.db import connection
 from django.db.models import Count
+from django.test.utils import CaptureQueriesContext
 
 from places.models import Place
 from places.selectors import data_version
@@ -105,36 +106,44 @@ def test_feature_cap_thins_by_a_stable_priority(client, gb_import, clear_cache, 
     assert first == again
 
 
-def test_a_tile_within_the_cap_holds_every_place_unsorted(gb_import, monkeypatch):
-    """Under the cap the tile is built without the thinning order: the same places as the
-    thinned tile with room for all of them; over it, the thinned tile itself."""
+def test_a_tile_within_the_cap_is_one_unsorted_statement(gb_import, monkeypatch):
+    """Within the cap the tile is built in one statement without the thinning order, and
+    holds the places the thinned tile holds with room for all; one place over the cap, a
+    second statement builds the thinned tile: the first places by the stable priority."""
     z, x, y = CITY_Z13
-    where, params = PlaceQuery(status="active").where(box=False)
+    query = PlaceQuery(status="active")
+    where, params = query.where(box=False)
     with connection.cursor() as cursor:
         cursor.execute(
-            tiles.PLACES_SQL.format(
-                extent=tiles.EXTENT, limit=100_000, where=where, order=tiles.THINNING_ORDER
-            ),
+            tiles.PLACES_THINNED_SQL.format(extent=tiles.EXTENT, cap=100_000, where=where),
             {"z": z, "x": x, "y": y, **params},
         )
-        ordered, count = cursor.fetchone()
-    assert 25 < count < tiles.MAX_FEATURES
+        everything = bytes(cursor.fetchone()[0])
 
     def ids(body: bytes) -> list[int]:
         return [f["id"] for f in mapbox_vector_tile.decode(body)["places"]["features"]]
 
-    unsorted = tiles.place_tile(z=z, x=x, y=y, filters=PlaceQuery(status="active"))
-    assert sorted(ids(unsorted)) == sorted(ids(bytes(ordered)))
-    monkeypatch.setattr(tiles, "MAX_FEATURES", count)  # exactly full: still unsorted
-    assert tiles.place_tile(z=z, x=x, y=y, filters=PlaceQuery(status="active")) == unsorted
-    monkeypatch.setattr(tiles, "MAX_FEATURES", count - 1)  # one over: thinned in order
-    thinned = tiles.place_tile(z=z, x=x, y=y, filters=PlaceQuery(status="active"))
-    assert ids(thinned) == ids(bytes(ordered))[: count - 1]
+    count = len(ids(everything))
+    assert 25 < count < tiles.MAX_FEATURES
+    for cap in (tiles.MAX_FEATURES, count):  # room to spare, exactly full
+        monkeypatch.setattr(tiles, "MAX_FEATURES", cap)
+        with CaptureQueriesContext(connection) as queries:
+            body = tiles.place_tile(z=z, x=x, y=y, filters=query)
+        assert len(queries) == 1
+        assert "hashint8" not in queries[0]["sql"]
+        assert sorted(ids(body)) == sorted(ids(everything))
+    monkeypatch.setattr(tiles, "MAX_FEATURES", count - 1)  # one over
+    with CaptureQueriesContext(connection) as queries:
+        thinned = tiles.place_tile(z=z, x=x, y=y, filters=query)
+    assert len(queries) == 2
+    assert "hashint8" in queries[1]["sql"]
+    assert ids(thinned) == ids(everything)[: count - 1]
 
 
-def test_tile_uses_the_spatial_index(gb_import):
+@pytest.mark.parametrize("template", ["PLACES_SQL", "PLACES_THINNED_SQL"])
+def test_tile_uses_the_spatial_index(gb_import, template):
     where, params = PlaceQuery(status="active").where(box=False)
-    sql = tiles.PLACES_SQL.format(extent=4096, limit=1000, where=where, order=tiles.THINNING_ORDER)
+    sql = getattr(tiles, template).format(extent=4096, cap=1000, where=where)
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = on")
         cursor.execute("EXPLAIN " + sql, {"z": 14, "x": 8186, "y": 5448, **params})
