@@ -234,17 +234,19 @@ def _big_page_against_floors(
 def _tile_against_tipg(
     host: str, port: int, path: str, *, tipg: Server, tipg_path: str, samples: int, flush: Any
 ) -> dict[str, dict[str, Any]]:
-    """Our tile uncached and tipg's same tile, request by request in the same rounds, after
-    one untimed round: measured minutes apart, the two met different machines (on this
-    shared one our p50 moved between 18 and 29 ms from run to run, tipg's between 26 and 36)."""
+    """Our tile uncached and tipg's same tile, request by request in the same rounds (each
+    first in every other round), after one untimed round: measured minutes apart, the two
+    met different machines (on this shared one our p50 moved between 18 and 29 ms from run
+    to run, tipg's between 26 and 36)."""
     times: dict[str, list[float]] = {"ours": [], "tipg": []}
     last: dict[str, measure.Answer] = {}
+    servers = {"ours": (host, port, path), "tipg": (tipg.host, tipg.port, tipg_path)}
     for i in range(samples + 1):
         flush()
-        for key, (server_host, server_port, server_path) in {
-            "ours": (host, port, path),
-            "tipg": (tipg.host, tipg.port, tipg_path),
-        }.items():
+        # Who goes first alternates (A B, B A, ...): neither always meets the machine right
+        # after the flush.
+        for key in ("ours", "tipg") if i % 2 else ("tipg", "ours"):
+            server_host, server_port, server_path = servers[key]
             answer = measure.fetch(server_host, server_port, server_path)
             if answer.status != 200:
                 raise RuntimeError(f"{server_path}: HTTP {answer.status}: {answer.body[:300]!r}")
@@ -432,7 +434,7 @@ def run(
                 else None
             )
         # The worker that answered the big page (and only such pages so far, besides the
-        # views) shows what answering it costs in memory.
+        # views and the dense tile) shows what answering it costs in memory (a peak).
         out["rss_kib"]["after_big_geojson"] = worker_peak_rss_kib(web.pid)
         result = measured["ours"]
         rows["places_first_page_uncached"] = _row(
