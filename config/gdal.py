@@ -53,22 +53,19 @@ def configure() -> str | None:
     return os.environ.get("GDAL_LIBRARY_PATH") or library
 
 
-def allow_only_drivers(allowed: Iterable[str], *, library: str | None = None) -> list[str]:
+def allow_only_drivers(allowed: Iterable[str], *, library: str) -> list[str]:
     """Deregister every GDAL driver (vector and raster) whose name is not in ``allowed``.
 
     ``GDAL_SKIP`` can only name drivers to drop, and GDAL has dozens that read other files
     or URLs (VRT, WFS, HTTP, MEM's data pointers, ...), more with each release. pyogrio does
     not pass GDAL an allowed-driver list when it opens a file, so the list is enforced here,
-    on the driver manager of ``library`` (pyogrio's own by default; GeoDjango loads the same
-    one unless ``GDAL_LIBRARY_PATH`` names another). Every driver is registered first
-    (``GDALAllRegister``, which also runs when pyogrio is imported and brings back
-    deregistered ones), so that the result does not depend on what ran before. Idempotent;
-    returns the drivers that remain.
+    on the driver manager of ``library``, the file of a GDAL the process loaded
+    (``ingestion.readers.drivers.lock_down`` passes pyogrio's and GeoDjango's). Every
+    driver is registered first (``GDALAllRegister``, which also runs when pyogrio is
+    imported and brings back deregistered ones), so that the result does not depend on what
+    ran before. Idempotent; returns the drivers that remain.
     """
-    library = library or pyogrio_gdal()[0]
-    if library is None:  # pragma: no cover - the wheel always ships its GDAL
-        raise RuntimeError("the GDAL library inside the pyogrio wheel was not found")
-    # The same file as pyogrio's extension links to, so the same loaded library.
+    # The same file as the one already loaded, so the same library (dlopen shares it).
     lib = ctypes.CDLL(library)
     lib.GDALGetDriverCount.restype = ctypes.c_int
     lib.GDALGetDriver.argtypes = [ctypes.c_int]

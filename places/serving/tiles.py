@@ -43,12 +43,13 @@ rows AS (
     WHERE p.location && bounds.search AND {{where}}
     LIMIT {{cap}} + 1
 )
-SELECT CASE WHEN (SELECT count(*) FROM rows) <= {{cap}} THEN (
+SELECT CASE WHEN counted.n <= {{cap}} THEN (
     SELECT ST_AsMVT(t, 'places', {{extent}}, 'geom', 'id') FROM (
         SELECT r.id, {_ROW_COLUMNS},
                ST_AsMVTGeom(ST_Transform(r.location, 3857), b.tile, {{extent}}, 64, true) AS geom
         FROM rows r, bounds b) t) END,
-       (SELECT count(*) FROM rows)
+       counted.n
+FROM (SELECT count(*) AS n FROM rows) AS counted
 """  # nosec B608 # columns from TILE_COLUMNS; values are bound
 # A tile of more places than the cap: the first ``cap`` by a stable priority (a hash of the
 # id), so that the same places stay visible from one request to the next.
