@@ -26,7 +26,12 @@ from places.ogc.collections import PLACES, SENSORS, Collection
 from places.ogc.cql import SQL_TYPES, Condition, Queryable
 from places.ogc.sensors import SENSOR_TABLE, sensor_times_where
 from places.serving import features
-from places.serving.query import PlaceQuery, bbox_condition, dataset_ids_of
+from places.serving.query import (
+    PlaceQuery,
+    bbox_condition,
+    dataset_ids_of,
+    point_in_bbox_condition,
+)
 
 DECIMALS = features.DECIMALS
 
@@ -126,9 +131,12 @@ def _where(query: ItemsQuery) -> tuple[str, dict[str, Any]]:
                 clauses.append("(p.end_date IS NULL OR p.end_date >= %(dt_start)s)")
                 params["dt_start"] = start
     else:
-        geometry = "s.location" if query.collection.kind == SENSORS else "r.geom"
         if query.bbox is not None:
-            clause, box_params = bbox_condition(geometry, query.bbox)
+            clause, box_params = (
+                point_in_bbox_condition("s.location", query.bbox)
+                if query.collection.kind == SENSORS
+                else bbox_condition("r.geom", query.bbox)
+            )
             clauses.append(clause)
             params.update(box_params)
         if query.times is not None:

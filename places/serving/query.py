@@ -2,8 +2,9 @@
 
 ``PlaceQuery`` holds validated filter values and turns them into one SQL condition on the
 alias ``p`` (``places_place``) with named parameters, so that the three endpoints can never
-disagree about which places a filter means. The box test is exact (``ST_Intersects``) and
-answered from the GiST index on ``location``; a box that crosses the antimeridian becomes two.
+disagree about which places a filter means. The box test is exact (a place's point lies in
+the box, edges included, as ``ST_Intersects`` says) and answered from the GiST index on
+``location``; a box that crosses the antimeridian becomes two.
 """
 
 from __future__ import annotations
@@ -51,6 +52,34 @@ def bbox_condition(geometry: str, bbox: BBox) -> tuple[str, dict[str, Any]]:
     return "(" + " OR ".join(parts) + ")", params
 
 
+def point_in_bbox_condition(point: str, bbox: BBox) -> tuple[str, dict[str, Any]]:
+    """``point`` (an SQL expression of a point column) lies in the box, edges included: the
+    places ``bbox_condition`` finds, found for two thirds of its cost (issue 14: the 100K
+    box's places counted in 33 against 49 ms, the densest view 21 % faster).
+
+    ``&&`` picks the candidates from the GiST index, but compares boxes rounded outwards to
+    single precision, so it also admits points up to a metre outside the box; comparing the
+    coordinates in double precision then keeps exactly those ``ST_Intersects`` keeps (a
+    point on an edge intersects the box), without its geometry machinery per row.
+
+    The comparison is written as ``CASE … END <> 0`` for the planner: it takes that for
+    true of 99.5 % of rows, so the estimate stays the GiST statistics' estimate of ``&&``, as
+    with ``ST_Intersects``. Written as two ``BETWEEN``, it was estimated as true of one row
+    in 40,000, and a ``CASE`` alone of half the rows; the places list's ``numberMatched``
+    (above the exact limit) and the plans' sizes follow that estimate. Same parameters as
+    ``bbox_condition``."""
+    parts, params = [], {}
+    for i, (x0, y0, x1, y1) in enumerate(bbox.parts()):
+        parts.append(
+            f"({point} && ST_MakeEnvelope("
+            f"%(bx0_{i})s, %(by0_{i})s, %(bx1_{i})s, %(by1_{i})s, 4326)"
+            f" AND CASE WHEN ST_X({point}) BETWEEN %(bx0_{i})s AND %(bx1_{i})s"
+            f" AND ST_Y({point}) BETWEEN %(by0_{i})s AND %(by1_{i})s THEN 1 ELSE 0 END <> 0)"
+        )
+        params.update({f"bx0_{i}": x0, f"by0_{i}": y0, f"bx1_{i}": x1, f"by1_{i}": y1})
+    return "(" + " OR ".join(parts) + ")", params
+
+
 @dataclass(frozen=True)
 class PlaceQuery:
     """Validated filters; ``status=None`` means places of any status, ``dataset_ids=None``
@@ -81,7 +110,7 @@ class PlaceQuery:
         clauses: list[str] = []
         params: dict[str, Any] = {}
         if box and self.bbox is not None:
-            clause, box_params = bbox_condition("p.location", self.bbox)
+            clause, box_params = point_in_bbox_condition("p.location", self.bbox)
             clauses.append(clause)
             params.update(box_params)
         simple = {

@@ -116,3 +116,72 @@ def test_boxes_across_the_antimeridian_match_postgis(client, pacific_places, wes
     assert set(body["ids"]) == expected
     both_sides = _expected(178, -46, -178, -39)
     assert len(both_sides) > 5  # the fixture really straddles the antimeridian
+
+
+# A box and places on its edges, at its corners and a hair outside it: 1e-7 degrees is well
+# inside the single-precision rounding of the GiST boxes (about 1e-6 at 10°), so only an exact
+# comparison of the coordinates keeps these out.
+EDGE_BOX = (10.0, 50.0, 10.5, 50.5)
+HAIR = 1e-7
+ON_THE_EDGES = [(10.0, 50.0), (10.5, 50.5), (10.5, 50.2), (10.2, 50.0), (10.0, 50.5)]
+A_HAIR_OUTSIDE = [
+    (10.5 + HAIR, 50.2),
+    (10.0 - HAIR, 50.2),
+    (10.2, 50.5 + HAIR),
+    (10.2, 50.0 - HAIR),
+    (10.5 + HAIR, 50.5 + HAIR),
+]
+
+
+@pytest.fixture
+def edge_places(sample_regions) -> dict[str, set[int]]:
+    from django.contrib.gis.geos import Point
+
+    from places.services import dataset_get_or_create, place_create
+
+    dataset = dataset_get_or_create(slug="edge-properties")
+    ids: dict[str, set[int]] = {"in": set(), "out": set()}
+    for side, points in (("in", ON_THE_EDGES), ("out", A_HAIR_OUTSIDE)):
+        for i, (lon, lat) in enumerate(points):
+            place = place_create(
+                dataset=dataset, source_key=f"{side}{i}", data={"location": Point(lon, lat)}
+            )
+            ids[side].add(place.pk)
+    return ids
+
+
+def test_places_on_the_edges_are_in_the_box_and_a_hair_outside_are_not(client, edge_places):
+    assert _expected(*EDGE_BOX) == edge_places["in"]  # PostGIS agrees with the fixture
+    bbox = _bbox(*EDGE_BOX)
+    points = client.get("/api/v1/viewport/", {"bbox": bbox, "zoom": 10}).json()
+    assert set(points["ids"]) == edge_places["in"]
+    clusters = client.get("/api/v1/viewport/", {"bbox": bbox, "zoom": 5}).json()
+    assert sum(clusters["count"]) == len(edge_places["in"])
+    listed = client.get("/api/v1/places/", {"bbox": bbox, "limit": 100}).json()
+    assert {f["id"] for f in listed["features"]} == edge_places["in"]
+    ogc = client.get(
+        "/ogc/collections/places/items", {"bbox": bbox, "limit": 100, "f": "json"}
+    ).json()
+    assert {f["id"] for f in ogc["features"]} == edge_places["in"]
+
+
+def test_the_box_test_keeps_the_planners_estimate_of_st_intersects(gb_import):
+    """The places list's numberMatched above its exact limit, and the plans' sizes, are the
+    planner's estimate of the box test: the exact comparison of coordinates must not shrink it
+    (two BETWEENs were estimated as true of one row in 40,000)."""
+    from places.geo import parse_bbox
+    from places.selectors import query_row_estimate
+    from places.serving.query import PlaceQuery
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE places_place")
+    for box in ("-8,49.9,2,58", "-1,51,0.5,52", "-0.2,51.45,0.0,51.55"):
+        where, params = PlaceQuery(bbox=parse_bbox(box)).where()
+        ours = query_row_estimate(sql=f"SELECT 1 FROM places_place p WHERE {where}", params=params)
+        postgis = query_row_estimate(
+            sql="SELECT 1 FROM places_place p WHERE status = 'active' AND "
+            "ST_Intersects(p.location, ST_MakeEnvelope(%s, %s, %s, %s, 4326))",
+            params=[float(v) for v in box.split(",")],
+        )
+        assert postgis > 100  # the box holds places, so the estimates mean something
+        assert abs(ours - postgis) <= 0.02 * postgis, (box, ours, postgis)
