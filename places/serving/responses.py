@@ -152,6 +152,7 @@ def cached_build(
     build: Callable[[], Built],
     canonical: bool = False,
     endpoint: str = "",
+    gzip_level: int | None = None,
 ) -> tuple[bytes, dict]:
     """The gzipped body (and headers) under ``cache_key``, built at most once at a time.
 
@@ -159,7 +160,8 @@ def cached_build(
     the request is not ``canonical``; requests for the same key then build it one after
     another, never side by side. An ``endpoint`` given counts the answer as a hit or a miss
     under that name (``places.metrics``); a body another request built while this one
-    waited is a hit.
+    waited is a hit. ``gzip_level`` overrides the level chosen by size (``BIG_BODY_BYTES``)
+    for bodies that level 6 cannot shrink more than level 1 does.
     """
     # The process's copy only while it hears PostgreSQL: that is how a "clear" reaches it.
     local = version_watch.WATCH.trusted()
@@ -190,7 +192,7 @@ def cached_build(
         built = build()
         raw, headers = built if isinstance(built, tuple) else (built, {})
         # Big bodies take the fast level so the first request does not wait on gzip.
-        level = 6 if len(raw) < BIG_BODY_BYTES else 1
+        level = gzip_level or (6 if len(raw) < BIG_BODY_BYTES else 1)
         compressed = gzip.compress(raw, compresslevel=level) if raw else b""
         if canonical or len(compressed) <= settings.CACHE_MAX_BODY_BYTES:
             cache.set(cache_key, (compressed, headers), timeout=ttl)
@@ -260,6 +262,7 @@ def cached_bytes_response(
     content_type: str,
     vary: str = "Accept-Encoding",
     canonical: bool = False,
+    gzip_level: int | None = None,
 ) -> HttpResponse:
     """Answer from the ETag, the Redis cache or ``build``, compressing once per version.
 
@@ -267,6 +270,7 @@ def cached_bytes_response(
     the body, or the body and headers that belong to it (a Link to the next page).
     ``canonical`` says that every client asking for this content uses this one URL, so a
     big body is worth storing (see the module docstring); leave it off for free-form queries.
+    ``gzip_level`` as for ``cached_build``.
     """
     cache_key, headers = _validators(request, key=key, vary=vary)
     endpoint = _endpoint(request)
@@ -274,7 +278,12 @@ def cached_bytes_response(
         _count(endpoint, "not_modified")
         return HttpResponse(status=304, headers=headers)
     compressed, extra = cached_build(
-        cache_key=cache_key, ttl=ttl, build=build, canonical=canonical, endpoint=endpoint
+        cache_key=cache_key,
+        ttl=ttl,
+        build=build,
+        canonical=canonical,
+        endpoint=endpoint,
+        gzip_level=gzip_level,
     )
     return _stored_response(
         request, compressed=compressed, headers=headers | extra, content_type=content_type

@@ -70,4 +70,8 @@ class ViewportApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
             build=build,
             content_type=BIN_TYPE if fmt == "bin" else "application/json",
             vary="Accept-Encoding, Accept",
+            # Float columns are nearly incompressible: a 1K-place view's 17 KB gzip to 8.9 KB
+            # at level 1 in 0.20 ms, to 8.8 KB at level 6 in 0.43 ms (issue 14). JSON keeps
+            # the rule by size: level 6 makes it 11 % smaller.
+            gzip_level=1 if fmt == "bin" else None,
         )

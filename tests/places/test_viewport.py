@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
 
@@ -89,6 +90,23 @@ def test_binary_layout_matches_the_json(client, gb_import, clear_cache):
     )
     assert clusters["kind"] == 1
     assert int(clusters["first"].sum()) == len(_in_box("-6,49.8,2,56"))
+
+
+def test_binary_bodies_take_the_fast_gzip_level_and_json_the_small_one(
+    client, gb_import, clear_cache
+):
+    """Float columns barely shrink at level 6, JSON does: the gzip header's XFL byte says
+    which level wrote the body (4 fastest, 0 the default)."""
+    params = {"bbox": LONDON, "zoom": 12}
+    binary = client.get(
+        "/api/v1/viewport/", {**params, "format": "bin"}, HTTP_ACCEPT_ENCODING="gzip"
+    )
+    as_json = client.get("/api/v1/viewport/", params, HTTP_ACCEPT_ENCODING="gzip")
+    assert binary["Content-Encoding"] == as_json["Content-Encoding"] == "gzip"
+    assert len(gzip.decompress(as_json.content)) < 64 * 1024  # small: sized by the rule
+    assert binary.content[8] == 4
+    assert as_json.content[8] == 0
+    assert _decode_binary(gzip.decompress(binary.content))["kind"] == 0
 
 
 def test_box_across_the_antimeridian_returns_both_sides(client, sample_regions, clear_cache):
