@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -147,6 +148,56 @@ def wrk(
         "non_2xx": raw["errors_status"],
         "distinct_paths": len(set(paths)),
     }
+
+
+# What each kind of process on the machine is, by its name or command line: the CPU a wrk run
+# costs is read per kind (every PostgreSQL process of the machine counts, so nothing else
+# should run meanwhile).
+CPU_KINDS = ("postgres", "gunicorn", "redis")
+
+
+def _cpu_seconds_by_kind() -> dict[str, float]:
+    """User + system CPU seconds so far of the machine's PostgreSQL, gunicorn and Redis
+    processes (``/proc/<pid>/stat``), by kind."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = dict.fromkeys(CPU_KINDS, 0.0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        if name.startswith("postgres") or command.startswith(b"postgres:"):
+            totals["postgres"] += seconds
+        elif b"gunicorn" in command:
+            totals["gunicorn"] += seconds
+        elif name.startswith("redis"):
+            totals["redis"] += seconds
+    return totals
+
+
+def wrk_with_cpu(host: str, port: int, paths: list[str], **options: Any) -> dict[str, Any]:
+    """``wrk``, plus the CPU each kind of process spent per request meanwhile
+    (``cpu_ms_per_request``: PostgreSQL, gunicorn, Redis and wrk itself, in ms): where a
+    request's cost goes when two cores are shared by all of them."""
+    before = _cpu_seconds_by_kind()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = wrk(host, port, paths, **options)
+    after = _cpu_seconds_by_kind()
+    waited = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent = {kind: after[kind] - before[kind] for kind in CPU_KINDS}
+    # wrk is this process's child: its CPU is in the children's usage once it was waited for.
+    spent["wrk"] = (waited.ru_utime + waited.ru_stime) - (children.ru_utime + children.ru_stime)
+    requests = max(result["requests"], 1)
+    result["cpu_ms_per_request"] = {
+        kind: round(seconds / requests * 1000, 3) for kind, seconds in spent.items()
+    }
+    return result
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:

@@ -275,6 +275,8 @@ def _concurrency_targets(serving: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": measured >= share,
                 }
             )
+            if kind == "uncached" and uncached_ceiling(runs) is not None:
+                found[-1]["ceiling_ratio"] = uncached_ceiling(runs)
     single = serving["requests"].get("small_bin_uncached")
     if runs.get("uncached") and single:
         measured = round(runs["uncached"]["p95_ms"] / single["p95_ms"], 2)
@@ -286,6 +288,46 @@ def _concurrency_targets(serving: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return found
+
+
+def uncached_ceiling(runs: dict[str, Any]) -> float | None:
+    """The share of the floor's req/s the uncached views could reach at best on this machine
+    if its cores were the only limit and a view cost nothing beyond the floor's own CPU
+    (server, Redis, wrk) but PostgreSQL's: floor / (floor + PostgreSQL's per view)."""
+    floor = runs.get("floor_before", {}).get("cpu_ms_per_request")
+    uncached = runs.get("uncached", {}).get("cpu_ms_per_request")
+    if not floor or not uncached:
+        return None
+    floor_ms = sum(floor.values())
+    return round(floor_ms / (floor_ms + uncached["postgres"]), 2)
+
+
+def _cpu_lines(runs: dict[str, Any]) -> list[str]:
+    """CPU per request of each wrk run, by process kind, and the uncached views' ceiling."""
+    measured = {k: r["cpu_ms_per_request"] for k, r in runs.items() if "cpu_ms_per_request" in r}
+    if not measured:
+        return []
+    lines = [
+        "",
+        "CPU per request in those runs, ms (`/proc`: every process of each kind on the machine; "
+        "wrk's own from its rusage):",
+        "",
+        "| run | PostgreSQL | gunicorn | Redis | wrk | all |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for kind, cpu in measured.items():
+        lines.append(
+            f"| {kind} | {cpu['postgres']} | {cpu['gunicorn']} | {cpu['redis']} | "
+            f"{cpu['wrk']} | {round(sum(cpu.values()), 3)} |"
+        )
+    ceiling = uncached_ceiling(runs)
+    if ceiling is not None:
+        lines += [
+            "",
+            "With nothing but the floor's own CPU and PostgreSQL's per uncached view, two cores "
+            f"would serve uncached views at {ceiling:.0%} of the floor's req/s at best.",
+        ]
+    return lines
 
 
 def import_targets(imports: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -447,6 +489,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {kind} | {run['requests']} | {run['requests_per_second']} | {run['p50_ms']} | "
             f"{run['p95_ms']} | {run['p99_ms']} | {run['errors']} |"
         )
+    lines += _cpu_lines(serving.get("concurrency", {}))
     if serving.get("load"):
         lines += ["", *fixed_load.markdown(serving["load"])]
     uncached = serving.get("concurrency", {}).get("uncached")
@@ -479,6 +522,8 @@ def markdown(results: dict[str, Any]) -> str:
                 measured += (
                     f" ({t['requests_per_second']} of {t['floor_requests_per_second']} req/s)"
                 )
+            if "ceiling_ratio" in t:
+                measured += f"; the cores' ceiling {t['ceiling_ratio']}× (see above)"
         elif "measured_mib" in t:
             measured = f"{t['measured_mib']} MiB"
         elif "measured_ms" in t:

@@ -520,18 +520,18 @@ def run(
         # The floor's req/s, /health/live/ under the same four clients, before and after the
         # two runs: the targets compare each run with the mean of both.
         def floor_run() -> dict[str, Any]:
-            return measure.wrk(
+            return measure.wrk_with_cpu(
                 host, port, ["/health/live/"], connections=4, threads=2, seconds=wrk_seconds
             )
 
         concurrency = {"floor_before": floor_run()}
         flush()
-        concurrency["uncached"] = measure.wrk(
+        concurrency["uncached"] = measure.wrk_with_cpu(
             host, port, jittered, connections=4, threads=2, seconds=wrk_seconds
         )
         concurrency["uncached"]["cache_entries_written"] = cache.dbsize()
         measure.timed(host, port, small_paths, samples=len(small_paths), warmup=0)
-        concurrency["cached"] = measure.wrk(
+        concurrency["cached"] = measure.wrk_with_cpu(
             host, port, small_paths, connections=4, threads=2, seconds=wrk_seconds
         )
         concurrency["floor_after"] = floor_run()
