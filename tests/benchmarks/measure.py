@@ -156,11 +156,11 @@ def wrk(
 CPU_KINDS = ("postgres", "gunicorn", "redis")
 
 
-def _cpu_seconds_by_kind() -> dict[str, float]:
-    """User + system CPU seconds so far of the machine's PostgreSQL, gunicorn and Redis
-    processes (``/proc/<pid>/stat``), by kind."""
+def _cpu_seconds_by_process() -> dict[int, tuple[str, float]]:
+    """Each PostgreSQL, gunicorn and Redis process of the machine: its kind and its user +
+    system CPU seconds so far (``/proc/<pid>/stat``)."""
     tick = os.sysconf("SC_CLK_TCK")
-    totals = dict.fromkeys(CPU_KINDS, 0.0)
+    found: dict[int, tuple[str, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -173,24 +173,30 @@ def _cpu_seconds_by_kind() -> dict[str, float]:
         fields = stat[stat.rindex(")") + 2 :].split()
         seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
         if name.startswith("postgres") or command.startswith(b"postgres:"):
-            totals["postgres"] += seconds
+            found[int(entry.name)] = ("postgres", seconds)
         elif b"gunicorn" in command:
-            totals["gunicorn"] += seconds
+            found[int(entry.name)] = ("gunicorn", seconds)
         elif name.startswith("redis"):
-            totals["redis"] += seconds
-    return totals
+            found[int(entry.name)] = ("redis", seconds)
+    return found
 
 
 def wrk_with_cpu(host: str, port: int, paths: list[str], **options: Any) -> dict[str, Any]:
     """``wrk``, plus the CPU each kind of process spent per request meanwhile
     (``cpu_ms_per_request``: PostgreSQL, gunicorn, Redis and wrk itself, in ms): where a
-    request's cost goes when two cores are shared by all of them."""
-    before = _cpu_seconds_by_kind()
+    request's cost goes when two cores are shared by all of them. Counted per process, from
+    before to after the run (one started meanwhile from zero); a process that ended during
+    the run is left out, so the figures may fall short, never over."""
+    before = _cpu_seconds_by_process()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = wrk(host, port, paths, **options)
-    after = _cpu_seconds_by_kind()
+    after = _cpu_seconds_by_process()
     waited = resource.getrusage(resource.RUSAGE_CHILDREN)
-    spent = {kind: after[kind] - before[kind] for kind in CPU_KINDS}
+    spent = dict.fromkeys(CPU_KINDS, 0.0)
+    for pid, (kind, seconds) in after.items():
+        earlier = before.get(pid)
+        # A recycled pid of another kind is a new process.
+        spent[kind] += seconds - (earlier[1] if earlier and earlier[0] == kind else 0.0)
     # wrk is this process's child: its CPU is in the children's usage once it was waited for.
     spent["wrk"] = (waited.ru_utime + waited.ru_stime) - (children.ru_utime + children.ru_stime)
     requests = max(result["requests"], 1)
