@@ -70,12 +70,18 @@ Built = bytes | tuple[bytes, dict[str, str]]
 class QueryParamsGuard:
     # Refuse query parameters holding NUL characters: PostgreSQL cannot store or compare them.
 
+    # A decoded value holds a NUL only where the raw query string has %00 (or a NUL byte):
+    # a query string with neither skips the scan of every value (4 % of a worker's time on a
+    # cached map answer, issue 14).
+
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        bad = sorted(
-            {k for k, values in request.query_params.lists() for v in values if "\x00" in v}
-        )
-        if bad:
-            raise ValidationError({name: ["must not contain NUL characters"] for name in bad})
+        raw = request._request.META.get("QUERY_STRING", "")
+        if "%00" in raw or "\x00" in raw:
+            bad = sorted(
+                {k for k, values in request.query_params.lists() for v in values if "\x00" in v}
+            )
+            if bad:
+                raise ValidationError({name: ["must not contain NUL characters"] for name in bad})
         super().initial(request, *args, **kwargs)  # type: ignore[misc]
 
 

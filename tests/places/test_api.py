@@ -242,6 +242,21 @@ def test_tampered_cursor_and_nul_characters_are_a_400(api, params, name):
     assert name in response.json()
 
 
+def test_nul_bytes_and_escapes_in_the_raw_query_string_are_a_400(api):
+    """The NUL check looks at the raw query string first: a NUL byte itself, and %00 in any
+    parameter of the list, the viewport and a tile, are refused naming the parameter."""
+    cases = [
+        ("/api/v1/places/", "q=a\x00b", "q"),
+        ("/api/v1/places/", "limit=5&religion=christian%00", "religion"),
+        ("/api/v1/viewport/", "bbox=-1,51,0,52&zoom=12&q=%00", "q"),
+        ("/tiles/places/10/511/340.pbf", "religion=%00x", "religion"),
+    ]
+    for path, query, name in cases:
+        response = api.get(path, QUERY_STRING=query)
+        assert response.status_code == 400, (path, query)
+        assert name in response.json(), (path, query)
+
+
 def test_country_filter_excludes_other_countries(api, gb_import, pacific):
     response = api.get("/api/v1/places/", {"country": "NZL", "limit": 100})
     names = {f["properties"]["name"] for f in response.json()["features"]}
