@@ -55,10 +55,12 @@ def bbox_condition(geometry: str, bbox: BBox) -> tuple[str, dict[str, Any]]:
 def point_in_bbox_condition(point: str, bbox: BBox) -> tuple[str, dict[str, Any]]:
     """``point`` (an SQL expression of a point column) lies in the box, edges included: the
     places ``bbox_condition`` finds, found for two thirds of its cost (issue 14: the 100K
-    box's places counted in 33 against 49 ms, the densest view 21 % faster).
+    box's places counted in 33 against 49 ms, the densest view 24 % faster;
+    tests/benchmarks/results/session-2026-12-05.md, ab-point-in-box.md).
 
     ``&&`` picks the candidates from the GiST index, but compares boxes rounded outwards to
-    single precision, so it also admits points up to a metre outside the box; comparing the
+    single precision, so it also admits points a metre or so outside the box (a few metres
+    near ±180°); comparing the
     coordinates in double precision then keeps exactly those ``ST_Intersects`` keeps (a
     point on an edge intersects the box), without its geometry machinery per row.
 

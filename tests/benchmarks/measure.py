@@ -156,11 +156,15 @@ def wrk(
 CPU_KINDS = ("postgres", "gunicorn", "redis")
 
 
-def _cpu_seconds_by_process() -> dict[int, tuple[str, float]]:
-    """Each PostgreSQL, gunicorn and Redis process of the machine: its kind and its user +
-    system CPU seconds so far (``/proc/<pid>/stat``)."""
+def _cpu_seconds_by_kind() -> dict[str, float]:
+    """CPU seconds so far of the machine's PostgreSQL, gunicorn and Redis processes, by kind:
+    each one's user and system time and that of its children it has reaped
+    (``/proc/<pid>/stat`` utime, stime, cutime, cstime). A backend or worker that ends is
+    reaped by the postmaster or gunicorn's master, whose children's time then holds it: the
+    kind's total never falls when a process ends, and one that lived only during a run
+    still counts."""
     tick = os.sysconf("SC_CLK_TCK")
-    found: dict[int, tuple[str, float]] = {}
+    totals = dict.fromkeys(CPU_KINDS, 0.0)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -171,32 +175,27 @@ def _cpu_seconds_by_process() -> dict[int, tuple[str, float]]:
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        seconds = sum(int(value) for value in fields[11:15]) / tick
         if name.startswith("postgres") or command.startswith(b"postgres:"):
-            found[int(entry.name)] = ("postgres", seconds)
+            totals["postgres"] += seconds
         elif b"gunicorn" in command:
-            found[int(entry.name)] = ("gunicorn", seconds)
+            totals["gunicorn"] += seconds
         elif name.startswith("redis"):
-            found[int(entry.name)] = ("redis", seconds)
-    return found
+            totals["redis"] += seconds
+    return totals
 
 
 def wrk_with_cpu(host: str, port: int, paths: list[str], **options: Any) -> dict[str, Any]:
     """``wrk``, plus the CPU each kind of process spent per request meanwhile
     (``cpu_ms_per_request``: PostgreSQL, gunicorn, Redis and wrk itself, in ms): where a
-    request's cost goes when two cores are shared by all of them. Counted per process, from
-    before to after the run (one started meanwhile from zero); a process that ended during
-    the run is left out, so the figures may fall short, never over."""
-    before = _cpu_seconds_by_process()
+    request's cost goes when two cores are shared by all of them. A process that ends
+    during the run without a parent of its kind to reap it (none here) would go uncounted."""
+    before = _cpu_seconds_by_kind()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = wrk(host, port, paths, **options)
-    after = _cpu_seconds_by_process()
+    after = _cpu_seconds_by_kind()
     waited = resource.getrusage(resource.RUSAGE_CHILDREN)
-    spent = dict.fromkeys(CPU_KINDS, 0.0)
-    for pid, (kind, seconds) in after.items():
-        earlier = before.get(pid)
-        # A recycled pid of another kind is a new process.
-        spent[kind] += seconds - (earlier[1] if earlier and earlier[0] == kind else 0.0)
+    spent = {kind: after[kind] - before[kind] for kind in CPU_KINDS}
     # wrk is this process's child: its CPU is in the children's usage once it was waited for.
     spent["wrk"] = (waited.ru_utime + waited.ru_stime) - (children.ru_utime + children.ru_stime)
     requests = max(result["requests"], 1)
