@@ -146,8 +146,8 @@ X_FRAME_OPTIONS = "DENY"
 # ms (p90 16–18 ms) at PostgreSQL's default of 1000; the 100K-place view 84 ms either way
 # (106–128 ms with parallel query off altogether). Since the box test of points calls no
 # costly PostGIS function (places.serving.query.point_in_bbox_condition, 2026-12-05), the
-# 100K-place view plans serial at this setting, and took 110 ms over HTTP against 116–120
-# with the old test in parallel (README, Benchmarks); tiles and clusters still go parallel.
+# 100K-place view and the cluster views plan serial at this setting: the 100K-place view took
+# 110 ms over HTTP against 116–120 with the old test in parallel (README, Benchmarks).
 PG_SESSION_OPTIONS = (
     f"-c jit=off -c work_mem={env.str('PG_WORK_MEM', default='32MB')}"
     f" -c parallel_setup_cost={env.int('PG_PARALLEL_SETUP_COST', default=50000)}"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import struct
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -67,6 +69,36 @@ def test_low_zoom_clusters_add_up_to_the_places_in_the_box(client, gb_import, cl
         assert sum(by_religion.values()) == count
         assert x0 <= lon <= x1
         assert y0 <= lat <= y1
+
+
+def test_each_cluster_is_its_cells_places_mean_count_bounds_and_religions(
+    client, gb_import, clear_cache
+):
+    """Worked out here from the places themselves, grouped by grid cell in Python: every
+    cluster's count, mean position, bounds, count per religion and most common religion."""
+    bbox, zoom = "-3,51,0,53", 7
+    cell = 360 / (2**zoom * 8)
+    box = Polygon.from_bbox(tuple(float(v) for v in bbox.split(",")))
+    cells: dict[tuple[int, int], list[tuple[float, float, str]]] = {}
+    for point, religion in Place.objects.filter(
+        status="active", location__intersects=box
+    ).values_list("location", "religion"):
+        key = (math.floor(point.y / cell), math.floor(point.x / cell))
+        cells.setdefault(key, []).append((point.x, point.y, religion))
+    body = client.get("/api/v1/viewport/", {"bbox": bbox, "zoom": zoom}).json()
+    assert body["kind"] == "clusters"
+    assert len(body["count"]) == len(cells) > 20
+    for i, key in enumerate(sorted(cells)):  # the answer's order: by row, then column
+        places = cells[key]
+        xs, ys = [x for x, _, _ in places], [y for _, y, _ in places]
+        assert body["count"][i] == len(places)
+        assert body["lon"][i] == pytest.approx(sum(xs) / len(xs), abs=1e-6)
+        assert body["lat"][i] == pytest.approx(sum(ys) / len(ys), abs=1e-6)
+        assert body["bounds"][i] == [min(xs), min(ys), max(xs), max(ys)]
+        per_religion = Counter(r for _, _, r in places)
+        assert body["by_religion"][i] == dict(per_religion)
+        top = min(per_religion, key=lambda r: (-per_religion[r], r))
+        assert body["legend"][body["religion"][i]] == top
 
 
 def test_binary_layout_matches_the_json(client, gb_import, clear_cache):
