@@ -289,9 +289,10 @@ class Place(models.Model):
             models.Index(fields=["source_key"], name="place_source_key"),
             # Read by the API's `q` before it took the admin's name search (which has its own
             # trigram index, place_name_unaccent_trgm); no code reads it now. It goes in the
-            # release after this one, as the rule for migrations asks (k8s/README.md):
-            # running code may still read it while a release rolls out or back. Dropping it
-            # made a first import 10 % faster (README, Benchmarks).
+            # release after the first tagged release (v*) that stopped reading it, as the
+            # rule for migrations asks (k8s/README.md): running code may still read it while
+            # a release rolls out or back. Dropping it made a first import 10 % faster
+            # (README, Benchmarks).
             GinIndex(OpClass(Upper("name"), name="gin_trgm_ops"), name="place_name_trgm"),
         ]
 

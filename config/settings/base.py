@@ -141,13 +141,15 @@ X_FRAME_OPTIONS = "DENY"
 # Parallel query only where it pays: PostGIS declares its functions costly, so the planner
 # started a parallel worker even for a 1,000-place view, and under many short map queries at
 # once those workers competed with the other requests for the same cores. A higher setup
-# cost keeps small queries serial and big ones parallel. Measured in one session on the
+# cost kept small queries serial and big ones parallel. Measured in one session on the
 # million places (issue 14): 1,000-place views 1.7 ms median (p90 2.1 ms) against 2.1–8.7
 # ms (p90 16–18 ms) at PostgreSQL's default of 1000; the 100K-place view 84 ms either way
 # (106–128 ms with parallel query off altogether). Since the box test of points calls no
 # costly PostGIS function (places.serving.query.point_in_bbox_condition, 2026-12-05), the
-# 100K-place view and the cluster views plan serial at this setting: the 100K-place view took
-# 110 ms over HTTP against 116–120 with the old test in parallel (README, Benchmarks).
+# views plan serial at this setting and down to PostgreSQL's default (EXPLAIN of the 100K
+# view and of the one-pass cluster view of the world): the 100K-place view took 110–115 ms
+# over HTTP (an A/B 112 against 121 with the old test in parallel; README, Benchmarks). The
+# setting still shapes the tiles, whose MVT functions are declared costly.
 PG_SESSION_OPTIONS = (
     f"-c jit=off -c work_mem={env.str('PG_WORK_MEM', default='32MB')}"
     f" -c parallel_setup_cost={env.int('PG_PARALLEL_SETUP_COST', default=50000)}"

@@ -75,10 +75,11 @@ CLUSTER_FIELDS = {
 # Each place counts in exactly one tile: candidates come from the index (a box a little
 # larger than the tile), then a half-open test on the tile's own Web Mercator bounds decides.
 # Cells are counted from the tile's corner, so no cell straddles two tiles.
-# Each place is projected once and the tile's bounds read once: written inline, the planner
-# repeated ST_Transform and the bounds' reads in every test that named them (about eight
-# projections a place), and the z7 tile over Shanghai took 64 against 37 ms, the same bytes
-# (issue 14, tests/benchmarks/results/session-2026-12-05.md).
+# Each place is projected once (OFFSET 0 keeps the planner from pasting the projection into
+# each of its uses) and the tile's bounds are read once: written inline, ST_Transform and
+# the bounds' reads were repeated in every test that named them, and the z7 tile over
+# Shanghai took 64 against 36 ms, the same bytes (issue 14,
+# tests/benchmarks/results/session-2026-12-05.md).
 CLUSTERS_SQL = """
 WITH bounds AS (
     SELECT t.tile, ST_XMin(t.tile) AS x0, ST_XMax(t.tile) AS x1,
@@ -88,7 +89,8 @@ WITH bounds AS (
 ),
 candidates AS MATERIALIZED (
     SELECT ST_X(m.m) AS mx, ST_Y(m.m) AS my, p.location, p.religion
-    FROM places_place p, bounds, LATERAL (SELECT ST_Transform(p.location, 3857) AS m) AS m
+    FROM places_place p, bounds,
+         LATERAL (SELECT ST_Transform(p.location, 3857) AS m OFFSET 0) AS m
     WHERE p.location && bounds.search AND {where}
 ),
 cells AS (

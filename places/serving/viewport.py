@@ -135,7 +135,7 @@ def _points(cursor: Any, condition: str, args: dict[str, Any]) -> Viewport | Non
 # cells from those: each cluster's mean position is its sums over its count. Grouping the
 # places twice (per cell, and per cell and religion) and joining the two read every place
 # twice from a materialised list: the world at zoom 2 (1,000,000 places) took 1,042 against
-# 814 ms, 185,000 places at zoom 6 186 against 159 ms, the same clusters to 1e-12 degrees
+# 814 ms, 185,000 places at zoom 6 186 against 159 ms, the same clusters to about 1e-12 degrees
 # (issue 14, tests/benchmarks/results/session-2026-12-05.md).
 CLUSTERS_SQL = """
 WITH per_religion AS (
