@@ -60,9 +60,9 @@ def point_in_bbox_condition(point: str, bbox: BBox) -> tuple[str, dict[str, Any]
 
     ``&&`` picks the candidates from the GiST index, but compares boxes rounded outwards to
     single precision, so it also admits points a metre or so outside the box (a few metres
-    near ±180°); comparing the
-    coordinates in double precision then keeps exactly those ``ST_Intersects`` keeps (a
-    point on an edge intersects the box), without its geometry machinery per row.
+    near ±180°); comparing the coordinates in double precision then keeps exactly those
+    ``ST_Intersects`` keeps (a point on an edge intersects the box), without its geometry
+    machinery per row.
 
     The comparison is written as ``CASE … END <> 0`` for the planner: it takes that for
     true of 99.5 % of rows, so the estimate stays the GiST statistics' estimate of ``&&``, as

@@ -73,7 +73,7 @@ class QueryParamsGuard:
     # Refuse query parameters holding NUL characters: PostgreSQL cannot store or compare them.
 
     # Decoded as UTF-8, a value holds a NUL only where the raw query string has %00 or a NUL
-    # byte: such a query string skips the scan of every value (4 % of a worker's time on a
+    # byte: such a query string skips the scan of every value (4.5 % of a worker's time on a
     # cached map answer, issue 14). Django decodes the query string in the charset a
     # request's Content-Type names, even on a GET, and in UTF-7 "+AAA-" is a NUL: any other
     # charset is scanned.
