@@ -275,8 +275,9 @@ def _concurrency_targets(serving: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": measured >= share,
                 }
             )
-            if kind == "uncached" and uncached_ceiling(runs) is not None:
-                found[-1]["ceiling_ratio"] = uncached_ceiling(runs)
+            ceiling = uncached_ceiling(runs) if kind == "uncached" else None
+            if ceiling is not None:
+                found[-1]["ceiling_ratio"] = ceiling
     single = serving["requests"].get("small_bin_uncached")
     if runs.get("uncached") and single:
         measured = round(runs["uncached"]["p95_ms"] / single["p95_ms"], 2)
