@@ -42,7 +42,7 @@ from rest_framework.views import APIView
 
 from places import metrics, selectors, version_watch
 from places.geo import BBox
-from places.serving.local_cache import LOCAL_BODIES
+from places.serving.local_cache import LOCAL_BODIES, bodies_cache
 
 # While one request builds a body, others asking for the same key wait for it rather than
 # run the same heavy query (a cache stampede after each import). The lock expires on its own
@@ -179,14 +179,17 @@ def cached_build(
         _count(endpoint, "hit")
         return found
     epoch = LOCAL_BODIES.epoch
-    found = _stored(cache.get(cache_key))
+    lock_key = f"{cache_key}:building"
+    stored, seconds_left, locked = bodies_cache().get_or_lock(
+        cache_key, lock_key=lock_key, lock_seconds=BUILD_LOCK_SECONDS
+    )
+    found = _stored(stored)
     if found is not None:
         if local:
-            LOCAL_BODIES.put(cache_key, *found, ttl=_ttl_left(cache_key, ttl), epoch=epoch)
+            LOCAL_BODIES.put(cache_key, *found, ttl=seconds_left or ttl, epoch=epoch)
         _count(endpoint, "hit")
         return found
-    lock_key = f"{cache_key}:building"
-    if not cache.add(lock_key, 1, timeout=BUILD_LOCK_SECONDS):
+    if not locked:
         deadline = time.monotonic() + BUILD_WAIT_SECONDS
         while time.monotonic() < deadline:
             time.sleep(BUILD_POLL_SECONDS)
@@ -197,6 +200,7 @@ def cached_build(
             if cache.add(lock_key, 1, timeout=BUILD_LOCK_SECONDS):
                 break  # the builder gave up or died: this request builds
     _count(endpoint, "miss")
+    unlocked = False
     try:
         built = build()
         raw, headers = built if isinstance(built, tuple) else (built, {})
@@ -204,18 +208,16 @@ def cached_build(
         level = gzip_level if gzip_level is not None else 6 if len(raw) < BIG_BODY_BYTES else 1
         compressed = gzip.compress(raw, compresslevel=level) if raw else b""
         if canonical or len(compressed) <= settings.CACHE_MAX_BODY_BYTES:
-            cache.set(cache_key, (compressed, headers), timeout=ttl)
+            bodies_cache().set_and_unlock(
+                cache_key, (compressed, headers), timeout=ttl, lock_key=lock_key
+            )
+            unlocked = True
             if local:
                 LOCAL_BODIES.put(cache_key, compressed, headers, ttl=ttl, epoch=epoch)
     finally:
-        cache.delete(lock_key)
+        if not unlocked:
+            cache.delete(lock_key)
     return compressed, headers
-
-
-def _ttl_left(cache_key: str, ttl: int) -> float:
-    """Seconds the Redis entry under ``cache_key`` has left (``ttl`` if Redis cannot say)."""
-    left = cache.ttl(cache_key)  # type: ignore[attr-defined]  # django-redis
-    return float(left) if isinstance(left, int) and left > 0 else float(ttl)
 
 
 def _count(endpoint: str, result: str) -> None:

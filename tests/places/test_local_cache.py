@@ -170,3 +170,70 @@ def test_a_body_fetched_before_a_clear_is_not_put_back(settings):
     assert bodies.get("k") is None
     bodies.put("k", b"after", {}, ttl=60, epoch=bodies.epoch)
     assert bodies.get("k") == (b"after", {})
+
+
+def _cache_metric(name: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, {"backend": "redis"}) or 0.0
+
+
+def test_get_or_lock_answers_the_value_or_takes_the_build_lock_once(clear_cache):
+    redis = get_redis_connection("default")
+    misses = _cache_metric("django_cache_get_misses_total")
+    # a miss takes the lock, with the expiry asked for
+    assert cache.get_or_lock("k", lock_key="k:building", lock_seconds=30) == (None, None, True)
+    assert 0 < redis.ttl(cache.make_key("k:building")) <= 30
+    # and a second caller finds it taken
+    assert cache.get_or_lock("k", lock_key="k:building", lock_seconds=30) == (None, None, False)
+    # (each counted by django-prometheus as a missed get)
+    assert _cache_metric("django_cache_get_misses_total") == misses + 2
+    # the builder stores the body and frees the lock in one go
+    cache.set_and_unlock("k", (b"body", {"X": "1"}), timeout=60, lock_key="k:building")
+    assert cache.get("k:building") is None
+    assert cache.get("k") == (b"body", {"X": "1"})
+    # then callers get the body and the seconds it has left, and take no lock
+    gets, hits = (
+        _cache_metric("django_cache_get_total"),
+        _cache_metric("django_cache_get_hits_total"),
+    )
+    value, seconds_left, locked = cache.get_or_lock("k", lock_key="k:building", lock_seconds=30)
+    assert _cache_metric("django_cache_get_total") == gets + 1
+    assert _cache_metric("django_cache_get_hits_total") == hits + 1
+    assert value == (b"body", {"X": "1"})
+    assert 58 < seconds_left <= 60
+    assert locked is False
+    assert cache.get("k:building") is None
+
+
+def test_get_or_lock_of_a_value_without_expiry_says_so(clear_cache):
+    cache.set("forever", b"x", timeout=None)
+    assert cache.get_or_lock("forever", lock_key="forever:building", lock_seconds=30) == (
+        b"x",
+        None,
+        False,
+    )
+
+
+def test_a_miss_holds_the_lock_while_it_builds_and_leaves_none_behind(clear_cache, settings):
+    from places.serving import responses
+
+    held: list[bool] = []
+
+    def build() -> bytes:
+        held.append(cache.get("bytes:lockcheck:building") is not None)
+        return b"x" * 500
+
+    body, _ = responses.cached_build(cache_key="bytes:lockcheck", ttl=60, build=build)
+    assert held == [True]
+    assert gzip.decompress(body) == b"x" * 500
+    assert cache.get("bytes:lockcheck:building") is None
+    # a body too big to store is not stored, and its lock is freed all the same
+    settings.CACHE_MAX_BODY_BYTES = 10
+    responses.cached_build(cache_key="bytes:big", ttl=60, build=lambda: bytes(range(256)) * 50)
+    assert cache.get("bytes:big") is None
+    assert cache.get("bytes:big:building") is None
+    # and so is the lock of a build that fails
+    with pytest.raises(ZeroDivisionError):
+        responses.cached_build(cache_key="bytes:fails", ttl=60, build=lambda: 1 / 0)
+    assert cache.get("bytes:fails:building") is None
