@@ -80,6 +80,30 @@ def viewport_query(*, query: PlaceQuery, zoom: int) -> Viewport:
         return _clusters(cursor, condition, args, cell=360 / (2**zoom * 8))
 
 
+# Religions most places have first: a CASE stops at the first WHEN that matches (OSM's places
+# of worship are mostly Christian, then Muslim, Buddhist, Hindu). Every value of the legend is
+# listed; the order changes no code.
+_RELIGIONS_BY_FREQUENCY = [
+    Religion.CHRISTIAN,
+    Religion.MUSLIM,
+    Religion.BUDDHIST,
+    Religion.HINDU,
+    Religion.UNKNOWN,
+    Religion.OTHER,
+    Religion.JEWISH,
+]
+_CASE_ORDER = [*_RELIGIONS_BY_FREQUENCY, *(r for r in LEGEND if r not in _RELIGIONS_BY_FREQUENCY)]
+# A place's religion code as one byte, from constants: unknown for a value not in the legend.
+# Looking it up with array_position() in the legend parameter cast to text[] was a tenth of
+# the 100K view's SQL (77 against 69 ms) and 7 % of a 1K view's (issue 14).
+RELIGION_CODE_SQL = (
+    "CASE p.religion "
+    + " ".join(
+        f"WHEN '{value}' THEN '\\x{LEGEND.index(value):02x}'::bytea" for value in _CASE_ORDER
+    )
+    + f" ELSE '\\x{UNKNOWN_CODE:02x}'::bytea END"
+)
+
 # One fixed-width record per place (big-endian int64 id, float64 lon, float64 lat, uint8
 # religion code), all in one bytea read in binary (no hex text) and split into columns by
 # numpy. One aggregate instead of one per column, and no ORDER BY: the parallel scan hands
@@ -87,17 +111,15 @@ def viewport_query(*, query: PlaceQuery, zoom: int) -> Viewport:
 # and the ordered gather in SQL. Positions stay float64 (the JSON rounds them to 6
 # decimals; the binary payload narrows them to float32 in numpy), so both bodies are the
 # same as when SQL sorted.
-POINTS_SQL = """
+POINTS_SQL = f"""
 SELECT count(*),
        coalesce(string_agg(
            int8send(p.id) || float8send(ST_X(p.location)) || float8send(ST_Y(p.location))
-           || set_byte('\\x00'::bytea, 0,
-                       coalesce(array_position(%(legend)s::text[], p.religion::text),
-                                %(unknown)s) - 1),
+           || {RELIGION_CODE_SQL},
            ''::bytea), ''::bytea)
-FROM (SELECT p.id, p.location, p.religion FROM places_place p WHERE {condition}
-      LIMIT {limit}) AS p
-"""
+FROM (SELECT p.id, p.location, p.religion FROM places_place p WHERE {{condition}}
+      LIMIT {{limit}}) AS p
+"""  # nosec B608 # the religion codes are this module's constants; values are bound
 POINT_RECORD = np.dtype([("id", ">i8"), ("lon", ">f8"), ("lat", ">f8"), ("religion", "u1")])
 
 
@@ -109,7 +131,7 @@ def _points(cursor: Any, condition: str, args: dict[str, Any]) -> Viewport | Non
     with connection.wrap_database_errors, psycopg.Cursor(cursor.connection) as raw:
         raw.execute(
             POINTS_SQL.format(condition=condition, limit=MAX_POINTS + 1),
-            {**args, "legend": LEGEND, "unknown": UNKNOWN_CODE + 1},
+            args,
             binary=True,
         )
         row = raw.fetchone()

@@ -11,8 +11,9 @@ from collections import Counter
 import numpy as np
 import pytest
 from django.contrib.gis.geos import Point, Polygon
+from django.db import connection
 
-from places.models import Place
+from places.models import Place, Religion
 from places.services import dataset_get_or_create, place_create, place_update
 
 pytestmark = pytest.mark.django_db
@@ -203,3 +204,35 @@ def test_box_edge_is_exact_not_rounded(client, sample_regions, clear_cache):
         "/api/v1/viewport/", {"bbox": "9.99,44.99,10,45.01", "zoom": 14, "dataset": "viewport-edge"}
     ).json()
     assert body["ids"] == []
+
+
+def test_every_points_religion_code_names_its_places_religion(client, sample_regions, clear_cache):
+    # given a place of each religion of the legend, and one whose value is not in it (a row
+    # written before the vocabulary changed, say)
+    dataset = dataset_get_or_create(slug="viewport-religions")
+    religions = {f"r{i}": value for i, value in enumerate(Religion.values)}
+    for i, (key, value) in enumerate(religions.items()):
+        place_create(
+            dataset=dataset,
+            source_key=key,
+            data={"religion": value, "location": Point(30.0 + i * 0.001, 10.0)},
+        )
+    stray = place_create(dataset=dataset, source_key="stray", data={"location": Point(30.05, 10)})
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE places_place SET religion = 'jedi' WHERE id = %s", [stray.pk])
+    expected = {
+        place.pk: place.religion if place.religion in Religion.values else Religion.UNKNOWN
+        for place in Place.objects.filter(dataset=dataset)
+    }
+    params = {"bbox": "29.9,9.9,30.1,10.1", "zoom": 14, "dataset": "viewport-religions"}
+    # then each point's code, in JSON and in binary, is its place's religion in the legend
+    as_json = client.get("/api/v1/viewport/", params).json()
+    decoded = _decode_binary(client.get("/api/v1/viewport/", {**params, "format": "bin"}).content)
+    assert as_json["kind"] == "points"
+    assert decoded["kind"] == 0
+    for ids, body in ((as_json["ids"], as_json), (decoded["first"], decoded)):
+        got = {
+            int(pk): body["legend"][code] for pk, code in zip(ids, body["religion"], strict=True)
+        }
+        assert got == expected
+    assert sorted(expected.values()).count(Religion.UNKNOWN) == 2
