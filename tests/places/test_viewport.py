@@ -236,3 +236,27 @@ def test_every_points_religion_code_names_its_places_religion(client, sample_reg
         }
         assert got == expected
     assert sorted(expected.values()).count(Religion.UNKNOWN) == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "accept", "content_type"),
+    [
+        ({"format": "bin"}, "application/vnd.places.viewport", "application/json"),
+        ({}, "application/vnd.places.viewport", "application/json"),
+        ({"format": "json"}, "", "application/json"),
+        # a browser asking for HTML gets DRF's browsable page of the error
+        ({}, "text/html", "text/html"),
+    ],
+)
+def test_a_refused_view_is_a_400_in_a_form_the_client_can_read(
+    client, sample_regions, extra, accept, content_type
+):
+    params = {"bbox": "1,2,3", "zoom": 5, **extra}
+    response = client.get("/api/v1/viewport/", params, HTTP_ACCEPT=accept)
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith(content_type)
+    assert b"bbox" in response.content
+    # and the NUL guard's refusal, raised before the view runs, is a 400 naming its field
+    nul = client.get("/api/v1/viewport/?bbox=1,2,3,4&zoom=5&dataset=%00", HTTP_ACCEPT=accept)
+    assert nul.status_code == 400
+    assert b"dataset" in nul.content
