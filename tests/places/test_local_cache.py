@@ -237,3 +237,36 @@ def test_a_miss_holds_the_lock_while_it_builds_and_leaves_none_behind(clear_cach
     with pytest.raises(ZeroDivisionError):
         responses.cached_build(cache_key="bytes:fails", ttl=60, build=lambda: 1 / 0)
     assert cache.get("bytes:fails:building") is None
+
+
+def test_get_or_lock_of_a_long_value_fetches_it_apart(clear_cache):
+    # given a value longer than the script passes through (Lua copies it twice)
+    long_value = (bytes(range(256)) * 400, {"X": "long"})
+    cache.set("long", long_value, timeout=120)
+    assert len(cache.client.encode(long_value)) > local_cache.SCRIPT_MAX_VALUE_BYTES
+    value, seconds_left, locked = cache.get_or_lock(
+        "long", lock_key="long:building", lock_seconds=9
+    )
+    assert value == long_value
+    assert 118 < seconds_left <= 120
+    assert locked is False
+    assert cache.get("long:building") is None
+
+
+def test_a_long_value_gone_before_its_fetch_is_a_miss_that_takes_the_lock(clear_cache, monkeypatch):
+    cache.set("long", bytes(range(256)) * 400, timeout=120)
+    redis = cache.client.get_client(write=True)
+    real_get = redis.get
+
+    def evicted_meanwhile(name):
+        redis.delete(name)
+        return real_get(name)
+
+    monkeypatch.setattr(redis, "get", evicted_meanwhile)
+    assert cache.get_or_lock("long", lock_key="long:building", lock_seconds=9) == (
+        None,
+        None,
+        True,
+    )
+    monkeypatch.undo()
+    assert cache.get("long:building") == 1
