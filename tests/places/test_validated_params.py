@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 from django.http import QueryDict
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rest_framework.exceptions import ValidationError
 
 from places.services import dataset_get_or_create
@@ -12,7 +14,9 @@ from places.serving.params import (
     PlaceFiltersQuery,
     PlaceListQuery,
     ViewportQuery,
+    _validated_by_drf,
     _validated_remembered,
+    _viewport_plain,
     database_params,
     filters_validated,
 )
@@ -127,3 +131,72 @@ def test_a_cached_tile_is_served_from_remembered_parameters(client):
     bad = client.get("/tiles/places/5/15/10.pbf?religion=nonsense")
     assert bad.status_code == 400
     assert "religion" in bad.json()
+
+
+# Strings near the spellings a map sends, and the nasty ones around them.
+_numbers = st.one_of(
+    st.floats(min_value=-200, max_value=200).map(repr),
+    st.sampled_from(["nan", "inf", "-inf", "1e400"]),
+    st.integers(min_value=-200, max_value=200).map(str),
+    st.sampled_from(["", " 1", "1 ", "1e1", "0x1", "١", "+5", "-0", "nan", "1_0", "\x00", "1.5.5"]),
+)
+_boxes = st.one_of(
+    st.lists(_numbers, min_size=3, max_size=5).map(",".join),
+    st.builds(
+        lambda x, y, w, h: f"{x},{y},{x + w},{y + h}",
+        st.floats(-180, 179),
+        st.floats(-90, 89),
+        st.floats(0, 1),
+        st.floats(0, 1),
+    ),
+    st.sampled_from([" 0,0,1,1", "0,0,1,1 ", "0, 0, 1, 1", "170,-48,-175,-34", "0,0,1,1\n"]),
+)
+_zooms = st.one_of(
+    st.integers(min_value=-2, max_value=40).map(str),
+    st.sampled_from(["", " 7", "7 ", "7.0", "07", "٧", "²", "1e1", "+7", "0"]),
+)
+_formats = st.sampled_from([None, "bin", "json", "", "BIN", "xml", " bin"])
+
+
+@st.composite
+def _box_and_zoom(draw) -> tuple[str, str]:
+    """A box about as wide as a screen at its zoom (some too wide), or any of the above."""
+    if draw(st.booleans()):
+        return draw(_boxes), draw(_zooms)
+    zoom = draw(st.one_of(st.integers(min_value=0, max_value=25), st.sampled_from([0, 21, 22, 23])))
+    side = min(360.0, 16 * 360 / 2**zoom * draw(st.floats(0, 1.2)))
+    x, y = draw(st.floats(-180, 180 - side)), draw(st.floats(-90, 90 - min(side, 180)))
+    return f"{x!r},{y!r},{x + side!r},{min(y + side, 90.0)!r}", str(zoom)
+
+
+@settings(max_examples=500, deadline=None)
+@given(box_zoom=_box_and_zoom(), fmt=_formats)
+def test_the_plain_viewport_query_is_validated_as_drf_validates_it(box_zoom, fmt):
+    box, zoom = box_zoom
+    items = [("bbox", (box,)), ("zoom", (zoom,))]
+    if fmt is not None:
+        items.append(("format", (fmt,)))
+    items = tuple(sorted(items))
+    plain = _viewport_plain(items)
+    try:
+        by_drf = _validated_by_drf(ViewportQuery, items)
+    except ValidationError:
+        by_drf = None
+    if plain is None:
+        return  # DRF validates it (or refuses it) itself
+    # what the plain path accepts, DRF accepts, with the same values and the same query
+    assert by_drf is not None, items
+    assert dict(plain.data) == dict(by_drf.data)
+    assert plain.filters == by_drf.filters
+    assert plain.filters.key() == by_drf.filters.key()
+
+
+def test_the_plain_path_takes_what_maps_send():
+    # the map page's own requests: a box, a zoom and a format
+    items = (("bbox", ("-0.2,51.45,0.0,51.55",)), ("format", ("bin",)), ("zoom", ("12",)))
+    assert _viewport_plain(items) is not None
+    assert _viewport_plain(items[:1] + items[2:]) is not None
+    # anything else goes to DRF: another filter, a parameter given twice
+    assert _viewport_plain((*items, ("religion", ("christian",)))) is None
+    assert _viewport_plain((("bbox", ("0,0,1,1", "0,0,1,1")), ("zoom", ("5",)))) is None
+    assert _viewport_plain((("bbox", ("-0.2,51.45,0.0,51.55",)), ("zoom", ("12.0",)))) is None
