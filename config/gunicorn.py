@@ -22,8 +22,16 @@ Why these values:
   default).
 - **timeout 30 s**: a worker whose main loop stops (a C call that never returns) is killed
   and replaced after 30 s; the Kubernetes liveness probe allows 45 s (3 x 15 s).
-- **keepalive 5 s**: the proxy in front reuses its connections; an idle one is closed after
-  5 s, before the proxy's own idle timeout would use a half-closed socket.
+- **no kept-alive connections; keepalive 5 s**: every answer closes its connection, since
+  ``worker_connections = threads`` leaves a worker no room for idle ones (gunicorn says so as
+  it starts: "No keepalived connections can be handled"). That is the price of a worker
+  never taking a request it has no free thread for (below). Measured against 8 connections
+  a worker (issue 14, wrk straight to gunicorn, two interleaved rounds): kept-alive
+  connections gave 51 % more ``/health/live/`` answers a second, 31 % more cached 1K views
+  and 16 % more uncached ones, but a worker then takes connections while its threads are
+  busy, and a probe could wait behind heavy pages (``tests/test_web_tier.py``). gunicorn
+  also gives a connection that has sent nothing yet this long on the poller, without a
+  thread, before closing it.
 - **limits on the request line and headers**: the longest legitimate URL (a box, every
   filter, a cursor) is under 1 KB; 4,094 bytes for the line, 50 header fields of at most
   8,190 bytes refuse oversized requests with 400 before Django parses anything.
