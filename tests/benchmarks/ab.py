@@ -67,6 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=8, help="serving rounds per side")
     parser.add_argument("--samples", type=int, default=7, help="requests per round")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per side")
+    parser.add_argument(
+        "--wrk-rounds",
+        type=int,
+        default=3,
+        help="throughput rounds per side (four clients on the 1K views; 0 leaves them out)",
+    )
+    parser.add_argument("--wrk-seconds", type=int, default=8, help="seconds of each wrk run")
     parser.add_argument("--import-rows", type=int, default=200_000)
     parser.add_argument("--import-rounds", type=int, default=5, help="import rounds per side")
     parser.add_argument("--skip-serving", action="store_true")
@@ -170,7 +177,8 @@ def _serving_markdown(data: dict, serving: dict, p: dict) -> list[str]:
         "",
         f"{data['places']:,} generated places (seed {data['parameters']['seed']}, "
         f"{'reused' if data['reused'] else 'loaded'}), one database for both sides, migrated "
-        f"by B. gunicorn, {p['workers']} sync workers per side, production settings; one "
+        f"by B. gunicorn, {p['workers']} gthread workers per side (config/gunicorn.py), "
+        "production settings; one "
         f"client, gzip accepted; {p['rounds']} rounds × {p['samples']} requests per side; "
         "uncached = Redis emptied before each request. Big box "
         f"`{picked['big_box']['bbox']}` ({picked['big_box']['places']:,} places).",
@@ -215,6 +223,55 @@ def _serving_markdown(data: dict, serving: dict, p: dict) -> list[str]:
         f"{serving['code']['B']['cwd']}; OpenAPI schemas {serving['code']['A']['schema_sha256']}"
         f" and {serving['code']['B']['schema_sha256']}).",
     ]
+    if serving.get("throughput"):
+        lines += _throughput_markdown(serving["throughput"]["compared"], p)
+    return lines
+
+
+def _throughput_markdown(rows: dict[str, Any], p: dict) -> list[str]:
+    labels = {
+        "floor": "floor: /health/live/",
+        "uncached": "1K-place views, binary, uncached",
+        "cached": "1K-place views, binary, cached",
+    }
+    lines = [
+        "",
+        f"Four clients (wrk, 2 threads, {p['wrk_seconds']} s a run), {p['wrk_rounds']} rounds "
+        "per side, alternating (each round: the floor, the views uncached, cached, the floor "
+        "again; the floor is the mean of its two runs). The reading compares seconds per "
+        "request, as above.",
+        "",
+        "| run | A req/s | B req/s | A share of floor | B share of floor | A p95 ms | B p95 ms "
+        "| B/A s per request | paired | noise | reading |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for kind, row in rows.items():
+        a, b = row["A"], row["B"]
+
+        def share(side: dict[str, Any]) -> str:
+            return f"{side['share_of_floor']:.0%}" if side["share_of_floor"] is not None else ""
+
+        def p95(side: dict[str, Any]) -> str:
+            values = side["round_p95_ms"]
+            return str(sorted(values)[len(values) // 2]) if values else ""
+
+        lines.append(
+            f"| {labels[kind]} | {a['requests_per_second']:,} | {b['requests_per_second']:,} | "
+            f"{share(a)} | {share(b)} | {p95(a)} | {p95(b)} | {row['ratio_b_a']} | "
+            f"{row['paired_ratio_b_a']} | {row['noise']} | {row['reading']} |"
+        )
+    cpu = {
+        kind: (rows[kind]["A"]["cpu_ms_per_request"], rows[kind]["B"]["cpu_ms_per_request"])
+        for kind in ("uncached", "cached")
+    }
+    lines += ["", "CPU per request (ms, medians of the rounds; every process of each kind):", ""]
+    for kind, (a, b) in cpu.items():
+        lines.append(
+            f"- {labels[kind]}: A "
+            + ", ".join(f"{k} {v}" for k, v in a.items())
+            + "; B "
+            + ", ".join(f"{k} {v}" for k, v in b.items())
+        )
     return lines
 
 
@@ -325,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
                 rounds=args.rounds,
                 samples=args.samples,
                 box_places=args.box_places or args.places // 10,
+                wrk_rounds=args.wrk_rounds,
+                wrk_seconds=args.wrk_seconds,
             )
         if not args.skip_imports:
             logger.info(

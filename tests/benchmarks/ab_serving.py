@@ -9,6 +9,11 @@ each timed request. Every request's rounds run A, B, A, B, … before the next r
 both sides of a comparison are measured minutes apart at most. Afterwards each side is asked
 every request once more and the bodies compared byte for byte (gzip undone, and each
 server's own address in links written alike).
+
+Then, unless ``wrk_rounds`` is 0, throughput: four clients (wrk) on 200 views of about 1,000
+places, as ``make bench`` measures them (``serving.py``), in alternating rounds: each round
+of a side runs ``/health/live/`` (the floor), the views uncached (every request a box no one
+asked for before, on either side), the views cached, and the floor again.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import gzip
 import hashlib
 import json
 import logging
+import math
 import os
 import statistics
 import tempfile
@@ -221,6 +227,108 @@ def _row(probe: Probe, by_side: dict[str, list[list[float]]]) -> dict[str, Any]:
     )
 
 
+# The throughput rounds' small views: as many as ``make bench`` rotates through, of about as
+# many places, and the seed it picks them with.
+SMALL_VIEWS = 200
+SMALL_VIEW_PLACES = 1_000
+SMALL_VIEW_SEED = 20_240_601
+# Distinct uncached boxes per side and round, more than four clients ask for in a round.
+UNCACHED_BOXES = 20_000
+
+
+def small_view_boxes() -> list[picks.Box]:
+    """The 1K-place views of ``make bench``'s four-client runs."""
+    lon, lat = picks.positions()
+    return picks.boxes_of_about(
+        lon, lat, places=SMALL_VIEW_PLACES, count=SMALL_VIEWS, seed=SMALL_VIEW_SEED
+    )
+
+
+def _throughput_round(
+    server: Server, small: list[picks.Box], *, offset: int, seconds: int, flush: Callable[[], Any]
+) -> dict[str, Any]:
+    """One side's round: the floor, the views uncached then cached, the floor again (req/s,
+    p95 and CPU per request by process kind). ``offset`` moves every uncached box by a
+    distinct multiple of 1e-7 degrees, so no round of either side asks for a box another
+    asked for."""
+    host, port = server.host, server.port
+    cached_paths = [f"/api/v1/viewport/?bbox={b.text}&zoom={b.zoom}&format=bin" for b in small]
+    shifts = math.ceil(UNCACHED_BOXES / len(small))
+    uncached_paths = [
+        f"/api/v1/viewport/?bbox={b.shifted((offset + j) * 1e-7)}&zoom={b.zoom}&format=bin"
+        for j in range(1, shifts + 1)
+        for b in small
+    ]
+
+    def wrk(paths: list[str]) -> dict[str, Any]:
+        return measure.wrk_with_cpu(host, port, paths, connections=4, threads=2, seconds=seconds)
+
+    out = {"floor_before": wrk(["/health/live/"])}
+    flush()
+    out["uncached"] = wrk(uncached_paths)
+    measure.timed(host, port, cached_paths, samples=len(cached_paths), warmup=0)
+    out["cached"] = wrk(cached_paths)
+    out["floor_after"] = wrk(["/health/live/"])
+    floor = (
+        out["floor_before"]["requests_per_second"] + out["floor_after"]["requests_per_second"]
+    ) / 2
+    for kind in ("uncached", "cached"):
+        out[kind]["share_of_floor"] = round(out[kind]["requests_per_second"] / floor, 3)
+    return out
+
+
+def _throughput_rows(by_side: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per kind (floor, uncached, cached): each side's req/s and share of the floor per round,
+    and B against A on seconds per request (lower is better, as for the timed requests)."""
+    rows: dict[str, Any] = {}
+    for kind in ("floor", "uncached", "cached"):
+        per_side: dict[str, Any] = {}
+        for side, rounds in by_side.items():
+            if kind == "floor":
+                rps = [
+                    (
+                        r["floor_before"]["requests_per_second"]
+                        + r["floor_after"]["requests_per_second"]
+                    )
+                    / 2
+                    for r in rounds
+                ]
+                shares: list[float] = []
+            else:
+                rps = [r[kind]["requests_per_second"] for r in rounds]
+                shares = [r[kind]["share_of_floor"] for r in rounds]
+            per_side[side] = {
+                "round_requests_per_second": rps,
+                "requests_per_second": round(statistics.median(rps)),
+                "round_share_of_floor": shares,
+                "share_of_floor": round(statistics.median(shares), 3) if shares else None,
+                "round_p95_ms": [r[kind]["p95_ms"] for r in rounds] if kind != "floor" else [],
+                "cpu_ms_per_request": (
+                    {
+                        k: round(
+                            statistics.median(r[kind]["cpu_ms_per_request"][k] for r in rounds), 3
+                        )
+                        for k in rounds[0][kind]["cpu_ms_per_request"]
+                    }
+                    if kind != "floor"
+                    else {}
+                ),
+            }
+        a, b = per_side["A"], per_side["B"]
+        seconds_a = [1 / x for x in a["round_requests_per_second"]]
+        seconds_b = [1 / x for x in b["round_requests_per_second"]]
+        rows[kind] = {
+            **per_side,
+            **compare_sides(
+                a_rounds=seconds_a,
+                b_rounds=seconds_b,
+                a=statistics.median(seconds_a),
+                b=statistics.median(seconds_b),
+            ),
+        }
+    return rows
+
+
 def run(
     *,
     trees: dict[str, Tree],
@@ -230,6 +338,8 @@ def run(
     rounds: int,
     samples: int,
     box_places: int,
+    wrk_rounds: int = 0,
+    wrk_seconds: int = 8,
 ) -> dict[str, Any]:
     import redis
 
@@ -283,6 +393,29 @@ def run(
         measure.caches_emptied(cache, database_url)
         answers = _answers_compared(servers, timed + compared)
         rss = {side: worker_peak_rss_kib(server.pid) for side, server in servers.items()}
+        throughput: dict[str, list[dict[str, Any]]] = {side: [] for side in servers}
+        small = small_view_boxes() if wrk_rounds else []
+        for number in range(wrk_rounds):
+            # A first in even rounds, B first in odd ones: neither side always follows the other.
+            order = list(servers.items()) if number % 2 == 0 else list(servers.items())[::-1]
+            for side, server in order:
+                offset = (2 * number + (side == "B")) * math.ceil(UNCACHED_BOXES / len(small))
+                throughput[side].append(
+                    _throughput_round(
+                        server,
+                        small,
+                        offset=offset,
+                        seconds=wrk_seconds,
+                        flush=lambda: measure.caches_emptied(cache, database_url),
+                    )
+                )
+                logger.info(
+                    "wrk round %s %s: uncached %s, cached %s req/s",
+                    number + 1,
+                    side,
+                    throughput[side][-1]["uncached"]["requests_per_second"],
+                    throughput[side][-1]["cached"]["requests_per_second"],
+                )
     return {
         "picked": chosen,
         "code": code,
@@ -290,5 +423,8 @@ def run(
         "answers": answers,
         "worker_peak_rss_mib": {side: [kib // 1024 for kib in v] for side, v in rss.items()},
         "worker_peak_rss_mib_after": rss_mib,
+        "throughput": (
+            {"rounds": throughput, "compared": _throughput_rows(throughput)} if wrk_rounds else None
+        ),
         "log_dir": str(log_dir),
     }
