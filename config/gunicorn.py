@@ -29,9 +29,10 @@ Why these values:
   a worker (issue 14, wrk straight to gunicorn, two interleaved rounds): kept-alive
   connections gave 51 % more ``/health/live/`` answers a second, 31 % more cached 1K views
   and 16 % more uncached ones, but a worker then takes connections while its threads are
-  busy, and a probe could wait behind heavy pages (``tests/test_web_tier.py``). gunicorn
-  also gives a connection that has sent nothing yet this long on the poller, without a
-  thread, before closing it.
+  busy, and a probe could wait behind heavy pages (``tests/test_web_tier.py``). The
+  setting still counts: a connection that has sent nothing yet holds a thread for up to 5 s
+  (gunicorn's data timeout), then waits this long on the poller, without a thread, before
+  it is closed.
 - **limits on the request line and headers**: the longest legitimate URL (a box, every
   filter, a cursor) is under 1 KB; 4,094 bytes for the line, 50 header fields of at most
   8,190 bytes refuse oversized requests with 400 before Django parses anything.

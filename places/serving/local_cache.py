@@ -132,8 +132,9 @@ LOCAL_BODIES = LocalBodies()
 # bytes, only its milliseconds left, with 2 (the caller GETs it: Lua copies a value twice, and
 # an 800 KB one took 1.2 ms more through the script than by GET); for none, the build lock
 # KEYS[2] taken (1) or held by another request (0). One round trip where a miss took two
-# (GET, then SET NX) and a small value kept in the process copy two (GET, then TTL). STRLEN
-# is 0 only for a missing key: a stored value is never empty (a pickle).
+# (GET, then SET NX) and a small value kept in the process copy three (GET, then
+# django-redis's ttl(): EXISTS and TTL). STRLEN is 0 only for a missing key: a stored value
+# is never empty (a pickle). Both keys must live on one server (no Redis Cluster slots).
 _GET_OR_LOCK = """
 local size = redis.call('STRLEN', KEYS[1])
 if size > tonumber(ARGV[3]) then return {false, redis.call('PTTL', KEYS[1]), 2} end
@@ -154,9 +155,13 @@ class RedisCache(prometheus_redis.RedisCache):
     cached answer's build (``places.serving.responses.cached_build``).
 
     Each Redis command costs a web worker more Python (redis-py's argument checks, the
-    connection pool, django-redis's key and value handling) than Redis spends on it: on a
-    miss they were a quarter of a worker's time (py-spy, issue 14), four commands for
-    one body. The compound ones below make them two.
+    connection pool, django-redis's key and value handling) than Redis spends on it: on an
+    uncached 1K view they were 30 % of a worker's GIL time (py-spy, issue 14), four
+    commands for one body; with the compound ones below, two commands and 21 %.
+
+    Unlike django-redis's own commands, these two ignore ``IGNORE_EXCEPTIONS`` (Redis
+    errors always raise ``ConnectionInterrupted``; the setting is not used here) and take a
+    whole positive number of seconds as ``timeout``.
     """
 
     def clear(self, *args: Any, **kwargs: Any) -> Any:
@@ -180,11 +185,13 @@ class RedisCache(prometheus_redis.RedisCache):
         args = [self.client.encode(1), lock_seconds, SCRIPT_MAX_VALUE_BYTES]
         cache_metrics.django_cache_get_total.labels(backend="redis").inc()
         try:
-            value, milliseconds, outcome = script(keys=keys, args=args)
+            value, milliseconds, outcome = script(keys=keys, args=args, client=client)
             if outcome == 2:
                 value = client.get(keys[0])
                 if value is None:  # expired or evicted in between: as if never there
-                    value, milliseconds, outcome = script(keys=keys, args=[*args[:2], 2**53])
+                    value, milliseconds, outcome = script(
+                        keys=keys, args=[*args[:2], 2**53], client=client
+                    )
         except _REDIS_ERRORS as exc:
             cache_metrics.django_cache_get_fail_total.labels(backend="redis").inc()
             raise ConnectionInterrupted(connection=client) from exc

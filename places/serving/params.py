@@ -350,6 +350,12 @@ def filters_validated(query_class: type[PlaceFiltersQuery], query_params: QueryD
     items = tuple(
         sorted((name, tuple(values)) for name, values in query_params.lists() if name in declared)
     )
+    if query_class is ViewportQuery:
+        # Before the memo: a pan's box is seldom asked for twice, and would push out the
+        # entries the memo is for (tiles' and filters' parameters).
+        plain = _viewport_plain(items)
+        if plain is not None:
+            return plain
     if database_params(query_class).isdisjoint(name for name, _ in items):
         return _validated_remembered(query_class, items)
     return _validated(query_class, items)
@@ -401,14 +407,7 @@ def _viewport_plain(items: Items) -> Validated | None:
 
 
 def _validated(query_class: type[PlaceFiltersQuery], items: Items) -> Validated:
-    if query_class is ViewportQuery:
-        plain = _viewport_plain(items)
-        if plain is not None:
-            return plain
-    return _validated_by_drf(query_class, items)
-
-
-def _validated_by_drf(query_class: type[PlaceFiltersQuery], items: Items) -> Validated:
+    """``query_class`` run by DRF over ``items``: a 400 naming each bad parameter."""
     params = QueryDict(mutable=True)
     for name, values in items:
         params.setlist(name, list(values))

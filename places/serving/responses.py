@@ -29,7 +29,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from django.conf import settings
 from django.core.cache import cache
@@ -99,18 +99,28 @@ class PublicBytesView(APIView):
 class BytesNegotiation:
     # These views choose their own bytes (by path, `format` or Accept), so DRF's content
     # negotiation must not answer a vendor Accept type with 406 or `?format=` with 404;
-    # errors are still rendered as JSON.
+    # errors are rendered by DRF's negotiation, forced (JSON unless a browser asks for HTML).
 
     # Only a DRF Response (an error, a JSON document) needs a renderer, and DRF's
     # finalize_response negotiates one (with force) for any Response whose request has none:
     # initial()'s negotiation is left to it. Done for every answer, it was 3 % of a worker's
     # time on cached map answers (a `format=bin` DRF knows no renderer for is a 404 raised
-    # and caught), for bodies no renderer touches (issue 14).
+    # and caught), for bodies no renderer touches (issue 14). With DEBUG on, DRF reads the
+    # renderer of a request whose view raised: it is negotiated then too.
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
         if not force:
             return None, None
         return super().perform_content_negotiation(request, force=True)  # type: ignore[misc]
+
+    def raise_uncaught_exception(self, exc: Exception) -> NoReturn:
+        request = self.request  # type: ignore[attr-defined]
+        if getattr(request, "accepted_renderer", None) is None:
+            request.accepted_renderer, request.accepted_media_type = (
+                self.perform_content_negotiation(request, force=True)
+            )
+        super().raise_uncaught_exception(exc)  # type: ignore[misc]
+        raise exc  # not reached: DRF's raises it
 
 
 def accepts_gzip(header: str) -> bool:

@@ -270,3 +270,64 @@ def test_a_long_value_gone_before_its_fetch_is_a_miss_that_takes_the_lock(clear_
     )
     monkeypatch.undo()
     assert cache.get("long:building") == 1
+
+
+def test_a_miss_asks_redis_twice_and_a_hit_once(clear_cache, settings, monkeypatch):
+    from redis.connection import Connection
+
+    from places.serving import responses
+
+    settings.CACHE_LOCAL_BYTES = 0  # every hit from Redis
+    cache.get_or_lock("warm", lock_key="warm:building", lock_seconds=1)  # script loaded
+    sent: list[int] = []
+    real_send = Connection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        sent.append(1)
+        return real_send(self, command, check_health)
+
+    monkeypatch.setattr(Connection, "send_packed_command", counted)
+    # a miss: the body or the lock in one round trip, the body stored and the lock freed in
+    # another
+    responses.cached_build(cache_key="bytes:trips", ttl=60, build=lambda: b"x" * 100)
+    assert len(sent) == 2
+    # a hit: one
+    sent.clear()
+    body, _ = responses.cached_build(cache_key="bytes:trips", ttl=60, build=lambda: b"other")
+    assert gzip.decompress(body) == b"x" * 100
+    assert len(sent) == 1
+
+
+def test_a_build_lock_left_by_a_builder_that_died_is_taken_when_it_expires(clear_cache):
+    from places.serving import responses
+
+    # given a lock whose holder will never store the body
+    cache.add("bytes:orphan:building", 1, timeout=1)
+    calls: list[int] = []
+    started = time.monotonic()
+    body, _ = responses.cached_build(
+        cache_key="bytes:orphan", ttl=60, build=lambda: calls.append(1) or b"mine"
+    )
+    # then the waiter builds it itself once the lock has expired
+    assert calls == [1]
+    assert gzip.decompress(body) == b"mine"
+    assert time.monotonic() - started >= 0.9
+    assert cache.get("bytes:orphan") is not None
+
+
+def test_redis_failing_in_get_or_lock_is_connection_interrupted_and_counted(
+    clear_cache, monkeypatch
+):
+    from django_redis.exceptions import ConnectionInterrupted
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    redis = cache.client.get_client(write=True)
+
+    def down(*args, **kwargs):
+        raise RedisConnectionError("Redis went away")
+
+    monkeypatch.setattr(redis, "evalsha", down)
+    failed = _cache_metric("django_cache_get_fail_total")
+    with pytest.raises(ConnectionInterrupted):
+        cache.get_or_lock("k", lock_key="k:building", lock_seconds=9)
+    assert _cache_metric("django_cache_get_fail_total") == failed + 1

@@ -15,6 +15,7 @@ from django.db import connection
 
 from places.models import Place, Religion
 from places.services import dataset_get_or_create, place_create, place_update
+from places.serving import viewport as viewport_module
 
 pytestmark = pytest.mark.django_db
 
@@ -260,3 +261,17 @@ def test_a_refused_view_is_a_400_in_a_form_the_client_can_read(
     nul = client.get("/api/v1/viewport/?bbox=1,2,3,4&zoom=5&dataset=%00", HTTP_ACCEPT=accept)
     assert nul.status_code == 400
     assert b"dataset" in nul.content
+
+
+def test_with_debug_on_an_error_in_a_view_is_raised_as_itself(
+    client, sample_regions, clear_cache, settings, monkeypatch
+):
+    # DRF reads the request's renderer before it re-raises, with DEBUG on: negotiated then
+    settings.DEBUG = True
+
+    def broken(**kwargs):
+        raise RuntimeError("the view's own error")
+
+    monkeypatch.setattr(viewport_module, "viewport_query", broken)
+    with pytest.raises(RuntimeError, match="the view's own error"):
+        client.get("/api/v1/viewport/", {"bbox": "29.9,9.9,30.1,10.1", "zoom": 14})
