@@ -351,9 +351,10 @@ def filters_validated(query_class: type[PlaceFiltersQuery], query_params: QueryD
         sorted((name, tuple(values)) for name, values in query_params.lists() if name in declared)
     )
     if query_class is ViewportQuery:
-        # Before the memo: a pan's box is seldom asked for twice, and would push out the
-        # entries the memo is for (tiles' and filters' parameters).
-        plain = _viewport_plain(items)
+        # Remembered apart: a pan's boxes, seldom asked for twice, would push the tiles' and
+        # filters' parameters out of the other memo. Remembered at all, because a cached
+        # answer reuses the query's cache key, worked out once per PlaceQuery.
+        plain = _viewport_plain_remembered(items)
         if plain is not None:
             return plain
     if database_params(query_class).isdisjoint(name for name, _ in items):
@@ -418,3 +419,5 @@ def _validated(query_class: type[PlaceFiltersQuery], items: Items) -> Validated:
 
 
 _validated_remembered = functools.lru_cache(maxsize=VALIDATED_MEMO_SIZE)(_validated)
+# Its answer (None included: not a plain query) depends on the query string alone.
+_viewport_plain_remembered = functools.lru_cache(maxsize=VALIDATED_MEMO_SIZE)(_viewport_plain)
