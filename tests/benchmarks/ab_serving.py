@@ -22,7 +22,6 @@ import gzip
 import hashlib
 import json
 import logging
-import math
 import os
 import statistics
 import tempfile
@@ -37,6 +36,7 @@ from django.conf import settings
 from tests.benchmarks import measure, picks
 from tests.benchmarks.ab_compare import Tree, compare_sides
 from tests.benchmarks.servers import Server, gunicorn_server, worker_peak_rss_kib
+from tests.benchmarks.serving import four_clients
 
 logger = logging.getLogger("bench")
 
@@ -232,8 +232,6 @@ def _row(probe: Probe, by_side: dict[str, list[list[float]]]) -> dict[str, Any]:
 SMALL_VIEWS = 200
 SMALL_VIEW_PLACES = 1_000
 SMALL_VIEW_SEED = 20_240_601
-# Distinct uncached boxes per side and round, more than four clients ask for in a round.
-UNCACHED_BOXES = 20_000
 
 
 def small_view_boxes() -> list[picks.Box]:
@@ -245,30 +243,13 @@ def small_view_boxes() -> list[picks.Box]:
 
 
 def _throughput_round(
-    server: Server, small: list[picks.Box], *, offset: int, seconds: int, flush: Callable[[], Any]
+    server: Server, small: list[picks.Box], *, box_set: int, seconds: int, flush: Callable[[], Any]
 ) -> dict[str, Any]:
-    """One side's round: the floor, the views uncached then cached, the floor again (req/s,
-    p95 and CPU per request by process kind). ``offset`` moves every uncached box by a
-    distinct multiple of 1e-7 degrees, so no round of either side asks for a box another
-    asked for."""
-    host, port = server.host, server.port
-    cached_paths = [f"/api/v1/viewport/?bbox={b.text}&zoom={b.zoom}&format=bin" for b in small]
-    shifts = math.ceil(UNCACHED_BOXES / len(small))
-    uncached_paths = [
-        f"/api/v1/viewport/?bbox={b.shifted((offset + j) * 1e-7)}&zoom={b.zoom}&format=bin"
-        for j in range(1, shifts + 1)
-        for b in small
-    ]
-
-    def wrk(paths: list[str]) -> dict[str, Any]:
-        return measure.wrk_with_cpu(host, port, paths, connections=4, threads=2, seconds=seconds)
-
-    out = {"floor_before": wrk(["/health/live/"])}
-    flush()
-    out["uncached"] = wrk(uncached_paths)
-    measure.timed(host, port, cached_paths, samples=len(cached_paths), warmup=0)
-    out["cached"] = wrk(cached_paths)
-    out["floor_after"] = wrk(["/health/live/"])
+    """One side's round, as ``make bench`` runs its four clients (``serving.four_clients``),
+    with each view run's share of the mean of the round's two floors."""
+    out = four_clients(
+        server.host, server.port, small, seconds=seconds, flush=flush, box_set=box_set
+    )
     floor = (
         out["floor_before"]["requests_per_second"] + out["floor_after"]["requests_per_second"]
     ) / 2
@@ -399,12 +380,11 @@ def run(
             # A first in even rounds, B first in odd ones: neither side always follows the other.
             order = list(servers.items()) if number % 2 == 0 else list(servers.items())[::-1]
             for side, server in order:
-                offset = (2 * number + (side == "B")) * math.ceil(UNCACHED_BOXES / len(small))
                 throughput[side].append(
                     _throughput_round(
                         server,
                         small,
-                        offset=offset,
+                        box_set=2 * number + (side == "B"),
                         seconds=wrk_seconds,
                         flush=lambda: measure.caches_emptied(cache, database_url),
                     )

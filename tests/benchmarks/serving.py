@@ -22,6 +22,7 @@ import math
 import struct
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,52 @@ def _row(result: dict[str, Any], label: str, **extra: Any) -> dict[str, Any]:
     return {"label": label, **result, **extra}
 
 
+# Distinct boxes the four clients' uncached run may ask for: more than they ask for in one.
+UNCACHED_BOXES = 30_000
+
+
+def four_clients(
+    host: str,
+    port: int,
+    small: list[picks.Box],
+    *,
+    seconds: int,
+    flush: Callable[[], Any],
+    box_set: int = 0,
+    entries_written: Callable[[], int] | None = None,
+) -> dict[str, Any]:
+    """Four clients at once (wrk, 2 threads, ``seconds`` a run) on the ``small`` views:
+    ``/health/live/`` (the floor), the views uncached, the views cached, the floor again;
+    the targets compare each view run with the mean of the two floors.
+
+    Uncached, every request is a box no one asked for before: each view moved by its own
+    multiple of 1e-7 degrees, ``UNCACHED_BOXES`` of them; ``box_set`` k takes the k-th such
+    set, so that runs against one cache (``ab.py``'s rounds) never repeat a box.
+    ``entries_written``, if given, is read right after the uncached run (the cache's size:
+    every request a miss when it matches the requests)."""
+    cached_paths = [f"/api/v1/viewport/?bbox={b.text}&zoom={b.zoom}&format=bin" for b in small]
+    shifts = math.ceil(UNCACHED_BOXES / len(small))
+    uncached_paths = [
+        f"/api/v1/viewport/?bbox={b.shifted((box_set * shifts + j) * 1e-7)}"
+        f"&zoom={b.zoom}&format=bin"
+        for j in range(1, shifts + 1)
+        for b in small
+    ]
+
+    def wrk(paths: list[str]) -> dict[str, Any]:
+        return measure.wrk_with_cpu(host, port, paths, connections=4, threads=2, seconds=seconds)
+
+    runs = {"floor_before": wrk(["/health/live/"])}
+    flush()
+    runs["uncached"] = wrk(uncached_paths)
+    if entries_written is not None:
+        runs["uncached"]["cache_entries_written"] = entries_written()
+    measure.timed(host, port, cached_paths, samples=len(cached_paths), warmup=0)
+    runs["cached"] = wrk(cached_paths)
+    runs["floor_after"] = wrk(["/health/live/"])
+    return runs
+
+
 def run(
     *,
     database_url: str,
@@ -509,32 +556,14 @@ def run(
         result = ours(small_paths, cached=True, n=max(samples, 50), warmup=len(small_paths))
         rows["small_bin_cached"] = _row(result, "1K-place views, binary, cached, 1 client")
 
-        # Four clients at once. Uncached: every request a box no one asked for before.
-        shifts = math.ceil(30_000 / len(small))
-        jittered = [
-            f"/api/v1/viewport/?bbox={b.shifted(j * 1e-7)}&zoom={b.zoom}&format=bin"
-            for j in range(1, shifts + 1)
-            for b in small
-        ]
-
-        # The floor's req/s, /health/live/ under the same four clients, before and after the
-        # two runs: the targets compare each run with the mean of both.
-        def floor_run() -> dict[str, Any]:
-            return measure.wrk_with_cpu(
-                host, port, ["/health/live/"], connections=4, threads=2, seconds=wrk_seconds
-            )
-
-        concurrency = {"floor_before": floor_run()}
-        flush()
-        concurrency["uncached"] = measure.wrk_with_cpu(
-            host, port, jittered, connections=4, threads=2, seconds=wrk_seconds
+        concurrency = four_clients(
+            host,
+            port,
+            small,
+            seconds=wrk_seconds,
+            flush=flush,
+            entries_written=cache.dbsize,
         )
-        concurrency["uncached"]["cache_entries_written"] = cache.dbsize()
-        measure.timed(host, port, small_paths, samples=len(small_paths), warmup=0)
-        concurrency["cached"] = measure.wrk_with_cpu(
-            host, port, small_paths, connections=4, threads=2, seconds=wrk_seconds
-        )
-        concurrency["floor_after"] = floor_run()
         out["concurrency"] = concurrency
         out["load"] = load_run()
         out["rss_kib"]["ours"] = worker_peak_rss_kib(web.pid)
