@@ -123,6 +123,23 @@ FROM (SELECT p.id, p.location, p.religion FROM places_place p WHERE {{condition}
 POINT_RECORD = np.dtype([("id", ">i8"), ("lon", ">f8"), ("lat", ">f8"), ("religion", "u1")])
 
 
+def box_only(args: dict[str, Any]) -> bool:
+    """Whether a condition's parameters are a box's and the status's alone: what maps send.
+
+    Such a points statement is prepared on its connection (``DB_PREPARED_STATEMENTS``):
+    PostgreSQL then parses it once, and after five executions plans it once, where parsing
+    and planning were a quarter of its CPU for a 1,000-place view (issue 14). The plan for
+    any box is the one a box of its own would get (a bitmap scan of the location index,
+    serial), and the 100K-place and densest views took as long either way. A filter (a
+    name, a religion, datasets) may deserve another plan for each value, so those
+    statements are planned afresh each time, as before.
+    """
+    return all(name == "status" or name[:4] in _BOX_PARAMS for name in args)
+
+
+_BOX_PARAMS = frozenset({"bx0_", "by0_", "bx1_", "by1_"})
+
+
 def _points(cursor: Any, condition: str, args: dict[str, Any]) -> Viewport | None:
     """Every place in the box, or None when there are more than ``MAX_POINTS``."""
     # Django's cursors bind on the client, which cannot ask for binary results: this one
@@ -133,6 +150,7 @@ def _points(cursor: Any, condition: str, args: dict[str, Any]) -> Viewport | Non
             POINTS_SQL.format(condition=condition, limit=MAX_POINTS + 1),
             args,
             binary=True,
+            prepare=box_only(args),
         )
         row = raw.fetchone()
     if row is None:  # an aggregate always answers one row

@@ -275,3 +275,82 @@ def test_with_debug_on_an_error_in_a_view_is_raised_as_itself(
     monkeypatch.setattr(viewport_module, "viewport_query", broken)
     with pytest.raises(RuntimeError, match="the view's own error"):
         client.get("/api/v1/viewport/", {"bbox": "29.9,9.9,30.1,10.1", "zoom": 14})
+
+
+def _prepared_points_statements() -> list[tuple[int, int]]:
+    """(generic plans, custom plans) of each points statement prepared on this connection."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE NOT from_sql AND statement LIKE %s",
+            ["%string_agg(%places_place%"],
+        )
+        return cursor.fetchall()
+
+
+def test_a_plain_view_is_prepared_once_and_answers_every_box_exactly(
+    client, sample_regions, clear_cache
+):
+    # given places on a line, and views each holding another number of them
+    dataset = dataset_get_or_create(slug="viewport-prepared")
+    for i in range(40):
+        location = Point(40 + i * 0.01, 5)
+        place_create(dataset=dataset, source_key=f"p{i}", data={"location": location})
+    assert _prepared_points_statements() == []
+
+    def view(n: int) -> None:
+        bbox = f"39.995,4.99,{40 + n * 0.01 - 0.005:.3f},5.01"
+        body = client.get("/api/v1/viewport/", {"bbox": bbox, "zoom": 14}).json()
+        assert sorted(body["ids"]) == sorted(_in_box(bbox))
+        assert len(body["ids"]) == n
+
+    # then each answer is that box's places
+    for n in range(1, 9):
+        view(n)
+    # and one statement served all eight (planned for each of the first five boxes at least;
+    # after those, PostgreSQL takes its generic plan if it is estimated no costlier)
+    [(generic, custom)] = _prepared_points_statements()
+    assert generic + custom == 8
+    assert custom >= 5
+    # and the generic plan, whenever PostgreSQL takes it, answers each box exactly too
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+    for n in range(9, 13):
+        view(n)
+    [(generic_after, _)] = _prepared_points_statements()
+    assert generic_after == generic + 4
+
+
+def test_a_filtered_view_is_planned_for_its_values_each_time(client, sample_regions, clear_cache):
+    # given a place, viewed with a filter (a name, a religion) as well as the box
+    dataset = dataset_get_or_create(slug="viewport-unprepared")
+    place_create(dataset=dataset, source_key="u1", data={"location": Point(41, 6), "name": "Abbey"})
+    for params in ({"religion": "christian"}, {"q": "abbey"}, {"dataset": "viewport-unprepared"}):
+        body = client.get("/api/v1/viewport/", {"bbox": "40.9,5.9,41.1,6.1", "zoom": 14, **params})
+        assert body.status_code == 200
+    # then none of those statements was prepared
+    assert _prepared_points_statements() == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({"bx0_0": 1, "by0_0": 1, "bx1_0": 2, "by1_0": 2, "status": "active"}, True),
+        ({"bx0_0": 1, "by0_0": 1, "bx1_0": 2, "by1_0": 2}, True),
+        ({"bx0_0": 1, "by0_0": 1, "bx1_0": 2, "by1_0": 2, "bx0_1": -180, "by0_1": 1}, True),
+        ({"bx0_0": 1, "by0_0": 1, "bx1_0": 2, "by1_0": 2, "religion": "sikh"}, False),
+        ({"bx0_0": 1, "by0_0": 1, "bx1_0": 2, "by1_0": 2, "dataset_id": 3}, False),
+    ],
+)
+def test_only_a_box_and_a_status_make_a_statement_prepared(args, expected):
+    assert viewport_module.box_only(args) is expected
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_prepared_statements_can_be_switched_off_for_a_transaction_pool(monkeypatch, enabled):
+    from config.settings import base
+
+    monkeypatch.setattr(base, "DB_PREPARED_STATEMENTS", enabled)
+    options = base._database("postgis://u@h:5432/d")["OPTIONS"]
+    # psycopg prepares nothing when the threshold is None, even a statement asked for
+    assert options.get("prepare_threshold") == (base.PREPARE_ONLY_WHEN_ASKED if enabled else None)
