@@ -257,13 +257,23 @@ def _validators(request: Request, *, key: str, vary: str) -> tuple[str, dict[str
     etag = f'W/"{digest}"'
     # A URL that names the data version (from TileJSON) can never change: cache it for a
     # year. Anything else must be revalidated (ETag), so a CDN never serves it stale.
-    versioned = request.query_params.get("v") not in (None, "")
+    versioned = _names_version(request)
     headers = {
         "ETag": etag,
         "Cache-Control": "public, max-age=31536000, immutable" if versioned else "no-cache",
         "Vary": vary,
     }
     return f"bytes:{digest}", headers
+
+
+def _names_version(request: Request) -> bool:
+    """Whether the URL names a data version (``v``). A query string without a "v" (nor its
+    escape) cannot, and is not parsed for it: a cached view is validated from its query
+    string as it arrived (``params.request_filters_validated``), without Django's QueryDict."""
+    raw = request._request.META.get("QUERY_STRING", "")
+    if "v" not in raw and "%76" not in raw and request._request.encoding is None:
+        return False
+    return request.query_params.get("v") not in (None, "")
 
 
 def _not_modified(request: Request, headers: dict[str, str]) -> bool:

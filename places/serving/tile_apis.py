@@ -21,7 +21,11 @@ from rest_framework.views import APIView
 from places import selectors
 from places.serving import tiles
 from places.serving.fields import TILE_COLUMNS
-from places.serving.params import PlaceFiltersQuery, RegionTileQuery, filters_validated
+from places.serving.params import (
+    PlaceFiltersQuery,
+    RegionTileQuery,
+    request_filters_validated,
+)
 from places.serving.responses import (
     BytesNegotiation,
     PublicBytesView,
@@ -76,7 +80,7 @@ TILE_PARAMETERS = [
 class PlaceTileApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
     def get(self, request: Request, z: str, x: str, y: str) -> HttpResponse:
         tz, tx, ty = parse_tile(z, x, y)
-        filters = filters_validated(PlaceFiltersQuery, request.query_params).filters
+        filters = request_filters_validated(PlaceFiltersQuery, request._request).filters
         version = places_version(filters.dataset_ids, bbox=tiles.tile_bbox(z=tz, x=tx, y=ty))
         key = f"places:{version}:{filters.key()}:{tz}/{tx}/{ty}"
         return cached_bytes_response(

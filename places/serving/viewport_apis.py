@@ -11,7 +11,7 @@ from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework.request import Request
 
 from places.serving import viewport
-from places.serving.params import ViewportQuery, filters_validated
+from places.serving.params import ViewportQuery, request_filters_validated
 from places.serving.responses import (
     BytesNegotiation,
     PublicBytesView,
@@ -50,7 +50,7 @@ BIN_TYPE = "application/vnd.places.viewport"
 )
 class ViewportApi(BytesNegotiation, QueryParamsGuard, PublicBytesView):
     def get(self, request: Request) -> HttpResponse:
-        query = filters_validated(ViewportQuery, request.query_params)
+        query = request_filters_validated(ViewportQuery, request._request)
         fmt = query.data.get("format") or (
             "bin" if BIN_TYPE in request.headers.get("Accept", "") else "json"
         )

@@ -263,6 +263,26 @@ def test_tilejson_urls_name_the_data_version_and_are_cached_for_good(
     assert client.get("/tiles/places.json").json()["tiles"][0] != before.json()["tiles"][0]
 
 
+@pytest.mark.parametrize(
+    ("query", "cache_control"),
+    [
+        ("", "no-cache"),
+        ("?v=", "no-cache"),
+        ("?v=abc", "public, max-age=31536000, immutable"),
+        # `v` escaped is `v` all the same
+        ("?%76=abc", "public, max-age=31536000, immutable"),
+        ("?religion=christian&v=abc", "public, max-age=31536000, immutable"),
+        ("?religion=christian&vv=abc", "no-cache"),
+    ],
+)
+def test_a_tile_url_naming_a_version_is_cached_for_good(
+    client, sample_regions, clear_cache, query, cache_control
+):
+    response = client.get(f"/tiles/places/5/15/10.pbf{query}")
+    assert response.status_code == 200
+    assert response["Cache-Control"] == cache_control
+
+
 def test_byte_responses_do_not_vary_on_cookies_and_honour_q0_and_star(
     client, gb_import, clear_cache
 ):

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import pytest
 from django.http import QueryDict
+from django.test import RequestFactory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rest_framework.exceptions import ValidationError
 
+from places.models import Dataset
 from places.services import dataset_get_or_create
 from places.serving.params import (
+    _BY_QUERY_STRING,
     PlaceFiltersQuery,
     PlaceListQuery,
     ViewportQuery,
@@ -20,18 +23,24 @@ from places.serving.params import (
     _viewport_plain_remembered,
     database_params,
     filters_validated,
+    request_filters_validated,
 )
 
 pytestmark = pytest.mark.django_db
 
 
+def _memos_clear() -> None:
+    _validated_remembered.cache_clear()
+    _viewport_plain_remembered.cache_clear()
+    for remembered in _BY_QUERY_STRING.values():
+        remembered.cache_clear()
+
+
 @pytest.fixture(autouse=True)
 def _forget():
-    _validated_remembered.cache_clear()
-    _viewport_plain_remembered.cache_clear()
+    _memos_clear()
     yield
-    _validated_remembered.cache_clear()
-    _viewport_plain_remembered.cache_clear()
+    _memos_clear()
 
 
 def _serializer(query_class, text: str):
@@ -88,7 +97,9 @@ def test_the_viewport_answers_from_remembered_parameters_like_from_fresh_ones(cl
     second = client.get(path)
     assert first.status_code == second.status_code == 200
     assert first.content == second.content
-    assert _validated_remembered.cache_info().hits >= 1
+    # the second found the first's parameters by its query string, before any parsing
+    assert _BY_QUERY_STRING[ViewportQuery].cache_info().hits == 1
+    assert _validated_remembered.cache_info().misses == 1
     # a bad value is still a 400 naming it
     bad = client.get("/api/v1/viewport/?bbox=-0.2,51.45,0.0,51.55&zoom=x")
     assert bad.status_code == 400
@@ -214,3 +225,62 @@ def test_the_plain_path_takes_what_maps_send():
     assert _viewport_plain((*items, ("religion", ("christian",)))) is None
     assert _viewport_plain((("bbox", ("0,0,1,1", "0,0,1,1")), ("zoom", ("5",)))) is None
     assert _viewport_plain((("bbox", ("-0.2,51.45,0.0,51.55",)), ("zoom", ("12.0",)))) is None
+
+
+_VIEWPORT_QUERY_STRINGS = st.one_of(
+    st.builds(
+        lambda box, zoom, fmt, extra: "&".join(
+            part for part in (f"bbox={box}", f"zoom={zoom}", fmt and f"format={fmt}", extra) if part
+        ),
+        _boxes,
+        _zooms,
+        _formats,
+        st.sampled_from(["", "religion=christian", "status=any", "v=3", "zoom=4", "q=%00"]),
+    ),
+    st.text(alphabet="bzoxf=&,.%0123456789-+ ", max_size=40),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(query_string=_VIEWPORT_QUERY_STRINGS, twice=st.booleans())
+def test_a_query_string_remembered_gives_what_its_parameters_give(query_string, twice):
+    # the same parameters through Django's QueryDict, the ordinary way, as the reference
+    try:
+        expected = filters_validated(ViewportQuery, QueryDict(query_string))
+    except ValidationError as refused:
+        expected = refused.detail
+    for _ in range(2 if twice else 1):
+        request = RequestFactory().get("/api/v1/viewport/", QUERY_STRING=query_string)
+        try:
+            got = request_filters_validated(ViewportQuery, request)
+        except ValidationError as refused:
+            got = refused.detail
+        assert got == expected, query_string
+
+
+def test_a_query_string_in_a_charset_of_its_own_is_decoded_in_it(rf):
+    # "+AHo-oom" is "zoom" in UTF-7, which a request may name on its Content-Type
+    query_string = "bbox=-0.2,51.45,0.0,51.55&zoom=3&%2BAHo-oom=12"
+    plain = rf.get("/api/v1/viewport/", QUERY_STRING=query_string)
+    utf7 = rf.get(
+        "/api/v1/viewport/",
+        QUERY_STRING=query_string,
+        CONTENT_TYPE="text/plain; charset=utf-7",
+    )
+    assert request_filters_validated(ViewportQuery, plain).data["zoom"] == 3
+    assert request_filters_validated(ViewportQuery, utf7).data["zoom"] == 12
+    assert request_filters_validated(ViewportQuery, plain).data["zoom"] == 3
+
+
+def test_a_view_naming_a_dataset_looks_it_up_each_time(client):
+    path = "/api/v1/viewport/?bbox=-0.2,51.45,0.0,51.55&zoom=12&dataset=validated-view-later"
+    # given: no such dataset yet, then made
+    assert client.get(path).status_code == 400
+    dataset = dataset_get_or_create(slug="validated-view-later")
+    # then: the same query string finds it
+    assert client.get(path).status_code == 200
+    # and once it is renamed, the same query string no longer does
+    Dataset.objects.filter(pk=dataset.pk).update(slug="validated-view-renamed")
+    refused = client.get(path)
+    assert refused.status_code == 400
+    assert "dataset" in refused.json()
