@@ -94,6 +94,9 @@ class PublicBytesView(APIView):
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    # They answer GET and HEAD alone and read no body: DRF would make its three parsers for
+    # every request all the same.
+    parser_classes: list = []
 
 
 class BytesNegotiation:
