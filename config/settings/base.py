@@ -155,13 +155,13 @@ PG_SESSION_OPTIONS = (
     f" -c parallel_setup_cost={env.int('PG_PARALLEL_SETUP_COST', default=50000)}"
 )
 
-# Prepared statements on the app's connections (issue 14): parsing and planning were a
-# quarter of PostgreSQL's CPU for a 1,000-place view (1.1 against 0.8 ms per query, the
-# same plans). A session pool (PgBouncer in session mode, as docker/ and k8s/ configure it)
-# keeps them; switch them off behind a transaction pool that does not (PgBouncer before
-# 1.21, or without max_prepared_statements).
+# Prepared statements for the viewport's plain points query (issue 14;
+# places.serving.viewport): parsing and planning were a quarter of PostgreSQL's CPU for a
+# 1,000-place view (1.1 against 0.8 ms per query, the same plans). A session pool keeps
+# them (docker/compose.yaml's PgBouncer, the chart's Pooler); a transaction pool that does
+# not (PgBouncer before 1.21, or without max_prepared_statements: make prod's, Debian's
+# 1.18) needs them off, as bin/prod sets.
 DB_PREPARED_STATEMENTS = env.bool("DB_PREPARED_STATEMENTS", default=True)
-PREPARE_ONLY_WHEN_ASKED = 2**31 - 1
 
 
 def _database(url: str, *, read_only: bool = False, password: str = "") -> dict:
@@ -178,12 +178,6 @@ def _database(url: str, *, read_only: bool = False, password: str = "") -> dict:
         # Analytics must never write; on the primary fallback this makes a stray write fail.
         options += " -c default_transaction_read_only=on"
     config["OPTIONS"] = {**config.get("OPTIONS", {}), "options": options}
-    if DB_PREPARED_STATEMENTS:
-        # psycopg prepares a statement only where the code asks (the viewport's plain points
-        # query, places.serving.viewport): Django's own queries bind on the client and are
-        # never prepared, and no statement is prepared by count (this threshold is never
-        # reached). Django's default (None) would refuse even the asked-for ones.
-        config["OPTIONS"]["prepare_threshold"] = PREPARE_ONLY_WHEN_ASKED
     config["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
     config["CONN_HEALTH_CHECKS"] = True
     return config

@@ -347,16 +347,8 @@ def filters_validated(query_class: type[PlaceFiltersQuery], query_params: QueryD
     if query_class not in (PlaceFiltersQuery, ViewportQuery):
         raise TypeError(f"{query_class.__name__} cannot be validated without its request")
     items = _declared_items(query_class, query_params)
-    if query_class is ViewportQuery:
-        # Remembered apart: a pan's boxes, seldom asked for twice, would push the tiles' and
-        # filters' parameters out of the other memo. Remembered at all, because a cached
-        # answer reuses the query's cache key, worked out once per PlaceQuery.
-        plain = _viewport_plain_remembered(items)
-        if plain is not None:
-            return plain
-    if database_params(query_class).isdisjoint(name for name, _ in items):
-        return _validated_remembered(query_class, items)
-    return _validated(query_class, items)
+    found = _remembered(query_class, items)
+    return found if found is not None else _validated(query_class, items)
 
 
 def request_filters_validated(
@@ -367,9 +359,11 @@ def request_filters_validated(
     Django's QueryDict of it, a tenth of such an answer's own Python time (issue 14).
 
     Only a query string that ``filters_validated`` would remember is (a plain view, or one
-    naming no ``database_params``); refusals never are. A request whose Content-Type names
-    a charset is decoded in it, so its query string means something else: it takes the
-    ordinary path.
+    naming no ``database_params``); refusals never are. Its bytes are read as Django reads
+    them (UTF-8, else Latin-1); a request whose Content-Type names a charset is decoded in
+    that charset, so its query string means something else: it takes the ordinary path.
+    Parameters the class does not declare (a cache-buster) make entries of their own: the
+    memo's size bounds them.
     """
     if request.encoding is None:
         remembered = _BY_QUERY_STRING.get(query_class)
@@ -381,10 +375,19 @@ def request_filters_validated(
 
 
 def _by_query_string(query_class: type[PlaceFiltersQuery], query_string: str) -> Validated | None:
-    # filters_validated's path through its memos (another spelling of the same parameters,
-    # another `v` of a tile, finds their entry); None where it would read a table.
-    items = _declared_items(query_class, QueryDict(query_string))
+    # WSGI hands the query string over as Latin-1 text of its bytes, and Django's GET parses
+    # those bytes: so does this.
+    params = QueryDict(query_string.encode("iso-8859-1"))
+    return _remembered(query_class, _declared_items(query_class, params))
+
+
+def _remembered(query_class: type[PlaceFiltersQuery], items: Items) -> Validated | None:
+    """What the memos answer for ``items`` (validating them the first time); None where a
+    table must be read (``database_params``), which no memo may answer."""
     if query_class is ViewportQuery:
+        # Remembered apart: a pan's boxes, seldom asked for twice, would push the tiles' and
+        # filters' parameters out of the other memo. Remembered at all, because a cached
+        # answer reuses the query's cache key, worked out once per PlaceQuery.
         plain = _viewport_plain_remembered(items)
         if plain is not None:
             return plain

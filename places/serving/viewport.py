@@ -26,11 +26,12 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import psycopg
+from django.conf import settings
 from django.db import connection
 
 from places.geo import BBox
@@ -74,7 +75,8 @@ def viewport_query(*, query: PlaceQuery, zoom: int) -> Viewport:
     condition, args = query.where()
     with connection.cursor() as cursor:
         if zoom >= CLUSTER_BELOW_ZOOM:
-            view = _points(cursor, condition, args)
+            prepare = settings.DB_PREPARED_STATEMENTS and box_only(query)
+            view = _points(cursor, condition, args, prepare=prepare)
             if view is not None:
                 return view
         return _clusters(cursor, condition, args, cell=360 / (2**zoom * 8))
@@ -123,36 +125,50 @@ FROM (SELECT p.id, p.location, p.religion FROM places_place p WHERE {{condition}
 POINT_RECORD = np.dtype([("id", ">i8"), ("lon", ">f8"), ("lat", ">f8"), ("religion", "u1")])
 
 
-def box_only(args: dict[str, Any]) -> bool:
-    """Whether a condition's parameters are a box's and the status's alone: what maps send.
+def box_only(query: PlaceQuery) -> bool:
+    """Whether the query is a box and nothing else (any status): what maps send.
 
-    Such a points statement is prepared on its connection (``DB_PREPARED_STATEMENTS``):
-    PostgreSQL then parses it once, and after five executions plans it once, where parsing
-    and planning were a quarter of its CPU for a 1,000-place view (issue 14). The plan for
-    any box is the one a box of its own would get (a bitmap scan of the location index,
-    serial), and the 100K-place and densest views took as long either way. A filter (a
-    name, a religion, datasets) may deserve another plan for each value, so those
-    statements are planned afresh each time, as before.
+    Its points statement is prepared on the connection (``DB_PREPARED_STATEMENTS``):
+    PostgreSQL parses it once, and after five executions may plan it once too, when it
+    estimates its generic plan no costlier than the plans it made for each box. That plan
+    does not know the box (a default selectivity stands for it); on the bench's million
+    places it is the same bitmap scan of the location index a box of its own gets, and the
+    100K-place and densest views took as long either way (issue 14). Parsing and planning
+    were a quarter of PostgreSQL's CPU for a 1,000-place view. A filter (a name, a
+    religion, datasets) may deserve another plan for each value: such statements are
+    planned afresh each time, as before.
     """
-    return all(name == "status" or name[:4] in _BOX_PARAMS for name in args)
+    return query.bbox is not None and replace(query, bbox=None, status=None) == _NOTHING_BUT
 
 
-_BOX_PARAMS = frozenset({"bx0_", "by0_", "bx1_", "by1_"})
+_NOTHING_BUT = PlaceQuery(status=None)
+# psycopg prepares nothing while a connection's threshold is None (Django's default, kept for
+# every other query, which then pays none of psycopg's bookkeeping of statements seen); the
+# points statement lends its connection one that counting never reaches, so that it is
+# prepared because it asks, and only then.
+_ASKED_ONLY = 2**31 - 1
 
 
-def _points(cursor: Any, condition: str, args: dict[str, Any]) -> Viewport | None:
+def _points(cursor: Any, condition: str, args: dict[str, Any], *, prepare: bool) -> Viewport | None:
     """Every place in the box, or None when there are more than ``MAX_POINTS``."""
     # Django's cursors bind on the client, which cannot ask for binary results: this one
     # statement goes through a plain psycopg cursor on the same connection (and transaction),
     # its errors turned into Django's as for any other query.
-    with connection.wrap_database_errors, psycopg.Cursor(cursor.connection) as raw:
-        raw.execute(
-            POINTS_SQL.format(condition=condition, limit=MAX_POINTS + 1),
-            args,
-            binary=True,
-            prepare=box_only(args),
-        )
-        row = raw.fetchone()
+    pg = cursor.connection
+    threshold = pg.prepare_threshold
+    if prepare:
+        pg.prepare_threshold = _ASKED_ONLY
+    try:
+        with connection.wrap_database_errors, psycopg.Cursor(pg) as raw:
+            raw.execute(
+                POINTS_SQL.format(condition=condition, limit=MAX_POINTS + 1),
+                args,
+                binary=True,
+                prepare=prepare,
+            )
+            row = raw.fetchone()
+    finally:
+        pg.prepare_threshold = threshold
     if row is None:  # an aggregate always answers one row
         raise RuntimeError("the points query returned no row")
     n, records = row

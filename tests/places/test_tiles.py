@@ -283,6 +283,16 @@ def test_a_tile_url_naming_a_version_is_cached_for_good(
     assert response["Cache-Control"] == cache_control
 
 
+def test_a_version_spelled_in_the_charset_a_request_names_is_read_in_it(
+    client, sample_regions, clear_cache
+):
+    # "+AHY-" is "v" in UTF-7, which a request may name on its Content-Type
+    path = "/tiles/places/5/15/10.pbf?%2BAHY-=abc"
+    assert client.get(path)["Cache-Control"] == "no-cache"
+    named = client.get(path, CONTENT_TYPE="text/plain; charset=utf-7")
+    assert named["Cache-Control"] == "public, max-age=31536000, immutable"
+
+
 def test_byte_responses_do_not_vary_on_cookies_and_honour_q0_and_star(
     client, gb_import, clear_cache
 ):

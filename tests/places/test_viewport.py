@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 from django.contrib.gis.geos import Point, Polygon
 from django.db import connection
+from django.test import override_settings
 
+from places.geo import BBox
 from places.models import Place, Religion
 from places.services import dataset_get_or_create, place_create, place_update
 from places.serving import viewport as viewport_module
+from places.serving.query import PlaceQuery
 
 pytestmark = pytest.mark.django_db
 
@@ -288,69 +291,94 @@ def _prepared_points_statements() -> list[tuple[int, int]]:
         return cursor.fetchall()
 
 
+def _places_on_a_line(slug: str, n: int = 40) -> None:
+    dataset = dataset_get_or_create(slug=slug)
+    for i in range(n):
+        location = Point(40 + i * 0.01, 5)
+        place_create(dataset=dataset, source_key=f"p{i}", data={"location": location})
+
+
+def _view_of(client, n: int, **params) -> None:
+    """The view of the first ``n`` places on the line: exactly those."""
+    bbox = f"39.995,4.99,{40 + n * 0.01 - 0.005:.3f},5.01"
+    body = client.get("/api/v1/viewport/", {"bbox": bbox, "zoom": 14, **params}).json()
+    assert sorted(body["ids"]) == sorted(_in_box(bbox))
+    assert len(body["ids"]) == n
+
+
+@override_settings(DB_PREPARED_STATEMENTS=True)
 def test_a_plain_view_is_prepared_once_and_answers_every_box_exactly(
     client, sample_regions, clear_cache
 ):
     # given places on a line, and views each holding another number of them
-    dataset = dataset_get_or_create(slug="viewport-prepared")
-    for i in range(40):
-        location = Point(40 + i * 0.01, 5)
-        place_create(dataset=dataset, source_key=f"p{i}", data={"location": location})
-    assert _prepared_points_statements() == []
-
-    def view(n: int) -> None:
-        bbox = f"39.995,4.99,{40 + n * 0.01 - 0.005:.3f},5.01"
-        body = client.get("/api/v1/viewport/", {"bbox": bbox, "zoom": 14}).json()
-        assert sorted(body["ids"]) == sorted(_in_box(bbox))
-        assert len(body["ids"]) == n
-
+    _places_on_a_line("viewport-prepared")
+    before = _prepared_points_statements()
     # then each answer is that box's places
     for n in range(1, 9):
-        view(n)
+        _view_of(client, n)
     # and one statement served all eight (planned for each of the first five boxes at least;
     # after those, PostgreSQL takes its generic plan if it is estimated no costlier)
-    [(generic, custom)] = _prepared_points_statements()
+    [(generic, custom)] = [s for s in _prepared_points_statements() if s not in before]
     assert generic + custom == 8
     assert custom >= 5
     # and the generic plan, whenever PostgreSQL takes it, answers each box exactly too
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
     for n in range(9, 13):
-        view(n)
-    [(generic_after, _)] = _prepared_points_statements()
+        _view_of(client, n)
+    [(generic_after, _)] = [s for s in _prepared_points_statements() if s not in before]
     assert generic_after == generic + 4
+    # and a view of any status is a box alone too: a statement of its own
+    _view_of(client, 3, status="any")
+    assert len(_prepared_points_statements()) == len(before) + 2
+    # while Django's own queries on that connection are never prepared, nor counted
+    assert connection.connection.prepare_threshold is None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement NOT LIKE %s",
+            ["%string_agg(%"],
+        )
+        assert cursor.fetchone() == (0,)
 
 
+@override_settings(DB_PREPARED_STATEMENTS=True)
 def test_a_filtered_view_is_planned_for_its_values_each_time(client, sample_regions, clear_cache):
     # given a place, viewed with a filter (a name, a religion) as well as the box
     dataset = dataset_get_or_create(slug="viewport-unprepared")
-    place_create(dataset=dataset, source_key="u1", data={"location": Point(41, 6), "name": "Abbey"})
+    place = {"location": Point(41, 6), "name": "Abbey", "religion": "christian"}
+    place_create(dataset=dataset, source_key="u1", data=place)
+    before = _prepared_points_statements()
     for params in ({"religion": "christian"}, {"q": "abbey"}, {"dataset": "viewport-unprepared"}):
         body = client.get("/api/v1/viewport/", {"bbox": "40.9,5.9,41.1,6.1", "zoom": 14, **params})
         assert body.status_code == 200
+        assert body.json()["total"] == 1
     # then none of those statements was prepared
-    assert _prepared_points_statements() == []
+    assert _prepared_points_statements() == before
+
+
+@override_settings(DB_PREPARED_STATEMENTS=False)
+def test_with_prepared_statements_off_a_plain_view_prepares_nothing(
+    client, sample_regions, clear_cache
+):
+    # (behind a transaction pool that would lend the prepared statement's session to others)
+    _places_on_a_line("viewport-unprepared-plain")
+    before = _prepared_points_statements()
+    for n in (1, 5, 9):
+        _view_of(client, n)
+    assert _prepared_points_statements() == before
 
 
 @pytest.mark.parametrize(
-    ("args", "expected"),
+    ("query", "expected"),
     [
-        ({"bx0_0": 1, "by0_0": 1, "bx1_0": 2, "by1_0": 2, "status": "active"}, True),
-        ({"bx0_0": 1, "by0_0": 1, "bx1_0": 2, "by1_0": 2}, True),
-        ({"bx0_0": 1, "by0_0": 1, "bx1_0": 2, "by1_0": 2, "bx0_1": -180, "by0_1": 1}, True),
-        ({"bx0_0": 1, "by0_0": 1, "bx1_0": 2, "by1_0": 2, "religion": "sikh"}, False),
-        ({"bx0_0": 1, "by0_0": 1, "bx1_0": 2, "by1_0": 2, "dataset_id": 3}, False),
+        (PlaceQuery(bbox=BBox(1, 1, 2, 2)), True),
+        (PlaceQuery(bbox=BBox(1, 1, 2, 2), status=None), True),
+        (PlaceQuery(bbox=BBox(170, 1, -170, 2)), True),
+        (PlaceQuery(), False),
+        (PlaceQuery(bbox=BBox(1, 1, 2, 2), religion="sikh"), False),
+        (PlaceQuery(bbox=BBox(1, 1, 2, 2), dataset_ids=(3,)), False),
+        (PlaceQuery(bbox=BBox(1, 1, 2, 2), q="abbey"), False),
     ],
 )
-def test_only_a_box_and_a_status_make_a_statement_prepared(args, expected):
-    assert viewport_module.box_only(args) is expected
-
-
-@pytest.mark.parametrize("enabled", [True, False])
-def test_prepared_statements_can_be_switched_off_for_a_transaction_pool(monkeypatch, enabled):
-    from config.settings import base
-
-    monkeypatch.setattr(base, "DB_PREPARED_STATEMENTS", enabled)
-    options = base._database("postgis://u@h:5432/d")["OPTIONS"]
-    # psycopg prepares nothing when the threshold is None, even a statement asked for
-    assert options.get("prepare_threshold") == (base.PREPARE_ONLY_WHEN_ASKED if enabled else None)
+def test_only_a_box_of_any_status_makes_a_statement_prepared(query, expected):
+    assert viewport_module.box_only(query) is expected
