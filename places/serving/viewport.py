@@ -130,7 +130,8 @@ def box_only(query: PlaceQuery) -> bool:
 
     Its points statement is prepared on the connection (``DB_PREPARED_STATEMENTS``):
     PostgreSQL parses it once, and after five executions may plan it once too, when it
-    estimates its generic plan no costlier than the plans it made for each box. That plan
+    estimates its generic plan cheaper than the plans it made for each box, planning
+    counted. That plan
     does not know the box (a default selectivity stands for it); on the bench's million
     places it is the same bitmap scan of the location index a box of its own gets, and the
     100K-place and densest views took as long either way (issue 14). Parsing and planning
@@ -145,7 +146,10 @@ _NOTHING_BUT = PlaceQuery(status=None)
 # psycopg prepares nothing while a connection's threshold is None (Django's default, kept for
 # every other query, which then pays none of psycopg's bookkeeping of statements seen); the
 # points statement lends its connection one that counting never reaches, so that it is
-# prepared because it asks, and only then.
+# prepared because it asks, and only then. psycopg, which then looks at no other statement,
+# would not notice a DEALLOCATE or DISCARD ALL sent through a Django cursor (none is): the
+# statement would be gone from the server, and each plain view on that connection would
+# fail until it closes. Its own rollback() deallocates and forgets them together.
 _ASKED_ONLY = 2**31 - 1
 
 

@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from django.contrib.gis.geos import Point, Polygon
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
 from django.test import override_settings
 
 from places.geo import BBox
@@ -317,7 +317,7 @@ def test_a_plain_view_is_prepared_once_and_answers_every_box_exactly(
     for n in range(1, 9):
         _view_of(client, n)
     # and one statement served all eight (planned for each of the first five boxes at least;
-    # after those, PostgreSQL takes its generic plan if it is estimated no costlier)
+    # after those, PostgreSQL takes its generic plan if it estimates it cheaper)
     [(generic, custom)] = [s for s in _prepared_points_statements() if s not in before]
     assert generic + custom == 8
     assert custom >= 5
@@ -339,6 +339,27 @@ def test_a_plain_view_is_prepared_once_and_answers_every_box_exactly(
             ["%string_agg(%"],
         )
         assert cursor.fetchone() == (0,)
+
+
+@override_settings(DB_PREPARED_STATEMENTS=True)
+def test_the_prepared_statement_outlives_a_rolled_back_savepoint_and_an_error(
+    client, sample_regions, clear_cache
+):
+    _places_on_a_line("viewport-prepared-rollbacks")
+    _view_of(client, 2)
+    prepared = _prepared_points_statements()
+    # when a savepoint is rolled back on the connection (Django sends ROLLBACK TO SAVEPOINT
+    # through a cursor, which psycopg does not look at), and a statement fails in another
+    with transaction.atomic():
+        Place.objects.filter(source_key="p0").update(name="for a moment")
+        transaction.set_rollback(True)
+    with pytest.raises(DatabaseError), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT 1 / 0")
+    # then the same statement still answers, and is the only one
+    _view_of(client, 3)
+    [(generic, custom)] = _prepared_points_statements()
+    assert generic + custom == sum(g + c for g, c in prepared) + 1
+    assert connection.connection.prepare_threshold is None
 
 
 @override_settings(DB_PREPARED_STATEMENTS=True)
