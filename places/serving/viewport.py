@@ -131,13 +131,12 @@ def box_only(query: PlaceQuery) -> bool:
     Its points statement is prepared on the connection (``DB_PREPARED_STATEMENTS``):
     PostgreSQL parses it once, and after five executions may plan it once too, when it
     estimates its generic plan cheaper than the plans it made for each box, planning
-    counted. That plan
-    does not know the box (a default selectivity stands for it); on the bench's million
-    places it is the same bitmap scan of the location index a box of its own gets, and the
-    100K-place and densest views took as long either way (issue 14). Parsing and planning
-    were a quarter of PostgreSQL's CPU for a 1,000-place view. A filter (a name, a
-    religion, datasets) may deserve another plan for each value: such statements are
-    planned afresh each time, as before.
+    counted. That plan does not know the box (a default selectivity stands for it); on the
+    bench's million places it is the same bitmap scan of the location index a box of its
+    own gets, and the 100K-place and densest views took as long either way (issue 14).
+    Parsing and planning were a quarter of PostgreSQL's CPU for a 1,000-place view. A
+    filter (a name, a religion, datasets) may deserve another plan for each value: such
+    statements are planned afresh each time, as before.
     """
     return query.bbox is not None and replace(query, bbox=None, status=None) == _NOTHING_BUT
 
