@@ -8,6 +8,7 @@ import). The real kill -9 of a worker applying on two connections is in test_wor
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -75,6 +76,9 @@ def test_batches_run_at_once_on_their_own_connections(committed, settings, tmp_p
         apply_batch(*args, **kwargs)
 
     monkeypatch.setattr(apply_phase, "apply_batch", apply_together)
+    # A places table with no page at all holds the other batches back (the tests after this
+    # one); run by itself on a fresh test database, this one would find it so.
+    monkeypatch.setattr(apply_phase, "_places_table_pages", lambda: apply_phase.PLANNABLE_PAGES)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         own = cursor.fetchone()[0]
@@ -85,6 +89,104 @@ def test_batches_run_at_once_on_their_own_connections(committed, settings, tmp_p
     assert job.report["batches"] == 4
     assert (job.checkpoint["last_sid"], job.checkpoint["applied"]) == (37, [])
     _assert_imported_exactly_once(job)
+
+
+def _noting_batches(monkeypatch, events: list[tuple[str, int, int]], before_first=None) -> None:
+    """Record each batch's start and end with its backend; ``before_first`` runs in the first
+    batch's thread before it is applied."""
+    lock = threading.Lock()
+    apply_batch = apply_phase.apply_batch
+
+    def apply_noted(*args, **kwargs):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
+        with lock:
+            events.append(("start", kwargs["after"], backend))
+        if kwargs["after"] == 0 and before_first is not None:
+            before_first()
+        apply_batch(*args, **kwargs)
+        with lock:
+            events.append(("end", kwargs["after"], backend))
+
+    monkeypatch.setattr(apply_phase, "apply_batch", apply_noted)
+
+
+def test_into_a_places_table_without_pages_the_others_wait_for_the_first_batch(
+    committed, settings, tmp_path, monkeypatch
+):
+    # given a places table that has no page (a fresh installation's first import), where a
+    # diff planned then would probe places by reading the whole table once per row, and a
+    # first batch that takes its time
+    settings.IMPORT_BATCH_ROWS = 10
+    settings.IMPORT_APPLY_WORKERS = 2
+    monkeypatch.setattr(apply_phase, "_places_table_pages", lambda: 0)
+    job = import_job_create(
+        path=_file(tmp_path), dataset=dataset_get_or_create(slug=f"alone-{uuid.uuid4().hex[:8]}")
+    )
+    events: list[tuple[str, int, int]] = []
+    _noting_batches(monkeypatch, events, before_first=lambda: time.sleep(0.5))
+    # when it is imported on two connections
+    job = import_job_execute(job_id=job.pk)
+    # then no other batch began before the first had committed
+    assert job.state == ImportState.DONE, job.error
+    assert [event[:2] for event in events[:2]] == [("start", 0), ("end", 0)]
+    assert {after for kind, after, _ in events[2:] if kind == "start"} == {10, 20, 30}
+    assert job.report["batches"] == 4
+    _assert_imported_exactly_once(job)
+
+
+def test_the_others_start_once_the_first_batch_has_written_enough_pages(
+    committed, settings, tmp_path, monkeypatch
+):
+    # given a places table without pages until the first batch has begun to write
+    settings.IMPORT_BATCH_ROWS = 10
+    settings.IMPORT_APPLY_WORKERS = 2
+    writing = threading.Event()
+    monkeypatch.setattr(
+        apply_phase,
+        "_places_table_pages",
+        lambda: apply_phase.PLANNABLE_PAGES if writing.is_set() else 0,
+    )
+    job = import_job_create(
+        path=_file(tmp_path), dataset=dataset_get_or_create(slug=f"pages-{uuid.uuid4().hex[:8]}")
+    )
+    second_began = threading.Event()
+    events: list[tuple[str, int, int]] = []
+
+    def write_then_wait_for_another() -> None:
+        writing.set()
+        # the first batch ends only once another has begun: both run at once
+        assert second_began.wait(timeout=60)
+
+    _noting_batches(monkeypatch, events, before_first=write_then_wait_for_another)
+    apply_batch = apply_phase.apply_batch
+
+    def apply_and_tell(*args, **kwargs):
+        if kwargs["after"] != 0:
+            second_began.set()
+        apply_batch(*args, **kwargs)
+
+    monkeypatch.setattr(apply_phase, "apply_batch", apply_and_tell)
+    # when it is imported on two connections
+    job = import_job_execute(job_id=job.pk)
+    # then a second batch began while the first was still running
+    assert job.state == ImportState.DONE, job.error
+    first_end = events.index(next(e for e in events if e[:2] == ("end", 0)))
+    assert any(kind == "start" and after != 0 for kind, after, _ in events[:first_end])
+    _assert_imported_exactly_once(job)
+
+
+@pytest.mark.django_db
+def test_the_places_table_has_pages_from_its_first_row():
+    with connection.cursor() as cursor:
+        # Inside the test's transaction, rolled back after it: a new, empty file.
+        cursor.execute("TRUNCATE places_place CASCADE")
+    assert apply_phase._places_table_pages() == 0
+    Place.objects.create(
+        dataset=dataset_get_or_create(slug="pages"), source_key="k:1", location="POINT(0 0)"
+    )
+    assert apply_phase._places_table_pages() == 1
 
 
 def test_a_run_killed_while_applying_on_two_connections_resumes_once(
