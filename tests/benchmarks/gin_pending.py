@@ -13,19 +13,23 @@ inserts the other 30 % in six batches, each in a transaction as the importer's (
   at its end;
 - **no pending list**: ``fastupdate`` off, every entry into the tree as it comes.
 
-Prints the seconds of each and their medians; the table is dropped at the end. Measured
-for issue 14 (README, *what was tried*), not run by ``make bench``.
+Prints the seconds of each and writes them with their medians to
+``results/gin-pending.{json,md}``; the table is dropped at the end. Measured for issue 14
+(README, *what was tried*), not run by ``make bench``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
+from pathlib import Path
 
 import psycopg
 
+RESULTS = Path(__file__).resolve().parent / "results"
 TABLE = "bench_gin_pending"
 INDEXES = {
     f"{TABLE}_upper": "upper(name) gin_trgm_ops",
@@ -78,8 +82,25 @@ def main() -> None:
                     print(number, way, round(seconds[way][-1], 2), flush=True)
         finally:
             conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+    lines = [
+        f"# Trigram indexes under six batches of inserts, by GIN pending list "
+        f"({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores)",
+        "",
+        "300,000 of the bench database's place names inserted in six transactions into a "
+        "table holding the other 700,000, with the two trigram indexes places have "
+        f"({args.rounds} interleaved rounds; load average after: "
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}).",
+        "",
+        "| pending list | median s | rounds (s) |",
+        "|---|---:|---|",
+    ]
     for way, values in seconds.items():
-        print(f"{way}: median {statistics.median(values):.2f} s of {len(values)}")
+        rounds = ", ".join(f"{v:.2f}" for v in values)
+        lines.append(f"| {way} | {statistics.median(values):.2f} | {rounds} |")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "gin-pending.json").write_text(json.dumps(seconds, indent=2) + "\n")
+    (RESULTS / "gin-pending.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

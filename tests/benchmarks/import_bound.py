@@ -65,9 +65,22 @@ def _secondary_indexes(cursor: Any, tables: tuple[str, ...]) -> list[tuple[str, 
     return [(name, definition) for name, definition in cursor.fetchall() if name not in KEEP]
 
 
+def _own_database() -> None:
+    """Refuse to go on unless Django is connected to the bound's own database: what follows
+    empties places and drops indexes."""
+    import environ
+    from django.db import connection
+
+    wanted = environ.Env.db_url_config(os.environ["BENCH_DATABASE_URL"])["NAME"]
+    name = connection.settings_dict["NAME"]
+    if name != wanted or "bench" not in name:
+        raise SystemExit(f"connected to {name!r}, not the bound's database {wanted!r}")
+
+
 def _one(mode: str, path: Path, slug: str, media: str) -> dict[str, Any]:
     from django.db import connection
 
+    _own_database()
     imports._empty_places()
     with connection.cursor() as cursor:
         dropped = _secondary_indexes(cursor, MODES[mode])

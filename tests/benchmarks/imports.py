@@ -158,9 +158,10 @@ SEED = 20240601
 
 
 def _environment() -> dict[str, str]:
-    """The settings every process of the benchmark runs with."""
+    """The settings every process of the benchmark runs with. A ``DATABASE_URL_FILE`` (as
+    Kubernetes mounts secrets) would win over the bench's ``DATABASE_URL``: it is dropped."""
     return {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "DATABASE_URL_FILE"},
         "DJANGO_SETTINGS_MODULE": "config.settings.local",
         "DATABASE_URL": os.environ.get(
             "BENCH_DATABASE_URL", "postgis://postgres@127.0.0.1:5432/places_bench"
@@ -172,6 +173,7 @@ def _environment() -> dict[str, str]:
 
 def _django() -> None:
     sys.path.insert(0, str(ROOT))
+    os.environ.pop("DATABASE_URL_FILE", None)
     os.environ.update(_environment())
     import django
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -91,18 +92,26 @@ def test_batches_run_at_once_on_their_own_connections(committed, settings, tmp_p
     _assert_imported_exactly_once(job)
 
 
-def _noting_batches(monkeypatch, events: list[tuple[str, int, int]], before_first=None) -> None:
-    """Record each batch's start and end with its backend; ``before_first`` runs in the first
-    batch's thread before it is applied."""
+def _noting_batches(
+    monkeypatch: pytest.MonkeyPatch,
+    events: list[tuple[str, int, int]],
+    before_first: Callable[[], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> None:
+    """Record each batch's start and end with its backend; ``on_start`` is told each batch's
+    start once recorded, ``before_first`` runs in the first batch's thread before it is
+    applied."""
     lock = threading.Lock()
     apply_batch = apply_phase.apply_batch
 
-    def apply_noted(*args, **kwargs):
+    def apply_noted(*args: Any, **kwargs: Any) -> None:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_backend_pid()")
             backend = cursor.fetchone()[0]
         with lock:
             events.append(("start", kwargs["after"], backend))
+        if on_start is not None:
+            on_start(kwargs["after"])
         if kwargs["after"] == 0 and before_first is not None:
             before_first()
         apply_batch(*args, **kwargs)
@@ -159,15 +168,13 @@ def test_the_others_start_once_the_first_batch_has_written_enough_pages(
         # the first batch ends only once another has begun: both run at once
         assert second_began.wait(timeout=60)
 
-    _noting_batches(monkeypatch, events, before_first=write_then_wait_for_another)
-    apply_batch = apply_phase.apply_batch
-
-    def apply_and_tell(*args, **kwargs):
-        if kwargs["after"] != 0:
+    def tell_a_second(after: int) -> None:
+        if after != 0:
             second_began.set()
-        apply_batch(*args, **kwargs)
 
-    monkeypatch.setattr(apply_phase, "apply_batch", apply_and_tell)
+    _noting_batches(
+        monkeypatch, events, before_first=write_then_wait_for_another, on_start=tell_a_second
+    )
     # when it is imported on two connections
     job = import_job_execute(job_id=job.pk)
     # then a second batch began while the first was still running
@@ -177,10 +184,36 @@ def test_the_others_start_once_the_first_batch_has_written_enough_pages(
     _assert_imported_exactly_once(job)
 
 
+def test_a_first_batch_that_fails_on_a_table_without_pages_starts_no_other(
+    committed, settings, tmp_path, monkeypatch
+):
+    # given a places table without pages and a first batch that fails
+    settings.IMPORT_BATCH_ROWS = 10
+    settings.IMPORT_APPLY_WORKERS = 2
+    monkeypatch.setattr(apply_phase, "_places_table_pages", lambda: 0)
+    job = import_job_create(
+        path=_file(tmp_path), dataset=dataset_get_or_create(slug=f"fails-{uuid.uuid4().hex[:8]}")
+    )
+    events: list[tuple[str, int, int]] = []
+
+    def fail() -> None:
+        raise WorkerKilled
+
+    _noting_batches(monkeypatch, events, before_first=fail)
+    # when it is imported on two connections
+    with pytest.raises(WorkerKilled):
+        import_job_execute(job_id=job.pk)
+    # then no other batch began, and nothing was written
+    assert [event[:2] for event in events] == [("start", 0)]
+    assert not Place.objects.filter(dataset=job.dataset).exists()
+
+
 @pytest.mark.django_db
 def test_the_places_table_has_pages_from_its_first_row():
     with connection.cursor() as cursor:
-        # Inside the test's transaction, rolled back after it: a new, empty file.
+        # Inside the test's transaction, rolled back after it: a new, empty file. A lock
+        # held elsewhere makes it fail rather than wait.
+        cursor.execute("SET LOCAL lock_timeout = '5s'")
         cursor.execute("TRUNCATE places_place CASCADE")
     assert apply_phase._places_table_pages() == 0
     Place.objects.create(

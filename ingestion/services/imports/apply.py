@@ -158,13 +158,15 @@ def apply_batches(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, An
         checkpoint.update(ImportJob.objects.get(pk=job.pk).checkpoint)
 
 
-# A statement is planned for the table as it is then. A diff planned while places_place has
-# no page at all (a fresh installation's first import) probes it by reading the whole table
-# once per row: free when planned, and not while another connection fills it (one 50,000-row
-# batch's diff took 204 s where the others took 1.3, with the places' indexes built after the
-# import, tests/benchmarks/import_bound.py; with enable_seqscan off the plan read the whole
-# primary key instead). So the other batches start once the first has written this many
-# pages (1 MB: a probe by the unique key is then far cheaper than reading them), or ended.
+# A statement is planned for the table as it is then. A diff planned while places_place
+# holds (next to) nothing probes it by reading the whole table once per row: free when
+# planned, and not while another connection fills it (measured on a table emptied and
+# vacuumed, which the planner takes for empty: one 50,000-row batch's diff took 133 to 210 s
+# where the others took 1.3, with the places' indexes built after the import,
+# tests/benchmarks/import_bound.py; with enable_seqscan off the plan read the whole primary
+# key instead). So on a table smaller than this the other batches start once the first has
+# written this many pages (1 MB: a probe by the unique key is then far cheaper than any
+# scan), or ended.
 PLANNABLE_PAGES = 128
 
 
@@ -220,8 +222,10 @@ def _apply_in_pool(
 ) -> None:
     """The batches on ``workers`` threads. The run's own connection, which holds its
     session locks, beats the job's heartbeat meanwhile (an idle connection may be dropped
-    by the network or the server). On an error or a cancel, batches not started are
-    cancelled and those running finish (and commit) before it is raised."""
+    by the network or the server). On a places table of fewer than ``PLANNABLE_PAGES``
+    pages the first batch starts alone, the others once it has written them. On an error or
+    a cancel, batches not started are cancelled and those running finish (and commit)
+    before it is raised."""
     with ThreadPoolExecutor(workers, thread_name_prefix="import-apply") as pool:
 
         def submit(after: int, upto: int) -> Future[None]:
@@ -230,10 +234,14 @@ def _apply_in_pool(
         futures: set[Future[None]] = set()
         rest = list(pending)
         try:
-            if _places_table_pages() == 0:
+            if _places_table_pages() < PLANNABLE_PAGES:
                 first = submit(*rest.pop(0))
                 futures.add(first)
                 _await_plannable_places(job, first)
+                if first.done() and first.exception() is not None:
+                    futures.discard(first)
+                    first.result()  # a failed or cancelled first batch starts no other
+                import_job_heartbeat(job.pk)
             futures |= {submit(after, upto) for after, upto in rest}
             while futures:
                 done, futures = wait(futures, timeout=30, return_when=FIRST_EXCEPTION)
