@@ -108,6 +108,8 @@ def _one(mode: str, path: Path, slug: str, media: str) -> dict[str, Any]:
 
 def run(*, rows: int, rounds: int) -> dict[str, Any]:
     imports._fresh_database()
+    imports._django()
+    _own_database()
     imports._prepare()
     media = tempfile.mkdtemp(prefix="places-bound-media-")
     samples: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}

@@ -405,6 +405,8 @@ def _summary(samples: list[dict[str, Any]], rows: int) -> dict[str, Any]:
 def run(*, rows: int, runs: int, baseline_loader: bool = True) -> dict[str, Any]:
     """Generate the file, run the imports and the baseline ``runs`` times; the results.
     ``baseline_loader=False`` leaves out the ORM loader (20 minutes for a million rows)."""
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    started_at = time.strftime("%H:%M")
     _fresh_database()
     _prepare()
     media = tempfile.mkdtemp(prefix="places-bench-media-")
@@ -425,6 +427,8 @@ def run(*, rows: int, runs: int, baseline_loader: bool = True) -> dict[str, Any]
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d"),
+            "started_at": started_at,
+            "load_average_at_start": load_at_start,
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         },
         "file": {"rows": rows, "bytes": size, "seed": SEED},
@@ -452,11 +456,14 @@ def markdown(results: dict[str, Any]) -> str:
     base = results.get("baseline_bulk_create")
     rows = results["file"]["rows"]
     lines = [
-        f"# Import benchmark ({results['machine']['date']}, {results['machine']['cpus']} cores)",
+        f"# Import benchmark ({results['machine']['date']} "
+        f"{results['machine'].get('started_at', '')}, {results['machine']['cpus']} cores)",
         "",
         f"Generated CSV: {rows:,} rows, {results['file']['bytes'] / 1e6:.0f} MB (seed "
         f"{results['file']['seed']}); median of {results['runs']} run(s); each import in its "
-        "own process. Load average after the run: "
+        "own process. Load average at the start: "
+        f"{', '.join(map(str, results['machine'].get('load_average_at_start', [])))}; "
+        "after the run: "
         f"{', '.join(map(str, results['machine']['load_average_after']))} (other work on a "
         "shared CPU makes figures noisy).",
         "",

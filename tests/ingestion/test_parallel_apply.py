@@ -29,6 +29,17 @@ from places.services import dataset_get_or_create
 from tests.ingestion.test_batches import WorkerKilled, _assert_imported_exactly_once, _file
 from tests.ingestion.test_stop_and_resume import _cancel_after
 
+# The function itself, for the test of it: every other test here pins its answer.
+places_table_pages = apply_phase._places_table_pages
+
+
+@pytest.fixture(autouse=True)
+def _places_table_big_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A places table too small holds the other batches back until the first has grown it
+    (the tests of that set it to 0): whether it is depends on which tests ran before, so
+    here it is pinned, and two connections apply at once from the first batch."""
+    monkeypatch.setattr(apply_phase, "_places_table_pages", lambda: apply_phase.PLANNABLE_PAGES)
+
 
 @pytest.fixture
 def committed(sample_regions, django_db_blocker) -> Iterator[None]:
@@ -77,9 +88,6 @@ def test_batches_run_at_once_on_their_own_connections(committed, settings, tmp_p
         apply_batch(*args, **kwargs)
 
     monkeypatch.setattr(apply_phase, "apply_batch", apply_together)
-    # A places table with no page at all holds the other batches back (the tests after this
-    # one); run by itself on a fresh test database, this one would find it so.
-    monkeypatch.setattr(apply_phase, "_places_table_pages", lambda: apply_phase.PLANNABLE_PAGES)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         own = cursor.fetchone()[0]
@@ -206,6 +214,12 @@ def test_a_first_batch_that_fails_on_a_table_without_pages_starts_no_other(
     # then no other batch began, and nothing was written
     assert [event[:2] for event in events] == [("start", 0)]
     assert not Place.objects.filter(dataset=job.dataset).exists()
+    # and a run again applies every batch
+    monkeypatch.undo()
+    job = import_job_execute(job_id=job.pk)
+    assert job.state == ImportState.DONE, job.error
+    assert job.report["batches"] == 4
+    _assert_imported_exactly_once(job)
 
 
 @pytest.mark.django_db
@@ -215,11 +229,11 @@ def test_the_places_table_has_pages_from_its_first_row():
         # held elsewhere makes it fail rather than wait.
         cursor.execute("SET LOCAL lock_timeout = '5s'")
         cursor.execute("TRUNCATE places_place CASCADE")
-    assert apply_phase._places_table_pages() == 0
+    assert places_table_pages() == 0
     Place.objects.create(
         dataset=dataset_get_or_create(slug="pages"), source_key="k:1", location="POINT(0 0)"
     )
-    assert apply_phase._places_table_pages() == 1
+    assert places_table_pages() == 1
 
 
 def test_a_run_killed_while_applying_on_two_connections_resumes_once(

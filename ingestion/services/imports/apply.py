@@ -164,9 +164,9 @@ def apply_batches(job: ImportJob, counts: ImportCounts, checkpoint: dict[str, An
 # vacuumed, which the planner takes for empty: one 50,000-row batch's diff took 133 to 210 s
 # where the others took 1.3, with the places' indexes built after the import,
 # tests/benchmarks/import_bound.py; with enable_seqscan off the plan read the whole primary
-# key instead). So on a table smaller than this the other batches start once the first has
-# written this many pages (1 MB: a probe by the unique key is then far cheaper than any
-# scan), or ended.
+# key instead). So on a table smaller than this the other batches start once the first
+# batch has grown it to this many pages (1 MB: a probe by the unique key is then far
+# cheaper than any scan), or ended.
 PLANNABLE_PAGES = 128
 
 
@@ -179,7 +179,7 @@ def _places_table_pages() -> int:
 
 
 def _await_plannable_places(job: ImportJob, first: Future[None]) -> None:
-    """Until the first batch has written ``PLANNABLE_PAGES`` pages of places, or ended."""
+    """Until places_place has grown to ``PLANNABLE_PAGES`` pages, or the first batch ended."""
     beaten = time.monotonic()
     while not first.done() and _places_table_pages() < PLANNABLE_PAGES:
         wait([first], timeout=0.05)
@@ -223,9 +223,9 @@ def _apply_in_pool(
     """The batches on ``workers`` threads. The run's own connection, which holds its
     session locks, beats the job's heartbeat meanwhile (an idle connection may be dropped
     by the network or the server). On a places table of fewer than ``PLANNABLE_PAGES``
-    pages the first batch starts alone, the others once it has written them. On an error or
-    a cancel, batches not started are cancelled and those running finish (and commit)
-    before it is raised."""
+    pages the first batch starts alone, the others once the table has grown to them. On an
+    error or a cancel, batches not started are cancelled and those running finish (and
+    commit) before it is raised."""
     with ThreadPoolExecutor(workers, thread_name_prefix="import-apply") as pool:
 
         def submit(after: int, upto: int) -> Future[None]:
@@ -246,7 +246,10 @@ def _apply_in_pool(
             while futures:
                 done, futures = wait(futures, timeout=30, return_when=FIRST_EXCEPTION)
                 for future in done:
-                    future.result()
+                    if future.exception() is not None:
+                        # The others that ended with it are waited for and logged below.
+                        futures |= done - {future}
+                        future.result()
                     progress.one_more()
                 import_job_heartbeat(job.pk)
         except BaseException:
