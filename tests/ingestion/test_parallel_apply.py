@@ -11,12 +11,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.db import connection
 
-from ingestion.models import ImportState
+from ingestion.models import ImportJob, ImportState
 from ingestion.services.imports import apply as apply_phase
 from ingestion.services.imports import import_job_execute
 from ingestion.services.imports.checkpoint import (
@@ -129,18 +130,23 @@ def _noting_batches(
     monkeypatch.setattr(apply_phase, "apply_batch", apply_noted)
 
 
+def _job_of_four_batches(settings: Any, tmp_path: Path, name: str) -> ImportJob:
+    """The test file's job in four batches of 10 rows, to apply on two connections."""
+    settings.IMPORT_BATCH_ROWS = 10
+    settings.IMPORT_APPLY_WORKERS = 2
+    return import_job_create(
+        path=_file(tmp_path), dataset=dataset_get_or_create(slug=f"{name}-{uuid.uuid4().hex[:8]}")
+    )
+
+
 def test_into_a_places_table_without_pages_the_others_wait_for_the_first_batch(
     committed, settings, tmp_path, monkeypatch
 ):
-    # given a places table that has no page (a fresh installation's first import), where a
-    # diff planned then would probe places by reading the whole table once per row, and a
-    # first batch that takes its time
-    settings.IMPORT_BATCH_ROWS = 10
-    settings.IMPORT_APPLY_WORKERS = 2
+    # given a places table that has no page (emptied and vacuumed), where a diff planned
+    # then would probe places by reading the whole table once per row, and a first batch
+    # that takes its time
     monkeypatch.setattr(apply_phase, "_places_table_pages", lambda: 0)
-    job = import_job_create(
-        path=_file(tmp_path), dataset=dataset_get_or_create(slug=f"alone-{uuid.uuid4().hex[:8]}")
-    )
+    job = _job_of_four_batches(settings, tmp_path, "alone")
     events: list[tuple[str, int, int]] = []
     _noting_batches(monkeypatch, events, before_first=lambda: time.sleep(0.5))
     # when it is imported on two connections
@@ -157,17 +163,13 @@ def test_the_others_start_once_the_first_batch_has_written_enough_pages(
     committed, settings, tmp_path, monkeypatch
 ):
     # given a places table without pages until the first batch has begun to write
-    settings.IMPORT_BATCH_ROWS = 10
-    settings.IMPORT_APPLY_WORKERS = 2
     writing = threading.Event()
     monkeypatch.setattr(
         apply_phase,
         "_places_table_pages",
         lambda: apply_phase.PLANNABLE_PAGES if writing.is_set() else 0,
     )
-    job = import_job_create(
-        path=_file(tmp_path), dataset=dataset_get_or_create(slug=f"pages-{uuid.uuid4().hex[:8]}")
-    )
+    job = _job_of_four_batches(settings, tmp_path, "pages")
     second_began = threading.Event()
     events: list[tuple[str, int, int]] = []
 
@@ -196,12 +198,8 @@ def test_a_first_batch_that_fails_on_a_table_without_pages_starts_no_other(
     committed, settings, tmp_path, monkeypatch
 ):
     # given a places table without pages and a first batch that fails
-    settings.IMPORT_BATCH_ROWS = 10
-    settings.IMPORT_APPLY_WORKERS = 2
     monkeypatch.setattr(apply_phase, "_places_table_pages", lambda: 0)
-    job = import_job_create(
-        path=_file(tmp_path), dataset=dataset_get_or_create(slug=f"fails-{uuid.uuid4().hex[:8]}")
-    )
+    job = _job_of_four_batches(settings, tmp_path, "fails")
     events: list[tuple[str, int, int]] = []
 
     def fail() -> None:
