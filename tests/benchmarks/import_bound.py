@@ -80,7 +80,6 @@ def _own_database() -> None:
 def _one(mode: str, path: Path, slug: str, media: str) -> dict[str, Any]:
     from django.db import connection
 
-    _own_database()
     imports._empty_places()
     with connection.cursor() as cursor:
         dropped = _secondary_indexes(cursor, MODES[mode])

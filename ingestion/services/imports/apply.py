@@ -239,8 +239,7 @@ def _apply_in_pool(
                 futures.add(first)
                 _await_plannable_places(job, first)
                 if first.done() and first.exception() is not None:
-                    futures.discard(first)
-                    first.result()  # a failed or cancelled first batch starts no other
+                    rest = []  # a failed or cancelled first batch starts no other: raised below
                 import_job_heartbeat(job.pk)
             futures |= {submit(after, upto) for after, upto in rest}
             while futures:
